@@ -1,0 +1,2 @@
+"""flexdb JSON-RPC server."""
+__version__ = "0.1.0"

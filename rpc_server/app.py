@@ -1,0 +1,94 @@
+"""The aiohttp application: POST /jsonrpc and GET /health."""
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+
+from aiohttp import web
+
+from . import methods  # noqa: F401  (registers every method)
+from .config import Settings
+from .context import AppState, RequestContext
+from .db import connect, create_pool
+from .migrations import migrate
+from .errors import INTERNAL_ERROR
+from .protocol import Dispatcher, dumps, error_response, invalid_request
+from .registry import build_dispatch_table
+from .schemas import ValidatorCache
+from .shaping import Shaper
+
+log = logging.getLogger(__name__)
+STATE = web.AppKey("state", AppState)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def request_id_of(request: web.Request) -> str:
+    given = request.headers.get("X-Request-ID", "")
+    return given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The body, or None when it is larger than `limit` bytes."""
+    if request.content_length is not None and request.content_length > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def json_response(body: bytes, request_id: str) -> web.Response:
+    return web.Response(body=body, content_type="application/json",
+                        headers={"X-Request-ID": request_id})
+
+
+async def handle_jsonrpc(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE]
+    request_id = request_id_of(request)
+    limit = state.settings.max_body_bytes
+    body = await read_limited(request, limit)
+    if body is None:
+        error = invalid_request(f"request body exceeds {limit} bytes", max_bytes=limit)
+        return json_response(dumps(error), request_id)
+    try:
+        reply = await request.app[DISPATCHER].handle(body, RequestContext(state, request_id))
+    except Exception:  # noqa: BLE001 - last line of defence: still a JSON-RPC answer
+        log.exception("unhandled error (request_id=%s)", request_id)
+        reply = dumps(error_response(INTERNAL_ERROR, "Internal error", None,
+                                     {"type": "internal", "request_id": request_id}))
+    if reply is None:
+        return web.Response(status=204, headers={"X-Request-ID": request_id})
+    return json_response(reply, request_id)
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def create_app(settings: Settings, database_url: str) -> web.Application:
+    app = web.Application()
+    app[DISPATCHER] = Dispatcher(build_dispatch_table(), max_batch=settings.max_batch,
+                                 max_depth=settings.max_json_depth)
+
+    async def database(app: web.Application):
+        conn = await connect(database_url, settings)
+        try:
+            applied = await migrate(conn, settings.migrations_dir)
+            if applied:
+                log.info("applied migrations: %s", ", ".join(applied))
+        finally:
+            await conn.close()
+        pool = await create_pool(database_url, settings)
+        app[STATE] = AppState(settings, pool, Shaper(settings.json_fields), ValidatorCache())
+        yield
+        await pool.close()
+
+    app.cleanup_ctx.append(database)
+    app.router.add_post("/jsonrpc", handle_jsonrpc)
+    app.router.add_get("/health", handle_health)
+    return app

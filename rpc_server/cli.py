@@ -1,0 +1,69 @@
+"""The `flexdb` command: serve, migrate."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from .config import ConfigError, Settings, load_settings
+from .migrations import MigrationError
+
+
+def _serve(settings: Settings) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+    from .db import database_url
+
+    with database_url(settings) as url:
+        app = create_app(settings, url)
+        base = f"http://{settings.host}:{settings.port}"
+
+        def banner(_message: str) -> None:
+            print(f"flexdb is up\n  JSON-RPC: POST {base}/jsonrpc\n  health:   GET  {base}/health",
+                  flush=True)
+
+        web.run_app(app, host=settings.host, port=settings.port, print=banner,
+                    access_log=None, shutdown_timeout=15)
+    return 0
+
+
+def _migrate(settings: Settings) -> int:
+    from .db import connect, database_url
+    from .migrations import migrate
+
+    async def run(url: str) -> list[str]:
+        conn = await connect(url, settings)
+        try:
+            return await migrate(conn, settings.migrations_dir)
+        finally:
+            await conn.close()
+
+    with database_url(settings) as url:
+        applied = asyncio.run(run(url))
+    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    return 0
+
+
+COMMANDS = {"serve": _serve, "migrate": _migrate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="flexdb", description="flexdb database service")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the JSON-RPC server (applies migrations first)")
+    sub.add_parser("migrate", help="apply pending migrations and exit")
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"flexdb: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](settings)
+    except MigrationError as exc:
+        print(f"flexdb: migration failed: {exc}", file=sys.stderr)
+        return 1

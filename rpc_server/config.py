@@ -1,0 +1,74 @@
+"""Settings from FLEXDB_* environment variables, validated once at start."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal, Mapping
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+
+ENV_PREFIX = "FLEXDB_"
+
+
+class ConfigError(Exception):
+    """A setting is missing or invalid; the message names the variable, never its value."""
+
+
+class Settings(BaseModel):
+    model_config = {"extra": "forbid", "frozen": True}
+
+    database_url: str | None = Field(
+        None, description="PostgreSQL URL; unset = embedded PostgreSQL in the data dir")
+    host: str = Field("127.0.0.1", description="Address the JSON-RPC server binds to")
+    port: int = Field(5000, ge=1, le=65535, description="Port of the JSON-RPC server")
+    data_dir: Path = Field(Path("./.flexdb"), description="Local state (embedded PostgreSQL)")
+    db_pool_min: int = Field(2, ge=0, le=1000, description="Minimum pooled connections")
+    db_pool_max: int = Field(10, ge=1, le=1000, description="Maximum pooled connections")
+    db_connect_timeout_s: float = Field(5.0, gt=0, le=300,
+                                        description="Seconds to wait for a database connection")
+    statement_timeout_ms: int = Field(30000, ge=0, le=3_600_000,
+                                      description="Server-side statement timeout (0 = none)")
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576,
+                                description="Largest accepted request body")
+    max_batch: int = Field(100, ge=1, le=10_000, description="Most members in a batch")
+    max_json_depth: int = Field(64, ge=2, le=512, description="Deepest JSON nesting accepted")
+    json_fields: Literal["object", "string"] = Field(
+        "object", description="Return data/schema as JSON objects or JSON strings")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    migrations_dir: Path | None = Field(None, description="Override for the sql/ directory")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v):
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("database_url")
+    @classmethod
+    def _url_scheme(cls, v):
+        if v is not None and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must start with postgresql:// or postgres://")
+        return v or None
+
+    @model_validator(mode="after")
+    def _pool_bounds(self):
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError("FLEXDB_DB_POOL_MIN must not exceed FLEXDB_DB_POOL_MAX")
+        return self
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    raw = {}
+    for name in Settings.model_fields:
+        value = env.get(ENV_PREFIX + name.upper())
+        if value is not None and value != "":
+            raw[name] = value
+    try:
+        return Settings(**raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"])
+            var = ENV_PREFIX + field.upper() if field else "settings"
+            lines.append(f"  {var}: {err['msg']}")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

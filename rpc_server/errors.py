@@ -1,0 +1,89 @@
+"""JSON-RPC error codes and the application errors handlers raise.
+
+Every error carries `data.type`, a machine-readable name, plus details."""
+from __future__ import annotations
+
+from typing import Any
+
+from jsonrpcserver.exceptions import JsonRpcError
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+METHOD_NOT_FOUND = -32601
+INVALID_PARAMS = -32602
+INTERNAL_ERROR = -32603
+NOT_FOUND = -32001
+UNAUTHENTICATED = -32002
+FORBIDDEN = -32003
+CONFLICT = -32004
+RATE_LIMITED = -32005
+QUERY_REJECTED = -32006
+PIPELINE_FAILED = -32007
+
+
+class RpcError(JsonRpcError):
+    code = INTERNAL_ERROR
+    type = "internal"
+    default_message = "Internal error"
+
+    def __init__(self, message: str | None = None, **details: Any):
+        data = {"type": self.type, **details}
+        super().__init__(self.code, message or self.default_message, data)
+
+
+class InvalidParams(RpcError):
+    code = INVALID_PARAMS
+    type = "invalid_params"
+    default_message = "Invalid params"
+
+    def __init__(self, message: str | None = None, errors: list[dict] | None = None, **details):
+        if errors is None:
+            errors = []
+        super().__init__(message or _summary(errors), errors=errors, **details)
+
+    @classmethod
+    def field(cls, field: str, message: str) -> "InvalidParams":
+        return cls(errors=[{"field": field, "message": message}])
+
+
+def _summary(errors: list[dict]) -> str:
+    if not errors:
+        return "Invalid params"
+    first = errors[0]
+    where = first.get("field") or "params"
+    prefix = f"item {first['index']}: " if "index" in first else ""
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"Invalid params: {prefix}{where}: {first['message']}{more}"
+
+
+class NotFound(RpcError):
+    code = NOT_FOUND
+    type = "not_found"
+    default_message = "Not found"
+
+    def __init__(self, kind: str, id: Any = None, message: str | None = None, **details):
+        details["kind"] = kind
+        if id is not None:
+            details["id"] = str(id)
+        super().__init__(message or f"{kind} not found", **details)
+
+
+class Conflict(RpcError):
+    code = CONFLICT
+    type = "conflict"
+    default_message = "Conflict"
+
+
+class VersionConflict(Conflict):
+    type = "version_conflict"
+
+    def __init__(self, kind: str, id: Any, expected: int, actual: int):
+        super().__init__(f"{kind} version mismatch: expected {expected}, current is {actual}",
+                         kind=kind, id=str(id), expected_version=expected, current_version=actual)
+
+
+class Unavailable(RpcError):
+    """The database cannot be reached right now; the caller may retry."""
+    code = INTERNAL_ERROR
+    type = "unavailable"
+    default_message = "Service temporarily unavailable: the database cannot be reached"

@@ -1,0 +1,3 @@
+"""JSON-RPC method groups. Importing this package registers every method."""
+from . import node_types, nodes, relationships, tenants, users  # noqa: F401
+

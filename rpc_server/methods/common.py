@@ -1,0 +1,29 @@
+"""Small helpers shared by the method groups."""
+from __future__ import annotations
+
+from uuid import UUID
+
+import asyncpg
+
+from ..errors import InvalidParams, NotFound
+from ..params import Params
+from ..repositories import TenantRepository
+
+DELETED = {"success": True}
+
+
+def changes_of(params: Params, fields: tuple[str, ...]) -> dict:
+    """The update fields the caller actually sent (absent = unchanged)."""
+    changes = {f: getattr(params, f) for f in fields if f in params.model_fields_set}
+    return changes
+
+
+def require_changes(changes: dict, fields: tuple[str, ...]) -> None:
+    if not changes:
+        raise InvalidParams.field("params", "nothing to update: give at least one of "
+                                  + ", ".join(fields))
+
+
+async def require_tenant(conn: asyncpg.Connection, tenant_id: UUID) -> None:
+    if not await TenantRepository(conn).exists(tenant_id):
+        raise NotFound("tenant", tenant_id)

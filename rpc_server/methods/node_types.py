@@ -1,0 +1,89 @@
+"""Node type methods. A node type's optional JSON Schema (Draft 2020-12) validates the
+data of its nodes on every create and update."""
+from __future__ import annotations
+
+from pydantic import Field
+
+from ..params import Description, Id, JsonSchemaDoc, Name, PaginationParam, Params, Version
+from ..registry import rpc_method
+from ..repositories import NodeTypeRepository
+from ..schemas import check_schema
+from .common import DELETED, changes_of, require_changes, require_tenant
+
+UPDATABLE = ("name", "description", "schema")
+
+
+class CreateNodeType(Params):
+    tenant_id: Id
+    name: Name
+    description: Description = ""
+    schema_: JsonSchemaDoc = Field(None, alias="schema")
+
+
+class NodeTypeId(Params):
+    id: Id
+    tenant_id: Id
+
+
+class UpdateNodeType(Params):
+    id: Id
+    tenant_id: Id
+    name: Name | None = None
+    description: Description | None = None
+    schema_: JsonSchemaDoc = Field(None, alias="schema")
+    expected_version: Version | None = None
+
+
+class ListNodeTypes(Params):
+    tenant_id: Id
+    pagination: PaginationParam
+
+
+@rpc_method(CreateNodeType)
+async def create_node_type(ctx, p: CreateNodeType) -> dict:
+    """Create a node type; `schema` (object or JSON string) validates its nodes' data."""
+    check_schema(p.schema_)
+    async with ctx.transaction() as conn:
+        row = await NodeTypeRepository(conn).create(p.tenant_id, p.name, p.description, p.schema_)
+    return {"node_type": ctx.shaper.one(row)}
+
+
+@rpc_method(NodeTypeId)
+async def get_node_type(ctx, p: NodeTypeId) -> dict:
+    """Get a node type by id."""
+    async with ctx.connection() as conn:
+        row = await NodeTypeRepository(conn).get(p.tenant_id, p.id)
+    return {"node_type": ctx.shaper.one(row)}
+
+
+@rpc_method(UpdateNodeType)
+async def update_node_type(ctx, p: UpdateNodeType) -> dict:
+    """Update a node type. `schema` null or "" removes the schema. Existing nodes are not
+    re-validated; later creates and updates are."""
+    sent = changes_of(p, ("name", "description", "schema_"))
+    changes = {k: v for k, v in sent.items() if v is not None and k != "schema_"}
+    if "schema_" in sent:
+        check_schema(p.schema_)
+        changes["schema"] = p.schema_
+    require_changes(changes, UPDATABLE)
+    async with ctx.transaction() as conn:
+        row = await NodeTypeRepository(conn).update(p.tenant_id, p.id, changes,
+                                                    p.expected_version)
+    return {"node_type": ctx.shaper.one(row)}
+
+
+@rpc_method(NodeTypeId)
+async def delete_node_type(ctx, p: NodeTypeId) -> dict:
+    """Delete a node type, its nodes and their relationships."""
+    async with ctx.transaction() as conn:
+        await NodeTypeRepository(conn).delete(p.tenant_id, p.id)
+    return DELETED
+
+
+@rpc_method(ListNodeTypes)
+async def list_node_types(ctx, p: ListNodeTypes) -> dict:
+    """List a tenant's node types."""
+    async with ctx.connection() as conn:
+        await require_tenant(conn, p.tenant_id)
+        page = await NodeTypeRepository(conn).list(p.tenant_id, p.pagination)
+    return ctx.shaper.page("node_types", page)

@@ -1,0 +1,125 @@
+"""Node methods, including the bulk create_nodes (one transaction, one INSERT)."""
+from __future__ import annotations
+
+import uuid
+
+from pydantic import Field
+
+from ..errors import InvalidParams, NotFound
+from ..params import Id, JsonObject, PaginationParam, Params, Version
+from ..registry import rpc_method
+from ..repositories import NodeRepository, NodeTypeRepository
+from .common import DELETED, require_tenant
+
+MAX_BULK = 1000
+
+
+class CreateNode(Params):
+    tenant_id: Id
+    node_type_id: Id
+    data: JsonObject = Field(default_factory=dict)
+
+
+class NodeId(Params):
+    id: Id
+    tenant_id: Id
+
+
+class UpdateNode(Params):
+    id: Id
+    tenant_id: Id
+    data: JsonObject
+    expected_version: Version | None = None
+
+
+class ListNodes(Params):
+    tenant_id: Id
+    node_type_id: Id | None = None
+    pagination: PaginationParam
+
+
+class NodeInput(Params):
+    node_type_id: Id
+    data: JsonObject = Field(default_factory=dict)
+
+
+class CreateNodes(Params):
+    tenant_id: Id
+    nodes: list[NodeInput] = Field(max_length=MAX_BULK)
+
+
+@rpc_method(CreateNode)
+async def create_node(ctx, p: CreateNode) -> dict:
+    """Create a node; its data must satisfy the node type's schema."""
+    async with ctx.transaction() as conn:
+        node_type = await NodeTypeRepository(conn).get(p.tenant_id, p.node_type_id)
+        errors = ctx.validators.errors(node_type, p.data)
+        if errors:
+            raise InvalidParams(errors=errors)
+        row = await NodeRepository(conn).create(p.tenant_id, p.node_type_id, p.data)
+    return {"node": ctx.shaper.one(row)}
+
+
+@rpc_method(NodeId)
+async def get_node(ctx, p: NodeId) -> dict:
+    """Get a node by id."""
+    async with ctx.connection() as conn:
+        row = await NodeRepository(conn).get(p.tenant_id, p.id)
+    return {"node": ctx.shaper.one(row)}
+
+
+@rpc_method(UpdateNode)
+async def update_node(ctx, p: UpdateNode) -> dict:
+    """Replace a node's data (validated); `expected_version` guards against lost updates."""
+    async with ctx.transaction() as conn:
+        nodes = NodeRepository(conn)
+        node_type_id = await nodes.node_type_of(p.tenant_id, p.id)
+        if node_type_id is None:
+            raise NotFound("node", p.id)
+        node_type = await NodeTypeRepository(conn).get(p.tenant_id, node_type_id)
+        errors = ctx.validators.errors(node_type, p.data)
+        if errors:
+            raise InvalidParams(errors=errors)
+        row = await nodes.update(p.tenant_id, p.id, {"data": p.data}, p.expected_version)
+    return {"node": ctx.shaper.one(row)}
+
+
+@rpc_method(NodeId)
+async def delete_node(ctx, p: NodeId) -> dict:
+    """Delete a node and its relationships."""
+    async with ctx.transaction() as conn:
+        await NodeRepository(conn).delete(p.tenant_id, p.id)
+    return DELETED
+
+
+@rpc_method(ListNodes)
+async def list_nodes(ctx, p: ListNodes) -> dict:
+    """List a tenant's nodes, optionally of one node type."""
+    async with ctx.connection() as conn:
+        await require_tenant(conn, p.tenant_id)
+        page = await NodeRepository(conn).list(p.tenant_id, p.node_type_id, p.pagination)
+    return ctx.shaper.page("nodes", page)
+
+
+@rpc_method(CreateNodes)
+async def create_nodes(ctx, p: CreateNodes) -> dict:
+    """Create up to 1,000 nodes in one transaction: all are created or none."""
+    if not p.nodes:
+        return {"nodes": []}
+    async with ctx.transaction() as conn:
+        type_ids = list({n.node_type_id for n in p.nodes})
+        node_types = await NodeTypeRepository(conn).get_many(p.tenant_id, type_ids)
+        errors = []
+        for index, node in enumerate(p.nodes):
+            node_type = node_types.get(node.node_type_id)
+            if node_type is None:
+                raise NotFound("node_type", node.node_type_id, index=index,
+                               message=f"nodes.{index}: node_type not found")
+            for err in ctx.validators.errors(node_type, node.data, field=f"nodes.{index}.data"):
+                errors.append({**err, "index": index})
+        if errors:
+            raise InvalidParams(errors=errors[:50])
+        ids = [uuid.uuid4() for _ in p.nodes]
+        rows = await NodeRepository(conn).create_many(
+            p.tenant_id, ids, [n.node_type_id for n in p.nodes], [n.data for n in p.nodes])
+    return {"nodes": ctx.shaper.many(rows)}

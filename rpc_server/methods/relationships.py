@@ -1,0 +1,124 @@
+"""Relationship methods, including the bulk create_relationships."""
+from __future__ import annotations
+
+import uuid
+
+from pydantic import Field
+
+from ..errors import NotFound
+from ..params import Id, JsonObject, PaginationParam, Params, RelationshipType, Version
+from ..registry import rpc_method
+from ..repositories import NodeRepository, RelationshipRepository
+from .common import DELETED, changes_of, require_changes, require_tenant
+
+MAX_BULK = 1000
+UPDATABLE = ("relationship_type", "data")
+
+
+class CreateRelationship(Params):
+    tenant_id: Id
+    source_node_id: Id
+    target_node_id: Id
+    relationship_type: RelationshipType
+    data: JsonObject = Field(default_factory=dict)
+
+
+class RelationshipId(Params):
+    id: Id
+    tenant_id: Id
+
+
+class UpdateRelationship(Params):
+    id: Id
+    tenant_id: Id
+    relationship_type: RelationshipType | None = None
+    data: JsonObject | None = None
+    expected_version: Version | None = None
+
+
+class ListRelationships(Params):
+    tenant_id: Id
+    source_node_id: Id | None = None
+    target_node_id: Id | None = None
+    relationship_type: RelationshipType | None = None
+    pagination: PaginationParam
+
+
+class RelationshipInput(Params):
+    source_node_id: Id
+    target_node_id: Id
+    relationship_type: RelationshipType
+    data: JsonObject = Field(default_factory=dict)
+
+
+class CreateRelationships(Params):
+    tenant_id: Id
+    relationships: list[RelationshipInput] = Field(max_length=MAX_BULK)
+
+
+@rpc_method(CreateRelationship)
+async def create_relationship(ctx, p: CreateRelationship) -> dict:
+    """Link two nodes of the same tenant."""
+    async with ctx.transaction() as conn:
+        row = await RelationshipRepository(conn).create(
+            p.tenant_id, p.source_node_id, p.target_node_id, p.relationship_type, p.data)
+    return {"relationship": ctx.shaper.one(row)}
+
+
+@rpc_method(RelationshipId)
+async def get_relationship(ctx, p: RelationshipId) -> dict:
+    """Get a relationship by id."""
+    async with ctx.connection() as conn:
+        row = await RelationshipRepository(conn).get(p.tenant_id, p.id)
+    return {"relationship": ctx.shaper.one(row)}
+
+
+@rpc_method(UpdateRelationship)
+async def update_relationship(ctx, p: UpdateRelationship) -> dict:
+    """Change a relationship's type or replace its data."""
+    changes = {k: v for k, v in changes_of(p, UPDATABLE).items() if v is not None}
+    require_changes(changes, UPDATABLE)
+    async with ctx.transaction() as conn:
+        row = await RelationshipRepository(conn).update(p.tenant_id, p.id, changes,
+                                                        p.expected_version)
+    return {"relationship": ctx.shaper.one(row)}
+
+
+@rpc_method(RelationshipId)
+async def delete_relationship(ctx, p: RelationshipId) -> dict:
+    """Delete a relationship."""
+    async with ctx.transaction() as conn:
+        await RelationshipRepository(conn).delete(p.tenant_id, p.id)
+    return DELETED
+
+
+@rpc_method(ListRelationships)
+async def list_relationships(ctx, p: ListRelationships) -> dict:
+    """List a tenant's relationships, filtered by source, target or type."""
+    async with ctx.connection() as conn:
+        await require_tenant(conn, p.tenant_id)
+        page = await RelationshipRepository(conn).list(
+            p.tenant_id, p.pagination, p.source_node_id, p.target_node_id, p.relationship_type)
+    return ctx.shaper.page("relationships", page)
+
+
+@rpc_method(CreateRelationships)
+async def create_relationships(ctx, p: CreateRelationships) -> dict:
+    """Create up to 1,000 relationships in one transaction: all are created or none."""
+    items = p.relationships
+    if not items:
+        return {"relationships": []}
+    async with ctx.transaction() as conn:
+        wanted = list({i.source_node_id for i in items} | {i.target_node_id for i in items})
+        existing = await NodeRepository(conn).existing_ids(p.tenant_id, wanted)
+        for index, item in enumerate(items):
+            for end in ("source_node", "target_node"):
+                node_id = getattr(item, end + "_id")
+                if node_id not in existing:
+                    raise NotFound(end, node_id, index=index,
+                                   message=f"relationships.{index}: {end} not found")
+        ids = [uuid.uuid4() for _ in items]
+        rows = await RelationshipRepository(conn).create_many(
+            p.tenant_id, ids, [i.source_node_id for i in items], [i.target_node_id for i in items],
+            [i.relationship_type for i in items], [i.data for i in items])
+    return {"relationships": ctx.shaper.many(rows)}

@@ -1,0 +1,92 @@
+"""Reusable pydantic field types for method params: ids, names, JSON documents, pagination."""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
+
+MAX_NAME = 200
+MAX_DESCRIPTION = 2000
+MAX_PAGE_SIZE = 1000
+DEFAULT_PAGE_SIZE = 10
+
+SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
+# Deliberately simple: one @, no spaces, a dot in the domain. Deliverability is not our job.
+EMAIL_RE = re.compile(r"^[^@\s\x00-\x1f]{1,64}@[^@\s\x00-\x1f.]+(?:\.[^@\s\x00-\x1f.]+)+$")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class Params(BaseModel):
+    """Base of every method's params: unknown fields are errors, names are the wire names."""
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+def _no_control_chars(value: str) -> str:
+    if CONTROL_RE.search(value):
+        raise ValueError("must not contain control characters")
+    if value != value.strip():
+        raise ValueError("must not start or end with whitespace")
+    return value
+
+
+def _slug(value: str) -> str:
+    if not SLUG_RE.match(value):
+        raise ValueError("must be 1-63 lowercase letters, digits, '-' or '_', "
+                         "starting and ending with a letter or digit")
+    return value
+
+
+def _email(value: str) -> str:
+    if len(value) > 254 or not EMAIL_RE.match(value):
+        raise ValueError("must be a valid email address")
+    return value
+
+
+def _parse_json_text(value: Any) -> Any:
+    """flex-db clients send documents as JSON strings; newer ones send objects."""
+    if isinstance(value, str):
+        try:
+            return orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"is not valid JSON: {exc}") from None
+    return value
+
+
+def _json_object(value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object (or a string holding one)")
+    return value
+
+
+def _optional_schema(value: Any) -> Any:
+    # An empty string is how flex-db clients say "no schema".
+    if value is None or value == "":
+        return None
+    return _json_object(_parse_json_text(value))
+
+
+Id = UUID
+Slug = Annotated[str, Field(min_length=1, max_length=63), AfterValidator(_slug)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_no_control_chars)]
+DisplayName = Name
+Description = Annotated[str, Field(max_length=MAX_DESCRIPTION)]
+Email = Annotated[str, Field(min_length=3, max_length=254), AfterValidator(_email)]
+Status = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z_]*$")]
+RelationshipType = Annotated[str, Field(min_length=1, max_length=100),
+                             AfterValidator(_no_control_chars)]
+JsonObject = Annotated[dict[str, Any], BeforeValidator(_parse_json_text)]
+JsonSchemaDoc = Annotated[dict[str, Any] | None, BeforeValidator(_optional_schema)]
+Version = Annotated[StrictInt, Field(ge=1)]
+
+
+class Pagination(Params):
+    page_size: StrictInt = Field(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    page_token: str = Field("", max_length=1024)
+    include_total: StrictBool = True
+
+
+PaginationParam = Annotated[Pagination, BeforeValidator(lambda v: {} if v is None else v),
+                            Field(default_factory=Pagination)]

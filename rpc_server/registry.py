@@ -1,0 +1,137 @@
+"""The method registry: each handler declares its params model; the wrapper turns raw
+JSON-RPC params (by name or by position) into that model and maps failures to RPC errors."""
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import asyncpg
+from jsonrpcserver import Success
+from pydantic import ValidationError
+
+from .errors import Conflict, InvalidParams, NotFound, RpcError, Unavailable
+from .params import Params
+
+log = logging.getLogger(__name__)
+_ABSENT = object()
+
+Handler = Callable[[Any, Any], Awaitable[dict]]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    params_model: type[Params]
+    handler: Handler
+    summary: str
+
+
+REGISTRY: dict[str, MethodSpec] = {}
+
+# Constraint name -> how a violation reads to the caller.
+UNIQUE_CONFLICTS = {
+    "tenants_slug_key": ("slug", "a tenant with this slug already exists"),
+    "users_email_key": ("email", "a user with this email already exists"),
+    "node_types_name_key": ("name", "a node type with this name already exists in the tenant"),
+    "tenant_users_pkey": ("user_id", "the user is already a member of this tenant"),
+}
+MISSING_REFERENCES = {
+    "node_types_tenant_id_fkey": "tenant",
+    "tenant_users_tenant_id_fkey": "tenant",
+    "tenant_users_user_id_fkey": "user",
+    "nodes_node_type_fkey": "node_type",
+    "relationships_source_fkey": "source_node",
+    "relationships_target_fkey": "target_node",
+}
+UNAVAILABLE_ERRORS = (
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.ConnectionFailureError,
+    asyncpg.TooManyConnectionsError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+
+def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict]:
+    errors = []
+    for err in exc.errors(include_url=False, include_input=False):
+        path = ".".join(str(p) for p in err["loc"])
+        field = f"{prefix}.{path}" if prefix and path else (prefix or path)
+        message = err["msg"].removeprefix("Value error, ")
+        item = {"field": field or "params", "message": message}
+        if len(err["loc"]) > 1 and isinstance(err["loc"][1], int):
+            item["index"] = err["loc"][1]  # position in a bulk list
+        errors.append(item)
+    return errors
+
+
+def translate_database_error(exc: Exception) -> RpcError | None:
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        field, message = UNIQUE_CONFLICTS.get(exc.constraint_name, (None, "already exists"))
+        return Conflict(message, field=field)
+    if isinstance(exc, asyncpg.ForeignKeyViolationError):
+        kind = MISSING_REFERENCES.get(exc.constraint_name)
+        if kind:
+            return NotFound(kind)
+    if isinstance(exc, UNAVAILABLE_ERRORS):
+        return Unavailable()
+    return None
+
+
+def rpc_method(params: type[Params], name: str | None = None):
+    """Register `async def handler(ctx, params) -> dict` as a JSON-RPC method."""
+
+    def decorate(handler: Handler) -> Handler:
+        method_name = name or handler.__name__
+        if method_name in REGISTRY:
+            raise RuntimeError(f"method registered twice: {method_name}")
+        summary = (inspect.getdoc(handler) or "").split("\n")[0]
+        REGISTRY[method_name] = MethodSpec(method_name, params, handler, summary)
+        return handler
+
+    return decorate
+
+
+def _wire_names(model: type[Params]) -> list[str]:
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def build_dispatch_table() -> dict[str, Callable]:
+    """Callables in the shape jsonrpcserver expects: (context, *args, **kwargs) -> Result,
+    with a signature listing the wire names so it can reject unknown or extra params."""
+    return {name: _make_callable(spec) for name, spec in REGISTRY.items()}
+
+
+def _make_callable(spec: MethodSpec) -> Callable:
+    names = _wire_names(spec.params_model)
+
+    async def call(ctx, *args, **kwargs):
+        raw = {k: v for k, v in zip(names, args) if v is not _ABSENT}
+        raw.update((k, v) for k, v in kwargs.items() if v is not _ABSENT)
+        try:
+            params = spec.params_model.model_validate(raw)
+        except ValidationError as exc:
+            raise InvalidParams(errors=validation_errors(exc)) from None
+        try:
+            return Success(await spec.handler(ctx, params))
+        except RpcError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - everything else must not leak
+            mapped = translate_database_error(exc)
+            if mapped is not None:
+                if isinstance(mapped, Unavailable):
+                    log.warning("database unavailable in %s: %r", spec.name, exc)
+                raise mapped from None
+            log.exception("unexpected error in %s (request_id=%s)", spec.name, ctx.request_id)
+            raise RpcError("Internal error", request_id=ctx.request_id) from None
+
+    parameters = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_ONLY)]
+    parameters += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=_ABSENT)
+                   for n in names]
+    call.__signature__ = inspect.Signature(parameters)
+    call.__name__ = spec.name
+    return call

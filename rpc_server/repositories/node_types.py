@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from uuid import UUID
+
+import asyncpg
+
+from ..pagination import Page, fetch_page
+from ..params import Pagination
+from .base import Repository
+
+
+class NodeTypeRepository(Repository):
+    table = "node_types"
+    kind = "node_type"
+    key_columns = ("tenant_id", "id")
+    columns = "id, tenant_id, name, description, schema, created_at, updated_at, version"
+
+    async def create(self, tenant_id: UUID, name: str, description: str,
+                     schema: dict | None) -> asyncpg.Record:
+        return await self.conn.fetchrow(
+            "INSERT INTO node_types (tenant_id, name, description, schema) "
+            f"VALUES ($1, $2, $3, $4) RETURNING {self.columns}",
+            tenant_id, name, description, schema)
+
+    async def get(self, tenant_id: UUID, node_type_id: UUID) -> asyncpg.Record:
+        return await self._require(tenant_id, node_type_id)
+
+    async def get_many(self, tenant_id: UUID, ids: list[UUID]) -> dict[UUID, asyncpg.Record]:
+        rows = await self.conn.fetch(
+            f"SELECT {self.columns} FROM node_types WHERE tenant_id = $1 AND id = ANY($2::uuid[])",
+            tenant_id, ids)
+        return {r["id"]: r for r in rows}
+
+    async def update(self, tenant_id: UUID, node_type_id: UUID, changes: dict,
+                     expected_version: int | None) -> asyncpg.Record:
+        return await self._update((tenant_id, node_type_id), changes, expected_version)
+
+    async def delete(self, tenant_id: UUID, node_type_id: UUID) -> None:
+        await self._delete(tenant_id, node_type_id)
+
+    async def list(self, tenant_id: UUID, pagination: Pagination) -> Page:
+        return await fetch_page(self.conn, scope="node_types", select=self.columns,
+                                table="node_types", where=["tenant_id = $1"], args=[tenant_id],
+                                pagination=pagination)

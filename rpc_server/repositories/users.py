@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from uuid import UUID
+
+import asyncpg
+
+from ..pagination import Page, fetch_page
+from ..params import Pagination
+from .base import Repository
+
+MEMBER_COLUMNS = "tenant_id, user_id, role, status, created_at, updated_at"
+
+
+class UserRepository(Repository):
+    table = "users"
+    kind = "user"
+    key_columns = ("id",)
+    columns = "id, email, display_name, created_at, updated_at, version"
+
+    async def create(self, email: str, display_name: str) -> asyncpg.Record:
+        return await self.conn.fetchrow(
+            f"INSERT INTO users (email, display_name) VALUES ($1, $2) RETURNING {self.columns}",
+            email, display_name)
+
+    async def get(self, user_id: UUID) -> asyncpg.Record:
+        return await self._require(user_id)
+
+    async def update(self, user_id: UUID, changes: dict,
+                     expected_version: int | None) -> asyncpg.Record:
+        return await self._update((user_id,), changes, expected_version)
+
+    async def delete(self, user_id: UUID) -> None:
+        await self._delete(user_id)
+
+    async def list(self, pagination: Pagination) -> Page:
+        return await fetch_page(self.conn, scope="users", select=self.columns, table="users",
+                                where=[], args=[], pagination=pagination)
+
+
+class MembershipRepository(Repository):
+    table = "tenant_users"
+    kind = "tenant_user"
+    key_columns = ("tenant_id", "user_id")
+    columns = MEMBER_COLUMNS
+
+    async def add(self, tenant_id: UUID, user_id: UUID, role: str) -> asyncpg.Record:
+        return await self.conn.fetchrow(
+            f"INSERT INTO tenant_users (tenant_id, user_id, role) VALUES ($1, $2, $3) "
+            f"RETURNING {self.columns}", tenant_id, user_id, role)
+
+    async def remove(self, tenant_id: UUID, user_id: UUID) -> None:
+        await self._delete(tenant_id, user_id)
+
+    async def list(self, tenant_id: UUID, pagination: Pagination) -> Page:
+        return await fetch_page(self.conn, scope="tenant_users", select=self.columns,
+                                table="tenant_users", where=["tenant_id = $1"],
+                                args=[tenant_id], pagination=pagination, key_column="user_id")

@@ -1,0 +1,69 @@
+"""JSON Schema (Draft 2020-12) checks for node types and node data, with compiled
+validators cached per node type version."""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+from uuid import UUID
+
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from referencing.exceptions import Unresolvable
+
+from .errors import InvalidParams
+
+MAX_REPORTED_ERRORS = 10
+
+
+def check_schema(schema: dict | None, field: str = "schema") -> None:
+    if schema is None:
+        return
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        path = "/".join(str(p) for p in exc.absolute_path)
+        where = f" at /{path}" if path else ""
+        raise InvalidParams.field(field, f"is not a valid JSON Schema{where}: {exc.message}") from None
+
+
+def _path(prefix: str, parts) -> str:
+    return ".".join([prefix, *(str(p) for p in parts)])
+
+
+class ValidatorCache:
+    """LRU of compiled validators keyed by (tenant, node type, version): a schema change
+    bumps the version, so stale validators are never used and need no invalidation."""
+
+    def __init__(self, size: int = 1024):
+        self.size = size
+        self._items: OrderedDict[tuple, Draft202012Validator] = OrderedDict()
+
+    def get(self, tenant_id: UUID, node_type_id: UUID, version: int,
+            schema: dict) -> Draft202012Validator:
+        key = (tenant_id, node_type_id, version)
+        validator = self._items.get(key)
+        if validator is None:
+            validator = Draft202012Validator(
+                schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+            self._items[key] = validator
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(key)
+        return validator
+
+    def errors(self, node_type: Any, data: dict, field: str = "data") -> list[dict]:
+        """Validation errors of `data` against the node type's schema ([] when valid)."""
+        schema = node_type["schema"]
+        if schema is None:
+            return []
+        validator = self.get(node_type["tenant_id"], node_type["id"], node_type["version"], schema)
+        try:
+            found = []
+            for err in validator.iter_errors(data):
+                found.append({"field": _path(field, err.absolute_path), "message": err.message})
+                if len(found) >= MAX_REPORTED_ERRORS:
+                    break
+            return found
+        except Unresolvable as exc:
+            return [{"field": "schema", "message": f"node type schema has an unresolvable $ref: {exc}"}]

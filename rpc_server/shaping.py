@@ -1,0 +1,39 @@
+"""Turn database rows into the flex-db result shapes.
+
+UUIDs and timestamps stay Python objects here; the response serializer (orjson) writes
+them as strings (RFC 3339 for timestamps)."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import asyncpg
+import orjson
+
+from .pagination import Page
+
+JSON_FIELDS = ("data", "schema")
+
+
+class Shaper:
+    """Knows the configured JSON-fields mode: objects, or strings for older flex-db clients."""
+
+    def __init__(self, json_fields: str = "object"):
+        self.as_strings = json_fields == "string"
+
+    def one(self, row: asyncpg.Record) -> dict:
+        item = dict(row)
+        if self.as_strings:
+            for key in JSON_FIELDS:
+                if key in item:
+                    value = item[key]
+                    item[key] = "" if value is None else orjson.dumps(value).decode()
+        return item
+
+    def many(self, rows: Iterable[asyncpg.Record]) -> list[dict]:
+        return [self.one(r) for r in rows]
+
+    def page(self, key: str, page: Page) -> dict:
+        pagination = {"next_page_token": page.next_page_token}
+        if page.total_count is not None:
+            pagination["total_count"] = page.total_count
+        return {key: self.many(page.rows), "pagination": pagination}
