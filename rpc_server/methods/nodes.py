@@ -1,10 +1,9 @@
 """Node methods, including the bulk create_nodes (one transaction, one INSERT)."""
 from __future__ import annotations
 
-import uuid
-
 from pydantic import Field
 
+from ..ids import uuid7_sequence
 from ..errors import InvalidParams, NotFound
 from ..params import Id, JsonObject, PaginationParam, Params, Version
 from ..registry import rpc_method
@@ -119,7 +118,7 @@ async def create_nodes(ctx, p: CreateNodes) -> dict:
                 errors.append({**err, "index": index})
         if errors:
             raise InvalidParams(errors=errors[:50])
-        ids = [uuid.uuid4() for _ in p.nodes]
+        ids = uuid7_sequence(len(p.nodes))
         rows = await NodeRepository(conn).create_many(
             p.tenant_id, ids, [n.node_type_id for n in p.nodes], [n.data for n in p.nodes])
     return {"nodes": ctx.shaper.many(rows)}

@@ -1,10 +1,9 @@
 """Relationship methods, including the bulk create_relationships."""
 from __future__ import annotations
 
-import uuid
-
 from pydantic import Field
 
+from ..ids import uuid7_sequence
 from ..errors import NotFound
 from ..params import Id, JsonObject, PaginationParam, Params, RelationshipType, Version
 from ..registry import rpc_method
@@ -117,7 +116,7 @@ async def create_relationships(ctx, p: CreateRelationships) -> dict:
                 if node_id not in existing:
                     raise NotFound(end, node_id, index=index,
                                    message=f"relationships.{index}: {end} not found")
-        ids = [uuid.uuid4() for _ in items]
+        ids = uuid7_sequence(len(items))
         rows = await RelationshipRepository(conn).create_many(
             p.tenant_id, ids, [i.source_node_id for i in items], [i.target_node_id for i in items],
             [i.relationship_type for i in items], [i.data for i in items])

@@ -1,0 +1,144 @@
+"""A small async JSON-RPC client for flexdb (httpx, one pooled connection set).
+
+    async with FlexDBClient("http://127.0.0.1:5000/jsonrpc") as db:
+        tenant = (await db.call("create_tenant", {"slug": "acme", "name": "Acme"}))["tenant"]
+        results = await db.batch([("get_tenant", {"id": tenant["id"]}), ("list_tenants", {})])
+
+Errors come back as typed exceptions carrying the JSON-RPC code, message and data."""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterable
+
+import httpx
+
+
+class RpcError(Exception):
+    """An error response from the server."""
+
+    code: int = 0
+
+    def __init__(self, code: int, message: str, data: Any = None):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.data = code, message, data
+
+    @property
+    def type(self) -> str | None:
+        return self.data.get("type") if isinstance(self.data, dict) else None
+
+
+class ParseError(RpcError): code = -32700  # noqa: E701
+class InvalidRequest(RpcError): code = -32600  # noqa: E701
+class MethodNotFound(RpcError): code = -32601  # noqa: E701
+class InvalidParams(RpcError): code = -32602  # noqa: E701
+class InternalError(RpcError): code = -32603  # noqa: E701
+class NotFound(RpcError): code = -32001  # noqa: E701
+class Unauthenticated(RpcError): code = -32002  # noqa: E701
+class Forbidden(RpcError): code = -32003  # noqa: E701
+class Conflict(RpcError): code = -32004  # noqa: E701
+class RateLimited(RpcError): code = -32005  # noqa: E701
+class QueryRejected(RpcError): code = -32006  # noqa: E701
+class PipelineFailed(RpcError): code = -32007  # noqa: E701
+
+
+ERROR_CLASSES = {cls.code: cls for cls in (
+    ParseError, InvalidRequest, MethodNotFound, InvalidParams, InternalError, NotFound,
+    Unauthenticated, Forbidden, Conflict, RateLimited, QueryRejected, PipelineFailed)}
+
+
+class TransportError(Exception):
+    """The server could not be reached or answered something that is not JSON-RPC."""
+
+
+def error_from(payload: dict) -> RpcError:
+    error = payload.get("error") or {}
+    code = error.get("code", 0)
+    cls = ERROR_CLASSES.get(code, RpcError)
+    return cls(code, error.get("message", ""), error.get("data"))
+
+
+class FlexDBClient:
+    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 30.0,
+                 headers: dict[str, str] | None = None, max_connections: int = 100,
+                 transport: httpx.AsyncBaseTransport | None = None):
+        all_headers = {"Content-Type": "application/json", **(headers or {})}
+        if api_key:
+            all_headers["Authorization"] = f"Bearer {api_key}"
+        self.url = url
+        self._ids = itertools.count(1)
+        self._http = httpx.AsyncClient(
+            headers=all_headers, timeout=timeout, transport=transport,
+            limits=httpx.Limits(max_connections=max_connections,
+                                max_keepalive_connections=max_connections))
+
+    async def __aenter__(self) -> "FlexDBClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def post(self, payload: Any, headers: dict[str, str] | None = None) -> httpx.Response:
+        """Send any JSON payload (used for protocol-level tests and tools)."""
+        try:
+            return await self._http.post(self.url, json=payload, headers=headers)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot reach {self.url}: {exc!r}") from exc
+
+    async def _send(self, payload: Any) -> Any:
+        response = await self.post(payload)
+        if response.status_code == 204:
+            return None
+        if response.status_code != 200:
+            raise TransportError(f"HTTP {response.status_code} from {self.url}")
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise TransportError("response is not JSON") from exc
+
+    async def call(self, method: str, params: dict | list | None = None) -> Any:
+        """Call one method; returns its result or raises an RpcError subclass."""
+        request = {"jsonrpc": "2.0", "method": method, "id": next(self._ids)}
+        if params is not None:
+            request["params"] = params
+        reply = await self._send(request)
+        if not isinstance(reply, dict):
+            raise TransportError("unexpected response shape")
+        if "error" in reply:
+            raise error_from(reply)
+        return reply.get("result")
+
+    async def notify(self, method: str, params: dict | list | None = None) -> None:
+        request = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            request["params"] = params
+        await self._send(request)
+
+    async def batch(self, calls: Iterable[tuple[str, dict | list | None]]) -> list[Any]:
+        """Send calls in one request; returns, in order, each result or RpcError instance."""
+        requests, ids = [], []
+        for method, params in calls:
+            rid = next(self._ids)
+            ids.append(rid)
+            request = {"jsonrpc": "2.0", "method": method, "id": rid}
+            if params is not None:
+                request["params"] = params
+            requests.append(request)
+        if not requests:
+            return []
+        reply = await self._send(requests)
+        if isinstance(reply, dict):  # the whole batch was refused
+            raise error_from(reply)
+        by_id = {r.get("id"): r for r in reply or []}
+        results = []
+        for rid in ids:
+            r = by_id.get(rid)
+            if r is None:
+                results.append(TransportError(f"no response for id {rid}"))
+            elif "error" in r:
+                results.append(error_from(r))
+            else:
+                results.append(r.get("result"))
+        return results

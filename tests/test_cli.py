@@ -1,0 +1,131 @@
+"""The `flexdb` command: settings validation, migrations (lock, checksums), serve."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from .conftest import ROOT, fresh_database
+
+
+def flexdb(*args, env=None, timeout=60):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXDB_")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "rpc_server", *args], env=full_env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("var,value,expected", [
+    ("FLEXDB_PORT", "not-a-port", "FLEXDB_PORT"),
+    ("FLEXDB_PORT", "70000", "FLEXDB_PORT"),
+    ("FLEXDB_JSON_FIELDS", "xml", "FLEXDB_JSON_FIELDS"),
+    ("FLEXDB_DATABASE_URL", "mysql://secret-password@host/db", "FLEXDB_DATABASE_URL"),
+    ("FLEXDB_DB_POOL_MAX", "0", "FLEXDB_DB_POOL_MAX"),
+])
+def test_invalid_settings_stop_the_start_with_a_clear_message(var, value, expected):
+    result = flexdb("serve", env={var: value})
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert value not in result.stderr  # the message names the setting, never its value
+
+
+def test_pool_min_above_max_is_refused():
+    result = flexdb("migrate", env={"FLEXDB_DB_POOL_MIN": "20", "FLEXDB_DB_POOL_MAX": "5"})
+    assert result.returncode == 2 and "FLEXDB_DB_POOL_MIN" in result.stderr
+
+
+@pytest.fixture
+def scratch_db(pg_server_url):
+    with fresh_database(pg_server_url) as url:
+        yield url
+
+
+@pytest.fixture
+def migrations_copy(tmp_path):
+    target = tmp_path / "sql"
+    shutil.copytree(ROOT / "sql", target)
+    return target
+
+
+def test_migrate_applies_once_and_records_checksums(scratch_db, migrations_copy):
+    env = {"FLEXDB_DATABASE_URL": scratch_db, "FLEXDB_MIGRATIONS_DIR": str(migrations_copy)}
+    first = flexdb("migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "0001_core.sql" in first.stdout
+    second = flexdb("migrate", env=env)
+    assert second.returncode == 0 and "up to date" in second.stdout
+
+
+def test_changed_applied_migration_is_an_error(scratch_db, migrations_copy):
+    env = {"FLEXDB_DATABASE_URL": scratch_db, "FLEXDB_MIGRATIONS_DIR": str(migrations_copy)}
+    assert flexdb("migrate", env=env).returncode == 0
+    core = migrations_copy / "0001_core.sql"
+    core.write_text(core.read_text() + "\n-- edited after the fact\n")
+    result = flexdb("migrate", env=env)
+    assert result.returncode == 1
+    assert "0001_core.sql was changed after it was applied" in result.stderr
+    serve = flexdb("serve", env={**env, "FLEXDB_PORT": "5999"})
+    assert serve.returncode == 1 and "changed after it was applied" in serve.stderr
+
+
+def test_new_migration_file_is_applied_later(scratch_db, migrations_copy):
+    env = {"FLEXDB_DATABASE_URL": scratch_db, "FLEXDB_MIGRATIONS_DIR": str(migrations_copy)}
+    assert flexdb("migrate", env=env).returncode == 0
+    (migrations_copy / "0002_extra.sql").write_text("CREATE TABLE extra_probe (id int);")
+    result = flexdb("migrate", env=env)
+    assert result.returncode == 0 and "0002_extra.sql" in result.stdout
+
+
+def test_concurrent_migrators_do_not_race(scratch_db, migrations_copy):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXDB_")}
+    env.update({"FLEXDB_DATABASE_URL": scratch_db, "FLEXDB_MIGRATIONS_DIR": str(migrations_copy)})
+    procs = [subprocess.Popen([sys.executable, "-m", "rpc_server", "migrate"], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    applied = [out for out, _ in outputs if "0001_core.sql" in out]
+    assert len(applied) == 1  # exactly one process applied it; the others found it done
+
+    async def count():
+        conn = await asyncpg.connect(scratch_db)
+        try:
+            return await conn.fetchval("SELECT count(*) FROM schema_migrations")
+        finally:
+            await conn.close()
+
+    import asyncio
+    assert asyncio.run(count()) == 1
+
+
+def test_bad_migration_file_name_is_refused(scratch_db, migrations_copy):
+    (migrations_copy / "fix.sql").write_text("SELECT 1;")
+    result = flexdb("migrate", env={"FLEXDB_DATABASE_URL": scratch_db,
+                                    "FLEXDB_MIGRATIONS_DIR": str(migrations_copy)})
+    assert result.returncode == 1 and "fix.sql" in result.stderr
+
+
+def test_failed_migration_leaves_nothing_half_applied(scratch_db, migrations_copy):
+    env = {"FLEXDB_DATABASE_URL": scratch_db, "FLEXDB_MIGRATIONS_DIR": str(migrations_copy)}
+    (migrations_copy / "0002_broken.sql").write_text(
+        "CREATE TABLE half_done (id int);\nTHIS IS NOT SQL;")
+    result = flexdb("migrate", env=env)
+    assert result.returncode != 0
+
+    async def check():
+        conn = await asyncpg.connect(scratch_db)
+        try:
+            names = [r[0] for r in await conn.fetch("SELECT filename FROM schema_migrations")]
+            half = await conn.fetchval("SELECT to_regclass('half_done')")
+            return names, half
+        finally:
+            await conn.close()
+
+    import asyncio
+    names, half = asyncio.run(check())
+    assert names == ["0001_core.sql"] and half is None

@@ -1,0 +1,46 @@
+"""FLEXDB_JSON_FIELDS=string: data and schema come back as JSON strings for flex-db clients
+whose response models require strings."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rpc_server.client import FlexDBClient
+
+from .conftest import running_server, unique
+
+
+@pytest.fixture(scope="module")
+def string_server(database_url):
+    with running_server({"FLEXDB_DATABASE_URL": database_url,
+                         "FLEXDB_JSON_FIELDS": "string"}) as srv:
+        yield srv
+
+
+async def test_documents_are_strings(string_server):
+    async with FlexDBClient(string_server.url) as rpc:
+        tenant = (await rpc.call("create_tenant", {"slug": unique("s"), "name": "S"}))["tenant"]
+        plain = (await rpc.call("create_node_type",
+                                {"tenant_id": tenant["id"], "name": "Plain"}))["node_type"]
+        assert plain["schema"] == ""
+        typed = (await rpc.call("create_node_type", {
+            "tenant_id": tenant["id"], "name": "Typed",
+            "schema": '{"type": "object", "required": ["x"]}'}))["node_type"]
+        assert json.loads(typed["schema"]) == {"type": "object", "required": ["x"]}
+
+        node = (await rpc.call("create_node", {"tenant_id": tenant["id"], "node_type_id": typed["id"],
+                                               "data": '{"x": 1, "y": [true, null]}'}))["node"]
+        assert isinstance(node["data"], str)
+        assert json.loads(node["data"]) == {"x": 1, "y": [True, None]}
+
+        listed = await rpc.call("list_nodes", {"tenant_id": tenant["id"]})
+        assert isinstance(listed["nodes"][0]["data"], str)
+        assert listed["pagination"]["next_page_token"] == ""
+
+        other = (await rpc.call("create_node", {"tenant_id": tenant["id"],
+                                                "node_type_id": plain["id"]}))["node"]
+        rel = (await rpc.call("create_relationship", {
+            "tenant_id": tenant["id"], "source_node_id": node["id"], "target_node_id": other["id"],
+            "relationship_type": "links", "data": "{}"}))["relationship"]
+        assert rel["data"] == "{}"

@@ -1,0 +1,203 @@
+"""JSON-RPC 2.0 framing over HTTP, following the specification's own examples."""
+from __future__ import annotations
+
+import pytest
+
+from rpc_server.client import InvalidParams
+
+from .conftest import unique
+
+
+async def post(http, payload=None, *, content=None):
+    if content is not None:
+        return await http.post("/jsonrpc", content=content,
+                               headers={"Content-Type": "application/json"})
+    return await http.post("/jsonrpc", json=payload)
+
+
+def req(method, params=None, id=1, **extra):
+    body = {"jsonrpc": "2.0", "method": method, **extra}
+    if params is not None:
+        body["params"] = params
+    if id is not ...:
+        body["id"] = id
+    return body
+
+
+async def test_parse_error_is_200_with_code_32700(http):
+    r = await post(http, content=b'{"jsonrpc": "2.0", "method": "foobar, "params": "bar", "baz]')
+    assert r.status_code == 200
+    body = r.json()
+    assert body["error"]["code"] == -32700 and body["id"] is None
+
+
+async def test_invalid_request_object(http):
+    r = await post(http, {"jsonrpc": "2.0", "method": 1, "params": "bar"})
+    assert r.status_code == 200
+    assert r.json()["error"]["code"] == -32600 and r.json()["id"] is None
+
+
+async def test_empty_array_is_single_invalid_request(http):
+    r = await post(http, [])
+    body = r.json()
+    assert isinstance(body, dict)
+    assert body["error"]["code"] == -32600 and body["id"] is None
+
+
+async def test_batch_of_non_objects_gives_one_error_each(http):
+    r = await post(http, [1, 2, 3])
+    body = r.json()
+    assert [e["error"]["code"] for e in body] == [-32600, -32600, -32600]
+
+
+async def test_batch_invalid_json_is_single_parse_error(http):
+    r = await post(http, content=b'[{"jsonrpc": "2.0", "method": "sum", "params": [1,2,4], "id": "1"},'
+                                 b'{"jsonrpc": "2.0", "method"]')
+    assert r.json()["error"]["code"] == -32700
+
+
+async def test_mixed_batch_valid_members_run_and_answers_keep_order(http):
+    slug = unique("batch")
+    batch = [
+        req("create_tenant", {"slug": slug, "name": "Batch"}, id="a"),
+        {"foo": "boo"},
+        req("no_such_method", {}, id="c"),
+        req("list_tenants", {"pagination": {"page_size": 1}}, id=..., ),  # notification
+        req("get_tenant", {"id": "not-a-uuid"}, id=5),
+        {"jsonrpc": "1.0", "method": "list_tenants", "id": 6},
+    ]
+    r = await post(http, batch)
+    assert r.status_code == 200
+    body = r.json()
+    assert len(body) == 5  # the notification gets no answer
+    assert body[0]["id"] == "a" and body[0]["result"]["tenant"]["slug"] == slug
+    assert body[1]["id"] is None and body[1]["error"]["code"] == -32600
+    assert body[2]["id"] == "c" and body[2]["error"]["code"] == -32601
+    assert body[3]["id"] == 5 and body[3]["error"]["code"] == -32602
+    assert body[3]["error"]["data"]["errors"][0]["field"] == "id"
+    assert body[4]["id"] == 6 and body[4]["error"]["code"] == -32600
+
+
+async def test_only_notifications_gives_204_and_they_run(http, rpc):
+    slug = unique("notified")
+    r = await post(http, [req("create_tenant", {"slug": slug, "name": "N"}, id=...),
+                          req("list_tenants", {}, id=...)])
+    assert r.status_code == 204 and r.content == b""
+    r = await post(http, req("list_tenants", {}, id=...))
+    assert r.status_code == 204
+    # The notification really ran: the slug is now taken.
+    r = await post(http, req("create_tenant", {"slug": slug, "name": "again"}))
+    assert r.json()["error"]["code"] == -32004
+
+
+@pytest.mark.parametrize("id", ["abc", 42, 3.5, None, "", 0])
+async def test_ids_are_echoed(http, id):
+    r = await post(http, req("list_tenants", {"pagination": {"page_size": 1}}, id=id))
+    body = r.json()
+    assert body["id"] == id and "result" in body
+
+
+@pytest.mark.parametrize("bad_id", [True, [1], {"a": 1}])
+async def test_invalid_id_types_are_invalid_requests(http, bad_id):
+    r = await post(http, req("list_tenants", {}, id=bad_id))
+    assert r.json()["error"]["code"] == -32600 and r.json()["id"] is None
+
+
+async def test_params_by_position(http):
+    slug = unique("pos")
+    r = await post(http, req("create_tenant", [slug, "Positional"]))
+    tenant = r.json()["result"]["tenant"]
+    assert tenant["slug"] == slug and tenant["name"] == "Positional"
+    r = await post(http, req("get_tenant", [tenant["id"]]))
+    assert r.json()["result"]["tenant"]["id"] == tenant["id"]
+
+
+async def test_too_many_positional_params_is_invalid_params(http):
+    r = await post(http, req("get_tenant", ["a", "b", "c"]))
+    assert r.json()["error"]["code"] == -32602
+
+
+@pytest.mark.parametrize("params,field", [
+    ({"slug": 123, "name": "x"}, "slug"),
+    ({"slug": "ok-slug", "name": ["x"]}, "name"),
+    ({"slug": "ok-slug"}, "name"),
+    ({"slug": "ok-slug", "name": "x", "unknown": 1}, "params"),
+])
+async def test_wrong_param_types_are_32602_naming_the_field(http, params, field):
+    r = await post(http, req("create_tenant", params))
+    error = r.json()["error"]
+    assert error["code"] == -32602
+    assert error["data"]["type"] == "invalid_params"
+    assert any(e["field"] == field for e in error["data"]["errors"]), error
+
+
+async def test_params_must_be_array_or_object(http):
+    r = await post(http, req("list_tenants", "bar"))
+    assert r.json()["error"]["code"] == -32600
+
+
+async def test_wrong_params_type_in_pagination(rpc):
+    with pytest.raises(InvalidParams) as exc:
+        await rpc.call("list_tenants", {"pagination": {"page_size": "ten"}})
+    assert exc.value.data["errors"][0]["field"] == "pagination.page_size"
+
+
+async def test_body_size_limit(http):
+    big = "x" * (1_048_576 + 10)
+    r = await post(http, req("create_tenant", {"slug": "big", "name": big}))
+    assert r.status_code == 200
+    error = r.json()["error"]
+    assert error["code"] == -32600 and error["data"]["max_bytes"] == 1_048_576
+
+
+async def test_batch_length_limit(http):
+    r = await post(http, [req("list_tenants", {}, id=i) for i in range(101)])
+    body = r.json()
+    assert isinstance(body, dict) and body["error"]["code"] == -32600
+    assert body["error"]["data"]["max_batch"] == 100
+
+
+async def test_batch_at_limit_is_accepted(http):
+    r = await post(http, [req("list_tenants", {"pagination": {"page_size": 1}}, id=i)
+                          for i in range(100)])
+    body = r.json()
+    assert [b["id"] for b in body] == list(range(100))
+    assert all("result" in b for b in body)
+
+
+async def test_json_nesting_limit(http):
+    deep = {}
+    cursor = deep
+    for _ in range(100):
+        cursor["a"] = {}
+        cursor = cursor["a"]
+    r = await post(http, req("create_tenant", {"slug": "deep", "name": "x", "extra": deep}))
+    error = r.json()["error"]
+    assert error["code"] == -32600 and "nesting" in error["data"]["reason"]
+
+
+async def test_extremely_deep_json_is_a_clean_error(http):
+    r = await post(http, content=b"[" * 5000 + b"]" * 5000)
+    assert r.status_code == 200
+    assert r.json()["error"]["code"] in (-32700, -32600)
+
+
+async def test_request_id_header_is_echoed_or_generated(http):
+    r = await http.post("/jsonrpc", json=req("list_tenants", {}), headers={"X-Request-ID": "abc-123"})
+    assert r.headers["X-Request-ID"] == "abc-123"
+    r = await http.post("/jsonrpc", json=req("list_tenants", {}),
+                        headers={"X-Request-ID": "bad id\twith spaces"})
+    assert r.headers["X-Request-ID"] != "bad id\twith spaces" and len(r.headers["X-Request-ID"]) == 32
+
+
+async def test_health(http):
+    r = await http.get("/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+async def test_server_survives_garbage(http, rpc):
+    for content in [b"", b"null", b"\xff\xfe", b'"just a string"', b"123", b"{}"]:
+        r = await post(http, content=content)
+        assert r.status_code == 200
+        assert r.json()["error"]["code"] in (-32700, -32600)
+    assert "tenants" in await rpc.call("list_tenants", {})
