@@ -1,0 +1,32 @@
+"""The README's curl examples run as printed against a live server."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from .conftest import ROOT
+
+
+def readme_examples() -> str:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- readme-examples:start -->\s*```sh\n(.*?)```", text, re.S)
+    assert block, "README lost its examples block"
+    return block.group(1)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_readme_curl_examples_work(server):
+    script = "set -euo pipefail\n" + readme_examples()
+    result = subprocess.run(["bash", "-c", script], env={**os.environ, "FLEXDB_URL": server.url},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(lines) >= 14
+    # Every example succeeds except the one that shows a schema violation.
+    errors = [line for line in lines if '"error"' in line]
+    assert len(errors) == 1 and '"code":-32602' in errors[0] and "data.age" in errors[0]
+    assert '"success":true' in lines[-1]
