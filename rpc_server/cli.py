@@ -5,6 +5,9 @@ import argparse
 import asyncio
 import logging
 import sys
+from urllib.parse import urlsplit
+
+import asyncpg
 
 from .config import ConfigError, Settings, load_settings
 from .migrations import MigrationError
@@ -67,3 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     except MigrationError as exc:
         print(f"flexdb: migration failed: {exc}", file=sys.stderr)
         return 1
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError,
+            asyncpg.InterfaceError) as exc:
+        # Name the setting and the server, never the credentials in the URL.
+        print(f"flexdb: cannot use the database at {describe_database(settings)} "
+              f"(FLEXDB_DATABASE_URL): {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+
+
+def describe_database(settings: Settings) -> str:
+    if not settings.database_url:
+        return f"embedded PostgreSQL in {settings.data_dir}"
+    parts = urlsplit(settings.database_url)
+    return f"{parts.hostname or 'local socket'}:{parts.port or 5432}{parts.path}"

@@ -30,6 +30,15 @@ def _path(prefix: str, parts) -> str:
     return ".".join([prefix, *(str(p) for p in parts)])
 
 
+def _describe(err, field: str) -> list[dict]:
+    """A `required` error names the parent object; point at each missing property instead."""
+    if err.validator == "required" and isinstance(err.instance, dict):
+        missing = [p for p in err.validator_value if p not in err.instance]
+        return [{"field": _path(field, [*err.absolute_path, p]), "message": "is required"}
+                for p in missing]
+    return [{"field": _path(field, err.absolute_path), "message": err.message}]
+
+
 class ValidatorCache:
     """LRU of compiled validators keyed by (tenant, node type, version): a schema change
     bumps the version, so stale validators are never used and need no invalidation."""
@@ -61,9 +70,9 @@ class ValidatorCache:
         try:
             found = []
             for err in validator.iter_errors(data):
-                found.append({"field": _path(field, err.absolute_path), "message": err.message})
+                found += _describe(err, field)
                 if len(found) >= MAX_REPORTED_ERRORS:
                     break
-            return found
+            return found[:MAX_REPORTED_ERRORS]
         except Unresolvable as exc:
             return [{"field": "schema", "message": f"node type schema has an unresolvable $ref: {exc}"}]

@@ -129,3 +129,12 @@ def test_failed_migration_leaves_nothing_half_applied(scratch_db, migrations_cop
     import asyncio
     names, half = asyncio.run(check())
     assert names == ["0001_core.sql"] and half is None
+
+
+def test_unreachable_database_is_a_clear_error_without_the_password():
+    result = flexdb("migrate", env={
+        "FLEXDB_DATABASE_URL": "postgresql://postgres:hunter2secret@127.0.0.1:1/flexdb",
+        "FLEXDB_DB_CONNECT_TIMEOUT_S": "2"})
+    assert result.returncode == 1
+    assert "cannot use the database at 127.0.0.1:1/flexdb" in result.stderr
+    assert "hunter2secret" not in result.stderr and "Traceback" not in result.stderr
