@@ -25,6 +25,16 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                                   schema="pg_catalog")
 
 
+async def _reset_on_release(conn: asyncpg.Connection) -> None:
+    """Replaces asyncpg's default release-time reset query (RESET ALL, UNLISTEN *, CLOSE ALL,
+    advisory unlock), which costs a round trip per request. Pooled connections only ever
+    run flexdb's own statements, which leave no session state behind; a connection left
+    inside a transaction is rolled back. Code that runs caller-controlled SQL must clean
+    up after itself explicitly (or use a pool with the default reset)."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def connect(url: str, settings: Settings) -> asyncpg.Connection:
     conn = await asyncpg.connect(url, timeout=settings.db_connect_timeout_s)
     await _init_connection(conn)
@@ -41,6 +51,7 @@ async def create_pool(url: str, settings: Settings) -> asyncpg.Pool:
         max_size=settings.db_pool_max,
         timeout=settings.db_connect_timeout_s,
         init=_init_connection,
+        reset=_reset_on_release,
         server_settings=server_settings,
     )
 
