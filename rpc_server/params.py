@@ -77,6 +77,8 @@ Email = Annotated[str, Field(min_length=3, max_length=254), AfterValidator(_emai
 Status = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z_]*$")]
 RelationshipType = Annotated[str, Field(min_length=1, max_length=100),
                              AfterValidator(_no_control_chars)]
+# Optional filters: "" means "not given" (proto3-style clients send empty strings).
+OptionalId = Annotated[UUID | None, BeforeValidator(lambda v: None if v == "" else v)]
 JsonObject = Annotated[dict[str, Any], BeforeValidator(_parse_json_text)]
 JsonSchemaDoc = Annotated[dict[str, Any] | None, BeforeValidator(_optional_schema)]
 Version = Annotated[StrictInt, Field(ge=1)]

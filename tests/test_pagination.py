@@ -123,3 +123,12 @@ async def test_relationship_walk_by_source(rpc, tenant, node_type):
                                "relationships", 6)
     assert seen == [r["id"] for r in created]
     assert last["pagination"]["total_count"] == 40
+
+
+async def test_empty_string_filters_mean_no_filter(rpc, tenant, node_type):
+    await make_nodes(rpc, tenant, node_type, 3)
+    result = await rpc.call("list_nodes", {"tenant_id": tenant["id"], "node_type_id": ""})
+    assert result["pagination"]["total_count"] == 3
+    result = await rpc.call("list_relationships", {"tenant_id": tenant["id"], "source_node_id": "",
+                                                   "target_node_id": "", "relationship_type": ""})
+    assert result["relationships"] == []

@@ -5,7 +5,7 @@ from pydantic import Field
 
 from ..ids import uuid7_sequence
 from ..errors import InvalidParams, NotFound
-from ..params import Id, JsonObject, PaginationParam, Params, Version
+from ..params import Id, JsonObject, OptionalId, PaginationParam, Params, Version
 from ..registry import rpc_method
 from ..repositories import NodeRepository, NodeTypeRepository
 from .common import DELETED, require_tenant
@@ -33,7 +33,7 @@ class UpdateNode(Params):
 
 class ListNodes(Params):
     tenant_id: Id
-    node_type_id: Id | None = None
+    node_type_id: OptionalId = None
     pagination: PaginationParam
 
 

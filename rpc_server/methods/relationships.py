@@ -1,11 +1,13 @@
 """Relationship methods, including the bulk create_relationships."""
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field
 
 from ..ids import uuid7_sequence
 from ..errors import NotFound
-from ..params import Id, JsonObject, PaginationParam, Params, RelationshipType, Version
+from ..params import Id, JsonObject, OptionalId, PaginationParam, Params, RelationshipType, Version
 from ..registry import rpc_method
 from ..repositories import NodeRepository, RelationshipRepository
 from .common import DELETED, changes_of, require_changes, require_tenant
@@ -37,9 +39,10 @@ class UpdateRelationship(Params):
 
 class ListRelationships(Params):
     tenant_id: Id
-    source_node_id: Id | None = None
-    target_node_id: Id | None = None
-    relationship_type: RelationshipType | None = None
+    source_node_id: OptionalId = None
+    target_node_id: OptionalId = None
+    relationship_type: Annotated[RelationshipType | None,
+                                 BeforeValidator(lambda v: None if v == "" else v)] = None
     pagination: PaginationParam
 
 
