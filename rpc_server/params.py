@@ -55,9 +55,33 @@ def _parse_json_text(value: Any) -> Any:
     return value
 
 
+def _contains_nul(value: Any) -> bool:
+    """PostgreSQL text and jsonb cannot store U+0000, so it is refused up front."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def _json_object(value: Any) -> dict:
     if not isinstance(value, dict):
         raise ValueError("must be a JSON object (or a string holding one)")
+    if _contains_nul(value):
+        raise ValueError("must not contain the character U+0000")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain the character U+0000")
     return value
 
 
@@ -72,14 +96,15 @@ Id = UUID
 Slug = Annotated[str, Field(min_length=1, max_length=63), AfterValidator(_slug)]
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_no_control_chars)]
 DisplayName = Name
-Description = Annotated[str, Field(max_length=MAX_DESCRIPTION)]
+Description = Annotated[str, Field(max_length=MAX_DESCRIPTION), AfterValidator(_no_nul)]
 Email = Annotated[str, Field(min_length=3, max_length=254), AfterValidator(_email)]
 Status = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z_]*$")]
 RelationshipType = Annotated[str, Field(min_length=1, max_length=100),
                              AfterValidator(_no_control_chars)]
 # Optional filters: "" means "not given" (proto3-style clients send empty strings).
 OptionalId = Annotated[UUID | None, BeforeValidator(lambda v: None if v == "" else v)]
-JsonObject = Annotated[dict[str, Any], BeforeValidator(_parse_json_text)]
+JsonObject = Annotated[dict[str, Any], BeforeValidator(_parse_json_text),
+                       AfterValidator(_json_object)]
 JsonSchemaDoc = Annotated[dict[str, Any] | None, BeforeValidator(_optional_schema)]
 Version = Annotated[StrictInt, Field(ge=1)]
 

@@ -77,6 +77,10 @@ def translate_database_error(exc: Exception) -> RpcError | None:
         kind = MISSING_REFERENCES.get(exc.constraint_name)
         if kind:
             return NotFound(kind)
+    if isinstance(exc, (asyncpg.UntranslatableCharacterError,
+                        asyncpg.CharacterNotInRepertoireError)):
+        # Backstop for text PostgreSQL cannot store (params validation refuses U+0000).
+        return InvalidParams.field("params", "contains a character the database cannot store")
     if isinstance(exc, UNAVAILABLE_ERRORS):
         return Unavailable()
     return None

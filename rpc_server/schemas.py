@@ -8,14 +8,21 @@ from uuid import UUID
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from referencing import Registry
 from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from .errors import InvalidParams
 
 MAX_REPORTED_ERRORS = 10
 
 
+SCHEMA_URI = "urn:flexdb:node-type-schema"
+
+
 def check_schema(schema: dict | None, field: str = "schema") -> None:
+    """Refuse a schema that is not valid Draft 2020-12, or whose $refs cannot be resolved
+    (only references inside the schema itself are: nothing is ever fetched)."""
     if schema is None:
         return
     try:
@@ -24,6 +31,29 @@ def check_schema(schema: dict | None, field: str = "schema") -> None:
         path = "/".join(str(p) for p in exc.absolute_path)
         where = f" at /{path}" if path else ""
         raise InvalidParams.field(field, f"is not a valid JSON Schema{where}: {exc.message}") from None
+    resolver = Registry().with_resource(
+        SCHEMA_URI, DRAFT202012.create_resource(schema)).resolver(base_uri=SCHEMA_URI)
+    for ref in _references(schema):
+        try:
+            resolver.lookup(ref)
+        except Unresolvable:
+            raise InvalidParams.field(field, f"$ref {ref!r} cannot be resolved: only references "
+                                      "to parts of the same schema are supported") from None
+
+
+def _references(schema: Any) -> list[str]:
+    refs, stack = [], [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, value in item.items():
+                if key in ("$ref", "$dynamicRef") and isinstance(value, str):
+                    refs.append(value)
+                else:
+                    stack.append(value)
+        elif isinstance(item, list):
+            stack.extend(item)
+    return refs
 
 
 def _path(prefix: str, parts) -> str:

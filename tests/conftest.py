@@ -147,6 +147,20 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
+def missing_id() -> str:
+    return str(uuid.uuid4())
+
+
+def error_fields(exc) -> list[str]:
+    """The `field` of every entry in an InvalidParams error's data.errors."""
+    assert exc.value.type == "invalid_params"
+    return [e["field"] for e in exc.value.data["errors"]]
+
+
+async def make_tenant(rpc) -> dict:
+    return (await rpc.call("create_tenant", {"slug": unique("t"), "name": "T"}))["tenant"]
+
+
 @pytest.fixture
 async def tenant(rpc):
     return (await rpc.call("create_tenant", {"slug": unique("t"), "name": "Test tenant"}))["tenant"]

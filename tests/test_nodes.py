@@ -1,0 +1,622 @@
+"""Node types (with their JSON Schemas) and nodes: CRUD, schema validation, tenant
+isolation, optimistic concurrency, cascades and the all-or-nothing bulk create_nodes."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from rpc_server.client import Conflict, InvalidParams, NotFound
+
+from .conftest import error_fields, make_tenant, missing_id, unique
+
+PERSON = {"type": "object",
+          "properties": {"name": {"type": "string"}, "age": {"type": "integer", "minimum": 0}},
+          "required": ["name"]}
+
+
+# ---------------------------------------------------------------- helpers
+
+async def make_node_type(rpc, tenant_id, name=None, **extra) -> dict:
+    params = {"tenant_id": tenant_id, "name": unique("Type") if name is None else name, **extra}
+    return (await rpc.call("create_node_type", params))["node_type"]
+
+
+async def make_node(rpc, tenant_id, node_type_id, data=None) -> dict:
+    params = {"tenant_id": tenant_id, "node_type_id": node_type_id}
+    if data is not None:
+        params["data"] = data
+    return (await rpc.call("create_node", params))["node"]
+
+
+async def get_node(rpc, tenant_id, node_id) -> dict:
+    return (await rpc.call("get_node", {"tenant_id": tenant_id, "id": node_id}))["node"]
+
+
+async def count_nodes(rpc, tenant_id, node_type_id=None) -> int:
+    params = {"tenant_id": tenant_id, "pagination": {"page_size": 1}}
+    if node_type_id:
+        params["node_type_id"] = node_type_id
+    return (await rpc.call("list_nodes", params))["pagination"]["total_count"]
+
+
+def people(node_type_id, count, start=0) -> list[dict]:
+    return [{"node_type_id": node_type_id, "data": {"name": f"p{i}", "age": i}}
+            for i in range(start, start + count)]
+
+
+# ---------------------------------------------------------------- node types
+
+async def test_create_node_type_with_schema_object(rpc, tenant):
+    nt = await make_node_type(rpc, tenant["id"], "Person", description="people", schema=PERSON)
+    assert (nt["tenant_id"], nt["name"], nt["description"]) == (tenant["id"], "Person", "people")
+    assert nt["schema"] == PERSON and nt["version"] == 1
+    got = (await rpc.call("get_node_type", {"tenant_id": tenant["id"], "id": nt["id"]}))
+    assert got["node_type"] == nt
+
+
+async def test_create_node_type_with_schema_as_json_string(rpc, tenant):
+    nt = await make_node_type(rpc, tenant["id"], schema=json.dumps(PERSON))
+    assert nt["schema"] == PERSON
+    # ... and the string schema is enforced like an object one
+    with pytest.raises(InvalidParams) as exc:
+        await make_node(rpc, tenant["id"], nt["id"], {"name": "x", "age": -1})
+    assert error_fields(exc) == ["data.age"]
+
+
+@pytest.mark.parametrize("schema", [None, ""])
+async def test_node_type_without_schema_accepts_any_object(rpc, tenant, schema):
+    nt = await make_node_type(rpc, tenant["id"], schema=schema)
+    assert nt["schema"] is None and nt["description"] == ""
+    node = await make_node(rpc, tenant["id"], nt["id"], {"anything": [1, {"goes": True}]})
+    assert node["data"] == {"anything": [1, {"goes": True}]}
+
+
+@pytest.mark.parametrize("schema", [{"type": "nope"}, json.dumps({"type": "nope"}),
+                                    {"properties": {"age": {"minimum": "zero"}}},
+                                    {"required": "name"}])
+async def test_invalid_json_schema_is_invalid_params(rpc, tenant, schema):
+    with pytest.raises(InvalidParams) as exc:
+        await make_node_type(rpc, tenant["id"], "Bad", schema=schema)
+    assert exc.value.code == -32602
+    assert error_fields(exc) == ["schema"]
+    assert "not a valid JSON Schema" in exc.value.data["errors"][0]["message"]
+    listed = await rpc.call("list_node_types", {"tenant_id": tenant["id"]})
+    assert listed["node_types"] == []
+
+
+@pytest.mark.parametrize("schema", ['{"type": "object"', "not json", "[1, 2]", "5", 5, [1]])
+async def test_malformed_or_non_object_schema_is_invalid_params(rpc, tenant, schema):
+    with pytest.raises(InvalidParams) as exc:
+        await make_node_type(rpc, tenant["id"], "Bad", schema=schema)
+    assert exc.value.code == -32602  # not -32603: the server must not crash on it
+    assert error_fields(exc) == ["schema"]
+
+
+@pytest.mark.parametrize("name", ["", "n" * 201])
+async def test_bad_node_type_name_is_invalid_params(rpc, tenant, name):
+    with pytest.raises(InvalidParams) as exc:
+        await make_node_type(rpc, tenant["id"], name)
+    assert error_fields(exc) == ["name"]
+
+
+async def test_duplicate_node_type_name_in_a_tenant_is_a_conflict(rpc, tenant):
+    await make_node_type(rpc, tenant["id"], "Person")
+    with pytest.raises(Conflict) as exc:
+        await make_node_type(rpc, tenant["id"], "Person", schema=PERSON)
+    assert exc.value.code == -32004
+    assert exc.value.data["type"] == "conflict" and exc.value.data["field"] == "name"
+
+
+async def test_same_node_type_name_in_another_tenant_is_fine(rpc, tenant):
+    other = await make_tenant(rpc)
+    a = await make_node_type(rpc, tenant["id"], "Person")
+    b = await make_node_type(rpc, other["id"], "Person")
+    assert a["id"] != b["id"] and b["tenant_id"] == other["id"]
+
+
+async def test_node_type_in_missing_tenant_is_not_found(rpc):
+    with pytest.raises(NotFound) as exc:
+        await make_node_type(rpc, missing_id(), "Person")
+    assert exc.value.data["kind"] == "tenant"
+
+
+async def test_node_type_of_another_tenant_is_not_found(rpc, tenant, node_type):
+    other = await make_tenant(rpc)
+    for method, extra in (("get_node_type", {}), ("update_node_type", {"name": "Stolen"}),
+                          ("delete_node_type", {})):
+        with pytest.raises(NotFound) as exc:
+            await rpc.call(method, {"tenant_id": other["id"], "id": node_type["id"], **extra})
+        assert exc.value.data["kind"] == "node_type"
+    got = await rpc.call("get_node_type", {"tenant_id": tenant["id"], "id": node_type["id"]})
+    assert got["node_type"] == node_type
+
+
+async def test_update_node_type_name_and_description(rpc, tenant, node_type):
+    updated = (await rpc.call("update_node_type", {
+        "tenant_id": tenant["id"], "id": node_type["id"], "name": "Human",
+        "description": "a person", "expected_version": 1}))["node_type"]
+    assert (updated["name"], updated["description"], updated["version"]) == ("Human",
+                                                                             "a person", 2)
+    assert updated["schema"] == node_type["schema"]  # absent = unchanged
+
+
+async def test_update_node_type_version_conflict(rpc, tenant, node_type):
+    await rpc.call("update_node_type", {"tenant_id": tenant["id"], "id": node_type["id"],
+                                        "description": "v2"})
+    with pytest.raises(Conflict) as exc:
+        await rpc.call("update_node_type", {"tenant_id": tenant["id"], "id": node_type["id"],
+                                            "description": "lost", "expected_version": 1})
+    assert exc.value.data["type"] == "version_conflict"
+    assert exc.value.data["current_version"] == 2
+
+
+async def test_rename_node_type_to_a_taken_name_is_a_conflict(rpc, tenant, node_type):
+    other = await make_node_type(rpc, tenant["id"], "Company")
+    with pytest.raises(Conflict) as exc:
+        await rpc.call("update_node_type", {"tenant_id": tenant["id"], "id": other["id"],
+                                            "name": node_type["name"]})
+    assert exc.value.data["field"] == "name"
+
+
+@pytest.mark.parametrize("extra", [{}, {"name": None}, {"expected_version": 1}])
+async def test_update_node_type_with_nothing_to_change_is_invalid_params(rpc, tenant,
+                                                                          node_type, extra):
+    with pytest.raises(InvalidParams) as exc:
+        await rpc.call("update_node_type", {"tenant_id": tenant["id"], "id": node_type["id"],
+                                            **extra})
+    assert error_fields(exc) == ["params"]
+
+
+async def test_update_node_type_with_invalid_schema_changes_nothing(rpc, tenant, node_type):
+    for schema in ({"type": "nope"}, "{broken"):
+        with pytest.raises(InvalidParams) as exc:
+            await rpc.call("update_node_type", {"tenant_id": tenant["id"], "id": node_type["id"],
+                                                "schema": schema})
+        assert error_fields(exc) == ["schema"]
+    got = await rpc.call("get_node_type", {"tenant_id": tenant["id"], "id": node_type["id"]})
+    assert got["node_type"] == node_type
+
+
+async def test_schema_change_applies_to_later_creates_and_updates(rpc, tenant, node_type):
+    tid = tenant["id"]
+    old_style = await make_node(rpc, tid, node_type["id"], {"name": "Ada", "age": 36})
+    new_schema = {"type": "object", "properties": {"email": {"type": "string"}},
+                  "required": ["email"], "additionalProperties": False}
+    updated = (await rpc.call("update_node_type", {"tenant_id": tid, "id": node_type["id"],
+                                                   "schema": new_schema}))["node_type"]
+    assert updated["schema"] == new_schema and updated["version"] == 2
+
+    # Data valid under the old schema is now rejected, on create and on update.
+    with pytest.raises(InvalidParams) as exc:
+        await make_node(rpc, tid, node_type["id"], {"name": "Grace"})
+    assert exc.value.data["errors"]
+    with pytest.raises(InvalidParams):
+        await rpc.call("update_node", {"tenant_id": tid, "id": old_style["id"],
+                                       "data": {"name": "Ada", "age": 37}})
+    # The existing node is not re-validated or changed by the schema change.
+    assert await get_node(rpc, tid, old_style["id"]) == old_style
+
+    # Data valid under the new schema only is accepted.
+    created = await make_node(rpc, tid, node_type["id"], {"email": "g@example.com"})
+    assert created["data"] == {"email": "g@example.com"}
+    moved = (await rpc.call("update_node", {"tenant_id": tid, "id": old_style["id"],
+                                            "data": {"email": "a@example.com"}}))["node"]
+    assert moved["data"] == {"email": "a@example.com"}
+
+
+@pytest.mark.parametrize("removal", [None, ""])
+async def test_schema_null_or_empty_removes_it(rpc, tenant, node_type, removal):
+    updated = (await rpc.call("update_node_type", {"tenant_id": tenant["id"],
+                                                   "id": node_type["id"],
+                                                   "schema": removal}))["node_type"]
+    assert updated["schema"] is None and updated["version"] == 2
+    assert updated["name"] == node_type["name"]
+    node = await make_node(rpc, tenant["id"], node_type["id"], {"age": "not a number"})
+    assert node["data"] == {"age": "not a number"}
+
+
+async def test_list_node_types(rpc, tenant):
+    a = await make_node_type(rpc, tenant["id"], "A")
+    b = await make_node_type(rpc, tenant["id"], "B")
+    await make_node_type(rpc, (await make_tenant(rpc))["id"], "Elsewhere")
+    listed = await rpc.call("list_node_types", {"tenant_id": tenant["id"]})
+    assert [nt["id"] for nt in listed["node_types"]] == [a["id"], b["id"]]
+    assert listed["pagination"] == {"next_page_token": "", "total_count": 2}
+    with pytest.raises(NotFound) as exc:
+        await rpc.call("list_node_types", {"tenant_id": missing_id()})
+    assert exc.value.data["kind"] == "tenant"
+
+
+async def test_delete_node_type_removes_its_nodes_and_their_relationships(rpc, tenant,
+                                                                          node_type):
+    tid = tenant["id"]
+    keeper_type = await make_node_type(rpc, tid, "Company")
+    doomed = [await make_node(rpc, tid, node_type["id"], {"name": f"p{i}"}) for i in range(3)]
+    keeper = await make_node(rpc, tid, keeper_type["id"], {"name": "Acme"})
+    rels = []
+    for src, dst in ((doomed[0], doomed[1]), (doomed[2], keeper), (keeper, doomed[0])):
+        rels.append((await rpc.call("create_relationship", {
+            "tenant_id": tid, "source_node_id": src["id"], "target_node_id": dst["id"],
+            "relationship_type": "knows"}))["relationship"])
+    unrelated = (await rpc.call("create_relationship", {
+        "tenant_id": tid, "source_node_id": keeper["id"], "target_node_id": keeper["id"],
+        "relationship_type": "self"}))["relationship"]
+
+    assert await rpc.call("delete_node_type", {"tenant_id": tid, "id": node_type["id"]}) == \
+        {"success": True}
+
+    with pytest.raises(NotFound):
+        await rpc.call("get_node_type", {"tenant_id": tid, "id": node_type["id"]})
+    for node in doomed:
+        with pytest.raises(NotFound) as exc:
+            await get_node(rpc, tid, node["id"])
+        assert exc.value.data["kind"] == "node"
+    for rel in rels:
+        with pytest.raises(NotFound) as exc:
+            await rpc.call("get_relationship", {"tenant_id": tid, "id": rel["id"]})
+        assert exc.value.data["kind"] == "relationship"
+    assert await get_node(rpc, tid, keeper["id"]) == keeper
+    listed = await rpc.call("list_relationships", {"tenant_id": tid})
+    assert [r["id"] for r in listed["relationships"]] == [unrelated["id"]]
+    assert await count_nodes(rpc, tid) == 1
+    with pytest.raises(NotFound):
+        await rpc.call("delete_node_type", {"tenant_id": tid, "id": node_type["id"]})
+
+
+# ---------------------------------------------------------------- nodes
+
+async def test_create_get_update_delete_node(rpc, tenant, node_type):
+    tid = tenant["id"]
+    node = await make_node(rpc, tid, node_type["id"], {"name": "Ada", "age": 36})
+    assert (node["tenant_id"], node["node_type_id"]) == (tid, node_type["id"])
+    assert node["data"] == {"name": "Ada", "age": 36} and node["version"] == 1
+    assert await get_node(rpc, tid, node["id"]) == node
+
+    updated = (await rpc.call("update_node", {"tenant_id": tid, "id": node["id"],
+                                              "data": {"name": "Ada L."}}))["node"]
+    assert updated["data"] == {"name": "Ada L."}  # data is replaced, not merged
+    assert updated["version"] == 2 and updated["created_at"] == node["created_at"]
+
+    assert await rpc.call("delete_node", {"tenant_id": tid, "id": node["id"]}) == \
+        {"success": True}
+    with pytest.raises(NotFound):
+        await get_node(rpc, tid, node["id"])
+    with pytest.raises(NotFound):
+        await rpc.call("delete_node", {"tenant_id": tid, "id": node["id"]})
+
+
+async def test_create_node_with_data_as_json_string(rpc, tenant, node_type):
+    node = await make_node(rpc, tenant["id"], node_type["id"], '{"name": "Charles", "age": 3}')
+    assert node["data"] == {"name": "Charles", "age": 3}
+
+
+async def test_node_data_defaults_to_empty_object(rpc, tenant):
+    nt = await make_node_type(rpc, tenant["id"])
+    assert (await make_node(rpc, tenant["id"], nt["id"]))["data"] == {}
+
+
+@pytest.mark.parametrize("data, field", [
+    ({"name": "Ada", "age": -1}, "data.age"),
+    ({"name": "Ada", "age": "old"}, "data.age"),
+    ({"name": 42}, "data.name"),
+])
+async def test_data_violating_the_schema_is_invalid_params(rpc, tenant, node_type, data, field):
+    with pytest.raises(InvalidParams) as exc:
+        await make_node(rpc, tenant["id"], node_type["id"], data)
+    assert exc.value.code == -32602
+    assert error_fields(exc) == [field]
+    assert await count_nodes(rpc, tenant["id"]) == 0
+
+
+async def test_missing_required_property_names_the_property(rpc, tenant, node_type):
+    with pytest.raises(InvalidParams) as exc:
+        await make_node(rpc, tenant["id"], node_type["id"], {"age": 3})
+    assert error_fields(exc) == ["data.name"]
+
+
+async def test_every_violation_is_reported(rpc, tenant, node_type):
+    with pytest.raises(InvalidParams) as exc:
+        await make_node(rpc, tenant["id"], node_type["id"], {"name": 1, "age": -1})
+    assert sorted(error_fields(exc)) == ["data.age", "data.name"]
+
+
+@pytest.mark.parametrize("data", ["[1,2]", 5, [1, 2], "not json", '{"name": ', "null", True])
+async def test_data_that_is_not_an_object_is_invalid_params(rpc, tenant, node_type, data):
+    with pytest.raises(InvalidParams) as exc:
+        await make_node(rpc, tenant["id"], node_type["id"], data)
+    assert exc.value.code == -32602  # not -32603
+    assert error_fields(exc) == ["data"]
+
+
+async def test_node_with_another_tenants_node_type_is_not_found(rpc, tenant, node_type):
+    other = await make_tenant(rpc)
+    with pytest.raises(NotFound) as exc:
+        await make_node(rpc, other["id"], node_type["id"], {"name": "Intruder"})
+    assert exc.value.data["kind"] == "node_type"
+    assert await count_nodes(rpc, other["id"]) == 0
+    assert await count_nodes(rpc, tenant["id"]) == 0
+
+
+async def test_node_with_missing_node_type_is_not_found(rpc, tenant):
+    with pytest.raises(NotFound) as exc:
+        await make_node(rpc, tenant["id"], missing_id())
+    assert exc.value.data["kind"] == "node_type"
+
+
+async def test_node_of_another_tenant_looks_exactly_like_a_missing_one(rpc, tenant, node_type):
+    node = await make_node(rpc, tenant["id"], node_type["id"], {"name": "Ada"})
+    other = await make_tenant(rpc)
+    absent = missing_id()
+    with pytest.raises(NotFound) as wrong_tenant:
+        await get_node(rpc, other["id"], node["id"])
+    with pytest.raises(NotFound) as missing:
+        await get_node(rpc, tenant["id"], absent)
+    assert wrong_tenant.value.message == missing.value.message
+    assert wrong_tenant.value.data == {**missing.value.data, "id": node["id"]}
+    assert wrong_tenant.value.data["kind"] == "node"
+
+    with pytest.raises(NotFound):
+        await rpc.call("update_node", {"tenant_id": other["id"], "id": node["id"],
+                                       "data": {"name": "Hijacked"}})
+    with pytest.raises(NotFound):
+        await rpc.call("delete_node", {"tenant_id": other["id"], "id": node["id"]})
+    assert await get_node(rpc, tenant["id"], node["id"]) == node
+
+
+async def test_update_node_with_expected_version(rpc, tenant, node_type):
+    tid = tenant["id"]
+    node = await make_node(rpc, tid, node_type["id"], {"name": "v1"})
+    v2 = (await rpc.call("update_node", {"tenant_id": tid, "id": node["id"],
+                                         "data": {"name": "v2"}, "expected_version": 1}))["node"]
+    assert v2["version"] == 2 and v2["data"] == {"name": "v2"}
+    v3 = (await rpc.call("update_node", {"tenant_id": tid, "id": node["id"],
+                                         "data": {"name": "v3"}, "expected_version": 2}))["node"]
+    assert v3["version"] == 3
+
+    with pytest.raises(Conflict) as exc:
+        await rpc.call("update_node", {"tenant_id": tid, "id": node["id"],
+                                       "data": {"name": "stale"}, "expected_version": 2})
+    assert exc.value.code == -32004
+    data = exc.value.data
+    assert data["type"] == "version_conflict" and data["kind"] == "node"
+    assert (data["expected_version"], data["current_version"]) == (2, 3)
+    assert await get_node(rpc, tid, node["id"]) == v3
+
+
+async def test_update_node_with_invalid_data_changes_nothing(rpc, tenant, node_type):
+    node = await make_node(rpc, tenant["id"], node_type["id"], {"name": "Ada"})
+    with pytest.raises(InvalidParams) as exc:
+        await rpc.call("update_node", {"tenant_id": tenant["id"], "id": node["id"],
+                                       "data": {"name": "Ada", "age": -5}})
+    assert error_fields(exc) == ["data.age"]
+    with pytest.raises(InvalidParams) as exc:
+        await rpc.call("update_node", {"tenant_id": tenant["id"], "id": node["id"],
+                                       "data": "[1,2]"})
+    assert error_fields(exc) == ["data"]
+    assert await get_node(rpc, tenant["id"], node["id"]) == node
+
+
+async def test_update_node_requires_data(rpc, tenant, node_type):
+    node = await make_node(rpc, tenant["id"], node_type["id"], {"name": "Ada"})
+    with pytest.raises(InvalidParams) as exc:
+        await rpc.call("update_node", {"tenant_id": tenant["id"], "id": node["id"]})
+    assert error_fields(exc) == ["data"]
+
+
+async def test_update_missing_node_is_not_found(rpc, tenant):
+    with pytest.raises(NotFound) as exc:
+        await rpc.call("update_node", {"tenant_id": tenant["id"], "id": missing_id(),
+                                       "data": {}})
+    assert exc.value.data["kind"] == "node"
+
+
+@pytest.mark.parametrize("field", ["id", "tenant_id"])
+async def test_non_uuid_node_ids_are_invalid_params(rpc, tenant, field):
+    params = {"tenant_id": tenant["id"], "id": missing_id(), field: "nope"}
+    with pytest.raises(InvalidParams) as exc:
+        await rpc.call("get_node", params)
+    assert error_fields(exc) == [field]
+
+
+async def test_list_nodes_with_and_without_node_type_filter(rpc, tenant, node_type):
+    tid = tenant["id"]
+    other_type = await make_node_type(rpc, tid, "Company")
+    a = await make_node(rpc, tid, node_type["id"], {"name": "a"})
+    c = await make_node(rpc, tid, other_type["id"], {"name": "c"})
+    b = await make_node(rpc, tid, node_type["id"], {"name": "b"})
+
+    everything = await rpc.call("list_nodes", {"tenant_id": tid})
+    assert [n["id"] for n in everything["nodes"]] == [a["id"], c["id"], b["id"]]
+    assert everything["pagination"] == {"next_page_token": "", "total_count": 3}
+
+    persons = await rpc.call("list_nodes", {"tenant_id": tid, "node_type_id": node_type["id"]})
+    assert persons["nodes"] == [a, b]
+    assert persons["pagination"]["total_count"] == 2
+
+    page = await rpc.call("list_nodes", {"tenant_id": tid, "pagination": {"page_size": 2}})
+    assert [n["id"] for n in page["nodes"]] == [a["id"], c["id"]]
+    assert page["pagination"]["next_page_token"]
+
+
+async def test_list_nodes_is_tenant_scoped(rpc, tenant, node_type):
+    mine = await make_node(rpc, tenant["id"], node_type["id"], {"name": "mine"})
+    other = await make_tenant(rpc)
+    other_type = await make_node_type(rpc, other["id"], node_type["name"])
+    await make_node(rpc, other["id"], other_type["id"], {"name": "theirs"})
+    listed = await rpc.call("list_nodes", {"tenant_id": tenant["id"]})
+    assert listed["nodes"] == [mine]
+    # filtering by another tenant's node type finds nothing rather than leaking
+    leaked = await rpc.call("list_nodes", {"tenant_id": tenant["id"],
+                                           "node_type_id": other_type["id"]})
+    assert leaked["nodes"] == [] and leaked["pagination"]["total_count"] == 0
+    with pytest.raises(NotFound) as exc:
+        await rpc.call("list_nodes", {"tenant_id": missing_id()})
+    assert exc.value.data["kind"] == "tenant"
+
+
+# ---------------------------------------------------------------- bulk create_nodes
+
+async def test_bulk_create_1000_nodes_in_input_order(rpc, tenant, node_type):
+    items = people(node_type["id"], 1000)
+    created = (await rpc.call("create_nodes", {"tenant_id": tenant["id"], "nodes": items}))["nodes"]
+    assert len(created) == 1000
+    assert [n["data"] for n in created] == [i["data"] for i in items]
+    assert len({n["id"] for n in created}) == 1000
+    assert all(n["tenant_id"] == tenant["id"] and n["node_type_id"] == node_type["id"]
+               and n["version"] == 1 for n in created)
+    assert await count_nodes(rpc, tenant["id"]) == 1000
+    assert await get_node(rpc, tenant["id"], created[500]["id"]) == created[500]
+    listed = await rpc.call("list_nodes", {"tenant_id": tenant["id"],
+                                           "pagination": {"page_size": 1000}})
+    assert [n["id"] for n in listed["nodes"]] == [n["id"] for n in created]
+
+
+async def test_bulk_create_mixed_node_types_and_string_data(rpc, tenant, node_type):
+    free = await make_node_type(rpc, tenant["id"], "Free")
+    items = [{"node_type_id": node_type["id"], "data": {"name": "a"}},
+             {"node_type_id": free["id"], "data": '{"x": 1}'},
+             {"node_type_id": free["id"]}]
+    created = (await rpc.call("create_nodes", {"tenant_id": tenant["id"], "nodes": items}))["nodes"]
+    assert [(n["node_type_id"], n["data"]) for n in created] == [
+        (node_type["id"], {"name": "a"}), (free["id"], {"x": 1}), (free["id"], {})]
+
+
+async def test_bulk_create_nothing(rpc, tenant):
+    assert await rpc.call("create_nodes", {"tenant_id": tenant["id"], "nodes": []}) == \
+        {"nodes": []}
+
+
+async def test_bulk_create_1001_nodes_is_invalid_params(rpc, tenant, node_type):
+    with pytest.raises(InvalidParams) as exc:
+        await rpc.call("create_nodes", {"tenant_id": tenant["id"],
+                                        "nodes": people(node_type["id"], 1001)})
+    assert exc.value.code == -32602
+    assert error_fields(exc) == ["nodes"]
+    assert await count_nodes(rpc, tenant["id"]) == 0
+
+
+async def test_bulk_schema_violation_creates_nothing(rpc, tenant, node_type):
+    await rpc.call("create_nodes", {"tenant_id": tenant["id"], "nodes": people(node_type["id"], 3)})
+    before = await count_nodes(rpc, tenant["id"])
+    items = people(node_type["id"], 20)
+    items[7]["data"]["age"] = -1
+    with pytest.raises(InvalidParams) as exc:
+        await rpc.call("create_nodes", {"tenant_id": tenant["id"], "nodes": items})
+    errors = exc.value.data["errors"]
+    assert len(errors) == 1
+    assert errors[0]["index"] == 7 and errors[0]["field"] == "nodes.7.data.age"
+    assert await count_nodes(rpc, tenant["id"]) == before == 3
+
+
+async def test_bulk_reports_every_invalid_item(rpc, tenant, node_type):
+    items = people(node_type["id"], 10)
+    items[2]["data"]["age"] = "x"
+    items[5]["data"] = {"age": 1}  # no name
+    with pytest.raises(InvalidParams) as exc:
+        await rpc.call("create_nodes", {"tenant_id": tenant["id"], "nodes": items})
+    assert [(e["index"], e["field"]) for e in exc.value.data["errors"]] == [
+        (2, "nodes.2.data.age"), (5, "nodes.5.data.name")]
+    assert await count_nodes(rpc, tenant["id"]) == 0
+
+
+async def test_bulk_item_data_not_an_object_is_invalid_params(rpc, tenant, node_type):
+    items = people(node_type["id"], 5)
+    items[2]["data"] = "[1,2]"
+    with pytest.raises(InvalidParams) as exc:
+        await rpc.call("create_nodes", {"tenant_id": tenant["id"], "nodes": items})
+    assert exc.value.data["errors"][0]["index"] == 2
+    assert error_fields(exc) == ["nodes.2.data"]
+    assert await count_nodes(rpc, tenant["id"]) == 0
+
+
+@pytest.mark.parametrize("foreign", [False, True], ids=["missing", "other-tenant"])
+async def test_bulk_unknown_node_type_creates_nothing(rpc, tenant, node_type, foreign):
+    await rpc.call("create_nodes", {"tenant_id": tenant["id"], "nodes": people(node_type["id"], 2)})
+    before = await count_nodes(rpc, tenant["id"])
+    if foreign:
+        other = await make_tenant(rpc)
+        bad_type = (await make_node_type(rpc, other["id"], node_type["name"]))["id"]
+    else:
+        bad_type = missing_id()
+    items = people(node_type["id"], 10)
+    items[3]["node_type_id"] = bad_type
+    with pytest.raises(NotFound) as exc:
+        await rpc.call("create_nodes", {"tenant_id": tenant["id"], "nodes": items})
+    assert exc.value.code == -32001
+    data = exc.value.data
+    assert data["index"] == 3 and data["kind"] == "node_type" and data["id"] == bad_type
+    assert await count_nodes(rpc, tenant["id"]) == before == 2
+
+
+async def test_concurrent_updates_with_the_same_expected_version_exactly_one_wins(
+        rpc, tenant, node_type):
+    node = await make_node(rpc, tenant["id"], node_type["id"], {"name": "start"})
+    results = await asyncio.gather(*(
+        rpc.call("update_node", {"tenant_id": tenant["id"], "id": node["id"],
+                                 "data": {"name": f"writer{i}"}, "expected_version": 1})
+        for i in range(10)), return_exceptions=True)
+    winners = [r["node"] for r in results if isinstance(r, dict)]
+    losers = [r for r in results if not isinstance(r, dict)]
+    assert len(winners) == 1, results
+    assert all(isinstance(e, Conflict) and e.type == "version_conflict" for e in losers), losers
+    assert await get_node(rpc, tenant["id"], node["id"]) == winners[0]
+    assert winners[0]["version"] == 2
+
+
+# ---------------------------------------------------------------- U+0000
+
+# U+0000 is valid JSON, but PostgreSQL text and jsonb cannot store it: it must be refused as
+# invalid params, never reach the database and come back as an internal error.
+
+@pytest.mark.parametrize("how", ["create-value", "create-key", "create-json-string",
+                                 "bulk", "update"])
+async def test_nul_character_in_node_data_is_invalid_params(rpc, tenant, how):
+    tid = tenant["id"]
+    nt = await make_node_type(rpc, tid)
+    existing = await make_node(rpc, tid, nt["id"], {"ok": True})
+    calls = {
+        "create-value": ("create_node", {"node_type_id": nt["id"], "data": {"a": "x\x00y"}}),
+        "create-key": ("create_node", {"node_type_id": nt["id"], "data": {"a\x00": 1}}),
+        "create-json-string": ("create_node", {"node_type_id": nt["id"],
+                                               "data": '{"a": "x\\u0000y"}'}),
+        "bulk": ("create_nodes", {"nodes": [{"node_type_id": nt["id"], "data": {"a": "ok"}},
+                                            {"node_type_id": nt["id"], "data": {"a": "\x00"}}]}),
+        "update": ("update_node", {"id": existing["id"], "data": {"a": "\x00"}}),
+    }
+    method, params = calls[how]
+    with pytest.raises(InvalidParams) as exc:
+        await rpc.call(method, {"tenant_id": tid, **params})
+    assert error_fields(exc)[0] in ("data", "nodes.1.data") or \
+        error_fields(exc)[0].startswith(("data.", "nodes.1.data."))
+    assert await count_nodes(rpc, tid) == 1
+    assert await get_node(rpc, tid, existing["id"]) == existing
+
+
+@pytest.mark.parametrize("field, value", [("description", "a\x00b"),
+                                          ("schema", {"description": "a\x00b"})])
+async def test_nul_character_in_node_type_is_invalid_params(rpc, tenant, field, value):
+    with pytest.raises(InvalidParams) as exc:
+        await make_node_type(rpc, tenant["id"], "Nul", **{field: value})
+    assert error_fields(exc)[0].startswith(field)
+
+
+@pytest.mark.parametrize("schema", [{"$ref": "#/$defs/missing"},
+                                    {"$ref": "https://example.com/person.json"},
+                                    {"properties": {"a": {"$ref": "other.json#/x"}}}])
+async def test_unresolvable_ref_is_refused_when_the_schema_is_saved(rpc, tenant, schema):
+    with pytest.raises(InvalidParams) as exc:
+        await make_node_type(rpc, tenant["id"], "Refs", schema=schema)
+    assert error_fields(exc) == ["schema"] and "cannot be resolved" in exc.value.message
+
+
+async def test_local_refs_work(rpc, tenant):
+    schema = {"$defs": {"age": {"type": "integer", "minimum": 0}},
+              "type": "object", "properties": {"age": {"$ref": "#/$defs/age"}}}
+    nt = await make_node_type(rpc, tenant["id"], "Local", schema=schema)
+    with pytest.raises(InvalidParams) as exc:
+        await rpc.call("create_node", {"tenant_id": tenant["id"], "node_type_id": nt["id"],
+                                       "data": {"age": -1}})
+    assert error_fields(exc) == ["data.age"]
+    await make_node(rpc, tenant["id"], nt["id"], {"age": 3})
