@@ -11,6 +11,7 @@ import itertools
 from typing import Any, Iterable
 
 import httpx
+from httpx_aiohttp import AiohttpTransport
 
 
 class RpcError(Exception):
@@ -66,10 +67,14 @@ class FlexDBClient:
             all_headers["Authorization"] = f"Bearer {api_key}"
         self.url = url
         self._ids = itertools.count(1)
+        limits = httpx.Limits(max_connections=max_connections,
+                              max_keepalive_connections=max_connections)
+        # httpx's own connection pool collapses under concurrency (encode/httpx#3215:
+        # ~8x fewer requests/s than aiohttp at 32 in flight); an aiohttp-backed transport
+        # keeps the httpx API with aiohttp's pooling.
         self._http = httpx.AsyncClient(
-            headers=all_headers, timeout=timeout, transport=transport,
-            limits=httpx.Limits(max_connections=max_connections,
-                                max_keepalive_connections=max_connections))
+            headers=all_headers, timeout=timeout, limits=limits,
+            transport=transport or AiohttpTransport(limits=limits))
 
     async def __aenter__(self) -> "FlexDBClient":
         return self

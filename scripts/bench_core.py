@@ -135,12 +135,15 @@ async def measure(rpc: FlexDBClient, db_url: str, args) -> None:
             return call
 
         results = []
-        for label, tok, after in (("first page", "", None), (f"{depth:,} rows deep", token, deep_row)):
-            for include_total in (False, True):
-                name = f"list_nodes 50, {label}, total={'yes' if include_total else 'no'}"
-                flex = await load(list_call(tok, include_total), c, secs)
-                raw = await load(raw_list(after, include_total), c, secs)
-                results.append(row(name, flex, raw))
+        for conc in (1, c):
+            for label, tok, after in (("first page", "", None),
+                                      (f"{depth:,} rows deep", token, deep_row)):
+                for include_total in (False, True):
+                    name = (f"list_nodes 50, {label}, total={'yes' if include_total else 'no'}, "
+                            f"c={conc}")
+                    flex = await load(list_call(tok, include_total), conc, secs)
+                    raw = await load(raw_list(after, include_total), conc, secs)
+                    results.append(row(name, flex, raw))
 
         # Single create_node calls at concurrency c vs batches of 1,000 (nodes/s).
         counter = iter(range(10**9))
