@@ -87,3 +87,10 @@ class Unavailable(RpcError):
     code = INTERNAL_ERROR
     type = "unavailable"
     default_message = "Service temporarily unavailable: the database cannot be reached"
+
+
+class StatementTimeout(RpcError):
+    """A statement ran longer than FLEXDB_STATEMENT_TIMEOUT_MS and was cancelled."""
+    code = INTERNAL_ERROR
+    type = "timeout"
+    default_message = "The operation took too long and was cancelled"

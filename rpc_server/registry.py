@@ -11,7 +11,7 @@ import asyncpg
 from jsonrpcserver import Success
 from pydantic import ValidationError
 
-from .errors import Conflict, InvalidParams, NotFound, RpcError, Unavailable
+from .errors import Conflict, InvalidParams, NotFound, RpcError, StatementTimeout, Unavailable
 from .params import Params
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,8 @@ def translate_database_error(exc: Exception) -> RpcError | None:
                         asyncpg.CharacterNotInRepertoireError)):
         # Backstop for text PostgreSQL cannot store (params validation refuses U+0000).
         return InvalidParams.field("params", "contains a character the database cannot store")
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return StatementTimeout()
     if isinstance(exc, UNAVAILABLE_ERRORS):
         return Unavailable()
     return None
