@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
+import zlib
 
 from aiohttp import web
 
@@ -12,8 +13,8 @@ from .config import Settings
 from .context import AppState, RequestContext
 from .db import connect, create_pool
 from .migrations import migrate
-from .errors import INTERNAL_ERROR
-from .protocol import Dispatcher, dumps, error_response, invalid_request
+from .json_codec import dumps
+from .protocol import Dispatcher, internal_error, invalid_request
 from .registry import build_dispatch_table
 from .schemas import ValidatorCache
 from .shaping import Shaper
@@ -29,16 +30,42 @@ def request_id_of(request: web.Request) -> str:
     return given if REQUEST_ID_RE.match(given) else uuid.uuid4().hex
 
 
+class UnreadableBody(Exception):
+    pass
+
+
+DECOMPRESSORS = {
+    "gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS),
+    "x-gzip": lambda: zlib.decompressobj(16 + zlib.MAX_WBITS),
+    "deflate": lambda: zlib.decompressobj(),
+}
+
+
 async def read_limited(request: web.Request, limit: int) -> bytes | None:
-    """The body, or None when it is larger than `limit` bytes."""
-    if request.content_length is not None and request.content_length > limit:
+    """The (decompressed) body, or None when it is larger than `limit` bytes. Decompression
+    is ours, not aiohttp's, so a compressed body is bounded too and a bad one gets a
+    JSON-RPC answer."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("", "identity") and encoding not in DECOMPRESSORS:
+        raise UnreadableBody(f"unsupported Content-Encoding {encoding[:40]!r} "
+                             "(use identity, gzip or deflate)")
+    decompressor = DECOMPRESSORS[encoding]() if encoding in DECOMPRESSORS else None
+    if decompressor is None and request.content_length is not None \
+            and request.content_length > limit:
         return None
     chunks, size = [], 0
     async for chunk in request.content.iter_any():
+        if decompressor is not None:
+            try:
+                chunk = decompressor.decompress(chunk, limit + 1 - size)
+            except zlib.error as exc:
+                raise UnreadableBody(f"body is not valid {encoding}: {exc}") from None
         size += len(chunk)
         if size > limit:
             return None
         chunks.append(chunk)
+    if decompressor is not None and not decompressor.eof:
+        raise UnreadableBody(f"body is not valid {encoding}: truncated")
     return b"".join(chunks)
 
 
@@ -51,7 +78,10 @@ async def handle_jsonrpc(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     request_id = request_id_of(request)
     limit = state.settings.max_body_bytes
-    body = await read_limited(request, limit)
+    try:
+        body = await read_limited(request, limit)
+    except UnreadableBody as exc:
+        return json_response(dumps(invalid_request(str(exc))), request_id)
     if body is None:
         error = invalid_request(f"request body exceeds {limit} bytes", max_bytes=limit)
         return json_response(dumps(error), request_id)
@@ -59,8 +89,7 @@ async def handle_jsonrpc(request: web.Request) -> web.StreamResponse:
         reply = await request.app[DISPATCHER].handle(body, RequestContext(state, request_id))
     except Exception:  # noqa: BLE001 - last line of defence: still a JSON-RPC answer
         log.exception("unhandled error (request_id=%s)", request_id)
-        reply = dumps(error_response(INTERNAL_ERROR, "Internal error", None,
-                                     {"type": "internal", "request_id": request_id}))
+        reply = dumps(internal_error(request_id))
     if reply is None:
         return web.Response(status=204, headers={"X-Request-ID": request_id})
     return json_response(reply, request_id)
@@ -71,7 +100,8 @@ async def handle_health(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings, database_url: str) -> web.Application:
-    app = web.Application()
+    # auto_decompress off: read_limited decodes bodies itself, within the size limit.
+    app = web.Application(handler_args={"auto_decompress": False})
     app[DISPATCHER] = Dispatcher(build_dispatch_table(), max_batch=settings.max_batch,
                                  max_depth=settings.max_json_depth)
 

@@ -31,7 +31,7 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576,
                                 description="Largest accepted request body")
     max_batch: int = Field(100, ge=1, le=10_000, description="Most members in a batch")
-    max_json_depth: int = Field(64, ge=2, le=512, description="Deepest JSON nesting accepted")
+    max_json_depth: int = Field(64, ge=2, le=200, description="Deepest JSON nesting accepted")
     json_fields: Literal["object", "string"] = Field(
         "object", description="Return data/schema as JSON objects or JSON strings")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")

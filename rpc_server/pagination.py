@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from uuid import UUID
 
 import asyncpg
@@ -17,11 +17,12 @@ from .errors import InvalidParams
 from .params import Pagination
 
 TOKEN_FIELD = "pagination.page_token"
+TOTAL_COLUMN = "_total_count"
 
 
 @dataclass(frozen=True)
 class Page:
-    rows: list[asyncpg.Record]
+    rows: list  # of asyncpg.Record or dict
     next_page_token: str
     total_count: int | None
 
@@ -32,17 +33,22 @@ def encode_token(scope: str, created_at: datetime, key: UUID) -> str:
 
 
 def decode_token(token: str, scope: str) -> tuple[datetime, UUID]:
+    """Tokens are not secret (they hold a timestamp and an id the caller has seen) but they
+    come from callers, so every part is checked."""
     try:
         padded = token + "=" * (-len(token) % 4)
         decoded = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        if not isinstance(decoded, list) or len(decoded) != 3 \
+                or not all(isinstance(part, str) for part in decoded):
+            raise ValueError
         token_scope, created_at, key = decoded
         if token_scope != scope:
             raise ValueError
         created = datetime.fromisoformat(created_at)
         if created.tzinfo is None:
             raise ValueError
-        return created, UUID(key)
-    except (ValueError, TypeError, binascii.Error, orjson.JSONDecodeError, UnicodeEncodeError):
+        return created.astimezone(timezone.utc), UUID(key)
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeEncodeError):
         raise InvalidParams.field(
             TOKEN_FIELD, "is not a valid page token for this list "
             "(use the next_page_token of a previous page, or \"\" for the first page)") from None
@@ -61,9 +67,14 @@ async def fetch_page(conn: asyncpg.Connection, *, scope: str, select: str, table
         filters.append(f"(created_at, {key_column}) > (${n + 1}, ${n + 2})")
         query_args += [created_at, key]
     where_sql = " AND ".join(filters) or "TRUE"
+    base_where = " AND ".join(where) or "TRUE"
+    count_sql = f"SELECT count(*) FROM {table} WHERE {base_where}"
+    # The count rides along as an uncorrelated subquery: one round trip, and the same
+    # snapshot as the page, so the total agrees with the rows returned.
+    counted = f", ({count_sql}) AS {TOTAL_COLUMN}" if pagination.include_total else ""
     limit_arg = len(query_args) + 1
     rows = await conn.fetch(
-        f"SELECT {select} FROM {table} WHERE {where_sql} "
+        f"SELECT {select}{counted} FROM {table} WHERE {where_sql} "
         f"ORDER BY created_at, {key_column} LIMIT ${limit_arg}",
         *query_args, pagination.page_size + 1)
     next_token = ""
@@ -73,6 +84,9 @@ async def fetch_page(conn: asyncpg.Connection, *, scope: str, select: str, table
         next_token = encode_token(scope, last["created_at"], last[key_column])
     total = None
     if pagination.include_total:
-        base_where = " AND ".join(where) or "TRUE"
-        total = await conn.fetchval(f"SELECT count(*) FROM {table} WHERE {base_where}", *args)
+        if rows:
+            total = rows[0][TOTAL_COLUMN]
+            rows = [{k: v for k, v in r.items() if k != TOTAL_COLUMN} for r in rows]
+        else:  # past the end: no row carried the count
+            total = await conn.fetchval(count_sql, *args)
     return Page(rows, next_token, total)

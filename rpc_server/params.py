@@ -5,13 +5,19 @@ import re
 from typing import Annotated, Any
 from uuid import UUID
 
-import orjson
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
+
+from .json_codec import JSONError, json_depth_exceeds, loads
 
 MAX_NAME = 200
 MAX_DESCRIPTION = 2000
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 10
+MAX_BULK = 1000
+# Nesting allowed inside a document sent as a JSON string (documents sent as objects are
+# bounded by FLEXDB_MAX_JSON_DEPTH). Well under the ~255 levels orjson can write back.
+MAX_DOCUMENT_DEPTH = 100
+MAX_VERSION = 2**31 - 1  # the version column is a PostgreSQL integer
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
 # Deliberately simple: one @, no spaces, a dot in the domain. Deliverability is not our job.
@@ -49,9 +55,12 @@ def _parse_json_text(value: Any) -> Any:
     """flex-db clients send documents as JSON strings; newer ones send objects."""
     if isinstance(value, str):
         try:
-            return orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
+            parsed = loads(value)
+        except JSONError as exc:
             raise ValueError(f"is not valid JSON: {exc}") from None
+        if json_depth_exceeds(parsed, MAX_DOCUMENT_DEPTH):
+            raise ValueError(f"is nested deeper than {MAX_DOCUMENT_DEPTH} levels")
+        return parsed
     return value
 
 
@@ -95,7 +104,6 @@ def _optional_schema(value: Any) -> Any:
 Id = UUID
 Slug = Annotated[str, Field(min_length=1, max_length=63), AfterValidator(_slug)]
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_no_control_chars)]
-DisplayName = Name
 Description = Annotated[str, Field(max_length=MAX_DESCRIPTION), AfterValidator(_no_nul)]
 Email = Annotated[str, Field(min_length=3, max_length=254), AfterValidator(_email)]
 Status = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z_]*$")]
@@ -106,11 +114,17 @@ OptionalId = Annotated[UUID | None, BeforeValidator(lambda v: None if v == "" el
 JsonObject = Annotated[dict[str, Any], BeforeValidator(_parse_json_text),
                        AfterValidator(_json_object)]
 JsonSchemaDoc = Annotated[dict[str, Any] | None, BeforeValidator(_optional_schema)]
-Version = Annotated[StrictInt, Field(ge=1)]
+Version = Annotated[StrictInt, Field(ge=1, le=MAX_VERSION)]
+
+
+def _page_size(value: Any) -> Any:
+    # flex-db clients send 0 (the proto3 default) to mean "the default page size".
+    return DEFAULT_PAGE_SIZE if value == 0 and not isinstance(value, bool) else value
 
 
 class Pagination(Params):
-    page_size: StrictInt = Field(DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
+    page_size: Annotated[StrictInt, BeforeValidator(_page_size)] = Field(
+        DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
     page_token: str = Field("", max_length=1024)
     include_total: StrictBool = True
 

@@ -11,7 +11,8 @@ import asyncpg
 from jsonrpcserver import Success
 from pydantic import ValidationError
 
-from .errors import Conflict, InvalidParams, NotFound, RpcError, StatementTimeout, Unavailable
+from .errors import (INTERNAL_ERROR, Conflict, InvalidParams, NotFound, RpcError,
+                     StatementTimeout, Unavailable)
 from .params import Params
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,10 @@ def _make_callable(spec: MethodSpec) -> Callable:
         except Exception as exc:  # noqa: BLE001 - everything else must not leak
             mapped = translate_database_error(exc)
             if mapped is not None:
-                if isinstance(mapped, Unavailable):
-                    log.warning("database unavailable in %s: %r", spec.name, exc)
+                if mapped.code == INTERNAL_ERROR:  # unavailable, timeout: findable in the log
+                    log.warning("%s in %s (request_id=%s): %r", mapped.data["type"], spec.name,
+                                ctx.request_id, exc)
+                    mapped.data["request_id"] = ctx.request_id
                 raise mapped from None
             log.exception("unexpected error in %s (request_id=%s)", spec.name, ctx.request_id)
             raise RpcError("Internal error", request_id=ctx.request_id) from None

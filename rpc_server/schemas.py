@@ -6,15 +6,52 @@ from collections import OrderedDict
 from typing import Any
 from uuid import UUID
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, ValidationError, validators
 from jsonschema.exceptions import SchemaError
 from referencing import Registry
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
+from . import safe_regex
 from .errors import InvalidParams
 
 MAX_REPORTED_ERRORS = 10
+MAX_MESSAGE = 300  # jsonschema messages quote the whole offending value
+# Values of these keywords are data, not subschemas: "$ref" or "pattern" in them mean nothing.
+DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+# Instances tried once when a schema is saved, to catch references that loop on themselves.
+PROBE_INSTANCES = (None, True, 0, "", [], {})
+
+safe_regex.install()
+
+
+def _canonical(value: Any) -> Any:
+    """A hashable form in which JSON-Schema-equal values are equal (1 == 1.0, true != 1)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return (type(value).__name__, value)
+    if isinstance(value, (int, float)):
+        return ("number", int(value) if float(value).is_integer() else value)
+    if isinstance(value, list):
+        return ("array", tuple(_canonical(v) for v in value))
+    if isinstance(value, dict):
+        return ("object", frozenset((k, _canonical(v)) for k, v in value.items()))
+    return ("other", repr(value))
+
+
+def _unique_items(validator, unique, instance, schema):
+    """uniqueItems in linear time (jsonschema's own is quadratic for objects and arrays)."""
+    if not unique or not validator.is_type(instance, "array"):
+        return
+    seen = set()
+    for item in instance:
+        key = _canonical(item)
+        if key in seen:
+            yield ValidationError(f"{instance!r} has non-unique elements"[:200])
+            return
+        seen.add(key)
+
+
+NodeDataValidator = validators.extend(Draft202012Validator, {"uniqueItems": _unique_items})
 
 
 SCHEMA_URI = "urn:flexdb:node-type-schema"
@@ -31,29 +68,49 @@ def check_schema(schema: dict | None, field: str = "schema") -> None:
         path = "/".join(str(p) for p in exc.absolute_path)
         where = f" at /{path}" if path else ""
         raise InvalidParams.field(field, f"is not a valid JSON Schema{where}: {exc.message}") from None
+    refs, patterns = _references_and_patterns(schema)
     resolver = Registry().with_resource(
         SCHEMA_URI, DRAFT202012.create_resource(schema)).resolver(base_uri=SCHEMA_URI)
-    for ref in _references(schema):
+    for ref in refs:
         try:
             resolver.lookup(ref)
         except Unresolvable:
             raise InvalidParams.field(field, f"$ref {ref!r} cannot be resolved: only references "
                                       "to parts of the same schema are supported") from None
+    for pattern in patterns:
+        reason = safe_regex.unsupported_reason(pattern)
+        if reason:
+            raise InvalidParams.field(field, f"pattern {pattern!r} is not supported ({reason}); "
+                                      "patterns use RE2 syntax: no backreferences or lookaround")
+    validator = NodeDataValidator(schema)
+    for probe in PROBE_INSTANCES:
+        try:
+            for _ in validator.iter_errors(probe):
+                pass
+        except RecursionError:
+            raise InvalidParams.field(field, "the schema refers to itself without end "
+                                      "(a $ref loop)") from None
 
 
-def _references(schema: Any) -> list[str]:
-    refs, stack = [], [schema]
+def _references_and_patterns(schema: Any) -> tuple[list[str], list[str]]:
+    refs, patterns, stack = [], [], [schema]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             for key, value in item.items():
+                if key in DATA_KEYWORDS:
+                    continue
                 if key in ("$ref", "$dynamicRef") and isinstance(value, str):
                     refs.append(value)
+                elif key == "pattern" and isinstance(value, str):
+                    patterns.append(value)
                 else:
+                    if key == "patternProperties" and isinstance(value, dict):
+                        patterns.extend(value)
                     stack.append(value)
         elif isinstance(item, list):
             stack.extend(item)
-    return refs
+    return refs, patterns
 
 
 def _path(prefix: str, parts) -> str:
@@ -66,7 +123,8 @@ def _describe(err, field: str) -> list[dict]:
         missing = [p for p in err.validator_value if p not in err.instance]
         return [{"field": _path(field, [*err.absolute_path, p]), "message": "is required"}
                 for p in missing]
-    return [{"field": _path(field, err.absolute_path), "message": err.message}]
+    message = err.message if len(err.message) <= MAX_MESSAGE else err.message[:MAX_MESSAGE] + "…"
+    return [{"field": _path(field, err.absolute_path), "message": message}]
 
 
 class ValidatorCache:
@@ -75,14 +133,14 @@ class ValidatorCache:
 
     def __init__(self, size: int = 1024):
         self.size = size
-        self._items: OrderedDict[tuple, Draft202012Validator] = OrderedDict()
+        self._items: OrderedDict[tuple, NodeDataValidator] = OrderedDict()
 
     def get(self, tenant_id: UUID, node_type_id: UUID, version: int,
-            schema: dict) -> Draft202012Validator:
+            schema: dict) -> NodeDataValidator:
         key = (tenant_id, node_type_id, version)
         validator = self._items.get(key)
         if validator is None:
-            validator = Draft202012Validator(
+            validator = NodeDataValidator(
                 schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
             self._items[key] = validator
             if len(self._items) > self.size:
@@ -106,3 +164,7 @@ class ValidatorCache:
             return found[:MAX_REPORTED_ERRORS]
         except Unresolvable as exc:
             return [{"field": "schema", "message": f"node type schema has an unresolvable $ref: {exc}"}]
+        except RecursionError:
+            return [{"field": "schema", "message": "node type schema refers to itself without end"}]
+        except safe_regex.UnsupportedPattern as exc:
+            return [{"field": "schema", "message": f"node type schema has an unsupported pattern: {exc}"}]

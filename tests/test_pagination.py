@@ -82,9 +82,13 @@ async def test_default_page_size_is_10(rpc, tenant, node_type):
     await make_nodes(rpc, tenant, node_type, 12)
     result = await rpc.call("list_nodes", {"tenant_id": tenant["id"]})
     assert len(result["nodes"]) == 10 and result["pagination"]["total_count"] == 12
+    # flex-db clients send page_size 0 (the proto3 default) to mean the default.
+    result = await rpc.call("list_nodes", {"tenant_id": tenant["id"],
+                                           "pagination": {"page_size": 0, "page_token": ""}})
+    assert len(result["nodes"]) == 10
 
 
-@pytest.mark.parametrize("size", [0, 1001, -1, True, 2.5])
+@pytest.mark.parametrize("size", [1001, -1, True, 2.5, "10"])
 async def test_page_size_bounds(rpc, tenant, size):
     with pytest.raises(InvalidParams) as exc:
         await rpc.call("list_nodes", {"tenant_id": tenant["id"], "pagination": {"page_size": size}})

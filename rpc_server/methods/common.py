@@ -13,9 +13,9 @@ DELETED = {"success": True}
 
 
 def changes_of(params: Params, fields: tuple[str, ...]) -> dict:
-    """The update fields the caller actually sent (absent = unchanged)."""
-    changes = {f: getattr(params, f) for f in fields if f in params.model_fields_set}
-    return changes
+    """The update fields the caller sent with a value (absent or null = unchanged)."""
+    return {f: getattr(params, f) for f in fields
+            if f in params.model_fields_set and getattr(params, f) is not None}
 
 
 def require_changes(changes: dict, fields: tuple[str, ...]) -> None:

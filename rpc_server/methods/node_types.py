@@ -60,9 +60,8 @@ async def get_node_type(ctx, p: NodeTypeId) -> dict:
 async def update_node_type(ctx, p: UpdateNodeType) -> dict:
     """Update a node type. `schema` null or "" removes the schema. Existing nodes are not
     re-validated; later creates and updates are."""
-    sent = changes_of(p, ("name", "description", "schema_"))
-    changes = {k: v for k, v in sent.items() if v is not None and k != "schema_"}
-    if "schema_" in sent:
+    changes = changes_of(p, ("name", "description"))
+    if "schema_" in p.model_fields_set:  # null or "" removes the schema
         check_schema(p.schema_)
         changes["schema"] = p.schema_
     require_changes(changes, UPDATABLE)

@@ -5,12 +5,11 @@ from pydantic import Field
 
 from ..ids import uuid7_sequence
 from ..errors import InvalidParams, NotFound
-from ..params import Id, JsonObject, OptionalId, PaginationParam, Params, Version
+from ..params import MAX_BULK, Id, JsonObject, OptionalId, PaginationParam, Params, Version
 from ..registry import rpc_method
 from ..repositories import NodeRepository, NodeTypeRepository
 from .common import DELETED, require_tenant
 
-MAX_BULK = 1000
 
 
 class CreateNode(Params):
@@ -103,9 +102,10 @@ async def list_nodes(ctx, p: ListNodes) -> dict:
 @rpc_method(CreateNodes)
 async def create_nodes(ctx, p: CreateNodes) -> dict:
     """Create up to 1,000 nodes in one transaction: all are created or none."""
-    if not p.nodes:
-        return {"nodes": []}
     async with ctx.transaction() as conn:
+        if not p.nodes:
+            await require_tenant(conn, p.tenant_id)
+            return {"nodes": []}
         type_ids = list({n.node_type_id for n in p.nodes})
         node_types = await NodeTypeRepository(conn).get_many(p.tenant_id, type_ids)
         errors = []

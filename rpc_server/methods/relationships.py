@@ -7,12 +7,11 @@ from pydantic import BeforeValidator, Field
 
 from ..ids import uuid7_sequence
 from ..errors import NotFound
-from ..params import Id, JsonObject, OptionalId, PaginationParam, Params, RelationshipType, Version
+from ..params import MAX_BULK, Id, JsonObject, OptionalId, PaginationParam, Params, RelationshipType, Version
 from ..registry import rpc_method
 from ..repositories import NodeRepository, RelationshipRepository
 from .common import DELETED, changes_of, require_changes, require_tenant
 
-MAX_BULK = 1000
 UPDATABLE = ("relationship_type", "data")
 
 
@@ -78,7 +77,7 @@ async def get_relationship(ctx, p: RelationshipId) -> dict:
 @rpc_method(UpdateRelationship)
 async def update_relationship(ctx, p: UpdateRelationship) -> dict:
     """Change a relationship's type or replace its data."""
-    changes = {k: v for k, v in changes_of(p, UPDATABLE).items() if v is not None}
+    changes = changes_of(p, UPDATABLE)
     require_changes(changes, UPDATABLE)
     async with ctx.transaction() as conn:
         row = await RelationshipRepository(conn).update(p.tenant_id, p.id, changes,
@@ -108,9 +107,10 @@ async def list_relationships(ctx, p: ListRelationships) -> dict:
 async def create_relationships(ctx, p: CreateRelationships) -> dict:
     """Create up to 1,000 relationships in one transaction: all are created or none."""
     items = p.relationships
-    if not items:
-        return {"relationships": []}
     async with ctx.transaction() as conn:
+        if not items:
+            await require_tenant(conn, p.tenant_id)
+            return {"relationships": []}
         wanted = list({i.source_node_id for i in items} | {i.target_node_id for i in items})
         existing = await NodeRepository(conn).existing_ids(p.tenant_id, wanted)
         for index, item in enumerate(items):

@@ -49,7 +49,7 @@ async def get_tenant(ctx, p: TenantId) -> dict:
 @rpc_method(UpdateTenant)
 async def update_tenant(ctx, p: UpdateTenant) -> dict:
     """Update a tenant's slug, name or status."""
-    changes = {k: v for k, v in changes_of(p, UPDATABLE).items() if v is not None}
+    changes = changes_of(p, UPDATABLE)
     require_changes(changes, UPDATABLE)
     async with ctx.transaction() as conn:
         row = await TenantRepository(conn).update(p.id, changes, p.expected_version)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ..params import DisplayName, Email, Id, PaginationParam, Params, Version
+from ..params import Email, Id, Name, PaginationParam, Params, Version
 from ..registry import rpc_method
 from ..repositories import UserRepository
 from ..repositories.users import MembershipRepository
@@ -16,7 +16,7 @@ Role = Literal["owner", "admin", "member", "viewer"]
 
 class CreateUser(Params):
     email: Email
-    display_name: DisplayName
+    display_name: Name
 
 
 class UserId(Params):
@@ -26,7 +26,7 @@ class UserId(Params):
 class UpdateUser(Params):
     id: Id
     email: Email | None = None
-    display_name: DisplayName | None = None
+    display_name: Name | None = None
     expected_version: Version | None = None
 
 
@@ -69,7 +69,7 @@ async def get_user(ctx, p: UserId) -> dict:
 @rpc_method(UpdateUser)
 async def update_user(ctx, p: UpdateUser) -> dict:
     """Update a user's email or display name."""
-    changes = {k: v for k, v in changes_of(p, UPDATABLE).items() if v is not None}
+    changes = changes_of(p, UPDATABLE)
     require_changes(changes, UPDATABLE)
     async with ctx.transaction() as conn:
         row = await UserRepository(conn).update(p.id, changes, p.expected_version)

@@ -25,13 +25,11 @@ class Repository:
             f"SELECT {self.columns} FROM {self.table} WHERE {self._key_where()}", *key)
 
     async def _update(self, key: tuple, changes: dict[str, Any],
-                      expected_version: int | None, versioned: bool = True) -> asyncpg.Record:
+                      expected_version: int | None) -> asyncpg.Record:
         """Apply `changes` (column -> value; column names come from code, never callers).
         Fails with NotFound or VersionConflict instead of silently losing an update."""
         sets = [f"{col} = ${i}" for i, col in enumerate(changes, len(key) + 1)]
-        sets.append("updated_at = now()")
-        if versioned:
-            sets.append("version = version + 1")
+        sets += ["updated_at = now()", "version = version + 1"]
         args = [*key, *changes.values()]
         where = self._key_where()
         if expected_version is not None:
