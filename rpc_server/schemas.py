@@ -55,6 +55,7 @@ NodeDataValidator = validators.extend(Draft202012Validator, {"uniqueItems": _uni
 
 
 SCHEMA_URI = "urn:flexdb:node-type-schema"
+DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
 def check_schema(schema: dict | None, field: str = "schema") -> None:
@@ -62,6 +63,10 @@ def check_schema(schema: dict | None, field: str = "schema") -> None:
     (only references inside the schema itself are: nothing is ever fetched)."""
     if schema is None:
         return
+    dialect = schema.get("$schema")
+    if dialect is not None and (not isinstance(dialect, str) or dialect.rstrip("#") != DIALECT):
+        raise InvalidParams.field(field, f"$schema must be {DIALECT!r} (JSON Schema Draft "
+                                  "2020-12) or left out; other drafts are not supported")
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:

@@ -209,3 +209,12 @@ async def test_unknown_param_is_named(rpc):
     with pytest.raises(InvalidParams) as exc:
         await rpc.call("get_tenant", {"id": missing_id(), "idd": 1})
     assert error_fields(exc) == ["idd"]
+
+
+async def test_only_the_2020_12_dialect_is_accepted(rpc, tenant):
+    for dialect in ("http://json-schema.org/draft-04/schema#", 5, None, ["x"]):
+        with pytest.raises(InvalidParams) as exc:
+            await make_type(rpc, tenant, {"$schema": dialect})
+        assert error_fields(exc) == ["schema"]
+    await make_type(rpc, tenant, {"$schema": "https://json-schema.org/draft/2020-12/schema",
+                                  "type": "object"}, name="Modern")
