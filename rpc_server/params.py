@@ -119,7 +119,7 @@ Version = Annotated[StrictInt, Field(ge=1, le=MAX_VERSION)]
 
 def _page_size(value: Any) -> Any:
     # flex-db clients send 0 (the proto3 default) to mean "the default page size".
-    return DEFAULT_PAGE_SIZE if value == 0 and not isinstance(value, bool) else value
+    return DEFAULT_PAGE_SIZE if type(value) is int and value == 0 else value
 
 
 class Pagination(Params):

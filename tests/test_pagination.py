@@ -88,7 +88,7 @@ async def test_default_page_size_is_10(rpc, tenant, node_type):
     assert len(result["nodes"]) == 10
 
 
-@pytest.mark.parametrize("size", [1001, -1, True, 2.5, "10"])
+@pytest.mark.parametrize("size", [1001, -1, True, 2.5, "10", 0.0, False])
 async def test_page_size_bounds(rpc, tenant, size):
     with pytest.raises(InvalidParams) as exc:
         await rpc.call("list_nodes", {"tenant_id": tenant["id"], "pagination": {"page_size": size}})
