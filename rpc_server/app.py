@@ -10,6 +10,8 @@ from aiohttp import web
 
 from . import methods  # noqa: F401  (registers every method)
 from .config import Settings
+from .auth import Authenticator
+from .bootstrap import ensure_platform_admin
 from .context import AppState, RequestContext
 from .db import connect, create_pool
 from .migrations import migrate
@@ -17,6 +19,7 @@ from .json_codec import dumps
 from .protocol import Dispatcher, internal_error, invalid_request
 from .registry import build_dispatch_table
 from .schemas import ValidatorCache
+from .server_secret import server_secret
 from .shaping import Shaper
 
 log = logging.getLogger(__name__)
@@ -86,7 +89,8 @@ async def handle_jsonrpc(request: web.Request) -> web.StreamResponse:
         error = invalid_request(f"request body exceeds {limit} bytes", max_bytes=limit)
         return json_response(dumps(error), request_id)
     try:
-        reply = await request.app[DISPATCHER].handle(body, RequestContext(state, request_id))
+        context = RequestContext(state, request_id, request.headers.get("Authorization"))
+        reply = await request.app[DISPATCHER].handle(body, context)
     except Exception:  # noqa: BLE001 - last line of defence: still a JSON-RPC answer
         log.exception("unhandled error (request_id=%s)", request_id)
         reply = dumps(internal_error(request_id))
@@ -105,16 +109,27 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
     app[DISPATCHER] = Dispatcher(build_dispatch_table(), max_batch=settings.max_batch,
                                  max_depth=settings.max_json_depth)
 
+    secret = server_secret(settings)
+
     async def database(app: web.Application):
         conn = await connect(database_url, settings)
         try:
             applied = await migrate(conn, settings.migrations_dir)
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
+            admin_key = await ensure_platform_admin(conn, secret)
         finally:
             await conn.close()
+        if admin_key:
+            print(f"Platform admin API key (shown once, keep it safe): {admin_key}", flush=True)
+        if settings.anonymous_role != "none":
+            log.warning("FLEXDB_ANONYMOUS_ROLE=%s: callers without credentials act as %s. "
+                        "Use this only on a trusted network.", settings.anonymous_role,
+                        settings.anonymous_role)
         pool = await create_pool(database_url, settings)
-        app[STATE] = AppState(settings, pool, Shaper(settings.json_fields), ValidatorCache())
+        app[STATE] = AppState(settings, pool, Shaper(settings.json_fields), ValidatorCache(),
+                              Authenticator(secret, settings.anonymous_role,
+                                            settings.auth_cache_ttl_s))
         yield
         await pool.close()
 

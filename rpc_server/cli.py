@@ -13,7 +13,7 @@ from .config import ConfigError, Settings, load_settings
 from .migrations import MigrationError
 
 
-def _serve(settings: Settings) -> int:
+def _serve(settings: Settings, args) -> int:
     from aiohttp import web
 
     from .app import create_app
@@ -32,7 +32,7 @@ def _serve(settings: Settings) -> int:
     return 0
 
 
-def _migrate(settings: Settings) -> int:
+def _migrate(settings: Settings, args) -> int:
     from .db import connect, database_url
     from .migrations import migrate
 
@@ -49,7 +49,29 @@ def _migrate(settings: Settings) -> int:
     return 0
 
 
-COMMANDS = {"serve": _serve, "migrate": _migrate}
+def _create_key(settings: Settings, args) -> int:
+    from .bootstrap import new_admin_key
+    from .db import connect, database_url
+    from .migrations import migrate
+    from .server_secret import server_secret
+
+    secret = server_secret(settings)
+
+    async def run(url: str) -> str:
+        conn = await connect(url, settings)
+        try:
+            await migrate(conn, settings.migrations_dir)
+            return await new_admin_key(conn, secret, args.name)
+        finally:
+            await conn.close()
+
+    with database_url(settings) as url:
+        key = asyncio.run(run(url))
+    print(key)  # alone on stdout: KEY=$(flexdb create-key --admin)
+    return 0
+
+
+COMMANDS = {"serve": _serve, "migrate": _migrate, "create-key": _create_key}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +79,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the JSON-RPC server (applies migrations first)")
     sub.add_parser("migrate", help="apply pending migrations and exit")
+    key = sub.add_parser("create-key", help="print a new platform admin API key (run on the "
+                         "server host to recover access)")
+    key.add_argument("--admin", action="store_true", required=True,
+                     help="a key of the platform admin (the only kind this command makes)")
+    key.add_argument("--name", default="create-key", help="label shown by list_api_keys")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -66,7 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        return COMMANDS[args.command](settings)
+        return COMMANDS[args.command](settings, args)
+    except ConfigError as exc:
+        print(f"flexdb: {exc}", file=sys.stderr)
+        return 2
     except MigrationError as exc:
         print(f"flexdb: migration failed: {exc}", file=sys.stderr)
         return 1

@@ -34,6 +34,13 @@ class Settings(BaseModel):
     max_json_depth: int = Field(64, ge=2, le=200, description="Deepest JSON nesting accepted")
     json_fields: Literal["object", "string"] = Field(
         "object", description="Return data/schema as JSON objects or JSON strings")
+    secret_key: str | None = Field(
+        None, min_length=32, description="Server secret for API key hashes; unset = generated "
+        "once into the data dir")
+    anonymous_role: Literal["none", "platform_admin"] = Field(
+        "none", description="Role of callers that send no credentials (trusted networks only)")
+    auth_cache_ttl_s: float = Field(5.0, ge=0, le=300, description="Seconds a verified key or "
+                                    "a membership is trusted before it is read again")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     migrations_dir: Path | None = Field(None, description="Override for the sql/ directory")
 

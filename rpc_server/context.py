@@ -7,6 +7,7 @@ from typing import AsyncIterator
 
 import asyncpg
 
+from .auth import Authenticator, Principal
 from .config import Settings
 from .schemas import ValidatorCache
 from .shaping import Shaper
@@ -18,12 +19,29 @@ class AppState:
     pool: asyncpg.Pool
     shaper: Shaper
     validators: ValidatorCache
+    auth: Authenticator
 
 
 @dataclass
 class RequestContext:
+    """One per HTTP request (shared by the members of a batch)."""
     state: AppState
     request_id: str
+    authorization: str | None = None
+    _principal: Principal | None = None
+
+    async def principal(self) -> Principal:
+        """The authenticated caller; raises Unauthenticated."""
+        if self._principal is None:
+            self._principal = await self.state.auth.principal(self.state.pool, self.authorization)
+        return self._principal
+
+    async def role_in(self, tenant_id) -> str | None:
+        """The caller's role in a tenant ("owner" for platform admins), None if none."""
+        principal = await self.principal()
+        if principal.is_platform_admin:
+            return "owner"
+        return await self.state.auth.role_in(self.state.pool, principal.user_id, tenant_id)
 
     @property
     def shaper(self) -> Shaper:

@@ -68,6 +68,18 @@ class NotFound(RpcError):
         super().__init__(message or f"{kind} not found", **details)
 
 
+class Unauthenticated(RpcError):
+    code = UNAUTHENTICATED
+    type = "unauthenticated"
+    default_message = "Authentication required: send Authorization: Bearer <API key>"
+
+
+class Forbidden(RpcError):
+    code = FORBIDDEN
+    type = "forbidden"
+    default_message = "Not allowed"
+
+
 class Conflict(RpcError):
     code = CONFLICT
     type = "conflict"

@@ -11,7 +11,8 @@ import asyncpg
 from jsonrpcserver import Success
 from pydantic import ValidationError
 
-from .errors import (INTERNAL_ERROR, Conflict, InvalidParams, NotFound, RpcError,
+from .auth import ROLE_RANK, Permission
+from .errors import (INTERNAL_ERROR, Conflict, Forbidden, InvalidParams, NotFound, RpcError,
                      StatementTimeout, Unavailable)
 from .params import Params
 
@@ -25,6 +26,7 @@ Handler = Callable[[Any, Any], Awaitable[dict]]
 class MethodSpec:
     name: str
     params_model: type[Params]
+    permission: Permission
     handler: Handler
     summary: str
 
@@ -89,18 +91,41 @@ def translate_database_error(exc: Exception) -> RpcError | None:
     return None
 
 
-def rpc_method(params: type[Params], name: str | None = None):
-    """Register `async def handler(ctx, params) -> dict` as a JSON-RPC method."""
+def rpc_method(params: type[Params], permission: Permission, name: str | None = None):
+    """Register `async def handler(ctx, params) -> dict` as a JSON-RPC method. Every method
+    declares who may call it; there is no default."""
+    if not isinstance(permission, Permission):
+        raise TypeError("rpc_method needs a Permission (AUTHENTICATED, PLATFORM_ADMIN, "
+                        "tenant_role(...))")
+    if permission.kind == "tenant" and permission.tenant_param not in params.model_fields:
+        raise TypeError(f"{params.__name__} has no {permission.tenant_param} for the tenant check")
 
     def decorate(handler: Handler) -> Handler:
         method_name = name or handler.__name__
         if method_name in REGISTRY:
             raise RuntimeError(f"method registered twice: {method_name}")
         summary = (inspect.getdoc(handler) or "").split("\n")[0]
-        REGISTRY[method_name] = MethodSpec(method_name, params, handler, summary)
+        REGISTRY[method_name] = MethodSpec(method_name, params, permission, handler, summary)
         return handler
 
     return decorate
+
+
+async def authorize(ctx, permission: Permission, params: Params) -> None:
+    """Raise unless the caller may call a method with this permission on these params.
+    A tenant the caller has no role in answers exactly like a missing tenant."""
+    principal = await ctx.principal()
+    if permission.kind == "authenticated" or principal.is_platform_admin:
+        return
+    if permission.kind == "platform_admin":
+        raise Forbidden("This method needs a platform admin", required_role="platform_admin")
+    tenant_id = getattr(params, permission.tenant_param)
+    role = await ctx.role_in(tenant_id)
+    if role is None:
+        raise NotFound("tenant", tenant_id)
+    if ROLE_RANK[role] < ROLE_RANK[permission.role]:
+        raise Forbidden(f"This method needs the {permission.role} role or higher in the tenant "
+                        f"(yours: {role})", required_role=permission.role, role=role)
 
 
 def _wire_names(model: type[Params]) -> list[str]:
@@ -124,6 +149,7 @@ def _make_callable(spec: MethodSpec) -> Callable:
         except ValidationError as exc:
             raise InvalidParams(errors=validation_errors(exc)) from None
         try:
+            await authorize(ctx, spec.permission, params)
             return Success(await spec.handler(ctx, params))
         except RpcError:
             raise

@@ -33,15 +33,21 @@ stop() {
     if pgrep -f "$DATA_DIR/pg" >/dev/null; then echo "smoke: embedded PostgreSQL still running"; exit 1; fi
 }
 
-rpc() { curl -fsS "http://127.0.0.1:$PORT/jsonrpc" -H 'Content-Type: application/json' -d "$1"; }
+rpc() { curl -fsS "http://127.0.0.1:$PORT/jsonrpc" -H "Authorization: Bearer $KEY" \
+           -H 'Content-Type: application/json' -d "$1"; }
 
 start
+KEY=$(sed -n 's/^Platform admin API key (shown once, keep it safe): //p' "$LOG")
+[ -n "$KEY" ] || { echo "smoke: no admin key printed at first start"; cat "$LOG"; exit 1; }
 out=$(rpc '{"jsonrpc":"2.0","method":"create_tenant","params":{"slug":"smoke","name":"Smoke"},"id":1}')
 echo "create_tenant -> $out"
 echo "$out" | grep -q '"slug":"smoke"' || { echo "smoke: create_tenant failed"; exit 1; }
 stop
 start
+grep -c "Platform admin API key" "$LOG" | grep -qx 1 || { echo "smoke: a second admin key was printed"; exit 1; }
+# Recover access from the server host while it runs: the key is alone on stdout.
+KEY=$(env -u FLEXDB_DATABASE_URL FLEXDB_DATA_DIR="$DATA_DIR" "$VENV/bin/flexdb" create-key --admin 2>>"$LOG")
 out=$(rpc '{"jsonrpc":"2.0","method":"list_tenants","params":{},"id":2}')
 echo "$out" | grep -q '"total_count":1' || { echo "smoke: data not kept across restart: $out"; exit 1; }
 stop
-echo "smoke: OK (embedded PostgreSQL started, served, stopped cleanly, reused on restart)"
+echo "smoke: OK (embedded PostgreSQL started, admin key printed once, served, stopped cleanly, reused on restart, create-key --admin works)"

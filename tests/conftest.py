@@ -24,6 +24,8 @@ from rpc_server.client import FlexDBClient
 from rpc_server.db import with_database
 
 ROOT = Path(__file__).resolve().parent.parent
+TEST_SECRET = "flexdb-test-secret-0123456789abcdef0123456789"
+_admin_keys: dict[str, str] = {}
 
 
 def free_port() -> int:
@@ -82,7 +84,9 @@ class ServerProcess:
         self.url = self.base + "/jsonrpc"
         self.log = tempfile.NamedTemporaryFile(prefix="flexdb-serve-", suffix=".log", delete=False)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXDB_")}
-        full_env.update({"FLEXDB_HOST": "127.0.0.1", "FLEXDB_PORT": str(self.port)}, **env)
+        full_env.update({"FLEXDB_HOST": "127.0.0.1", "FLEXDB_PORT": str(self.port),
+                         "FLEXDB_SECRET_KEY": TEST_SECRET}, **env)
+        self.admin_key = None
         self.proc = subprocess.Popen([sys.executable, "-m", "rpc_server", "serve"], env=full_env,
                                      cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -113,11 +117,26 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def admin_key(database_url: str, secret: str = TEST_SECRET) -> str:
+    """A platform admin key for the database, made by the real `flexdb create-key --admin`."""
+    if (database_url, secret) not in _admin_keys:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXDB_")}
+        env.update(FLEXDB_DATABASE_URL=database_url, FLEXDB_SECRET_KEY=secret)
+        result = subprocess.run([sys.executable, "-m", "rpc_server", "create-key", "--admin"],
+                                env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        _admin_keys[(database_url, secret)] = result.stdout.strip()
+    return _admin_keys[(database_url, secret)]
+
+
 @contextmanager
 def running_server(env: dict[str, str], cwd: Path = ROOT):
     server = ServerProcess(env, cwd)
     try:
         server.wait_ready()
+        if "FLEXDB_DATABASE_URL" in env:
+            server.admin_key = admin_key(env["FLEXDB_DATABASE_URL"],
+                                         env.get("FLEXDB_SECRET_KEY", TEST_SECRET))
         yield server
     finally:
         server.stop()
@@ -132,14 +151,16 @@ def server(database_url):
 
 @pytest.fixture
 async def rpc(server):
-    async with FlexDBClient(server.url) as client:
+    """A client holding the platform admin's key."""
+    async with FlexDBClient(server.url, api_key=server.admin_key) as client:
         yield client
 
 
 @pytest.fixture
 async def http(server):
-    """Raw HTTP access for protocol-level tests."""
-    async with httpx.AsyncClient(base_url=server.base, timeout=30) as client:
+    """Raw HTTP access (with the platform admin's key) for protocol-level tests."""
+    async with httpx.AsyncClient(base_url=server.base, timeout=30, headers={
+            "Authorization": f"Bearer {server.admin_key}"}) as client:
         yield client
 
 
@@ -155,6 +176,20 @@ def error_fields(exc) -> list[str]:
     """The `field` of every entry in an InvalidParams error's data.errors."""
     assert exc.value.type == "invalid_params"
     return [e["field"] for e in exc.value.data["errors"]]
+
+
+_own_user_ids: dict[str, str] = {}
+
+
+async def own_user_id(rpc) -> str:
+    """The caller's user id: the owner of a tenant it has just created."""
+    key = rpc._http.headers.get("Authorization", "")
+    if key not in _own_user_ids:
+        tenant = await make_tenant(rpc)
+        listed = await rpc.call("list_tenant_users", {"tenant_id": tenant["id"]})
+        _own_user_ids[key] = listed["tenant_users"][0]["user_id"]
+        await rpc.call("delete_tenant", {"id": tenant["id"]})
+    return _own_user_ids[key]
 
 
 async def make_tenant(rpc) -> dict:

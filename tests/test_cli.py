@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import subprocess
 import sys
 
@@ -14,6 +15,7 @@ from .conftest import ROOT, fresh_database
 
 def flexdb(*args, env=None, timeout=60):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXDB_")}
+    full_env["FLEXDB_DATA_DIR"] = tempfile.mkdtemp(prefix="flexdb-cli-test-")
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "rpc_server", *args], env=full_env, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
@@ -75,9 +77,9 @@ def test_changed_applied_migration_is_an_error(scratch_db, migrations_copy):
 def test_new_migration_file_is_applied_later(scratch_db, migrations_copy):
     env = {"FLEXDB_DATABASE_URL": scratch_db, "FLEXDB_MIGRATIONS_DIR": str(migrations_copy)}
     assert flexdb("migrate", env=env).returncode == 0
-    (migrations_copy / "0002_extra.sql").write_text("CREATE TABLE extra_probe (id int);")
+    (migrations_copy / "9998_extra.sql").write_text("CREATE TABLE extra_probe (id int);")
     result = flexdb("migrate", env=env)
-    assert result.returncode == 0 and "0002_extra.sql" in result.stdout
+    assert result.returncode == 0 and "9998_extra.sql" in result.stdout
 
 
 def test_concurrent_migrators_do_not_race(scratch_db, migrations_copy):
@@ -94,7 +96,8 @@ def test_concurrent_migrators_do_not_race(scratch_db, migrations_copy):
     async def count():
         conn = await asyncpg.connect(scratch_db)
         try:
-            return await conn.fetchval("SELECT count(*) FROM schema_migrations")
+            return await conn.fetchval("SELECT count(*) FROM schema_migrations "
+                                       "WHERE filename = '0001_core.sql'")
         finally:
             await conn.close()
 
@@ -111,7 +114,7 @@ def test_bad_migration_file_name_is_refused(scratch_db, migrations_copy):
 
 def test_failed_migration_leaves_nothing_half_applied(scratch_db, migrations_copy):
     env = {"FLEXDB_DATABASE_URL": scratch_db, "FLEXDB_MIGRATIONS_DIR": str(migrations_copy)}
-    (migrations_copy / "0002_broken.sql").write_text(
+    (migrations_copy / "9999_broken.sql").write_text(
         "CREATE TABLE half_done (id int);\nTHIS IS NOT SQL;")
     result = flexdb("migrate", env=env)
     assert result.returncode != 0
@@ -127,7 +130,7 @@ def test_failed_migration_leaves_nothing_half_applied(scratch_db, migrations_cop
 
     import asyncio
     names, half = asyncio.run(check())
-    assert names == ["0001_core.sql"] and half is None
+    assert names == sorted(p.name for p in (ROOT / "sql").glob("*.sql")) and half is None
 
 
 def test_unreachable_database_is_a_clear_error_without_the_password():

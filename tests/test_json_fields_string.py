@@ -19,7 +19,7 @@ def string_server(database_url):
 
 
 async def test_documents_are_strings(string_server):
-    async with FlexDBClient(string_server.url) as rpc:
+    async with FlexDBClient(string_server.url, api_key=string_server.admin_key) as rpc:
         tenant = (await rpc.call("create_tenant", {"slug": unique("s"), "name": "S"}))["tenant"]
         plain = (await rpc.call("create_node_type",
                                 {"tenant_id": tenant["id"], "name": "Plain"}))["node_type"]

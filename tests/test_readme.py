@@ -21,7 +21,8 @@ def readme_examples() -> str:
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_readme_curl_examples_work(server):
     script = "set -euo pipefail\n" + readme_examples()
-    result = subprocess.run(["bash", "-c", script], env={**os.environ, "FLEXDB_URL": server.url},
+    env = {**os.environ, "FLEXDB_URL": server.url, "FLEXDB_KEY": server.admin_key}
+    result = subprocess.run(["bash", "-c", script], env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     lines = [line for line in result.stdout.splitlines() if line.strip()]

@@ -10,7 +10,7 @@ import pytest
 
 from rpc_server.client import Conflict, InvalidParams, NotFound
 
-from .conftest import error_fields, missing_id, unique
+from .conftest import error_fields, missing_id, own_user_id, unique
 
 
 # ---------------------------------------------------------------- helpers
@@ -41,9 +41,10 @@ async def list_all(rpc, method, key, params=None) -> list[dict]:
 
 
 async def members(rpc, tenant_id) -> dict[str, str]:
-    """user_id -> role of a tenant's members."""
+    """user_id -> role of a tenant's members, other than its creator (the caller, owner)."""
     listed = await list_all(rpc, "list_tenant_users", "tenant_users", {"tenant_id": tenant_id})
-    return {m["user_id"]: m["role"] for m in listed}
+    me = await own_user_id(rpc)
+    return {m["user_id"]: m["role"] for m in listed if m["user_id"] != me}
 
 
 # ---------------------------------------------------------------- tenants
@@ -384,8 +385,9 @@ async def test_list_tenant_users_only_lists_that_tenant(rpc):
     await rpc.call("add_user_to_tenant", {"tenant_id": t2["id"], "user_id": both["id"],
                                           "role": "admin"})
     result = await rpc.call("list_tenant_users", {"tenant_id": t1["id"]})
-    assert [m["user_id"] for m in result["tenant_users"]] == [u1["id"], both["id"]]
-    assert result["pagination"]["total_count"] == 2
+    me = await own_user_id(rpc)  # the creator is the first owner
+    assert [m["user_id"] for m in result["tenant_users"]] == [me, u1["id"], both["id"]]
+    assert result["pagination"]["total_count"] == 3
     assert await members(rpc, t2["id"]) == {u2["id"]: "member", both["id"]: "admin"}
 
 

@@ -8,6 +8,7 @@ from pydantic import BeforeValidator, Field
 from ..ids import uuid7_sequence
 from ..errors import NotFound
 from ..params import MAX_BULK, Id, JsonObject, OptionalId, PaginationParam, Params, RelationshipType, Version
+from ..auth import tenant_role
 from ..registry import rpc_method
 from ..repositories import NodeRepository, RelationshipRepository
 from .common import DELETED, changes_of, require_changes, require_tenant
@@ -57,7 +58,7 @@ class CreateRelationships(Params):
     relationships: list[RelationshipInput] = Field(max_length=MAX_BULK)
 
 
-@rpc_method(CreateRelationship)
+@rpc_method(CreateRelationship, tenant_role("member"))
 async def create_relationship(ctx, p: CreateRelationship) -> dict:
     """Link two nodes of the same tenant."""
     async with ctx.transaction() as conn:
@@ -66,7 +67,7 @@ async def create_relationship(ctx, p: CreateRelationship) -> dict:
     return {"relationship": ctx.shaper.one(row)}
 
 
-@rpc_method(RelationshipId)
+@rpc_method(RelationshipId, tenant_role("viewer"))
 async def get_relationship(ctx, p: RelationshipId) -> dict:
     """Get a relationship by id."""
     async with ctx.connection() as conn:
@@ -74,7 +75,7 @@ async def get_relationship(ctx, p: RelationshipId) -> dict:
     return {"relationship": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdateRelationship)
+@rpc_method(UpdateRelationship, tenant_role("member"))
 async def update_relationship(ctx, p: UpdateRelationship) -> dict:
     """Change a relationship's type or replace its data."""
     changes = changes_of(p, UPDATABLE)
@@ -85,7 +86,7 @@ async def update_relationship(ctx, p: UpdateRelationship) -> dict:
     return {"relationship": ctx.shaper.one(row)}
 
 
-@rpc_method(RelationshipId)
+@rpc_method(RelationshipId, tenant_role("member"))
 async def delete_relationship(ctx, p: RelationshipId) -> dict:
     """Delete a relationship."""
     async with ctx.transaction() as conn:
@@ -93,7 +94,7 @@ async def delete_relationship(ctx, p: RelationshipId) -> dict:
     return DELETED
 
 
-@rpc_method(ListRelationships)
+@rpc_method(ListRelationships, tenant_role("viewer"))
 async def list_relationships(ctx, p: ListRelationships) -> dict:
     """List a tenant's relationships, filtered by source, target or type."""
     async with ctx.connection() as conn:
@@ -103,7 +104,7 @@ async def list_relationships(ctx, p: ListRelationships) -> dict:
     return ctx.shaper.page("relationships", page)
 
 
-@rpc_method(CreateRelationships)
+@rpc_method(CreateRelationships, tenant_role("member"))
 async def create_relationships(ctx, p: CreateRelationships) -> dict:
     """Create up to 1,000 relationships in one transaction: all are created or none."""
     items = p.relationships

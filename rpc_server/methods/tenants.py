@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from ..params import Id, Name, PaginationParam, Params, Slug, Status, Version
+from ..auth import AUTHENTICATED, tenant_role
 from ..registry import rpc_method
 from ..repositories import TenantRepository
+from ..repositories.users import MembershipRepository
 from .common import DELETED, changes_of, require_changes
 
 UPDATABLE = ("slug", "name", "status")
@@ -30,15 +32,18 @@ class ListTenants(Params):
     pagination: PaginationParam
 
 
-@rpc_method(CreateTenant)
+@rpc_method(CreateTenant, AUTHENTICATED)
 async def create_tenant(ctx, p: CreateTenant) -> dict:
-    """Create a tenant with a unique slug."""
+    """Create a tenant with a unique slug; the caller becomes its owner."""
+    principal = await ctx.principal()
     async with ctx.transaction() as conn:
         row = await TenantRepository(conn).create(p.slug, p.name)
+        if principal.user_id is not None:
+            await MembershipRepository(conn).add(row["id"], principal.user_id, "owner")
     return {"tenant": ctx.shaper.one(row)}
 
 
-@rpc_method(TenantId)
+@rpc_method(TenantId, tenant_role("viewer", "id"))
 async def get_tenant(ctx, p: TenantId) -> dict:
     """Get a tenant by id."""
     async with ctx.connection() as conn:
@@ -46,7 +51,7 @@ async def get_tenant(ctx, p: TenantId) -> dict:
     return {"tenant": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdateTenant)
+@rpc_method(UpdateTenant, tenant_role("owner", "id"))
 async def update_tenant(ctx, p: UpdateTenant) -> dict:
     """Update a tenant's slug, name or status."""
     changes = changes_of(p, UPDATABLE)
@@ -56,17 +61,20 @@ async def update_tenant(ctx, p: UpdateTenant) -> dict:
     return {"tenant": ctx.shaper.one(row)}
 
 
-@rpc_method(TenantId)
+@rpc_method(TenantId, tenant_role("owner", "id"))
 async def delete_tenant(ctx, p: TenantId) -> dict:
     """Delete a tenant and everything it owns."""
     async with ctx.transaction() as conn:
         await TenantRepository(conn).delete(p.id)
+    ctx.state.auth.forget_tenant(p.id)
     return DELETED
 
 
-@rpc_method(ListTenants)
+@rpc_method(ListTenants, AUTHENTICATED)
 async def list_tenants(ctx, p: ListTenants) -> dict:
-    """List tenants, oldest first."""
+    """List the caller's tenants (all of them for a platform admin), oldest first."""
+    principal = await ctx.principal()
+    member_of = None if principal.is_platform_admin else principal.user_id
     async with ctx.connection() as conn:
-        page = await TenantRepository(conn).list(p.pagination)
+        page = await TenantRepository(conn).list(p.pagination, member_of)
     return ctx.shaper.page("tenants", page)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from ..auth import AUTHENTICATED, PLATFORM_ADMIN, ROLE_RANK, tenant_role
+from ..errors import Conflict, Forbidden, NotFound
 from ..params import Email, Id, Name, PaginationParam, Params, Version
 from ..registry import rpc_method
 from ..repositories import UserRepository
@@ -45,12 +47,31 @@ class RemoveUserFromTenant(Params):
     user_id: Id
 
 
+class UpdateTenantUserRole(Params):
+    tenant_id: Id
+    user_id: Id
+    role: Role
+
+
 class ListTenantUsers(Params):
     tenant_id: Id
     pagination: PaginationParam
 
 
-@rpc_method(CreateUser)
+async def require_rank(ctx, tenant_id, role: str, what: str) -> None:
+    """Nobody grants, or acts on a member holding, a role above their own."""
+    mine = await ctx.role_in(tenant_id)
+    if ROLE_RANK[role] > ROLE_RANK[mine]:
+        raise Forbidden(f"cannot {what} the {role} role: it is above yours ({mine})",
+                        role=mine, required_role=role)
+
+
+async def keep_an_owner(members: MembershipRepository, tenant_id, current_role: str) -> None:
+    if current_role == "owner" and await members.lock_owners(tenant_id) <= 1:
+        raise Conflict("a tenant must keep at least one owner", field="user_id")
+
+
+@rpc_method(CreateUser, PLATFORM_ADMIN)
 async def create_user(ctx, p: CreateUser) -> dict:
     """Create a user with a unique email."""
     async with ctx.transaction() as conn:
@@ -58,15 +79,18 @@ async def create_user(ctx, p: CreateUser) -> dict:
     return {"user": ctx.shaper.one(row)}
 
 
-@rpc_method(UserId)
+@rpc_method(UserId, AUTHENTICATED)
 async def get_user(ctx, p: UserId) -> dict:
-    """Get a user by id."""
+    """Get a user by id (yourself, or anyone for a platform admin)."""
+    principal = await ctx.principal()
+    if not principal.is_platform_admin and principal.user_id != p.id:
+        raise NotFound("user", p.id)
     async with ctx.connection() as conn:
         row = await UserRepository(conn).get(p.id)
     return {"user": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdateUser)
+@rpc_method(UpdateUser, PLATFORM_ADMIN)
 async def update_user(ctx, p: UpdateUser) -> dict:
     """Update a user's email or display name."""
     changes = changes_of(p, UPDATABLE)
@@ -76,15 +100,16 @@ async def update_user(ctx, p: UpdateUser) -> dict:
     return {"user": ctx.shaper.one(row)}
 
 
-@rpc_method(UserId)
+@rpc_method(UserId, PLATFORM_ADMIN)
 async def delete_user(ctx, p: UserId) -> dict:
-    """Delete a user and their tenant memberships."""
+    """Delete a user, their API keys and their tenant memberships."""
     async with ctx.transaction() as conn:
         await UserRepository(conn).delete(p.id)
+    ctx.state.auth.forget_user(p.id)
     return DELETED
 
 
-@rpc_method(ListUsers)
+@rpc_method(ListUsers, PLATFORM_ADMIN)
 async def list_users(ctx, p: ListUsers) -> dict:
     """List users, oldest first."""
     async with ctx.connection() as conn:
@@ -92,23 +117,50 @@ async def list_users(ctx, p: ListUsers) -> dict:
     return ctx.shaper.page("users", page)
 
 
-@rpc_method(AddUserToTenant)
+@rpc_method(AddUserToTenant, tenant_role("admin"))
 async def add_user_to_tenant(ctx, p: AddUserToTenant) -> dict:
     """Make a user a member of a tenant with a role (owner, admin, member, viewer)."""
+    await require_rank(ctx, p.tenant_id, p.role, "grant")
     async with ctx.transaction() as conn:
         row = await MembershipRepository(conn).add(p.tenant_id, p.user_id, p.role)
+    ctx.state.auth.forget_membership(p.user_id, p.tenant_id)
     return {"tenant_user": ctx.shaper.one(row)}
 
 
-@rpc_method(RemoveUserFromTenant)
-async def remove_user_from_tenant(ctx, p: RemoveUserFromTenant) -> dict:
-    """Remove a user's membership of a tenant."""
+@rpc_method(UpdateTenantUserRole, tenant_role("admin"))
+async def update_tenant_user_role(ctx, p: UpdateTenantUserRole) -> dict:
+    """Change a member's role; nobody grants above their own role, and the last owner
+    stays an owner."""
+    await require_rank(ctx, p.tenant_id, p.role, "grant")
     async with ctx.transaction() as conn:
-        await MembershipRepository(conn).remove(p.tenant_id, p.user_id)
+        members = MembershipRepository(conn)
+        current = await members.role_for_update(p.tenant_id, p.user_id)
+        if current is None:
+            raise NotFound("tenant_user", p.user_id)
+        await require_rank(ctx, p.tenant_id, current, "change a member with")
+        if p.role != "owner":
+            await keep_an_owner(members, p.tenant_id, current)
+        row = await members.set_role(p.tenant_id, p.user_id, p.role)
+    ctx.state.auth.forget_membership(p.user_id, p.tenant_id)
+    return {"tenant_user": ctx.shaper.one(row)}
+
+
+@rpc_method(RemoveUserFromTenant, tenant_role("admin"))
+async def remove_user_from_tenant(ctx, p: RemoveUserFromTenant) -> dict:
+    """Remove a user's membership of a tenant (never the last owner)."""
+    async with ctx.transaction() as conn:
+        members = MembershipRepository(conn)
+        current = await members.role_for_update(p.tenant_id, p.user_id)
+        if current is None:
+            raise NotFound("tenant_user", p.user_id)
+        await require_rank(ctx, p.tenant_id, current, "remove a member with")
+        await keep_an_owner(members, p.tenant_id, current)
+        await members.remove(p.tenant_id, p.user_id)
+    ctx.state.auth.forget_membership(p.user_id, p.tenant_id)
     return DELETED
 
 
-@rpc_method(ListTenantUsers)
+@rpc_method(ListTenantUsers, tenant_role("viewer"))
 async def list_tenant_users(ctx, p: ListTenantUsers) -> dict:
     """List a tenant's members."""
     async with ctx.connection() as conn:

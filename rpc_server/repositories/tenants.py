@@ -33,6 +33,10 @@ class TenantRepository(Repository):
     async def delete(self, tenant_id: UUID) -> None:
         await self._delete(tenant_id)
 
-    async def list(self, pagination: Pagination) -> Page:
+    async def list(self, pagination: Pagination, member_of: UUID | None = None) -> Page:
+        """All tenants, or those `member_of` (a user id) belongs to."""
+        where, args = [], []
+        if member_of is not None:
+            where, args = ["id IN (SELECT tenant_id FROM tenant_users WHERE user_id = $1)"], [member_of]
         return await fetch_page(self.conn, scope="tenants", select=self.columns, table="tenants",
-                                where=[], args=[], pagination=pagination)
+                                where=where, args=args, pagination=pagination)

@@ -51,6 +51,24 @@ class MembershipRepository(Repository):
     async def remove(self, tenant_id: UUID, user_id: UUID) -> None:
         await self._delete(tenant_id, user_id)
 
+    async def role_for_update(self, tenant_id: UUID, user_id: UUID) -> str | None:
+        return await self.conn.fetchval(
+            "SELECT role FROM tenant_users WHERE tenant_id = $1 AND user_id = $2 FOR UPDATE",
+            tenant_id, user_id)
+
+    async def lock_owners(self, tenant_id: UUID) -> int:
+        """Lock the tenant's owner rows (so concurrent demotions serialise) and count them."""
+        rows = await self.conn.fetch(
+            "SELECT user_id FROM tenant_users WHERE tenant_id = $1 AND role = 'owner' FOR UPDATE",
+            tenant_id)
+        return len(rows)
+
+    async def set_role(self, tenant_id: UUID, user_id: UUID, role: str) -> asyncpg.Record:
+        return await self.conn.fetchrow(
+            f"UPDATE tenant_users SET role = $3, updated_at = now() "
+            f"WHERE tenant_id = $1 AND user_id = $2 RETURNING {self.columns}",
+            tenant_id, user_id, role)
+
     async def list(self, tenant_id: UUID, pagination: Pagination) -> Page:
         return await fetch_page(self.conn, scope="tenant_users", select=self.columns,
                                 table="tenant_users", where=["tenant_id = $1"],

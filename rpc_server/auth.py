@@ -1,0 +1,151 @@
+"""API keys, principals, and the permission every method declares.
+
+Keys look like `fdb_<43 url-safe chars>` (256 random bits; the prefix lets secret scanners
+find leaked keys). Only HMAC-SHA256(server secret, key) is stored. A verified key and a
+membership are cached for FLEXDB_AUTH_CACHE_TTL_S seconds (default 5), so the hot path
+makes no database round trip; revocation and role changes take effect within that time
+on other instances, and at once on the instance that made them."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Literal
+from uuid import UUID
+
+import asyncpg
+
+from .errors import Unauthenticated
+
+KEY_PREFIX = "fdb_"
+MAX_KEY_LENGTH = 200
+CACHE_SIZE = 10_000
+ROLE_RANK = {"viewer": 1, "member": 2, "admin": 3, "owner": 4}
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(secret: bytes, key: str) -> bytes:
+    return hmac.new(secret, key.encode(), hashlib.sha256).digest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    user_id: UUID | None
+    is_platform_admin: bool
+    key_id: UUID | None = None
+    expires_at: datetime | None = None
+
+
+ANONYMOUS_ADMIN = Principal(user_id=None, is_platform_admin=True)
+
+
+@dataclass(frozen=True)
+class Permission:
+    """Who may call a method. `tenant` permissions name the minimum role and the param that
+    holds the tenant id; platform admins pass every check."""
+    kind: Literal["authenticated", "platform_admin", "tenant"]
+    role: str | None = None
+    tenant_param: str = "tenant_id"
+
+
+AUTHENTICATED = Permission("authenticated")
+PLATFORM_ADMIN = Permission("platform_admin")
+
+
+def tenant_role(role: str, tenant_param: str = "tenant_id") -> Permission:
+    if role not in ROLE_RANK:
+        raise ValueError(f"unknown role {role}")
+    return Permission("tenant", role, tenant_param)
+
+
+class _TTLCache:
+    def __init__(self, ttl: float, size: int = CACHE_SIZE):
+        self.ttl, self.size = ttl, size
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        hit = self._items.get(key)
+        if hit is None or hit[1] < time.monotonic():
+            return None
+        return hit
+
+    def put(self, key, value) -> None:
+        self._items[key] = (value, time.monotonic() + self.ttl)
+        self._items.move_to_end(key)
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def drop_where(self, predicate) -> None:
+        for key in [k for k, (v, _) in self._items.items() if predicate(k, v)]:
+            del self._items[key]
+
+
+class Authenticator:
+    def __init__(self, secret: bytes, anonymous_role: str, ttl: float):
+        self.secret = secret
+        self.anonymous_role = anonymous_role
+        self._keys = _TTLCache(ttl)
+        self._roles = _TTLCache(ttl)
+
+    async def principal(self, pool: asyncpg.Pool, authorization: str | None) -> Principal:
+        if not authorization:
+            if self.anonymous_role == "platform_admin":
+                return ANONYMOUS_ADMIN
+            raise Unauthenticated()
+        scheme, _, key = authorization.strip().partition(" ")
+        key = key.strip()
+        if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX) \
+                or len(key) > MAX_KEY_LENGTH:
+            raise Unauthenticated("Invalid credentials: expected Authorization: Bearer fdb_…")
+        digest = hash_key(self.secret, key)
+        cached = self._keys.get(digest)
+        if cached is not None:
+            found = cached[0]
+        else:
+            found = await self._lookup(pool, digest)
+            self._keys.put(digest, found)  # unknown keys too: random keys cannot hammer the db
+        if found is None:
+            raise Unauthenticated("Invalid, unknown or revoked API key")
+        if found.expires_at is not None and found.expires_at <= datetime.now(timezone.utc):
+            raise Unauthenticated("API key expired")
+        return found
+
+    @staticmethod
+    async def _lookup(pool: asyncpg.Pool, digest: bytes) -> Principal | None:
+        row = await pool.fetchrow(
+            "SELECT k.id, k.user_id, k.key_hash, k.expires_at, u.is_platform_admin "
+            "FROM api_keys k JOIN users u ON u.id = k.user_id "
+            "WHERE k.key_hash = $1 AND k.revoked_at IS NULL", digest)
+        if row is None or not hmac.compare_digest(row["key_hash"], digest):
+            return None
+        return Principal(row["user_id"], row["is_platform_admin"], row["id"], row["expires_at"])
+
+    async def role_in(self, pool: asyncpg.Pool, user_id: UUID, tenant_id: UUID) -> str | None:
+        cached = self._roles.get((user_id, tenant_id))
+        if cached is not None:
+            return cached[0]
+        role = await pool.fetchval(
+            "SELECT role FROM tenant_users WHERE tenant_id = $1 AND user_id = $2 "
+            "AND status = 'active'", tenant_id, user_id)
+        self._roles.put((user_id, tenant_id), role)
+        return role
+
+    def forget_key(self, key_id: UUID) -> None:
+        self._keys.drop_where(lambda _, p: p is not None and p.key_id == key_id)
+
+    def forget_user(self, user_id: UUID) -> None:
+        self._keys.drop_where(lambda _, p: p is not None and p.user_id == user_id)
+        self._roles.drop_where(lambda k, _: k[0] == user_id)
+
+    def forget_membership(self, user_id: UUID, tenant_id: UUID) -> None:
+        self._roles.drop_where(lambda k, _: k == (user_id, tenant_id))
+
+    def forget_tenant(self, tenant_id: UUID) -> None:
+        self._roles.drop_where(lambda k, _: k[1] == tenant_id)

@@ -1,0 +1,82 @@
+"""API keys: create_api_key (the secret is returned once), list_api_keys, revoke_api_key.
+Users manage their own keys; platform admins manage anyone's."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from pydantic import AwareDatetime
+
+from ..auth import AUTHENTICATED, KEY_PREFIX, hash_key, new_api_key
+from ..errors import Forbidden, InvalidParams, NotFound
+from ..params import Id, Name, PaginationParam, Params
+from ..registry import rpc_method
+from ..repositories.api_keys import ApiKeyRepository
+
+PREFIX_SHOWN = len(KEY_PREFIX) + 6
+
+
+class CreateApiKey(Params):
+    name: Name
+    user_id: Id | None = None
+    expires_at: AwareDatetime | None = None
+
+
+class ApiKeyId(Params):
+    id: Id
+
+
+class ListApiKeys(Params):
+    user_id: Id | None = None
+    pagination: PaginationParam
+
+
+async def _owner_of_request(ctx, user_id):
+    """The user whose keys a call is about: yourself, or (platform admins) anyone."""
+    principal = await ctx.principal()
+    if user_id is None or user_id == principal.user_id:
+        if principal.user_id is None:
+            raise InvalidParams.field("user_id", "is required for anonymous callers")
+        return principal.user_id
+    if not principal.is_platform_admin:
+        raise Forbidden("only a platform admin manages other users' keys",
+                        required_role="platform_admin")
+    return user_id
+
+
+@rpc_method(CreateApiKey, AUTHENTICATED)
+async def create_api_key(ctx, p: CreateApiKey) -> dict:
+    """Create an API key; the `secret` in the result is shown only this once."""
+    user_id = await _owner_of_request(ctx, p.user_id)
+    if p.expires_at is not None and p.expires_at <= datetime.now(timezone.utc):
+        raise InvalidParams.field("expires_at", "must be in the future")
+    secret = new_api_key()
+    async with ctx.transaction() as conn:
+        row = await ApiKeyRepository(conn).create(
+            user_id, p.name, secret[:PREFIX_SHOWN], hash_key(ctx.state.auth.secret, secret),
+            p.expires_at)
+    return {"api_key": ctx.shaper.one(row), "secret": secret}
+
+
+@rpc_method(ListApiKeys, AUTHENTICATED)
+async def list_api_keys(ctx, p: ListApiKeys) -> dict:
+    """List API keys (never their secrets): your own, or a platform admin's choice."""
+    principal = await ctx.principal()
+    user_id = p.user_id if principal.is_platform_admin else await _owner_of_request(ctx, p.user_id)
+    async with ctx.connection() as conn:
+        page = await ApiKeyRepository(conn).list(user_id, p.pagination)
+    return ctx.shaper.page("api_keys", page)
+
+
+@rpc_method(ApiKeyId, AUTHENTICATED)
+async def revoke_api_key(ctx, p: ApiKeyId) -> dict:
+    """Revoke an API key; it stops working at once on this instance and within the auth
+    cache time (FLEXDB_AUTH_CACHE_TTL_S) on others."""
+    principal = await ctx.principal()
+    async with ctx.transaction() as conn:
+        keys = ApiKeyRepository(conn)
+        key = await keys.get(p.id)
+        if key["user_id"] != principal.user_id and not principal.is_platform_admin:
+            raise NotFound("api_key", p.id)
+        row = await keys.revoke(p.id)
+    ctx.state.auth.forget_key(p.id)
+    return {"api_key": ctx.shaper.one(row)}
