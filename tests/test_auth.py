@@ -1,0 +1,422 @@
+"""Authentication and the permission matrix. Every attack must fail, for the right reason."""
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+import tempfile
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from rpc_server.client import (Conflict, FlexDBClient, Forbidden, InvalidParams, NotFound,
+                               RpcError, Unauthenticated)
+import rpc_server.methods  # noqa: F401  (registers every method)
+from rpc_server.registry import REGISTRY
+
+from .conftest import running_server, unique
+
+ROLES = ["viewer", "member", "admin", "owner"]
+RANK = {r: i for i, r in enumerate(ROLES)}
+
+# What each method needs. Written out by hand so that the test checks the code, and keyed
+# by the registry so that a new method without an entry here fails the test.
+EXPECTED = {
+    "create_tenant": "authenticated", "list_tenants": "authenticated",
+    "get_user": "authenticated", "create_api_key": "authenticated",
+    "list_api_keys": "authenticated", "revoke_api_key": "authenticated",
+    "create_user": "platform_admin", "update_user": "platform_admin",
+    "delete_user": "platform_admin", "list_users": "platform_admin",
+    "get_tenant": "viewer", "update_tenant": "owner", "delete_tenant": "owner",
+    "list_tenant_users": "viewer", "add_user_to_tenant": "admin",
+    "remove_user_from_tenant": "admin", "update_tenant_user_role": "admin",
+    "get_node_type": "viewer", "list_node_types": "viewer", "create_node_type": "admin",
+    "update_node_type": "admin", "delete_node_type": "admin",
+    "get_node": "viewer", "list_nodes": "viewer", "create_node": "member",
+    "update_node": "member", "delete_node": "member", "create_nodes": "member",
+    "get_relationship": "viewer", "list_relationships": "viewer",
+    "create_relationship": "member", "update_relationship": "member",
+    "delete_relationship": "member", "create_relationships": "member",
+}
+
+
+async def new_user(admin) -> tuple[dict, str]:
+    user = (await admin.call("create_user", {"email": f"{unique('u')}@example.com",
+                                             "display_name": "U"}))["user"]
+    key = await admin.call("create_api_key", {"name": "test", "user_id": user["id"]})
+    return user, key["secret"]
+
+
+class World:
+    """A tenant with one user per role, a node type, nodes and a relationship."""
+
+    @classmethod
+    async def build(cls, admin) -> "World":
+        w = cls()
+        w.admin = admin
+        w.tenant = (await admin.call("create_tenant", {"slug": unique("w"), "name": "W"}))["tenant"]
+        w.tid = w.tenant["id"]
+        w.users, w.keys = {}, {}
+        for role in ROLES:
+            user, key = await new_user(admin)
+            await admin.call("add_user_to_tenant", {"tenant_id": w.tid, "user_id": user["id"],
+                                                    "role": role})
+            w.users[role], w.keys[role] = user, key
+        w.nt = (await admin.call("create_node_type", {"tenant_id": w.tid, "name": "N"}))["node_type"]
+        return w
+
+    async def node(self) -> dict:
+        return (await self.admin.call("create_node", {"tenant_id": self.tid,
+                                                      "node_type_id": self.nt["id"]}))["node"]
+
+    async def relationship(self) -> dict:
+        a, b = await self.node(), await self.node()
+        return (await self.admin.call("create_relationship", {
+            "tenant_id": self.tid, "source_node_id": a["id"], "target_node_id": b["id"],
+            "relationship_type": "r"}))["relationship"]
+
+    async def member(self, role="viewer") -> dict:
+        user, _ = await new_user(self.admin)
+        await self.admin.call("add_user_to_tenant", {"tenant_id": self.tid, "user_id": user["id"],
+                                                     "role": role})
+        return user
+
+    async def params(self, method: str, caller_role: str | None) -> dict:
+        """Valid params for `method` on this world's objects (fresh ones where it changes them)."""
+        t = self.tid
+        if method == "create_tenant":
+            return {"slug": unique("c"), "name": "C"}
+        if method in ("list_tenants", "list_users", "list_api_keys"):
+            return {}
+        if method == "get_user":
+            return {"id": self.users[caller_role or "viewer"]["id"]}
+        if method == "create_api_key":
+            return {"name": "more"}
+        if method == "revoke_api_key":
+            return {"id": "00000000-0000-0000-0000-000000000000"}
+        if method == "create_user":
+            return {"email": f"{unique('n')}@example.com", "display_name": "N"}
+        if method in ("update_user", "delete_user"):
+            user, _ = await new_user(self.admin)
+            return {"id": user["id"], **({"display_name": "X"} if method == "update_user" else {})}
+        if method == "get_tenant":
+            return {"id": t}
+        if method == "update_tenant":
+            return {"id": t, "name": "renamed"}
+        if method == "delete_tenant":
+            return {"id": t}
+        if method == "list_tenant_users":
+            return {"tenant_id": t}
+        if method == "add_user_to_tenant":
+            user, _ = await new_user(self.admin)
+            return {"tenant_id": t, "user_id": user["id"], "role": "viewer"}
+        if method == "remove_user_from_tenant":
+            return {"tenant_id": t, "user_id": (await self.member())["id"]}
+        if method == "update_tenant_user_role":
+            return {"tenant_id": t, "user_id": (await self.member())["id"], "role": "member"}
+        if method in ("get_node_type", "delete_node_type"):
+            nt = self.nt if method == "get_node_type" else (await self.admin.call(
+                "create_node_type", {"tenant_id": t, "name": unique("D")}))["node_type"]
+            return {"tenant_id": t, "id": nt["id"]}
+        if method == "list_node_types":
+            return {"tenant_id": t}
+        if method == "create_node_type":
+            return {"tenant_id": t, "name": unique("T")}
+        if method == "update_node_type":
+            return {"tenant_id": t, "id": self.nt["id"], "description": "d"}
+        if method in ("get_node", "update_node", "delete_node"):
+            node = await self.node()
+            return {"tenant_id": t, "id": node["id"], **({"data": {"x": 1}} if method == "update_node" else {})}
+        if method == "list_nodes":
+            return {"tenant_id": t}
+        if method == "create_node":
+            return {"tenant_id": t, "node_type_id": self.nt["id"], "data": {}}
+        if method == "create_nodes":
+            return {"tenant_id": t, "nodes": [{"node_type_id": self.nt["id"]}]}
+        if method in ("get_relationship", "update_relationship", "delete_relationship"):
+            rel = await self.relationship()
+            extra = {"relationship_type": "s"} if method == "update_relationship" else {}
+            return {"tenant_id": t, "id": rel["id"], **extra}
+        if method == "list_relationships":
+            return {"tenant_id": t}
+        if method in ("create_relationship", "create_relationships"):
+            a, b = await self.node(), await self.node()
+            item = {"source_node_id": a["id"], "target_node_id": b["id"], "relationship_type": "r"}
+            return {"tenant_id": t, **item} if method == "create_relationship" else \
+                {"tenant_id": t, "relationships": [item]}
+        raise AssertionError(f"no params for {method}: add it to World.params")
+
+
+async def outcome(client, method, params) -> str:
+    try:
+        await client.call(method, params)
+        return "allowed"
+    except Unauthenticated:
+        return "unauthenticated"
+    except Forbidden:
+        return "forbidden"
+    except NotFound as exc:
+        return "hidden" if exc.data.get("kind") == "tenant" else "allowed"
+    except RpcError:
+        return "allowed"  # a business error: the permission check let the call through
+
+
+def expected_outcome(required: str, caller: str) -> str:
+    """caller: 'anonymous', 'outsider' (a user of another tenant), or a role."""
+    if caller == "anonymous":
+        return "unauthenticated"
+    if required == "authenticated":
+        return "allowed"
+    if required == "platform_admin":
+        return "forbidden"
+    if caller == "outsider":
+        return "hidden"
+    return "allowed" if RANK[caller] >= RANK[required] else "forbidden"
+
+
+def test_every_registered_method_is_in_the_matrix():
+    assert set(REGISTRY) == set(EXPECTED)
+    for name, spec in REGISTRY.items():
+        assert spec.permission is not None, name
+
+
+def test_a_method_without_a_permission_cannot_register():
+    from rpc_server.params import Params
+    from rpc_server.registry import rpc_method
+
+    class P(Params):
+        tenant_id: str
+
+    with pytest.raises(TypeError):
+        rpc_method(P)(lambda ctx, p: None)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        rpc_method(P, None)(lambda ctx, p: None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("caller", ["anonymous", "outsider", *ROLES])
+async def test_permission_matrix(server, rpc, caller):
+    world = await World.build(rpc)
+    if caller == "anonymous":
+        key = None
+    elif caller == "outsider":
+        outsider, key = await new_user(rpc)
+        async with FlexDBClient(server.url, api_key=key) as own:
+            await own.call("create_tenant", {"slug": unique("o"), "name": "Own"})
+    else:
+        key = world.keys[caller]
+    failures = []
+    async with FlexDBClient(server.url, api_key=key) as client:
+        # delete_tenant last: it removes the world.
+        for method in sorted(EXPECTED, key=lambda m: m == "delete_tenant"):
+            params = await world.params(method, caller if caller in ROLES else None)
+            got = await outcome(client, method, params)
+            want = expected_outcome(EXPECTED[method], caller)
+            if got != want:
+                failures.append(f"{method}: expected {want}, got {got}")
+    assert not failures, "\n".join(failures)
+
+
+async def test_foreign_tenant_answers_exactly_like_a_missing_one(server, rpc):
+    world = await World.build(rpc)
+    _, key = await new_user(rpc)
+    node = await world.node()
+    missing = "00000000-0000-0000-0000-0000000000ff"
+    async with FlexDBClient(server.url, api_key=key) as outsider:
+        for tenant_id in (world.tid, missing):
+            with pytest.raises(NotFound) as exc:
+                await outsider.call("get_node", {"tenant_id": tenant_id, "id": node["id"]})
+            shape = (exc.value.code, exc.value.message, sorted(exc.value.data))
+            assert shape == (-32001, "tenant not found", ["id", "kind", "type"])
+
+
+async def test_missing_malformed_expired_and_revoked_keys(server, rpc):
+    user, key = await new_user(rpc)
+    cases = {None: "Authentication required", "Bearer fdb_" + "x" * 43: "unknown",
+             "Basic dXNlcjpwYXNz": "expected Authorization", "Bearer": "expected",
+             "Bearer sk_live_abc": "expected", "Bearer fdb_" + "x" * 500: "expected"}
+    for header, words in cases.items():
+        async with FlexDBClient(server.url, headers={"Authorization": header} if header else None) as c:
+            with pytest.raises(Unauthenticated) as exc:
+                await c.call("list_tenants", {})
+            assert exc.value.code == -32002 and words in exc.value.message
+
+    soon = (datetime.now(timezone.utc) + timedelta(seconds=1.5)).isoformat()
+    expiring = (await rpc.call("create_api_key", {"name": "short", "user_id": user["id"],
+                                                  "expires_at": soon}))["secret"]
+    async with FlexDBClient(server.url, api_key=expiring) as c:
+        await c.call("list_tenants", {})
+        await asyncio.sleep(1.6)
+        with pytest.raises(Unauthenticated) as exc:
+            await c.call("list_tenants", {})
+        assert "expired" in exc.value.message
+
+    async with FlexDBClient(server.url, api_key=key) as c:
+        await c.call("list_tenants", {})
+        listed = await c.call("list_api_keys", {})
+        own_key = listed["api_keys"][0]
+        await c.call("revoke_api_key", {"id": own_key["id"]})
+        with pytest.raises(Unauthenticated):  # at once, on the instance that revoked it
+            await c.call("list_tenants", {})
+
+
+async def test_past_expiry_is_refused(rpc):
+    user, _ = await new_user(rpc)
+    with pytest.raises(InvalidParams) as exc:
+        await rpc.call("create_api_key", {"name": "x", "user_id": user["id"],
+                                          "expires_at": "2001-01-01T00:00:00Z"})
+    assert exc.value.data["errors"][0]["field"] == "expires_at"
+
+
+async def test_keys_are_stored_only_as_keyed_hashes(rpc, database_url):
+    user, key = await new_user(rpc)
+    assert key.startswith("fdb_") and len(key) >= 4 + 43  # 256 random bits
+    listed = await rpc.call("list_api_keys", {"user_id": user["id"]})
+    assert key not in str(listed) and "key_hash" not in str(listed)
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT * FROM api_keys WHERE user_id = $1", __import__("uuid").UUID(user["id"]))
+    finally:
+        await conn.close()
+    assert len(rows) == 1 and key not in str(dict(rows[0])) and len(rows[0]["key_hash"]) == 32
+
+
+async def test_users_manage_only_their_own_keys(server, rpc):
+    alice, alice_key = await new_user(rpc)
+    bob, bob_key = await new_user(rpc)
+    bobs = await rpc.call("list_api_keys", {"user_id": bob["id"]})
+    async with FlexDBClient(server.url, api_key=alice_key) as alice_c:
+        with pytest.raises(Forbidden):
+            await alice_c.call("create_api_key", {"name": "x", "user_id": bob["id"]})
+        with pytest.raises(Forbidden):
+            await alice_c.call("list_api_keys", {"user_id": bob["id"]})
+        with pytest.raises(NotFound):
+            await alice_c.call("revoke_api_key", {"id": bobs["api_keys"][0]["id"]})
+        own = await alice_c.call("list_api_keys", {})
+        assert {k["user_id"] for k in own["api_keys"]} == {alice["id"]}
+        created = await alice_c.call("create_api_key", {"name": "second"})
+        assert created["api_key"]["user_id"] == alice["id"] and created["secret"].startswith("fdb_")
+        with pytest.raises(NotFound):
+            await alice_c.call("get_user", {"id": bob["id"]})
+    async with FlexDBClient(server.url, api_key=bob_key) as bob_c:
+        await bob_c.call("list_tenants", {})  # still valid
+
+
+async def test_users_see_only_their_tenants_and_own_what_they_create(server, rpc):
+    _, key = await new_user(rpc)
+    other = (await rpc.call("create_tenant", {"slug": unique("x"), "name": "X"}))["tenant"]
+    async with FlexDBClient(server.url, api_key=key) as user:
+        mine = (await user.call("create_tenant", {"slug": unique("m"), "name": "Mine"}))["tenant"]
+        listed = await user.call("list_tenants", {})
+        assert [t["id"] for t in listed["tenants"]] == [mine["id"]]
+        assert listed["pagination"]["total_count"] == 1
+        members = await user.call("list_tenant_users", {"tenant_id": mine["id"]})
+        assert [m["role"] for m in members["tenant_users"]] == ["owner"]
+        with pytest.raises(NotFound):
+            await user.call("get_tenant", {"id": other["id"]})
+    everything = await rpc.call("list_tenants", {"pagination": {"page_size": 1000}})
+    assert {mine["id"], other["id"]} <= {t["id"] for t in everything["tenants"]}
+
+
+async def test_nobody_grants_above_their_own_role(server, rpc):
+    world = await World.build(rpc)
+    async with FlexDBClient(server.url, api_key=world.keys["admin"]) as admin:
+        newcomer, _ = await new_user(rpc)
+        with pytest.raises(Forbidden):
+            await admin.call("add_user_to_tenant", {"tenant_id": world.tid,
+                                                    "user_id": newcomer["id"], "role": "owner"})
+        await admin.call("add_user_to_tenant", {"tenant_id": world.tid,
+                                                "user_id": newcomer["id"], "role": "admin"})
+        with pytest.raises(Forbidden):  # promote someone to owner
+            await admin.call("update_tenant_user_role", {
+                "tenant_id": world.tid, "user_id": world.users["member"]["id"], "role": "owner"})
+        with pytest.raises(Forbidden):  # demote the owner
+            await admin.call("update_tenant_user_role", {
+                "tenant_id": world.tid, "user_id": world.users["owner"]["id"], "role": "viewer"})
+        with pytest.raises(Forbidden):  # remove the owner
+            await admin.call("remove_user_from_tenant", {
+                "tenant_id": world.tid, "user_id": world.users["owner"]["id"]})
+        with pytest.raises(Forbidden):  # promote oneself
+            await admin.call("update_tenant_user_role", {
+                "tenant_id": world.tid, "user_id": world.users["admin"]["id"], "role": "owner"})
+    async with FlexDBClient(server.url, api_key=world.keys["member"]) as member:
+        with pytest.raises(Forbidden):
+            await member.call("add_user_to_tenant", {"tenant_id": world.tid,
+                                                     "user_id": newcomer["id"], "role": "viewer"})
+
+
+async def test_last_owner_cannot_leave_or_be_demoted(server, rpc):
+    world = await World.build(rpc)
+    me = (await rpc.call("list_tenant_users", {"tenant_id": world.tid}))["tenant_users"][0]
+    await rpc.call("remove_user_from_tenant", {"tenant_id": world.tid, "user_id": me["user_id"]})
+    owner = world.users["owner"]["id"]
+    async with FlexDBClient(server.url, api_key=world.keys["owner"]) as o:
+        with pytest.raises(Conflict) as exc:
+            await o.call("update_tenant_user_role", {"tenant_id": world.tid, "user_id": owner,
+                                                     "role": "admin"})
+        assert "at least one owner" in exc.value.message
+        with pytest.raises(Conflict):
+            await o.call("remove_user_from_tenant", {"tenant_id": world.tid, "user_id": owner})
+        second = world.users["admin"]["id"]
+        await o.call("update_tenant_user_role", {"tenant_id": world.tid, "user_id": second,
+                                                 "role": "owner"})
+    # Two owners demoting each other at once: exactly one succeeds, one owner remains.
+    async with FlexDBClient(server.url, api_key=world.keys["owner"]) as a, \
+            FlexDBClient(server.url, api_key=world.keys["admin"]) as b:
+        results = await asyncio.gather(
+            a.call("update_tenant_user_role", {"tenant_id": world.tid, "user_id": second, "role": "viewer"}),
+            b.call("update_tenant_user_role", {"tenant_id": world.tid, "user_id": owner, "role": "viewer"}),
+            return_exceptions=True)
+    assert sum(not isinstance(r, Exception) for r in results) == 1
+    members = (await rpc.call("list_tenant_users", {"tenant_id": world.tid}))["tenant_users"]
+    assert sum(m["role"] == "owner" for m in members) == 1
+
+
+async def test_role_changes_apply_to_the_next_call(server, rpc):
+    world = await World.build(rpc)
+    member = world.users["member"]["id"]
+    async with FlexDBClient(server.url, api_key=world.keys["member"]) as m:
+        await m.call("create_node", {"tenant_id": world.tid, "node_type_id": world.nt["id"]})
+        await rpc.call("update_tenant_user_role", {"tenant_id": world.tid, "user_id": member,
+                                                   "role": "viewer"})
+        with pytest.raises(Forbidden):
+            await m.call("create_node", {"tenant_id": world.tid, "node_type_id": world.nt["id"]})
+        await rpc.call("remove_user_from_tenant", {"tenant_id": world.tid, "user_id": member})
+        with pytest.raises(NotFound):
+            await m.call("list_nodes", {"tenant_id": world.tid})
+
+
+@pytest.fixture(scope="module")
+def open_server(database_url):
+    with running_server({"FLEXDB_DATABASE_URL": database_url,
+                         "FLEXDB_ANONYMOUS_ROLE": "platform_admin"}) as srv:
+        yield srv
+
+
+async def test_anonymous_role_platform_admin(open_server, server):
+    async with FlexDBClient(open_server.url) as anonymous:
+        tenant = (await anonymous.call("create_tenant", {"slug": unique("anon"), "name": "A"}))["tenant"]
+        await anonymous.call("list_users", {})
+        with pytest.raises(InvalidParams):  # no user to own a key
+            await anonymous.call("create_api_key", {"name": "x"})
+    assert "FLEXDB_ANONYMOUS_ROLE=platform_admin" in open_server.output()
+    async with FlexDBClient(server.url) as anonymous:  # the default server: none
+        with pytest.raises(Unauthenticated):
+            await anonymous.call("get_tenant", {"id": tenant["id"]})
+
+
+def test_secret_is_generated_once_with_owner_only_permissions(database_url):
+    data_dir = Path(tempfile.mkdtemp(prefix="flexdb-secret-"))
+    env = {"FLEXDB_DATABASE_URL": database_url, "FLEXDB_SECRET_KEY": "",
+           "FLEXDB_DATA_DIR": str(data_dir)}
+    with running_server(env):
+        secret_file = data_dir / "secret_key"
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+        first = secret_file.read_text()
+    with running_server(env):
+        assert secret_file.read_text() == first
+    os.chmod(secret_file, 0o644)
+    from .test_cli import flexdb
+    result = flexdb("serve", env={**env, "FLEXDB_PORT": "5998"})
+    assert result.returncode == 2 and "chmod 600" in result.stderr
