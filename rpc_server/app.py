@@ -10,6 +10,7 @@ from aiohttp import web
 
 from . import methods  # noqa: F401  (registers every method)
 from .config import Settings
+from .audit import DeniedLimiter
 from .auth import Authenticator
 from .bootstrap import ensure_platform_admin
 from .context import AppState, RequestContext
@@ -129,7 +130,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         pool = await create_pool(database_url, settings)
         app[STATE] = AppState(settings, pool, Shaper(settings.json_fields), ValidatorCache(),
                               Authenticator(secret, settings.anonymous_role,
-                                            settings.auth_cache_ttl_s))
+                                            settings.auth_cache_ttl_s), DeniedLimiter())
         yield
         await pool.close()
 

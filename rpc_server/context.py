@@ -3,10 +3,12 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
+from uuid import UUID
 
 import asyncpg
 
+from . import audit
 from .auth import Authenticator, Principal
 from .config import Settings
 from .schemas import ValidatorCache
@@ -20,6 +22,7 @@ class AppState:
     shaper: Shaper
     validators: ValidatorCache
     auth: Authenticator
+    denied: audit.DeniedLimiter
 
 
 @dataclass
@@ -61,3 +64,77 @@ class RequestContext:
         async with self.connection() as conn:
             async with conn.transaction():
                 yield conn
+
+
+@dataclass
+class Call:
+    """One method call (a batch member): what a handler gets as `ctx`. Its transaction()
+    appends the call's audit event just before commit, so every committed change has its
+    event and a rolled-back one has none."""
+    request: RequestContext
+    method: str
+    params: Any
+    tenant_param: str | None = None
+    target_kind: str | None = None
+    target_id: Any = None
+    audit_tenant: UUID | None = None
+
+    def __post_init__(self):
+        self.target_kind = self.method.split("_", 1)[-1]
+        self.target_id = getattr(self.params, "id", None)
+
+    @property
+    def state(self) -> AppState:
+        return self.request.state
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def shaper(self) -> Shaper:
+        return self.request.state.shaper
+
+    @property
+    def validators(self) -> ValidatorCache:
+        return self.request.state.validators
+
+    async def principal(self) -> Principal:
+        return await self.request.principal()
+
+    async def role_in(self, tenant_id) -> str | None:
+        return await self.request.role_in(tenant_id)
+
+    def set_target(self, kind: str, target_id: Any, tenant: UUID | None = None) -> None:
+        self.target_kind, self.target_id = kind, target_id
+        if tenant is not None:
+            self.audit_tenant = tenant
+
+    def chain(self) -> UUID:
+        """Which tenant's chain the call's events go to (the platform's for users and keys)."""
+        if self.audit_tenant is not None:
+            return self.audit_tenant
+        if self.tenant_param:
+            return getattr(self.params, self.tenant_param)
+        return audit.PLATFORM_TENANT
+
+    def connection(self):
+        return self.request.connection()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.request.connection() as conn:
+            async with conn.transaction():
+                yield conn
+                await self.record(conn, "ok")
+
+    async def record(self, conn: asyncpg.Connection, outcome: str, **extra) -> None:
+        principal = self.request._principal
+        summary = self.params.model_dump(by_alias=True, mode="json") if self.params else {}
+        await audit.append(
+            conn, tenant_id=self.chain(), method=self.method, outcome=outcome,
+            actor_user_id=principal.user_id if principal else None,
+            actor_key_id=principal.key_id if principal else None,
+            target_kind=self.target_kind,
+            target_id=None if self.target_id is None else str(self.target_id),
+            request_id=self.request_id, summary=audit.summarize({**summary, **extra}))

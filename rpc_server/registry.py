@@ -11,9 +11,11 @@ import asyncpg
 from jsonrpcserver import Success
 from pydantic import ValidationError
 
+from . import audit
 from .auth import ROLE_RANK, Permission
+from .context import Call
 from .errors import (INTERNAL_ERROR, Conflict, Forbidden, InvalidParams, NotFound, RpcError,
-                     StatementTimeout, Unavailable)
+                     StatementTimeout, Unauthenticated, Unavailable)
 from .params import Params
 
 log = logging.getLogger(__name__)
@@ -111,6 +113,26 @@ def rpc_method(params: type[Params], permission: Permission, name: str | None = 
     return decorate
 
 
+async def record_denied(call: Call, denied: RpcError) -> None:
+    """A refused call leaves a trace in the platform's chain, at most one a minute per
+    actor, method and tenant (with a count of the ones left out)."""
+    principal = call.request._principal
+    actor = principal.key_id if principal else "anonymous"
+    tenant = getattr(call.params, call.tenant_param) if call.tenant_param else None
+    suppressed = call.state.denied.admit((actor, call.method, tenant))
+    if suppressed is None:
+        return
+    call.set_target(call.target_kind, call.target_id, audit.PLATFORM_TENANT)
+    try:
+        async with call.connection() as conn:
+            async with conn.transaction():
+                await call.record(conn, "denied", denied=denied.data.get("type"),
+                                  tenant_id=None if tenant is None else str(tenant),
+                                  suppressed_before=suppressed)
+    except Exception:  # noqa: BLE001 - the refusal itself must still be answered
+        log.exception("could not record a denied attempt (request_id=%s)", call.request_id)
+
+
 async def authorize(ctx, permission: Permission, params: Params) -> None:
     """Raise unless the caller may call a method with this permission on these params.
     A tenant the caller has no role in answers exactly like a missing tenant."""
@@ -148,9 +170,15 @@ def _make_callable(spec: MethodSpec) -> Callable:
             params = spec.params_model.model_validate(raw)
         except ValidationError as exc:
             raise InvalidParams(errors=validation_errors(exc)) from None
+        tenant_param = spec.permission.tenant_param if spec.permission.kind == "tenant" else None
+        call = Call(ctx, spec.name, params, tenant_param)
         try:
-            await authorize(ctx, spec.permission, params)
-            return Success(await spec.handler(ctx, params))
+            try:
+                await authorize(ctx, spec.permission, params)
+            except (Unauthenticated, Forbidden, NotFound) as denied:
+                await record_denied(call, denied)
+                raise
+            return Success(await spec.handler(call, params))
         except RpcError:
             raise
         except Exception as exc:  # noqa: BLE001 - everything else must not leak

@@ -54,6 +54,7 @@ async def create_api_key(ctx, p: CreateApiKey) -> dict:
         row = await ApiKeyRepository(conn).create(
             user_id, p.name, secret[:PREFIX_SHOWN], hash_key(ctx.state.auth.secret, secret),
             p.expires_at)
+        ctx.set_target("api_key", row["id"])
     return {"api_key": ctx.shaper.one(row), "secret": secret}
 
 

@@ -46,6 +46,7 @@ async def create_node_type(ctx, p: CreateNodeType) -> dict:
     check_schema(p.schema_)
     async with ctx.transaction() as conn:
         row = await NodeTypeRepository(conn).create(p.tenant_id, p.name, p.description, p.schema_)
+        ctx.set_target("node_type", row["id"])
     return {"node_type": ctx.shaper.one(row)}
 
 

@@ -56,6 +56,7 @@ async def create_node(ctx, p: CreateNode) -> dict:
         if errors:
             raise InvalidParams(errors=errors)
         row = await NodeRepository(conn).create(p.tenant_id, p.node_type_id, p.data)
+        ctx.set_target("node", row["id"])
     return {"node": ctx.shaper.one(row)}
 
 

@@ -64,6 +64,7 @@ async def create_relationship(ctx, p: CreateRelationship) -> dict:
     async with ctx.transaction() as conn:
         row = await RelationshipRepository(conn).create(
             p.tenant_id, p.source_node_id, p.target_node_id, p.relationship_type, p.data)
+        ctx.set_target("relationship", row["id"])
     return {"relationship": ctx.shaper.one(row)}
 
 

@@ -38,6 +38,7 @@ async def create_tenant(ctx, p: CreateTenant) -> dict:
     principal = await ctx.principal()
     async with ctx.transaction() as conn:
         row = await TenantRepository(conn).create(p.slug, p.name)
+        ctx.set_target("tenant", row["id"], tenant=row["id"])
         if principal.user_id is not None:
             await MembershipRepository(conn).add(row["id"], principal.user_id, "owner")
     return {"tenant": ctx.shaper.one(row)}

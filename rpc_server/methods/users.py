@@ -76,6 +76,7 @@ async def create_user(ctx, p: CreateUser) -> dict:
     """Create a user with a unique email."""
     async with ctx.transaction() as conn:
         row = await UserRepository(conn).create(p.email, p.display_name)
+        ctx.set_target("user", row["id"])
     return {"user": ctx.shaper.one(row)}
 
 
@@ -121,6 +122,7 @@ async def list_users(ctx, p: ListUsers) -> dict:
 async def add_user_to_tenant(ctx, p: AddUserToTenant) -> dict:
     """Make a user a member of a tenant with a role (owner, admin, member, viewer)."""
     await require_rank(ctx, p.tenant_id, p.role, "grant")
+    ctx.set_target("tenant_user", p.user_id)
     async with ctx.transaction() as conn:
         row = await MembershipRepository(conn).add(p.tenant_id, p.user_id, p.role)
     ctx.state.auth.forget_membership(p.user_id, p.tenant_id)
@@ -132,6 +134,7 @@ async def update_tenant_user_role(ctx, p: UpdateTenantUserRole) -> dict:
     """Change a member's role; nobody grants above their own role, and the last owner
     stays an owner."""
     await require_rank(ctx, p.tenant_id, p.role, "grant")
+    ctx.set_target("tenant_user", p.user_id)
     async with ctx.transaction() as conn:
         members = MembershipRepository(conn)
         current = await members.role_for_update(p.tenant_id, p.user_id)
@@ -148,6 +151,7 @@ async def update_tenant_user_role(ctx, p: UpdateTenantUserRole) -> dict:
 @rpc_method(RemoveUserFromTenant, tenant_role("admin"))
 async def remove_user_from_tenant(ctx, p: RemoveUserFromTenant) -> dict:
     """Remove a user's membership of a tenant (never the last owner)."""
+    ctx.set_target("tenant_user", p.user_id)
     async with ctx.transaction() as conn:
         members = MembershipRepository(conn)
         current = await members.role_for_update(p.tenant_id, p.user_id)

@@ -1,0 +1,46 @@
+"""Reading the audit trail: list_audit_events and verify_audit_chain (tenant admins; the
+platform's own chain is tenant 00000000-0000-0000-0000-000000000000, for platform admins)."""
+from __future__ import annotations
+
+import orjson
+from pydantic import AwareDatetime, Field
+
+from .. import audit
+from ..auth import tenant_role
+from ..params import Id, PaginationParam, Params
+from ..registry import rpc_method
+from ..repositories.audit import AuditRepository
+
+
+class ListAuditEvents(Params):
+    tenant_id: Id
+    actor: Id | None = None
+    method: str | None = Field(None, max_length=100)
+    target_id: str | None = Field(None, max_length=100)
+    since: AwareDatetime | None = None
+    until: AwareDatetime | None = None
+    pagination: PaginationParam
+
+
+class VerifyAuditChain(Params):
+    tenant_id: Id
+
+
+@rpc_method(ListAuditEvents, tenant_role("admin"))
+async def list_audit_events(ctx, p: ListAuditEvents) -> dict:
+    """List a tenant's audit events, oldest first, filtered by actor, method, target or time."""
+    async with ctx.connection() as conn:
+        page = await AuditRepository(conn).list(p.tenant_id, p.pagination, actor=p.actor,
+                                                method=p.method, target_id=p.target_id,
+                                                since=p.since, until=p.until)
+    result = ctx.shaper.page("audit_events", page)
+    for event in result["audit_events"]:
+        event["summary"] = orjson.loads(event["summary"])
+    return result
+
+
+@rpc_method(VerifyAuditChain, tenant_role("admin"))
+async def verify_audit_chain(ctx, p: VerifyAuditChain) -> dict:
+    """Recompute the tenant's hash chain: ok, or the first event where it breaks."""
+    async with ctx.connection() as conn:
+        return await audit.verify(conn, p.tenant_id)

@@ -1,0 +1,160 @@
+"""The audit trail: one event per committed change, none for a failed one, append-only in
+the database, hash-chained per tenant so tampering is found."""
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import datetime, timezone
+
+import asyncpg
+import pytest
+
+from rpc_server.client import FlexDBClient, Forbidden, InvalidParams, Conflict
+
+from .conftest import unique
+from .test_auth import World, new_user
+
+PLATFORM = "00000000-0000-0000-0000-000000000000"
+
+
+async def events(rpc, tenant_id, **filters) -> list[dict]:
+    result = await rpc.call("list_audit_events", {"tenant_id": tenant_id, **filters,
+                                                  "pagination": {"page_size": 1000}})
+    return result["audit_events"]
+
+
+async def test_each_change_has_one_event_with_actor_target_and_request_id(server, rpc):
+    world = await World.build(rpc)
+    member = world.users["member"]
+    async with FlexDBClient(server.url, api_key=world.keys["member"],
+                            headers={"X-Request-ID": "audit-probe-42"}) as m:
+        node = (await m.call("create_node", {"tenant_id": world.tid, "node_type_id": world.nt["id"],
+                                             "data": {"secret_plan": "x" * 50}}))["node"]
+        await m.call("update_node", {"tenant_id": world.tid, "id": node["id"], "data": {"v": 2}})
+        await m.call("get_node", {"tenant_id": world.tid, "id": node["id"]})  # reads: no event
+        await m.call("delete_node", {"tenant_id": world.tid, "id": node["id"]})
+    mine = await events(rpc, world.tid, actor=member["id"])
+    assert [e["method"] for e in mine] == ["create_node", "update_node", "delete_node"]
+    for event in mine:
+        assert event["target_kind"] == "node" and event["target_id"] == node["id"]
+        assert event["outcome"] == "ok" and event["request_id"] == "audit-probe-42"
+        assert event["actor_user_id"] == member["id"] and event["actor_key_id"]
+        assert "x" * 50 not in str(event["summary"])  # documents are reduced to their size
+    assert mine[0]["summary"]["data"] == "<dict of 1>"
+    by_target = await events(rpc, world.tid, target_id=node["id"], method="update_node")
+    assert [e["id"] for e in by_target] == [mine[1]["id"]]
+
+
+async def test_a_failed_change_leaves_no_event(rpc):
+    world = await World.build(rpc)
+    typed = (await rpc.call("create_node_type", {"tenant_id": world.tid, "name": "Typed",
+                                                 "schema": {"required": ["a"]}}))["node_type"]
+    before = len(await events(rpc, world.tid))
+    with pytest.raises(InvalidParams):
+        await rpc.call("create_node", {"tenant_id": world.tid, "node_type_id": typed["id"]})
+    node = await world.node()
+    with pytest.raises(Conflict):
+        await rpc.call("update_node", {"tenant_id": world.tid, "id": node["id"], "data": {},
+                                       "expected_version": 7})
+    after = await events(rpc, world.tid)
+    assert [e["method"] for e in after[before:]] == ["create_node"]  # only world.node()
+
+
+async def test_secrets_never_reach_the_trail(rpc):
+    user, _ = await new_user(rpc)
+    created = await rpc.call("create_api_key", {"name": "ci", "user_id": user["id"]})
+    trail = await events(rpc, PLATFORM, target_id=created["api_key"]["id"])
+    assert [e["method"] for e in trail] == ["create_api_key"]
+    assert created["secret"] not in str(trail)
+
+
+async def test_the_database_refuses_to_change_or_delete_events(rpc, database_url):
+    world = await World.build(rpc)
+    conn = await asyncpg.connect(database_url)
+    try:
+        for sql in ("UPDATE audit_events SET method = 'x' WHERE tenant_id = $1",
+                    "DELETE FROM audit_events WHERE tenant_id = $1"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+                await conn.execute(sql, uuid.UUID(world.tid))
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
+            await conn.execute("TRUNCATE audit_events")
+    finally:
+        await conn.close()
+    assert (await rpc.call("verify_audit_chain", {"tenant_id": world.tid}))["ok"] is True
+
+
+@pytest.mark.parametrize("tamper", ["edit", "delete", "delete_last", "reorder"])
+async def test_tampering_is_found(rpc, database_url, tamper):
+    world = await World.build(rpc)
+    for _ in range(3):
+        await world.node()
+    trail = await events(rpc, world.tid)
+    ok = await rpc.call("verify_audit_chain", {"tenant_id": world.tid})
+    assert ok == {"ok": True, "events_checked": len(trail)}
+    victim = trail[2]
+    tid = uuid.UUID(world.tid)
+    conn = await asyncpg.connect(database_url)  # a superuser, able to switch the guard off
+    try:
+        await conn.execute("ALTER TABLE audit_events DISABLE TRIGGER USER")
+        try:
+            if tamper == "edit":
+                await conn.execute("UPDATE audit_events SET summary = '{}' WHERE tenant_id = $1 "
+                                   "AND seq = $2", tid, victim["seq"])
+            elif tamper == "delete":
+                await conn.execute("DELETE FROM audit_events WHERE tenant_id = $1 AND seq = $2",
+                                   tid, victim["seq"])
+            elif tamper == "delete_last":
+                await conn.execute("DELETE FROM audit_events WHERE tenant_id = $1 AND seq = $2",
+                                   tid, trail[-1]["seq"])
+            else:  # move an event earlier in time: the hash covers created_at
+                await conn.execute("UPDATE audit_events SET created_at = created_at - interval "
+                                   "'1 hour' WHERE tenant_id = $1 AND seq = $2", tid, victim["seq"])
+        finally:
+            await conn.execute("ALTER TABLE audit_events ENABLE TRIGGER USER")
+    finally:
+        await conn.close()
+    result = await rpc.call("verify_audit_chain", {"tenant_id": world.tid})
+    assert result["ok"] is False
+    expected = trail[-1]["seq"] if tamper == "delete_last" else victim["seq"]
+    assert result["first_broken_seq"] == expected, result
+
+
+async def test_parallel_writers_keep_a_valid_chain(server, rpc):
+    world = await World.build(rpc)
+    async with FlexDBClient(server.url, api_key=world.keys["member"]) as a, \
+            FlexDBClient(server.url, api_key=world.keys["owner"]) as b:
+        calls = [c.call("create_node", {"tenant_id": world.tid, "node_type_id": world.nt["id"],
+                                        "data": {"i": i}})
+                 for i in range(40) for c in (a, b)]
+        await asyncio.gather(*calls)
+    trail = await events(rpc, world.tid)
+    assert [e["seq"] for e in trail] == sorted(e["seq"] for e in trail)
+    assert sorted(e["seq"] for e in trail) == list(range(1, len(trail) + 1))
+    assert sum(e["method"] == "create_node" for e in trail) == 80
+    assert (await rpc.call("verify_audit_chain", {"tenant_id": world.tid}))["ok"] is True
+
+
+async def test_denied_attempts_are_recorded_without_flooding(server, rpc):
+    world = await World.build(rpc)
+    async with FlexDBClient(server.url, api_key=world.keys["viewer"]) as viewer:
+        for _ in range(5):
+            with pytest.raises(Forbidden):
+                await viewer.call("create_node", {"tenant_id": world.tid,
+                                                  "node_type_id": world.nt["id"]})
+    denied = [e for e in await events(rpc, PLATFORM, method="create_node",
+                                      actor=world.users["viewer"]["id"])
+              if e["outcome"] == "denied"]
+    assert len(denied) == 1
+    assert denied[0]["summary"]["denied"] == "forbidden"
+    assert denied[0]["summary"]["tenant_id"] == world.tid
+    assert (await rpc.call("verify_audit_chain", {"tenant_id": PLATFORM}))["ok"] is True
+
+
+async def test_time_filters(rpc):
+    world = await World.build(rpc)
+    cut = datetime.now(timezone.utc).isoformat()
+    await world.node()
+    later = await events(rpc, world.tid, since=cut)
+    earlier = await events(rpc, world.tid, until=cut)
+    assert [e["method"] for e in later] == ["create_node"]
+    assert later[0]["id"] not in {e["id"] for e in earlier} and earlier
