@@ -11,6 +11,7 @@ import asyncpg
 from . import audit
 from .auth import Authenticator, Principal
 from .config import Settings
+from .repositories.audit import AuditRepository
 from .schemas import ValidatorCache
 from .shaping import Shaper
 
@@ -131,8 +132,8 @@ class Call:
     async def record(self, conn: asyncpg.Connection, outcome: str, **extra) -> None:
         principal = self.request._principal
         summary = self.params.model_dump(by_alias=True, mode="json") if self.params else {}
-        await audit.append(
-            conn, tenant_id=self.chain(), method=self.method, outcome=outcome,
+        await AuditRepository(conn).append(
+            tenant_id=self.chain(), method=self.method, outcome=outcome,
             actor_user_id=principal.user_id if principal else None,
             actor_key_id=principal.key_id if principal else None,
             target_kind=self.target_kind,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import orjson
 from pydantic import AwareDatetime, Field
 
-from .. import audit
 from ..auth import tenant_role
 from ..params import Id, PaginationParam, Params
 from ..registry import rpc_method
@@ -43,4 +42,4 @@ async def list_audit_events(ctx, p: ListAuditEvents) -> dict:
 async def verify_audit_chain(ctx, p: VerifyAuditChain) -> dict:
     """Recompute the tenant's hash chain: ok, or the first event where it breaks."""
     async with ctx.connection() as conn:
-        return await audit.verify(conn, p.tenant_id)
+        return await AuditRepository(conn).verify(p.tenant_id)

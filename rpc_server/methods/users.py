@@ -66,6 +66,15 @@ async def require_rank(ctx, tenant_id, role: str, what: str) -> None:
                         role=mine, required_role=role)
 
 
+async def lock_member(ctx, members: MembershipRepository, tenant_id, user_id, what: str) -> str:
+    """Lock a membership for a change and return its role, if the caller may act on it."""
+    current = await members.role_for_update(tenant_id, user_id)
+    if current is None:
+        raise NotFound("tenant_user", user_id)
+    await require_rank(ctx, tenant_id, current, what)
+    return current
+
+
 async def keep_an_owner(members: MembershipRepository, tenant_id, current_role: str) -> None:
     if current_role == "owner" and await members.lock_owners(tenant_id) <= 1:
         raise Conflict("a tenant must keep at least one owner", field="user_id")
@@ -137,10 +146,7 @@ async def update_tenant_user_role(ctx, p: UpdateTenantUserRole) -> dict:
     ctx.set_target("tenant_user", p.user_id)
     async with ctx.transaction() as conn:
         members = MembershipRepository(conn)
-        current = await members.role_for_update(p.tenant_id, p.user_id)
-        if current is None:
-            raise NotFound("tenant_user", p.user_id)
-        await require_rank(ctx, p.tenant_id, current, "change a member with")
+        current = await lock_member(ctx, members, p.tenant_id, p.user_id, "change a member with")
         if p.role != "owner":
             await keep_an_owner(members, p.tenant_id, current)
         row = await members.set_role(p.tenant_id, p.user_id, p.role)
@@ -154,10 +160,7 @@ async def remove_user_from_tenant(ctx, p: RemoveUserFromTenant) -> dict:
     ctx.set_target("tenant_user", p.user_id)
     async with ctx.transaction() as conn:
         members = MembershipRepository(conn)
-        current = await members.role_for_update(p.tenant_id, p.user_id)
-        if current is None:
-            raise NotFound("tenant_user", p.user_id)
-        await require_rank(ctx, p.tenant_id, current, "remove a member with")
+        current = await lock_member(ctx, members, p.tenant_id, p.user_id, "remove a member with")
         await keep_an_owner(members, p.tenant_id, current)
         await members.remove(p.tenant_id, p.user_id)
     ctx.state.auth.forget_membership(p.user_id, p.tenant_id)
