@@ -71,11 +71,11 @@ def main(args) -> None:
             running_server({"FLEXDB_DATABASE_URL": db_url,
                             "FLEXDB_DB_POOL_MAX": str(args.pool),
                             "FLEXDB_LOG_LEVEL": "WARNING"}) as srv:
-        asyncio.run(run(srv.url, db_url, args))
+        asyncio.run(run(srv.url, srv.admin_key, db_url, args))
 
 
-async def run(url: str, db_url: str, args) -> None:
-    async with FlexDBClient(url, max_connections=args.concurrency) as rpc:
+async def run(url: str, key: str, db_url: str, args) -> None:
+    async with FlexDBClient(url, api_key=key, max_connections=args.concurrency) as rpc:
         await measure(rpc, db_url, args)
 
 
