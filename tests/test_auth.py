@@ -243,12 +243,13 @@ async def test_missing_malformed_expired_and_revoked_keys(server, rpc):
                 await c.call("list_tenants", {})
             assert exc.value.code == -32002 and words in exc.value.message
 
-    soon = (datetime.now(timezone.utc) + timedelta(seconds=1.5)).isoformat()
+    expiry = datetime.now(timezone.utc) + timedelta(seconds=4)
     expiring = (await rpc.call("create_api_key", {"name": "short", "user_id": user["id"],
-                                                  "expires_at": soon}))["secret"]
+                                                  "expires_at": expiry.isoformat()}))["secret"]
     async with FlexDBClient(server.url, api_key=expiring) as c:
         await c.call("list_tenants", {})
-        await asyncio.sleep(1.6)
+        remaining = (expiry - datetime.now(timezone.utc)).total_seconds()
+        await asyncio.sleep(max(0.0, remaining) + 0.2)
         with pytest.raises(Unauthenticated) as exc:
             await c.call("list_tenants", {})
         assert "expired" in exc.value.message
