@@ -26,7 +26,7 @@ def summarize(params: dict) -> str:
     """Canonical JSON of the params with secrets removed and documents reduced to a size."""
     out: dict[str, Any] = {}
     for name, value in params.items():
-        if any(word in name.lower() for word in SECRET_WORDS) and name != "api_key_id":
+        if any(word in name.lower() for word in SECRET_WORDS):
             out[name] = "[redacted]"
         elif name in DOCUMENT_FIELDS:
             out[name] = None if value is None else f"<{type(value).__name__} of {len(value)}>"

@@ -34,6 +34,11 @@ class RequestContext:
     authorization: str | None = None
     _principal: Principal | None = None
 
+    @property
+    def known_principal(self) -> Principal | None:
+        """The caller if already authenticated in this request, else None (never raises)."""
+        return self._principal
+
     async def principal(self) -> Principal:
         """The authenticated caller; raises Unauthenticated."""
         if self._principal is None:
@@ -130,7 +135,7 @@ class Call:
                 await self.record(conn, "ok")
 
     async def record(self, conn: asyncpg.Connection, outcome: str, **extra) -> None:
-        principal = self.request._principal
+        principal = self.request.known_principal
         summary = self.params.model_dump(by_alias=True, mode="json") if self.params else {}
         await AuditRepository(conn).append(
             tenant_id=self.chain(), method=self.method, outcome=outcome,

@@ -116,7 +116,7 @@ def rpc_method(params: type[Params], permission: Permission, name: str | None = 
 async def record_denied(call: Call, denied: RpcError) -> None:
     """A refused call leaves a trace in the platform's chain, at most one a minute per
     actor, method and tenant (with a count of the ones left out)."""
-    principal = call.request._principal
+    principal = call.request.known_principal
     actor = principal.key_id if principal else "anonymous"
     tenant = getattr(call.params, call.tenant_param) if call.tenant_param else None
     suppressed = call.state.denied.admit((actor, call.method, tenant))

@@ -24,6 +24,10 @@ def require_changes(changes: dict, fields: tuple[str, ...]) -> None:
                                   + ", ".join(fields))
 
 
-async def require_tenant(conn: asyncpg.Connection, tenant_id: UUID) -> None:
+async def require_tenant(ctx, conn: asyncpg.Connection, tenant_id: UUID) -> None:
+    """Not found unless the tenant exists. A member's role already proves it (authorize
+    checked it); only platform admins, who skip the membership check, need the query."""
+    if not (await ctx.principal()).is_platform_admin:
+        return
     if not await TenantRepository(conn).exists(tenant_id):
         raise NotFound("tenant", tenant_id)

@@ -85,6 +85,6 @@ async def delete_node_type(ctx, p: NodeTypeId) -> dict:
 async def list_node_types(ctx, p: ListNodeTypes) -> dict:
     """List a tenant's node types."""
     async with ctx.connection() as conn:
-        await require_tenant(conn, p.tenant_id)
+        await require_tenant(ctx, conn, p.tenant_id)
         page = await NodeTypeRepository(conn).list(p.tenant_id, p.pagination)
     return ctx.shaper.page("node_types", page)

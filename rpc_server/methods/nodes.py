@@ -96,7 +96,7 @@ async def delete_node(ctx, p: NodeId) -> dict:
 async def list_nodes(ctx, p: ListNodes) -> dict:
     """List a tenant's nodes, optionally of one node type."""
     async with ctx.connection() as conn:
-        await require_tenant(conn, p.tenant_id)
+        await require_tenant(ctx, conn, p.tenant_id)
         page = await NodeRepository(conn).list(p.tenant_id, p.node_type_id, p.pagination)
     return ctx.shaper.page("nodes", page)
 
@@ -106,7 +106,7 @@ async def create_nodes(ctx, p: CreateNodes) -> dict:
     """Create up to 1,000 nodes in one transaction: all are created or none."""
     async with ctx.transaction() as conn:
         if not p.nodes:
-            await require_tenant(conn, p.tenant_id)
+            await require_tenant(ctx, conn, p.tenant_id)
             return {"nodes": []}
         type_ids = list({n.node_type_id for n in p.nodes})
         node_types = await NodeTypeRepository(conn).get_many(p.tenant_id, type_ids)

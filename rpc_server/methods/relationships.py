@@ -99,7 +99,7 @@ async def delete_relationship(ctx, p: RelationshipId) -> dict:
 async def list_relationships(ctx, p: ListRelationships) -> dict:
     """List a tenant's relationships, filtered by source, target or type."""
     async with ctx.connection() as conn:
-        await require_tenant(conn, p.tenant_id)
+        await require_tenant(ctx, conn, p.tenant_id)
         page = await RelationshipRepository(conn).list(
             p.tenant_id, p.pagination, p.source_node_id, p.target_node_id, p.relationship_type)
     return ctx.shaper.page("relationships", page)
@@ -111,7 +111,7 @@ async def create_relationships(ctx, p: CreateRelationships) -> dict:
     items = p.relationships
     async with ctx.transaction() as conn:
         if not items:
-            await require_tenant(conn, p.tenant_id)
+            await require_tenant(ctx, conn, p.tenant_id)
             return {"relationships": []}
         wanted = list({i.source_node_id for i in items} | {i.target_node_id for i in items})
         existing = await NodeRepository(conn).existing_ids(p.tenant_id, wanted)

@@ -171,6 +171,6 @@ async def remove_user_from_tenant(ctx, p: RemoveUserFromTenant) -> dict:
 async def list_tenant_users(ctx, p: ListTenantUsers) -> dict:
     """List a tenant's members."""
     async with ctx.connection() as conn:
-        await require_tenant(conn, p.tenant_id)
+        await require_tenant(ctx, conn, p.tenant_id)
         page = await MembershipRepository(conn).list(p.tenant_id, p.pagination)
     return ctx.shaper.page("tenant_users", page)
