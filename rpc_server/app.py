@@ -13,12 +13,13 @@ from .config import Settings
 from .audit import DeniedLimiter
 from .auth import Authenticator
 from .bootstrap import ensure_platform_admin
-from .context import AppState, RequestContext
-from .db import connect, create_pool
+from .context import AppState, QueryEnvironment, RequestContext
+from .db import connect, create_pool, create_query_pool
 from .migrations import migrate
 from .json_codec import dumps
 from .protocol import Dispatcher, internal_error, invalid_request
 from .registry import build_dispatch_table
+from .repositories.tenant_sql import is_superuser, setup_problems
 from .schemas import ValidatorCache
 from .server_secret import server_secret
 from .shaping import Shaper
@@ -119,6 +120,8 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
             if applied:
                 log.info("applied migrations: %s", ", ".join(applied))
             admin_key = await ensure_platform_admin(conn, secret)
+            query_problems = await setup_problems(conn)
+            superuser = await is_superuser(conn)
         finally:
             await conn.close()
         if admin_key:
@@ -127,11 +130,16 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
             log.warning("FLEXDB_ANONYMOUS_ROLE=%s: callers without credentials act as %s. "
                         "Use this only on a trusted network.", settings.anonymous_role,
                         settings.anonymous_role)
+        if query_problems:
+            log.error("execute_query is disabled: %s", "; ".join(query_problems))
         pool = await create_pool(database_url, settings)
+        query_pool = await create_query_pool(database_url, settings)
         app[STATE] = AppState(settings, pool, Shaper(settings.json_fields), ValidatorCache(),
                               Authenticator(secret, settings.anonymous_role,
-                                            settings.auth_cache_ttl_s), DeniedLimiter())
+                                            settings.auth_cache_ttl_s), DeniedLimiter(),
+                              QueryEnvironment(query_pool, query_problems, superuser))
         yield
+        await query_pool.close()
         await pool.close()
 
     app.cleanup_ctx.append(database)

@@ -41,6 +41,10 @@ class Settings(BaseModel):
         "none", description="Role of callers that send no credentials (trusted networks only)")
     auth_cache_ttl_s: float = Field(5.0, ge=0, le=300, description="Seconds a verified key or "
                                     "a membership is trusted before it is read again")
+    query_pool_max: int = Field(4, ge=1, le=100, description="Connections for execute_query "
+                                "(separate from the main pool, so analytics cannot starve it)")
+    query_max_result_bytes: int = Field(8 * 1_048_576, ge=1024, le=256 * 1_048_576,
+                                        description="Largest execute_query result (JSON bytes)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     migrations_dir: Path | None = Field(None, description="Override for the sql/ directory")
 

@@ -24,6 +24,16 @@ class AppState:
     validators: ValidatorCache
     auth: Authenticator
     denied: audit.DeniedLimiter
+    query: "QueryEnvironment"
+
+
+@dataclass
+class QueryEnvironment:
+    """What execute_query runs on: its own pool, and whether the database is set up to run
+    tenant SQL safely (`problems` empty) and lets us cap temp files (superuser only)."""
+    pool: asyncpg.Pool
+    problems: list[str]
+    limit_temp_files: bool
 
 
 @dataclass
@@ -133,6 +143,13 @@ class Call:
             async with conn.transaction():
                 yield conn
                 await self.record(conn, "ok")
+
+    async def log_event(self, outcome: str, **extra) -> None:
+        """Append the call's audit event in a transaction of its own (for calls whose work
+        is not a write of ours: refusals, tenant queries)."""
+        async with self.connection() as conn:
+            async with conn.transaction():
+                await self.record(conn, outcome, **extra)
 
     async def record(self, conn: asyncpg.Connection, outcome: str, **extra) -> None:
         principal = self.request.known_principal

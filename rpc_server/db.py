@@ -56,6 +56,21 @@ async def create_pool(url: str, settings: Settings) -> asyncpg.Pool:
     )
 
 
+async def create_query_pool(url: str, settings: Settings) -> asyncpg.Pool:
+    """Connections for tenants' own SQL (execute_query). Unlike the main pool they keep
+    asyncpg's full reset on release (RESET ALL, advisory unlock, UNLISTEN, CLOSE ALL) and
+    cache no statements, so nothing a caller's statement does outlives it."""
+    return await asyncpg.create_pool(
+        url,
+        min_size=0,
+        max_size=settings.query_pool_max,
+        timeout=settings.db_connect_timeout_s,
+        init=_init_connection,
+        statement_cache_size=0,
+        server_settings={"application_name": "flexdb-query"},
+    )
+
+
 def with_database(url: str, database: str) -> str:
     """The same server URL pointing at another database (keeps host/query, e.g. a socket dir)."""
     parts = urlsplit(url)

@@ -106,3 +106,25 @@ class StatementTimeout(RpcError):
     code = INTERNAL_ERROR
     type = "timeout"
     default_message = "The operation took too long and was cancelled"
+
+
+class QueryRejected(RpcError):
+    """execute_query, query_nodes or a traversal refused or stopped. `type` says why:
+    rejected (the statement is not allowed or the database refused it), timeout, or
+    too_many_rows (the result is larger than the server returns)."""
+    code = QUERY_REJECTED
+    type = "rejected"
+
+    def __init__(self, message: str, type: str = "rejected", **details: Any):
+        super().__init__(message, **details)
+        self.data["type"] = type
+
+
+class Busy(RpcError):
+    """Every slot for this kind of work is taken; the caller may retry after a moment."""
+    code = RATE_LIMITED
+    type = "busy"
+    default_message = "Too many requests of this kind are running; retry shortly"
+
+    def __init__(self, message: str | None = None, retry_after: float = 1.0, **details: Any):
+        super().__init__(message, retry_after=retry_after, **details)

@@ -27,13 +27,21 @@ class Page:
     total_count: int | None
 
 
-def encode_token(scope: str, created_at: datetime, key: UUID) -> str:
-    raw = orjson.dumps([scope, created_at.isoformat(), str(key)])
+def encode_token(scope: str, sort_value: datetime | str, key: UUID) -> str:
+    """The last row's sort key; a datetime, or any other sort value already as text."""
+    value = sort_value.isoformat() if isinstance(sort_value, datetime) else sort_value
+    raw = orjson.dumps([scope, value, str(key)])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def decode_token(token: str, scope: str) -> tuple[datetime, UUID]:
-    """Tokens are not secret (they hold a timestamp and an id the caller has seen) but they
+def invalid_token() -> InvalidParams:
+    return InvalidParams.field(
+        TOKEN_FIELD, "is not a valid page token for this list "
+        "(use the next_page_token of a previous page, or \"\" for the first page)")
+
+
+def decode_token_text(token: str, scope: str) -> tuple[str, UUID]:
+    """Tokens are not secret (they hold a sort value and an id the caller has seen) but they
     come from callers, so every part is checked."""
     try:
         padded = token + "=" * (-len(token) % 4)
@@ -41,17 +49,27 @@ def decode_token(token: str, scope: str) -> tuple[datetime, UUID]:
         if not isinstance(decoded, list) or len(decoded) != 3 \
                 or not all(isinstance(part, str) for part in decoded):
             raise ValueError
-        token_scope, created_at, key = decoded
+        token_scope, value, key = decoded
         if token_scope != scope:
             raise ValueError
-        created = datetime.fromisoformat(created_at)
-        if created.tzinfo is None:
-            raise ValueError
-        return created.astimezone(timezone.utc), UUID(key)
+        return value, UUID(key)
     except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeEncodeError):
-        raise InvalidParams.field(
-            TOKEN_FIELD, "is not a valid page token for this list "
-            "(use the next_page_token of a previous page, or \"\" for the first page)") from None
+        raise invalid_token() from None
+
+
+def parse_token_time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise invalid_token() from None
+    if parsed.tzinfo is None:
+        raise invalid_token()
+    return parsed.astimezone(timezone.utc)
+
+
+def decode_token(token: str, scope: str) -> tuple[datetime, UUID]:
+    value, key = decode_token_text(token, scope)
+    return parse_token_time(value), key
 
 
 async def fetch_page(conn: asyncpg.Connection, *, scope: str, select: str, table: str,

@@ -124,11 +124,9 @@ async def record_denied(call: Call, denied: RpcError) -> None:
         return
     call.set_target(call.target_kind, call.target_id, audit.PLATFORM_TENANT)
     try:
-        async with call.connection() as conn:
-            async with conn.transaction():
-                await call.record(conn, "denied", denied=denied.data.get("type"),
-                                  tenant_id=None if tenant is None else str(tenant),
-                                  suppressed_before=suppressed)
+        await call.log_event("denied", denied=denied.data.get("type"),
+                             tenant_id=None if tenant is None else str(tenant),
+                             suppressed_before=suppressed)
     except Exception:  # noqa: BLE001 - the refusal itself must still be answered
         log.exception("could not record a denied attempt (request_id=%s)", call.request_id)
 

@@ -1,3 +1,4 @@
 """JSON-RPC method groups. Importing this package registers every method."""
-from . import api_keys, audit_events, node_types, nodes, relationships, tenants, users  # noqa: F401
+from . import (api_keys, audit_events, graph, node_types, nodes, query, relationships,  # noqa: F401
+               tenants, users)
 

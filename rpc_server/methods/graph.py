@@ -1,0 +1,107 @@
+"""Graph traversal over relationships: everything reachable from a node, and shortest paths."""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import asyncpg
+from pydantic import BeforeValidator, Field, StrictInt
+
+from ..auth import tenant_role
+from ..errors import QueryRejected
+from ..params import Id, Params, RelationshipType
+from ..registry import rpc_method
+from ..repositories import NodeRepository
+from ..repositories.graph import GraphRepository
+
+MAX_DEPTH = 10
+MAX_LIMIT = 10_000
+MAX_TYPES = 50
+
+Direction = Annotated[Literal["out", "in", "both"],
+                      BeforeValidator(lambda v: "out" if v in ("", None) else v)]
+RelationshipTypes = Annotated[list[RelationshipType] | None,
+                              BeforeValidator(lambda v: None if v in ([], "") else v),
+                              Field(max_length=MAX_TYPES)]
+TimeoutMs = Annotated[StrictInt, BeforeValidator(lambda v: 5000 if v == 0 else v),
+                      Field(ge=1, le=30_000)]
+
+
+class Traverse(Params):
+    tenant_id: Id
+    start_node_id: Id
+    direction: Direction = "out"
+    relationship_types: RelationshipTypes = None
+    max_depth: StrictInt = Field(3, ge=1, le=MAX_DEPTH)
+    limit: Annotated[StrictInt, BeforeValidator(lambda v: 100 if v == 0 else v)] = Field(
+        100, ge=1, le=MAX_LIMIT)
+    timeout_ms: TimeoutMs = 5000
+
+
+class ShortestPath(Params):
+    tenant_id: Id
+    source_node_id: Id
+    target_node_id: Id
+    direction: Direction = "out"
+    relationship_types: RelationshipTypes = None
+    max_depth: StrictInt = Field(MAX_DEPTH, ge=1, le=MAX_DEPTH)
+    timeout_ms: TimeoutMs = 5000
+
+
+def _timed_out(timeout_ms: int) -> QueryRejected:
+    return QueryRejected(f"The traversal ran longer than {timeout_ms} ms and was cancelled: "
+                         "lower max_depth or filter by relationship_types", type="timeout",
+                         timeout_ms=timeout_ms)
+
+
+def _path_to(node_id, parents: dict) -> list[str]:
+    """Relationship ids from the start to `node_id`, following parent links."""
+    path = []
+    while node_id in parents:
+        rel_id, node_id = parents[node_id]
+        path.append(rel_id)
+    return path[::-1]
+
+
+@rpc_method(Traverse, tenant_role("viewer"))
+async def traverse(ctx, p: Traverse) -> dict:
+    """Nodes reachable from a start node within max_depth hops, nearest first, each with its
+    depth and one shortest path of relationship ids."""
+    try:
+        async with ctx.connection() as conn:
+            await NodeRepository(conn).get(p.tenant_id, p.start_node_id)
+            rows = await GraphRepository(conn).traverse(
+                p.tenant_id, p.start_node_id, p.direction, p.relationship_types, p.max_depth,
+                p.limit + 1, p.timeout_ms / 1000)
+    except (TimeoutError, asyncpg.QueryCanceledError):
+        raise _timed_out(p.timeout_ms) from None
+    truncated = len(rows) > p.limit
+    rows = rows[:p.limit]
+    parents = {r["id"]: (r["_rel_id"], r["_parent_id"]) for r in rows}
+    hidden = ("_depth", "_rel_id", "_parent_id")
+    return {"nodes": [{"node": ctx.shaper.one({k: v for k, v in r.items() if k not in hidden}),
+                       "depth": r["_depth"], "path": _path_to(r["id"], parents)}
+                      for r in rows],
+            "truncated": truncated}
+
+
+@rpc_method(ShortestPath, tenant_role("viewer"))
+async def shortest_path(ctx, p: ShortestPath) -> dict:
+    """One shortest path between two nodes within max_depth hops, or null."""
+    try:
+        async with ctx.connection() as conn:
+            nodes = NodeRepository(conn)
+            await nodes.get(p.tenant_id, p.source_node_id)
+            await nodes.get(p.tenant_id, p.target_node_id)
+            if p.source_node_id == p.target_node_id:
+                return {"path": {"node_ids": [p.source_node_id], "relationship_ids": [],
+                                 "length": 0}}
+            links = await GraphRepository(conn).shortest_path(
+                p.tenant_id, p.source_node_id, p.target_node_id, p.direction,
+                p.relationship_types, p.max_depth, p.timeout_ms / 1000)
+    except (TimeoutError, asyncpg.QueryCanceledError):
+        raise _timed_out(p.timeout_ms) from None
+    if links is None:
+        return {"path": None}
+    return {"path": {"node_ids": [p.source_node_id] + [link["node_id"] for link in links],
+                     "relationship_ids": [link["rel_id"] for link in links],
+                     "length": len(links)}}

@@ -1,0 +1,127 @@
+"""Query group: read-only SQL over a tenant's data, and structured node queries."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import asyncpg
+from pydantic import AfterValidator, BeforeValidator, Field, StrictInt
+
+from .. import query_guard
+from ..auth import tenant_role
+from ..errors import Busy, InvalidParams, QueryRejected, Unavailable
+from ..node_filter import SqlArgs, compile_filter, parse_sort
+from ..params import Id, OptionalId, PaginationParam, Params, _contains_nul
+from ..query_values import ParamError
+from ..registry import UNAVAILABLE_ERRORS, rpc_method
+from ..repositories import NodeRepository
+from ..repositories.tenant_sql import ResultTooLarge, TenantSqlRepository
+from .common import require_tenant
+
+MAX_QUERY_PARAMS = 100
+WRAPPER_PREFIX = len("SELECT * FROM (\n")
+
+
+def _zero_is_default(default: int):
+    # proto3-style clients send 0 for "not set".
+    return BeforeValidator(lambda v: default if type(v) is int and v == 0 else v)
+
+
+def _no_nul(values: list) -> list:
+    if _contains_nul(values):
+        raise ValueError("must not contain the character U+0000")
+    return values
+
+
+class ExecuteQuery(Params):
+    tenant_id: Id
+    sql: str = Field(min_length=1, max_length=query_guard.MAX_SQL_LENGTH)
+    params: Annotated[list[Any], BeforeValidator(lambda v: [] if v is None else v),
+                      AfterValidator(_no_nul)] = Field(default_factory=list,
+                                                       max_length=MAX_QUERY_PARAMS)
+    max_rows: Annotated[StrictInt, _zero_is_default(1000)] = Field(1000, ge=1, le=10_000)
+    timeout_ms: Annotated[StrictInt, _zero_is_default(5000)] = Field(5000, ge=1, le=30_000)
+
+
+class QueryNodes(Params):
+    tenant_id: Id
+    node_type_id: OptionalId = None
+    filter: dict[str, Any] | None = None
+    sort: dict[str, Any] | None = None
+    pagination: PaginationParam
+
+
+def _database_refusal(exc: asyncpg.PostgresError) -> QueryRejected:
+    details: dict[str, Any] = {"layer": "database", "sqlstate": exc.sqlstate}
+    position = getattr(exc, "position", None)
+    if position and str(position).isdigit() and int(position) > WRAPPER_PREFIX:
+        details["position"] = int(position) - WRAPPER_PREFIX  # in the caller's text
+    return QueryRejected(f"The database refused the statement: {exc.message}", **details)
+
+
+async def _run(ctx, p: ExecuteQuery) -> dict:
+    env = ctx.state.query
+    if env.problems:
+        raise QueryRejected("execute_query is disabled on this server: the database is not "
+                            "set up to run tenant SQL safely (see the server log)")
+    try:
+        statement = query_guard.check(p.sql)
+    except query_guard.GateRejection as exc:
+        raise QueryRejected(f"Statement not allowed: {exc}", layer="gate") from None
+    settings = ctx.state.settings
+    try:
+        conn = await env.pool.acquire(timeout=settings.db_connect_timeout_s)
+    except TimeoutError:
+        raise Busy("Too many queries are running on this server; retry shortly") from None
+    except UNAVAILABLE_ERRORS:
+        raise Unavailable() from None
+    try:
+        result = await TenantSqlRepository(conn, env.limit_temp_files).run(
+            p.tenant_id, statement.sql, p.params, p.max_rows, p.timeout_ms,
+            settings.query_max_result_bytes)
+    except ParamError as exc:
+        raise InvalidParams.field("params", str(exc)) from None
+    except (asyncpg.QueryCanceledError, TimeoutError):
+        raise QueryRejected(f"The statement ran longer than {p.timeout_ms} ms and was "
+                            "cancelled", type="timeout", timeout_ms=p.timeout_ms) from None
+    except ResultTooLarge:
+        limit = settings.query_max_result_bytes
+        raise QueryRejected(f"The result is larger than {limit} bytes: select fewer rows or "
+                            "columns", type="too_many_rows", max_bytes=limit) from None
+    except UNAVAILABLE_ERRORS:
+        raise Unavailable() from None
+    except asyncpg.PostgresError as exc:
+        raise _database_refusal(exc) from None
+    except asyncpg.DataError as exc:  # a parameter asyncpg could not encode
+        raise InvalidParams.field("params", str(exc)) from None
+    except asyncpg.InterfaceError as exc:
+        raise QueryRejected(f"The result could not be read: {exc}") from None
+    finally:
+        await env.pool.release(conn)
+    return {"columns": result.columns, "rows": result.rows, "row_count": len(result.rows),
+            "truncated": result.truncated, "duration_ms": result.duration_ms}
+
+
+@rpc_method(ExecuteQuery, tenant_role("viewer"))
+async def execute_query(ctx, p: ExecuteQuery) -> dict:
+    """Run one read-only SQL statement over the tenant's nodes, node_types and
+    relationships views."""
+    try:
+        result = await _run(ctx, p)
+    except (QueryRejected, InvalidParams) as exc:
+        await ctx.log_event("rejected", rejection=exc.data["type"])
+        raise
+    await ctx.log_event("ok", row_count=result["row_count"])
+    return result
+
+
+@rpc_method(QueryNodes, tenant_role("viewer"))
+async def query_nodes(ctx, p: QueryNodes) -> dict:
+    """Find nodes with a JSON filter over data paths and node columns, keyset-paginated."""
+    args = SqlArgs()
+    condition = compile_filter(p.filter, args)
+    sort = parse_sort(p.sort)
+    async with ctx.connection() as conn:
+        await require_tenant(ctx, conn, p.tenant_id)
+        page = await NodeRepository(conn).query(p.tenant_id, p.node_type_id, condition, args,
+                                                sort, p.pagination)
+    return ctx.shaper.page("nodes", page)

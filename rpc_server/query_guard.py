@@ -1,0 +1,162 @@
+"""The first layer in front of execute_query: a text check with sqlparse.
+
+It accepts exactly one read-only statement (SELECT, WITH ... SELECT, VALUES, TABLE) and
+refuses data-modifying CTEs, locking clauses, SELECT INTO and calls to server functions that
+reach files, large objects, other databases, settings, other backends, locks or sleep.
+
+It is not the security boundary (the database is: see sql/0004_query.sql and
+repositories/tenant_sql.py); it exists to give a clear early answer and to stop what the
+database would allow but a tenant should not do. Where sqlparse could read the text
+differently from PostgreSQL (a backslash before a quote in a standard string, nested block
+comments, Unicode-escape identifiers) the statement is refused rather than guessed at."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlparse
+from sqlparse import tokens as T
+
+MAX_SQL_LENGTH = 100_000
+
+# Statements that may stand at the top level (or first inside parentheses).
+READ_STARTS = {"select", "with", "values", "table"}
+# Words that start a statement that changes something: never first inside parentheses
+# (a data-modifying CTE or a subquery that is not a query).
+WRITE_STARTS = {
+    "insert", "update", "delete", "merge", "create", "drop", "alter", "truncate", "grant",
+    "revoke", "copy", "call", "do", "set", "reset", "notify", "listen", "unlisten", "lock",
+    "prepare", "execute", "deallocate", "discard", "vacuum", "analyze", "cluster", "reindex",
+    "refresh", "comment", "security", "import", "load", "checkpoint", "begin", "commit",
+    "rollback", "savepoint", "release", "explain",
+}
+LOCK_WORDS = {"update", "share", "no", "key"}
+DENIED_FUNCTIONS = {
+    "set_config", "pg_notify", "loread", "lowrite", "pg_stat_file", "txid_current",
+    "pg_current_xact_id", "pg_export_snapshot", "pg_reload_conf", "pg_rotate_logfile",
+    "pg_promote", "pg_current_logfile", "pg_switch_wal", "pg_checkpoint",
+}
+DENIED_PREFIXES = (
+    "lo_",                                  # large objects
+    "pg_read_", "pg_ls_", "pg_file",        # files
+    "dblink", "postgres_fdw",               # other databases
+    "pg_cancel_", "pg_terminate_", "pg_signal_", "pg_log_backend",  # other backends
+    "pg_advisory", "pg_try_advisory",       # advisory locks outlive the statement
+    "pg_sleep",                             # sleeping
+    "query_to_xml", "table_to_xml", "cursor_to_xml", "schema_to_xml", "database_to_xml",
+    "pg_create_", "pg_drop_", "pg_replication_", "pg_logical_", "pg_backup_",
+    "pg_start_backup", "pg_stop_backup", "pg_stat_reset", "pg_wal_", "pg_import_",
+)
+
+
+class GateRejection(ValueError):
+    """The statement is refused; the message says why."""
+
+
+@dataclass(frozen=True)
+class CheckedStatement:
+    sql: str  # the caller's single statement, without trailing semicolons
+
+
+def _meaningful(tokens):
+    return [t for t in tokens if not t.is_whitespace and t.ttype not in T.Comment]
+
+
+def _is_punct(token, value: str) -> bool:
+    return token.ttype in T.Punctuation and token.value == value
+
+
+def _name(token) -> str:
+    """A token as an identifier: quoted ones unquoted, all lower-cased (stricter than
+    PostgreSQL, which keeps the case of quoted names)."""
+    value = token.value
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1].replace('""', '"')
+    return value.lower()
+
+
+def _check_lexing(raw_tokens) -> None:
+    """Refuse text where sqlparse and PostgreSQL may not agree on what is code."""
+    for i, token in enumerate(raw_tokens):
+        value = token.value
+        if token.ttype in T.Comment.Multiline and "/*" in value[2:]:
+            raise GateRejection("nested block comments are not accepted")
+        if token.ttype in T.String.Single:
+            prev = raw_tokens[i - 1].value if i else ""
+            escaped = prev.lower() == "e"  # E'...' strings take backslash escapes
+            if not escaped and "'" in value[1:-1].replace("''", ""):
+                raise GateRejection("a backslash before a quote is ambiguous in a string "
+                                    "literal: write '' for a quote, or use E'...'")
+        if value.lower() in ("u", "u&") and i + 1 < len(raw_tokens) \
+                and raw_tokens[i + 1].value.startswith(("&", "'", '"')):
+            raise GateRejection("Unicode-escape (U&) strings and identifiers are not accepted")
+
+
+def _check_functions(tokens) -> None:
+    for i, token in enumerate(tokens):
+        if not _is_punct(token, "(") or i == 0:
+            continue
+        prev = tokens[i - 1]
+        if prev.ttype in T.Punctuation or prev.ttype in T.Operator:
+            continue
+        name = _name(prev)
+        if name in DENIED_FUNCTIONS or name.startswith(DENIED_PREFIXES):
+            raise GateRejection(f"function {name}() is not allowed in queries")
+
+
+def _check_clauses(tokens) -> None:
+    for i, token in enumerate(tokens):
+        word = token.value.lower() if token.ttype in T.Keyword else None
+        if word == "into":
+            raise GateRejection("SELECT INTO is not allowed: queries cannot create tables")
+        if word == "for" and i + 1 < len(tokens) and tokens[i + 1].value.lower() in LOCK_WORDS:
+            raise GateRejection("locking clauses (FOR UPDATE/SHARE) are not allowed")
+        if _is_punct(token, "(") and i + 1 < len(tokens):
+            first = tokens[i + 1]
+            if first.ttype in T.Keyword and first.value.lower() in WRITE_STARTS:
+                raise GateRejection(f"{first.value.upper()} inside a query is not allowed "
+                                    "(only reading statements)")
+
+
+def _check_start(statement, tokens) -> None:
+    index = 0
+    while index < len(tokens) and _is_punct(tokens[index], "("):
+        index += 1
+    if index == len(tokens):
+        raise GateRejection("the statement is empty")
+    first = tokens[index].value.lower()
+    if tokens[index].ttype not in T.Keyword or first not in READ_STARTS:
+        raise GateRejection("only SELECT (or WITH ... SELECT, VALUES, TABLE) statements are "
+                            f"allowed, not {tokens[index].value[:30].upper()!r}")
+    if first == "with" and statement.get_type() != "SELECT":
+        raise GateRejection("a WITH statement must end in a SELECT")
+
+
+def check(sql: str) -> CheckedStatement:
+    """Return the statement to run, or raise GateRejection."""
+    if len(sql) > MAX_SQL_LENGTH:
+        raise GateRejection(f"the statement is longer than {MAX_SQL_LENGTH} characters")
+    if "\x00" in sql:
+        raise GateRejection("the statement contains the character U+0000")
+    try:
+        statements = [s for s in sqlparse.parse(sql)
+                      if any(not _is_punct(t, ";") for t in _meaningful(s.flatten()))]
+    except Exception as exc:  # noqa: BLE001 - sqlparse limits (depth, size) or its bugs
+        raise GateRejection(f"the statement could not be parsed ({type(exc).__name__})") \
+            from None
+    if not statements:
+        raise GateRejection("the statement is empty")
+    if len(statements) > 1:
+        raise GateRejection("exactly one statement is allowed")
+    statement = statements[0]
+    raw = list(statement.flatten())
+    _check_lexing(raw)
+    tokens = _meaningful(raw)
+    while tokens and _is_punct(tokens[-1], ";"):
+        tokens.pop()
+    _check_start(statement, tokens)
+    _check_clauses(tokens)
+    _check_functions(tokens)
+    text = str(statement).rstrip()
+    while text.endswith(";"):
+        text = text[:-1].rstrip()
+    return CheckedStatement(text)

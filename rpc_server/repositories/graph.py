@@ -1,0 +1,137 @@
+"""Graph walks over relationships with recursive SQL.
+
+The walk keeps one row per (node, depth) and joins with UNION, so a cycle or a diamond
+adds no rows once a node has been reached at a depth: the work is bounded by
+nodes x max_depth, never by the number of paths. One path per node is rebuilt afterwards
+from parent links (a relationship from a node one level closer to the start). Every scan is
+keyed by tenant_id, and relationships can only join nodes of their own tenant (foreign
+keys), so a walk never leaves the tenant. The SQL is chosen from a fixed set of texts
+(direction x type filter), so each stays one cached prepared statement."""
+from __future__ import annotations
+
+from functools import lru_cache
+from uuid import UUID
+
+import asyncpg
+
+from .nodes import NodeRepository
+
+REVERSE = {"out": "in", "in": "out", "both": "both"}
+
+
+def _edges(anchor: str, direction: str, typed: bool) -> str:
+    """(rel_id, other_id) for the relationships at `anchor` in `direction`.
+    $1 is the tenant, $4 the relationship types (when typed)."""
+    types = " AND r.relationship_type = ANY($4::text[])" if typed else ""
+    outgoing = ("SELECT r.id AS rel_id, r.target_node_id AS other_id FROM relationships r "
+                f"WHERE r.tenant_id = $1 AND r.source_node_id = {anchor}{types}")
+    incoming = ("SELECT r.id AS rel_id, r.source_node_id AS other_id FROM relationships r "
+                f"WHERE r.tenant_id = $1 AND r.target_node_id = {anchor}{types}")
+    if direction == "out":
+        return outgoing
+    if direction == "in":
+        return incoming
+    return f"{outgoing} UNION ALL {incoming}"
+
+
+def _walk(direction: str, typed: bool) -> str:
+    """CTEs `walk` (node, depth; $2 start, $3 max depth), `reached` (each node at its
+    least depth) and `parents` (one link back towards the start for each reached node)."""
+    return f"""
+        WITH RECURSIVE walk (node_id, depth) AS (
+            SELECT $2::uuid, 0
+          UNION
+            SELECT e.other_id, w.depth + 1
+            FROM walk w CROSS JOIN LATERAL ({_edges('w.node_id', direction, typed)}) e
+            WHERE w.depth < $3
+        ),
+        reached AS (
+            SELECT node_id, min(depth) AS depth FROM walk GROUP BY node_id
+        ),
+        parents AS (
+            SELECT DISTINCT ON (c.node_id) c.node_id, c.depth, e.rel_id,
+                   e.other_id AS parent_id
+            FROM reached c
+            CROSS JOIN LATERAL ({_edges('c.node_id', REVERSE[direction], typed)}) e
+            JOIN reached p ON p.node_id = e.other_id AND p.depth = c.depth - 1
+            WHERE c.depth > 0
+            ORDER BY c.node_id, e.rel_id
+        )"""
+
+
+@lru_cache(maxsize=None)
+def traverse_sql(direction: str, typed: bool) -> str:
+    limit = "$5" if typed else "$4"
+    return _walk(direction, typed) + f"""
+        SELECT {', '.join('n.' + c.strip() for c in NodeRepository.columns.split(','))},
+               p.depth AS _depth, p.rel_id AS _rel_id, p.parent_id AS _parent_id
+        FROM parents p JOIN nodes n ON n.tenant_id = $1 AND n.id = p.node_id
+        ORDER BY p.depth, p.node_id
+        LIMIT {limit}"""
+
+
+@lru_cache(maxsize=None)
+def distance_sql(direction: str, typed: bool) -> str:
+    """The least depth at which the target ($4, or $5 when typed) is reached, or no row.
+    The walk is evaluated lazily, level by level, so it stops as soon as the target turns
+    up instead of exploring every level up to max_depth."""
+    target = "$5" if typed else "$4"
+    return f"""
+        WITH RECURSIVE walk (node_id, depth) AS (
+            SELECT $2::uuid, 0
+          UNION
+            SELECT e.other_id, w.depth + 1
+            FROM walk w CROSS JOIN LATERAL ({_edges('w.node_id', direction, typed)}) e
+            WHERE w.depth < $3
+        )
+        SELECT depth FROM walk WHERE node_id = {target}::uuid LIMIT 1"""
+
+
+@lru_cache(maxsize=None)
+def path_sql(direction: str, typed: bool) -> str:
+    """The chain of parent links from the target back to the start."""
+    target = "$5" if typed else "$4"
+    return _walk(direction, typed) + f""",
+        back (node_id, rel_id, parent_id, depth) AS (
+            SELECT node_id, rel_id, parent_id, depth FROM parents WHERE node_id = {target}::uuid
+          UNION ALL
+            SELECT p.node_id, p.rel_id, p.parent_id, p.depth
+            FROM back b JOIN parents p ON p.node_id = b.parent_id
+        )
+        SELECT node_id, rel_id, parent_id, depth FROM back ORDER BY depth"""
+
+
+class GraphRepository:
+    def __init__(self, conn: asyncpg.Connection):
+        self.conn = conn
+
+    @staticmethod
+    def _args(tenant_id, start, max_depth, types, *rest) -> list:
+        args = [tenant_id, start, max_depth]
+        if types:
+            args.append(list(types))
+        return args + list(rest)
+
+    async def traverse(self, tenant_id: UUID, start: UUID, direction: str,
+                       types: list[str] | None, max_depth: int, limit: int,
+                       timeout: float) -> list[asyncpg.Record]:
+        """Reached nodes (not the start) with `_depth`, `_rel_id` and `_parent_id`, nearest
+        first; at most `limit` rows."""
+        return await self.conn.fetch(traverse_sql(direction, bool(types)),
+                                     *self._args(tenant_id, start, max_depth, types, limit),
+                                     timeout=timeout)
+
+    async def shortest_path(self, tenant_id: UUID, source: UUID, target: UUID,
+                            direction: str, types: list[str] | None, max_depth: int,
+                            timeout: float) -> list[asyncpg.Record] | None:
+        """The links (node_id, rel_id, parent_id, depth) of one shortest path, start side
+        first; None when the target is not reachable within max_depth."""
+        typed = bool(types)
+        distance = await self.conn.fetchval(
+            distance_sql(direction, typed),
+            *self._args(tenant_id, source, max_depth, types, target), timeout=timeout)
+        if distance is None:
+            return None
+        return await self.conn.fetch(
+            path_sql(direction, typed),
+            *self._args(tenant_id, source, distance, types, target), timeout=timeout)

@@ -1,0 +1,120 @@
+"""Running a tenant's own SQL: the database layer of execute_query.
+
+Each statement runs on a connection of the separate query pool (asyncpg's full reset on
+release: settings, advisory locks, LISTEN and cursors never outlive a call; no statement
+cache) inside a READ ONLY transaction, as the NOLOGIN role flexdb_query, with a pinned
+search_path, a statement timeout and the tenant's ticket (sql/0004_query.sql). The caller's
+text is wrapped as a subquery, so PostgreSQL itself accepts only a single query there (a
+SET, a second statement or a data-modifying WITH is a syntax error), and the wrapper's LIMIT
+caps the rows at the server. Only the extended protocol is used: one statement per call."""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from ..query_values import coerce_params, json_safe, type_name
+
+QUERY_ROLE = "flexdb_query"
+SEARCH_PATH = "pg_catalog, flexdb_query, pg_temp"
+TEMP_FILE_LIMIT = "256MB"
+SETUP = ("SELECT set_config('flexdb.query_ticket', flexdb_private.query_ticket($1), true), "
+         "set_config('statement_timeout', $2, true), "
+         f"set_config('search_path', '{SEARCH_PATH}', true)")
+SETUP_TEMP_LIMIT = SETUP + f", set_config('temp_file_limit', '{TEMP_FILE_LIMIT}', true)"
+# Last, and alone: from here on the connection acts as the restricted role.
+ENTER_ROLE = f"SET LOCAL ROLE {QUERY_ROLE}"
+FETCH_BATCH = 500
+# The statement timeout ends a slow statement in the server; this ends a call whose fetches
+# together run too long, or a server that does not answer.
+CLIENT_GRACE_S = 2.0
+# Functions the migration revokes from PUBLIC; the server refuses to run tenant SQL while
+# the restricted role can still execute any of them.
+MUST_BE_REVOKED = ("pg_catalog.set_config(text,text,boolean)",
+                   "pg_catalog.pg_notify(text,text)",
+                   "pg_catalog.lo_from_bytea(oid,bytea)",
+                   "pg_catalog.query_to_xml(text,boolean,boolean,text)")
+
+
+class ResultTooLarge(Exception):
+    pass
+
+
+@dataclass
+class QueryResult:
+    columns: list[dict]
+    rows: list[list] = field(default_factory=list)
+    truncated: bool = False
+    duration_ms: float = 0.0
+
+
+def wrap(sql: str, max_rows: int) -> str:
+    # Newlines keep a trailing -- comment of the caller's from swallowing the parenthesis.
+    return f"SELECT * FROM (\n{sql}\n) AS flexdb_result LIMIT {int(max_rows) + 1}"
+
+
+async def setup_problems(conn: asyncpg.Connection) -> list[str]:
+    """Why tenant SQL cannot be run safely on this database (empty when it can)."""
+    problems = []
+    can_switch = await conn.fetchval(
+        "SELECT rolsuper OR pg_has_role(current_user, $1, 'MEMBER') FROM pg_roles "
+        "WHERE rolname = current_user", QUERY_ROLE)
+    if not can_switch:
+        problems.append(f"the server's role cannot SET ROLE {QUERY_ROLE}")
+    for fn in MUST_BE_REVOKED:
+        if await conn.fetchval("SELECT has_function_privilege($1, $2, 'EXECUTE')",
+                               QUERY_ROLE, fn):
+            problems.append(f"{QUERY_ROLE} can still execute {fn} (run migration 0004 as a "
+                            "superuser)")
+    return problems
+
+
+async def is_superuser(conn: asyncpg.Connection) -> bool:
+    return await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+
+
+class TenantSqlRepository:
+    def __init__(self, conn: asyncpg.Connection, limit_temp_files: bool):
+        self.conn = conn
+        self.limit_temp_files = limit_temp_files
+
+    async def run(self, tenant_id: UUID, sql: str, params: list, max_rows: int,
+                  timeout_ms: int, max_bytes: int) -> QueryResult:
+        """Errors from PostgreSQL (the caller's mistakes and the database refusing) come out
+        as asyncpg exceptions; a result over `max_bytes` raises ResultTooLarge; parameter
+        mismatches raise query_values.ParamError; running past the timeout, TimeoutError."""
+        try:
+            async with asyncio.timeout(timeout_ms / 1000 + CLIENT_GRACE_S):
+                return await self._run(tenant_id, sql, params, max_rows, timeout_ms, max_bytes)
+        except TimeoutError:
+            self.conn.terminate()  # whatever it was doing, it goes; the pool opens another
+            raise
+
+    async def _run(self, tenant_id: UUID, sql: str, params: list, max_rows: int,
+                   timeout_ms: int, max_bytes: int) -> QueryResult:
+        started = time.perf_counter()
+        async with self.conn.transaction(readonly=True):
+            await self.conn.execute(SETUP_TEMP_LIMIT if self.limit_temp_files else SETUP,
+                                    tenant_id, str(timeout_ms))
+            await self.conn.execute(ENTER_ROLE)
+            statement = await self.conn.prepare(wrap(sql, max_rows))
+            args = coerce_params(params, statement.get_parameters())
+            result = QueryResult([{"name": a.name, "type": type_name(a.type)}
+                                  for a in statement.get_attributes()])
+            size = 0
+            async for record in statement.cursor(*args, prefetch=min(max_rows + 1,
+                                                                      FETCH_BATCH)):
+                if len(result.rows) == max_rows:
+                    result.truncated = True
+                    break
+                row = [json_safe(v) for v in record]
+                size += len(orjson.dumps(row))
+                if size > max_bytes:
+                    raise ResultTooLarge()
+                result.rows.append(row)
+        result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
+        return result
