@@ -60,11 +60,11 @@ def decode_token_text(token: str, scope: str) -> tuple[str, UUID]:
 def parse_token_time(value: str) -> datetime:
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        if parsed.tzinfo is None:
+            raise ValueError
+        return parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
         raise invalid_token() from None
-    if parsed.tzinfo is None:
-        raise invalid_token()
-    return parsed.astimezone(timezone.utc)
 
 
 def decode_token(token: str, scope: str) -> tuple[datetime, UUID]:

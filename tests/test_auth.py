@@ -40,6 +40,8 @@ EXPECTED = {
     "create_relationship": "member", "update_relationship": "member",
     "delete_relationship": "member", "create_relationships": "member",
     "list_audit_events": "admin", "verify_audit_chain": "admin",
+    "execute_query": "viewer", "query_nodes": "viewer", "traverse": "viewer",
+    "shortest_path": "viewer",
 }
 
 
@@ -147,6 +149,15 @@ class World:
             item = {"source_node_id": a["id"], "target_node_id": b["id"], "relationship_type": "r"}
             return {"tenant_id": t, **item} if method == "create_relationship" else \
                 {"tenant_id": t, "relationships": [item]}
+        if method == "execute_query":
+            return {"tenant_id": t, "sql": "SELECT count(*) FROM nodes"}
+        if method == "query_nodes":
+            return {"tenant_id": t, "filter": {"field": "data.x", "op": "exists"}}
+        if method == "traverse":
+            return {"tenant_id": t, "start_node_id": (await self.node())["id"]}
+        if method == "shortest_path":
+            a, b = await self.node(), await self.node()
+            return {"tenant_id": t, "source_node_id": a["id"], "target_node_id": b["id"]}
         raise AssertionError(f"no params for {method}: add it to World.params")
 
 
