@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from uuid import UUID
 
 import asyncpg
@@ -10,6 +11,14 @@ from ..pagination import (TOTAL_COLUMN, Page, decode_token_text, encode_token, f
                           invalid_token, parse_token_time)
 from ..params import Pagination
 from .base import Repository
+
+
+@dataclass(frozen=True)
+class PageStatement:
+    sql: str
+    args: list
+    count_sql: str
+    count_args: list
 
 
 class NodeRepository(Repository):
@@ -62,16 +71,18 @@ class NodeRepository(Repository):
         return await fetch_page(self.conn, scope="nodes", select=self.columns, table="nodes",
                                 where=where, args=args, pagination=pagination)
 
-    async def query(self, tenant_id: UUID, node_type_id: UUID | None, condition: str,
-                    args: SqlArgs, sort: NodeSort, pagination: Pagination) -> Page:
-        """A keyset page of nodes matching `condition` (SQL from node_filter, whose values
-        are already in `args`). Sorted by a timestamp column through its index, or by a
-        data path (missing values sort as JSON null)."""
+    @classmethod
+    def query_statement(cls, tenant_id: UUID, node_type_id: UUID | None, condition: str,
+                        args: SqlArgs, sort: NodeSort, pagination: Pagination) -> PageStatement:
+        """The SQL of one query_nodes page: nodes matching `condition` (SQL from node_filter,
+        whose values are already in `args`), sorted by a timestamp column through its index
+        or by a data path (missing values sort as JSON null), after the page token's key."""
         where = [f"tenant_id = {args.add(tenant_id, 'uuid')}"]
         if node_type_id is not None:
             where.append(f"node_type_id = {args.add(node_type_id, 'uuid')}")
         where.append(f"({condition})")
-        base_where, base_args = " AND ".join(where), list(args.values)
+        count_sql = f"SELECT count(*) FROM nodes WHERE {' AND '.join(where)}"
+        count_args = list(args.values)
         key = sort.column or f"COALESCE(data #> {args.add(sort.path, 'text[]')}, 'null'::jsonb)"
         if pagination.page_token:
             text, last_id = decode_token_text(pagination.page_token, sort.scope)
@@ -84,14 +95,18 @@ class NodeRepository(Repository):
                     raise invalid_token() from None
             where.append(f"({key}, id) {'<' if sort.descending else '>'} "
                          f"({last}, {args.add(last_id, 'uuid')})")
-        count_sql = f"SELECT count(*) FROM nodes WHERE {base_where}"
         counted = f", ({count_sql}) AS {TOTAL_COLUMN}" if pagination.include_total else ""
         order = " DESC" if sort.descending else ""
         limit = args.add(pagination.page_size + 1, "int4")
-        rows = await self.conn.fetch(
-            f"SELECT {self.columns}, {key} AS _sort_key{counted} FROM nodes "
-            f"WHERE {' AND '.join(where)} ORDER BY {key}{order}, id{order} LIMIT {limit}",
-            *args.values)
+        sql = (f"SELECT {cls.columns}, {key} AS _sort_key{counted} FROM nodes "
+               f"WHERE {' AND '.join(where)} ORDER BY {key}{order}, id{order} LIMIT {limit}")
+        return PageStatement(sql, args.values, count_sql, count_args)
+
+    async def query(self, tenant_id: UUID, node_type_id: UUID | None, condition: str,
+                    args: SqlArgs, sort: NodeSort, pagination: Pagination) -> Page:
+        statement = self.query_statement(tenant_id, node_type_id, condition, args, sort,
+                                         pagination)
+        rows = await self.conn.fetch(statement.sql, *statement.args)
         next_token = ""
         if len(rows) > pagination.page_size:
             rows = rows[:pagination.page_size]
@@ -101,7 +116,7 @@ class NodeRepository(Repository):
                                       orjson.dumps(value).decode(), last_row["id"])
         total = rows[0][TOTAL_COLUMN] if pagination.include_total and rows else None
         if pagination.include_total and not rows:
-            total = await self.conn.fetchval(count_sql, *base_args)
+            total = await self.conn.fetchval(statement.count_sql, *statement.count_args)
         hidden = ("_sort_key", TOTAL_COLUMN)
         return Page([{k: v for k, v in r.items() if k not in hidden} for r in rows],
                     next_token, total)
