@@ -22,6 +22,9 @@ FLOAT_TYPES = {"float4", "float8"}
 TEXT_TYPES = {"text", "varchar", "bpchar", "name", "unknown", "char", "citext"}
 
 
+PG_SPECIAL_FLOATS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
 class ParamError(ValueError):
     pass
 
@@ -141,7 +144,7 @@ def json_safe(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else str(value)
+        return value if math.isfinite(value) else PG_SPECIAL_FLOATS[str(value)]
     if isinstance(value, Decimal):
         return _number(value)
     if isinstance(value, (datetime, date, time)):

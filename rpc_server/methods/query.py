@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import asyncpg
+from asyncpg.exceptions import _base as asyncpg_base
 from pydantic import AfterValidator, BeforeValidator, Field, StrictInt
 
 from .. import query_guard
@@ -18,6 +19,7 @@ from ..repositories.tenant_sql import ResultTooLarge, TenantSqlRepository
 from .common import require_tenant
 
 MAX_QUERY_PARAMS = 100
+ClientDataError = asyncpg_base.DataError  # not asyncpg.DataError: that is SQLSTATE class 22
 WRAPPER_PREFIX = len("SELECT * FROM (\n")
 
 
@@ -91,10 +93,12 @@ async def _run(ctx, p: ExecuteQuery) -> dict:
         raise Unavailable() from None
     except asyncpg.PostgresError as exc:
         raise _database_refusal(exc) from None
-    except asyncpg.DataError as exc:  # a parameter asyncpg could not encode
+    except ClientDataError as exc:  # a parameter asyncpg could not encode
         raise InvalidParams.field("params", str(exc)) from None
-    except asyncpg.InterfaceError as exc:
-        raise QueryRejected(f"The result could not be read: {exc}") from None
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError):
+        # e.g. a column of a pseudo-type such as anyarray (pg_stats), which has no codec
+        raise QueryRejected("The result could not be read: cast columns of unusual types "
+                            "to text (col::text)") from None
     finally:
         await env.pool.release(conn)
     return {"columns": result.columns, "rows": result.rows, "row_count": len(result.rows),

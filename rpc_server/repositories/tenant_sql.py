@@ -100,8 +100,12 @@ class TenantSqlRepository:
         async with self.conn.transaction(readonly=True):
             await self.conn.execute(SETUP_TEMP_LIMIT if self.limit_temp_files else SETUP,
                                     tenant_id, str(timeout_ms))
-            await self.conn.execute(ENTER_ROLE)
+            # Described before the role switch: asyncpg looks up result types it does not
+            # know with a query that calls set_config, which the query role may not. With
+            # no statement cache asyncpg sends the text again with the execution, so it is
+            # parsed, planned and run as the query role.
             statement = await self.conn.prepare(wrap(sql, max_rows))
+            await self.conn.execute(ENTER_ROLE)
             args = coerce_params(params, statement.get_parameters())
             result = QueryResult([{"name": a.name, "type": type_name(a.type)}
                                   for a in statement.get_attributes()])
