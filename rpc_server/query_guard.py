@@ -11,6 +11,7 @@ differently from PostgreSQL (a backslash before a quote in a standard string, ne
 comments, Unicode-escape identifiers) the statement is refused rather than guessed at."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import sqlparse
@@ -48,6 +49,10 @@ DENIED_PREFIXES = (
 )
 
 
+# Parameters ($1) and identifiers with a $ after their first character (a$b).
+DOLLAR_OK = re.compile(r"^(\$\d+|[A-Za-z_\u0080-\uffff][\w\u0080-\uffff]*\$[\w$\u0080-\uffff]*)$")
+
+
 class GateRejection(ValueError):
     """The statement is refused; the message says why."""
 
@@ -74,21 +79,55 @@ def _name(token) -> str:
     return value.lower()
 
 
+def _closing_quote(text: str, quote: str, backslash_escapes: bool) -> int:
+    """Where PostgreSQL ends a quoted literal or identifier that starts at text[0]."""
+    i = 1
+    while i < len(text):
+        char = text[i]
+        if backslash_escapes and char == "\\":
+            i += 2
+        elif char == quote:
+            if text[i + 1:i + 2] == quote:
+                i += 2
+            else:
+                return i
+        else:
+            i += 1
+    return -1
+
+
+def _ambiguous(token, prev: str, next_token) -> str | None:
+    """Why sqlparse and PostgreSQL may read this token differently, or None."""
+    value, ttype = token.value, token.ttype
+    if ttype in T.Comment.Multiline and "/*" in value[2:]:
+        return "nested block comments are not accepted"
+    if ttype in T.Comment.Single and not value.startswith("--"):
+        return "'#' is an operator in PostgreSQL, not a comment"
+    if ttype in T.String.Single:
+        if _closing_quote(value, "'", prev.lower() == "e") != len(value) - 1:
+            return ("a backslash before a quote is ambiguous in a string literal: write '' "
+                    "for a quote, or use E'...' escapes consistently")
+    if ttype in T.String.Symbol and _closing_quote(value, '"', False) != len(value) - 1:
+        return "a quoted identifier must escape a double quote as \"\""
+    if ttype in T.Name and value[:1] in ("`", "´", "["):
+        return "`, ´ and [ ] are not identifier quotes in PostgreSQL"
+    if "$" in value and ttype not in T.Literal and ttype not in T.Comment \
+            and not DOLLAR_OK.match(value):
+        return "a '$' that is neither a parameter ($1) nor a dollar quote ($tag$ ... $tag$)"
+    if value.lower() in ("u", "u&") and next_token is not None \
+            and next_token.value.startswith(("&", "'", '"')):
+        return "Unicode-escape (U&) strings and identifiers are not accepted"
+    return None
+
+
 def _check_lexing(raw_tokens) -> None:
     """Refuse text where sqlparse and PostgreSQL may not agree on what is code."""
     for i, token in enumerate(raw_tokens):
-        value = token.value
-        if token.ttype in T.Comment.Multiline and "/*" in value[2:]:
-            raise GateRejection("nested block comments are not accepted")
-        if token.ttype in T.String.Single:
-            prev = raw_tokens[i - 1].value if i else ""
-            escaped = prev.lower() == "e"  # E'...' strings take backslash escapes
-            if not escaped and "'" in value[1:-1].replace("''", ""):
-                raise GateRejection("a backslash before a quote is ambiguous in a string "
-                                    "literal: write '' for a quote, or use E'...'")
-        if value.lower() in ("u", "u&") and i + 1 < len(raw_tokens) \
-                and raw_tokens[i + 1].value.startswith(("&", "'", '"')):
-            raise GateRejection("Unicode-escape (U&) strings and identifiers are not accepted")
+        prev = raw_tokens[i - 1].value if i else ""
+        following = raw_tokens[i + 1] if i + 1 < len(raw_tokens) else None
+        reason = _ambiguous(token, prev, following)
+        if reason:
+            raise GateRejection(reason)
 
 
 def _check_functions(tokens) -> None:

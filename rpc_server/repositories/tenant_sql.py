@@ -24,7 +24,9 @@ SEARCH_PATH = "pg_catalog, flexdb_query, pg_temp"
 TEMP_FILE_LIMIT = "256MB"
 SETUP = ("SELECT set_config('flexdb.query_ticket', flexdb_private.query_ticket($1), true), "
          "set_config('statement_timeout', $2, true), "
-         f"set_config('search_path', '{SEARCH_PATH}', true)")
+         f"set_config('search_path', '{SEARCH_PATH}', true), "
+         # The gate reads '...' the way PostgreSQL does only with this on (the default).
+         "set_config('standard_conforming_strings', 'on', true)")
 SETUP_TEMP_LIMIT = SETUP + f", set_config('temp_file_limit', '{TEMP_FILE_LIMIT}', true)"
 # Last, and alone: from here on the connection acts as the restricted role.
 ENTER_ROLE = f"SET LOCAL ROLE {QUERY_ROLE}"
