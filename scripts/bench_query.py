@@ -329,11 +329,10 @@ def report(bench: Bench, started: float) -> None:
           f"`{EXEC_RAW_SQL}` on the base table (cached prepared statement, no transaction/role "
           "setup); raw pools use the server's init codec and release reset")
     for r in bench.results:
-        for label, errs in (("flexdb", r["first_errors"]), ("raw", r["raw_first_errors"])):
-            if errs:
-                print(f"- {label} errors in {r['scenario']} c={r['c']}: {errs}")
-        if r["raw_errors"]:
-            print(f"- raw errors in {r['scenario']} c={r['c']}: {r['raw_errors']}")
+        for label, count, first in (("flexdb", r["errors"], r["first_errors"]),
+                                    ("raw asyncpg", r["raw_errors"], r["raw_first_errors"])):
+            if count:
+                print(f"- {count} {label} errors in {r['scenario']} c={r['c']}, first: {first}")
     print(f"- total run time {time.perf_counter() - started:.0f}s")
     if args.json:
         with open(args.json, "a") as fh:
