@@ -1,6 +1,7 @@
 """Query group: read-only SQL over a tenant's data, and structured node queries."""
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 import asyncpg
@@ -66,7 +67,8 @@ async def _run(ctx, p: ExecuteQuery) -> dict:
         raise QueryRejected("execute_query is disabled on this server: the database is not "
                             "set up to run tenant SQL safely (see the server log)")
     try:
-        statement = query_guard.check(p.sql)
+        # In a thread: parsing a long statement must not hold up the event loop.
+        statement = await asyncio.to_thread(query_guard.check, p.sql)
     except query_guard.GateRejection as exc:
         raise QueryRejected(f"Statement not allowed: {exc}", layer="gate") from None
     settings = ctx.state.settings
