@@ -13,6 +13,8 @@ ever travel as parameters. Equality, `in` and `contains` on data add a containme
 (`data @> ...`) that the GIN index on data (jsonb_path_ops) answers."""
 from __future__ import annotations
 
+import hashlib
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -28,6 +30,8 @@ MAX_IN_VALUES = 100
 MAX_PATH_SEGMENTS = 16
 MAX_SEGMENT_LENGTH = 256
 MAX_VALUE_BYTES = 16_384
+# What PostgreSQL's #> takes as an array index: the containment shortcut must not be used.
+ARRAY_INDEX = re.compile(r"^\s*[+-]?\d+\s*$")
 COMPARISONS = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 DATA_OPS = {"eq", "ne", "in", "contains", "exists", "prefix", *COMPARISONS}
 COLUMN_OPS = {"eq", "ne", "in", *COMPARISONS}
@@ -47,6 +51,12 @@ class SqlArgs:
     def add(self, value: Any, cast: str) -> str:
         self.values.append(value)
         return f"${len(self.values)}::{cast}"
+
+    def add_json(self, text: str | list[str]) -> str:
+        """JSON sent as text: asyncpg would send a Python None as SQL NULL, not JSON null."""
+        if isinstance(text, list):
+            return f"{self.add(text, 'text[]')}::jsonb[]"
+        return f"{self.add(text, 'text')}::jsonb"
 
 
 def parse_field(raw: Any, where: str) -> tuple[str, list[str] | None]:
@@ -80,11 +90,11 @@ def containment(path: list[str], value: Any) -> dict | list | Any:
 
 def _indexable(path: list[str]) -> bool:
     # Containment documents can only express object keys; a digit key may be an array index.
-    return not any(p.isdigit() for p in path)
+    return not any(ARRAY_INDEX.match(p) for p in path)
 
 
-def _json(value: Any, where: str) -> Any:
-    """The value itself, once checked (the connection's jsonb codec encodes it)."""
+def _json(value: Any, where: str) -> str:
+    """The value as JSON text, once checked."""
     try:
         text = orjson.dumps(value).decode()
     except TypeError:
@@ -93,7 +103,7 @@ def _json(value: Any, where: str) -> Any:
         raise _fail(where, f"is larger than {MAX_VALUE_BYTES} bytes")
     if "\\u0000" in text:
         raise _fail(where, "must not contain the character U+0000")
-    return value
+    return text
 
 
 def _column_value(column: str, value: Any, where: str) -> Any:
@@ -103,11 +113,13 @@ def _column_value(column: str, value: Any, where: str) -> Any:
             return UUID(value)
         if kind == "timestamptz" and isinstance(value, str):
             parsed = datetime.fromisoformat(value)
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+            if parsed.tzinfo is None:
+                parsed = parsed.replace(tzinfo=timezone.utc)
+            return parsed.astimezone(timezone.utc)
         if kind == "int4" and isinstance(value, int) and not isinstance(value, bool) \
                 and -2**31 <= value < 2**31:
             return value
-    except ValueError:
+    except (ValueError, OverflowError):
         pass
     expected = {"uuid": "a UUID string", "timestamptz": "an ISO 8601 timestamp string",
                 "int4": "a 32-bit integer"}[kind]
@@ -151,7 +163,7 @@ class FilterCompiler:
         name, path = parse_field(node["field"], f"{where}.field")
         op = node["op"]
         allowed = DATA_OPS if path is not None else COLUMN_OPS
-        if op not in allowed:
+        if not isinstance(op, str) or op not in allowed:
             raise _fail(f"{where}.op", f"must be one of {', '.join(sorted(allowed))} for "
                                        f"{'data paths' if path is not None else name}")
         if op != "exists" and "value" not in node:
@@ -165,29 +177,31 @@ class FilterCompiler:
         index = _indexable(path)
         if op == "contains" and index:  # the containment document alone says it
             wanted = value if isinstance(value, (dict, list)) else [value]
-            return f"data @> {self.args.add(_json(containment(path, wanted), where), 'jsonb')}"
+            return f"data @> {self.args.add_json(_json(containment(path, wanted), where))}"
         # Every placeholder must appear in the SQL, so the path is added only from here on.
         target = f"(data #> {self.args.add(path, 'text[]')})" if path else "data"
+        # Equality and `in` put the containment test outside COALESCE, where the planner can
+        # answer it from the GIN index (data is NOT NULL, so it is never NULL itself).
         if op == "eq":
-            exact = f"{target} = {self.args.add(_json(value, where), 'jsonb')}"
+            exact = f"COALESCE({target} = {self.args.add_json(_json(value, where))}, false)"
             if index:
-                doc = _json(containment(path, value), where)
-                exact = f"data @> {self.args.add(doc, 'jsonb')} AND {exact}"
-            return f"COALESCE({exact}, false)"
+                doc = self.args.add_json(_json(containment(path, value), where))
+                return f"data @> {doc} AND {exact}"
+            return exact
         if op == "ne":
-            return f"{target} IS DISTINCT FROM {self.args.add(_json(value, where), 'jsonb')}"
+            return f"{target} IS DISTINCT FROM {self.args.add_json(_json(value, where))}"
         if op == "in":
             if not isinstance(value, list) or not 1 <= len(value) <= MAX_IN_VALUES:
                 raise _fail(where, f"must be a list of 1-{MAX_IN_VALUES} values")
             options = [_json(v, f"{where}.{i}") for i, v in enumerate(value)]
-            exact = f"{target} = ANY({self.args.add(options, 'jsonb[]')})"
+            exact = f"COALESCE({target} = ANY({self.args.add_json(options)}), false)"
             if index:
                 docs = [_json(containment(path, v), where) for v in value]
-                exact = f"data @> ANY({self.args.add(docs, 'jsonb[]')}) AND {exact}"
-            return f"COALESCE({exact}, false)"
+                return f"data @> ANY({self.args.add_json(docs)}) AND {exact}"
+            return exact
         if op == "contains":
             wanted = value if isinstance(value, (dict, list)) else [value]
-            return f"COALESCE({target} @> {self.args.add(_json(wanted, where), 'jsonb')}, false)"
+            return f"COALESCE({target} @> {self.args.add_json(_json(wanted, where))}, false)"
         if op == "exists":
             if not isinstance(value, bool):
                 raise _fail(where, "must be true or false")
@@ -203,7 +217,7 @@ class FilterCompiler:
             raise _fail(where, f"{op} compares numbers or strings")
         kind = "string" if isinstance(value, str) else "number"
         return (f"COALESCE(jsonb_typeof({target}) = '{kind}' AND "
-                f"{target} {COMPARISONS[op]} {self.args.add(_json(value, where), 'jsonb')}, "
+                f"{target} {COMPARISONS[op]} {self.args.add_json(_json(value, where))}, "
                 "false)")
 
     def _column_leaf(self, column: str, op: str, value: Any, where: str) -> str:
@@ -235,7 +249,7 @@ class NodeSort:
     @property
     def scope(self) -> str:
         """Page tokens are only valid for the sort they were made for."""
-        key = self.column or orjson.dumps(self.path).decode()
+        key = self.column or hashlib.sha256(orjson.dumps(self.path)).hexdigest()[:24]
         return f"query_nodes:{key}:{'desc' if self.descending else 'asc'}"
 
 

@@ -13,6 +13,7 @@ MAX_NAME = 200
 MAX_DESCRIPTION = 2000
 MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 10
+MAX_PAGE_TOKEN = 16_384
 MAX_BULK = 1000
 # Nesting allowed inside a document sent as a JSON string (documents sent as objects are
 # bounded by FLEXDB_MAX_JSON_DEPTH). Well under the ~255 levels orjson can write back.
@@ -64,7 +65,7 @@ def _parse_json_text(value: Any) -> Any:
     return value
 
 
-def _contains_nul(value: Any) -> bool:
+def contains_nul(value: Any) -> bool:
     """PostgreSQL text and jsonb cannot store U+0000, so it is refused up front."""
     stack = [value]
     while stack:
@@ -83,7 +84,7 @@ def _contains_nul(value: Any) -> bool:
 def _json_object(value: Any) -> dict:
     if not isinstance(value, dict):
         raise ValueError("must be a JSON object (or a string holding one)")
-    if _contains_nul(value):
+    if contains_nul(value):
         raise ValueError("must not contain the character U+0000")
     return value
 
@@ -117,15 +118,17 @@ JsonSchemaDoc = Annotated[dict[str, Any] | None, BeforeValidator(_optional_schem
 Version = Annotated[StrictInt, Field(ge=1, le=MAX_VERSION)]
 
 
-def _page_size(value: Any) -> Any:
-    # flex-db clients send 0 (the proto3 default) to mean "the default page size".
-    return DEFAULT_PAGE_SIZE if type(value) is int and value == 0 else value
+def zero_means(default: int) -> BeforeValidator:
+    """flex-db clients send 0 (the proto3 default) for "not set". Only the integer 0 counts:
+    false and 0.0 stay invalid."""
+    return BeforeValidator(lambda v: default if type(v) is int and v == 0 else v)
 
 
 class Pagination(Params):
-    page_size: Annotated[StrictInt, BeforeValidator(_page_size)] = Field(
+    page_size: Annotated[StrictInt, zero_means(DEFAULT_PAGE_SIZE)] = Field(
         DEFAULT_PAGE_SIZE, ge=1, le=MAX_PAGE_SIZE)
-    page_token: str = Field("", max_length=1024)
+    # query_nodes tokens carry the last row's sort value, which may be a long string.
+    page_token: str = Field("", max_length=MAX_PAGE_TOKEN)
     include_total: StrictBool = True
 
 

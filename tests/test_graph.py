@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from collections import deque
 
 import pytest
@@ -677,11 +676,6 @@ async def test_boundary_params_are_accepted(rpc, tenant):
     assert await g.shortest(0, 11) is None  # 11 hops: beyond the default max_depth 10
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: rpc_server/methods/graph.py:22-24 RelationshipTypes: the BeforeValidator turns "
-    "[] and \"\" into None, then Field(max_length=50) runs len(None) -> TypeError, which "
-    "escapes pydantic as a plain TypeError and the server answers -32603 Internal error; "
-    "an explicit null hits the same max_length check"))
 @pytest.mark.parametrize("method", ["traverse", "shortest_path"])
 @pytest.mark.parametrize("types", [[], None, ""], ids=["empty-list", "null", "empty-string"])
 async def test_empty_or_null_relationship_types_mean_no_filter(rpc, tenant, method, types):
@@ -696,11 +690,6 @@ async def test_empty_or_null_relationship_types_mean_no_filter(rpc, tenant, meth
     assert await rpc.call(method, {**params, "relationship_types": types}) == unfiltered
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (minor): rpc_server/methods/graph.py:25 and :35 the BeforeValidators "
-    "`5000 if v == 0` / `100 if v == 0` run before StrictInt, so false and 0.0 (== 0 in "
-    "Python) are silently taken as the default, while true and 1.0 are rejected as "
-    "not-an-integer"))
 @pytest.mark.parametrize("field,value", [("limit", False), ("limit", 0.0),
                                          ("timeout_ms", False), ("timeout_ms", 0.0)])
 async def test_false_and_float_zero_are_not_integers(rpc, tenant, field, value):
@@ -774,14 +763,12 @@ async def test_dense_graph_with_tiny_timeout_times_out_cleanly(rpc, dense_seed):
 
 async def test_dense_graph_full_walk_is_correct_and_fast(rpc, dense_seed):
     g = await dense_graph(rpc, dense_seed + 1)
+    # default timeout_ms: a QueryRejected here fails the test
     for start, direction, types in ((0, "both", None), (1, "out", None), (2, "in", ["a"]),
                                     (3, "out", ["b", "c"])):
-        began = time.monotonic()
         result = await g.traverse(start, direction=direction, relationship_types=types,
                                   max_depth=10, limit=10000)
-        elapsed = time.monotonic() - began
         g.check_traverse(result, start, direction, types, 10, limit=10000)
-        assert elapsed < 3, f"a walk of 200 nodes took {elapsed:.2f}s"
     # shortest paths on the dense graph, including an unreachable target (full walk)
     isolated = (await make_nodes(rpc, g.tid, 1))[0]
     rng = random.Random(dense_seed)
@@ -791,6 +778,17 @@ async def test_dense_graph_full_walk_is_correct_and_fast(rpc, dense_seed):
         g.check_path(await g.shortest(s, t, direction=direction), g.nodes[s], g.nodes[t],
                      direction)
     for direction in DIRECTIONS:
-        began = time.monotonic()
         assert await g.shortest(0, isolated, direction=direction) is None
-        assert time.monotonic() - began < 3
+
+
+async def test_wide_tree_walk_is_not_quadratic(rpc):
+    spokes = 2500  # hub -> 2,500 spokes -> one leaf each: 5,001 nodes, 5,000 relationships
+    g = await Graph.make(rpc, (await make_tenant(rpc))["id"], 2 * spokes + 1)
+    await g.add([(0, i) for i in range(1, spokes + 1)] +
+                [(i, i + spokes) for i in range(1, spokes + 1)])
+    # A walk linear in nodes + relationships takes milliseconds here; the quadratic one it
+    # replaces ran past this timeout (-32006) on the same tree.
+    result = await g.traverse(0, timeout_ms=2000)  # default limit 100 and max_depth 3
+    g.check_traverse(result, 0)
+    path = await g.shortest(0, 2 * spokes, timeout_ms=2000)
+    g.check_path(path, 0, 2 * spokes)

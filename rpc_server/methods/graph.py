@@ -8,7 +8,7 @@ from pydantic import BeforeValidator, Field, StrictInt
 
 from ..auth import tenant_role
 from ..errors import QueryRejected
-from ..params import Id, Params, RelationshipType
+from ..params import Id, Params, RelationshipType, zero_means
 from ..registry import rpc_method
 from ..repositories import NodeRepository
 from ..repositories.graph import GraphRepository
@@ -19,11 +19,13 @@ MAX_TYPES = 50
 
 Direction = Annotated[Literal["out", "in", "both"],
                       BeforeValidator(lambda v: "out" if v in ("", None) else v)]
-RelationshipTypes = Annotated[list[RelationshipType] | None,
-                              BeforeValidator(lambda v: None if v in ([], "") else v),
-                              Field(max_length=MAX_TYPES)]
-TimeoutMs = Annotated[StrictInt, BeforeValidator(lambda v: 5000 if v == 0 else v),
-                      Field(ge=1, le=30_000)]
+# [], "" and null mean "every type" (proto3-style clients send empty values).
+RelationshipTypes = Annotated[
+    Annotated[list[RelationshipType], Field(min_length=1, max_length=MAX_TYPES)] | None,
+    BeforeValidator(lambda v: None if v == [] or v == "" else v)]
+
+
+TimeoutMs = Annotated[StrictInt, zero_means(5000), Field(ge=1, le=30_000)]
 
 
 class Traverse(Params):
@@ -32,8 +34,7 @@ class Traverse(Params):
     direction: Direction = "out"
     relationship_types: RelationshipTypes = None
     max_depth: StrictInt = Field(3, ge=1, le=MAX_DEPTH)
-    limit: Annotated[StrictInt, BeforeValidator(lambda v: 100 if v == 0 else v)] = Field(
-        100, ge=1, le=MAX_LIMIT)
+    limit: Annotated[StrictInt, zero_means(100)] = Field(100, ge=1, le=MAX_LIMIT)
     timeout_ms: TimeoutMs = 5000
 
 

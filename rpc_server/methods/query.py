@@ -12,7 +12,7 @@ from .. import query_guard
 from ..auth import tenant_role
 from ..errors import Busy, InvalidParams, QueryRejected, Unavailable
 from ..node_filter import SqlArgs, compile_filter, parse_sort
-from ..params import Id, OptionalId, PaginationParam, Params, _contains_nul
+from ..params import Id, OptionalId, PaginationParam, Params, contains_nul, zero_means
 from ..query_values import ParamError
 from ..registry import UNAVAILABLE_ERRORS, rpc_method
 from ..repositories import NodeRepository
@@ -24,13 +24,8 @@ ClientDataError = asyncpg_base.DataError  # not asyncpg.DataError: that is SQLST
 WRAPPER_PREFIX = len("SELECT * FROM (\n")
 
 
-def _zero_is_default(default: int):
-    # proto3-style clients send 0 for "not set".
-    return BeforeValidator(lambda v: default if type(v) is int and v == 0 else v)
-
-
 def _no_nul(values: list) -> list:
-    if _contains_nul(values):
+    if contains_nul(values):
         raise ValueError("must not contain the character U+0000")
     return values
 
@@ -41,8 +36,8 @@ class ExecuteQuery(Params):
     params: Annotated[list[Any], BeforeValidator(lambda v: [] if v is None else v),
                       AfterValidator(_no_nul)] = Field(default_factory=list,
                                                        max_length=MAX_QUERY_PARAMS)
-    max_rows: Annotated[StrictInt, _zero_is_default(1000)] = Field(1000, ge=1, le=10_000)
-    timeout_ms: Annotated[StrictInt, _zero_is_default(5000)] = Field(5000, ge=1, le=30_000)
+    max_rows: Annotated[StrictInt, zero_means(1000)] = Field(1000, ge=1, le=10_000)
+    timeout_ms: Annotated[StrictInt, zero_means(5000)] = Field(5000, ge=1, le=30_000)
 
 
 class QueryNodes(Params):

@@ -35,8 +35,9 @@ def _edges(anchor: str, direction: str, typed: bool) -> str:
 
 
 def _walk(direction: str, typed: bool) -> str:
-    """CTEs `walk` (node, depth; $2 start, $3 max depth), `reached` (each node at its
-    least depth) and `parents` (one link back towards the start for each reached node)."""
+    """CTEs `walk` (node, depth; $2 start, $3 max depth), `reached` (each node at its least
+    depth) and `depth_of` (one jsonb object node id -> depth, so finding a node's depth is a
+    lookup, not a join the planner might run as a nested loop over the whole walk)."""
     return f"""
         WITH RECURSIVE walk (node_id, depth) AS (
             SELECT $2::uuid, 0
@@ -48,26 +49,38 @@ def _walk(direction: str, typed: bool) -> str:
         reached AS (
             SELECT node_id, min(depth) AS depth FROM walk GROUP BY node_id
         ),
-        parents AS (
-            SELECT DISTINCT ON (c.node_id) c.node_id, c.depth, e.rel_id,
-                   e.other_id AS parent_id
-            FROM reached c
-            CROSS JOIN LATERAL ({_edges('c.node_id', REVERSE[direction], typed)}) e
-            JOIN reached p ON p.node_id = e.other_id AND p.depth = c.depth - 1
-            WHERE c.depth > 0
-            ORDER BY c.node_id, e.rel_id
+        depth_of AS (
+            SELECT jsonb_object_agg(node_id::text, depth) AS map FROM reached
         )"""
+
+
+def _parent_link(child: str, direction: str, typed: bool) -> str:
+    """One relationship (the least id) from a node one level closer to the start to
+    `child` (a node with a `depth` column), as (rel_id, parent_id)."""
+    return f"""
+        SELECT e.rel_id, e.other_id AS parent_id
+        FROM ({_edges(f'{child}.node_id', REVERSE[direction], typed)}) e
+        WHERE (d.map ->> e.other_id::text)::int = {child}.depth - 1
+        ORDER BY e.rel_id LIMIT 1"""
 
 
 @lru_cache(maxsize=None)
 def traverse_sql(direction: str, typed: bool) -> str:
+    """The first $4 (or $5 when typed) reached nodes, nearest first, with the link to their
+    parent. Parents are looked up only for those nodes: a node's parent is one level
+    closer, so it always sorts (depth, id) before it and is among them too."""
     limit = "$5" if typed else "$4"
-    return _walk(direction, typed) + f"""
-        SELECT {', '.join('n.' + c.strip() for c in NodeRepository.columns.split(','))},
-               p.depth AS _depth, p.rel_id AS _rel_id, p.parent_id AS _parent_id
-        FROM parents p JOIN nodes n ON n.tenant_id = $1 AND n.id = p.node_id
-        ORDER BY p.depth, p.node_id
-        LIMIT {limit}"""
+    columns = ", ".join("n." + c.strip() for c in NodeRepository.columns.split(","))
+    return _walk(direction, typed) + f""",
+        chosen AS (
+            SELECT node_id, depth FROM reached WHERE depth > 0
+            ORDER BY depth, node_id LIMIT {limit}
+        )
+        SELECT {columns}, c.depth AS _depth, p.rel_id AS _rel_id, p.parent_id AS _parent_id
+        FROM chosen c CROSS JOIN depth_of d
+        CROSS JOIN LATERAL ({_parent_link('c', direction, typed)}) p
+        JOIN nodes n ON n.tenant_id = $1 AND n.id = c.node_id
+        ORDER BY c.depth, c.node_id"""
 
 
 @lru_cache(maxsize=None)
@@ -89,16 +102,20 @@ def distance_sql(direction: str, typed: bool) -> str:
 
 @lru_cache(maxsize=None)
 def path_sql(direction: str, typed: bool) -> str:
-    """The chain of parent links from the target back to the start."""
+    """The links (node_id, rel_id, parent_id, depth) of one shortest path, walked back from
+    the target ($4, or $5 when typed) one parent at a time; $3 is its distance."""
     target = "$5" if typed else "$4"
     return _walk(direction, typed) + f""",
-        back (node_id, rel_id, parent_id, depth) AS (
-            SELECT node_id, rel_id, parent_id, depth FROM parents WHERE node_id = {target}::uuid
+        back (node_id, depth, rel_id, parent_id) AS (
+            SELECT {target}::uuid, $3::int, NULL::uuid, NULL::uuid
           UNION ALL
-            SELECT p.node_id, p.rel_id, p.parent_id, p.depth
-            FROM back b JOIN parents p ON p.node_id = b.parent_id
+            SELECT p.parent_id, b.depth - 1, p.rel_id, b.node_id
+            FROM back b CROSS JOIN depth_of d
+            CROSS JOIN LATERAL ({_parent_link('b', direction, typed)}) p
+            WHERE b.depth > 0
         )
-        SELECT node_id, rel_id, parent_id, depth FROM back ORDER BY depth"""
+        SELECT parent_id AS node_id, rel_id, node_id AS parent_id, depth + 1 AS depth
+        FROM back WHERE rel_id IS NOT NULL ORDER BY depth"""
 
 
 class GraphRepository:

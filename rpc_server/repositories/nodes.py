@@ -90,9 +90,12 @@ class NodeRepository(Repository):
                 last = args.add(parse_token_time(text), "timestamptz")
             else:
                 try:
-                    last = args.add(orjson.loads(text), "jsonb")
+                    orjson.loads(text)
                 except orjson.JSONDecodeError:
                     raise invalid_token() from None
+                if "\\u0000" in text:
+                    raise invalid_token()
+                last = args.add_json(text)
             where.append(f"({key}, id) {'<' if sort.descending else '>'} "
                          f"({last}, {args.add(last_id, 'uuid')})")
         counted = f", ({count_sql}) AS {TOTAL_COLUMN}" if pagination.include_total else ""
