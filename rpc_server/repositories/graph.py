@@ -34,10 +34,8 @@ def _edges(anchor: str, direction: str, typed: bool) -> str:
     return f"{outgoing} UNION ALL {incoming}"
 
 
-def _walk(direction: str, typed: bool) -> str:
-    """CTEs `walk` (node, depth; $2 start, $3 max depth), `reached` (each node at its least
-    depth) and `depth_of` (one jsonb object node id -> depth, so finding a node's depth is a
-    lookup, not a join the planner might run as a nested loop over the whole walk)."""
+def _walk_only(direction: str, typed: bool) -> str:
+    """The recursive CTE `walk`: (node, depth) from the start $2 out to depth $3."""
     return f"""
         WITH RECURSIVE walk (node_id, depth) AS (
             SELECT $2::uuid, 0
@@ -45,7 +43,14 @@ def _walk(direction: str, typed: bool) -> str:
             SELECT e.other_id, w.depth + 1
             FROM walk w CROSS JOIN LATERAL ({_edges('w.node_id', direction, typed)}) e
             WHERE w.depth < $3
-        ),
+        )"""
+
+
+def _walk(direction: str, typed: bool) -> str:
+    """CTEs `walk` (node, depth; $2 start, $3 max depth), `reached` (each node at its least
+    depth) and `depth_of` (one jsonb object node id -> depth, so finding a node's depth is a
+    lookup, not a join the planner might run as a nested loop over the whole walk)."""
+    return _walk_only(direction, typed) + """,
         reached AS (
             SELECT node_id, min(depth) AS depth FROM walk GROUP BY node_id
         ),
@@ -89,14 +94,7 @@ def distance_sql(direction: str, typed: bool) -> str:
     The walk is evaluated lazily, level by level, so it stops as soon as the target turns
     up instead of exploring every level up to max_depth."""
     target = "$5" if typed else "$4"
-    return f"""
-        WITH RECURSIVE walk (node_id, depth) AS (
-            SELECT $2::uuid, 0
-          UNION
-            SELECT e.other_id, w.depth + 1
-            FROM walk w CROSS JOIN LATERAL ({_edges('w.node_id', direction, typed)}) e
-            WHERE w.depth < $3
-        )
+    return _walk_only(direction, typed) + f"""
         SELECT depth FROM walk WHERE node_id = {target}::uuid LIMIT 1"""
 
 
