@@ -18,7 +18,9 @@ from .db import connect, create_pool, create_query_pool
 from .migrations import migrate
 from .json_codec import dumps
 from .protocol import Dispatcher, internal_error, invalid_request
+from .pipeline_runner import PipelineRunner
 from .registry import build_dispatch_table
+from .sandbox_client import SandboxClient
 from .repositories.tenant_sql import is_superuser, setup_problems
 from .schemas import ValidatorCache
 from .server_secret import server_secret
@@ -134,11 +136,18 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
             log.error("execute_query is disabled: %s", "; ".join(query_problems))
         pool = await create_pool(database_url, settings)
         query_pool = await create_query_pool(database_url, settings)
+        sandbox = (SandboxClient(settings.sandbox_url, settings.sandbox_secret.encode())
+                   if settings.sandbox_secret else None)
+        runner = PipelineRunner(pool, sandbox, secret, settings.pipeline_queue_concurrency)
         app[STATE] = AppState(settings, pool, Shaper(settings.json_fields), ValidatorCache(),
                               Authenticator(secret, settings.anonymous_role,
                                             settings.auth_cache_ttl_s), DeniedLimiter(),
-                              QueryEnvironment(query_pool, query_problems, superuser))
+                              QueryEnvironment(query_pool, query_problems, superuser), runner)
+        runner.start()
         yield
+        await runner.stop()
+        if sandbox is not None:
+            await sandbox.close()
         await query_pool.close()
         await pool.close()
 

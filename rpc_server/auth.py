@@ -20,6 +20,8 @@ from uuid import UUID
 import asyncpg
 
 from .errors import Unauthenticated
+from .execution_tokens import PREFIX as EXECUTION_PREFIX, ExecutionClaims, InvalidToken
+from .execution_tokens import verify as verify_execution_token
 
 KEY_PREFIX = "fdb_"
 MAX_KEY_LENGTH = 200
@@ -41,6 +43,8 @@ class Principal:
     is_platform_admin: bool
     key_id: UUID | None = None
     expires_at: datetime | None = None
+    # Set for a pipeline run's execution token: one tenant, a capped role, a few methods.
+    run: ExecutionClaims | None = None
 
 
 ANONYMOUS_ADMIN = Principal(user_id=None, is_platform_admin=True)
@@ -101,6 +105,8 @@ class Authenticator:
             raise Unauthenticated()
         scheme, _, key = authorization.strip().partition(" ")
         key = key.strip()
+        if scheme.lower() == "bearer" and key.startswith(EXECUTION_PREFIX):
+            return await self._run_principal(pool, key)
         if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX) \
                 or len(key) > MAX_KEY_LENGTH:
             raise Unauthenticated("Invalid credentials: expected Authorization: Bearer fdb_…")
@@ -116,6 +122,21 @@ class Authenticator:
         if found.expires_at is not None and found.expires_at <= datetime.now(timezone.utc):
             raise Unauthenticated("API key expired")
         return found
+
+    async def _run_principal(self, pool: asyncpg.Pool, token: str) -> Principal:
+        """A pipeline run's token: valid signature, not expired, and its run still running
+        (checked on every call, so the token dies with the run)."""
+        try:
+            claims = verify_execution_token(self.secret, token)
+        except InvalidToken as exc:
+            raise Unauthenticated(f"Invalid execution token: {exc}") from None
+        status = await pool.fetchval(
+            "SELECT status FROM pipeline_runs WHERE tenant_id = $1 AND id = $2",
+            claims.tenant_id, claims.run_id)
+        if status != "running":
+            raise Unauthenticated("Execution token refused: its run is not running")
+        return Principal(claims.user_id, False, claims.key_id,
+                         datetime.fromtimestamp(claims.expires_at, timezone.utc), run=claims)
 
     @staticmethod
     async def _lookup(pool: asyncpg.Pool, digest: bytes) -> Principal | None:

@@ -1,4 +1,4 @@
-"""The `flexdb` command: serve, migrate."""
+"""The `flexdb` command: serve, migrate, create-key, sandbox."""
 from __future__ import annotations
 
 import argparse
@@ -71,7 +71,27 @@ def _create_key(settings: Settings, args) -> int:
     return 0
 
 
-COMMANDS = {"serve": _serve, "migrate": _migrate, "create-key": _create_key}
+def _sandbox(settings: Settings, args) -> int:
+    from aiohttp import web
+
+    from sandbox_worker.app import create_app
+
+    if not settings.sandbox_secret:
+        raise ConfigError("FLEXDB_SANDBOX_SECRET must be set (the same value as rpc_server's)")
+    app = create_app(settings)
+    base = f"http://{settings.sandbox_host}:{settings.sandbox_port}"
+
+    def banner(_message: str) -> None:
+        print(f"flexdb sandbox worker is up\n  runs:   POST {base}/runs (signed)\n"
+              f"  health: GET  {base}/health\n  calls back: {settings.rpc_url}", flush=True)
+
+    web.run_app(app, host=settings.sandbox_host, port=settings.sandbox_port, print=banner,
+                access_log=None, shutdown_timeout=15)
+    return 0
+
+
+COMMANDS = {"serve": _serve, "migrate": _migrate, "create-key": _create_key,
+            "sandbox": _sandbox}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the JSON-RPC server (applies migrations first)")
     sub.add_parser("migrate", help="apply pending migrations and exit")
+    sub.add_parser("sandbox", help="run the sandbox worker that executes pipeline code")
     key = sub.add_parser("create-key", help="print a new platform admin API key (run on the "
                          "server host to recover access)")
     key.add_argument("--admin", action="store_true", required=True,
@@ -92,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=settings.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per db call
     try:
         return COMMANDS[args.command](settings, args)
     except ConfigError as exc:

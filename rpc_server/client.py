@@ -92,8 +92,8 @@ class FlexDBClient:
         except httpx.HTTPError as exc:
             raise TransportError(f"cannot reach {self.url}: {exc!r}") from exc
 
-    async def _send(self, payload: Any) -> Any:
-        response = await self.post(payload)
+    async def _send(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+        response = await self.post(payload, headers)
         if response.status_code == 204:
             return None
         if response.status_code != 200:
@@ -103,12 +103,14 @@ class FlexDBClient:
         except ValueError as exc:
             raise TransportError("response is not JSON") from exc
 
-    async def call(self, method: str, params: dict | list | None = None) -> Any:
-        """Call one method; returns its result or raises an RpcError subclass."""
+    async def call(self, method: str, params: dict | list | None = None, *,
+                   headers: dict[str, str] | None = None) -> Any:
+        """Call one method; returns its result or raises an RpcError subclass. `headers`
+        are added to this request only (e.g. another Authorization)."""
         request = {"jsonrpc": "2.0", "method": method, "id": next(self._ids)}
         if params is not None:
             request["params"] = params
-        reply = await self._send(request)
+        reply = await self._send(request, headers)
         if not isinstance(reply, dict):
             raise TransportError("unexpected response shape")
         if "error" in reply:

@@ -45,6 +45,21 @@ class Settings(BaseModel):
                                 "(separate from the main pool, so analytics cannot starve it)")
     query_max_result_bytes: int = Field(8 * 1_048_576, ge=1024, le=256 * 1_048_576,
                                         description="Largest execute_query result (JSON bytes)")
+    sandbox_url: str = Field("http://127.0.0.1:5001", description="Where rpc_server reaches "
+                             "the sandbox worker")
+    sandbox_secret: str | None = Field(None, min_length=32, description="Shared secret that "
+                                       "signs rpc_server's requests to the sandbox worker; "
+                                       "unset = pipelines cannot run")
+    sandbox_host: str = Field("127.0.0.1", description="Address the sandbox worker binds to")
+    sandbox_port: int = Field(5001, ge=1, le=65535, description="Port of the sandbox worker")
+    rpc_url: str = Field("http://127.0.0.1:5000/jsonrpc", description="JSON-RPC endpoint the "
+                         "sandbox worker calls for pipelines' db calls")
+    sandbox_pool_size: int = Field(2, ge=0, le=64, description="Warm child processes kept "
+                                   "ready by the sandbox worker")
+    sandbox_max_running: int = Field(4, ge=1, le=256, description="Most runs at once in one "
+                                     "sandbox worker (beyond: busy)")
+    pipeline_queue_concurrency: int = Field(2, ge=0, le=64, description="Queued runs (wait: "
+                                            "false) one rpc_server executes at once (0 = none)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     migrations_dir: Path | None = Field(None, description="Override for the sql/ directory")
 

@@ -11,6 +11,7 @@ import asyncpg
 from . import audit
 from .auth import Authenticator, Principal
 from .config import Settings
+from .pipeline_runner import PipelineRunner
 from .repositories.audit import AuditRepository
 from .schemas import ValidatorCache
 from .shaping import Shaper
@@ -25,6 +26,7 @@ class AppState:
     auth: Authenticator
     denied: audit.DeniedLimiter
     query: "QueryEnvironment"
+    pipelines: PipelineRunner
 
 
 @dataclass
@@ -58,6 +60,8 @@ class RequestContext:
     async def role_in(self, tenant_id) -> str | None:
         """The caller's role in a tenant ("owner" for platform admins), None if none."""
         principal = await self.principal()
+        if principal.run is not None:  # an execution token: its own tenant, its capped role
+            return principal.run.role if principal.run.tenant_id == tenant_id else None
         if principal.is_platform_admin:
             return "owner"
         return await self.state.auth.role_in(self.state.pool, principal.user_id, tenant_id)

@@ -128,3 +128,10 @@ class Busy(RpcError):
 
     def __init__(self, message: str | None = None, retry_after: float = 1.0, **details: Any):
         super().__init__(message, retry_after=retry_after, **details)
+
+
+class PipelineFailed(RpcError):
+    """A pipeline run (wait: true) ended other than succeeded; data.run holds the record."""
+    code = PIPELINE_FAILED
+    type = "pipeline_failed"
+    default_message = "The pipeline run failed"

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from . import audit
 from .auth import ROLE_RANK, Permission
 from .context import Call
+from .execution_tokens import ALLOWED_METHODS as EXECUTION_METHODS
 from .errors import (INTERNAL_ERROR, Conflict, Forbidden, InvalidParams, NotFound, RpcError,
                      StatementTimeout, Unauthenticated, Unavailable)
 from .params import Params
@@ -131,10 +132,13 @@ async def record_denied(call: Call, denied: RpcError) -> None:
         log.exception("could not record a denied attempt (request_id=%s)", call.request_id)
 
 
-async def authorize(ctx, permission: Permission, params: Params) -> None:
+async def authorize(ctx, method: str, permission: Permission, params: Params) -> None:
     """Raise unless the caller may call a method with this permission on these params.
     A tenant the caller has no role in answers exactly like a missing tenant."""
     principal = await ctx.principal()
+    if principal.run is not None and method not in EXECUTION_METHODS:
+        raise Forbidden(f"A pipeline run's db object cannot call {method}",
+                        required_role="api_key")
     if permission.kind == "authenticated" or principal.is_platform_admin:
         return
     if permission.kind == "platform_admin":
@@ -172,7 +176,7 @@ def _make_callable(spec: MethodSpec) -> Callable:
         call = Call(ctx, spec.name, params, tenant_param)
         try:
             try:
-                await authorize(ctx, spec.permission, params)
+                await authorize(ctx, spec.name, spec.permission, params)
             except (Unauthenticated, Forbidden, NotFound) as denied:
                 await record_denied(call, denied)
                 raise

@@ -77,18 +77,27 @@ def database_url(pg_server_url):
         yield url
 
 
+TEST_SANDBOX_SECRET = "flexdb-test-sandbox-secret-0123456789abcdef"
+
+
 class ServerProcess:
-    def __init__(self, env: dict[str, str], cwd: Path):
-        self.port = free_port()
+    """`flexdb serve` (or, with command="sandbox", the sandbox worker) as a subprocess."""
+
+    def __init__(self, env: dict[str, str], cwd: Path, command: str = "serve",
+                 port: int | None = None):
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.url = self.base + "/jsonrpc"
-        self.log = tempfile.NamedTemporaryFile(prefix="flexdb-serve-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(prefix=f"flexdb-{command}-", suffix=".log",
+                                               delete=False)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXDB_")}
-        full_env.update({"FLEXDB_HOST": "127.0.0.1", "FLEXDB_PORT": str(self.port),
+        port_var = "FLEXDB_SANDBOX_PORT" if command == "sandbox" else "FLEXDB_PORT"
+        full_env.update({"FLEXDB_HOST": "127.0.0.1", port_var: str(self.port),
                          "FLEXDB_SECRET_KEY": TEST_SECRET}, **env)
         self.admin_key = None
-        self.proc = subprocess.Popen([sys.executable, "-m", "rpc_server", "serve"], env=full_env,
-                                     cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([sys.executable, "-m", "rpc_server", command],
+                                     env=full_env, cwd=cwd, stdout=self.log,
+                                     stderr=subprocess.STDOUT)
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -130,8 +139,8 @@ def admin_key(database_url: str, secret: str = TEST_SECRET) -> str:
 
 
 @contextmanager
-def running_server(env: dict[str, str], cwd: Path = ROOT):
-    server = ServerProcess(env, cwd)
+def running_server(env: dict[str, str], cwd: Path = ROOT, port: int | None = None):
+    server = ServerProcess(env, cwd, port=port)
     try:
         server.wait_ready()
         if "FLEXDB_DATABASE_URL" in env:
@@ -143,9 +152,34 @@ def running_server(env: dict[str, str], cwd: Path = ROOT):
         os.unlink(server.log.name)
 
 
+@contextmanager
+def running_sandbox(rpc_url: str, port: int | None = None, **env: str):
+    worker = ServerProcess({"FLEXDB_SANDBOX_SECRET": TEST_SANDBOX_SECRET,
+                            "FLEXDB_RPC_URL": rpc_url, **env}, ROOT, "sandbox", port)
+    try:
+        worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+        os.unlink(worker.log.name)
+
+
+@contextmanager
+def server_with_sandbox(database_url: str, **env: str):
+    """A `flexdb serve` and the sandbox worker it runs pipelines in, calling each other."""
+    server_port, sandbox_port = free_port(), free_port()
+    server_env = {"FLEXDB_DATABASE_URL": database_url,
+                  "FLEXDB_SANDBOX_URL": f"http://127.0.0.1:{sandbox_port}",
+                  "FLEXDB_SANDBOX_SECRET": TEST_SANDBOX_SECRET, **env}
+    with running_sandbox(f"http://127.0.0.1:{server_port}/jsonrpc", sandbox_port) as worker:
+        with running_server(server_env, port=server_port) as srv:
+            srv.sandbox = worker
+            yield srv
+
+
 @pytest.fixture(scope="session")
 def server(database_url):
-    with running_server({"FLEXDB_DATABASE_URL": database_url}) as srv:
+    with server_with_sandbox(database_url) as srv:
         yield srv
 
 

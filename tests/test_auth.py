@@ -42,7 +42,12 @@ EXPECTED = {
     "list_audit_events": "admin", "verify_audit_chain": "admin",
     "execute_query": "viewer", "query_nodes": "viewer", "traverse": "viewer",
     "shortest_path": "viewer",
+    "create_pipeline": "admin", "get_pipeline": "viewer", "update_pipeline": "admin",
+    "delete_pipeline": "admin", "list_pipelines": "viewer", "run_pipeline": "member",
+    "get_pipeline_run": "viewer", "list_pipeline_runs": "viewer",
+    "cancel_pipeline_run": "member",
 }
+TRIVIAL_PIPELINE = "def run(input, db):\n    return input\n"
 
 
 async def new_user(admin) -> tuple[dict, str]:
@@ -158,7 +163,25 @@ class World:
         if method == "shortest_path":
             a, b = await self.node(), await self.node()
             return {"tenant_id": t, "source_node_id": a["id"], "target_node_id": b["id"]}
+        if method == "create_pipeline":
+            return {"tenant_id": t, "name": unique("p"), "code": TRIVIAL_PIPELINE}
+        if method in ("get_pipeline", "update_pipeline", "delete_pipeline", "run_pipeline"):
+            pipeline = await self.pipeline()
+            if method == "run_pipeline":
+                return {"tenant_id": t, "pipeline_id": pipeline["id"], "input": 1}
+            extra = {"description": "d"} if method == "update_pipeline" else {}
+            return {"tenant_id": t, "id": pipeline["id"], **extra}
+        if method in ("list_pipelines", "list_pipeline_runs"):
+            return {"tenant_id": t}
+        if method in ("get_pipeline_run", "cancel_pipeline_run"):
+            run = await self.admin.call("run_pipeline", {
+                "tenant_id": t, "pipeline_id": (await self.pipeline())["id"], "wait": False})
+            return {"tenant_id": t, "id": run["run"]["id"]}
         raise AssertionError(f"no params for {method}: add it to World.params")
+
+    async def pipeline(self) -> dict:
+        return (await self.admin.call("create_pipeline", {
+            "tenant_id": self.tid, "name": unique("p"), "code": TRIVIAL_PIPELINE}))["pipeline"]
 
 
 async def outcome(client, method, params) -> str:

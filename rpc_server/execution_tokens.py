@@ -1,0 +1,86 @@
+"""Execution tokens: the credential a pipeline run's db calls carry (held by the sandbox
+worker, never by user code).
+
+    fdbx_<base64url(JSON claims)>.<base64url(HMAC-SHA256(key, claims))>
+
+The claims bind the token to one tenant, the caller (user and key), one run, a role no higher
+than the caller's, and an expiry at the run's deadline. The key is derived from the server
+secret, so every instance sharing FLEXDB_SECRET_KEY accepts the tokens of the others. The
+token is also refused once its run is no longer running (checked on every call)."""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass
+from uuid import UUID
+
+import orjson
+
+PREFIX = "fdbx_"
+MAX_LENGTH = 1024
+# What a run's `db` object may call: data reads and writes of the run's tenant.
+ALLOWED_METHODS = frozenset({
+    "get_node", "list_nodes", "create_node", "create_nodes", "update_node", "delete_node",
+    "get_relationship", "list_relationships", "create_relationship", "update_relationship",
+    "delete_relationship", "query_nodes", "traverse", "shortest_path", "execute_query"})
+
+
+class InvalidToken(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ExecutionClaims:
+    tenant_id: UUID
+    user_id: UUID | None
+    key_id: UUID | None
+    run_id: UUID
+    role: str
+    expires_at: float  # unix seconds
+
+
+def _key(secret: bytes) -> bytes:
+    return hmac.new(secret, b"flexdb execution token v1", hashlib.sha256).digest()
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def mint(secret: bytes, claims: ExecutionClaims) -> str:
+    body = orjson.dumps({"t": str(claims.tenant_id),
+                         "u": str(claims.user_id) if claims.user_id else None,
+                         "k": str(claims.key_id) if claims.key_id else None,
+                         "r": str(claims.run_id), "role": claims.role,
+                         "exp": round(claims.expires_at, 3)})
+    mac = hmac.new(_key(secret), body, hashlib.sha256).digest()
+    return f"{PREFIX}{_b64(body)}.{_b64(mac)}"
+
+
+def verify(secret: bytes, token: str, now: float | None = None) -> ExecutionClaims:
+    if not token.startswith(PREFIX) or len(token) > MAX_LENGTH:
+        raise InvalidToken("not an execution token")
+    try:
+        body_text, mac_text = token[len(PREFIX):].split(".")
+        body, mac = _unb64(body_text), _unb64(mac_text)
+    except (ValueError, binascii.Error):
+        raise InvalidToken("malformed execution token") from None
+    if not hmac.compare_digest(mac, hmac.new(_key(secret), body, hashlib.sha256).digest()):
+        raise InvalidToken("execution token signature does not match")
+    try:
+        raw = orjson.loads(body)
+        claims = ExecutionClaims(UUID(raw["t"]), UUID(raw["u"]) if raw["u"] else None,
+                                 UUID(raw["k"]) if raw["k"] else None, UUID(raw["r"]),
+                                 str(raw["role"]), float(raw["exp"]))
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise InvalidToken("malformed execution token") from None
+    if claims.expires_at <= (time.time() if now is None else now):
+        raise InvalidToken("execution token expired")
+    return claims

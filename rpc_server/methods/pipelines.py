@@ -1,0 +1,217 @@
+"""Pipeline group: stored Python pipelines (tenant admins manage them) and their runs
+(members start and cancel them). Code is compiled with RestrictedPython when saved; runs
+execute in the sandbox worker (see pipeline_runner.py and sandbox_worker/)."""
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, Field, StrictBool, StrictInt
+
+from sandbox_worker.policy import MAX_CODE_LENGTH, compile_pipeline
+
+from ..auth import tenant_role
+from ..errors import Busy, Conflict, InvalidParams, PipelineFailed
+from ..params import (Description, Id, Name, OptionalId, PaginationParam, Params, Version,
+                      contains_nul, zero_means)
+from ..registry import rpc_method
+from ..repositories.pipelines import PipelineRepository, PipelineRunRepository
+from .common import DELETED, changes_of, require_changes, require_tenant
+
+UPDATABLE = ("name", "description", "code", "timeout_ms", "memory_mb")
+MAX_TIMEOUT_MS = 60_000
+DEFAULT_TIMEOUT_MS = 10_000
+MAX_MEMORY_MB = 512
+DEFAULT_MEMORY_MB = 128
+MIN_MEMORY_MB = 16
+RUN_STATUSES = ("queued", "running", "succeeded", "failed", "timed_out", "cancelled")
+
+
+def _compiles(code: str) -> str:
+    _, errors = compile_pipeline(code)
+    if errors:
+        raise InvalidParams(errors=[
+            {"field": "code", "message": e.message,
+             **({"line": e.line} if e.line is not None else {}),
+             **({"column": e.column} if e.column is not None else {})} for e in errors[:20]])
+    return code
+
+
+def _json_input(value: Any) -> Any:
+    if contains_nul(value):
+        raise ValueError("must not contain the character U+0000")
+    return value
+
+
+Code = Annotated[str, Field(min_length=1, max_length=MAX_CODE_LENGTH)]
+TimeoutMs = Annotated[StrictInt, zero_means(DEFAULT_TIMEOUT_MS), Field(ge=100, le=MAX_TIMEOUT_MS)]
+MemoryMb = Annotated[StrictInt, zero_means(DEFAULT_MEMORY_MB),
+                     Field(ge=MIN_MEMORY_MB, le=MAX_MEMORY_MB)]
+
+
+class CreatePipeline(Params):
+    tenant_id: Id
+    name: Name
+    code: Code
+    description: Description = ""
+    timeout_ms: TimeoutMs = DEFAULT_TIMEOUT_MS
+    memory_mb: MemoryMb = DEFAULT_MEMORY_MB
+
+
+class PipelineId(Params):
+    id: Id
+    tenant_id: Id
+
+
+class UpdatePipeline(Params):
+    id: Id
+    tenant_id: Id
+    name: Name | None = None
+    description: Description | None = None
+    code: Code | None = None
+    timeout_ms: TimeoutMs | None = None
+    memory_mb: MemoryMb | None = None
+    expected_version: Version | None = None
+
+
+class ListPipelines(Params):
+    tenant_id: Id
+    pagination: PaginationParam
+
+
+class RunPipeline(Params):
+    tenant_id: Id
+    pipeline_id: Id
+    input: Annotated[Any, AfterValidator(_json_input)] = None
+    wait: StrictBool = True
+    debug_level: Literal["none", "basic", "verbose"] = "basic"
+
+
+class RunId(Params):
+    id: Id
+    tenant_id: Id
+
+
+class ListPipelineRuns(Params):
+    tenant_id: Id
+    status: Literal[RUN_STATUSES] | None = None  # type: ignore[valid-type]
+    pipeline_id: OptionalId = None
+    pagination: PaginationParam
+
+
+def _run(ctx, row) -> dict:
+    return ctx.shaper.one(row)
+
+
+@rpc_method(CreatePipeline, tenant_role("admin"))
+async def create_pipeline(ctx, p: CreatePipeline) -> dict:
+    """Save a pipeline: Python code defining run(input, db), checked when saved."""
+    _compiles(p.code)
+    async with ctx.transaction() as conn:
+        row = await PipelineRepository(conn).create(p.tenant_id, p.name, p.description, p.code,
+                                                    p.timeout_ms, p.memory_mb)
+        ctx.set_target("pipeline", row["id"])
+    return {"pipeline": ctx.shaper.one(row)}
+
+
+@rpc_method(PipelineId, tenant_role("viewer"))
+async def get_pipeline(ctx, p: PipelineId) -> dict:
+    """Get a pipeline with its code."""
+    async with ctx.connection() as conn:
+        row = await PipelineRepository(conn).get(p.tenant_id, p.id)
+    return {"pipeline": ctx.shaper.one(row)}
+
+
+@rpc_method(UpdatePipeline, tenant_role("admin"))
+async def update_pipeline(ctx, p: UpdatePipeline) -> dict:
+    """Change a pipeline's name, description, code or limits (code is checked again)."""
+    changes = changes_of(p, UPDATABLE)
+    require_changes(changes, UPDATABLE)
+    if "code" in changes:
+        _compiles(changes["code"])
+    async with ctx.transaction() as conn:
+        row = await PipelineRepository(conn).update(p.tenant_id, p.id, changes,
+                                                    p.expected_version)
+    return {"pipeline": ctx.shaper.one(row)}
+
+
+@rpc_method(PipelineId, tenant_role("admin"))
+async def delete_pipeline(ctx, p: PipelineId) -> dict:
+    """Delete a pipeline and its runs."""
+    async with ctx.transaction() as conn:
+        await PipelineRepository(conn).delete(p.tenant_id, p.id)
+    return DELETED
+
+
+@rpc_method(ListPipelines, tenant_role("viewer"))
+async def list_pipelines(ctx, p: ListPipelines) -> dict:
+    """List a tenant's pipelines."""
+    async with ctx.connection() as conn:
+        await require_tenant(ctx, conn, p.tenant_id)
+        page = await PipelineRepository(conn).list(p.tenant_id, p.pagination)
+    return ctx.shaper.page("pipelines", page)
+
+
+@rpc_method(RunPipeline, tenant_role("member"))
+async def run_pipeline(ctx, p: RunPipeline) -> dict:
+    """Run a pipeline: wait for its outcome (wait: true), or queue it and return at once."""
+    runner = ctx.state.pipelines
+    if not runner.enabled:
+        raise PipelineFailed("Pipelines are not enabled on this server (no sandbox worker "
+                             "configured: FLEXDB_SANDBOX_SECRET)", reason="disabled")
+    principal = await ctx.principal()
+    role = await ctx.role_in(p.tenant_id)
+    status = "running" if p.wait else "queued"
+    async with ctx.transaction() as conn:
+        pipeline = await PipelineRepository(conn).get(p.tenant_id, p.pipeline_id)
+        run = await PipelineRunRepository(conn).create(
+            pipeline, status, p.input, p.debug_level, principal.user_id, principal.key_id,
+            role, ctx.request_id)
+        ctx.set_target("pipeline_run", run["id"])
+    if not p.wait:
+        runner.wake.set()
+        return {"run": _run(ctx, run)}
+    finished, busy = await runner.execute(run)
+    if busy:
+        raise Busy("Every sandbox slot is in use; retry shortly", run_id=str(run["id"]))
+    if finished is None:  # cancelled while it ran
+        async with ctx.connection() as conn:
+            finished = await PipelineRunRepository(conn).get(p.tenant_id, run["id"])
+    shaped = _run(ctx, finished)
+    if finished["status"] != "succeeded":
+        error = finished["error"] or {}
+        raise PipelineFailed(f"The pipeline run {finished['status']}: "
+                             f"{error.get('message', 'no details')}", run=shaped)
+    return {"run": shaped}
+
+
+@rpc_method(RunId, tenant_role("viewer"))
+async def get_pipeline_run(ctx, p: RunId) -> dict:
+    """Get a run: status, input, result, error, output, timings and db operations."""
+    async with ctx.connection() as conn:
+        row = await PipelineRunRepository(conn).get(p.tenant_id, p.id)
+    return {"run": _run(ctx, row)}
+
+
+@rpc_method(ListPipelineRuns, tenant_role("viewer"))
+async def list_pipeline_runs(ctx, p: ListPipelineRuns) -> dict:
+    """List a tenant's runs, newest last, by status or pipeline."""
+    async with ctx.connection() as conn:
+        await require_tenant(ctx, conn, p.tenant_id)
+        page = await PipelineRunRepository(conn).list(p.tenant_id, p.pagination, p.status,
+                                                      p.pipeline_id)
+    return ctx.shaper.page("runs", page)
+
+
+@rpc_method(RunId, tenant_role("member"))
+async def cancel_pipeline_run(ctx, p: RunId) -> dict:
+    """Cancel a queued or running run (a finished one is left as it is: conflict)."""
+    async with ctx.transaction() as conn:
+        runs = PipelineRunRepository(conn)
+        row = await runs.cancel(p.tenant_id, p.id)
+        if row is None:
+            current = await runs.get(p.tenant_id, p.id)
+            raise Conflict(f"The run has already finished ({current['status']})",
+                           status=current["status"])
+        ctx.set_target("pipeline_run", p.id)
+    await ctx.state.pipelines.cancel(p.id)
+    return {"run": _run(ctx, row)}

@@ -1,0 +1,1 @@
+"""The sandbox worker: runs pipeline code in limited, single-use child processes."""

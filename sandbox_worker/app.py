@@ -1,0 +1,127 @@
+"""The sandbox worker's HTTP service (aiohttp): POST /runs executes a pipeline run in a fresh
+child process and answers with its outcome; POST /runs/{id}/cancel stops one; GET /health.
+Every request except /health must be signed by rpc_server (signing.py).
+
+The worker holds each run's execution token and the JSON-RPC client; the child only ever
+sees the code, the input and the answers to its db calls."""
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import orjson
+from aiohttp import web
+
+from rpc_server.client import FlexDBClient, RpcError, TransportError
+from rpc_server.config import Settings
+
+from .child import DB_METHODS
+from .pool import Busy, WarmPool, run_job
+from .signing import NonceCache, SignatureError, verify
+
+log = logging.getLogger(__name__)
+POOL = web.AppKey("pool", WarmPool)
+CLIENT = web.AppKey("client", FlexDBClient)
+RUNNING = web.AppKey("running", dict)
+MAX_BODY = 4 * 1024 * 1024
+MAX_OUTPUT = 64 * 1024
+MAX_RESULT = 1024 * 1024
+
+
+def _json(data, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+async def _signed_body(request: web.Request) -> bytes:
+    body = await request.read()
+    try:
+        verify(request.app["secret"], request.method, request.path, body, request.headers,
+               request.app["nonces"])
+    except SignatureError as exc:
+        raise web.HTTPUnauthorized(text=str(exc)) from None
+    return body
+
+
+def _job_from(body: bytes) -> dict:
+    try:
+        job = orjson.loads(body)
+        return {"run_id": str(job["run_id"]), "tenant_id": str(job["tenant_id"]),
+                "token": str(job["token"]), "code": str(job["code"]), "input": job.get("input"),
+                "timeout_ms": int(job["timeout_ms"]), "memory_mb": int(job["memory_mb"]),
+                "request_id": str(job.get("request_id", ""))[:128]}
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise web.HTTPBadRequest(text="bad job") from None
+
+
+async def handle_run(request: web.Request) -> web.Response:
+    job = _job_from(await _signed_body(request))
+    pool, client = request.app[POOL], request.app[CLIENT]
+    headers = {"Authorization": f"Bearer {job['token']}"}
+    if job["request_id"]:
+        headers["X-Request-ID"] = job["request_id"]
+
+    async def db_call(method: str, params: dict):
+        if method not in DB_METHODS:
+            return False, {"code": -32601, "message": f"db has no method {method!r}",
+                           "data": {"type": "method_not_found"}}
+        params = {**params, "tenant_id": job["tenant_id"]}  # the run's tenant, always
+        try:
+            return True, await client.call(method, params, headers=headers)
+        except RpcError as exc:
+            return False, {"code": exc.code, "message": exc.message, "data": exc.data}
+        except TransportError as exc:
+            return False, {"code": -32603, "message": f"flexdb unreachable: {exc}",
+                           "data": {"type": "unavailable"}}
+
+    try:
+        child = await pool.take()
+    except Busy:
+        return _json({"error": "busy", "message": "every sandbox slot is in use"}, 503)
+    cancelled = asyncio.Event()
+    request.app[RUNNING][job["run_id"]] = cancelled
+    try:
+        timeout_s = job["timeout_ms"] / 1000
+        child_job = {"code": job["code"], "input": job["input"],
+                     "cpu_s": max(1, int(timeout_s + 0.999)), "memory_mb": job["memory_mb"],
+                     "max_output": MAX_OUTPUT, "max_result": MAX_RESULT}
+        outcome = await run_job(child, child_job, db_call, timeout_s, cancelled)
+    finally:
+        request.app[RUNNING].pop(job["run_id"], None)
+        pool.give_back()
+    return _json(outcome.as_dict())
+
+
+async def handle_cancel(request: web.Request) -> web.Response:
+    await _signed_body(request)
+    event = request.app[RUNNING].get(request.match_info["run_id"])
+    if event is not None:
+        event.set()
+    return _json({"cancelled": event is not None})
+
+
+async def handle_health(request: web.Request) -> web.Response:
+    pool = request.app[POOL]
+    return _json({"status": "ok", "running": pool.running, "warm": pool.warm})
+
+
+def create_app(settings: Settings) -> web.Application:
+    if not settings.sandbox_secret:
+        raise ValueError("FLEXDB_SANDBOX_SECRET must be set for the sandbox worker")
+    app = web.Application(client_max_size=MAX_BODY)
+    app["secret"] = settings.sandbox_secret.encode()
+    app["nonces"] = NonceCache()
+    app[RUNNING] = {}
+
+    async def lifecycle(app: web.Application):
+        app[POOL] = WarmPool(settings.sandbox_pool_size, settings.sandbox_max_running)
+        await app[POOL].start()
+        app[CLIENT] = FlexDBClient(settings.rpc_url, timeout=30.0)
+        yield
+        await app[CLIENT].aclose()
+        await app[POOL].close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_post("/runs", handle_run)
+    app.router.add_post("/runs/{run_id}/cancel", handle_cancel)
+    app.router.add_get("/health", handle_health)
+    return app

@@ -1,0 +1,183 @@
+"""One pipeline run in a process of its own (started warm, used once, then gone).
+
+Protocol with the worker, JSON lines on stdin/stdout:
+  child -> worker  {"ready": true}                         once imports are done
+  worker -> child  {"code", "input", "cpu_s", "memory_mb", "max_output", "max_result"}
+  child -> worker  {"call": method, "params": {...}}        a db call ...
+  worker -> child  {"result": ...} | {"error": {...}}        ... and its answer
+  child -> worker  {"done": {"status", "result", "error", "output", "cpu_ms", "peak_memory_kb"}}
+
+Limits are set after the job arrives and before user code runs: CPU seconds, address space,
+no file writes, no new file descriptors, no new processes, no core dumps. The worker enforces
+the wall clock and kills the process when it runs over."""
+from __future__ import annotations
+
+import _strptime  # noqa: F401  (datetime.strptime imports it lazily: no file opens later)
+import json
+import os
+import resource
+import sys
+import traceback
+
+from sandbox_worker.policy import BoundedPrinter, compile_pipeline, make_globals
+
+PIPELINE_FILE = "<pipeline>"
+DB_METHODS = {
+    "get_node": ("id",), "list_nodes": (), "create_node": ("node_type_id", "data"),
+    "create_nodes": ("nodes",), "update_node": ("id", "data"), "delete_node": ("id",),
+    "get_relationship": ("id",), "list_relationships": (),
+    "create_relationship": ("source_node_id", "target_node_id", "relationship_type", "data"),
+    "update_relationship": ("id",), "delete_relationship": ("id",),
+    "query_nodes": ("filter",), "traverse": ("start_node_id",),
+    "shortest_path": ("source_node_id", "target_node_id"), "execute_query": ("sql", "params"),
+}
+
+
+class DbError(Exception):
+    """A db call the server refused; `code` and `kind` say why."""
+
+    def __init__(self, message, code=None, kind=None):
+        super().__init__(message)
+        self.code, self.kind = code, kind
+
+
+def make_db(call):
+    """The `db` object: public methods only; the channel lives in a closure, out of reach
+    (RestrictedPython refuses every `_` name, so __closure__ and friends too)."""
+
+    class Db:
+        __slots__ = ()
+
+    def bind(name, positional):
+        def method(self, *args, **kwargs):
+            if len(args) > len(positional):
+                raise TypeError(f"{name}() takes at most {len(positional)} positional "
+                                "arguments")
+            params = dict(zip(positional, args))
+            params.update(kwargs)
+            return call(name, params)
+        method.__name__ = name
+        return method
+
+    for name, positional in DB_METHODS.items():
+        setattr(Db, name, bind(name, positional))
+    return Db()
+
+
+class Channel:
+    def __init__(self, reader, writer):
+        self.reader, self.writer = reader, writer
+
+    def send(self, message: dict) -> None:
+        self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        self.writer.flush()
+
+    def receive(self) -> dict:
+        line = self.reader.readline()
+        if not line:
+            os._exit(3)  # the worker is gone
+        return json.loads(line)
+
+    def call(self, method: str, params: dict):
+        try:
+            self.send({"call": method, "params": params})
+        except (TypeError, ValueError) as exc:
+            raise DbError(f"{method}: params must be JSON ({exc})") from None
+        reply = self.receive()
+        if "error" in reply:
+            error = reply["error"]
+            raise DbError(error.get("message", "db call failed"), error.get("code"),
+                          (error.get("data") or {}).get("type"))
+        return reply["result"]
+
+
+def set_limits(cpu_s: int, memory_mb: int) -> None:
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
+    with open("/proc/self/statm") as statm:
+        current = int(statm.read().split()[0]) * resource.getpagesize()
+    space = current + memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (space, space))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (highest, highest))
+
+
+def user_traceback(exc: BaseException) -> str:
+    """The exception with the frames of the pipeline's own code only."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == PIPELINE_FILE]
+    lines = [f"  line {f.lineno}, in {f.name}" for f in frames]
+    message = f"{type(exc).__name__}: {exc}"
+    return "\n".join(["Traceback (pipeline code):", *lines, message]) if lines else message
+
+
+def usage() -> tuple[float, int]:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return round((ru.ru_utime + ru.ru_stime) * 1000, 3), ru.ru_maxrss
+
+
+def execute(job: dict, channel: Channel) -> dict:
+    printer = BoundedPrinter(job["max_output"])
+    code, errors = compile_pipeline(job["code"])
+    if errors:
+        return {"status": "failed", "error": {"type": "compile_error",
+                                              "message": errors[0].message}}
+    db = make_db(channel.call)
+    env = make_globals(printer)
+    env["DbError"] = DbError
+    try:
+        exec(code, env)  # noqa: S102 - restricted code object, restricted globals
+        result = env["run"](job["input"], db)
+        text = json.dumps(result, separators=(",", ":"), allow_nan=False)
+    except MemoryError:
+        return {"status": "failed", "error": {"type": "memory",
+                                              "message": "the run exceeded its memory limit"},
+                "output": printer.text()}
+    except RecursionError:
+        return {"status": "failed", "error": {"type": "recursion",
+                                              "message": "maximum recursion depth exceeded"},
+                "output": printer.text()}
+    except Exception as exc:  # noqa: BLE001 - user code's own errors
+        return {"status": "failed", "error": {"type": "exception",
+                                              "message": f"{type(exc).__name__}: {exc}",
+                                              "traceback": user_traceback(exc)},
+                "output": printer.text()}
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt raised by user code
+        return {"status": "failed", "error": {"type": "exception",
+                                              "message": type(exc).__name__},
+                "output": printer.text()}
+    if len(text) > job["max_result"]:
+        return {"status": "failed", "error": {"type": "result_too_large",
+                                              "message": f"the result is larger than "
+                                                         f"{job['max_result']} bytes"},
+                "output": printer.text()}
+    return {"status": "succeeded", "result": json.loads(text), "output": printer.text()}
+
+
+def main() -> None:
+    reader = os.fdopen(os.dup(0), "rb")
+    writer = os.fdopen(os.dup(1), "wb")
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):  # nothing user code does can reach the protocol pipes by accident
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    channel = Channel(reader, writer)
+    channel.send({"ready": True})
+    job = channel.receive()
+    sys.setrecursionlimit(400)
+    set_limits(job["cpu_s"], job["memory_mb"])
+    cpu_before, _ = usage()
+    outcome = execute(job, channel)
+    cpu_after, outcome["peak_memory_kb"] = usage()
+    outcome["cpu_ms"] = round(cpu_after - cpu_before, 3)
+    try:
+        channel.send({"done": outcome})
+    except (TypeError, ValueError, MemoryError):
+        channel.send({"done": {"status": "failed", "error": {
+            "type": "exception", "message": "the outcome could not be sent"}}})
+    os._exit(0)  # no cleanup of user objects (generators, finalizers) after the run
+
+
+if __name__ == "__main__":
+    main()

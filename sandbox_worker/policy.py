@@ -1,0 +1,246 @@
+"""What pipeline code may do: RestrictedPython's compile-time policy plus the run-time guards
+and the only names user code can reach.
+
+User code never gets a real module object (json, re, datetime ... reach sys and builtins
+through plain attributes): each allowed import is a fresh namespace of vetted functions and
+classes. Attribute access goes through safer_getattr_raise (no `_` names, no frame/code/
+generator internals, no str.format), items and iteration through guards, and writes only to
+objects the code created itself. No open/eval/exec/compile/globals/vars/type/getattr of
+private names, no class statements (no type creation), no printing to real files."""
+from __future__ import annotations
+
+import collections
+import datetime
+import decimal
+import fractions
+import functools
+import itertools
+import json
+import math
+import operator
+import random
+import re
+import statistics
+import string
+import sys
+from dataclasses import dataclass
+from types import SimpleNamespace
+
+from RestrictedPython import compile_restricted_exec, safe_builtins
+from RestrictedPython.Eval import default_guarded_getitem, default_guarded_getiter
+from RestrictedPython.Guards import (full_write_guard, guarded_iter_unpack_sequence,
+                                     guarded_unpack_sequence, safer_getattr_raise)
+from RestrictedPython.transformer import RestrictingNodeTransformer
+
+MAX_CODE_LENGTH = 100_000
+ENTRY_POINT = "run"
+LINE_COLUMN = re.compile(r"^Line (\d+)(?:, column (\d+))?: (.*)$", re.S)
+
+
+@dataclass(frozen=True)
+class CodeError:
+    line: int | None
+    column: int | None
+    message: str
+
+
+class PipelinePolicy(RestrictingNodeTransformer):
+    """RestrictedPython's policy, reporting columns too, and without class statements."""
+
+    def error(self, node, info):  # noqa: D401 - RestrictedPython's hook
+        line = getattr(node, "lineno", None)
+        column = getattr(node, "col_offset", None)
+        where = f"Line {line}" + (f", column {column + 1}" if column is not None else "")
+        self.errors.append(f"{where}: {info}")
+
+    def visit_ClassDef(self, node):
+        self.error(node, "class statements are not allowed (no new types)")
+        return node
+
+    def visit_AsyncFunctionDef(self, node):
+        self.error(node, "async functions are not allowed")
+        return node
+
+
+def _parse_error(text: str) -> CodeError:
+    match = LINE_COLUMN.match(text)
+    if not match:
+        return CodeError(None, None, text)
+    line, column, message = match.groups()
+    return CodeError(int(line), int(column) if column else None, message)
+
+
+def compile_pipeline(source: str):
+    """(code object, []) or (None, [CodeError ...]). The code must define run(input, db)."""
+    if len(source) > MAX_CODE_LENGTH:
+        return None, [CodeError(None, None, f"code is longer than {MAX_CODE_LENGTH} characters")]
+    if "\x00" in source:
+        return None, [CodeError(None, None, "code contains the character U+0000")]
+    try:
+        compile(source, "<pipeline>", "exec", dont_inherit=True)
+    except SyntaxError as exc:  # exact line and column for plain syntax errors
+        return None, [CodeError(exc.lineno, exc.offset, exc.msg)]
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return None, [CodeError(None, None, f"code cannot be compiled: {type(exc).__name__}")]
+    try:
+        result = compile_restricted_exec(source, filename="<pipeline>", policy=PipelinePolicy)
+    except (RecursionError, MemoryError) as exc:
+        return None, [CodeError(None, None, f"code cannot be compiled: {type(exc).__name__}")]
+    if result.errors:
+        return None, [_parse_error(e) for e in result.errors]
+    if not re.search(rf"^def {ENTRY_POINT}\s*\(", source, re.M):
+        return None, [CodeError(None, None, f"the code must define {ENTRY_POINT}(input, db) "
+                                            "at the top level")]
+    return result.code, []
+
+
+def _namespace(module, names) -> SimpleNamespace:
+    return SimpleNamespace(**{n: getattr(module, n) for n in names})
+
+
+def _public(module, exclude=()) -> list[str]:
+    return [n for n in dir(module) if not n.startswith("_") and n not in exclude
+            and not isinstance(getattr(module, n), type(math))]
+
+
+def allowed_modules() -> dict[str, SimpleNamespace]:
+    """Fresh namespaces, one per allowed import (made per run: nothing is shared)."""
+    rng = random.Random()
+    return {
+        "json": _namespace(json, ["loads", "dumps", "JSONDecodeError"]),
+        "math": _namespace(math, _public(math)),
+        "statistics": _namespace(statistics, [
+            "mean", "fmean", "geometric_mean", "harmonic_mean", "median", "median_low",
+            "median_high", "median_grouped", "mode", "multimode", "quantiles", "pstdev",
+            "pvariance", "stdev", "variance", "StatisticsError"]),
+        "datetime": _namespace(datetime, ["date", "datetime", "time", "timedelta", "timezone",
+                                          "MINYEAR", "MAXYEAR"]),
+        "re": _namespace(re, ["compile", "search", "match", "fullmatch", "split", "findall",
+                              "finditer", "sub", "subn", "escape", "error", "IGNORECASE", "I",
+                              "MULTILINE", "M", "DOTALL", "S", "VERBOSE", "X", "ASCII", "A"]),
+        "itertools": _namespace(itertools, _public(itertools)),
+        "collections": _namespace(collections, ["Counter", "defaultdict", "OrderedDict",
+                                                "deque", "ChainMap"]),
+        "functools": _namespace(functools, ["reduce", "partial", "cmp_to_key", "lru_cache",
+                                            "cache"]),
+        "decimal": _namespace(decimal, ["Decimal", "InvalidOperation", "DivisionByZero",
+                                        "ROUND_HALF_UP", "ROUND_HALF_EVEN", "ROUND_DOWN",
+                                        "ROUND_UP", "ROUND_FLOOR", "ROUND_CEILING"]),
+        "fractions": _namespace(fractions, ["Fraction"]),
+        "random": SimpleNamespace(**{n: getattr(rng, n) for n in [
+            "random", "randint", "randrange", "choice", "choices", "shuffle", "sample",
+            "uniform", "gauss", "seed"]}),
+        "string": _namespace(string, ["ascii_letters", "ascii_lowercase", "ascii_uppercase",
+                                      "digits", "hexdigits", "octdigits", "punctuation",
+                                      "printable", "whitespace", "capwords"]),
+    }
+
+
+class BoundedPrinter:
+    """print() output, kept up to a size; the rest is counted and dropped."""
+
+    def __init__(self, limit: int):
+        self.limit, self.parts, self.size, self.dropped = limit, [], 0, 0
+
+    def write(self, text: str) -> None:
+        text = str(text)
+        room = self.limit - self.size
+        if room > 0:
+            self.parts.append(text[:room])
+            self.size += min(len(text), room)
+        self.dropped += max(0, len(text) - max(room, 0))
+
+    def text(self) -> str:
+        suffix = f"\n[output truncated: {self.dropped} more characters]" if self.dropped else ""
+        return "".join(self.parts) + suffix
+
+
+def _print_factory(printer: BoundedPrinter):
+    class _Collector:
+        """What RestrictedPython's print() calls: writes go to the run's bounded output."""
+
+        def __init__(self, _getattr_=None):
+            pass
+
+        def __call__(self):
+            return printer.text()
+
+        def _call_print(self, *objects, sep=" ", end="\n", **_ignored):
+            printer.write(str(sep).join(str(o) for o in objects) + str(end))
+
+    return _Collector
+
+
+# Modules the standard library's C code imports lazily through the current builtins
+# (datetime.strptime imports _strptime). Pipeline code cannot name them: RestrictedPython
+# refuses every name that starts with "_".
+INTERNAL_IMPORTS = ("_strptime",)
+
+
+def _guarded_import(modules: dict):
+    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if name in INTERNAL_IMPORTS and name in sys.modules:
+            return sys.modules[name]
+        if level != 0 or name not in modules:
+            raise ImportError(f"import of {name!r} is not allowed; allowed: "
+                              + ", ".join(sorted(modules)))
+        return modules[name]
+    return guarded_import
+
+
+def _guarded_getattr(obj, name, *default):
+    if isinstance(obj, SimpleNamespace) and name not in vars(obj):
+        if default:
+            return default[0]
+        raise AttributeError(f"{name!r} is not available here")
+    if default:
+        try:
+            return safer_getattr_raise(obj, name)
+        except AttributeError:
+            return default[0]
+    return safer_getattr_raise(obj, name)
+
+
+INPLACE = {"+=": operator.iadd, "-=": operator.isub, "*=": operator.imul,
+           "/=": operator.itruediv, "//=": operator.ifloordiv, "%=": operator.imod,
+           "**=": operator.ipow, "<<=": operator.ilshift, ">>=": operator.irshift,
+           "&=": operator.iand, "|=": operator.ior, "^=": operator.ixor}
+
+
+def _inplace(op: str, x, y):
+    return INPLACE[op](x, y)
+
+
+SAFE_EXTRA_BUILTINS = {
+    "list": list, "dict": dict, "tuple": tuple, "set": set, "frozenset": frozenset,
+    "min": min, "max": max, "sum": sum, "sorted": sorted, "reversed": reversed,
+    "enumerate": enumerate, "zip": zip, "map": map, "filter": filter, "any": any, "all": all,
+    "iter": iter, "next": next, "bytes": bytes, "bin": bin,
+}
+
+
+def make_globals(printer: BoundedPrinter) -> dict:
+    """The globals a run executes in: safe builtins, guards, allowed imports, nothing else."""
+    builtins = {k: v for k, v in safe_builtins.items()
+                if k not in ("setattr", "delattr", "__build_class__", "_getattr_", "id")}
+    builtins.update(SAFE_EXTRA_BUILTINS)
+    modules = allowed_modules()
+    builtins["__import__"] = _guarded_import(modules)
+    builtins["getattr"] = _guarded_getattr
+    builtins["hasattr"] = lambda obj, name: _guarded_getattr(obj, name, _MISSING) is not _MISSING
+    return {
+        "__builtins__": builtins,
+        "__name__": "pipeline",
+        "_getattr_": _guarded_getattr,
+        "_getitem_": default_guarded_getitem,
+        "_getiter_": default_guarded_getiter,
+        "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
+        "_unpack_sequence_": guarded_unpack_sequence,
+        "_write_": full_write_guard,
+        "_inplacevar_": _inplace,
+        "_print_": _print_factory(printer),
+        "_apply_": lambda f, *a, **kw: f(*a, **kw),
+    }
+
+
+_MISSING = object()
