@@ -12,12 +12,16 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Awaitable, Callable
 
 log = logging.getLogger(__name__)
 LINE_LIMIT = 16 * 1024 * 1024  # the largest message a child may send (a db call, the result)
 MAX_DB_CALLS = 10_000
 MAX_RECORDED_OPERATIONS = 1_000
+# Where sandbox_worker itself lives, however the project was installed.
+CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
+             "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 
 DbCall = Callable[[str, dict], Awaitable[tuple[bool, object]]]
 
@@ -44,9 +48,11 @@ class Child:
 
 
 async def start_child() -> Child:
+    # A bare environment (no secrets of the worker's) and no working directory of ours.
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "sandbox_worker.child", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, limit=LINE_LIMIT)
+        sys.executable, "-s", "-m", "sandbox_worker.child", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, limit=LINE_LIMIT,
+        env=CHILD_ENV, cwd="/")
     child = Child(process)
     ready = await child.receive()
     if ready != {"ready": True}:
