@@ -21,6 +21,7 @@ from .protocol import Dispatcher, internal_error, invalid_request
 from .pipeline_runner import PipelineRunner
 from .registry import build_dispatch_table
 from .sandbox_client import SandboxClient
+from .tenant_limits import TenantLimiter
 from .repositories.tenant_sql import is_superuser, setup_problems
 from .schemas import ValidatorCache
 from .server_secret import server_secret
@@ -142,7 +143,9 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         app[STATE] = AppState(settings, pool, Shaper(settings.json_fields), ValidatorCache(),
                               Authenticator(secret, settings.anonymous_role,
                                             settings.auth_cache_ttl_s), DeniedLimiter(),
-                              QueryEnvironment(query_pool, query_problems, superuser), runner)
+                              QueryEnvironment(query_pool, query_problems, superuser,
+                                               TenantLimiter(settings.query_tenant_concurrency,
+                                                             settings.db_connect_timeout_s)), runner)
         runner.start()
         yield
         await runner.stop()

@@ -41,8 +41,11 @@ class Settings(BaseModel):
         "none", description="Role of callers that send no credentials (trusted networks only)")
     auth_cache_ttl_s: float = Field(5.0, ge=0, le=300, description="Seconds a verified key or "
                                     "a membership is trusted before it is read again")
-    query_pool_max: int = Field(4, ge=1, le=100, description="Connections for execute_query "
+    query_pool_max: int = Field(8, ge=1, le=100, description="Connections for execute_query "
                                 "(separate from the main pool, so analytics cannot starve it)")
+    query_tenant_concurrency: int = Field(2, ge=1, le=100, description="execute_query calls "
+                                          "and graph walks one tenant may run at once on one "
+                                          "server (more wait; past the connect timeout: busy)")
     query_max_result_bytes: int = Field(8 * 1_048_576, ge=1024, le=256 * 1_048_576,
                                         description="Largest execute_query result (JSON bytes)")
     sandbox_url: str = Field("http://127.0.0.1:5001", description="Where rpc_server reaches "

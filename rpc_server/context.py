@@ -15,6 +15,7 @@ from .pipeline_runner import PipelineRunner
 from .repositories.audit import AuditRepository
 from .schemas import ValidatorCache
 from .shaping import Shaper
+from .tenant_limits import TenantLimiter
 
 
 @dataclass
@@ -31,11 +32,13 @@ class AppState:
 
 @dataclass
 class QueryEnvironment:
-    """What execute_query runs on: its own pool, and whether the database is set up to run
-    tenant SQL safely (`problems` empty) and lets us cap temp files (superuser only)."""
+    """What heavy calls (execute_query, graph walks) run on: their own pool and a per-tenant
+    limit; whether the database is set up to run tenant SQL safely (`problems` empty) and
+    lets us cap temp files (superuser only)."""
     pool: asyncpg.Pool
     problems: list[str]
     limit_temp_files: bool
+    per_tenant: TenantLimiter
 
 
 @dataclass

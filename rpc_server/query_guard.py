@@ -37,6 +37,7 @@ DENIED_FUNCTIONS = {
     "set_config", "pg_notify", "loread", "lowrite", "pg_stat_file", "txid_current",
     "pg_current_xact_id", "pg_export_snapshot", "pg_reload_conf", "pg_rotate_logfile",
     "pg_promote", "pg_current_logfile", "pg_switch_wal", "pg_checkpoint",
+    "ts_stat", "ts_rewrite",  # they run SQL given as a string
 }
 DENIED_PREFIXES = (
     "lo_",                                  # large objects
@@ -101,6 +102,8 @@ def _closing_quote(text: str, quote: str, backslash_escapes: bool) -> int:
 def _ambiguous(token, prev: str, next_token) -> str | None:
     """Why sqlparse and PostgreSQL may read this token differently, or None."""
     value, ttype = token.value, token.ttype
+    if ttype in T.Error:
+        return f"{value[:10]!r} cannot be read unambiguously outside a literal or quoted name"
     if ttype in T.Comment.Multiline and "/*" in value[2:]:
         return "nested block comments are not accepted"
     if ttype in T.Comment.Single and not value.startswith("--"):

@@ -16,12 +16,15 @@ from uuid import UUID
 
 import asyncpg
 import orjson
+from asyncpg.pgproto.types import BitString, Path
 
 INT_TYPES = {"int2", "int4", "int8", "oid"}
 FLOAT_TYPES = {"float4", "float8"}
 TEXT_TYPES = {"text", "varchar", "bpchar", "name", "unknown", "char", "citext"}
 
 
+# numeric holds up to 131072 digits before the point and 16383 after it.
+NUMERIC_MAX_EXPONENT, NUMERIC_MIN_EXPONENT = 131072, -16383
 PG_SPECIAL_FLOATS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
@@ -48,13 +51,13 @@ def _timestamp(value: Any, with_zone: bool) -> datetime:
         raise ParamError("must be an ISO 8601 timestamp string")
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ParamError("must be an ISO 8601 timestamp string") from None
-    if with_zone and parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    if not with_zone and parsed.tzinfo is not None:
-        parsed = parsed.astimezone(timezone.utc).replace(tzinfo=None)
-    return parsed
+        if with_zone and parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        if parsed.tzinfo is not None:  # asyncpg sends it in UTC: it must fit there too
+            parsed = parsed.astimezone(timezone.utc)
+        return parsed if with_zone else parsed.replace(tzinfo=None)
+    except (ValueError, OverflowError):
+        raise ParamError("must be an ISO 8601 timestamp string within years 1-9999") from None
 
 
 def _coerce(value: Any, name: str) -> Any:
@@ -82,9 +85,13 @@ def _coerce(value: Any, name: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ParamError("must be a number (or a string holding one)")
         try:
-            return Decimal(str(value))
+            number = Decimal(str(value))
         except InvalidOperation:
             raise ParamError("must be a number (or a string holding one)") from None
+        if number.is_finite() and not NUMERIC_MIN_EXPONENT <= number.adjusted() \
+                < NUMERIC_MAX_EXPONENT:
+            raise ParamError("is outside the range of PostgreSQL's numeric")
+        return number
     if name == "uuid":
         try:
             return UUID(_string(value, "a UUID string"))
@@ -157,8 +164,14 @@ def json_safe(value: Any) -> Any:
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple, asyncpg.Record)):
         return [json_safe(v) for v in value]
+    if isinstance(value, Path):  # path and polygon
+        return {"points": [json_safe(p) for p in value.points], "closed": value.is_closed}
     if isinstance(value, asyncpg.Range):
         return {"lower": json_safe(value.lower), "upper": json_safe(value.upper),
                 "lower_inc": value.lower_inc, "upper_inc": value.upper_inc,
                 "empty": value.isempty}
-    return str(value)  # uuid, inet, cidr, macaddr, bit strings, geometric types, ...
+    if isinstance(value, BitString):
+        return value.as_string()
+    text = str(value)  # uuid, inet, cidr, macaddr, ...
+    # Never an object's default repr (it carries a memory address).
+    return f"<{type(value).__name__}>" if " object at 0x" in text else text

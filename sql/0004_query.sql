@@ -89,8 +89,9 @@ GRANT SELECT ON flexdb_query.node_types, flexdb_query.nodes, flexdb_query.relati
 
 -- Server functions a tenant's statement must never reach, even when the text check is
 -- fooled: changing settings (the ticket, the role, timeouts), running SQL from a string
--- (query_to_xml and friends execute a query inside a SELECT), large objects (they can be
--- created even in a READ ONLY transaction), NOTIFY, and files. Superusers (the server's
+-- (query_to_xml and friends, ts_stat, ts_rewrite execute a query inside a SELECT), large
+-- objects (they can be created even in a READ ONLY transaction), NOTIFY, files, sleeping,
+-- advisory locks and using up transaction ids. Superusers (the server's
 -- usual role) are not affected by these revokes; a server role that is not a superuser
 -- keeps them through an explicit grant.
 DO $$
@@ -109,8 +110,10 @@ BEGIN
                              'schema_to_xml_and_xmlschema', 'database_to_xml',
                              'database_to_xmlschema', 'database_to_xml_and_xmlschema',
                              'pg_read_file', 'pg_read_binary_file', 'pg_stat_file',
-                             'pg_ls_dir')
-               OR p.proname LIKE 'lo\_%')
+                             'pg_ls_dir', 'ts_stat', 'ts_rewrite', 'txid_current',
+                             'pg_current_xact_id', 'pg_export_snapshot')
+               OR p.proname LIKE 'lo\_%' OR p.proname LIKE 'pg\_sleep%'
+               OR p.proname LIKE 'pg\_advisory%' OR p.proname LIKE 'pg\_try\_advisory%')
     LOOP
         BEGIN
             EXECUTE format('REVOKE EXECUTE ON FUNCTION %s FROM PUBLIC', fn);
@@ -123,6 +126,21 @@ BEGIN
         END;
     END LOOP;
 END $$;
+
+-- Stops a tenant statement inside PostgreSQL once its rows add up to more than the caller
+-- may receive, before they are sent (SQLSTATE 54000).
+CREATE FUNCTION flexdb_query.within_result_limit(bytes numeric, max_bytes bigint)
+RETURNS boolean LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog AS $$
+BEGIN
+    IF bytes > max_bytes THEN
+        RAISE EXCEPTION 'the result is larger than % bytes', max_bytes
+            USING ERRCODE = 'program_limit_exceeded';
+    END IF;
+    RETURN true;
+END
+$$;
+REVOKE ALL ON FUNCTION flexdb_query.within_result_limit(numeric, bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION flexdb_query.within_result_limit(numeric, bigint) TO flexdb_query;
 
 -- Rejected statements are recorded in the audit trail too.
 ALTER TABLE audit_events DROP CONSTRAINT audit_events_outcome_check;

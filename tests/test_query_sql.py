@@ -231,6 +231,9 @@ GATE_REFUSES = [
     "SELECT \"a\\\", pg_sleep(10), \"b\"",           # backslash in a quoted identifier
     "SELECT E'\\\\', pg_sleep(10) --'",                # escaped backslash, then a quote
     "SELECT $\u0436$ ' $\u0436$, pg_sleep(10) --'",     # a dollar tag sqlparse does not know
+    "SELECT 1 AS \u20ac$x$, pg_sleep(10) AS b\u20ac$x$",  # non-ASCII before a dollar quote
+    "SELECT * FROM ts_stat('select to_tsvector(pg_sleep(10)::text)')",  # SQL in a string
+    "SELECT ts_rewrite('a'::tsquery, 'SELECT ''a''::tsquery, ''b''::tsquery')",
     "sElEcT 1 ; dElEtE fRoM nodes",
     "SELECT (DELETE FROM nodes)",
     "",
@@ -309,6 +312,10 @@ DATABASE_REFUSES = {
     "SELECT * FROM flexdb_private.query_ticket_key": "42501",
     "SELECT flexdb_private.query_ticket(gen_random_uuid())": "42501",
     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity": "42501",
+    "SELECT pg_sleep(30)": "42501",
+    "SELECT pg_advisory_lock(4242)": "42501",
+    "SELECT txid_current()": "42501",
+    "SELECT * FROM ts_stat('select to_tsvector(txid_current()::text)')": "42501",
 }
 
 
@@ -326,15 +333,20 @@ async def test_the_database_stops_sleep_and_runaway_work_without_the_gate(rpc, q
     w = await make_world(rpc)
     started = time.monotonic()
     with pytest.raises(asyncpg.QueryCanceledError):
-        await run_direct(query_pool, w["a"]["tenant"], "SELECT pg_sleep(30)", timeout_ms=300)
+        await run_direct(query_pool, w["a"]["tenant"],
+                         "SELECT count(*) FROM generate_series(1, 1e11)", timeout_ms=300)
     assert time.monotonic() - started < 5
 
 
 async def test_nothing_outlives_a_statement_on_the_query_pool(rpc, query_pool, database_url):
-    """Advisory locks and settings taken by a statement are gone once the connection is
-    back in the pool (the pool's reset), even with the gate bypassed."""
+    """Session state left on a query connection (here taken directly, as the query role can
+    no longer take advisory locks or change settings) is gone once the connection is back
+    in the pool: the pool's reset is a layer of its own."""
     w = await make_world(rpc)
-    await run_direct(query_pool, w["a"]["tenant"], "SELECT pg_advisory_lock(4242)")
+    async with query_pool.acquire() as conn:
+        await conn.execute("SELECT pg_advisory_lock(4242)")
+        await conn.execute("SET work_mem = '77MB'")
+    await run_direct(query_pool, w["a"]["tenant"], "SELECT 1")
     observer = await asyncpg.connect(database_url)
     try:
         held = await observer.fetchval(
@@ -346,6 +358,7 @@ async def test_nothing_outlives_a_statement_on_the_query_pool(rpc, query_pool, d
         assert await conn.fetchval("SELECT current_user") != "flexdb_query"
         assert await conn.fetchval("SELECT current_setting('flexdb.query_ticket', true)") \
             in (None, "")
+        assert await conn.fetchval("SELECT current_setting('work_mem')") != "77MB"
 
 
 async def test_views_show_nothing_without_a_valid_ticket(rpc, database_url):
@@ -462,9 +475,56 @@ async def test_runaway_statements_end_with_a_timeout_and_the_server_keeps_servin
 
 async def test_oversized_results_are_refused(rpc):
     w = await make_world(rpc)
-    exc = await rejected(rpc, w["a"]["tenant"],
-                         "SELECT repeat('x', 1000000) FROM generate_series(1, 20)")
+    t = w["a"]["tenant"]
+    exc = await rejected(rpc, t, "SELECT repeat('x', 1000000) FROM generate_series(1, 20)")
     assert exc.data["type"] == "too_many_rows" and exc.data["max_bytes"] > 0
+    # Rows of 100 MB are stopped inside PostgreSQL, before any is sent to the server.
+    exc = await rejected(rpc, t, "SELECT repeat('x', 100000000) FROM generate_series(1, 3)")
+    assert exc.data["type"] == "too_many_rows"
+    assert (await query(rpc, t, "SELECT 1"))["rows"] == [[1]]
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT '4713-01-01 BC'::date",
+    "SELECT '200000-01-01'::date",
+    "SELECT '24:00:00'::time",
+    "SELECT interval '1 day' * 1e9",
+    "SELECT (repeat('[', 300) || repeat(']', 300))::jsonb",
+])
+async def test_values_json_cannot_hold_are_rejections_not_internal_errors(rpc, sql):
+    w = await make_world(rpc)
+    exc = await rejected(rpc, w["a"]["tenant"], sql)
+    assert exc.code == -32006
+
+
+async def test_parameters_out_of_range_are_invalid_params(rpc):
+    w = await make_world(rpc)
+    t = w["a"]["tenant"]
+    for sql, value in (("SELECT $1::numeric = 0", "1e131072"),
+                       ("SELECT $1::timestamp", "0001-01-01T00:00:00+14:00")):
+        with pytest.raises(InvalidParams):
+            await query(rpc, t, sql, value)
+
+
+async def test_geometric_values_do_not_leak_addresses(rpc):
+    w = await make_world(rpc)
+    result = await query(rpc, w["a"]["tenant"],
+                         "SELECT path '((0,0),(1,1))', polygon '((0,0),(1,1),(1,0))', B'101'")
+    assert "0x" not in str(result["rows"])
+    assert result["rows"][0][0] == {"points": [[0.0, 0.0], [1.0, 1.0]], "closed": True}
+    assert result["rows"][0][2] == "101"
+
+
+async def test_one_tenant_cannot_hold_up_another(rpc):
+    w = await make_world(rpc)
+    a, b = w["a"]["tenant"], w["b"]["tenant"]
+    slow = [asyncio.create_task(query(rpc, a, "SELECT count(*) FROM generate_series(1, 1e10)",
+                                      timeout_ms=3000)) for _ in range(8)]
+    await asyncio.sleep(0.5)
+    started = time.monotonic()
+    assert (await query(rpc, b, "SELECT count(*) FROM nodes"))["rows"] == [[3]]
+    assert time.monotonic() - started < 2.5  # B ran while A's statements were still running
+    await asyncio.gather(*slow, return_exceptions=True)
 
 
 async def test_slow_queries_do_not_starve_other_calls(rpc):

@@ -1,13 +1,14 @@
 """Graph traversal over relationships: everything reachable from a node, and shortest paths."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from contextlib import asynccontextmanager
+from typing import Annotated, AsyncIterator, Literal
 
 import asyncpg
 from pydantic import BeforeValidator, Field, StrictInt
 
 from ..auth import tenant_role
-from ..errors import QueryRejected
+from ..errors import Busy, QueryRejected
 from ..params import Id, Params, RelationshipType, zero_means
 from ..registry import rpc_method
 from ..repositories import NodeRepository
@@ -48,6 +49,23 @@ class ShortestPath(Params):
     timeout_ms: TimeoutMs = 5000
 
 
+@asynccontextmanager
+async def walk_connection(ctx, tenant_id) -> AsyncIterator[asyncpg.Connection]:
+    """Walks run on the query pool, within the tenant's limit of heavy calls, so that long
+    walks can never take the connections every other method needs."""
+    env = ctx.state.query
+    async with env.per_tenant.slot(tenant_id):
+        try:
+            conn = await env.pool.acquire(timeout=ctx.state.settings.db_connect_timeout_s)
+        except TimeoutError:
+            raise Busy("Too many queries and walks are running on this server; retry "
+                       "shortly") from None
+        try:
+            yield conn
+        finally:
+            await env.pool.release(conn)
+
+
 def _timed_out(timeout_ms: int) -> QueryRejected:
     return QueryRejected(f"The traversal ran longer than {timeout_ms} ms and was cancelled: "
                          "lower max_depth or filter by relationship_types", type="timeout",
@@ -68,7 +86,7 @@ async def traverse(ctx, p: Traverse) -> dict:
     """Nodes reachable from a start node within max_depth hops, nearest first, each with its
     depth and one shortest path of relationship ids."""
     try:
-        async with ctx.connection() as conn:
+        async with walk_connection(ctx, p.tenant_id) as conn:
             await NodeRepository(conn).get(p.tenant_id, p.start_node_id)
             rows = await GraphRepository(conn).traverse(
                 p.tenant_id, p.start_node_id, p.direction, p.relationship_types, p.max_depth,
@@ -89,7 +107,7 @@ async def traverse(ctx, p: Traverse) -> dict:
 async def shortest_path(ctx, p: ShortestPath) -> dict:
     """One shortest path between two nodes within max_depth hops, or null."""
     try:
-        async with ctx.connection() as conn:
+        async with walk_connection(ctx, p.tenant_id) as conn:
             nodes = NodeRepository(conn)
             await nodes.get(p.tenant_id, p.source_node_id)
             await nodes.get(p.tenant_id, p.target_node_id)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 import asyncpg
@@ -16,12 +17,16 @@ from ..params import Id, OptionalId, PaginationParam, Params, contains_nul, zero
 from ..query_values import ParamError
 from ..registry import UNAVAILABLE_ERRORS, rpc_method
 from ..repositories import NodeRepository
-from ..repositories.tenant_sql import ResultTooLarge, TenantSqlRepository
+from ..repositories.tenant_sql import (RESULT_LIMIT_MESSAGE, WRAP_PREFIX, ResultTooLarge,
+                                      TenantSqlRepository)
 from .common import require_tenant
 
 MAX_QUERY_PARAMS = 100
+# The gate's parsing threads, apart from the default executor (and bounded by the per-tenant
+# limit in front of them).
+GATE_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flexdb-sql-gate")
 ClientDataError = asyncpg_base.DataError  # not asyncpg.DataError: that is SQLSTATE class 22
-WRAPPER_PREFIX = len("SELECT * FROM (\n")
+WRAPPER_PREFIX = len(WRAP_PREFIX)
 
 
 def _no_nul(values: list) -> list:
@@ -53,7 +58,7 @@ def _database_refusal(exc: asyncpg.PostgresError) -> QueryRejected:
     position = getattr(exc, "position", None)
     if position and str(position).isdigit() and int(position) > WRAPPER_PREFIX:
         details["position"] = int(position) - WRAPPER_PREFIX  # in the caller's text
-    return QueryRejected(f"The database refused the statement: {exc.message}", **details)
+    return QueryRejected(f"The database refused the statement: {exc.message or exc}", **details)
 
 
 async def _run(ctx, p: ExecuteQuery) -> dict:
@@ -63,7 +68,8 @@ async def _run(ctx, p: ExecuteQuery) -> dict:
                             "set up to run tenant SQL safely (see the server log)")
     try:
         # In a thread: parsing a long statement must not hold up the event loop.
-        statement = await asyncio.to_thread(query_guard.check, p.sql)
+        statement = await asyncio.get_running_loop().run_in_executor(GATE_THREADS,
+                                                                     query_guard.check, p.sql)
     except query_guard.GateRejection as exc:
         raise QueryRejected(f"Statement not allowed: {exc}", layer="gate") from None
     settings = ctx.state.settings
@@ -82,6 +88,12 @@ async def _run(ctx, p: ExecuteQuery) -> dict:
     except (asyncpg.QueryCanceledError, TimeoutError):
         raise QueryRejected(f"The statement ran longer than {p.timeout_ms} ms and was "
                             "cancelled", type="timeout", timeout_ms=p.timeout_ms) from None
+    except asyncpg.ProgramLimitExceededError as exc:
+        if RESULT_LIMIT_MESSAGE not in (exc.message or ""):
+            raise _database_refusal(exc) from None
+        limit = settings.query_max_result_bytes
+        raise QueryRejected(f"The result is larger than {limit} bytes: select fewer rows or "
+                            "columns", type="too_many_rows", max_bytes=limit) from None
     except ResultTooLarge:
         limit = settings.query_max_result_bytes
         raise QueryRejected(f"The result is larger than {limit} bytes: select fewer rows or "
@@ -92,10 +104,12 @@ async def _run(ctx, p: ExecuteQuery) -> dict:
         raise _database_refusal(exc) from None
     except ClientDataError as exc:  # a parameter asyncpg could not encode
         raise InvalidParams.field("params", str(exc)) from None
-    except (asyncpg.InterfaceError, asyncpg.InternalClientError):
-        # e.g. a column of a pseudo-type such as anyarray (pg_stats), which has no codec
-        raise QueryRejected("The result could not be read: cast columns of unusual types "
-                            "to text (col::text)") from None
+    except (asyncpg.InterfaceError, asyncpg.InternalClientError, ValueError, OverflowError,
+            TypeError, RecursionError):
+        # A column of a pseudo-type such as anyarray (pg_stats) has no codec; dates outside
+        # years 1-9999, JSON nested past what can be written back, and the like.
+        raise QueryRejected("The result could not be read as JSON: cast unusual columns to "
+                            "text (col::text)") from None
     finally:
         await env.pool.release(conn)
     return {"columns": result.columns, "rows": result.rows, "row_count": len(result.rows),
@@ -107,8 +121,9 @@ async def execute_query(ctx, p: ExecuteQuery) -> dict:
     """Run one read-only SQL statement over the tenant's nodes, node_types and
     relationships views."""
     try:
-        result = await _run(ctx, p)
-    except (QueryRejected, InvalidParams) as exc:
+        async with ctx.state.query.per_tenant.slot(p.tenant_id):
+            result = await _run(ctx, p)
+    except (QueryRejected, InvalidParams, Busy) as exc:
         await ctx.log_event("rejected", rejection=exc.data["type"])
         raise
     await ctx.log_event("ok", row_count=result["row_count"])

@@ -89,9 +89,9 @@ class NodeRepository(Repository):
             if sort.column:
                 last = args.add(parse_token_time(text), "timestamptz")
             else:
-                try:
-                    orjson.loads(text)
-                except orjson.JSONDecodeError:
+                try:  # re-written by orjson: a value PostgreSQL cannot hold is refused here
+                    text = orjson.dumps(orjson.loads(text)).decode()
+                except (orjson.JSONDecodeError, orjson.JSONEncodeError):
                     raise invalid_token() from None
                 if "\\u0000" in text:
                     raise invalid_token()

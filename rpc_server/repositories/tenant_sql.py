@@ -30,7 +30,7 @@ SETUP = ("SELECT set_config('flexdb.query_ticket', flexdb_private.query_ticket($
 SETUP_TEMP_LIMIT = SETUP + f", set_config('temp_file_limit', '{TEMP_FILE_LIMIT}', true)"
 # Last, and alone: from here on the connection acts as the restricted role.
 ENTER_ROLE = f"SET LOCAL ROLE {QUERY_ROLE}"
-FETCH_BATCH = 500
+FETCH_BATCH = 100
 # The statement timeout ends a slow statement in the server; this ends a call whose fetches
 # together run too long, or a server that does not answer.
 CLIENT_GRACE_S = 2.0
@@ -54,9 +54,20 @@ class QueryResult:
     duration_ms: float = 0.0
 
 
-def wrap(sql: str, max_rows: int) -> str:
-    # Newlines keep a trailing -- comment of the caller's from swallowing the parenthesis.
-    return f"SELECT * FROM (\n{sql}\n) AS flexdb_result LIMIT {int(max_rows) + 1}"
+WRAP_PREFIX = ("SELECT * FROM (SELECT t.*, sum(pg_column_size(t.*)) OVER "
+               "(ROWS UNBOUNDED PRECEDING) AS flexdb_bytes FROM (\n")
+SIZE_COLUMN = "flexdb_bytes"
+RESULT_LIMIT_MESSAGE = "the result is larger than"
+
+
+def wrap(sql: str, max_rows: int, max_bytes: int) -> str:
+    """The caller's statement as a subquery: one query only, at most max_rows + 1 rows, and
+    PostgreSQL itself stops (SQLSTATE 54000) once the rows add up to more than max_bytes, so
+    an oversized result is never sent. Newlines keep a trailing -- comment of the caller's
+    from swallowing the parenthesis."""
+    return (f"{WRAP_PREFIX}{sql}\n) AS t) AS flexdb_result WHERE "
+            f"flexdb_query.within_result_limit(flexdb_result.{SIZE_COLUMN}, {int(max_bytes)}) "
+            f"LIMIT {int(max_rows) + 1}")
 
 
 async def setup_problems(conn: asyncpg.Connection) -> list[str]:
@@ -106,18 +117,18 @@ class TenantSqlRepository:
             # know with a query that calls set_config, which the query role may not. With
             # no statement cache asyncpg sends the text again with the execution, so it is
             # parsed, planned and run as the query role.
-            statement = await self.conn.prepare(wrap(sql, max_rows))
+            statement = await self.conn.prepare(wrap(sql, max_rows, max_bytes))
             await self.conn.execute(ENTER_ROLE)
             args = coerce_params(params, statement.get_parameters())
             result = QueryResult([{"name": a.name, "type": type_name(a.type)}
-                                  for a in statement.get_attributes()])
+                                  for a in statement.get_attributes()[:-1]])  # not ours
             size = 0
             async for record in statement.cursor(*args, prefetch=min(max_rows + 1,
                                                                       FETCH_BATCH)):
                 if len(result.rows) == max_rows:
                     result.truncated = True
                     break
-                row = [json_safe(v) for v in record]
+                row = [json_safe(v) for v in record.values()][:-1]
                 size += len(orjson.dumps(row))
                 if size > max_bytes:
                     raise ResultTooLarge()
