@@ -1,6 +1,6 @@
-"""One pipeline run in a process of its own (started warm, used once, then gone).
+"""One pipeline run in a process of its own (forked warm by the zygote, used once, then gone).
 
-Protocol with the worker, JSON lines on stdin/stdout:
+Protocol with the worker, JSON lines over the child's own socket:
   child -> worker  {"ready": true}                         once imports are done
   worker -> child  {"code", "input", "cpu_s", "memory_mb", "max_output", "max_result"}
   child -> worker  {"call": method, "params": {...}}        a db call ...
@@ -12,7 +12,7 @@ no file writes, no new file descriptors, no new processes, no core dumps. The wo
 the wall clock and kills the process when it runs over."""
 from __future__ import annotations
 
-import _strptime  # noqa: F401  (datetime.strptime imports it lazily: no file opens later)
+import _strptime  # noqa: F401 - datetime.strptime imports it lazily: no file opens later
 import json
 import os
 import resource
@@ -155,11 +155,10 @@ def execute(job: dict, channel: Channel) -> dict:
     return {"status": "succeeded", "result": json.loads(text), "output": printer.text()}
 
 
-def main() -> None:
-    reader = os.fdopen(os.dup(0), "rb")
-    writer = os.fdopen(os.dup(1), "wb")
+def serve_one(reader, writer) -> None:
+    """Announce readiness, take one job, run it, report, and end the process."""
     devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):  # nothing user code does can reach the protocol pipes by accident
+    for fd in (0, 1, 2):  # nothing user code does can reach the protocol channel by accident
         os.dup2(devnull, fd)
     os.close(devnull)
     channel = Channel(reader, writer)
@@ -177,6 +176,11 @@ def main() -> None:
         channel.send({"done": {"status": "failed", "error": {
             "type": "exception", "message": "the outcome could not be sent"}}})
     os._exit(0)  # no cleanup of user objects (generators, finalizers) after the run
+
+
+def main() -> None:
+    """A child started on its own, talking over stdin/stdout."""
+    serve_one(os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb"))
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """Warm child processes and the run of one job in one of them.
 
-A few children are started ahead (Python and the policy already imported), each is used for
-exactly one run and then discarded; the pool refills in the background. Beyond
-`max_running` runs at once the worker answers busy instead of queueing."""
+Children are forked by the zygote (zygote.py), which has Python and the policy imported
+already. A few are kept forked ahead; each is used for exactly one run and then killed; the
+pool refills in the background. Beyond `max_running` runs at once the worker answers busy
+instead of queueing."""
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
@@ -19,7 +23,8 @@ log = logging.getLogger(__name__)
 LINE_LIMIT = 16 * 1024 * 1024  # the largest message a child may send (a db call, the result)
 MAX_DB_CALLS = 10_000
 MAX_RECORDED_OPERATIONS = 1_000
-# Where sandbox_worker itself lives, however the project was installed.
+# A bare environment (no secrets of the worker's), with sandbox_worker importable however
+# the project was installed.
 CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
              "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
 
@@ -30,35 +35,126 @@ class Busy(Exception):
     pass
 
 
-@dataclass
+class ZygoteGone(Exception):
+    pass
+
+
 class Child:
-    process: asyncio.subprocess.Process
+    """One forked child: its protocol socket and, from the zygote, its exit status."""
+
+    def __init__(self, pid: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 exited: asyncio.Future):
+        self.pid, self.reader, self.writer, self._exited = pid, reader, writer, exited
+        self.returncode: int | None = None
 
     async def send(self, message: dict) -> None:
-        self.process.stdin.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
-        await self.process.stdin.drain()
+        self.writer.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        await self.writer.drain()
 
     async def receive(self) -> dict | None:
-        line = await self.process.stdout.readline()
+        line = await self.reader.readline()
         return json.loads(line) if line else None
 
     def kill(self) -> None:
-        if self.process.returncode is None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    async def wait(self) -> int:
+        self.returncode = await self._exited
+        self.writer.close()
+        return self.returncode
+
+
+class Zygote:
+    """The worker's side of the zygote (zygote.py): ask for forks, hear about exits."""
+
+    def __init__(self):
+        self.process: asyncio.subprocess.Process | None = None
+        self._sock: socket.socket | None = None
+        self._forks: deque[asyncio.Future] = deque()
+        self._exits: dict[int, asyncio.Future] = {}
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None \
+            and self._sock is not None
+
+    async def start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-s", "-m", "sandbox_worker.zygote", str(theirs.fileno()),
+                pass_fds=[theirs.fileno()], env=CHILD_ENV, cwd="/",
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL)
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self._sock = ours
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_message)
+
+    def _exit_future(self, pid: int) -> asyncio.Future:
+        if pid not in self._exits:
+            self._exits[pid] = asyncio.get_running_loop().create_future()
+        return self._exits[pid]
+
+    def _on_message(self) -> None:
+        while self._sock is not None:
+            try:
+                message, fds, _, _ = socket.recv_fds(self._sock, 4096, 1)
+            except BlockingIOError:
+                return
+            if not message:
+                self._gone()
+                return
+            data = json.loads(message)
+            if "forked" in data and self._forks:
+                future = self._forks.popleft()
+                if future.done():
+                    os.close(fds[0])
+                else:
+                    future.set_result((data["forked"], fds[0]))
+            elif "exited" in data:
+                future = self._exits.pop(data["exited"], None)
+                if future is None:  # exited before anyone asked: keep the status
+                    future = self._exit_future(data["exited"])
+                if not future.done():
+                    future.set_result(data["status"])
+
+    def _gone(self) -> None:
+        asyncio.get_running_loop().remove_reader(self._sock.fileno())
+        self._sock.close()
+        self._sock = None
+        for future in [*self._forks, *self._exits.values()]:
+            if not future.done():
+                future.set_exception(ZygoteGone())
+        self._forks.clear()
+
+    async def fork(self) -> Child:
+        if not self.alive:
+            raise ZygoteGone()
+        future = asyncio.get_running_loop().create_future()
+        self._forks.append(future)
+        self._sock.send(b"fork")
+        pid, fd = await asyncio.wait_for(future, 10)
+        exited = self._exit_future(pid)
+        reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd),
+                                                            limit=LINE_LIMIT)
+        child = Child(pid, reader, writer, exited)
+        if await child.receive() != {"ready": True}:
+            child.kill()
+            raise RuntimeError("sandbox child did not start")
+        return child
+
+    async def close(self) -> None:
+        if self._sock is not None:
+            self._gone()
+        if self.process is not None and self.process.returncode is None:
             self.process.kill()
-
-
-async def start_child() -> Child:
-    # A bare environment (no secrets of the worker's) and no working directory of ours.
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-s", "-m", "sandbox_worker.child", stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, limit=LINE_LIMIT,
-        env=CHILD_ENV, cwd="/")
-    child = Child(process)
-    ready = await child.receive()
-    if ready != {"ready": True}:
-        child.kill()
-        raise RuntimeError("sandbox child did not start")
-    return child
+            await self.process.wait()
 
 
 @dataclass
@@ -80,8 +176,16 @@ class WarmPool:
     def __init__(self, size: int, max_running: int):
         self.size, self.max_running = size, max_running
         self.running = 0
+        self.zygote = Zygote()
         self._warm: list[Child] = []
         self._refilling: set[asyncio.Task] = set()
+
+    async def _new_child(self) -> Child:
+        if not self.zygote.alive:  # first use, or the zygote died: start a new one
+            await self.zygote.close()
+            self.zygote = Zygote()
+            await self.zygote.start()
+        return await self.zygote.fork()
 
     @property
     def warm(self) -> int:
@@ -93,7 +197,7 @@ class WarmPool:
     async def _fill(self) -> None:
         while len(self._warm) < self.size:
             try:
-                self._warm.append(await start_child())
+                self._warm.append(await self._new_child())
             except Exception:  # noqa: BLE001 - keep serving with what we have
                 log.exception("could not start a sandbox child")
                 return
@@ -108,7 +212,7 @@ class WarmPool:
             raise Busy()
         self.running += 1
         try:
-            child = self._warm.pop() if self._warm else await start_child()
+            child = self._warm.pop() if self._warm else await self._new_child()
         except BaseException:
             self.running -= 1
             raise
@@ -124,6 +228,7 @@ class WarmPool:
         for child in self._warm:
             child.kill()
         self._warm.clear()
+        await self.zygote.close()
 
 
 async def run_job(child: Child, job: dict, db_call: DbCall, timeout_s: float,
@@ -139,7 +244,7 @@ async def run_job(child: Child, job: dict, db_call: DbCall, timeout_s: float,
         while True:
             message = await child.receive()
             if message is None:
-                await child.process.wait()
+                await child.wait()
                 return _died(child)
             if "done" in message:
                 done = message["done"]
@@ -181,16 +286,16 @@ async def run_job(child: Child, job: dict, db_call: DbCall, timeout_s: float,
             task.cancel()
         child.kill()
         try:
-            await asyncio.wait_for(child.process.wait(), 5)
-        except asyncio.TimeoutError:
-            log.error("a sandbox child did not exit after SIGKILL")
+            await asyncio.wait_for(child.wait(), 5)
+        except (asyncio.TimeoutError, ZygoteGone):
+            log.error("no exit status for sandbox child %s", child.pid)
     outcome.duration_ms = round((time.perf_counter() - started) * 1000, 3)
     outcome.db_operations = operations
     return outcome
 
 
 def _died(child: Child) -> Outcome:
-    code = child.process.returncode
+    code = child.returncode
     if code in (-signal.SIGXCPU, -signal.SIGKILL):
         return Outcome("timed_out", error={"type": "cpu_limit",
                                            "message": "the run used up its CPU time"})

@@ -371,6 +371,9 @@ def main() -> None:
             running_server({"FLEXDB_DATABASE_URL": db_url,
                             "FLEXDB_DB_POOL_MAX": str(args.pool),
                             "FLEXDB_QUERY_POOL_MAX": str(args.query_pool),
+                            # One tenant here stands for the load of many: lift the
+                            # per-tenant limit to the concurrency measured.
+                            "FLEXDB_QUERY_TENANT_CONCURRENCY": str(args.concurrency),
                             "FLEXDB_LOG_LEVEL": "WARNING"}) as srv:
         asyncio.run(run(srv.url, srv.admin_key, db_url, args, started))
 

