@@ -5,6 +5,8 @@ tokens, and who may do what. Escapes and resource abuse live in test_sandbox_esc
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import signal
 import time
 import uuid
@@ -19,7 +21,8 @@ from rpc_server.client import (Conflict, FlexDBClient, Forbidden, InvalidParams,
 from rpc_server.execution_tokens import ALLOWED_METHODS, ExecutionClaims, mint, verify
 from rpc_server.pipeline_runner import PipelineRunner, token_role
 
-from .conftest import (TEST_SECRET, fresh_database, missing_id, own_user_id,
+from .conftest import (TEST_SANDBOX_SECRET, TEST_SECRET, free_port, fresh_database,
+                       missing_id, own_user_id, running_sandbox, running_server,
                        server_with_sandbox, unique)
 from .test_auth import World, new_user
 
@@ -553,7 +556,8 @@ async def test_an_uncaught_db_error_fails_the_run_and_keeps_earlier_writes(rpc, 
     assert failed["status"] == "failed" and failed["result"] is None
     assert failed["error"]["type"] == "exception"
     assert failed["error"]["message"].startswith("DbError: ")
-    assert "line 3, in run" in failed["error"]["traceback"]
+    assert failed["error"]["traceback"].splitlines()[1:-1] == ["  line 3, in run"]
+    assert "/" not in failed["error"]["traceback"]
     assert [(op["method"], op["ok"]) for op in failed["db_operations"]] == [
         ("create_node", True), ("create_node", False)]
     nodes = (await rpc.call("list_nodes", {"tenant_id": t}))["nodes"]
@@ -672,6 +676,60 @@ async def test_results_that_are_not_json_fail_the_run(rpc, tenant):
         assert words.lower() in failed["error"]["message"].lower()
     pipeline = await make_pipeline(rpc, t, "def run(input, db):\n    return {'t': (1, 2)}\n")
     assert (await run(rpc, t, pipeline["id"]))["result"] == {"t": [1, 2]}
+
+
+NUL_IN_OUTCOME = {
+    "result": "return 'a\\x00b'",
+    "result_key": "return {'k\\x00': 1}",
+    "output": "print('a\\x00b')\n    return 1",
+    "error_message": "raise ValueError('x\\x00y')",
+}
+
+
+@pytest.mark.xfail(reason="BUG: a U+0000 in a run's result, output or error message cannot be "
+                          "stored (PipelineRunRepository.finish fails in PostgreSQL): wait: "
+                          "true answers -32602 'params: contains a character the database "
+                          "cannot store' and the run stays 'running' until the interrupted "
+                          "sweep", strict=True)
+@pytest.mark.parametrize("case", sorted(NUL_IN_OUTCOME))
+async def test_a_nul_in_what_a_run_produces_is_recorded(rpc, tenant, case):
+    t = tenant["id"]
+    pipeline = await make_pipeline(rpc, t, f"def run(input, db):\n    {NUL_IN_OUTCOME[case]}\n",
+                                   timeout_ms=1000)
+    try:
+        answered = await run(rpc, t, pipeline["id"])
+    except PipelineFailed as exc:  # failing the run is fine; not recording it is not
+        answered = exc.data["run"]
+    stored = await get_run(rpc, t, answered["id"])
+    assert stored["status"] in ("succeeded", "failed")
+    assert stored["finished_at"] is not None and stored["duration_ms"] is not None
+
+
+WORKER_UNSENDABLE = {
+    "int_beyond_64_bits": "return 2 ** 64",
+    "lone_surrogate_result": "return '\\ud800'",
+    "lone_surrogate_output": "print('\\ud800')\n    return 1",
+}
+
+
+@pytest.mark.xfail(reason="BUG: sandbox_worker/app.py handle_run serializes the outcome with "
+                          "orjson, which refuses ints beyond 64 bits and lone surrogates: the "
+                          "worker answers HTTP 500 and the run is recorded as failed "
+                          "'sandbox_unavailable' (the worker 'cannot be reached'), its output "
+                          "and timings lost", strict=True)
+@pytest.mark.parametrize("case", sorted(WORKER_UNSENDABLE))
+async def test_a_result_the_worker_cannot_encode_is_the_runs_own_failure(rpc, tenant, case):
+    t = tenant["id"]
+    pipeline = await make_pipeline(rpc, t,
+                                   f"def run(input, db):\n    {WORKER_UNSENDABLE[case]}\n")
+    try:
+        answered = await run(rpc, t, pipeline["id"])
+    except PipelineFailed as exc:
+        answered = exc.data["run"]
+    assert answered["status"] in ("succeeded", "failed")
+    if answered["status"] == "failed":
+        assert answered["error"]["type"] not in ("sandbox_unavailable", "crashed")
+    assert answered["duration_ms"] is not None and answered["cpu_ms"] is not None
 
 
 async def test_get_and_list_runs_with_filters_and_pagination(rpc, tenant):
@@ -838,6 +896,38 @@ async def test_cancel_a_run_someone_is_waiting_for(server, rpc, tenant):
     assert (answered["id"], answered["status"]) == (running[0]["id"], "cancelled")
     assert "cancelled" in exc.value.message
     assert (await get_run(rpc, t, answered["id"]))["status"] == "cancelled"
+
+
+@pytest.mark.xfail(reason="BUG: sandbox_worker/app.py handle_run registers a run in "
+                          "app[RUNNING] only after pool.take() has started a child; a cancel "
+                          "arriving before that (cold pool, or before the POST /runs) finds "
+                          "nothing and is dropped, so the child spins to its timeout holding a "
+                          "slot and a wait: true caller is answered only then", strict=True)
+def test_a_cancel_while_the_worker_starts_the_child_stops_the_run(pg_server_url):
+    async def cancel_at_once(srv):
+        async with FlexDBClient(srv.url, api_key=srv.admin_key) as c:
+            t = (await c.call("create_tenant", {"slug": unique("c"), "name": "C"}))["tenant"][
+                "id"]
+            pipeline = await make_pipeline(c, t, SPIN, timeout_ms=3000)
+            waiting = asyncio.ensure_future(run(c, t, pipeline["id"], "w"))
+            while not (running := await all_runs(c, t, status="running")):
+                await asyncio.sleep(0.01)
+            started = time.monotonic()
+            await c.call("cancel_pipeline_run", {"tenant_id": t, "id": running[0]["id"]})
+            with pytest.raises(PipelineFailed) as exc:
+                await waiting
+            assert exc.value.data["run"]["status"] == "cancelled"
+            assert time.monotonic() - started < 1.5, "the cancel did not stop the run"
+
+    with fresh_database(pg_server_url) as url:
+        server_port, sandbox_port = free_port(), free_port()
+        with running_sandbox(f"http://127.0.0.1:{server_port}/jsonrpc", sandbox_port,
+                             FLEXDB_SANDBOX_POOL_SIZE="2"):  # every run starts a child
+            with running_server({"FLEXDB_DATABASE_URL": url,
+                                 "FLEXDB_SANDBOX_URL": f"http://127.0.0.1:{sandbox_port}",
+                                 "FLEXDB_SANDBOX_SECRET": TEST_SANDBOX_SECRET},
+                                port=server_port) as srv:
+                asyncio.run(cancel_at_once(srv))
 
 
 async def test_a_finished_run_cannot_be_cancelled(rpc, tenant):
@@ -1113,9 +1203,9 @@ async def test_refused_tokens(scene, idle):
     params = {"tenant_id": scene.a, "id": scene.node[scene.a]}
     header, payload = token_for(good).split(".")
 
-    def tampered_role() -> str:
-        import base64, json
-        body = json.loads(base64.urlsafe_b64decode(header[5:] + "=" * (-len(header[5:]) % 4)))
+    def tampered_role() -> str:  # the claims say owner, the signature is the member's
+        encoded = header[len("fdbx_"):]
+        body = json.loads(base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)))
         body["role"] = "owner"
         raw = base64.urlsafe_b64encode(json.dumps(body).encode()).decode().rstrip("=")
         return f"fdbx_{raw}.{payload}"
