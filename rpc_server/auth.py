@@ -12,7 +12,7 @@ import hmac
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Literal
 from uuid import UUID
@@ -130,11 +130,29 @@ class Authenticator:
             claims = verify_execution_token(self.secret, token)
         except InvalidToken as exc:
             raise Unauthenticated(f"Invalid execution token: {exc}") from None
-        status = await pool.fetchval(
-            "SELECT status FROM pipeline_runs WHERE tenant_id = $1 AND id = $2",
-            claims.tenant_id, claims.run_id)
-        if status != "running":
+        # The run must still be running, and the caller still hold the key and the role:
+        # a key revoked or a member removed mid-run stops the run's access at once.
+        row = await pool.fetchrow(
+            "SELECT r.status, "
+            "  (SELECT k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now()) "
+            "   FROM api_keys k WHERE k.id = $3) AS key_ok, "
+            "  (SELECT u.is_platform_admin FROM users u WHERE u.id = $4) AS is_admin, "
+            "  (SELECT m.role FROM tenant_users m WHERE m.tenant_id = $1 AND m.user_id = $4 "
+            "   AND m.status = 'active') AS role "
+            "FROM pipeline_runs r WHERE r.tenant_id = $1 AND r.id = $2",
+            claims.tenant_id, claims.run_id, claims.key_id, claims.user_id)
+        if row is None or row["status"] != "running":
             raise Unauthenticated("Execution token refused: its run is not running")
+        if claims.key_id is not None and not row["key_ok"]:
+            raise Unauthenticated("Execution token refused: the caller's API key was revoked "
+                                  "or has expired")
+        if claims.user_id is not None and not row["is_admin"]:
+            current = row["role"]
+            if current is None:
+                raise Unauthenticated("Execution token refused: the caller is no longer a "
+                                      "member of the tenant")
+            if ROLE_RANK[current] < ROLE_RANK[claims.role]:
+                claims = replace(claims, role=current)  # demoted mid-run: the lower role
         return Principal(claims.user_id, False, claims.key_id,
                          datetime.fromtimestamp(claims.expires_at, timezone.utc), run=claims)
 

@@ -42,6 +42,7 @@ UNIQUE_CONFLICTS = {
     "users_email_key": ("email", "a user with this email already exists"),
     "node_types_name_key": ("name", "a node type with this name already exists in the tenant"),
     "tenant_users_pkey": ("user_id", "the user is already a member of this tenant"),
+    "pipelines_name_key": ("name", "a pipeline with this name already exists in the tenant"),
 }
 MISSING_REFERENCES = {
     "node_types_tenant_id_fkey": "tenant",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import orjson
 from aiohttp import web
@@ -23,6 +24,9 @@ log = logging.getLogger(__name__)
 POOL = web.AppKey("pool", WarmPool)
 CLIENT = web.AppKey("client", FlexDBClient)
 RUNNING = web.AppKey("running", dict)
+EARLY_CANCELS = web.AppKey("early_cancels", dict)
+EARLY_CANCEL_TTL_S = 120.0
+MAX_EARLY_CANCELS = 10_000
 MAX_BODY = 4 * 1024 * 1024
 MAX_OUTPUT = 64 * 1024
 MAX_RESULT = 1024 * 1024
@@ -30,6 +34,15 @@ MAX_RESULT = 1024 * 1024
 
 def _json(data, status: int = 200) -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _outcome_response(outcome) -> web.Response:
+    try:
+        return _json(outcome.as_dict())
+    except (TypeError, ValueError):  # the child's checks should make this impossible
+        return _json({"status": "failed", "error": {
+            "type": "result_not_storable", "message": "the run's result could not be encoded"},
+            "duration_ms": outcome.duration_ms, "db_operations": outcome.db_operations})
 
 
 async def _signed_body(request: web.Request) -> bytes:
@@ -73,12 +86,16 @@ async def handle_run(request: web.Request) -> web.Response:
             return False, {"code": -32603, "message": f"flexdb unreachable: {exc}",
                            "data": {"type": "unavailable"}}
 
+    # Registered before a child is taken: a cancel may arrive while it is being forked.
+    cancelled = asyncio.Event()
+    request.app[RUNNING][job["run_id"]] = cancelled
+    if request.app[EARLY_CANCELS].pop(job["run_id"], None) is not None:
+        cancelled.set()
     try:
         child = await pool.take()
     except Busy:
+        request.app[RUNNING].pop(job["run_id"], None)
         return _json({"error": "busy", "message": "every sandbox slot is in use"}, 503)
-    cancelled = asyncio.Event()
-    request.app[RUNNING][job["run_id"]] = cancelled
     try:
         timeout_s = job["timeout_ms"] / 1000
         child_job = {"code": job["code"], "input": job["input"],
@@ -88,14 +105,22 @@ async def handle_run(request: web.Request) -> web.Response:
     finally:
         request.app[RUNNING].pop(job["run_id"], None)
         pool.give_back()
-    return _json(outcome.as_dict())
+    return _outcome_response(outcome)
 
 
 async def handle_cancel(request: web.Request) -> web.Response:
     await _signed_body(request)
-    event = request.app[RUNNING].get(request.match_info["run_id"])
+    run_id = request.match_info["run_id"]
+    event = request.app[RUNNING].get(run_id)
     if event is not None:
         event.set()
+    else:  # its run request may still be on the way: remember the cancel for a while
+        early = request.app[EARLY_CANCELS]
+        early[run_id] = time.monotonic()
+        while early and next(iter(early.values())) < time.monotonic() - EARLY_CANCEL_TTL_S:
+            early.pop(next(iter(early)))
+        while len(early) > MAX_EARLY_CANCELS:
+            early.pop(next(iter(early)))
     return _json({"cancelled": event is not None})
 
 
@@ -111,6 +136,7 @@ def create_app(settings: Settings) -> web.Application:
     app["secret"] = settings.sandbox_secret.encode()
     app["nonces"] = NonceCache()
     app[RUNNING] = {}
+    app[EARLY_CANCELS] = {}
 
     async def lifecycle(app: web.Application):
         app[POOL] = WarmPool(settings.sandbox_pool_size, settings.sandbox_max_running)

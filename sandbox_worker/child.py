@@ -147,12 +147,60 @@ def execute(job: dict, channel: Channel) -> dict:
         return {"status": "failed", "error": {"type": "exception",
                                               "message": type(exc).__name__},
                 "output": printer.text()}
+    problem = unstorable(result)
+    if problem:
+        return {"status": "failed", "error": {"type": "result_not_storable",
+                                              "message": f"the result {problem}"},
+                "output": printer.text()}
     if len(text) > job["max_result"]:
         return {"status": "failed", "error": {"type": "result_too_large",
                                               "message": f"the result is larger than "
                                                          f"{job['max_result']} bytes"},
                 "output": printer.text()}
     return {"status": "succeeded", "result": json.loads(text), "output": printer.text()}
+
+
+INT64 = 2**63
+
+
+def unstorable(value) -> str | None:
+    """Why PostgreSQL's jsonb (and the JSON on the way) cannot hold this result, or None."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bool) or item is None or isinstance(item, float):
+            continue
+        if isinstance(item, int):
+            if not -INT64 <= item < INT64:
+                return "holds an integer beyond 64 bits (return it as a string)"
+        elif isinstance(item, str):
+            if "\x00" in item:
+                return "holds the character U+0000"
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return "holds text that is not valid Unicode (a lone surrogate)"
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def storable_text(text: str) -> str:
+    """Output and messages as text PostgreSQL can store (no U+0000, valid UTF-8)."""
+    return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+def sanitize(outcome: dict) -> dict:
+    outcome["output"] = storable_text(outcome.get("output", ""))
+    error = outcome.get("error")
+    if isinstance(error, dict):
+        for key in ("message", "traceback"):
+            if key in error:
+                error[key] = storable_text(str(error[key]))
+    return outcome
 
 
 def serve_one(reader, writer) -> None:
@@ -167,7 +215,7 @@ def serve_one(reader, writer) -> None:
     sys.setrecursionlimit(400)
     set_limits(job["cpu_s"], job["memory_mb"])
     cpu_before, _ = usage()
-    outcome = execute(job, channel)
+    outcome = sanitize(execute(job, channel))
     cpu_after, outcome["peak_memory_kb"] = usage()
     outcome["cpu_ms"] = round(cpu_after - cpu_before, 3)
     try:

@@ -9,6 +9,7 @@ objects the code created itself. No open/eval/exec/compile/globals/vars/type/get
 private names, no class statements (no type creation), no printing to real files."""
 from __future__ import annotations
 
+import ast
 import collections
 import datetime
 import decimal
@@ -88,10 +89,16 @@ def compile_pipeline(source: str):
         return None, [CodeError(None, None, f"code cannot be compiled: {type(exc).__name__}")]
     if result.errors:
         return None, [_parse_error(e) for e in result.errors]
-    if not re.search(rf"^def {ENTRY_POINT}\s*\(", source, re.M):
+    if not _defines_entry_point(source):
         return None, [CodeError(None, None, f"the code must define {ENTRY_POINT}(input, db) "
                                             "at the top level")]
     return result.code, []
+
+
+def _defines_entry_point(source: str) -> bool:
+    tree = ast.parse(source)
+    return any(isinstance(node, ast.FunctionDef) and node.name == ENTRY_POINT
+               for node in tree.body)
 
 
 def _namespace(module, names) -> SimpleNamespace:

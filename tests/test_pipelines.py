@@ -21,8 +21,7 @@ from rpc_server.client import (Conflict, FlexDBClient, Forbidden, InvalidParams,
 from rpc_server.execution_tokens import ALLOWED_METHODS, ExecutionClaims, mint, verify
 from rpc_server.pipeline_runner import PipelineRunner, token_role
 
-from .conftest import (TEST_SANDBOX_SECRET, TEST_SECRET, free_port, fresh_database,
-                       missing_id, own_user_id, running_sandbox, running_server,
+from .conftest import (TEST_SECRET, fresh_database, missing_id, own_user_id,
                        server_with_sandbox, unique)
 from .test_auth import World, new_user
 
@@ -207,9 +206,6 @@ async def test_names_are_unique_per_tenant(rpc, tenant):
     assert same_name["pipeline"]["name"] == first["name"]
 
 
-@pytest.mark.xfail(reason="BUG: rpc_server/registry.py UNIQUE_CONFLICTS has no entry for "
-                          "pipelines_name_key: the conflict says only 'already exists' with "
-                          "data.field null", strict=True)
 async def test_name_conflict_names_the_field(rpc, tenant):
     first = await make_pipeline(rpc, tenant["id"])
     with pytest.raises(Conflict) as exc:
@@ -282,10 +278,6 @@ async def test_code_without_a_top_level_run_is_refused(rpc, tenant, code):
     assert first["field"] == "code" and "run(input, db)" in first["message"]
 
 
-@pytest.mark.xfail(reason="BUG: sandbox_worker/policy.py compile_pipeline looks for run with "
-                          "a regex over the source text (^def run\\s*\\(), so a 'def run(' line "
-                          "inside a string literal passes the check; the run then fails with "
-                          "KeyError: 'run'", strict=True)
 async def test_run_defined_only_inside_a_string_is_refused(rpc, tenant):
     code = 'NOTE = """\ndef run(input, db):\n"""\n\ndef main(input, db):\n    return 1\n'
     with pytest.raises(InvalidParams) as exc:
@@ -686,11 +678,6 @@ NUL_IN_OUTCOME = {
 }
 
 
-@pytest.mark.xfail(reason="BUG: a U+0000 in a run's result, output or error message cannot be "
-                          "stored (PipelineRunRepository.finish fails in PostgreSQL): wait: "
-                          "true answers -32602 'params: contains a character the database "
-                          "cannot store' and the run stays 'running' until the interrupted "
-                          "sweep", strict=True)
 @pytest.mark.parametrize("case", sorted(NUL_IN_OUTCOME))
 async def test_a_nul_in_what_a_run_produces_is_recorded(rpc, tenant, case):
     t = tenant["id"]
@@ -712,11 +699,6 @@ WORKER_UNSENDABLE = {
 }
 
 
-@pytest.mark.xfail(reason="BUG: sandbox_worker/app.py handle_run serializes the outcome with "
-                          "orjson, which refuses ints beyond 64 bits and lone surrogates: the "
-                          "worker answers HTTP 500 and the run is recorded as failed "
-                          "'sandbox_unavailable' (the worker 'cannot be reached'), its output "
-                          "and timings lost", strict=True)
 @pytest.mark.parametrize("case", sorted(WORKER_UNSENDABLE))
 async def test_a_result_the_worker_cannot_encode_is_the_runs_own_failure(rpc, tenant, case):
     t = tenant["id"]
@@ -798,10 +780,6 @@ async def test_wait_false_returns_at_once_and_the_queue_runs_it(rpc, tenant):
     assert done["started_at"] >= done["created_at"]
 
 
-@pytest.mark.xfail(reason="BUG: run_pipeline with wait: false answers the row from "
-                          "PipelineRunRepository.create, whose RETURNING adds code, actor_role, "
-                          "request_id and deadline: the run has another shape than everywhere "
-                          "else", strict=True)
 async def test_a_queued_run_has_the_same_shape_as_any_run(rpc, tenant):
     pipeline = await make_pipeline(rpc, tenant["id"])
     queued = await run(rpc, tenant["id"], pipeline["id"], 1, wait=False)
@@ -898,11 +876,6 @@ async def test_cancel_a_run_someone_is_waiting_for(server, rpc, tenant):
     assert (await get_run(rpc, t, answered["id"]))["status"] == "cancelled"
 
 
-@pytest.mark.xfail(reason="BUG: sandbox_worker/app.py handle_run registers a run in "
-                          "app[RUNNING] only after pool.take() has started a child; a cancel "
-                          "arriving before that (cold pool, or before the POST /runs) finds "
-                          "nothing and is dropped, so the child spins to its timeout holding a "
-                          "slot and a wait: true caller is answered only then", strict=True)
 def test_a_cancel_while_the_worker_starts_the_child_stops_the_run(pg_server_url):
     async def cancel_at_once(srv):
         async with FlexDBClient(srv.url, api_key=srv.admin_key) as c:
@@ -920,14 +893,9 @@ def test_a_cancel_while_the_worker_starts_the_child_stops_the_run(pg_server_url)
             assert time.monotonic() - started < 1.5, "the cancel did not stop the run"
 
     with fresh_database(pg_server_url) as url:
-        server_port, sandbox_port = free_port(), free_port()
-        with running_sandbox(f"http://127.0.0.1:{server_port}/jsonrpc", sandbox_port,
-                             FLEXDB_SANDBOX_POOL_SIZE="2"):  # every run starts a child
-            with running_server({"FLEXDB_DATABASE_URL": url,
-                                 "FLEXDB_SANDBOX_URL": f"http://127.0.0.1:{sandbox_port}",
-                                 "FLEXDB_SANDBOX_SECRET": TEST_SANDBOX_SECRET},
-                                port=server_port) as srv:
-                asyncio.run(cancel_at_once(srv))
+        # No warm child: the worker's take() has to make one (the first starts the zygote).
+        with server_with_sandbox(url, sandbox_env={"FLEXDB_SANDBOX_POOL_SIZE": "0"}) as srv:
+            asyncio.run(cancel_at_once(srv))
 
 
 async def test_a_finished_run_cannot_be_cancelled(rpc, tenant):

@@ -14,7 +14,7 @@ from ..errors import Busy, Conflict, InvalidParams, PipelineFailed
 from ..params import (Description, Id, Name, OptionalId, PaginationParam, Params, Version,
                       contains_nul, zero_means)
 from ..registry import rpc_method
-from ..repositories.pipelines import PipelineRepository, PipelineRunRepository
+from ..repositories.pipelines import RUN_FIELDS, PipelineRepository, PipelineRunRepository
 from .common import DELETED, changes_of, require_changes, require_tenant
 
 UPDATABLE = ("name", "description", "code", "timeout_ms", "memory_mb")
@@ -99,7 +99,8 @@ class ListPipelineRuns(Params):
 
 
 def _run(ctx, row) -> dict:
-    return ctx.shaper.one(row)
+    """A run as every method shows it (rows from create/claim carry internal columns)."""
+    return ctx.shaper.one({k: row[k] for k in RUN_FIELDS})
 
 
 @rpc_method(CreatePipeline, tenant_role("admin"))

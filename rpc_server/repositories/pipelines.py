@@ -11,7 +11,7 @@ from .base import Repository
 RUN_COLUMNS = ("id, tenant_id, pipeline_id, status, input, result, error, output, debug_level, "
                "timeout_ms, memory_mb, actor_user_id, actor_key_id, duration_ms, cpu_ms, "
                "peak_memory_kb, db_operations, created_at, started_at, finished_at, updated_at")
-FINISHED = ("succeeded", "failed", "timed_out", "cancelled")
+RUN_FIELDS = tuple(c.strip() for c in RUN_COLUMNS.split(","))
 
 
 class PipelineRepository(Repository):

@@ -1,0 +1,942 @@
+"""An attacker's corpus against the pipeline sandbox (sandbox_worker/): every test tries to get
+out of RestrictedPython, reach the worker's or the server's secrets, another tenant's data,
+or take the worker down, and asserts that the attempt FAILED, for the right reason (a compile
+error naming the construct, or a run that ended with an error showing which guard fired),
+that nothing of the host or its secrets leaked into the run record, and, after the nastier
+ones, that the worker still runs an ordinary pipeline.
+
+Tests marked xfail(strict=True) document an attack or bug that currently gets through; the
+reason says what happens (see the report that came with this file). They assert the safe
+behaviour, so they start failing (XPASS, strict) once the hole is closed: then drop the mark.
+
+Order matters in one place: test_concurrent_runs_beyond_the_slots_get_busy comes first, while
+the worker's slots are free; the db call flood (about 15-20 s, queued with wait: false so that
+the server's queue runs it beside the other tests) is started right after it and collected by
+the last test."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+
+import httpx
+import pytest
+
+from rpc_server.client import PipelineFailed, RpcError
+from sandbox_worker import signing
+
+from .conftest import TEST_SANDBOX_SECRET, TEST_SECRET, make_tenant, unique
+
+# ---------------------------------------------------------------- helpers
+
+ALLOWED_IMPORTS = ("collections, datetime, decimal, fractions, functools, itertools, json, "
+                   "math, random, re, statistics, string")
+# Strings that must never show up in anything a run hands back (result, output, error,
+# db operations): the shared secrets, execution tokens, API keys, and host paths.
+LEAK_MARKERS = (TEST_SANDBOX_SECRET, TEST_SECRET, "fdbx_", "fdb_", "Bearer ", "/work/",
+                "/root", "/home/", "/usr/", "site-packages", ".pyenv", "FLEXDB_",
+                "postgresql://")
+DEFAULT_TIMEOUT_MS = 2000
+DEFAULT_MEMORY_MB = 64
+
+
+def pipeline_code(body: str) -> str:
+    """`body` as the body of run(input, db), unless it defines run itself."""
+    if "def run(" in body:
+        return body
+    return "def run(input, db):\n" + "".join(f"    {line}\n" for line in body.splitlines())
+
+
+async def create(rpc, tenant_id: str, body: str, timeout_ms: int = DEFAULT_TIMEOUT_MS,
+                 memory_mb: int = DEFAULT_MEMORY_MB) -> str:
+    result = await rpc.call("create_pipeline", {
+        "tenant_id": tenant_id, "name": unique("attack"), "code": pipeline_code(body),
+        "timeout_ms": timeout_ms, "memory_mb": memory_mb})
+    return result["pipeline"]["id"]
+
+
+async def start(rpc, tenant_id: str, pipeline_id: str, input=None) -> dict:
+    """Run with wait: true; the run record whether it succeeded or not (-32007)."""
+    try:
+        result = await rpc.call("run_pipeline", {"tenant_id": tenant_id,
+                                                 "pipeline_id": pipeline_id, "input": input})
+    except PipelineFailed as exc:
+        assert exc.code == -32007 and exc.type == "pipeline_failed", exc
+        run = exc.data["run"]
+        assert run["status"] != "succeeded"
+        assert run["status"] in exc.message, exc.message
+        return run
+    return result["run"]
+
+
+async def attack(rpc, tenant_id: str, body: str, input=None, **limits) -> dict:
+    run = await start(rpc, tenant_id, await create(rpc, tenant_id, body, **limits), input)
+    assert_no_leak(run)
+    return run
+
+
+async def refused_at_compile(rpc, tenant_id: str, body: str) -> list[dict]:
+    """create_pipeline answers -32602 with errors on field `code`; returns them."""
+    with pytest.raises(RpcError) as exc:
+        await create(rpc, tenant_id, body)
+    assert exc.value.code == -32602 and exc.value.type == "invalid_params", exc.value
+    errors = exc.value.data["errors"]
+    assert errors and all(e["field"] == "code" for e in errors)
+    assert_no_leak(errors)
+    return errors
+
+
+def assert_no_leak(anything) -> None:
+    text = json.dumps(anything)
+    for marker in LEAK_MARKERS:
+        assert marker not in text, f"{marker!r} leaked: {text[:2000]}"
+
+
+def assert_failed(run: dict, error_type: str, *fragments: str) -> None:
+    """The run failed with error type `error_type` and a message holding every fragment."""
+    assert run["status"] == "failed", run
+    assert run["result"] is None
+    error = run["error"]
+    assert error["type"] == error_type, error
+    for fragment in fragments:
+        assert fragment in error["message"], (fragment, error)
+
+
+async def assert_worker_fine(rpc, tenant_id: str) -> None:
+    """An ordinary pipeline still runs (the worker and the server carry on)."""
+    run = await attack(rpc, tenant_id, "print('fine')\nreturn input * 2", input=21)
+    assert run["status"] == "succeeded", run
+    assert run["result"] == 42 and run["output"] == "fine\n"
+
+
+# ---------------------------------------------------------------- 6. concurrency (first: the slots are free)
+
+async def test_concurrent_runs_beyond_the_slots_get_busy(rpc, tenant, server):
+    """Six slow runs at once on a worker with four slots: two get -32005 busy at once, the
+    others time out on their own, and afterwards runs work again."""
+    spin = await create(rpc, tenant["id"], "while True:\n    pass", timeout_ms=2000)
+    began = time.monotonic()
+
+    async def one():
+        try:
+            return await start(rpc, tenant["id"], spin)
+        except RpcError as exc:
+            return exc
+
+    outcomes = await asyncio.gather(*[one() for _ in range(6)])
+    elapsed = time.monotonic() - began
+    busy = [o for o in outcomes if isinstance(o, RpcError)]
+    runs = [o for o in outcomes if not isinstance(o, RpcError)]
+    assert len(busy) >= 2, outcomes
+    for exc in busy:
+        assert exc.code == -32005 and exc.type == "busy", exc
+        assert exc.data["run_id"]
+        record = await rpc.call("get_pipeline_run", {"tenant_id": tenant["id"],
+                                                     "id": exc.data["run_id"]})
+        assert record["run"]["status"] == "failed"
+        assert record["run"]["error"]["type"] == "busy"
+    assert runs and all(r["status"] == "timed_out" for r in runs), runs
+    assert elapsed < 8, elapsed  # nothing queued behind the busy ones, nothing hung
+    async with httpx.AsyncClient() as http:
+        health = (await http.get(server.sandbox.base + "/health")).json()
+    assert health["running"] == 0
+    await assert_worker_fine(rpc, tenant["id"])
+
+
+# ---------------------------------------------------------------- 4b. db call flood (runs in the background)
+
+FLOOD_CALLS = 10_005
+_flood: dict = {}
+
+
+async def _start_flood(rpc) -> None:
+    """A run making more db calls than a run may (10,000), queued (wait: false) so that it
+    goes on while the other tests run; test_db_call_flood_is_cut_off collects it."""
+    if _flood:
+        return
+    tenant = await make_tenant(rpc)
+    pipeline = await create(rpc, tenant["id"], f"""\
+answers = {{}}
+for i in range({FLOOD_CALLS}):
+    try:
+        db.get_node('not-a-uuid')
+    except DbError as e:
+        answers[e.kind] = answers.get(e.kind, 0) + 1
+        last = [e.code, e.kind, str(e)]
+return [answers, last]""", timeout_ms=60_000)
+    queued = await rpc.call("run_pipeline", {"tenant_id": tenant["id"], "pipeline_id": pipeline,
+                                             "wait": False})
+    _flood.update(tenant_id=tenant["id"], run_id=queued["run"]["id"])
+
+
+async def test_db_call_flood_started(rpc):
+    await _start_flood(rpc)
+    assert _flood["run_id"]
+
+
+# ---------------------------------------------------------------- 1. introspection walks
+
+UNDERSCORE = 'because it starts with "_"'
+RESTRICTED = "is a restricted name"
+
+COMPILE_REFUSED = [
+    ("subclasses_walk", "return ().__class__.__bases__[0].__subclasses__()", UNDERSCORE),
+    ("dunder_import", "return __import__('os')", '"__import__" is an invalid variable name'),
+    ("builtins_name", "return __builtins__", '"__builtins__" is an invalid variable name'),
+    ("builtins_assign", "__builtins__ = {}\nreturn 1", '"__builtins__" is an invalid'),
+    ("module_name", "return __name__", '"__name__" is an invalid variable name'),
+    ("func_globals", "f = lambda: 1\nreturn f.__globals__", '"__globals__" is an invalid'),
+    ("lambda_code", "return (lambda: 1).__code__.co_consts", '"__code__" is an invalid'),
+    ("closure_cells", "return db.get_node.__func__.__closure__[0].cell_contents",
+     '"__closure__" is an invalid'),
+    ("db_self", "return db.get_node.__self__", '"__self__" is an invalid attribute name'),
+    ("db_class", "return db.__class__", '"__class__" is an invalid attribute name'),
+    ("db_dict", "return db.__dict__", '"__dict__" is an invalid attribute name'),
+    ("dberror_init_globals", "return DbError.__init__.__globals__", UNDERSCORE),
+    ("generator_frame", "def g():\n    yield 1\nreturn g().gi_frame.f_back.f_globals",
+     '"gi_frame" is a restricted name'),
+    ("generator_code", "def g():\n    yield 1\nreturn g().gi_code", '"gi_code" is a restricted'),
+    ("frame_back", "return input.f_back", '"f_back" is a restricted name'),
+    ("frame_builtins", "return input.f_builtins", '"f_builtins" is a restricted name'),
+    ("traceback", "try:\n    1 / 0\nexcept Exception as e:\n    return e.__traceback__",
+     '"__traceback__" is an invalid attribute name'),
+    ("traceback_frame", "try:\n    1 / 0\nexcept Exception as e:\n    return e.tb_frame",
+     '"tb_frame" is a restricted name'),
+    ("exception_context", "try:\n    1 / 0\nexcept Exception as e:\n    return e.__context__",
+     UNDERSCORE),
+    ("fstring_dunder", "return f'{db.__class__.__mro__}'", '"__class__" is an invalid'),
+    ("fstring_format_spec", "return f'{input:{db.__class__}}'", UNDERSCORE),
+    # NFKC: the parser folds fullwidth low lines into "_", and the check sees the result
+    ("fullwidth_dunder", "return db._\uff3fclass\uff3f\uff3f", '"__class__" is an invalid'),
+    ("async_def", "async def f():\n    pass\nreturn 1", "async functions are not allowed"),
+    ("class_statement", "class A:\n    pass\nreturn A", "class statements are not allowed"),
+    ("eval", "return eval('1')", "Eval calls are not allowed"),
+    ("exec", "exec('x = 1')\nreturn 1", "Exec calls are not allowed"),
+    ("breakpoint", "breakpoint()\nreturn 1", '"breakpoint" is a reserved name'),
+    ("import_builtins", "import builtins\nreturn 1", '"builtins" is a reserved name'),
+    ("import_private_module", "import _thread\nreturn 1", '"_thread" is an invalid'),
+    ("import_posixsubprocess", "import _posixsubprocess\nreturn 1", UNDERSCORE),
+    ("import_strptime", "import _strptime\nreturn 1", '"_strptime" is an invalid'),
+    ("import_as_dunder", "import json as __builtins__\nreturn 1", UNDERSCORE),
+    ("star_import", "from json import *\nreturn 1", "import *"),
+    ("augmented_attribute", "db.get_node += 1\nreturn 1",
+     "Augmented assignment of attributes is not allowed"),
+    ("print_internals", "return _print", '"_print" is an invalid variable name'),
+    ("getattr_guard", "return _getattr_", '"_getattr_" is an invalid variable name'),
+    ("try_star", "try:\n    pass\nexcept* ValueError:\n    pass\nreturn 1",
+     "TryStar statements are not allowed"),
+]
+
+
+@pytest.mark.parametrize("body,message", [c[1:] for c in COMPILE_REFUSED],
+                         ids=[c[0] for c in COMPILE_REFUSED])
+async def test_refused_when_saved(rpc, tenant, body, message):
+    errors = await refused_at_compile(rpc, tenant["id"], body)
+    assert any(message in e["message"] for e in errors), errors
+    assert all(isinstance(e.get("line"), int) and e["line"] >= 2 for e in errors), errors
+
+
+NAME_ERROR = "NameError: name '{}' is not defined"
+ATTRIBUTE_UNDERSCORE = ("AttributeError", UNDERSCORE)
+FORMAT_REFUSED = ("NotImplementedError", "not safe")
+
+RUNTIME_REFUSED = [
+    # builtins that are simply not there
+    *[(f"builtin_{name}", f"return str({name}{args})", (NAME_ERROR.format(name),))
+      for name, args in [
+          ("vars", "()"), ("globals", "()"), ("locals", "()"), ("dir", "(db)"),
+          ("type", "(db)"), ("object", ""), ("super", "()"), ("open", "('/etc/passwd')"),
+          ("compile", "('1', 'x', 'eval')"), ("help", "()"), ("exit", "()"), ("quit", "()"),
+          ("memoryview", "(b'a')"), ("bytearray", "(10)"), ("setattr", "(db, 'x', 1)"),
+          ("delattr", "(db, 'get_node')"), ("id", "(db)"), ("format", "(db, '')"),
+          ("classmethod", "(len)"), ("staticmethod", "(len)"), ("property", "(len)"),
+          ("ExceptionGroup", "('x', [ValueError()])"), ("RecursionError", "")]],
+    # getattr with names computed at run time
+    ("getattr_dunder", "return str(getattr(1, '__class__'))", ATTRIBUTE_UNDERSCORE),
+    ("getattr_computed", "n = '_' + '_class__'\nreturn str(getattr(1, n))",
+     ATTRIBUTE_UNDERSCORE),
+    ("getattr_joined", "n = ''.join(['_', '_', 'globals', '_', '_'])\n"
+                       "return str(getattr(lambda: 1, n))", ATTRIBUTE_UNDERSCORE),
+    ("getattr_chr", "return str(getattr(db, chr(95) * 2 + 'class' + chr(95) * 2))",
+     ATTRIBUTE_UNDERSCORE),
+    ("getattr_fullwidth_string", "return str(getattr(1, '\uff3f\uff3fclass\uff3f\uff3f'))",
+     ("AttributeError", "has no attribute")),
+    ("getattr_non_str", "return str(getattr(db, 5))", ("TypeError",)),
+    ("map_getattr", "return str(list(map(getattr, [db], ['__class__'])))",
+     ATTRIBUTE_UNDERSCORE),
+    ("partial_getattr", "import functools\ng = functools.partial(getattr, db)\n"
+                        "return str(g('__class__'))", ATTRIBUTE_UNDERSCORE),
+    ("reduce_getattr", "import functools\n"
+                       "return str(functools.reduce(getattr, ['__class__', '__base__'], db))",
+     ATTRIBUTE_UNDERSCORE),
+    # walking up from the classes the code can see
+    ("mro_subclasses", "o = DbError.mro()[-1]\nreturn str(getattr(o, '__subclasses__')())",
+     ATTRIBUTE_UNDERSCORE),
+    ("generic_alias_walk", "o = list[int].mro()[-1]\nreturn str(getattr(o, '__subclasses__'))",
+     ATTRIBUTE_UNDERSCORE),
+    ("exception_traceback", "try:\n    1 / 0\nexcept Exception as e:\n"
+                            "    return str(getattr(e, '__traceback__'))", ATTRIBUTE_UNDERSCORE),
+    ("db_method_func", "return str(getattr(db.get_node, '__func__'))", ATTRIBUTE_UNDERSCORE),
+    ("db_method_closure", "return str(getattr(db.get_node, '__closure__'))",
+     ATTRIBUTE_UNDERSCORE),
+    ("print_self", "return str(getattr(print, '__self__'))", ATTRIBUTE_UNDERSCORE),
+    ("random_self", "import random\nreturn str(getattr(random.random, '__self__'))",
+     ATTRIBUTE_UNDERSCORE),
+    ("lru_wrapped", "import functools\nf = functools.lru_cache(lambda x: x)\n"
+                    "return str(getattr(f, '__wrapped__'))", ATTRIBUTE_UNDERSCORE),
+    ("hasattr_then_getattr", "if hasattr(db, '__class__'):\n    return 'reachable'\n"
+                             "return str(getattr(db, '__class__'))", ATTRIBUTE_UNDERSCORE),
+    # frames through generators, whatever the spelling
+    ("generator_frame_getattr", "def g():\n    yield 1\nx = g()\nnext(x)\n"
+                                "return str(getattr(x, 'gi_' + 'frame'))",
+     ("AttributeError", '"gi_frame" is a restricted name')),
+    ("generator_code_getattr", "def g():\n    yield 1\nreturn str(getattr(g(), 'gi_code'))",
+     ("AttributeError", '"gi_code" is a restricted name')),
+    ("generator_yieldfrom", "def g():\n    yield from [1]\nx = g()\nnext(x)\n"
+                            "return str(getattr(x, 'gi_yieldfrom'))",
+     ("AttributeError", '"gi_yieldfrom" is a restricted name')),
+    # str.format and friends walk attributes: refused on every route
+    ("format", "return '{0.__class__}'.format(1)", FORMAT_REFUSED),
+    ("format_globals", "return '{0.get_node.__func__.__globals__}'.format(db)", FORMAT_REFUSED),
+    ("format_map", "return '{x.__init__.__globals__}'.format_map({'x': db})", FORMAT_REFUSED),
+    ("format_getattr", "return getattr('{0.__class__}', 'format')(1)", FORMAT_REFUSED),
+    ("format_unbound", "return str.format('{0.__class__}', 1)", FORMAT_REFUSED),
+    ("format_map_unbound", "return str.format_map('{x.__class__}', {'x': 1})", FORMAT_REFUSED),
+    ("format_via_map", "return list(map(getattr, ['{0.__class__}'], ['format']))",
+     FORMAT_REFUSED),
+    ("string_formatter", "import string\nreturn string.Formatter().format('{0.__class__}', 1)",
+     ("AttributeError", "'Formatter' is not available here")),
+    ("string_template", "import string\nreturn str(string.Template)",
+     ("AttributeError", "'Template' is not available here")),
+    ("sys_exc_info", "import sys\nreturn str(sys.exc_info())",
+     ("ImportError", "import of 'sys' is not allowed")),
+]
+
+
+@pytest.mark.parametrize("body,fragments", [c[1:] for c in RUNTIME_REFUSED],
+                         ids=[c[0] for c in RUNTIME_REFUSED])
+async def test_refused_when_run(rpc, tenant, body, fragments):
+    run = await attack(rpc, tenant["id"], body)
+    assert_failed(run, "exception", *fragments)
+    assert run["error"]["traceback"].startswith("Traceback (pipeline code):\n  line ")
+    assert "File " not in run["error"]["traceback"]  # no frames but the pipeline's own
+
+
+HARMLESS = [
+    # what the guards let through gives nothing away
+    ("getattr_default", "return getattr(db, '__class__', 'refused')", "refused"),
+    ("hasattr_dunder", "return [hasattr(db, '__class__'), hasattr(db, 'get_node'), "
+                       "hasattr(db, 'gi_frame'), hasattr(db, 'channel')]",
+     [False, True, False, False]),
+    ("percent_formatting", "return '%(a)s' % {'a': 1}", "1"),
+    ("fstring_conversions", "x = 5\nreturn f'{x!r:>4}'", "   5"),
+    ("mro_names", "return [str(c) for c in DbError.mro()][1:]",
+     ["<class 'Exception'>", "<class 'BaseException'>", "<class 'object'>"]),
+    ("attribute_error_obj", "try:\n    (1).foo\nexcept AttributeError as e:\n"
+                            "    return [e.obj, e.name]", [1, "foo"]),
+    ("print_to_file", "print('x', file=db)\nreturn printed", "x\n"),
+    ("dberror_fields", "e = DbError('m', 1, 'k')\nreturn [str(e), e.code, e.kind]",
+     ["m", 1, "k"]),
+    ("strptime_lazy_import", "import datetime\n"
+                             "return str(datetime.datetime.strptime('2020-01-02', '%Y-%m-%d'))",
+     "2020-01-02 00:00:00"),
+    ("input_rebound", "input = 3\nreturn input", 3),
+    ("global_rebound", "global DbError\nDbError = 1\nreturn DbError", 1),
+]
+
+
+@pytest.mark.parametrize("body,expected", [c[1:] for c in HARMLESS],
+                         ids=[c[0] for c in HARMLESS])
+async def test_harmless_leftovers(rpc, tenant, body, expected):
+    run = await attack(rpc, tenant["id"], body)
+    assert run["status"] == "succeeded", run["error"]
+    assert run["result"] == expected
+
+
+async def test_fullwidth_format_is_not_reached(rpc, tenant):
+    """`.ｆormat` is folded to `.format` by the parser, so the guard refuses it. (Today the
+    child dies first: see test_non_ascii_identifiers_run; either way nothing is formatted.)"""
+    run = await attack(rpc, tenant["id"], "return '{0.__class__}'.\uff46ormat(1)")
+    assert run["status"] == "failed" and run["result"] is None
+    assert run["error"]["type"] in ("exception", "crashed"), run["error"]
+    if run["error"]["type"] == "exception":
+        assert "not safe" in run["error"]["message"]
+
+
+async def test_non_ascii_identifiers_run(rpc, tenant):
+    """Compiling a non-ASCII identifier imports unicodedata lazily, after the limits are set:
+    with spawned children (RLIMIT_NOFILE leaving no free descriptor) that import failed and
+    the child died (crashed). It works with zygote-forked children, which can still open
+    files: see test_run_cannot_open_files. Pre-importing unicodedata keeps both right."""
+    run = await attack(rpc, tenant["id"], "caf\u00e9 = 20\nreturn caf\u00e9 + 1")
+    assert run["status"] == "succeeded", run["error"]
+    assert run["result"] == 21
+
+
+# ---------------------------------------------------------------- 2. imports
+
+DENIED_MODULES = ["os", "sys", "subprocess", "socket", "importlib", "ctypes", "io", "pathlib",
+                  "pickle", "marshal", "types", "inspect", "gc", "threading", "multiprocessing",
+                  "posix", "pty", "resource", "signal", "codecs", "unicodedata", "encodings",
+                  "shutil", "tempfile", "asyncio", "urllib", "http", "sqlite3", "code", "pdb",
+                  "runpy", "sandbox_worker", "rpc_server", "RestrictedPython", "orjson"]
+
+
+@pytest.mark.parametrize("module", DENIED_MODULES)
+async def test_import_refused(rpc, tenant, module):
+    run = await attack(rpc, tenant["id"], f"import {module}\nreturn str({module})")
+    assert_failed(run, "exception", f"ImportError: import of '{module}' is not allowed; "
+                                    f"allowed: {ALLOWED_IMPORTS}")
+
+
+IMPORT_WALKS = [
+    ("dotted", "import json.decoder\nreturn 1", ("import of 'json.decoder' is not allowed",)),
+    ("dotted_os", "import os.path\nreturn 1", ("import of 'os.path' is not allowed",)),
+    ("from_submodule", "from json import decoder\nreturn str(decoder)",
+     ("ImportError", "cannot import name 'decoder'")),
+    ("from_module_attr", "from datetime import sys\nreturn str(sys)",
+     ("ImportError", "cannot import name 'sys'")),
+    ("from_os_import", "from os import system\nreturn 1", ("import of 'os' is not allowed",)),
+    ("relative", "from . import json\nreturn 1", ("ImportError", "is not allowed")),
+    ("relative_parent", "from .. import os\nreturn 1", ("ImportError", "is not allowed")),
+    ("relative_named", "from .child import DbError\nreturn 1", ("ImportError",)),
+    *[(f"namespace_{mod}_{attr}", f"import {mod}\nreturn str({mod}.{attr})",
+       ("AttributeError", f"'{attr}' is not available here"))
+      for mod, attr in [("json", "decoder"), ("json", "scanner"), ("re", "sre_compile"),
+                        ("re", "enum"), ("re", "copyreg"), ("datetime", "sys"),
+                        ("collections", "abc"), ("collections", "namedtuple"),
+                        ("functools", "sys"), ("statistics", "sys"), ("random", "getstate"),
+                        ("random", "SystemRandom"), ("string", "Formatter"),
+                        ("decimal", "getcontext"), ("math", "sys"), ("itertools", "sys")]],
+    ("namespace_dict", "import math\nreturn str(getattr(math, '__dict__'))",
+     ("AttributeError", "'__dict__' is not available here")),
+    ("function_module", "import json\nreturn getattr(json.loads, '__module__')",
+     ATTRIBUTE_UNDERSCORE),
+    ("fork_via_anything", "import os\nreturn os.fork()", ("import of 'os' is not allowed",)),
+]
+
+
+@pytest.mark.parametrize("body,fragments", [c[1:] for c in IMPORT_WALKS],
+                         ids=[c[0] for c in IMPORT_WALKS])
+async def test_import_walks_refused(rpc, tenant, body, fragments):
+    run = await attack(rpc, tenant["id"], body)
+    assert_failed(run, "exception", *fragments)
+
+
+@pytest.mark.parametrize("body", ["return 'x'.encode('idna').decode()",
+                                  "return b'\\xc1'.decode('cp037')",
+                                  "return str(b'41'.decode('hex'))"],
+                         ids=["idna", "cp037", "hex"])
+async def test_codec_lookup_does_not_leak_paths(rpc, tenant, body):
+    """A codec not loaded yet is imported from encodings/<name>.py when first used. Where
+    the child cannot open files that fails, and the OSError used to carry the host path
+    ('/root/.pyenv/versions/3.11.7/lib/python3.11/encodings/idna.py') into run.error."""
+    run = await attack(rpc, tenant["id"], body)  # assert_no_leak inside
+    assert run["status"] in ("succeeded", "failed")
+
+
+@pytest.mark.xfail(reason="HARDENING (no escape: pipeline code has no open()): since children "
+                          "are forked by the zygote, RLIMIT_NOFILE = highest open fd no longer "
+                          "means 'no new descriptors': the fds the fork closed (zygote control "
+                          "socket, wakeup pipe, worker end) leave free numbers below the limit, "
+                          "so the child still opens files after the limits are set (here the "
+                          "cp037 codec module is read from disk). Suggest: dup the channel "
+                          "socket to fd 3, close_range(4, ...), then RLIMIT_NOFILE 4; and "
+                          "pre-import unicodedata (and scrub paths from OSError messages)",
+                   strict=True)
+async def test_run_cannot_open_files(rpc, tenant):
+    run = await attack(rpc, tenant["id"], "return b'\\xc1'.decode('cp037')")
+    assert run["status"] == "failed", run["result"]
+
+
+@pytest.mark.xfail(reason="HARDENING (no escape): every zygote-forked child has the zygote's "
+                          "memory layout and hash seed, so runs of all tenants see the same "
+                          "addresses ('%s' % db -> same 0x7f... in every run) and the same "
+                          "hash('abc'): ASLR is effectively per zygote, not per run, which helps "
+                          "turn a memory-safety bug (cf. the nested map/filter/zip segfaults) "
+                          "into an exploit. Suggest: re-exec or re-randomise, or restart the "
+                          "zygote often", strict=True)
+async def test_runs_do_not_share_memory_layout(rpc, tenant):
+    body = "return ['%s' % db, hash('abc')]"
+    first = await attack(rpc, tenant["id"], body)
+    second = await attack(rpc, tenant["id"], body)
+    assert first["status"] == second["status"] == "succeeded"
+    assert first["result"][0] != second["result"][0]
+    assert first["result"][1] != second["result"][1]
+
+
+# ---------------------------------------------------------------- 3. writes and shared state
+
+WRITES = [
+    ("namespace_function", "import json\njson.loads = lambda s: 'pwned'\nreturn 1"),
+    ("namespace_constant", "import math\nmath.pi = 3\nreturn 1"),
+    ("namespace_delete", "import json\ndel json.loads\nreturn 1"),
+    ("db_method", "db.get_node = 1\nreturn 1"),
+    ("db_new_attribute", "db.channel = 1\nreturn 1"),
+    ("db_delete", "del db.get_node\nreturn 1"),
+    ("dberror_class", "DbError.code = 5\nreturn 1"),
+    ("class_of_allowed_module", "import collections\ncollections.Counter.most_common = 1\n"
+                                "return 1"),
+    ("function_attribute", "import json\njson.loads.x = 1\nreturn 1"),
+    ("own_function_attribute", "f = lambda: 1\nf.x = 1\nreturn 1"),
+]
+
+
+@pytest.mark.parametrize("body", [c[1] for c in WRITES], ids=[c[0] for c in WRITES])
+async def test_attribute_writes_refused(rpc, tenant, body):
+    run = await attack(rpc, tenant["id"], body)
+    assert_failed(run, "exception", "TypeError: attribute-less object (assign or del)")
+
+
+async def test_no_state_survives_between_runs(rpc, tenant):
+    """Run A seeds the random generator, tries to patch modules and caches things; run B (a
+    fresh process, fresh namespaces) sees none of it."""
+    a = await attack(rpc, tenant["id"], """\
+import random, json, functools
+random.seed(1234)
+try:
+    json.marker = 'A'
+except TypeError:
+    pass
+f = functools.lru_cache(lambda x: 'A')
+f(1)
+print('run A was here')
+return [random.random(), random.random()]""")
+    b = await attack(rpc, tenant["id"], """\
+import random, json
+print('run B')
+return [random.random(), random.random(), hasattr(json, 'marker'), printed]""")
+    assert a["status"] == b["status"] == "succeeded", (a["error"], b["error"])
+    assert b["result"][:2] != a["result"]
+    assert b["result"][2:] == [False, "run B\n"] and b["output"] == "run B\n"
+
+
+# ---------------------------------------------------------------- 4. the db object
+
+@pytest.fixture
+async def two_tenants(rpc):
+    """Tenant A (where the pipelines run) and tenant B holding a secret node."""
+    a, b = await make_tenant(rpc), await make_tenant(rpc)
+    type_a = (await rpc.call("create_node_type", {"tenant_id": a["id"], "name": "Mine"}))
+    type_b = (await rpc.call("create_node_type", {"tenant_id": b["id"], "name": "Secret"}))
+    node_a = (await rpc.call("create_node", {"tenant_id": a["id"], "data": {"x": 1},
+                                             "node_type_id": type_a["node_type"]["id"]}))
+    node_b = (await rpc.call("create_node", {"tenant_id": b["id"], "data": {"s": "TOPSECRET"},
+                                             "node_type_id": type_b["node_type"]["id"]}))
+    return {"A": a["id"], "B": b["id"], "na": node_a["node"]["id"], "nb": node_b["node"]["id"],
+            "ta": type_a["node_type"]["id"], "tb": type_b["node_type"]["id"]}
+
+
+OTHER_TENANT = [
+    ("get", "return db.get_node(input['nb'])", "node not found"),
+    ("get_with_tenant_id", "return db.get_node(id=input['nb'], tenant_id=input['B'])",
+     "node not found"),
+    ("get_with_tenant_id_kwargs", "return db.get_node(**{'id': input['nb'], "
+                                  "'tenant_id': input['B']})", "node not found"),
+    ("update", "return db.update_node(input['nb'], {'s': 'pwned'}, tenant_id=input['B'])",
+     "node not found"),
+    ("delete", "return db.delete_node(input['nb'], tenant_id=input['B'])", "node not found"),
+    ("create_with_their_type", "return db.create_node(input['tb'], {'a': 1}, "
+                               "tenant_id=input['B'])", "node_type not found"),
+    ("relationship_to_theirs", "return db.create_relationship(input['na'], input['nb'], "
+                               "'knows', {}, tenant_id=input['B'])", "not found"),
+    ("traverse_theirs", "return db.traverse(input['nb'], tenant_id=input['B'])",
+     "node not found"),
+    ("path_to_theirs", "return db.shortest_path(input['na'], input['nb'], "
+                       "tenant_id=input['B'])", "node not found"),
+]
+
+
+@pytest.mark.parametrize("body,message", [c[1:] for c in OTHER_TENANT],
+                         ids=[c[0] for c in OTHER_TENANT])
+async def test_other_tenants_data_is_out_of_reach(rpc, two_tenants, body, message):
+    t = two_tenants
+    run = await attack(rpc, t["A"], body, input=t)
+    assert_failed(run, "exception", "DbError: ", message)
+    assert "TOPSECRET" not in json.dumps(run)
+    node = await rpc.call("get_node", {"tenant_id": t["B"], "id": t["nb"]})
+    assert node["node"]["data"] == {"s": "TOPSECRET"} and node["node"]["version"] == 1
+
+
+async def test_listing_and_sql_see_only_the_runs_tenant(rpc, two_tenants):
+    t = two_tenants
+    run = await attack(rpc, t["A"], """\
+nodes = db.list_nodes(tenant_id=input['B'])['nodes']
+rows = db.execute_query('select id::text, tenant_id::text, data from nodes')['rows']
+return [[n['id'] for n in nodes], rows]""", input=t)
+    assert run["status"] == "succeeded", run["error"]
+    listed, rows = run["result"]
+    assert listed == [t["na"]]
+    assert [r[:2] for r in rows] == [[t["na"], t["A"]]]
+    assert "TOPSECRET" not in json.dumps(run)
+
+
+DB_INTERNALS = [
+    ("channel", "return str(getattr(db, 'channel'))", "'Db' object has no attribute 'channel'"),
+    ("call", "return db.call('create_api_key', {})", "'Db' object has no attribute 'call'"),
+    ("admin_method", "return db.create_api_key()", "has no attribute 'create_api_key'"),
+    ("tenant_method", "return db.delete_tenant()", "has no attribute 'delete_tenant'"),
+    ("pipeline_method", "return db.run_pipeline()", "has no attribute 'run_pipeline'"),
+    ("token", "return db.token", "'Db' object has no attribute 'token'"),
+    ("too_many_positional", "return db.get_node(1, 2)",
+     "get_node() takes at most 1 positional arguments"),
+]
+
+
+@pytest.mark.parametrize("body,message", [c[1:] for c in DB_INTERNALS],
+                         ids=[c[0] for c in DB_INTERNALS])
+async def test_db_internals_unreachable(rpc, tenant, body, message):
+    run = await attack(rpc, tenant["id"], body)
+    assert_failed(run, "exception", message)
+    assert run["db_operations"] == []
+
+
+BAD_PARAMS = [
+    ("set", "db.get_node({1})", "params must be JSON (Object of type set"),
+    ("db_itself", "db.get_node(db)", "params must be JSON (Object of type Db"),
+    ("function", "db.get_node(lambda: 1)", "params must be JSON (Object of type function"),
+    ("huge_int", "db.get_node(10 ** 5000)", "params must be JSON (Exceeds the limit"),
+    ("tuple_key", "db.create_node('x', {(1, 2): 3})", "params must be JSON"),
+    ("int_beyond_64_bits", "db.get_node(2 ** 70)", ""),
+    ("nested_300", "x = 1\nfor i in range(300):\n    x = [x]\ndb.get_node(x)", ""),
+    ("unknown_param", "db.list_nodes(secret=1)", "is not a parameter of this method"),
+    ("three_mib", "db.get_node('a' * (3 * 1024 * 1024))", ""),
+]
+
+
+@pytest.mark.parametrize("call,message", [c[1:] for c in BAD_PARAMS],
+                         ids=[c[0] for c in BAD_PARAMS])
+async def test_db_call_with_bad_params_raises_dberror(rpc, tenant, call, message):
+    body = "try:\n" + "".join(f"    {line}\n" for line in call.splitlines())
+    run = await attack(rpc, tenant["id"], body + "except DbError as e:\n"
+                                                 "    return ['DbError', str(e)]", memory_mb=128)
+    assert run["status"] == "succeeded", run["error"]
+    assert run["result"][0] == "DbError" and message in run["result"][1]
+
+
+@pytest.mark.parametrize("call", ["db.get_node(float('nan'))", "db.get_node('\\ud800')",
+                                  "db.get_node('a' * (20 * 1024 * 1024))"],
+                         ids=["nan", "lone_surrogate", "over_the_line_limit"])
+async def test_db_call_the_worker_cannot_forward_ends_the_run(rpc, tenant, call):
+    """The worker cannot send these on (NaN / a lone surrogate are not JSON for httpx, 20 MiB
+    is beyond its 16 MiB line): the run ends, failed, and the worker carries on."""
+    run = await attack(rpc, tenant["id"], f"{call}\nreturn 1", memory_mb=256)
+    assert_failed(run, "crashed", "the run's process broke off")
+    await assert_worker_fine(rpc, tenant["id"])
+
+
+@pytest.mark.xfail(reason="BUG (not an escape): a db call whose id holds U+0000 gets a server "
+                          "error message echoing the NUL; the outcome cannot be stored "
+                          "(PostgreSQL text/jsonb refuse NUL), run_pipeline answers -32602 "
+                          "'params: contains a character the database cannot store' and the run "
+                          "stays 'running' until the sweeper marks it interrupted", strict=True)
+async def test_db_call_with_nul_is_recorded(rpc, tenant):
+    run = await attack(rpc, tenant["id"], "db.get_node('a\\x00b')\nreturn 1")
+    assert_failed(run, "exception", "DbError")
+
+
+# ---------------------------------------------------------------- 5. resource abuse
+
+RESOURCE_ABUSE = [
+    # (id, body, limits, expected status, accepted error types)
+    ("while_true", "while True:\n    pass", {"timeout_ms": 1000}, "timed_out",
+     ("timeout", "cpu_limit")),
+    ("for_range_huge", "for x in range(10 ** 12):\n    pass", {"timeout_ms": 1000}, "timed_out",
+     ("timeout", "cpu_limit")),
+    ("sum_range_huge", "return sum(range(10 ** 12))", {"timeout_ms": 1000}, "timed_out",
+     ("timeout", "cpu_limit")),
+    ("string_bomb", "return len('a' * 10 ** 10)", {"memory_mb": 32}, "failed", ("memory",)),
+    ("bytes_bomb", "return len(bytes(10 ** 10))", {"memory_mb": 32}, "failed", ("memory",)),
+    ("list_growth", "x = []\nwhile True:\n    x.append('a' * 100000)", {"memory_mb": 32},
+     "failed", ("memory",)),
+    ("list_repeat", "return len([0] * 10 ** 10)", {"memory_mb": 32}, "failed", ("memory",)),
+    ("int_power", "return 10 ** (10 ** 9) > 1", {"timeout_ms": 1000, "memory_mb": 32},
+     "timed_out", ("timeout", "cpu_limit")),
+    ("factorial", "import math\nreturn math.factorial(10 ** 7) > 0", {"timeout_ms": 1000},
+     "timed_out", ("timeout", "cpu_limit")),
+    ("regex_backtracking", "import re\nreturn bool(re.match('(a+)+$', 'a' * 40 + 'b'))",
+     {"timeout_ms": 1000}, "timed_out", ("timeout", "cpu_limit")),
+    ("deep_recursion", "def f(n):\n    return f(n + 1)\nreturn f(0)", {}, "failed",
+     ("recursion",)),
+    ("self_application", "f = lambda g: g(g)\nreturn f(f)", {}, "failed", ("recursion",)),
+    ("catch_memory_error_forever", "while True:\n    try:\n        x = 'a' * 10 ** 9\n"
+                                   "    except MemoryError:\n        pass",
+     {"timeout_ms": 1000, "memory_mb": 32}, "timed_out", ("timeout", "cpu_limit")),
+    ("catch_recursion_forever", "def f():\n    try:\n        f()\n    except Exception:\n"
+                                "        f()\nf()", {"timeout_ms": 1000}, "timed_out",
+     ("timeout", "cpu_limit")),
+    ("generator_result_with_endless_finally",
+     "def g():\n    try:\n        yield 1\n    finally:\n        while True:\n            pass\n"
+     "x = g()\nnext(x)\nreturn x", {"timeout_ms": 1000}, "timed_out", ("timeout", "cpu_limit")),
+    ("error_message_runs_user_code_forever",
+     "import collections, functools\ndef cmp(a, b):\n    while True:\n        pass\n"
+     "K = functools.cmp_to_key(cmp)\nraise ValueError(collections.Counter({'a': K(1), 'b': K(2)}))",
+     {"timeout_ms": 1000}, "timed_out", ("timeout", "cpu_limit")),
+    # user code that runs inside the child's own error handling (str(exc) -> Counter repr ->
+    # sorted -> cmp_to_key -> user cmp) and exits there: the run ends, crashed, nothing more
+    ("error_message_runs_user_code_that_exits",
+     "import collections, functools\ndef cmp(a, b):\n    raise SystemExit(3)\n"
+     "K = functools.cmp_to_key(cmp)\nraise ValueError(collections.Counter({'a': K(1), 'b': K(2)}))",
+     {}, "failed", ("crashed", "exception")),
+    ("error_message_too_deep", "x = 1\nfor i in range(100000):\n    x = [x]\nraise ValueError(x)",
+     {}, "failed", ("crashed", "exception", "recursion")),
+    # C-stack exhaustion through nested iterators: a segfault of the run's own process
+    ("nested_map", "x = [1]\nfor i in range(200000):\n    x = map(abs, x)\nreturn list(x)", {},
+     "failed", ("crashed",)),
+    ("nested_filter", "x = [1]\nfor i in range(200000):\n    x = filter(None, x)\n"
+                      "return list(x)", {}, "failed", ("crashed",)),
+    ("nested_zip", "x = [1]\nfor i in range(200000):\n    x = zip(x)\nreturn list(x)", {},
+     "failed", ("crashed",)),
+]
+
+
+@pytest.mark.parametrize("body,limits,status,types", [c[1:] for c in RESOURCE_ABUSE],
+                         ids=[c[0] for c in RESOURCE_ABUSE])
+async def test_resource_abuse_ends_the_run(rpc, tenant, body, limits, status, types):
+    began = time.monotonic()
+    run = await attack(rpc, tenant["id"], body, **limits)
+    assert run["status"] == status, run
+    assert run["result"] is None
+    assert run["error"]["type"] in types, run["error"]
+    assert time.monotonic() - began < limits.get("timeout_ms", DEFAULT_TIMEOUT_MS) / 1000 + 5
+    await assert_worker_fine(rpc, tenant["id"])
+
+
+@pytest.mark.parametrize("exception", ["SystemExit(0)", "SystemExit(1)", "KeyboardInterrupt()",
+                                       "GeneratorExit()", "BaseException('x')"])
+async def test_base_exceptions_raised_by_user_code(rpc, tenant, exception):
+    run = await attack(rpc, tenant["id"], f"raise {exception}")
+    assert_failed(run, "exception", exception.split("(")[0])
+    await assert_worker_fine(rpc, tenant["id"])
+
+
+async def test_output_flood_is_bounded(rpc, tenant):
+    run = await attack(rpc, tenant["id"], "for i in range(100000):\n    print('x' * 100)\n"
+                                          "print('y' * (10 * 1024 * 1024))\nreturn 1")
+    assert run["status"] == "succeeded", run["error"]
+    output = run["output"]
+    assert len(output) <= 64 * 1024 + 100
+    assert output.startswith("x" * 100 + "\n")
+    assert output.endswith(f"\n[output truncated: {100000 * 101 + 10 * 1024 * 1024 + 1 - 65536}"
+                           " more characters]")
+
+
+NOT_A_RESULT = [
+    ("too_large_string", "return 'a' * (2 * 1024 * 1024)", "result_too_large",
+     "the result is larger than 1048576 bytes"),
+    ("too_large_list", "return list(range(300000))", "result_too_large", "larger than"),
+    ("set", "return {1, 2}", "exception", "TypeError: Object of type set is not JSON"),
+    ("nan", "return float('nan')", "exception", "ValueError: Out of range float values"),
+    ("infinity", "return [float('inf')]", "exception", "ValueError: Out of range float"),
+    ("generator", "return (i for i in range(3))", "exception",
+     "TypeError: Object of type generator is not JSON serializable"),
+    ("function", "return run", "exception", "TypeError: Object of type function"),
+    ("db", "return db", "exception", "TypeError: Object of type Db is not JSON"),
+    ("tuple_keys", "return {(1, 2): 3}", "exception", "TypeError: keys must be"),
+    ("int_over_4300_digits", "return 10 ** 5000", "exception", "ValueError: Exceeds the limit"),
+]
+
+
+@pytest.mark.parametrize("body,error_type,message", [c[1:] for c in NOT_A_RESULT],
+                         ids=[c[0] for c in NOT_A_RESULT])
+async def test_results_that_are_not_json_or_too_large(rpc, tenant, body, error_type, message):
+    run = await attack(rpc, tenant["id"], body)
+    assert_failed(run, error_type, message)
+
+
+async def test_generator_result_cleanup_cannot_change_the_outcome(rpc, tenant):
+    """A generator's finally runs when the child drops it: it may still call db and print,
+    but the outcome (already decided) stays failed."""
+    run = await attack(rpc, tenant["id"], """\
+def g():
+    try:
+        yield 1
+    finally:
+        print('cleanup')
+        db.list_nodes()
+        raise SystemExit(0)
+x = g()
+next(x)
+return x""")
+    assert_failed(run, "exception", "TypeError: Object of type generator")
+    await assert_worker_fine(rpc, tenant["id"])
+
+
+OUTCOME_THE_WORKER_CANNOT_SEND = [
+    ("result_int_beyond_64_bits", "return 2 ** 64"),
+    ("result_nested_300", "x = 1\nfor i in range(300):\n    x = [x]\nreturn x"),
+    ("result_lone_surrogate", "return '\\ud800'"),
+    ("output_lone_surrogate", "print('\\udfff')\nreturn 1"),
+    ("error_lone_surrogate", "raise ValueError('\\ud800')"),
+]
+
+
+@pytest.mark.xfail(reason="BUG (not an escape): the worker answers its HTTP response with "
+                          "orjson, which refuses ints beyond 64 bits, nesting deeper than 255 and "
+                          "lone surrogates that the child's json happily sends; handle_run raises "
+                          "-> HTTP 500 -> the run is recorded as failed/sandbox_unavailable "
+                          "('the sandbox worker cannot be reached'): a tenant can fake worker "
+                          "outages at will", strict=True)
+@pytest.mark.parametrize("body", [c[1] for c in OUTCOME_THE_WORKER_CANNOT_SEND],
+                         ids=[c[0] for c in OUTCOME_THE_WORKER_CANNOT_SEND])
+async def test_outcome_the_worker_cannot_encode(rpc, tenant, body):
+    run = await attack(rpc, tenant["id"], body)
+    await assert_worker_fine(rpc, tenant["id"])
+    assert run["error"] is None or run["error"]["type"] != "sandbox_unavailable", run["error"]
+
+
+@pytest.mark.xfail(reason="BUG (not an escape): U+0000 in a run's result, output or error "
+                          "message cannot be stored (PostgreSQL text/jsonb): run_pipeline "
+                          "answers -32602 'params: contains a character the database cannot "
+                          "store' (blaming the caller's params), the outcome is lost and the run "
+                          "stays 'running' until the sweeper marks it interrupted", strict=True)
+@pytest.mark.parametrize("body", ["return 'a\\x00b'", "print('a\\x00b')\nreturn 1",
+                                  "raise ValueError('a\\x00b')"],
+                         ids=["result", "output", "error"])
+async def test_nul_in_outcome_is_recorded(rpc, tenant, body):
+    run = await attack(rpc, tenant["id"], body)
+    assert run["status"] in ("succeeded", "failed")
+
+
+@pytest.mark.xfail(reason="BUG (not an escape): result (1 MiB) and output (64 KiB) are capped "
+                          "but an exception message is not: raise ValueError('x' * 5 MiB) stores "
+                          "~10 MiB (message + traceback) in pipeline_runs.error and sends it in "
+                          "the -32007 answer; up to the worker's 16 MiB line limit per run",
+                   strict=True)
+async def test_error_message_is_bounded(rpc, tenant):
+    run = await attack(rpc, tenant["id"], "raise ValueError('x' * (5 * 1024 * 1024))",
+                       memory_mb=128)
+    assert run["status"] == "failed"
+    assert len(json.dumps(run["error"])) <= 1024 * 1024, len(json.dumps(run["error"]))
+
+
+# ---------------------------------------------------------------- compile-time abuse
+
+COMPILE_BOMBS = [
+    ("deep_binop", "x = 1\nreturn " + "x+" * 30000 + "x"),
+    ("deep_unary", "return " + "-" * 30000 + "1"),
+    ("deep_attribute", "return input" + ".a" * 30000),
+    ("deep_calls", "return f" + "(1)" * 30000),
+    ("deep_lambda", "return " + "lambda:" * 5000 + "1"),
+    ("deep_parens", "return " + "(" * 300 + "1" + ")" * 300),
+    ("too_long", "return 1\n" + "#" * 100_001),
+    ("nul", "return 1\x00"),
+    ("no_top_level_entry_point", "if True:\n    def run(input, db):\n        return 1"),
+    ("syntax_error", "return (1"),
+]
+
+
+@pytest.mark.parametrize("body", [c[1] for c in COMPILE_BOMBS], ids=[c[0] for c in COMPILE_BOMBS])
+async def test_compile_bombs_are_refused_quickly(rpc, tenant, body):
+    began = time.monotonic()
+    with pytest.raises(RpcError) as exc:
+        await create(rpc, tenant["id"], body)
+    assert exc.value.code == -32602, exc.value
+    assert time.monotonic() - began < 5
+    await assert_worker_fine(rpc, tenant["id"])
+
+
+# ---------------------------------------------------------------- 7. the worker's HTTP API
+
+def _job(code: str = "def run(input, db):\n    return 7\n") -> bytes:
+    return json.dumps({"run_id": str(uuid.uuid4()), "tenant_id": str(uuid.uuid4()),
+                       "token": "fdbx_not-a-real-token", "code": code, "input": None,
+                       "timeout_ms": 2000, "memory_mb": 64}).encode()
+
+
+def _headers(body: bytes, secret: str = TEST_SANDBOX_SECRET, path: str = "/runs",
+             timestamp: str | None = None) -> dict:
+    if timestamp is None:
+        return signing.sign(secret.encode(), "POST", path, body)
+    nonce = uuid.uuid4().hex
+    return {signing.TIMESTAMP: timestamp, signing.NONCE: nonce,
+            signing.SIGNATURE: signing._mac(secret.encode(), "POST", path, timestamp, nonce, body)}
+
+
+@pytest.fixture
+async def worker(server):
+    async with httpx.AsyncClient(base_url=server.sandbox.base, timeout=30) as client:
+        yield client
+
+
+async def test_worker_runs_a_properly_signed_job_once(worker):
+    body = _job()
+    headers = _headers(body)
+    first = await worker.post("/runs", content=body, headers=headers)
+    assert first.status_code == 200 and first.json()["result"] == 7
+    replay = await worker.post("/runs", content=body, headers=headers)
+    assert replay.status_code == 401 and replay.text == "replayed request"
+
+
+UNSIGNED = [
+    ("no_headers", lambda body: {}, "unsigned request"),
+    ("signature_only", lambda body: {signing.SIGNATURE: _headers(body)[signing.SIGNATURE]},
+     "unsigned request"),
+    ("wrong_secret", lambda body: _headers(body, secret="another-secret-0123456789abcdef01234"),
+     "bad signature"),
+    ("zero_signature", lambda body: {**_headers(body), signing.SIGNATURE: "0" * 64},
+     "bad signature"),
+    ("other_path", lambda body: _headers(body, path="/runs/x/cancel"), "bad signature"),
+    ("tampered_body", lambda body: _headers(body.replace(b"return 7", b"return 8")),
+     "bad signature"),
+    ("stale", lambda body: _headers(body, timestamp=f"{time.time() - 120:.3f}"),
+     "stale or future timestamp"),
+    ("future", lambda body: _headers(body, timestamp=f"{time.time() + 120:.3f}"),
+     "stale or future timestamp"),
+    ("infinite", lambda body: _headers(body, timestamp="inf"), "stale or future timestamp"),
+    ("not_a_number", lambda body: _headers(body, timestamp="yesterday"), "bad timestamp"),
+    ("long_nonce", lambda body: {**_headers(body), signing.NONCE: "n" * 65}, "unsigned request"),
+]
+
+
+@pytest.mark.parametrize("make_headers,message", [c[1:] for c in UNSIGNED],
+                         ids=[c[0] for c in UNSIGNED])
+async def test_worker_refuses_unsigned_or_forged_requests(worker, make_headers, message):
+    body = _job("def run(input, db):\n    return 7\n")
+    response = await worker.post("/runs", content=body, headers=make_headers(body))
+    assert response.status_code == 401, response.text
+    assert response.text == message
+
+
+async def test_worker_refuses_unsigned_cancel(worker):
+    response = await worker.post(f"/runs/{uuid.uuid4()}/cancel", content=b"{}")
+    assert response.status_code == 401
+
+
+async def test_worker_health_tells_nothing_secret(worker):
+    response = await worker.get("/health")
+    assert response.status_code == 200
+    assert set(response.json()) == {"status", "running", "warm"}
+
+
+@pytest.mark.xfail(reason="HARDENING (needs the secret, so not exploitable by a tenant): "
+                          "verify() parses the timestamp with float(), and abs(now - nan) > 30 is "
+                          "False, so a signed request with X-Flexdb-Timestamp: nan never goes "
+                          "stale; once its nonce leaves the cache (60 s) it could be replayed "
+                          "forever. Suggest: require a finite number (math.isfinite)", strict=True)
+async def test_worker_refuses_nan_timestamp(worker):
+    body = _job()
+    response = await worker.post("/runs", content=body, headers=_headers(body, timestamp="nan"))
+    assert response.status_code == 401
+
+
+# ---------------------------------------------------------------- the flood, collected
+
+async def test_db_call_flood_is_cut_off(rpc):
+    """Calls beyond 10,000 in one run are answered with DbError(kind too_many_calls) without
+    reaching the server; the run record keeps at most 1,000 of them."""
+    await _start_flood(rpc)
+    deadline = time.monotonic() + 75
+    while True:
+        run = (await rpc.call("get_pipeline_run", {"tenant_id": _flood["tenant_id"],
+                                                   "id": _flood["run_id"]}))["run"]
+        if run["status"] not in ("queued", "running") or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert run["status"] == "succeeded", run["error"]
+    answers, last = run["result"]
+    assert answers == {"invalid_params": 10_000, "too_many_calls": FLOOD_CALLS - 10_000}
+    assert last == [-32005, "too_many_calls", "more than 10000 db calls in one run"]
+    assert len(run["db_operations"]) == 1000
+    assert_no_leak(run)
