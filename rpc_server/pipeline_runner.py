@@ -46,7 +46,7 @@ class PipelineRunner:
         return {"run_id": str(run["id"]), "tenant_id": str(run["tenant_id"]),
                 "token": mint(self.secret, claims), "code": run["code"], "input": run["input"],
                 "timeout_ms": run["timeout_ms"], "memory_mb": run["memory_mb"],
-                "request_id": run["request_id"]}
+                "request_id": run["request_id"], "verbose": run["debug_level"] == "verbose"}
 
     async def execute(self, run: asyncpg.Record,
                       requeue_when_busy: bool = False) -> tuple[asyncpg.Record | None, bool]:

@@ -61,7 +61,8 @@ def _job_from(body: bytes) -> dict:
         return {"run_id": str(job["run_id"]), "tenant_id": str(job["tenant_id"]),
                 "token": str(job["token"]), "code": str(job["code"]), "input": job.get("input"),
                 "timeout_ms": int(job["timeout_ms"]), "memory_mb": int(job["memory_mb"]),
-                "request_id": str(job.get("request_id", ""))[:128]}
+                "request_id": str(job.get("request_id", ""))[:128],
+                "verbose": bool(job.get("verbose", False))}
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         raise web.HTTPBadRequest(text="bad job") from None
 
@@ -101,7 +102,8 @@ async def handle_run(request: web.Request) -> web.Response:
         child_job = {"code": job["code"], "input": job["input"],
                      "cpu_s": max(1, int(timeout_s + 0.999)), "memory_mb": job["memory_mb"],
                      "max_output": MAX_OUTPUT, "max_result": MAX_RESULT}
-        outcome = await run_job(child, child_job, db_call, timeout_s, cancelled)
+        outcome = await run_job(child, child_job, db_call, timeout_s, cancelled,
+                                verbose=job["verbose"])
     finally:
         request.app[RUNNING].pop(job["run_id"], None)
         pool.give_back()

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from rpc_server.audit import summarize  # the audit trail's redaction, for verbose runs
+
 log = logging.getLogger(__name__)
 LINE_LIMIT = 16 * 1024 * 1024  # the largest message a child may send (a db call, the result)
 MAX_DB_CALLS = 10_000
@@ -232,8 +234,10 @@ class WarmPool:
 
 
 async def run_job(child: Child, job: dict, db_call: DbCall, timeout_s: float,
-                  cancelled: asyncio.Event) -> Outcome:
-    """Send the job, answer its db calls, and end it on the wall clock or on cancel."""
+                  cancelled: asyncio.Event, verbose: bool = False) -> Outcome:
+    """Send the job, answer its db calls, and end it on the wall clock or on cancel. With
+    `verbose`, each recorded db operation also holds a summary of its params (secrets
+    redacted, documents reduced to their size, as in the audit trail)."""
     started = time.perf_counter()
     operations: list = []
     outcome: Outcome | None = None
@@ -260,9 +264,12 @@ async def run_job(child: Child, job: dict, db_call: DbCall, timeout_s: float,
             else:
                 ok, answer = await db_call(method, params if isinstance(params, dict) else {})
             if len(operations) < MAX_RECORDED_OPERATIONS:
-                operations.append({"method": str(method)[:100],
-                                   "duration_ms": round((time.perf_counter() - began) * 1000, 3),
-                                   "ok": ok, **({} if ok else {"error": answer.get("message")})})
+                operation = {"method": str(method)[:100],
+                             "duration_ms": round((time.perf_counter() - began) * 1000, 3),
+                             "ok": ok, **({} if ok else {"error": answer.get("message")})}
+                if verbose and isinstance(params, dict):
+                    operation["params"] = json.loads(summarize(params))
+                operations.append(operation)
             await child.send({"result": answer} if ok else {"error": answer})
 
     talk = asyncio.ensure_future(converse())
