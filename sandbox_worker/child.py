@@ -13,6 +13,11 @@ the wall clock and kills the process when it runs over."""
 from __future__ import annotations
 
 import _strptime  # noqa: F401 - datetime.strptime imports it lazily: no file opens later
+import encodings.idna  # noqa: F401 - codecs user code may ask for, loaded before the limits
+import encodings.latin_1  # noqa: F401
+import encodings.utf_16  # noqa: F401
+import encodings.utf_32  # noqa: F401
+import unicodedata  # noqa: F401
 import json
 import os
 import resource
@@ -100,8 +105,18 @@ def set_limits(cpu_s: int, memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
-    highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (highest, highest))
+    # No free descriptor slot is left below the limit: nothing new can be opened.
+    in_use = [int(fd) for fd in os.listdir("/proc/self/fd")]  # (includes the listing's own)
+    limit = max(fd for fd in in_use if _is_open(fd)) + 1
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
 
 
 def user_traceback(exc: BaseException) -> str:
@@ -188,8 +203,20 @@ def unstorable(value) -> str | None:
     return None
 
 
+MAX_MESSAGE = 4096
+MAX_TRACEBACK = 16_384
+# Where Python and the project live: never shown to user code's callers.
+HOST_PATHS = sorted({sys.prefix, sys.base_prefix, sys.exec_prefix,
+                     os.path.dirname(os.path.dirname(os.path.abspath(__file__)))},
+                    key=len, reverse=True)
+
+
 def storable_text(text: str) -> str:
-    """Output and messages as text PostgreSQL can store (no U+0000, valid UTF-8)."""
+    """Output and messages as text PostgreSQL can store (no U+0000, valid UTF-8), without
+    the host's paths."""
+    for path in HOST_PATHS:
+        if len(path) > 1:
+            text = text.replace(path, "<host>")
     return text.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
@@ -197,9 +224,10 @@ def sanitize(outcome: dict) -> dict:
     outcome["output"] = storable_text(outcome.get("output", ""))
     error = outcome.get("error")
     if isinstance(error, dict):
-        for key in ("message", "traceback"):
+        for key, limit in (("message", MAX_MESSAGE), ("traceback", MAX_TRACEBACK)):
             if key in error:
-                error[key] = storable_text(str(error[key]))
+                text = storable_text(str(error[key]))
+                error[key] = text if len(text) <= limit else text[:limit] + " [truncated]"
     return outcome
 
 

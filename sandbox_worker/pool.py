@@ -21,6 +21,8 @@ from typing import Awaitable, Callable
 
 from rpc_server.audit import summarize  # the audit trail's redaction, for verbose runs
 
+from .child import storable_text
+
 log = logging.getLogger(__name__)
 LINE_LIMIT = 16 * 1024 * 1024  # the largest message a child may send (a db call, the result)
 MAX_DB_CALLS = 10_000
@@ -58,14 +60,15 @@ class Child:
         return json.loads(line) if line else None
 
     def kill(self) -> None:
-        if self.returncode is None:
+        if not self._exited.done():  # once reaped, its pid may belong to another process
             try:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
 
     async def wait(self) -> int:
-        self.returncode = await self._exited
+        # Shielded: a waiter that is cancelled must not cancel the exit status for others.
+        self.returncode = await asyncio.shield(self._exited)
         self.writer.close()
         return self.returncode
 
@@ -266,7 +269,8 @@ async def run_job(child: Child, job: dict, db_call: DbCall, timeout_s: float,
             if len(operations) < MAX_RECORDED_OPERATIONS:
                 operation = {"method": str(method)[:100],
                              "duration_ms": round((time.perf_counter() - began) * 1000, 3),
-                             "ok": ok, **({} if ok else {"error": answer.get("message")})}
+                             "ok": ok, **({} if ok else {
+                                 "error": storable_text(str(answer.get("message")))[:500]})}
                 if verbose and isinstance(params, dict):
                     operation["params"] = json.loads(summarize(params))
                 operations.append(operation)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import secrets
 import time
 from collections import OrderedDict
@@ -58,6 +59,8 @@ def verify(secret: bytes, method: str, path: str, body: bytes, headers,
         sent = float(timestamp)
     except ValueError:
         raise SignatureError("bad timestamp") from None
+    if not math.isfinite(sent):
+        raise SignatureError("bad timestamp")
     now = time.time()
     if abs(now - sent) > MAX_SKEW_S:
         raise SignatureError("stale or future timestamp")

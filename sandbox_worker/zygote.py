@@ -18,6 +18,8 @@ import sys
 
 from sandbox_worker import child
 
+CHANNEL_FD = 3
+
 
 def _send(control: socket.socket, message: dict, fds: list[int] = ()) -> None:
     socket.send_fds(control, [json.dumps(message).encode()], list(fds))
@@ -30,10 +32,13 @@ def _fork(control: socket.socket, wake_r: int, wake_w: int) -> None:
         try:
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.set_wakeup_fd(-1)
-            for fd in (control.fileno(), wake_r, wake_w, worker_end.fileno()):
-                os.close(fd)
+            # The channel becomes fd 3 and every other descriptor goes: with 0-2 on
+            # /dev/null there is then no free slot below the open-files limit.
+            os.dup2(child_end.fileno(), CHANNEL_FD)
+            os.closerange(CHANNEL_FD + 1, os.sysconf("SC_OPEN_MAX"))
             os.setsid()
-            child.serve_one(child_end.makefile("rb"), child_end.makefile("wb"))
+            channel = socket.socket(fileno=CHANNEL_FD)
+            child.serve_one(channel.makefile("rb"), channel.makefile("wb"))
         finally:
             os._exit(70)
     child_end.close()
