@@ -1,6 +1,7 @@
 """The aiohttp application: POST /jsonrpc and GET /health."""
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import uuid
@@ -145,7 +146,8 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
                                             settings.auth_cache_ttl_s), DeniedLimiter(),
                               QueryEnvironment(query_pool, query_problems, superuser,
                                                TenantLimiter(settings.query_tenant_concurrency,
-                                                             settings.db_connect_timeout_s)), runner)
+                                                             settings.db_connect_timeout_s),
+                                               asyncio.Semaphore(max(1, settings.db_pool_max // 2))), runner)
         runner.start()
         yield
         await runner.stop()

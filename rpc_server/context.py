@@ -1,6 +1,7 @@
 """What a method handler gets: the shared app state plus the request's own id."""
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, AsyncIterator
@@ -32,13 +33,14 @@ class AppState:
 
 @dataclass
 class QueryEnvironment:
-    """What heavy calls (execute_query, graph walks) run on: their own pool and a per-tenant
-    limit; whether the database is set up to run tenant SQL safely (`problems` empty) and
+    """What heavy calls run on: execute_query its own pool, graph walks at most half the
+    main pool, both within a per-tenant limit; whether the database is set up to run tenant SQL safely (`problems` empty) and
     lets us cap temp files (superuser only)."""
     pool: asyncpg.Pool
     problems: list[str]
     limit_temp_files: bool
     per_tenant: TenantLimiter
+    walks: asyncio.Semaphore  # graph walks at once: half the main pool
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Graph traversal over relationships: everything reachable from a node, and shortest paths."""
 from __future__ import annotations
 
+import asyncio
 from contextlib import asynccontextmanager
 from typing import Annotated, AsyncIterator, Literal
 
@@ -51,19 +52,21 @@ class ShortestPath(Params):
 
 @asynccontextmanager
 async def walk_connection(ctx, tenant_id) -> AsyncIterator[asyncpg.Connection]:
-    """Walks run on the query pool, within the tenant's limit of heavy calls, so that long
-    walks can never take the connections every other method needs."""
+    """Walks take main-pool connections (their statements stay prepared) but at most half of
+    them at once, and count against the tenant's limit of heavy calls, so long walks can
+    never take the connections every other method needs."""
     env = ctx.state.query
     async with env.per_tenant.slot(tenant_id):
         try:
-            conn = await env.pool.acquire(timeout=ctx.state.settings.db_connect_timeout_s)
-        except TimeoutError:
-            raise Busy("Too many queries and walks are running on this server; retry "
+            await asyncio.wait_for(env.walks.acquire(), ctx.state.settings.db_connect_timeout_s)
+        except asyncio.TimeoutError:
+            raise Busy("Too many graph walks are running on this server; retry "
                        "shortly") from None
         try:
-            yield conn
+            async with ctx.connection() as conn:
+                yield conn
         finally:
-            await env.pool.release(conn)
+            env.walks.release()
 
 
 def _timed_out(timeout_ms: int) -> QueryRejected:
