@@ -61,6 +61,11 @@ def _database_refusal(exc: asyncpg.PostgresError) -> QueryRejected:
     return QueryRejected(f"The database refused the statement: {exc.message or exc}", **details)
 
 
+def _too_large(limit: int) -> QueryRejected:
+    return QueryRejected(f"The result is larger than {limit} bytes: select fewer rows or "
+                         "columns", type="too_many_rows", max_bytes=limit)
+
+
 async def _run(ctx, p: ExecuteQuery) -> dict:
     env = ctx.state.query
     if env.problems:
@@ -88,16 +93,12 @@ async def _run(ctx, p: ExecuteQuery) -> dict:
     except (asyncpg.QueryCanceledError, TimeoutError):
         raise QueryRejected(f"The statement ran longer than {p.timeout_ms} ms and was "
                             "cancelled", type="timeout", timeout_ms=p.timeout_ms) from None
-    except asyncpg.ProgramLimitExceededError as exc:
+    except asyncpg.ProgramLimitExceededError as exc:  # the size check inside PostgreSQL
         if RESULT_LIMIT_MESSAGE not in (exc.message or ""):
             raise _database_refusal(exc) from None
-        limit = settings.query_max_result_bytes
-        raise QueryRejected(f"The result is larger than {limit} bytes: select fewer rows or "
-                            "columns", type="too_many_rows", max_bytes=limit) from None
-    except ResultTooLarge:
-        limit = settings.query_max_result_bytes
-        raise QueryRejected(f"The result is larger than {limit} bytes: select fewer rows or "
-                            "columns", type="too_many_rows", max_bytes=limit) from None
+        raise _too_large(settings.query_max_result_bytes) from None
+    except ResultTooLarge:  # the exact check on the JSON, here
+        raise _too_large(settings.query_max_result_bytes) from None
     except UNAVAILABLE_ERRORS:
         raise Unavailable() from None
     except asyncpg.PostgresError as exc:
