@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 LINE_LIMIT = 16 * 1024 * 1024  # the largest message a child may send (a db call, the result)
 MAX_DB_CALLS = 10_000
 MAX_RECORDED_OPERATIONS = 1_000
+ZYGOTE_MAX_FORKS = 256
+RETIRE_PATIENCE_S = 120.0  # longer than any run (60 s at most) plus its kill
 # A bare environment (no secrets of the worker's), with sandbox_worker importable however
 # the project was installed.
 CHILD_ENV = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8",
@@ -78,9 +80,12 @@ class Zygote:
 
     def __init__(self):
         self.process: asyncio.subprocess.Process | None = None
+        self.forked = 0
         self._sock: socket.socket | None = None
         self._forks: deque[asyncio.Future] = deque()
         self._exits: dict[int, asyncio.Future] = {}
+        self._children: set[int] = set()  # forked and not yet reported as exited
+        self._idle = asyncio.Event()
 
     @property
     def alive(self) -> bool:
@@ -123,6 +128,9 @@ class Zygote:
                 else:
                     future.set_result((data["forked"], fds[0]))
             elif "exited" in data:
+                self._children.discard(data["exited"])
+                if not self._children:
+                    self._idle.set()
                 future = self._exits.pop(data["exited"], None)
                 if future is None:  # exited before anyone asked: keep the status
                     future = self._exit_future(data["exited"])
@@ -136,6 +144,7 @@ class Zygote:
         for future in [*self._forks, *self._exits.values()]:
             if not future.done():
                 future.set_exception(ZygoteGone())
+                future.exception()  # retrieved: nobody may be waiting for it
         self._forks.clear()
 
     async def fork(self) -> Child:
@@ -145,6 +154,9 @@ class Zygote:
         self._forks.append(future)
         self._sock.send(b"fork")
         pid, fd = await asyncio.wait_for(future, 10)
+        self.forked += 1
+        self._children.add(pid)
+        self._idle.clear()
         exited = self._exit_future(pid)
         reader, writer = await asyncio.open_unix_connection(sock=socket.socket(fileno=fd),
                                                             limit=LINE_LIMIT)
@@ -153,6 +165,16 @@ class Zygote:
             child.kill()
             raise RuntimeError("sandbox child did not start")
         return child
+
+    async def retire(self, patience_s: float) -> None:
+        """Stop once every child it forked has ended (their exit statuses come from it)."""
+        try:
+            if self._children:
+                await asyncio.wait_for(self._idle.wait(), patience_s)
+        except asyncio.TimeoutError:
+            log.warning("retiring a sandbox zygote with %d children still running",
+                        len(self._children))
+        await self.close()
 
     async def close(self) -> None:
         if self._sock is not None:
@@ -182,15 +204,28 @@ class WarmPool:
         self.size, self.max_running = size, max_running
         self.running = 0
         self.zygote = Zygote()
+        self._rotating = asyncio.Lock()
         self._warm: list[Child] = []
         self._refilling: set[asyncio.Task] = set()
 
     async def _new_child(self) -> Child:
-        if not self.zygote.alive:  # first use, or the zygote died: start a new one
-            await self.zygote.close()
-            self.zygote = Zygote()
-            await self.zygote.start()
+        async with self._rotating:
+            if not self.zygote.alive:  # first use, or the zygote died: start a new one
+                await self.zygote.close()
+                self.zygote = Zygote()
+                await self.zygote.start()
+            elif self.zygote.forked >= ZYGOTE_MAX_FORKS:
+                # Forked children share the zygote's memory layout and hash seed: a new
+                # zygote now and then bounds how many runs see the same ones.
+                retiring, self.zygote = self.zygote, Zygote()
+                await self.zygote.start()
+                self._background(retiring.retire(RETIRE_PATIENCE_S))
         return await self.zygote.fork()
+
+    def _background(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._refilling.add(task)
+        task.add_done_callback(self._refilling.discard)
 
     @property
     def warm(self) -> int:
@@ -208,9 +243,7 @@ class WarmPool:
                 return
 
     def _refill_later(self) -> None:
-        task = asyncio.ensure_future(self._fill())
-        self._refilling.add(task)
-        task.add_done_callback(self._refilling.discard)
+        self._background(self._fill())
 
     async def take(self) -> Child:
         if self.running >= self.max_running:
@@ -228,7 +261,7 @@ class WarmPool:
         self.running -= 1
 
     async def close(self) -> None:
-        for task in list(self._refilling):
+        for task in list(self._refilling):  # refills and retiring zygotes
             task.cancel()
         for child in self._warm:
             child.kill()
