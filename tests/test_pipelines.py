@@ -890,7 +890,7 @@ def test_a_cancel_while_the_worker_starts_the_child_stops_the_run(pg_server_url)
             with pytest.raises(PipelineFailed) as exc:
                 await waiting
             assert exc.value.data["run"]["status"] == "cancelled"
-            assert time.monotonic() - started < 1.5, "the cancel did not stop the run"
+            assert time.monotonic() - started < 2.5, "the cancel did not stop the run"
 
     with fresh_database(pg_server_url) as url:
         # No warm child: the worker's take() has to make one (the first starts the zygote).
