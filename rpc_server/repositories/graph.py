@@ -54,7 +54,7 @@ def _walk(direction: str, typed: bool) -> str:
         reached AS (
             SELECT node_id, min(depth) AS depth FROM walk GROUP BY node_id
         ),
-        depth_of AS (
+        depth_of AS MATERIALIZED (  -- built once, not once per row it is read in
             SELECT jsonb_object_agg(node_id::text, depth) AS map FROM reached
         )"""
 
