@@ -106,10 +106,7 @@ class PipelineRunner:
 
     async def _requeue(self, run: asyncpg.Record) -> None:
         async with self.pool.acquire() as conn:
-            await conn.execute(
-                "UPDATE pipeline_runs SET status = 'queued', started_at = NULL, "
-                "deadline = NULL, finished_at = NULL, error = NULL, updated_at = now() "
-                "WHERE tenant_id = $1 AND id = $2", run["tenant_id"], run["id"])
+            await PipelineRunRepository(conn).requeue(run["tenant_id"], run["id"])
 
     async def _execute_queued(self, run: asyncpg.Record, slots: asyncio.Semaphore) -> None:
         try:

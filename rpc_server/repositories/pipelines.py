@@ -81,6 +81,13 @@ class PipelineRunRepository(Repository):
             f"RETURNING {', '.join('r.' + c.strip() for c in self.columns.split(','))}, "
             "r.code, r.actor_role, r.request_id, r.deadline")
 
+    async def requeue(self, tenant_id: UUID, run_id: UUID) -> None:
+        """Put a claimed run back in the queue (the sandbox had no free slot)."""
+        await self.conn.execute(
+            "UPDATE pipeline_runs SET status = 'queued', started_at = NULL, deadline = NULL, "
+            "finished_at = NULL, error = NULL, updated_at = now() "
+            "WHERE tenant_id = $1 AND id = $2 AND status = 'running'", tenant_id, run_id)
+
     async def finish(self, tenant_id: UUID, run_id: UUID, outcome: dict) -> asyncpg.Record | None:
         """Record a running run's outcome; None when it is no longer running (cancelled)."""
         return await self.conn.fetchrow(
