@@ -9,7 +9,7 @@ from typing import Any, Awaitable, Callable
 
 import asyncpg
 from jsonrpcserver import Success
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from . import audit
 from .auth import ROLE_RANK, Permission
@@ -32,6 +32,7 @@ class MethodSpec:
     permission: Permission
     handler: Handler
     summary: str
+    result_model: type[BaseModel]
 
 
 REGISTRY: dict[str, MethodSpec] = {}
@@ -51,6 +52,9 @@ MISSING_REFERENCES = {
     "nodes_node_type_fkey": "node_type",
     "relationships_source_fkey": "source_node",
     "relationships_target_fkey": "target_node",
+    "api_keys_user_id_fkey": "user",
+    "pipelines_tenant_id_fkey": "tenant",
+    "pipeline_runs_pipeline_fkey": "pipeline",
 }
 UNAVAILABLE_ERRORS = (
     asyncpg.CannotConnectNowError,
@@ -95,12 +99,16 @@ def translate_database_error(exc: Exception) -> RpcError | None:
     return None
 
 
-def rpc_method(params: type[Params], permission: Permission, name: str | None = None):
+def rpc_method(params: type[Params], permission: Permission, name: str | None = None, *,
+               result: type[BaseModel]):
     """Register `async def handler(ctx, params) -> dict` as a JSON-RPC method. Every method
-    declares who may call it; there is no default."""
+    declares who may call it (there is no default) and the model of its result (see
+    results.py)."""
     if not isinstance(permission, Permission):
         raise TypeError("rpc_method needs a Permission (AUTHENTICATED, PLATFORM_ADMIN, "
                         "tenant_role(...))")
+    if not (isinstance(result, type) and issubclass(result, BaseModel)):
+        raise TypeError("rpc_method needs result=<a pydantic model of the result>")
     if permission.kind == "tenant" and permission.tenant_param not in params.model_fields:
         raise TypeError(f"{params.__name__} has no {permission.tenant_param} for the tenant check")
 
@@ -109,7 +117,8 @@ def rpc_method(params: type[Params], permission: Permission, name: str | None = 
         if method_name in REGISTRY:
             raise RuntimeError(f"method registered twice: {method_name}")
         summary = (inspect.getdoc(handler) or "").split("\n")[0]
-        REGISTRY[method_name] = MethodSpec(method_name, params, permission, handler, summary)
+        REGISTRY[method_name] = MethodSpec(method_name, params, permission, handler, summary,
+                                           result)
         return handler
 
     return decorate

@@ -9,6 +9,7 @@ from pydantic import AwareDatetime
 from ..auth import AUTHENTICATED, KEY_PREFIX, hash_key, new_api_key
 from ..errors import Forbidden, InvalidParams, NotFound
 from ..params import Id, Name, PaginationParam, Params
+from .. import results
 from ..registry import rpc_method
 from ..repositories.api_keys import ApiKeyRepository
 
@@ -43,7 +44,7 @@ async def _owner_of_request(ctx, user_id):
     return user_id
 
 
-@rpc_method(CreateApiKey, AUTHENTICATED)
+@rpc_method(CreateApiKey, AUTHENTICATED, result=results.ApiKeyCreated)
 async def create_api_key(ctx, p: CreateApiKey) -> dict:
     """Create an API key; the `secret` in the result is shown only this once."""
     user_id = await _owner_of_request(ctx, p.user_id)
@@ -58,7 +59,7 @@ async def create_api_key(ctx, p: CreateApiKey) -> dict:
     return {"api_key": ctx.shaper.one(row), "secret": secret}
 
 
-@rpc_method(ListApiKeys, AUTHENTICATED)
+@rpc_method(ListApiKeys, AUTHENTICATED, result=results.ApiKeyList)
 async def list_api_keys(ctx, p: ListApiKeys) -> dict:
     """List API keys (never their secrets): your own, or a platform admin's choice."""
     principal = await ctx.principal()
@@ -68,7 +69,7 @@ async def list_api_keys(ctx, p: ListApiKeys) -> dict:
     return ctx.shaper.page("api_keys", page)
 
 
-@rpc_method(ApiKeyId, AUTHENTICATED)
+@rpc_method(ApiKeyId, AUTHENTICATED, result=results.ApiKeyResult)
 async def revoke_api_key(ctx, p: ApiKeyId) -> dict:
     """Revoke an API key; it stops working at once on this instance and within the auth
     cache time (FLEXDB_AUTH_CACHE_TTL_S) on others."""

@@ -7,6 +7,7 @@ from pydantic import AwareDatetime, Field
 
 from ..auth import tenant_role
 from ..params import Id, PaginationParam, Params
+from .. import results
 from ..registry import rpc_method
 from ..repositories.audit import AuditRepository
 
@@ -25,7 +26,7 @@ class VerifyAuditChain(Params):
     tenant_id: Id
 
 
-@rpc_method(ListAuditEvents, tenant_role("admin"))
+@rpc_method(ListAuditEvents, tenant_role("admin"), result=results.AuditEventList)
 async def list_audit_events(ctx, p: ListAuditEvents) -> dict:
     """List a tenant's audit events, oldest first, filtered by actor, method, target or time."""
     async with ctx.connection() as conn:
@@ -38,7 +39,7 @@ async def list_audit_events(ctx, p: ListAuditEvents) -> dict:
     return result
 
 
-@rpc_method(VerifyAuditChain, tenant_role("admin"))
+@rpc_method(VerifyAuditChain, tenant_role("admin"), result=results.AuditChainVerification)
 async def verify_audit_chain(ctx, p: VerifyAuditChain) -> dict:
     """Recompute the tenant's hash chain: ok, or the first event where it breaks."""
     async with ctx.connection() as conn:

@@ -11,6 +11,7 @@ from pydantic import BeforeValidator, Field, StrictInt
 from ..auth import tenant_role
 from ..errors import Busy, QueryRejected
 from ..params import Id, Params, RelationshipType, zero_means
+from .. import results
 from ..registry import rpc_method
 from ..repositories import NodeRepository
 from ..repositories.graph import GraphRepository
@@ -27,7 +28,7 @@ RelationshipTypes = Annotated[
     BeforeValidator(lambda v: None if v == [] or v == "" else v)]
 
 
-TimeoutMs = Annotated[StrictInt, zero_means(5000), Field(ge=1, le=30_000)]
+TimeoutMs = Annotated[StrictInt, Field(ge=1, le=30_000), zero_means(5000)]
 
 
 class Traverse(Params):
@@ -84,7 +85,7 @@ def _path_to(node_id, parents: dict) -> list[str]:
     return path[::-1]
 
 
-@rpc_method(Traverse, tenant_role("viewer"))
+@rpc_method(Traverse, tenant_role("viewer"), result=results.TraverseResult)
 async def traverse(ctx, p: Traverse) -> dict:
     """Nodes reachable from a start node within max_depth hops, nearest first, each with its
     depth and one shortest path of relationship ids."""
@@ -106,7 +107,7 @@ async def traverse(ctx, p: Traverse) -> dict:
             "truncated": truncated}
 
 
-@rpc_method(ShortestPath, tenant_role("viewer"))
+@rpc_method(ShortestPath, tenant_role("viewer"), result=results.ShortestPathResult)
 async def shortest_path(ctx, p: ShortestPath) -> dict:
     """One shortest path between two nodes within max_depth hops, or null."""
     try:

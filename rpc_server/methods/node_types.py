@@ -6,6 +6,7 @@ from pydantic import Field
 
 from ..params import Description, Id, JsonSchemaDoc, Name, PaginationParam, Params, Version
 from ..auth import tenant_role
+from .. import results
 from ..registry import rpc_method
 from ..repositories import NodeTypeRepository
 from ..schemas import check_schema
@@ -40,7 +41,7 @@ class ListNodeTypes(Params):
     pagination: PaginationParam
 
 
-@rpc_method(CreateNodeType, tenant_role("admin"))
+@rpc_method(CreateNodeType, tenant_role("admin"), result=results.NodeTypeResult)
 async def create_node_type(ctx, p: CreateNodeType) -> dict:
     """Create a node type; `schema` (object or JSON string) validates its nodes' data."""
     check_schema(p.schema_)
@@ -50,7 +51,7 @@ async def create_node_type(ctx, p: CreateNodeType) -> dict:
     return {"node_type": ctx.shaper.one(row)}
 
 
-@rpc_method(NodeTypeId, tenant_role("viewer"))
+@rpc_method(NodeTypeId, tenant_role("viewer"), result=results.NodeTypeResult)
 async def get_node_type(ctx, p: NodeTypeId) -> dict:
     """Get a node type by id."""
     async with ctx.connection() as conn:
@@ -58,7 +59,7 @@ async def get_node_type(ctx, p: NodeTypeId) -> dict:
     return {"node_type": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdateNodeType, tenant_role("admin"))
+@rpc_method(UpdateNodeType, tenant_role("admin"), result=results.NodeTypeResult)
 async def update_node_type(ctx, p: UpdateNodeType) -> dict:
     """Update a node type. `schema` null or "" removes the schema. Existing nodes are not
     re-validated; later creates and updates are."""
@@ -73,7 +74,7 @@ async def update_node_type(ctx, p: UpdateNodeType) -> dict:
     return {"node_type": ctx.shaper.one(row)}
 
 
-@rpc_method(NodeTypeId, tenant_role("admin"))
+@rpc_method(NodeTypeId, tenant_role("admin"), result=results.Deleted)
 async def delete_node_type(ctx, p: NodeTypeId) -> dict:
     """Delete a node type, its nodes and their relationships."""
     async with ctx.transaction() as conn:
@@ -81,7 +82,7 @@ async def delete_node_type(ctx, p: NodeTypeId) -> dict:
     return DELETED
 
 
-@rpc_method(ListNodeTypes, tenant_role("viewer"))
+@rpc_method(ListNodeTypes, tenant_role("viewer"), result=results.NodeTypeList)
 async def list_node_types(ctx, p: ListNodeTypes) -> dict:
     """List a tenant's node types."""
     async with ctx.connection() as conn:

@@ -7,6 +7,7 @@ from ..ids import uuid7_sequence
 from ..errors import InvalidParams, NotFound
 from ..params import MAX_BULK, Id, JsonObject, OptionalId, PaginationParam, Params, Version
 from ..auth import tenant_role
+from .. import results
 from ..registry import rpc_method
 from ..repositories import NodeRepository, NodeTypeRepository
 from .common import DELETED, require_tenant
@@ -47,7 +48,7 @@ class CreateNodes(Params):
     nodes: list[NodeInput] = Field(max_length=MAX_BULK)
 
 
-@rpc_method(CreateNode, tenant_role("member"))
+@rpc_method(CreateNode, tenant_role("member"), result=results.NodeResult)
 async def create_node(ctx, p: CreateNode) -> dict:
     """Create a node; its data must satisfy the node type's schema."""
     async with ctx.transaction() as conn:
@@ -60,7 +61,7 @@ async def create_node(ctx, p: CreateNode) -> dict:
     return {"node": ctx.shaper.one(row)}
 
 
-@rpc_method(NodeId, tenant_role("viewer"))
+@rpc_method(NodeId, tenant_role("viewer"), result=results.NodeResult)
 async def get_node(ctx, p: NodeId) -> dict:
     """Get a node by id."""
     async with ctx.connection() as conn:
@@ -68,7 +69,7 @@ async def get_node(ctx, p: NodeId) -> dict:
     return {"node": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdateNode, tenant_role("member"))
+@rpc_method(UpdateNode, tenant_role("member"), result=results.NodeResult)
 async def update_node(ctx, p: UpdateNode) -> dict:
     """Replace a node's data (validated); `expected_version` guards against lost updates."""
     async with ctx.transaction() as conn:
@@ -84,7 +85,7 @@ async def update_node(ctx, p: UpdateNode) -> dict:
     return {"node": ctx.shaper.one(row)}
 
 
-@rpc_method(NodeId, tenant_role("member"))
+@rpc_method(NodeId, tenant_role("member"), result=results.Deleted)
 async def delete_node(ctx, p: NodeId) -> dict:
     """Delete a node and its relationships."""
     async with ctx.transaction() as conn:
@@ -92,7 +93,7 @@ async def delete_node(ctx, p: NodeId) -> dict:
     return DELETED
 
 
-@rpc_method(ListNodes, tenant_role("viewer"))
+@rpc_method(ListNodes, tenant_role("viewer"), result=results.NodeList)
 async def list_nodes(ctx, p: ListNodes) -> dict:
     """List a tenant's nodes, optionally of one node type."""
     async with ctx.connection() as conn:
@@ -101,7 +102,7 @@ async def list_nodes(ctx, p: ListNodes) -> dict:
     return ctx.shaper.page("nodes", page)
 
 
-@rpc_method(CreateNodes, tenant_role("member"))
+@rpc_method(CreateNodes, tenant_role("member"), result=results.NodesCreated)
 async def create_nodes(ctx, p: CreateNodes) -> dict:
     """Create up to 1,000 nodes in one transaction: all are created or none."""
     async with ctx.transaction() as conn:

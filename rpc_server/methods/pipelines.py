@@ -13,6 +13,7 @@ from ..auth import tenant_role
 from ..errors import Busy, Conflict, InvalidParams, PipelineFailed
 from ..params import (Description, Id, Name, OptionalId, PaginationParam, Params, Version,
                       contains_nul, zero_means)
+from .. import results
 from ..registry import rpc_method
 from ..repositories.pipelines import RUN_FIELDS, PipelineRepository, PipelineRunRepository
 from .common import DELETED, changes_of, require_changes, require_tenant
@@ -43,9 +44,9 @@ def _json_input(value: Any) -> Any:
 
 
 Code = Annotated[str, Field(min_length=1, max_length=MAX_CODE_LENGTH)]
-TimeoutMs = Annotated[StrictInt, zero_means(DEFAULT_TIMEOUT_MS), Field(ge=100, le=MAX_TIMEOUT_MS)]
-MemoryMb = Annotated[StrictInt, zero_means(DEFAULT_MEMORY_MB),
-                     Field(ge=MIN_MEMORY_MB, le=MAX_MEMORY_MB)]
+TimeoutMs = Annotated[StrictInt, Field(ge=100, le=MAX_TIMEOUT_MS), zero_means(DEFAULT_TIMEOUT_MS)]
+MemoryMb = Annotated[StrictInt, Field(ge=MIN_MEMORY_MB, le=MAX_MEMORY_MB),
+                     zero_means(DEFAULT_MEMORY_MB)]
 
 
 class CreatePipeline(Params):
@@ -103,7 +104,7 @@ def _run(ctx, row) -> dict:
     return ctx.shaper.one({k: row[k] for k in RUN_FIELDS})
 
 
-@rpc_method(CreatePipeline, tenant_role("admin"))
+@rpc_method(CreatePipeline, tenant_role("admin"), result=results.PipelineResult)
 async def create_pipeline(ctx, p: CreatePipeline) -> dict:
     """Save a pipeline: Python code defining run(input, db), checked when saved."""
     _compiles(p.code)
@@ -114,7 +115,7 @@ async def create_pipeline(ctx, p: CreatePipeline) -> dict:
     return {"pipeline": ctx.shaper.one(row)}
 
 
-@rpc_method(PipelineId, tenant_role("viewer"))
+@rpc_method(PipelineId, tenant_role("viewer"), result=results.PipelineResult)
 async def get_pipeline(ctx, p: PipelineId) -> dict:
     """Get a pipeline with its code."""
     async with ctx.connection() as conn:
@@ -122,7 +123,7 @@ async def get_pipeline(ctx, p: PipelineId) -> dict:
     return {"pipeline": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdatePipeline, tenant_role("admin"))
+@rpc_method(UpdatePipeline, tenant_role("admin"), result=results.PipelineResult)
 async def update_pipeline(ctx, p: UpdatePipeline) -> dict:
     """Change a pipeline's name, description, code or limits (code is checked again)."""
     changes = changes_of(p, UPDATABLE)
@@ -135,7 +136,7 @@ async def update_pipeline(ctx, p: UpdatePipeline) -> dict:
     return {"pipeline": ctx.shaper.one(row)}
 
 
-@rpc_method(PipelineId, tenant_role("admin"))
+@rpc_method(PipelineId, tenant_role("admin"), result=results.Deleted)
 async def delete_pipeline(ctx, p: PipelineId) -> dict:
     """Delete a pipeline and its runs."""
     async with ctx.transaction() as conn:
@@ -143,7 +144,7 @@ async def delete_pipeline(ctx, p: PipelineId) -> dict:
     return DELETED
 
 
-@rpc_method(ListPipelines, tenant_role("viewer"))
+@rpc_method(ListPipelines, tenant_role("viewer"), result=results.PipelineList)
 async def list_pipelines(ctx, p: ListPipelines) -> dict:
     """List a tenant's pipelines."""
     async with ctx.connection() as conn:
@@ -152,7 +153,7 @@ async def list_pipelines(ctx, p: ListPipelines) -> dict:
     return ctx.shaper.page("pipelines", page)
 
 
-@rpc_method(RunPipeline, tenant_role("member"))
+@rpc_method(RunPipeline, tenant_role("member"), result=results.PipelineRunResult)
 async def run_pipeline(ctx, p: RunPipeline) -> dict:
     """Run a pipeline: wait for its outcome (wait: true), or queue it and return at once."""
     runner = ctx.state.pipelines
@@ -185,7 +186,7 @@ async def run_pipeline(ctx, p: RunPipeline) -> dict:
     return {"run": shaped}
 
 
-@rpc_method(RunId, tenant_role("viewer"))
+@rpc_method(RunId, tenant_role("viewer"), result=results.PipelineRunResult)
 async def get_pipeline_run(ctx, p: RunId) -> dict:
     """Get a run: status, input, result, error, output, timings and db operations."""
     async with ctx.connection() as conn:
@@ -193,7 +194,7 @@ async def get_pipeline_run(ctx, p: RunId) -> dict:
     return {"run": _run(ctx, row)}
 
 
-@rpc_method(ListPipelineRuns, tenant_role("viewer"))
+@rpc_method(ListPipelineRuns, tenant_role("viewer"), result=results.PipelineRunList)
 async def list_pipeline_runs(ctx, p: ListPipelineRuns) -> dict:
     """List a tenant's runs, newest last, by status or pipeline."""
     async with ctx.connection() as conn:
@@ -203,7 +204,7 @@ async def list_pipeline_runs(ctx, p: ListPipelineRuns) -> dict:
     return ctx.shaper.page("runs", page)
 
 
-@rpc_method(RunId, tenant_role("member"))
+@rpc_method(RunId, tenant_role("member"), result=results.PipelineRunResult)
 async def cancel_pipeline_run(ctx, p: RunId) -> dict:
     """Cancel a queued or running run (a finished one is left as it is: conflict)."""
     async with ctx.transaction() as conn:

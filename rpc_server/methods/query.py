@@ -15,6 +15,7 @@ from ..errors import Busy, InvalidParams, QueryRejected, Unavailable
 from ..node_filter import SqlArgs, compile_filter, parse_sort
 from ..params import Id, OptionalId, PaginationParam, Params, contains_nul, zero_means
 from ..query_values import ParamError
+from .. import results
 from ..registry import UNAVAILABLE_ERRORS, rpc_method
 from ..repositories import NodeRepository
 from ..repositories.tenant_sql import (RESULT_LIMIT_MESSAGE, WRAP_PREFIX, ResultTooLarge,
@@ -117,7 +118,7 @@ async def _run(ctx, p: ExecuteQuery) -> dict:
             "truncated": result.truncated, "duration_ms": result.duration_ms}
 
 
-@rpc_method(ExecuteQuery, tenant_role("viewer"))
+@rpc_method(ExecuteQuery, tenant_role("viewer"), result=results.QueryResult)
 async def execute_query(ctx, p: ExecuteQuery) -> dict:
     """Run one read-only SQL statement over the tenant's nodes, node_types and
     relationships views."""
@@ -131,7 +132,7 @@ async def execute_query(ctx, p: ExecuteQuery) -> dict:
     return result
 
 
-@rpc_method(QueryNodes, tenant_role("viewer"))
+@rpc_method(QueryNodes, tenant_role("viewer"), result=results.NodeList)
 async def query_nodes(ctx, p: QueryNodes) -> dict:
     """Find nodes with a JSON filter over data paths and node columns, keyset-paginated."""
     args = SqlArgs()

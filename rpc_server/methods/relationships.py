@@ -7,8 +7,9 @@ from pydantic import BeforeValidator, Field
 
 from ..ids import uuid7_sequence
 from ..errors import NotFound
-from ..params import MAX_BULK, Id, JsonObject, OptionalId, PaginationParam, Params, RelationshipType, Version
+from ..params import EMPTY_MEANS_NONE, MAX_BULK, Id, JsonObject, OptionalId, PaginationParam, Params, RelationshipType, Version
 from ..auth import tenant_role
+from .. import results
 from ..registry import rpc_method
 from ..repositories import NodeRepository, RelationshipRepository
 from .common import DELETED, changes_of, require_changes, require_tenant
@@ -42,7 +43,8 @@ class ListRelationships(Params):
     source_node_id: OptionalId = None
     target_node_id: OptionalId = None
     relationship_type: Annotated[RelationshipType | None,
-                                 BeforeValidator(lambda v: None if v == "" else v)] = None
+                                 BeforeValidator(lambda v: None if v == "" else v),
+                                 EMPTY_MEANS_NONE] = None
     pagination: PaginationParam
 
 
@@ -58,7 +60,7 @@ class CreateRelationships(Params):
     relationships: list[RelationshipInput] = Field(max_length=MAX_BULK)
 
 
-@rpc_method(CreateRelationship, tenant_role("member"))
+@rpc_method(CreateRelationship, tenant_role("member"), result=results.RelationshipResult)
 async def create_relationship(ctx, p: CreateRelationship) -> dict:
     """Link two nodes of the same tenant."""
     async with ctx.transaction() as conn:
@@ -68,7 +70,7 @@ async def create_relationship(ctx, p: CreateRelationship) -> dict:
     return {"relationship": ctx.shaper.one(row)}
 
 
-@rpc_method(RelationshipId, tenant_role("viewer"))
+@rpc_method(RelationshipId, tenant_role("viewer"), result=results.RelationshipResult)
 async def get_relationship(ctx, p: RelationshipId) -> dict:
     """Get a relationship by id."""
     async with ctx.connection() as conn:
@@ -76,7 +78,7 @@ async def get_relationship(ctx, p: RelationshipId) -> dict:
     return {"relationship": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdateRelationship, tenant_role("member"))
+@rpc_method(UpdateRelationship, tenant_role("member"), result=results.RelationshipResult)
 async def update_relationship(ctx, p: UpdateRelationship) -> dict:
     """Change a relationship's type or replace its data."""
     changes = changes_of(p, UPDATABLE)
@@ -87,7 +89,7 @@ async def update_relationship(ctx, p: UpdateRelationship) -> dict:
     return {"relationship": ctx.shaper.one(row)}
 
 
-@rpc_method(RelationshipId, tenant_role("member"))
+@rpc_method(RelationshipId, tenant_role("member"), result=results.Deleted)
 async def delete_relationship(ctx, p: RelationshipId) -> dict:
     """Delete a relationship."""
     async with ctx.transaction() as conn:
@@ -95,7 +97,7 @@ async def delete_relationship(ctx, p: RelationshipId) -> dict:
     return DELETED
 
 
-@rpc_method(ListRelationships, tenant_role("viewer"))
+@rpc_method(ListRelationships, tenant_role("viewer"), result=results.RelationshipList)
 async def list_relationships(ctx, p: ListRelationships) -> dict:
     """List a tenant's relationships, filtered by source, target or type."""
     async with ctx.connection() as conn:
@@ -105,7 +107,7 @@ async def list_relationships(ctx, p: ListRelationships) -> dict:
     return ctx.shaper.page("relationships", page)
 
 
-@rpc_method(CreateRelationships, tenant_role("member"))
+@rpc_method(CreateRelationships, tenant_role("member"), result=results.RelationshipsCreated)
 async def create_relationships(ctx, p: CreateRelationships) -> dict:
     """Create up to 1,000 relationships in one transaction: all are created or none."""
     items = p.relationships

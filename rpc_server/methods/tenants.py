@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..params import Id, Name, PaginationParam, Params, Slug, Status, Version
 from ..auth import AUTHENTICATED, tenant_role
+from .. import results
 from ..registry import rpc_method
 from ..repositories import TenantRepository
 from ..repositories.users import MembershipRepository
@@ -32,7 +33,7 @@ class ListTenants(Params):
     pagination: PaginationParam
 
 
-@rpc_method(CreateTenant, AUTHENTICATED)
+@rpc_method(CreateTenant, AUTHENTICATED, result=results.TenantResult)
 async def create_tenant(ctx, p: CreateTenant) -> dict:
     """Create a tenant with a unique slug; the caller becomes its owner."""
     principal = await ctx.principal()
@@ -44,7 +45,7 @@ async def create_tenant(ctx, p: CreateTenant) -> dict:
     return {"tenant": ctx.shaper.one(row)}
 
 
-@rpc_method(TenantId, tenant_role("viewer", "id"))
+@rpc_method(TenantId, tenant_role("viewer", "id"), result=results.TenantResult)
 async def get_tenant(ctx, p: TenantId) -> dict:
     """Get a tenant by id."""
     async with ctx.connection() as conn:
@@ -52,7 +53,7 @@ async def get_tenant(ctx, p: TenantId) -> dict:
     return {"tenant": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdateTenant, tenant_role("owner", "id"))
+@rpc_method(UpdateTenant, tenant_role("owner", "id"), result=results.TenantResult)
 async def update_tenant(ctx, p: UpdateTenant) -> dict:
     """Update a tenant's slug, name or status."""
     changes = changes_of(p, UPDATABLE)
@@ -62,7 +63,7 @@ async def update_tenant(ctx, p: UpdateTenant) -> dict:
     return {"tenant": ctx.shaper.one(row)}
 
 
-@rpc_method(TenantId, tenant_role("owner", "id"))
+@rpc_method(TenantId, tenant_role("owner", "id"), result=results.Deleted)
 async def delete_tenant(ctx, p: TenantId) -> dict:
     """Delete a tenant and everything it owns."""
     async with ctx.transaction() as conn:
@@ -71,7 +72,7 @@ async def delete_tenant(ctx, p: TenantId) -> dict:
     return DELETED
 
 
-@rpc_method(ListTenants, AUTHENTICATED)
+@rpc_method(ListTenants, AUTHENTICATED, result=results.TenantList)
 async def list_tenants(ctx, p: ListTenants) -> dict:
     """List the caller's tenants (all of them for a platform admin), oldest first."""
     principal = await ctx.principal()

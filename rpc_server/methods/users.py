@@ -7,6 +7,7 @@ from typing import Literal
 from ..auth import AUTHENTICATED, PLATFORM_ADMIN, ROLE_RANK, tenant_role
 from ..errors import Conflict, Forbidden, NotFound
 from ..params import Email, Id, Name, PaginationParam, Params, Version
+from .. import results
 from ..registry import rpc_method
 from ..repositories import UserRepository
 from ..repositories.users import MembershipRepository
@@ -80,7 +81,7 @@ async def keep_an_owner(members: MembershipRepository, tenant_id, current_role: 
         raise Conflict("a tenant must keep at least one owner", field="user_id")
 
 
-@rpc_method(CreateUser, PLATFORM_ADMIN)
+@rpc_method(CreateUser, PLATFORM_ADMIN, result=results.UserResult)
 async def create_user(ctx, p: CreateUser) -> dict:
     """Create a user with a unique email."""
     async with ctx.transaction() as conn:
@@ -89,7 +90,7 @@ async def create_user(ctx, p: CreateUser) -> dict:
     return {"user": ctx.shaper.one(row)}
 
 
-@rpc_method(UserId, AUTHENTICATED)
+@rpc_method(UserId, AUTHENTICATED, result=results.UserResult)
 async def get_user(ctx, p: UserId) -> dict:
     """Get a user by id (yourself, or anyone for a platform admin)."""
     principal = await ctx.principal()
@@ -100,7 +101,7 @@ async def get_user(ctx, p: UserId) -> dict:
     return {"user": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdateUser, PLATFORM_ADMIN)
+@rpc_method(UpdateUser, PLATFORM_ADMIN, result=results.UserResult)
 async def update_user(ctx, p: UpdateUser) -> dict:
     """Update a user's email or display name."""
     changes = changes_of(p, UPDATABLE)
@@ -110,7 +111,7 @@ async def update_user(ctx, p: UpdateUser) -> dict:
     return {"user": ctx.shaper.one(row)}
 
 
-@rpc_method(UserId, PLATFORM_ADMIN)
+@rpc_method(UserId, PLATFORM_ADMIN, result=results.Deleted)
 async def delete_user(ctx, p: UserId) -> dict:
     """Delete a user, their API keys and their tenant memberships."""
     async with ctx.transaction() as conn:
@@ -119,7 +120,7 @@ async def delete_user(ctx, p: UserId) -> dict:
     return DELETED
 
 
-@rpc_method(ListUsers, PLATFORM_ADMIN)
+@rpc_method(ListUsers, PLATFORM_ADMIN, result=results.UserList)
 async def list_users(ctx, p: ListUsers) -> dict:
     """List users, oldest first."""
     async with ctx.connection() as conn:
@@ -127,7 +128,7 @@ async def list_users(ctx, p: ListUsers) -> dict:
     return ctx.shaper.page("users", page)
 
 
-@rpc_method(AddUserToTenant, tenant_role("admin"))
+@rpc_method(AddUserToTenant, tenant_role("admin"), result=results.TenantUserResult)
 async def add_user_to_tenant(ctx, p: AddUserToTenant) -> dict:
     """Make a user a member of a tenant with a role (owner, admin, member, viewer)."""
     await require_rank(ctx, p.tenant_id, p.role, "grant")
@@ -138,7 +139,7 @@ async def add_user_to_tenant(ctx, p: AddUserToTenant) -> dict:
     return {"tenant_user": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdateTenantUserRole, tenant_role("admin"))
+@rpc_method(UpdateTenantUserRole, tenant_role("admin"), result=results.TenantUserResult)
 async def update_tenant_user_role(ctx, p: UpdateTenantUserRole) -> dict:
     """Change a member's role; nobody grants above their own role, and the last owner
     stays an owner."""
@@ -154,7 +155,7 @@ async def update_tenant_user_role(ctx, p: UpdateTenantUserRole) -> dict:
     return {"tenant_user": ctx.shaper.one(row)}
 
 
-@rpc_method(RemoveUserFromTenant, tenant_role("admin"))
+@rpc_method(RemoveUserFromTenant, tenant_role("admin"), result=results.Deleted)
 async def remove_user_from_tenant(ctx, p: RemoveUserFromTenant) -> dict:
     """Remove a user's membership of a tenant (never the last owner)."""
     ctx.set_target("tenant_user", p.user_id)
@@ -167,7 +168,7 @@ async def remove_user_from_tenant(ctx, p: RemoveUserFromTenant) -> dict:
     return DELETED
 
 
-@rpc_method(ListTenantUsers, tenant_role("viewer"))
+@rpc_method(ListTenantUsers, tenant_role("viewer"), result=results.TenantUserList)
 async def list_tenant_users(ctx, p: ListTenantUsers) -> dict:
     """List a tenant's members."""
     async with ctx.connection() as conn:
