@@ -19,6 +19,7 @@ from .db import connect, create_pool, create_query_pool
 from .migrations import migrate
 from .json_codec import dumps
 from .protocol import Dispatcher, internal_error, invalid_request
+from .openrpc import rpc_discover
 from .pipeline_runner import PipelineRunner
 from .registry import build_dispatch_table
 from .sandbox_client import SandboxClient
@@ -112,7 +113,8 @@ async def handle_health(request: web.Request) -> web.Response:
 def create_app(settings: Settings, database_url: str) -> web.Application:
     # auto_decompress off: read_limited decodes bodies itself, within the size limit.
     app = web.Application(handler_args={"auto_decompress": False})
-    app[DISPATCHER] = Dispatcher(build_dispatch_table(), max_batch=settings.max_batch,
+    table = {**build_dispatch_table(), "rpc.discover": rpc_discover}
+    app[DISPATCHER] = Dispatcher(table, max_batch=settings.max_batch,
                                  max_depth=settings.max_json_depth)
 
     secret = server_secret(settings)

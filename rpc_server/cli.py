@@ -1,4 +1,4 @@
-"""The `flexdb` command: serve, migrate, create-key, sandbox."""
+"""The `flexdb` command: serve, migrate, facade, sandbox, create-key."""
 from __future__ import annotations
 
 import argparse
@@ -90,7 +90,21 @@ def _sandbox(settings: Settings, args) -> int:
     return 0
 
 
-COMMANDS = {"serve": _serve, "migrate": _migrate, "create-key": _create_key,
+def _facade(settings: Settings, args) -> int:
+    import uvicorn
+
+    from rest_facade.app import create_app
+
+    base = f"http://{settings.facade_host}:{settings.facade_port}"
+    print(f"flexdb REST facade is up\n  REST: {base}/tenants …\n  docs: {base}/docs  "
+          f"{base}/redoc  {base}/openapi.json\n  forwards to: {settings.rpc_url}", flush=True)
+    uvicorn.run(create_app(settings), host=settings.facade_host, port=settings.facade_port,
+                loop="uvloop", http="httptools", access_log=False, server_header=False,
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=15)
+    return 0
+
+
+COMMANDS = {"serve": _serve, "facade": _facade, "migrate": _migrate, "create-key": _create_key,
             "sandbox": _sandbox}
 
 
@@ -99,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the JSON-RPC server (applies migrations first)")
     sub.add_parser("migrate", help="apply pending migrations and exit")
+    sub.add_parser("facade", help="run the REST facade (forwards to FLEXDB_RPC_URL)")
     sub.add_parser("sandbox", help="run the sandbox worker that executes pipeline code")
     key = sub.add_parser("create-key", help="print a new platform admin API key (run on the "
                          "server host to recover access)")

@@ -51,6 +51,19 @@ class TransportError(Exception):
     """The server could not be reached or answered something that is not JSON-RPC."""
 
 
+class TransportTimeout(TransportError):
+    """The server did not answer within the client's timeout."""
+
+
+def _timed_out(exc: httpx.HTTPError) -> bool:
+    """Whether the server was reached but too slow. The aiohttp transport maps every
+    connection error (refused, reset) to httpx.ConnectTimeout, so its cause decides."""
+    cause = exc.__cause__
+    if cause is not None and not isinstance(cause, httpx.HTTPError):
+        return isinstance(cause, TimeoutError)
+    return isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout)
+
+
 def error_from(payload: dict) -> RpcError:
     error = payload.get("error") or {}
     code = error.get("code", 0)
@@ -90,6 +103,8 @@ class FlexDBClient:
         try:
             return await self._http.post(self.url, json=payload, headers=headers)
         except httpx.HTTPError as exc:
+            if _timed_out(exc):
+                raise TransportTimeout(f"no answer from {self.url} in time") from exc
             raise TransportError(f"cannot reach {self.url}: {exc!r}") from exc
 
     async def _send(self, payload: Any, headers: dict[str, str] | None = None) -> Any:

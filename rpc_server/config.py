@@ -63,6 +63,17 @@ class Settings(BaseModel):
                                      "sandbox worker (beyond: busy)")
     pipeline_queue_concurrency: int = Field(2, ge=0, le=64, description="Queued runs (wait: "
                                             "false) one rpc_server executes at once (0 = none)")
+    facade_host: str = Field("127.0.0.1", description="Address the REST facade binds to")
+    facade_port: int = Field(8000, ge=1, le=65535, description="Port of the REST facade")
+    facade_rpc_timeout_s: float = Field(
+        70.0, gt=0, le=3600, description="Seconds the REST facade waits for rpc_server (past "
+        "it: 504); above the longest pipeline run a caller can wait for")
+    facade_max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576,
+                                       description="Largest request body the REST facade accepts")
+    facade_max_connections: int = Field(100, ge=1, le=10_000, description="Pooled connections "
+                                        "from the REST facade to rpc_server")
+    cors_origins: str = Field("", description="Comma-separated origins the REST facade allows "
+                              "cross-origin requests from ('*' = any; empty = none)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     migrations_dir: Path | None = Field(None, description="Override for the sql/ directory")
 

@@ -5,7 +5,9 @@ import re
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+                      GetCoreSchemaHandler, GetJsonSchemaHandler, StrictBool, StrictInt)
+from pydantic_core import core_schema
 
 from .json_codec import JSONError, json_depth_exceeds, loads
 
@@ -103,25 +105,61 @@ def _optional_schema(value: Any) -> Any:
 
 
 Id = UUID
-Slug = Annotated[str, Field(min_length=1, max_length=63), AfterValidator(_slug)]
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME), AfterValidator(_no_control_chars)]
+# The patterns below only document the rules in the JSON Schemas (OpenRPC, OpenAPI); the
+# validators enforce them, with clearer messages.
+PLAIN_TEXT_PATTERN = r"^[^\x00-\x1f\x7f\s](?:[^\x00-\x1f\x7f]*[^\x00-\x1f\x7f\s])?$"
+Slug = Annotated[str, Field(min_length=1, max_length=63,
+                            json_schema_extra={"pattern": SLUG_RE.pattern}),
+                 AfterValidator(_slug)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME,
+                            json_schema_extra={"pattern": PLAIN_TEXT_PATTERN}),
+                 AfterValidator(_no_control_chars)]
 Description = Annotated[str, Field(max_length=MAX_DESCRIPTION), AfterValidator(_no_nul)]
-Email = Annotated[str, Field(min_length=3, max_length=254), AfterValidator(_email)]
+Email = Annotated[str, Field(min_length=3, max_length=254,
+                             json_schema_extra={"pattern": EMAIL_RE.pattern}),
+                  AfterValidator(_email)]
 Status = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z_]*$")]
-RelationshipType = Annotated[str, Field(min_length=1, max_length=100),
+RelationshipType = Annotated[str, Field(min_length=1, max_length=100,
+                                        json_schema_extra={"pattern": PLAIN_TEXT_PATTERN}),
                              AfterValidator(_no_control_chars)]
 # Optional filters: "" means "not given" (proto3-style clients send empty strings).
-OptionalId = Annotated[UUID | None, BeforeValidator(lambda v: None if v == "" else v)]
+class also_accepts:
+    """Documents in the JSON Schema an input form a before-validator turns into the type."""
+
+    def __init__(self, alternative: dict):
+        self.alternative = alternative
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: GetJsonSchemaHandler):
+        return {"anyOf": [handler(schema), self.alternative]}
+
+
+EMPTY_MEANS_NONE = also_accepts({"const": "", "description": "\"\" = not given"})
+OptionalId = Annotated[UUID | None, BeforeValidator(lambda v: None if v == "" else v),
+                       EMPTY_MEANS_NONE]
 JsonObject = Annotated[dict[str, Any], BeforeValidator(_parse_json_text),
-                       AfterValidator(_json_object)]
-JsonSchemaDoc = Annotated[dict[str, Any] | None, BeforeValidator(_optional_schema)]
+                       AfterValidator(_json_object),
+                       also_accepts({"type": "string", "contentMediaType": "application/json",
+                                     "description": "the object as JSON text"})]
+JsonSchemaDoc = Annotated[dict[str, Any] | None, BeforeValidator(_optional_schema),
+                          also_accepts({"type": "string", "description": "the schema as JSON "
+                                        "text; \"\" = no schema"})]
 Version = Annotated[StrictInt, Field(ge=1, le=MAX_VERSION)]
 
 
-def zero_means(default: int) -> BeforeValidator:
+class zero_means:
     """flex-db clients send 0 (the proto3 default) for "not set". Only the integer 0 counts:
-    false and 0.0 stay invalid."""
-    return BeforeValidator(lambda v: default if type(v) is int and v == 0 else v)
+    false and 0.0 stay invalid. The JSON Schema says so too (0 or the field's own range)."""
+
+    def __init__(self, default: int):
+        self.default = default
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler):
+        default = self.default
+        return core_schema.no_info_before_validator_function(
+            lambda v: default if type(v) is int and v == 0 else v, handler(source))
+
+    def __get_pydantic_json_schema__(self, schema: Any, handler: GetJsonSchemaHandler):
+        return {"anyOf": [handler(schema), {"const": 0, "description": "0 = the default"}]}
 
 
 class Pagination(Params):
@@ -132,5 +170,7 @@ class Pagination(Params):
     include_total: StrictBool = True
 
 
-PaginationParam = Annotated[Pagination, BeforeValidator(lambda v: {} if v is None else v),
+# null means the defaults (never None once validated; the union documents that null is taken).
+PaginationParam = Annotated[Pagination | None,
+                            BeforeValidator(lambda v: {} if v is None else v),
                             Field(default_factory=Pagination)]

@@ -80,18 +80,23 @@ def database_url(pg_server_url):
 TEST_SANDBOX_SECRET = "flexdb-test-sandbox-secret-0123456789abcdef"
 
 
+PORT_VARS = {"serve": "FLEXDB_PORT", "sandbox": "FLEXDB_SANDBOX_PORT",
+             "facade": "FLEXDB_FACADE_PORT"}
+
+
 class ServerProcess:
-    """`flexdb serve` (or, with command="sandbox", the sandbox worker) as a subprocess."""
+    """`flexdb serve` (or the sandbox worker, or the REST facade) as a subprocess."""
 
     def __init__(self, env: dict[str, str], cwd: Path, command: str = "serve",
                  port: int | None = None):
+        self.command = command
         self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.url = self.base + "/jsonrpc"
         self.log = tempfile.NamedTemporaryFile(prefix=f"flexdb-{command}-", suffix=".log",
                                                delete=False)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXDB_")}
-        port_var = "FLEXDB_SANDBOX_PORT" if command == "sandbox" else "FLEXDB_PORT"
+        port_var = PORT_VARS[command]
         full_env.update({"FLEXDB_HOST": "127.0.0.1", port_var: str(self.port),
                          "FLEXDB_SECRET_KEY": TEST_SECRET}, **env)
         self.admin_key = None
@@ -103,14 +108,14 @@ class ServerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"flexdb serve exited early:\n{self.output()}")
+                raise RuntimeError(f"flexdb {self.command} exited early:\n{self.output()}")
             try:
                 if httpx.get(self.base + "/health", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"flexdb serve did not become healthy:\n{self.output()}")
+        raise RuntimeError(f"flexdb {self.command} did not become healthy:\n{self.output()}")
 
     def output(self) -> str:
         return Path(self.log.name).read_text(errors="replace")
@@ -162,6 +167,18 @@ def running_sandbox(rpc_url: str, port: int | None = None, **env: str):
     finally:
         worker.stop()
         os.unlink(worker.log.name)
+
+
+@contextmanager
+def running_facade(rpc_url: str, port: int | None = None, **env: str):
+    """`flexdb facade` forwarding to `rpc_url`."""
+    facade = ServerProcess({"FLEXDB_RPC_URL": rpc_url, **env}, ROOT, "facade", port)
+    try:
+        facade.wait_ready()
+        yield facade
+    finally:
+        facade.stop()
+        os.unlink(facade.log.name)
 
 
 @contextmanager

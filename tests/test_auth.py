@@ -16,7 +16,7 @@ from rpc_server.client import (Conflict, FlexDBClient, Forbidden, InvalidParams,
 import rpc_server.methods  # noqa: F401  (registers every method)
 from rpc_server.registry import REGISTRY
 
-from .conftest import running_server, unique
+from .conftest import missing_id, running_server, unique
 
 ROLES = ["viewer", "member", "admin", "owner"]
 RANK = {r: i for i, r in enumerate(ROLES)}
@@ -337,6 +337,13 @@ async def test_users_manage_only_their_own_keys(server, rpc):
             await alice_c.call("get_user", {"id": bob["id"]})
     async with FlexDBClient(server.url, api_key=bob_key) as bob_c:
         await bob_c.call("list_tenants", {})  # still valid
+
+
+async def test_a_key_for_a_user_that_does_not_exist_is_not_found(rpc):
+    # Found by the schemathesis run of the REST facade: this used to be an internal error.
+    with pytest.raises(NotFound) as exc:
+        await rpc.call("create_api_key", {"name": "k", "user_id": missing_id()})
+    assert exc.value.data["kind"] == "user"
 
 
 async def test_users_see_only_their_tenants_and_own_what_they_create(server, rpc):

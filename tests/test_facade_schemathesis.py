@@ -1,0 +1,52 @@
+"""Property-based run of the REST facade against its own /openapi.json (schemathesis):
+generated valid and invalid requests, with a platform admin key, must never get a 5xx and
+every answer must match the documented status codes, content types, headers and schemas.
+It runs on its own database: the generated requests create and delete a lot."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import fresh_database, running_facade, server_with_sandbox
+
+SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+
+# Checks left out, and why:
+# - positive_data_acceptance: schema-valid requests about random ids rightly get 404.
+# - unsupported_method: e.g. PUT /tenants/{t}/nodes/bulk is PUT /tenants/{t}/nodes/{node_id}
+#   with node_id "bulk", so the answer is 422 (not a UUID) rather than 405.
+EXCLUDED_CHECKS = "positive_data_acceptance,unsupported_method"
+# Revoking keys or deleting users found through links would lock the run's own admin out.
+EXCLUDED_OPERATIONS = ("revoke_api_key_api_keys__key_id__delete",
+                       "delete_user_users__user_id__delete")
+
+
+@pytest.fixture(scope="module")
+def stack(pg_server_url):
+    with fresh_database(pg_server_url) as url, server_with_sandbox(url) as server, \
+            running_facade(server.url) as facade:
+        yield server, facade
+
+
+def test_facade_conforms_to_its_openapi_document(stack):
+    server, facade = stack
+    command = [str(SCHEMATHESIS), "run", f"{facade.base}/openapi.json",
+               "--header", f"Authorization: Bearer {server.admin_key}",
+               "--checks", "all", "--exclude-checks", EXCLUDED_CHECKS,
+               "--max-examples", "25", "--seed", "20261123", "--workers", "2",
+               "--generation-database", "none", "--request-timeout", "30",
+               # Raw non-ASCII in a URL is not valid HTTP: uvicorn answers it in plain text
+               # before the app sees it.
+               "--generation-codec", "ascii", "--no-color"]
+    for operation in EXCLUDED_OPERATIONS:
+        command += ["--exclude-operation-id", operation]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=400)
+    report = result.stdout + result.stderr
+    Path(os.environ.get("FLEXDB_SCHEMATHESIS_LOG", os.devnull)).write_text(report)
+    assert result.returncode == 0, report[-12000:]
+    assert " passed" in report and "Tested: 54" in report, report[-3000:]
+    assert "Server error" not in report
