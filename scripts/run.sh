@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Start flexdb: creates .venv if needed, installs the project, runs the sandbox worker (which
-# executes pipelines) and the JSON-RPC server. With no FLEXDB_DATABASE_URL the server starts an
-# embedded PostgreSQL under FLEXDB_DATA_DIR (default ./.flexdb). Ctrl-C or SIGTERM stops both.
+# executes pipelines), the JSON-RPC server and the REST facade (port FLEXDB_FACADE_PORT, default
+# 8000, forwarding to the server). With no FLEXDB_DATABASE_URL the server starts an embedded
+# PostgreSQL under FLEXDB_DATA_DIR (default ./.flexdb). Ctrl-C or SIGTERM stops all three.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh" ""
 cd "$ROOT"
@@ -16,15 +17,17 @@ export FLEXDB_SANDBOX_URL="${FLEXDB_SANDBOX_URL:-http://127.0.0.1:${FLEXDB_SANDB
 
 "$VENV/bin/flexdb" sandbox &
 worker=$!
+"$VENV/bin/flexdb" facade &
+facade=$!
 "$VENV/bin/flexdb" serve "$@" &
 server=$!
-stop() { kill -TERM "$server" "$worker" 2>/dev/null || true; }
+stop() { kill -TERM "$server" "$worker" "$facade" 2>/dev/null || true; }
 trap stop INT TERM
 set +e
 wait "$server"
 status=$?
 # A signal ends the first wait early: wait again for the server's clean stop.
 kill -0 "$server" 2>/dev/null && { wait "$server"; status=$?; }
-kill -TERM "$worker" 2>/dev/null
-wait "$worker" 2>/dev/null
+kill -TERM "$worker" "$facade" 2>/dev/null
+wait "$worker" "$facade" 2>/dev/null
 exit "$status"

@@ -8,6 +8,7 @@ cd "$ROOT"
 DATA_DIR="$(mktemp -d /tmp/flexdb-smoke-XXXXXX)"
 PORT="${SMOKE_PORT:-5077}"
 SANDBOX_PORT="${SMOKE_SANDBOX_PORT:-5078}"
+FACADE_PORT="${SMOKE_FACADE_PORT:-5079}"
 LOG="$DATA_DIR/serve.log"
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; rm -rf "$DATA_DIR"; }
@@ -16,6 +17,7 @@ trap cleanup EXIT
 start() {
     env -u FLEXDB_DATABASE_URL -u FLEXDB_SANDBOX_SECRET -u FLEXDB_RPC_URL -u FLEXDB_SANDBOX_URL \
         FLEXDB_DATA_DIR="$DATA_DIR" FLEXDB_PORT="$PORT" FLEXDB_SANDBOX_PORT="$SANDBOX_PORT" \
+        FLEXDB_FACADE_PORT="$FACADE_PORT" \
         "$ROOT/scripts/run.sh" >>"$LOG" 2>&1 &
     pid=$!
     for _ in $(seq 1 120); do
@@ -34,6 +36,7 @@ stop() {
     pid=""
     if pgrep -f "$DATA_DIR/pg" >/dev/null; then echo "smoke: embedded PostgreSQL still running"; exit 1; fi
     if curl -fsS "http://127.0.0.1:$SANDBOX_PORT/health" >/dev/null 2>&1; then echo "smoke: sandbox worker still running"; exit 1; fi
+    if curl -fsS "http://127.0.0.1:$FACADE_PORT/health" >/dev/null 2>&1; then echo "smoke: REST facade still running"; exit 1; fi
 }
 
 rpc() { curl -fsS "http://127.0.0.1:$PORT/jsonrpc" -H "Authorization: Bearer $KEY" \
@@ -52,6 +55,10 @@ P=$(echo "$out" | sed -n 's/.*"pipeline":{"id":"\([^"]*\)".*/\1/p')
 out=$(rpc '{"jsonrpc":"2.0","method":"run_pipeline","params":{"tenant_id":"'$T'","pipeline_id":"'$P'","input":21},"id":4}')
 echo "run_pipeline -> $out"
 echo "$out" | grep -q '"twice":42' || { echo "smoke: pipeline run failed"; cat "$LOG"; exit 1; }
+for _ in $(seq 1 60); do curl -fsS "http://127.0.0.1:$FACADE_PORT/health" >/dev/null 2>&1 && break; sleep 0.5; done
+out=$(curl -fsS "http://127.0.0.1:$FACADE_PORT/tenants/$T" -H "Authorization: Bearer $KEY")
+echo "GET /tenants/$T (REST facade) -> $out"
+echo "$out" | grep -q '"slug":"smoke"' || { echo "smoke: REST facade failed"; cat "$LOG"; exit 1; }
 stop
 start
 grep -c "Platform admin API key" "$LOG" | grep -qx 1 || { echo "smoke: a second admin key was printed"; exit 1; }
@@ -60,4 +67,4 @@ KEY=$(env -u FLEXDB_DATABASE_URL FLEXDB_DATA_DIR="$DATA_DIR" "$VENV/bin/flexdb" 
 out=$(rpc '{"jsonrpc":"2.0","method":"list_tenants","params":{},"id":2}')
 echo "$out" | grep -q '"total_count":1' || { echo "smoke: data not kept across restart: $out"; exit 1; }
 stop
-echo "smoke: OK (run.sh: embedded PostgreSQL started, admin key printed once, served, pipeline ran in the sandbox worker, both stopped cleanly, reused on restart, create-key --admin works)"
+echo "smoke: OK (run.sh: embedded PostgreSQL started, admin key printed once, served over JSON-RPC and REST, pipeline ran in the sandbox worker, all stopped cleanly, reused on restart, create-key --admin works)"

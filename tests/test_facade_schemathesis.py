@@ -32,7 +32,7 @@ def stack(pg_server_url):
         yield server, facade
 
 
-def test_facade_conforms_to_its_openapi_document(stack):
+def test_facade_conforms_to_its_openapi_document(stack, tmp_path):
     server, facade = stack
     command = [str(SCHEMATHESIS), "run", f"{facade.base}/openapi.json",
                "--header", f"Authorization: Bearer {server.admin_key}",
@@ -44,7 +44,7 @@ def test_facade_conforms_to_its_openapi_document(stack):
                "--generation-codec", "ascii", "--no-color"]
     for operation in EXCLUDED_OPERATIONS:
         command += ["--exclude-operation-id", operation]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=400)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=400, cwd=tmp_path)
     report = result.stdout + result.stderr
     Path(os.environ.get("FLEXDB_SCHEMATHESIS_LOG", os.devnull)).write_text(report)
     assert result.returncode == 0, report[-12000:]
