@@ -39,7 +39,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="flexdb REST API", version="1.0.0", description=DESCRIPTION,
                   lifespan=lifespan, docs_url="/docs", redoc_url="/redoc",
-                  openapi_url="/openapi.json")
+                  openapi_url="/openapi.json", redirect_slashes=False)
     app.state.settings = settings
     errors.install(app)
     for router in all_routers():

@@ -8,9 +8,6 @@ from typing import Any
 import orjson
 from pydantic import Field
 
-from .errors import ApiError
-
-from rpc_server.errors import VersionConflict
 from rpc_server.params import JsonObject, Params, RelationshipType, Version
 
 
@@ -49,10 +46,3 @@ def document_of(item: dict) -> dict:
         return orjson.loads(data) if data else {}
     return data or {}
 
-
-def check_version(kind: str, current: dict, expected: int | None) -> None:
-    """The caller's expected_version, checked against what was read (409 as rpc_server
-    answers it)."""
-    if expected is not None and expected != current["version"]:
-        raise ApiError.from_rpc(VersionConflict(kind, current["id"], expected,
-                                                current["version"]))

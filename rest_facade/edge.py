@@ -3,10 +3,13 @@ headers on every response, and a bound on the request body. Plain ASGI (not
 BaseHTTPMiddleware) so it adds no task or stream copy per request."""
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 
 import orjson
+
+log = logging.getLogger(__name__)
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # the same rule as rpc_server's
 
@@ -30,7 +33,7 @@ DOCS_HEADERS = [
      b"font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com "
      b"https://cdn.redoc.ly; connect-src 'self'; worker-src blob:; frame-ancestors 'none'"),
 ]
-DOCS_PATHS = ("/docs", "/redoc")
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
 class BodyTooLarge(Exception):
@@ -49,12 +52,6 @@ def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     return uuid.uuid4().hex
 
 
-def too_large_response(request_id: str, limit: int) -> bytes:
-    return orjson.dumps({"error": {
-        "code": -32600, "message": f"Request body exceeds {limit} bytes",
-        "details": {"type": "body_too_large", "max_bytes": limit}, "request_id": request_id}})
-
-
 class EdgeMiddleware:
     def __init__(self, app, max_body_bytes: int):
         self.app = app
@@ -65,11 +62,15 @@ class EdgeMiddleware:
             return await self.app(scope, receive, send)
         request_id = request_id_from(scope["headers"])
         scope.setdefault("state", {})["request_id"] = request_id
-        extra = DOCS_HEADERS if scope["path"].startswith(DOCS_PATHS) else API_HEADERS
+        extra = DOCS_HEADERS if scope["path"] in DOCS_PATHS else API_HEADERS
         extra = extra + [(b"x-request-id", request_id.encode())]
 
+        started = False
+
         async def send_with_headers(message):
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 present = {name.lower() for name, _ in message.get("headers", [])}
                 message["headers"] = list(message.get("headers", [])) + [
                     h for h in extra if h[0] not in present]
@@ -92,15 +93,37 @@ class EdgeMiddleware:
                     raise BodyTooLarge(limit)
             return message
 
-        await self.app(scope, bounded_receive, send_with_headers)
+        try:
+            await self.app(scope, bounded_receive, send_with_headers)
+        except Exception:  # noqa: BLE001 - answered here, in the error shape, with our headers
+            log.exception("unexpected error in the REST facade (request_id=%s)", request_id)
+            if started:
+                raise  # too late for an error answer: the server closes the connection
+            await self._internal_error(send_with_headers, request_id)
 
     @staticmethod
     async def _refuse(send, request_id: str, limit: int) -> None:
-        body = too_large_response(request_id, limit)
-        await send({"type": "http.response.start", "status": 413, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
+        body = orjson.dumps({"error": {
+            "code": -32600, "message": f"Request body exceeds {limit} bytes",
+            "details": {"type": "body_too_large", "max_bytes": limit},
+            "request_id": request_id}})
+        await _send_json(send, 413, body, close=True)
+
+    @staticmethod
+    async def _internal_error(send, request_id: str) -> None:
+        body = orjson.dumps({"error": {
+            "code": -32603, "message": "Internal error", "details": {"type": "internal"},
+            "request_id": request_id}})
+        await _send_json(send, 500, body)
+
+
+async def _send_json(send, status: int, body: bytes, close: bool = False) -> None:
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:

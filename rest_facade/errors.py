@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import orjson
@@ -68,13 +69,15 @@ class ApiError(Exception):
         status = STATUS_BY_CODE.get(exc.code, 500)
         details = exc.data if isinstance(exc.data, dict) else None
         headers = {}
+        if exc.code == INVALID_REQUEST and details and "max_bytes" in details:
+            status = 413  # rpc_server's body limit (the JSON-RPC envelope adds a few bytes)
         if status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="flexdb"'
         elif status == 429:
             retry_after = (details or {}).get("retry_after", 1)
-            try:
-                headers["Retry-After"] = str(max(1, round(float(retry_after) + 0.499)))
-            except (TypeError, ValueError):
+            try:  # whole seconds, never earlier than the server asked
+                headers["Retry-After"] = str(max(1, math.ceil(float(retry_after))))
+            except (TypeError, ValueError, OverflowError):
                 headers["Retry-After"] = "1"
         return cls(status, exc.code, exc.message, details, headers)
 
@@ -134,28 +137,32 @@ async def on_http_error(request: Request, exc: StarletteHTTPException) -> Respon
                           {"type": "http_error"}, dict(exc.headers or {}))
 
 
+def _flat_routes(routes):
+    for route in routes:
+        included = getattr(route, "original_router", None)  # FastAPI's include_router node
+        if included is not None:
+            yield from _flat_routes(included.routes)
+        else:
+            yield route
+
+
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this path (Starlette's Allow names only the first
     route that matched the path)."""
     path = request.url.path
     methods = set()
-    for route in request.app.routes:
+    for route in _flat_routes(request.app.routes):
         if getattr(route, "methods", None) and route.path_regex.match(path):
             methods |= route.methods
     return sorted(methods)
-
-
-async def on_unexpected_error(request: Request, exc: Exception) -> Response:
-    log.exception("unexpected error in the REST facade (request_id=%s)",
-                  getattr(request.state, "request_id", ""))
-    return error_response(request, 500, INTERNAL_ERROR, "Internal error", {"type": "internal"})
 
 
 def install(app) -> None:
     app.add_exception_handler(ApiError, on_api_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
-    app.add_exception_handler(Exception, on_unexpected_error)
+    # Anything else is answered by EdgeMiddleware (inside it, so the answer keeps the
+    # request id and the security headers).
 
 
 def _described(text: str) -> dict:

@@ -30,7 +30,7 @@ EXPECTED = {
     "create_user": "platform_admin", "update_user": "platform_admin",
     "delete_user": "platform_admin", "list_users": "platform_admin",
     "get_tenant": "viewer", "update_tenant": "owner", "delete_tenant": "owner",
-    "list_tenant_users": "viewer", "add_user_to_tenant": "admin",
+    "list_tenant_users": "viewer", "get_tenant_user": "viewer", "add_user_to_tenant": "admin",
     "remove_user_from_tenant": "admin", "update_tenant_user_role": "admin",
     "get_node_type": "viewer", "list_node_types": "viewer", "create_node_type": "admin",
     "update_node_type": "admin", "delete_node_type": "admin",
@@ -120,7 +120,7 @@ class World:
         if method == "add_user_to_tenant":
             user, _ = await new_user(self.admin)
             return {"tenant_id": t, "user_id": user["id"], "role": "viewer"}
-        if method == "remove_user_from_tenant":
+        if method in ("remove_user_from_tenant", "get_tenant_user"):
             return {"tenant_id": t, "user_id": (await self.member())["id"]}
         if method == "update_tenant_user_role":
             return {"tenant_id": t, "user_id": (await self.member())["id"], "role": "member"}

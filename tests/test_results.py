@@ -152,6 +152,7 @@ async def test_every_method_result_matches_its_model(server, rpc, database_url):
     added = await call("add_user_to_tenant", {**member, "role": "member"})
     assert added["tenant_user"]["role"] == "member"
     await call("update_tenant_user_role", {**member, "role": "viewer"})
+    assert (await call("get_tenant_user", member))["tenant_user"]["role"] == "viewer"
     members = await call("list_tenant_users", {"tenant_id": t,
                                                "pagination": {"include_total": True}})
     assert members["pagination"]["total_count"] == 2

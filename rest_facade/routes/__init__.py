@@ -1,7 +1,9 @@
 """One router per resource; each route is one (or, for PATCH of a document, two) RPC calls."""
 from __future__ import annotations
 
+import orjson
 from fastapi import APIRouter, Request, Security
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from rpc_server.errors import Unauthenticated
@@ -23,8 +25,29 @@ async def credentials_present(
         raise ApiError.from_rpc(Unauthenticated())
 
 
+class StrictJsonRequest(Request):
+    """Bodies are parsed as rpc_server parses them (orjson): NaN, Infinity, numbers out of
+    range, lone surrogates and absurd nesting are malformed JSON (400), not data that
+    changes on the way (the standard parser would let NaN through to be stored as null)."""
+
+    async def json(self):
+        if not hasattr(self, "_json"):
+            self._json = orjson.loads(await self.body())
+        return self._json
+
+
+class StrictJsonRoute(APIRoute):
+    def get_route_handler(self):
+        handler = super().get_route_handler()
+
+        async def strict_json_handler(request: Request):
+            return await handler(StrictJsonRequest(request.scope, request.receive))
+
+        return strict_json_handler
+
+
 def make_router(tag: str) -> APIRouter:
-    return APIRouter(tags=[tag], responses=ERROR_RESPONSES,
+    return APIRouter(tags=[tag], responses=ERROR_RESPONSES, route_class=StrictJsonRoute,
                      dependencies=[Security(credentials_present)])
 
 

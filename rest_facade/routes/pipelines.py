@@ -68,14 +68,18 @@ async def delete_pipeline(request: Request, tenant_id: UUID, pipeline_id: UUID):
 
 
 @router.post("/tenants/{tenant_id}/pipelines/{pipeline_id}/runs", status_code=201,
-             response_model=result_of("run_pipeline"))
+             response_model=result_of("run_pipeline"),
+             responses={202: {"model": result_of("run_pipeline"),
+                              "description": "Queued (`wait`: false); poll the Location"}})
 async def run_pipeline(request: Request, tenant_id: UUID, pipeline_id: UUID,
                        body: RunPipelineBody):
-    """Run a pipeline: wait for its outcome (`wait`: true, the default) or queue it and
-    return at once. A run that fails answers 422 with the run in details.run."""
+    """Run a pipeline: wait for its outcome (`wait`: true, the default: 201) or queue it
+    and return at once (202). A run that fails answers 422 with the run in details.run."""
     params = {"tenant_id": str(tenant_id), "pipeline_id": str(pipeline_id), **wire(body)}
     result = await forward.call(request, "run_pipeline", params)
-    return forward.created(result, f"/tenants/{tenant_id}/runs/{result['run']['id']}")
+    run = result["run"]
+    status = 202 if run["status"] in ("queued", "running") else 201
+    return forward.json(result, status, f"/tenants/{tenant_id}/runs/{run['id']}")
 
 
 @router.get("/tenants/{tenant_id}/runs", response_model=result_of("list_pipeline_runs"))

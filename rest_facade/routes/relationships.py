@@ -7,7 +7,7 @@ from uuid import UUID
 from fastapi import Depends, Query, Request
 
 from .. import forward
-from ..documents import RelationshipPatch, check_version, document_of, merge_patch
+from ..documents import RelationshipPatch, document_of, merge_patch
 from ..models import body_of, paging, result_of, wire
 from . import make_router
 
@@ -82,8 +82,7 @@ async def patch_relationship(request: Request, tenant_id: UUID, relationship_id:
     if body.data is not None:
         current = (await forward.call(request, "get_relationship",
                                       _ids(tenant_id, relationship_id)))["relationship"]
-        check_version("relationship", current, body.expected_version)
-        params["expected_version"] = current["version"]
+        params["expected_version"] = body.expected_version or current["version"]
         params["data"] = merge_patch(document_of(current), body.data)
     return forward.json(await forward.call(request, "update_relationship", params))
 

@@ -66,6 +66,13 @@ async def list_tenant_users(request: Request, tenant_id: UUID,
     return forward.json(await forward.call(request, "list_tenant_users", params))
 
 
+@router.get("/tenants/{tenant_id}/users/{user_id}", response_model=result_of("get_tenant_user"))
+async def get_tenant_user(request: Request, tenant_id: UUID, user_id: UUID):
+    """One member of the tenant: the user id and role."""
+    params = {"tenant_id": str(tenant_id), "user_id": str(user_id)}
+    return forward.json(await forward.call(request, "get_tenant_user", params))
+
+
 @router.put("/tenants/{tenant_id}/users/{user_id}",
             response_model=result_of("update_tenant_user_role"))
 @router.patch("/tenants/{tenant_id}/users/{user_id}",

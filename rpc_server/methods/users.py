@@ -43,7 +43,7 @@ class AddUserToTenant(Params):
     role: Role = "member"
 
 
-class RemoveUserFromTenant(Params):
+class TenantUserId(Params):
     tenant_id: Id
     user_id: Id
 
@@ -155,8 +155,8 @@ async def update_tenant_user_role(ctx, p: UpdateTenantUserRole) -> dict:
     return {"tenant_user": ctx.shaper.one(row)}
 
 
-@rpc_method(RemoveUserFromTenant, tenant_role("admin"), result=results.Deleted)
-async def remove_user_from_tenant(ctx, p: RemoveUserFromTenant) -> dict:
+@rpc_method(TenantUserId, tenant_role("admin"), result=results.Deleted)
+async def remove_user_from_tenant(ctx, p: TenantUserId) -> dict:
     """Remove a user's membership of a tenant (never the last owner)."""
     ctx.set_target("tenant_user", p.user_id)
     async with ctx.transaction() as conn:
@@ -166,6 +166,14 @@ async def remove_user_from_tenant(ctx, p: RemoveUserFromTenant) -> dict:
         await members.remove(p.tenant_id, p.user_id)
     ctx.state.auth.forget_membership(p.user_id, p.tenant_id)
     return DELETED
+
+
+@rpc_method(TenantUserId, tenant_role("viewer"), result=results.TenantUserResult)
+async def get_tenant_user(ctx, p: TenantUserId) -> dict:
+    """Get one member of a tenant: the user id and role."""
+    async with ctx.connection() as conn:
+        row = await MembershipRepository(conn).get(p.tenant_id, p.user_id)
+    return {"tenant_user": ctx.shaper.one(row)}
 
 
 @rpc_method(ListTenantUsers, tenant_role("viewer"), result=results.TenantUserList)

@@ -48,6 +48,9 @@ class MembershipRepository(Repository):
             f"INSERT INTO tenant_users (tenant_id, user_id, role) VALUES ($1, $2, $3) "
             f"RETURNING {self.columns}", tenant_id, user_id, role)
 
+    async def get(self, tenant_id: UUID, user_id: UUID) -> asyncpg.Record:
+        return await self._require(tenant_id, user_id)
+
     async def remove(self, tenant_id: UUID, user_id: UUID) -> None:
         await self._delete(tenant_id, user_id)
 
