@@ -150,11 +150,14 @@ def allowed_methods(request: Request) -> list[str]:
     """Every method some route serves at this path (Starlette's Allow names only the first
     route that matched the path)."""
     path = request.url.path
-    methods = set()
-    for route in _flat_routes(request.app.routes):
-        if getattr(route, "methods", None) and route.path_regex.match(path):
-            methods |= route.methods
-    return sorted(methods)
+    matching = [r for r in _flat_routes(request.app.routes)
+                if getattr(r, "methods", None) and r.path_regex.match(path)]
+    if not matching:
+        return []
+    # /nodes/bulk also matches /nodes/{node_id}; the literal route is the resource.
+    fewest = min(len(r.param_convertors) for r in matching)
+    return sorted(set().union(*(r.methods for r in matching
+                                if len(r.param_convertors) == fewest)))
 
 
 def install(app) -> None:

@@ -1170,3 +1170,11 @@ def test_every_route_is_exercised(request):
     if not everything_ran:
         pytest.skip("only part of this module was selected")
     assert ROUTES - EXERCISED == set(), "routes without a test"
+
+
+async def test_a_405_on_a_literal_route_names_only_its_methods(rest, rpc):
+    # /nodes/bulk also matches /nodes/{node_id}: Allow is about the bulk route only.
+    t = await make_tenant(rpc)
+    resp = await rest.request("OPTIONS", f"/tenants/{t}/nodes/bulk")
+    error(resp, 405, -32601, "method_not_allowed")
+    assert resp.headers["allow"] == "POST"

@@ -5,6 +5,7 @@ It runs on its own database: the generated requests create and delete a lot."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,13 @@ SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 # - positive_data_acceptance: schema-valid requests about random ids rightly get 404.
 # - unsupported_method: e.g. PUT /tenants/{t}/nodes/bulk is PUT /tenants/{t}/nodes/{node_id}
 #   with node_id "bulk", so the answer is 422 (not a UUID) rather than 405.
-EXCLUDED_CHECKS = "positive_data_acceptance,unsupported_method"
+# - ensure_resource_availability: it reads "404 source_node not found" from POST
+#   /tenants/{new tenant}/relationships (random node ids) as "the new tenant is missing".
+EXCLUDED_CHECKS = "positive_data_acceptance,unsupported_method,ensure_resource_availability"
+# CPython 3.11.7 can fail inside Hypothesis while it describes a deeply nested strategy
+# ("SystemError: AST constructor recursion depth mismatch", python/cpython#106905): an error
+# of the tool, not a finding. Such a run is repeated once with another seed.
+TOOL_CRASH = "AST constructor recursion depth mismatch"
 # Revoking keys or deleting users found through links would lock the run's own admin out.
 EXCLUDED_OPERATIONS = ("revoke_api_key_api_keys__key_id__delete",
                        "delete_user_users__user_id__delete")
@@ -32,21 +39,33 @@ def stack(pg_server_url):
         yield server, facade
 
 
-def test_facade_conforms_to_its_openapi_document(stack, tmp_path):
-    server, facade = stack
+def run_schemathesis(server, facade, seed: int, cwd) -> str:
     command = [str(SCHEMATHESIS), "run", f"{facade.base}/openapi.json",
                "--header", f"Authorization: Bearer {server.admin_key}",
                "--checks", "all", "--exclude-checks", EXCLUDED_CHECKS,
-               "--max-examples", "25", "--seed", "20261123", "--workers", "2",
+               "--max-examples", "25", "--seed", str(seed), "--workers", "2",
                "--generation-database", "none", "--request-timeout", "30",
                # Raw non-ASCII in a URL is not valid HTTP: uvicorn answers it in plain text
                # before the app sees it.
                "--generation-codec", "ascii", "--no-color"]
     for operation in EXCLUDED_OPERATIONS:
         command += ["--exclude-operation-id", operation]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=400, cwd=tmp_path)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=400, cwd=cwd)
     report = result.stdout + result.stderr
     Path(os.environ.get("FLEXDB_SCHEMATHESIS_LOG", os.devnull)).write_text(report)
-    assert result.returncode == 0, report[-12000:]
-    assert " passed" in report and "Tested: 54" in report, report[-3000:]
+    return report if result.returncode else "OK\n" + report
+
+
+def test_facade_conforms_to_its_openapi_document(stack, tmp_path):
+    server, facade = stack
+    report = run_schemathesis(server, facade, 20261123, tmp_path)
+    if TOOL_CRASH in report and "Failures:" not in report:
+        report = run_schemathesis(server, facade, 20261124, tmp_path)
+    assert report.startswith("OK\n"), report[-12000:]
+    selected = re.search(r"Selected: (\d+)/(\d+)", report)
+    tested = re.search(r"Tested: (\d+)", report)
+    assert selected and tested, report[-3000:]
+    # Every operation but the excluded ones was run.
+    assert int(tested.group(1)) == int(selected.group(1)) == \
+        int(selected.group(2)) - len(EXCLUDED_OPERATIONS), report[-3000:]
     assert "Server error" not in report
