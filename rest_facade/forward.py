@@ -18,10 +18,12 @@ def rpc_client(request: Request) -> FlexDBClient:
 
 
 async def call(request: Request, method: str, params: dict[str, Any]) -> Any:
-    headers = {"X-Request-ID": request.state.request_id}
+    headers: dict[str, str | bytes] = {"X-Request-ID": request.state.request_id}
     authorization = request.headers.get("authorization")
     if authorization is not None:
-        headers["Authorization"] = authorization
+        # The bytes as received (headers are latin-1): httpx would refuse non-ASCII text,
+        # and rpc_server is the one to judge credentials.
+        headers["Authorization"] = authorization.encode("latin-1")
     try:
         return await rpc_client(request).call(method, params, headers=headers)
     except RpcError as exc:

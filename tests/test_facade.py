@@ -1178,3 +1178,12 @@ async def test_a_405_on_a_literal_route_names_only_its_methods(rest, rpc):
     resp = await rest.request("OPTIONS", f"/tenants/{t}/nodes/bulk")
     error(resp, 405, -32601, "method_not_allowed")
     assert resp.headers["allow"] == "POST"
+
+
+async def test_a_non_ascii_authorization_header_is_401_not_500(facade):
+    # Headers are bytes; a key with non-ASCII bytes is just a wrong key.
+    async with httpx.AsyncClient(base_url=facade.base, timeout=30) as client:
+        resp = await client.get("/tenants", headers=[(b"Authorization", b"Bearer \xc3\xa9t\xe9")])
+    err = error(resp, 401, -32002, "unauthenticated")
+    assert resp.headers["www-authenticate"].startswith("Bearer")
+    assert err["request_id"] == resp.headers["x-request-id"]
