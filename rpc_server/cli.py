@@ -1,4 +1,4 @@
-"""The `flexdb` command: serve, migrate, facade, sandbox, create-key."""
+"""The `flexdb` command: serve, migrate, facade, sandbox, create-key, encrypt-value."""
 from __future__ import annotations
 
 import argparse
@@ -104,6 +104,27 @@ def _facade(settings: Settings, args) -> int:
     return 0
 
 
+def _encrypt_value(args) -> int:
+    """Read a value on stdin (not argv: no shell history, no ps), print ENC(...)."""
+    from .secrets import SecretError, encrypt_value, master_key, new_master_key
+
+    if args.new_key:
+        print(new_master_key())
+        return 0
+    try:
+        fernet = master_key()
+    except SecretError as exc:
+        print(f"flexdb: {exc}", file=sys.stderr)
+        return 2
+    value = sys.stdin.read()
+    value = value[:-1] if value.endswith("\n") else value
+    if not value:
+        print("flexdb: give the value to encrypt on stdin", file=sys.stderr)
+        return 2
+    print(encrypt_value(value, fernet))
+    return 0
+
+
 COMMANDS = {"serve": _serve, "facade": _facade, "migrate": _migrate, "create-key": _create_key,
             "sandbox": _sandbox}
 
@@ -120,7 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     key.add_argument("--admin", action="store_true", required=True,
                      help="a key of the platform admin (the only kind this command makes)")
     key.add_argument("--name", default="create-key", help="label shown by list_api_keys")
+    enc = sub.add_parser("encrypt-value", help="read a setting's value on stdin and print it as "
+                         "ENC(...) for FLEXDB_* variables (needs FLEXDB_MASTER_KEY[_FILE])")
+    enc.add_argument("--new-key", action="store_true", help="print a new master key instead")
     args = parser.parse_args(argv)
+    if args.command == "encrypt-value":  # needs no other setting
+        return _encrypt_value(args)
     try:
         settings = load_settings()
     except ConfigError as exc:

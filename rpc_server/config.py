@@ -7,6 +7,8 @@ from typing import Literal, Mapping
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from .secrets import SecretError, decrypt_setting, is_encrypted, master_key
+
 ENV_PREFIX = "FLEXDB_"
 
 
@@ -99,10 +101,19 @@ class Settings(BaseModel):
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
     raw = {}
+    fernet = None
     for name in Settings.model_fields:
-        value = env.get(ENV_PREFIX + name.upper())
-        if value is not None and value != "":
-            raw[name] = value
+        var = ENV_PREFIX + name.upper()
+        value = env.get(var)
+        if value is None or value == "":
+            continue
+        if is_encrypted(value):
+            try:
+                fernet = fernet or master_key(env)
+                value = decrypt_setting(var, value, fernet)
+            except SecretError as exc:
+                raise ConfigError(f"invalid configuration:\n  {exc}") from None
+        raw[name] = value
     try:
         return Settings(**raw)
     except ValidationError as exc:

@@ -140,3 +140,76 @@ def test_unreachable_database_is_a_clear_error_without_the_password():
     assert result.returncode == 1
     assert "cannot use the database at 127.0.0.1:1/flexdb" in result.stderr
     assert "hunter2secret" not in result.stderr and "Traceback" not in result.stderr
+
+
+def encrypt(value: str, master: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "rpc_server", "encrypt-value"], input=value,
+                            env={**os.environ, "FLEXDB_MASTER_KEY": master}, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ENC(") and value not in result.stdout
+    return result.stdout.strip()
+
+
+def new_master_key() -> str:
+    result = flexdb("encrypt-value", "--new-key")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_an_encrypted_setting_is_decrypted_at_start(scratch_db, tmp_path):
+    master = new_master_key()
+    sealed = encrypt(scratch_db, master)
+    result = flexdb("migrate", env={"FLEXDB_DATABASE_URL": sealed, "FLEXDB_MASTER_KEY": master})
+    assert result.returncode == 0, result.stderr
+    assert "0001_core.sql" in result.stdout
+    # The key may also come from a file (e.g. a mounted secret).
+    key_file = tmp_path / "master.key"
+    key_file.write_text(master + "\n")
+    result = flexdb("migrate", env={"FLEXDB_DATABASE_URL": sealed,
+                                    "FLEXDB_MASTER_KEY_FILE": str(key_file)})
+    assert result.returncode == 0 and "up to date" in result.stdout, result.stderr
+
+
+@pytest.mark.parametrize("case", ["wrong key", "damaged value", "no key", "bad key",
+                                  "unreadable key file"])
+def test_a_setting_that_cannot_be_decrypted_stops_the_start(case, tmp_path):
+    master = new_master_key()
+    secret_value = "postgresql://admin:hunter2-secret@db.example/flexdb"
+    sealed = encrypt(secret_value, master)
+    env = {"FLEXDB_DATABASE_URL": sealed, "FLEXDB_MASTER_KEY": master}
+    if case == "wrong key":
+        env["FLEXDB_MASTER_KEY"] = new_master_key()
+    elif case == "damaged value":
+        env["FLEXDB_DATABASE_URL"] = sealed[:40] + ("A" if sealed[40] != "A" else "B") + sealed[41:]
+    elif case == "no key":
+        del env["FLEXDB_MASTER_KEY"]
+    elif case == "bad key":
+        env["FLEXDB_MASTER_KEY"] = "not-a-fernet-key"
+    else:
+        del env["FLEXDB_MASTER_KEY"]
+        env["FLEXDB_MASTER_KEY_FILE"] = str(tmp_path / "missing.key")
+    result = flexdb("serve", env=env)
+    assert result.returncode == 2, result.stderr
+    expected = {"wrong key": "FLEXDB_DATABASE_URL", "damaged value": "FLEXDB_DATABASE_URL",
+                "no key": "FLEXDB_MASTER_KEY", "bad key": "FLEXDB_MASTER_KEY",
+                "unreadable key file": "FLEXDB_MASTER_KEY_FILE"}[case]
+    assert expected in result.stderr
+    for secret in (secret_value, "hunter2", master, sealed[4:-1]):
+        assert secret not in result.stderr and secret not in result.stdout
+
+
+def test_encrypt_value_needs_a_master_key():
+    result = flexdb("encrypt-value")
+    assert result.returncode == 2 and "FLEXDB_MASTER_KEY" in result.stderr
+
+
+def test_every_setting_is_in_the_readme_table():
+    from rpc_server.config import Settings
+    readme = (ROOT / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `FLEXDB_")]
+    documented = " ".join(rows)
+    missing = [name for name in Settings.model_fields
+               if f"`FLEXDB_{name.upper()}`" not in documented]
+    assert not missing, f"settings missing from the README table: {missing}"
+    assert "`FLEXDB_MASTER_KEY`" in documented
