@@ -1,4 +1,4 @@
-"""The aiohttp application: POST /jsonrpc and GET /health."""
+"""The aiohttp application: POST /jsonrpc, GET /health, /ready and /metrics."""
 from __future__ import annotations
 
 import asyncio
@@ -19,7 +19,9 @@ from .db import connect, create_pool, create_query_pool
 from .migrations import migrate
 from .json_codec import dumps
 from .protocol import Dispatcher, internal_error, invalid_request
+from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .openrpc import rpc_discover
+from .readiness import readiness
 from .pipeline_runner import PipelineRunner
 from .registry import build_dispatch_table
 from .sandbox_client import SandboxClient
@@ -110,6 +112,16 @@ async def handle_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+async def handle_ready(request: web.Request) -> web.Response:
+    status, body = await readiness(request.app[STATE])
+    return web.Response(body=dumps(body), status=status, content_type="application/json")
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    body = request.app[STATE].metrics.exposition()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})
+
+
 def create_app(settings: Settings, database_url: str) -> web.Application:
     # auto_decompress off: read_limited decodes bodies itself, within the size limit.
     app = web.Application(handler_args={"auto_decompress": False})
@@ -150,6 +162,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
                                                TenantLimiter(settings.query_tenant_concurrency,
                                                              settings.db_connect_timeout_s),
                                                asyncio.Semaphore(max(1, settings.db_pool_max // 2))), runner)
+        app[STATE].metrics.watch(app[STATE])
         runner.start()
         yield
         await runner.stop()
@@ -161,4 +174,6 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
     app.cleanup_ctx.append(database)
     app.router.add_post("/jsonrpc", handle_jsonrpc)
     app.router.add_get("/health", handle_health)
+    app.router.add_get("/ready", handle_ready)
+    app.router.add_get("/metrics", handle_metrics)
     return app

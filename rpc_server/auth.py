@@ -73,11 +73,14 @@ class _TTLCache:
     def __init__(self, ttl: float, size: int = CACHE_SIZE):
         self.ttl, self.size = ttl, size
         self._items: OrderedDict = OrderedDict()
+        self.hits = self.misses = 0  # read by /metrics
 
     def get(self, key):
         hit = self._items.get(key)
         if hit is None or hit[1] < time.monotonic():
+            self.misses += 1
             return None
+        self.hits += 1
         return hit
 
     def put(self, key, value) -> None:

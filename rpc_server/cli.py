@@ -24,8 +24,8 @@ def _serve(settings: Settings, args) -> int:
         base = f"http://{settings.host}:{settings.port}"
 
         def banner(_message: str) -> None:
-            print(f"flexdb is up\n  JSON-RPC: POST {base}/jsonrpc\n  health:   GET  {base}/health",
-                  flush=True)
+            print(f"flexdb is up\n  JSON-RPC: POST {base}/jsonrpc\n  health:   GET  {base}/health"
+                  f"  {base}/ready  {base}/metrics", flush=True)
 
         web.run_app(app, host=settings.host, port=settings.port, print=banner,
                     access_log=None, shutdown_timeout=15)

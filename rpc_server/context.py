@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 from uuid import UUID
 
@@ -12,6 +12,7 @@ import asyncpg
 from . import audit
 from .auth import Authenticator, Principal
 from .config import Settings
+from .metrics import Metrics
 from .pipeline_runner import PipelineRunner
 from .repositories.audit import AuditRepository
 from .schemas import ValidatorCache
@@ -29,6 +30,7 @@ class AppState:
     denied: audit.DeniedLimiter
     query: "QueryEnvironment"
     pipelines: PipelineRunner
+    metrics: Metrics = field(default_factory=Metrics)
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 import asyncpg
 
@@ -34,6 +35,7 @@ class PipelineRunner:
         self.concurrency = concurrency
         self.wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self.finished: Counter[str] = Counter()  # runs by final status, read by /metrics
 
     @property
     def enabled(self) -> bool:
@@ -72,6 +74,7 @@ class PipelineRunner:
         async with self.pool.acquire() as conn:
             finished = await PipelineRunRepository(conn).finish(run["tenant_id"], run["id"],
                                                                 outcome)
+        self.finished[finished["status"] if finished is not None else "cancelled"] += 1
         return finished, busy
 
     async def cancel(self, run_id) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import inspect
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import asyncpg
 from jsonrpcserver import Success
+from jsonrpcserver.exceptions import JsonRpcError
 from pydantic import BaseModel, ValidationError
 
 from . import audit
@@ -176,6 +178,17 @@ def _make_callable(spec: MethodSpec) -> Callable:
     names = _wire_names(spec.params_model)
 
     async def call(ctx, *args, **kwargs):
+        started = time.perf_counter()
+        outcome = None
+        try:
+            return await run(ctx, *args, **kwargs)
+        except JsonRpcError as exc:
+            outcome = exc.code
+            raise
+        finally:
+            ctx.state.metrics.observe(spec.name, outcome, time.perf_counter() - started)
+
+    async def run(ctx, *args, **kwargs):
         raw = {k: v for k, v in zip(names, args) if v is not _ABSENT}
         raw.update((k, v) for k, v in kwargs.items() if v is not _ABSENT)
         try:

@@ -139,18 +139,21 @@ class ValidatorCache:
     def __init__(self, size: int = 1024):
         self.size = size
         self._items: OrderedDict[tuple, NodeDataValidator] = OrderedDict()
+        self.hits = self.misses = 0  # read by /metrics
 
     def get(self, tenant_id: UUID, node_type_id: UUID, version: int,
             schema: dict) -> NodeDataValidator:
         key = (tenant_id, node_type_id, version)
         validator = self._items.get(key)
         if validator is None:
+            self.misses += 1
             validator = NodeDataValidator(
                 schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
             self._items[key] = validator
             if len(self._items) > self.size:
                 self._items.popitem(last=False)
         else:
+            self.hits += 1
             self._items.move_to_end(key)
         return validator
 

@@ -1,0 +1,73 @@
+"""Prometheus metrics for GET /metrics: calls by method and outcome, latency by method, and,
+read at scrape time, the database pools, cache hits and misses and sandbox runs by status."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import (CollectorRegistry, Counter, Histogram, disable_created_metrics,
+                               generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+if TYPE_CHECKING:
+    from .context import AppState
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+RATE_LIMITED = -32005
+disable_created_metrics()  # no *_created series: half the output, nothing a dashboard uses
+
+
+class Metrics:
+    """One registry per app (not the process-global one), so tests can run several apps."""
+
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.calls = Counter("flexdb_calls", "JSON-RPC calls by method and outcome (ok, or the "
+                             "error code)", ["method", "outcome"], registry=self.registry)
+        self.latency = Histogram("flexdb_call_duration_seconds", "JSON-RPC call latency by "
+                                 "method", ["method"], buckets=BUCKETS, registry=self.registry)
+        self.rate_limited = Counter("flexdb_rate_limited", "Calls refused as busy or rate "
+                                    "limited (-32005), by method", ["method"],
+                                    registry=self.registry)
+
+    def observe(self, method: str, outcome: int | None, seconds: float) -> None:
+        self.calls.labels(method, "ok" if outcome is None else str(outcome)).inc()
+        self.latency.labels(method).observe(seconds)
+        if outcome == RATE_LIMITED:
+            self.rate_limited.labels(method).inc()
+
+    def watch(self, state: "AppState") -> None:
+        self.registry.register(StateCollector(state))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StateCollector:
+    """Values other objects keep (pool sizes, cache and run counts), read when scraped."""
+
+    def __init__(self, state: "AppState"):
+        self.state = state
+
+    def collect(self):
+        pools = GaugeMetricFamily("flexdb_db_pool_connections", "Database connections by "
+                                  "pool and state", labels=["pool", "state"])
+        for name, pool in (("main", self.state.pool), ("query", self.state.query.pool)):
+            size, idle = pool.get_size(), pool.get_idle_size()
+            pools.add_metric([name, "in_use"], size - idle)
+            pools.add_metric([name, "free"], idle)
+            pools.add_metric([name, "max"], pool.get_max_size())
+        yield pools
+        caches = CounterMetricFamily("flexdb_cache_lookups", "Cache lookups by cache and "
+                                     "result", labels=["cache", "result"])
+        for name, cache in (("api_keys", self.state.auth._keys),
+                            ("memberships", self.state.auth._roles),
+                            ("validators", self.state.validators)):
+            caches.add_metric([name, "hit"], cache.hits)
+            caches.add_metric([name, "miss"], cache.misses)
+        yield caches
+        runs = CounterMetricFamily("flexdb_sandbox_runs", "Pipeline runs finished by this "
+                                   "server, by status", labels=["status"])
+        for status, count in sorted(self.state.pipelines.finished.items()):
+            runs.add_metric([status], count)
+        yield runs
