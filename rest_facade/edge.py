@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
 
 import orjson
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("flexdb.access")
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")  # the same rule as rpc_server's
 
@@ -66,11 +68,12 @@ class EdgeMiddleware:
         extra = extra + [(b"x-request-id", request_id.encode())]
 
         started = False
+        status = 500
 
         async def send_with_headers(message):
-            nonlocal started
+            nonlocal started, status
             if message["type"] == "http.response.start":
-                started = True
+                started, status = True, message["status"]
                 present = {name.lower() for name, _ in message.get("headers", [])}
                 message["headers"] = list(message.get("headers", [])) + [
                     h for h in extra if h[0] not in present]
@@ -93,6 +96,7 @@ class EdgeMiddleware:
                     raise BodyTooLarge(limit)
             return message
 
+        began = time.perf_counter()
         try:
             await self.app(scope, bounded_receive, send_with_headers)
         except Exception:  # noqa: BLE001 - answered here, in the error shape, with our headers
@@ -100,6 +104,11 @@ class EdgeMiddleware:
             if started:
                 raise  # too late for an error answer: the server closes the connection
             await self._internal_error(send_with_headers, request_id)
+        finally:
+            access_log.info("%s %s", scope["method"], scope["path"][:200], extra={
+                "request_id": request_id, "http_method": scope["method"],
+                "path": scope["path"][:200], "status": status,
+                "duration_ms": round((time.perf_counter() - began) * 1000, 2)})
 
     @staticmethod
     async def _refuse(send, request_id: str, limit: int) -> None:

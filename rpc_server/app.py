@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 import uuid
 import zlib
 
@@ -18,12 +19,13 @@ from .context import AppState, QueryEnvironment, RequestContext
 from .db import connect, create_pool, create_query_pool
 from .migrations import migrate
 from .json_codec import dumps
-from .protocol import Dispatcher, internal_error, invalid_request
+from .errors import INVALID_REQUEST
+from .protocol import Dispatcher, internal_error, invalid_request, note
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .openrpc import rpc_discover
 from .readiness import readiness
 from .pipeline_runner import PipelineRunner
-from .registry import build_dispatch_table
+from .registry import build_dispatch_table, tenant_params
 from .sandbox_client import SandboxClient
 from .tenant_limits import TenantLimiter
 from .repositories.tenant_sql import is_superuser, setup_problems
@@ -32,6 +34,7 @@ from .server_secret import server_secret
 from .shaping import Shaper
 
 log = logging.getLogger(__name__)
+access_log = logging.getLogger("flexdb.access")
 STATE = web.AppKey("state", AppState)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -89,16 +92,28 @@ def json_response(body: bytes, request_id: str) -> web.Response:
 async def handle_jsonrpc(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     request_id = request_id_of(request)
+    started = time.perf_counter()
+    context = RequestContext(state, request_id, request.headers.get("Authorization"))
+    try:
+        response = await _answer(request, state, context)
+    finally:
+        log_access(context, time.perf_counter() - started)
+    return response
+
+
+async def _answer(request: web.Request, state, context: RequestContext) -> web.StreamResponse:
+    request_id = context.request_id
     limit = state.settings.max_body_bytes
     try:
         body = await read_limited(request, limit)
     except UnreadableBody as exc:
+        note(context, "-", INVALID_REQUEST)
         return json_response(dumps(invalid_request(str(exc))), request_id)
     if body is None:
+        note(context, "-", INVALID_REQUEST)
         error = invalid_request(f"request body exceeds {limit} bytes", max_bytes=limit)
         return json_response(dumps(error), request_id)
     try:
-        context = RequestContext(state, request_id, request.headers.get("Authorization"))
         reply = await request.app[DISPATCHER].handle(body, context)
     except Exception:  # noqa: BLE001 - last line of defence: still a JSON-RPC answer
         log.exception("unhandled error (request_id=%s)", request_id)
@@ -106,6 +121,23 @@ async def handle_jsonrpc(request: web.Request) -> web.StreamResponse:
     if reply is None:
         return web.Response(status=204, headers={"X-Request-ID": request_id})
     return json_response(reply, request_id)
+
+
+def log_access(context: RequestContext, seconds: float) -> None:
+    """One line per HTTP request: who called what, for which tenants, how it ended."""
+    principal = context.known_principal
+    calls = context.calls
+    access_log.info(
+        "%s", ",".join(c[0] for c in calls) or "-", extra={
+            "request_id": context.request_id,
+            "methods": [c[0] for c in calls],
+            "tenants": sorted({c[2] for c in calls if c[2]}),
+            "actor_key_id": str(principal.key_id) if principal and principal.key_id else None,
+            "actor_user_id": str(principal.user_id) if principal and principal.user_id else None,
+            "duration_ms": round(seconds * 1000, 2),
+            "outcome": "ok" if all(c[1] is None for c in calls) else "error",
+            "outcomes": ["ok" if c[1] is None else c[1] for c in calls],  # one per method
+        })
 
 
 async def handle_health(request: web.Request) -> web.Response:
@@ -127,7 +159,8 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
     app = web.Application(handler_args={"auto_decompress": False})
     table = {**build_dispatch_table(), "rpc.discover": rpc_discover}
     app[DISPATCHER] = Dispatcher(table, max_batch=settings.max_batch,
-                                 max_depth=settings.max_json_depth)
+                                 max_depth=settings.max_json_depth,
+                                 tenant_params=tenant_params())
 
     secret = server_secret(settings)
 

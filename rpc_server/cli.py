@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from .config import ConfigError, Settings, load_settings
+from .logs import configure_logging
 from .migrations import MigrationError
 
 
@@ -100,7 +101,8 @@ def _facade(settings: Settings, args) -> int:
           f"{base}/redoc  {base}/openapi.json\n  forwards to: {settings.rpc_url}", flush=True)
     uvicorn.run(create_app(settings), host=settings.facade_host, port=settings.facade_port,
                 loop="uvloop", http="httptools", access_log=False, server_header=False,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=15)
+                log_level=settings.log_level.lower(), timeout_graceful_shutdown=15,
+                log_config=None)  # our JSON handler on the root logger, not uvicorn's text
     return 0
 
 
@@ -152,9 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"flexdb: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one line per db call
+    configure_logging(settings.log_level, settings.log_format)
     try:
         return COMMANDS[args.command](settings, args)
     except ConfigError as exc:

@@ -77,6 +77,8 @@ class Settings(BaseModel):
     cors_origins: str = Field("", description="Comma-separated origins the REST facade allows "
                               "cross-origin requests from ('*' = any; empty = none)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="JSON lines (one access line per request), or text for terminals")
     migrations_dir: Path | None = Field(None, description="Override for the sql/ directory")
 
     @field_validator("log_level", mode="before")

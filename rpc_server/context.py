@@ -52,6 +52,8 @@ class RequestContext:
     request_id: str
     authorization: str | None = None
     _principal: Principal | None = None
+    # (method, outcome: None or error code, tenant id or None) per call, for the access log
+    calls: list = field(default_factory=list)
 
     @property
     def known_principal(self) -> Principal | None:

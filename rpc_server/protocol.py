@@ -42,6 +42,13 @@ def internal_error(request_id: str, id: Any = None) -> dict:
                           {"type": "internal", "request_id": request_id})
 
 
+def note(context: Any, method: str, code: int | None, tenant: str | None = None) -> None:
+    """Record a call (method, error code or None, tenant id or None) for the access log."""
+    calls = getattr(context, "calls", None)
+    if calls is not None:
+        calls.append((method[:100], code, tenant[:40] if tenant else None))
+
+
 def _valid_id(value: Any) -> bool:
     return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
 
@@ -57,8 +64,10 @@ def _binding_error(message: str) -> dict:
 
 
 class Dispatcher:
-    def __init__(self, methods: dict[str, Callable], *, max_batch: int, max_depth: int):
+    def __init__(self, methods: dict[str, Callable], *, max_batch: int, max_depth: int,
+                 tenant_params: dict[str, str] | None = None):
         self.methods = methods
+        self.tenant_params = tenant_params or {}
         self.max_batch = max_batch
         self.max_depth = max_depth
 
@@ -68,12 +77,15 @@ class Dispatcher:
         try:
             payload = loads(body)
         except JSONError as exc:
+            note(context, "-", PARSE_ERROR)
             return dumps(error_response(PARSE_ERROR, "Parse error", None,
                                         {"type": "parse_error", "reason": str(exc)}))
         if isinstance(payload, list):
             if not payload:
+                note(context, "-", INVALID_REQUEST)
                 return dumps(invalid_request("empty batch"))
             if len(payload) > self.max_batch:
+                note(context, "-", INVALID_REQUEST)
                 return dumps(invalid_request(
                     f"batch of {len(payload)} requests exceeds the limit of {self.max_batch}",
                     max_batch=self.max_batch))
@@ -83,7 +95,24 @@ class Dispatcher:
         return await self.handle_one(payload, context)
 
     async def handle_one(self, member: Any, context: Any) -> bytes | None:
-        """One request object in, its serialized response (or None for a notification) out."""
+        """One request object in, its serialized response (or None for a notification) out;
+        the call is noted for the access log."""
+        reply = await self._handle_one(member, context)
+        if isinstance(member, dict):
+            method = member.get("method") if isinstance(member.get("method"), str) else "-"
+            params = member.get("params")
+            tenant = None
+            if isinstance(params, dict) and method in self.tenant_params:
+                tenant = params.get(self.tenant_params[method])
+            code = None
+            if reply is not None and reply.startswith(b'{"jsonrpc":"2.0","error"'):
+                code = loads(reply)["error"]["code"]
+            note(context, method, code, tenant if isinstance(tenant, str) else None)
+        else:
+            note(context, "-", INVALID_REQUEST)
+        return reply
+
+    async def _handle_one(self, member: Any, context: Any) -> bytes | None:
         if not isinstance(member, dict):
             return dumps(invalid_request("a request must be a JSON object"))
         id = member.get("id")

@@ -164,6 +164,12 @@ async def authorize(ctx, method: str, permission: Permission, params: Params) ->
                         f"(yours: {role})", required_role=permission.role, role=role)
 
 
+def tenant_params() -> dict[str, str]:
+    """Method -> the param naming its tenant (tenant-scoped methods), for the access log."""
+    return {name: spec.permission.tenant_param for name, spec in REGISTRY.items()
+            if spec.permission.kind == "tenant"}
+
+
 def _wire_names(model: type[Params]) -> list[str]:
     return [f.alias or n for n, f in model.model_fields.items()]
 
@@ -177,25 +183,26 @@ def build_dispatch_table() -> dict[str, Callable]:
 def _make_callable(spec: MethodSpec) -> Callable:
     names = _wire_names(spec.params_model)
 
+    tenant_param = spec.permission.tenant_param if spec.permission.kind == "tenant" else None
+
     async def call(ctx, *args, **kwargs):
         started = time.perf_counter()
+        raw = {k: v for k, v in zip(names, args) if v is not _ABSENT}
+        raw.update((k, v) for k, v in kwargs.items() if v is not _ABSENT)
         outcome = None
         try:
-            return await run(ctx, *args, **kwargs)
+            return await run(ctx, raw)
         except JsonRpcError as exc:
             outcome = exc.code
             raise
         finally:
             ctx.state.metrics.observe(spec.name, outcome, time.perf_counter() - started)
 
-    async def run(ctx, *args, **kwargs):
-        raw = {k: v for k, v in zip(names, args) if v is not _ABSENT}
-        raw.update((k, v) for k, v in kwargs.items() if v is not _ABSENT)
+    async def run(ctx, raw: dict):
         try:
             params = spec.params_model.model_validate(raw)
         except ValidationError as exc:
             raise InvalidParams(errors=validation_errors(exc)) from None
-        tenant_param = spec.permission.tenant_param if spec.permission.kind == "tenant" else None
         call = Call(ctx, spec.name, params, tenant_param)
         try:
             try:
