@@ -11,6 +11,7 @@ from rpc_server.client import FlexDBClient
 from rpc_server.config import Settings
 
 from . import errors
+from .callers import CallerGuard
 from .edge import EdgeMiddleware
 from .routes import all_routers
 
@@ -56,6 +57,8 @@ def create_app(settings: Settings) -> FastAPI:
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
             expose_headers=["Location", "X-Request-ID", "Retry-After"], max_age=600)
+    app.add_middleware(CallerGuard, anonymous_allowed=settings.anonymous_role != "none",
+                       max_in_flight=settings.facade_max_in_flight_per_caller)
     # Outermost: request ids, security headers and the body limit apply to every answer.
     app.add_middleware(EdgeMiddleware, max_body_bytes=settings.facade_max_body_bytes)
     return app

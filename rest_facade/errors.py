@@ -85,6 +85,11 @@ class ApiError(Exception):
 def error_response(request: Request | None, status: int, code: int, message: str,
                    details: dict | None = None, headers: dict[str, str] | None = None) -> Response:
     request_id = getattr(request.state, "request_id", "") if request is not None else ""
+    return error_for(request_id, status, code, message, details, headers)
+
+
+def error_for(request_id: str, status: int, code: int, message: str,
+              details: dict | None = None, headers: dict[str, str] | None = None) -> Response:
     body = {"error": {"code": code, "message": message, "details": details,
                       "request_id": request_id}}
     return Response(orjson.dumps(body), status_code=status, headers=headers,
@@ -174,14 +179,16 @@ def _described(text: str) -> dict:
 
 # Declared on every route, so /openapi.json documents each error a caller can get.
 ERROR_RESPONSES: dict[int | str, dict] = {
-    400: _described("Malformed JSON body, or a query refused (execute_query)"),
+    400: _described("Malformed or too deeply nested JSON body; a query refused, or a query "
+                     "or graph walk over its time or size limit"),
     401: _described("No or invalid credentials (WWW-Authenticate: Bearer)"),
     403: _described("Authenticated, but the role is too low"),
     404: _described("No such resource (or not visible to the caller)"),
     409: _described("Conflict: duplicate, or expected_version does not match"),
     413: _described("Request body larger than the facade accepts"),
     422: _described("Invalid parameters (details.errors lists each field)"),
-    429: _described("Too many requests of this kind; see Retry-After"),
+    429: _described("Busy, rate limited, or too many requests of these credentials in "
+                     "flight; see Retry-After"),
     500: _described("Internal error (details.request_id finds it in the logs)"),
     502: _described("rpc_server could not be reached"),
     504: _described("rpc_server did not answer in time"),

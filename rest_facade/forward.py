@@ -19,8 +19,8 @@ def rpc_client(request: Request) -> FlexDBClient:
 
 async def call(request: Request, method: str, params: dict[str, Any]) -> Any:
     headers: dict[str, str | bytes] = {"X-Request-ID": request.state.request_id}
-    authorization = request.headers.get("authorization")
-    if authorization is not None:
+    authorization = (request.headers.get("authorization") or "").strip()
+    if authorization:  # blank is absent: never let rpc_server read it as "anonymous"
         # The bytes as received (headers are latin-1): httpx would refuse non-ASCII text,
         # and rpc_server is the one to judge credentials.
         headers["Authorization"] = authorization.encode("latin-1")
@@ -31,7 +31,11 @@ async def call(request: Request, method: str, params: dict[str, Any]) -> Any:
     except TransportTimeout:
         raise ApiError(504, INTERNAL_ERROR, "rpc_server did not answer in time",
                        {"type": "upstream_timeout"}) from None
-    except TransportError:
+    except TransportError as exc:
+        if exc.status is not None:
+            raise ApiError(502, INTERNAL_ERROR, f"rpc_server answered HTTP {exc.status} "
+                           "without a JSON-RPC answer", {"type": "upstream_bad_answer",
+                                                         "status": exc.status}) from None
         raise ApiError(502, INTERNAL_ERROR, "rpc_server cannot be reached",
                        {"type": "upstream_unavailable"}) from None
 

@@ -101,7 +101,9 @@ def _facade(settings: Settings, args) -> int:
           f"{base}/redoc  {base}/openapi.json\n  forwards to: {settings.rpc_url}", flush=True)
     uvicorn.run(create_app(settings), host=settings.facade_host, port=settings.facade_port,
                 loop="uvloop", http="httptools", access_log=False, server_header=False,
-                log_level=settings.log_level.lower(), timeout_graceful_shutdown=15,
+                log_level=settings.log_level.lower(),
+                # In-flight calls may wait for rpc_server up to its timeout: let them finish.
+                timeout_graceful_shutdown=int(settings.facade_rpc_timeout_s) + 5,
                 log_config=None)  # our JSON handler on the root logger, not uvicorn's text
     return 0
 

@@ -8,9 +8,12 @@ Errors come back as typed exceptions carrying the JSON-RPC code, message and dat
 from __future__ import annotations
 
 import itertools
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any, Iterable
 
+import aiohttp
 import httpx
+import orjson
 from httpx_aiohttp import AiohttpTransport
 
 
@@ -48,11 +51,21 @@ ERROR_CLASSES = {cls.code: cls for cls in (
 
 
 class TransportError(Exception):
-    """The server could not be reached or answered something that is not JSON-RPC."""
+    """The server could not be reached or answered something that is not JSON-RPC
+    (`status`: the HTTP status of such an answer, None when there was none)."""
+
+    def __init__(self, message: str, status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class TransportTimeout(TransportError):
     """The server did not answer within the client's timeout."""
+
+
+def _no_cookies() -> CookieJar:
+    # A plain CookieJar (not httpx.Cookies, which httpx would copy into a default jar).
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
 
 
 def _timed_out(exc: httpx.HTTPError) -> bool:
@@ -62,6 +75,13 @@ def _timed_out(exc: httpx.HTTPError) -> bool:
     if cause is not None and not isinstance(cause, httpx.HTTPError):
         return isinstance(cause, TimeoutError)
     return isinstance(exc, httpx.TimeoutException) and not isinstance(exc, httpx.ConnectTimeout)
+
+
+def _is_error_reply(reply: Any) -> bool:
+    """A JSON-RPC error object with the fields the spec requires."""
+    error = reply.get("error") if isinstance(reply, dict) else None
+    return (isinstance(error, dict) and type(error.get("code")) is int
+            and isinstance(error.get("message"), str))
 
 
 def error_from(payload: dict) -> RpcError:
@@ -85,9 +105,13 @@ class FlexDBClient:
         # httpx's own connection pool collapses under concurrency (encode/httpx#3215:
         # ~8x fewer requests/s than aiohttp at 32 in flight); an aiohttp-backed transport
         # keeps the httpx API with aiohttp's pooling.
+        # No cookie is ever kept: one client serves many callers (the REST facade), and a
+        # cookie set by anything in between must not travel with someone else's request.
         self._http = httpx.AsyncClient(
-            headers=all_headers, timeout=timeout, limits=limits,
-            transport=transport or AiohttpTransport(limits=limits))
+            headers=all_headers, timeout=timeout, limits=limits, cookies=_no_cookies(),
+            transport=transport or AiohttpTransport(limits=limits, client=lambda: (
+                aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=max_connections),
+                                      cookie_jar=aiohttp.DummyCookieJar()))))
 
     async def __aenter__(self) -> "FlexDBClient":
         return self
@@ -111,12 +135,16 @@ class FlexDBClient:
         response = await self.post(payload, headers)
         if response.status_code == 204:
             return None
-        if response.status_code != 200:
-            raise TransportError(f"HTTP {response.status_code} from {self.url}")
         try:
-            return response.json()
-        except ValueError as exc:
-            raise TransportError("response is not JSON") from exc
+            reply = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            reply = None
+        if response.status_code != 200 and not _is_error_reply(reply):
+            raise TransportError(f"HTTP {response.status_code} from {self.url}",
+                                 response.status_code)
+        if reply is None:
+            raise TransportError("response is not JSON", response.status_code)
+        return reply
 
     async def call(self, method: str, params: dict | list | None = None, *,
                    headers: dict[str, str] | None = None) -> Any:
@@ -126,11 +154,11 @@ class FlexDBClient:
         if params is not None:
             request["params"] = params
         reply = await self._send(request, headers)
-        if not isinstance(reply, dict):
-            raise TransportError("unexpected response shape")
-        if "error" in reply:
+        if _is_error_reply(reply):
             raise error_from(reply)
-        return reply.get("result")
+        if not isinstance(reply, dict) or "result" not in reply:
+            raise TransportError("the answer is not a JSON-RPC response", 200)
+        return reply["result"]
 
     async def notify(self, method: str, params: dict | list | None = None) -> None:
         request = {"jsonrpc": "2.0", "method": method}

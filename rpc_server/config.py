@@ -74,6 +74,9 @@ class Settings(BaseModel):
                                        description="Largest request body the REST facade accepts")
     facade_max_connections: int = Field(100, ge=1, le=10_000, description="Pooled connections "
                                         "from the REST facade to rpc_server")
+    facade_max_in_flight_per_caller: int = Field(
+        32, ge=1, le=10_000, description="Requests one set of credentials may have in flight "
+        "through the REST facade (beyond: 429 at once)")
     cors_origins: str = Field("", description="Comma-separated origins the REST facade allows "
                               "cross-origin requests from ('*' = any; empty = none)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")

@@ -30,8 +30,10 @@ ERRORS = {
 COMMON_ERRORS = ("InvalidParams", "Internal", "Unauthenticated", "Forbidden", "NotFound",
                  "RateLimited")
 EXTRA_ERRORS = {
-    "execute_query": ("QueryRejected",), "run_pipeline": ("PipelineFailed", "Conflict"),
+    "execute_query": ("QueryRejected",), "traverse": ("QueryRejected",),
+    "shortest_path": ("QueryRejected",), "run_pipeline": ("PipelineFailed", "Conflict"),
 }
+READ_PREFIXES = ("get_", "list_", "query_", "verify_")
 
 
 def who_may_call(permission: Permission) -> str:
@@ -54,7 +56,9 @@ def _method(spec, params_schema: dict, result_schema: dict) -> dict:
     required = set(params_schema.get("required", ()))
     params = [{"name": name, "required": name in required, "schema": schema}
               for name, schema in params_schema.get("properties", {}).items()]
-    errors = COMMON_ERRORS + EXTRA_ERRORS.get(spec.name, ("Conflict",))
+    # Writes can conflict (duplicates, versions, states); reads cannot.
+    default = () if spec.name.startswith(READ_PREFIXES) else ("Conflict",)
+    errors = COMMON_ERRORS + EXTRA_ERRORS.get(spec.name, default)
     return {
         "name": spec.name,
         "summary": spec.summary,

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field,
+from pydantic import (AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field,
                       GetCoreSchemaHandler, GetJsonSchemaHandler, StrictBool, StrictInt)
 from pydantic_core import core_schema
 
@@ -144,6 +145,17 @@ JsonSchemaDoc = Annotated[dict[str, Any] | None, BeforeValidator(_optional_schem
                           also_accepts({"type": "string", "description": "the schema as JSON "
                                         "text; \"\" = no schema"})]
 Version = Annotated[StrictInt, Field(ge=1, le=MAX_VERSION)]
+
+
+def _in_utc(value: datetime) -> datetime:
+    try:
+        return value.astimezone(timezone.utc)
+    except (OverflowError, ValueError):
+        raise ValueError("is out of range (years 1 to 9999 in UTC)") from None
+
+
+# A point in time with its zone, that PostgreSQL can store (9999-12-31T23:59-23:59 cannot).
+Moment = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
 class zero_means:

@@ -1080,9 +1080,28 @@ class StubRpc:
         await self.runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.Response:
+        response = await self._answer(request)
+        # Like a sticky-session proxy would: the facade must never send it back.
+        response.set_cookie("sticky", request.headers.get("Authorization", "none")[-12:])
+        return response
+
+    async def _answer(self, request: web.Request) -> web.Response:
         payload = await request.json()
         method = payload["method"]
         self.calls.append((method, dict(request.headers)))
+        if method == "get_node_type":  # an HTTP error status carrying a JSON-RPC error
+            return web.json_response({"jsonrpc": "2.0", "id": payload["id"], "error": {
+                "code": -32005, "message": "busy", "data": {"type": "busy",
+                                                            "retry_after": 1}}}, status=503)
+        if method == "list_node_types":
+            return web.Response(status=500, text="Internal Server Error")
+        if method == "get_pipeline":  # 200, but not a JSON-RPC answer
+            return web.json_response({"jsonrpc": "2.0", "id": payload["id"]})
+        if method == "get_relationship":  # an error object without the required fields
+            return web.json_response({"jsonrpc": "2.0", "id": payload["id"],
+                                      "error": {"code": "abc"}})
+        if method == "list_pipelines":  # slow, for the in-flight cap
+            await asyncio.sleep(1.5)
         if method == "get_tenant":
             try:
                 await asyncio.wait_for(self.release.wait(), self.SLOW_S)
@@ -1158,18 +1177,95 @@ async def test_a_500_carries_the_request_id_and_security_headers(stub_facade):
 async def test_a_garbled_rpc_answer_is_502(stub_facade):
     async with as_caller(stub_facade, "fdb_caller") as client:
         resp = await call(client, "GET", U, user_id=missing_id())
-    error(resp, 502, -32603, "upstream_unavailable")
+        err = error(resp, 502, -32603, "upstream_bad_answer")
+        assert err["details"]["status"] == 502
+        err = error(await call(client, "GET", "/tenants/{tenant_id}/node-types",
+                               tenant_id=missing_id()), 502, -32603, "upstream_bad_answer")
+        assert err["details"]["status"] == 500
+        for path, ids in (("/tenants/{tenant_id}/pipelines/{pipeline_id}", "pipeline_id"),
+                          ("/tenants/{tenant_id}/relationships/{relationship_id}",
+                           "relationship_id")):
+            error(await call(client, "GET", path, tenant_id=missing_id(),
+                             **{ids: missing_id()}), 502, -32603, "upstream_bad_answer")
 
 
-# ---------------------------------------------------------------- last: coverage
+async def test_a_json_rpc_error_under_an_http_error_status_is_still_mapped(stub_facade):
+    async with as_caller(stub_facade, "fdb_caller") as client:
+        resp = await call(client, "GET", "/tenants/{tenant_id}/node-types/{node_type_id}",
+                          tenant_id=missing_id(), node_type_id=missing_id())
+    error(resp, 429, -32005, "busy")
 
-def test_every_route_is_exercised(request):
-    module_tests = [item for item in request.session.items if item.module is request.module]
-    everything_ran = len(module_tests) == len([
-        name for name in globals() if name.startswith("test_")])
-    if not everything_ran:
-        pytest.skip("only part of this module was selected")
-    assert ROUTES - EXERCISED == set(), "routes without a test"
+
+async def test_cookies_set_upstream_never_travel_with_a_request(stub_facade):
+    for key in ("fdb_alice", "fdb_bob", "fdb_alice"):
+        async with as_caller(stub_facade, key) as client:
+            await call(client, "GET", U, user_id=missing_id())
+    assert stub_facade.stub.calls
+    assert all("Cookie" not in headers for _, headers in stub_facade.stub.calls)
+
+
+@pytest.mark.parametrize("authorization", ["", "Bearer fdb_" + "a" * 9000])
+async def test_blank_or_oversized_credentials_are_401_at_the_facade(stub_facade, authorization):
+    # A blank header must not reach rpc_server, which would read it as "no credentials"
+    # (anonymous, on a server that allows that).
+    before = len(stub_facade.stub.calls)
+    async with httpx.AsyncClient(base_url=stub_facade.base, timeout=30) as client:
+        resp = await client.get("/tenants", headers={"Authorization": authorization})
+    error(resp, 401, -32002, "unauthenticated")
+    assert len(stub_facade.stub.calls) == before
+
+
+async def test_without_credentials_it_is_401_before_the_body_is_read(facade):
+    async with httpx.AsyncClient(base_url=facade.base, timeout=30) as client:
+        resp = await client.post("/tenants", content=b"{bad",
+                                 headers={"Content-Type": "application/json"})
+    error(resp, 401, -32002, "unauthenticated")
+
+
+async def test_one_caller_cannot_take_every_connection():
+    with StubRpc() as stub, running_facade(stub.url, FLEXDB_FACADE_MAX_IN_FLIGHT_PER_CALLER="2",
+                                           FLEXDB_FACADE_RPC_TIMEOUT_S="10") as capped:
+        async with as_caller(capped, "fdb_greedy") as greedy, \
+                as_caller(capped, "fdb_other") as other:
+            path = "/tenants/{tenant_id}/pipelines"
+            t = missing_id()
+            answers = await asyncio.gather(
+                *(call(greedy, "GET", path, tenant_id=t) for _ in range(4)),
+                call(other, "GET", path, tenant_id=t))
+    statuses = sorted(r.status_code for r in answers[:4])
+    assert statuses == [200, 200, 429, 429], statuses
+    refused = next(r for r in answers[:4] if r.status_code == 429)
+    error(refused, 429, -32005, "too_many_in_flight")
+    assert refused.headers["retry-after"] == "1"
+    assert answers[4].status_code == 200  # other credentials are not held up
+
+
+@pytest.mark.parametrize("depth", [300, 1000])
+async def test_deeply_nested_bodies_are_400_not_500(rest, rpc, depth):
+    t = await make_tenant(rpc)
+    nt = await make_node_type(rpc, t)
+    nested = "1"
+    for _ in range(depth):
+        nested = '{"a":' + nested + "}"
+    body = ('{"node_type_id": "%s", "data": %s}' % (nt, nested)).encode()
+    resp = await call(rest, "POST", N, tenant_id=t, content=body,
+                      headers={"Content-Type": "application/json"})
+    error(resp, 400, -32700, "parse_error")
+    node = (await rpc.call("create_node", {"tenant_id": t, "node_type_id": nt}))["node"]
+    resp = await call(rest, "PATCH", N + "/{node_id}", tenant_id=t, node_id=node["id"],
+                      content=('{"data": %s}' % nested).encode(),
+                      headers={"Content-Type": "application/json"})
+    error(resp, 400, -32700, "parse_error")
+
+
+async def test_out_of_range_moments_are_422_not_500(rest, rpc):
+    t = await make_tenant(rpc)
+    resp = await call(rest, "GET", T + "/audit-events", tenant_id=t,
+                      params={"since": "9999-12-31T23:59:59-23:59"})
+    error(resp, 422, -32602, "invalid_params")
+    resp = await call(rest, "POST", "/api-keys",
+                      json={"name": "far", "expires_at": "0001-01-01T00:00:00+01:00"})
+    error(resp, 422, -32602, "invalid_params")
 
 
 async def test_a_405_on_a_literal_route_names_only_its_methods(rest, rpc):
@@ -1187,3 +1283,14 @@ async def test_a_non_ascii_authorization_header_is_401_not_500(facade):
     err = error(resp, 401, -32002, "unauthenticated")
     assert resp.headers["www-authenticate"].startswith("Bearer")
     assert err["request_id"] == resp.headers["x-request-id"]
+
+
+# ---------------------------------------------------------------- last: coverage
+
+def test_every_route_is_exercised(request):
+    module_tests = {item.originalname for item in request.session.items
+                    if item.module is request.module}
+    everything_ran = module_tests == {name for name in globals() if name.startswith("test_")}
+    if not everything_ran:
+        pytest.skip("only part of this module was selected")
+    assert ROUTES - EXERCISED == set(), "routes without a test"

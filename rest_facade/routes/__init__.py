@@ -1,28 +1,20 @@
 """One router per resource; each route is one (or, for PATCH of a document, two) RPC calls."""
 from __future__ import annotations
 
+import json
+
 import orjson
 from fastapi import APIRouter, Request, Security
 from fastapi.routing import APIRoute
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 
-from rpc_server.errors import Unauthenticated
+from rpc_server.json_codec import json_depth_exceeds
 
-from ..errors import ERROR_RESPONSES, ApiError
+from ..errors import ERROR_RESPONSES
 
 # Documents the scheme in /openapi.json (the "Authorize" button of /docs). The facade does
 # not check credentials itself: it forwards Authorization and rpc_server decides.
 bearer = HTTPBearer(auto_error=False, description="An API key: Authorization: Bearer <key>")
-
-
-async def credentials_present(
-        request: Request,
-        _credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
-    """A request without credentials gets 401 before its body is looked at (rpc_server
-    would refuse it anyway), unless the servers let anonymous callers in."""
-    if "authorization" not in request.headers and \
-            request.app.state.settings.anonymous_role == "none":
-        raise ApiError.from_rpc(Unauthenticated())
 
 
 class StrictJsonRequest(Request):
@@ -32,7 +24,14 @@ class StrictJsonRequest(Request):
 
     async def json(self):
         if not hasattr(self, "_json"):
-            self._json = orjson.loads(await self.body())
+            body = await self.body()
+            parsed = orjson.loads(body)
+            # rpc_server's nesting limit, less the two levels of the JSON-RPC envelope.
+            depth = self.app.state.settings.max_json_depth - 2
+            if json_depth_exceeds(parsed, depth):
+                raise json.JSONDecodeError(f"nested deeper than {depth} levels",
+                                           body.decode("utf-8", "replace")[:100], 0)
+            self._json = parsed
         return self._json
 
 
@@ -47,8 +46,9 @@ class StrictJsonRoute(APIRoute):
 
 
 def make_router(tag: str) -> APIRouter:
+    # Security(bearer) documents the scheme; CallerGuard refuses requests without it.
     return APIRouter(tags=[tag], responses=ERROR_RESPONSES, route_class=StrictJsonRoute,
-                     dependencies=[Security(credentials_present)])
+                     dependencies=[Security(bearer)])
 
 
 def all_routers() -> list[APIRouter]:

@@ -24,7 +24,8 @@ async def create_api_key(request: Request, body: CreateApiKeyBody):
 @router.get("/api-keys", response_model=result_of("list_api_keys"))
 async def list_api_keys(request: Request, pagination: Annotated[dict, Depends(paging)],
                         user_id: Annotated[UUID | None, Query()] = None):
-    """Keys of the caller (or of `user_id`, for platform admins), without secrets."""
+    """Keys without secrets: the caller's own; a platform admin sees every user's keys, or
+    one user's with `user_id`."""
     params = {"pagination": pagination}
     if user_id is not None:
         params["user_id"] = str(user_id)

@@ -8,7 +8,9 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import Depends, Query, Request
-from pydantic import AwareDatetime, BeforeValidator
+from pydantic import BeforeValidator
+
+from rpc_server.params import Moment
 
 from .. import forward
 from ..models import paging, result_of
@@ -27,7 +29,7 @@ def _rfc3339(value):
     return value
 
 
-Moment = Annotated[AwareDatetime | None, BeforeValidator(_rfc3339), Query()]
+Since = Annotated[Moment | None, BeforeValidator(_rfc3339), Query()]
 
 
 @router.get("/tenants/{tenant_id}/audit-events", response_model=result_of("list_audit_events"))
@@ -36,7 +38,7 @@ async def list_audit_events(request: Request, tenant_id: UUID,
                             actor: Annotated[UUID | None, Query()] = None,
                             method: Annotated[str | None, Query(max_length=100)] = None,
                             target_id: Annotated[str | None, Query(max_length=100)] = None,
-                            since: Moment = None, until: Moment = None):
+                            since: Since = None, until: Since = None):
     """The tenant's audit events, oldest first, filtered by actor, method, target or time."""
     params: dict = {"tenant_id": str(tenant_id), "pagination": pagination}
     filters = {"actor": actor, "method": method, "target_id": target_id, "since": since,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from pydantic import AwareDatetime
 
 from ..auth import AUTHENTICATED, KEY_PREFIX, hash_key, new_api_key
 from ..errors import Forbidden, InvalidParams, NotFound
-from ..params import Id, Name, PaginationParam, Params
+from ..params import Moment, Id, Name, PaginationParam, Params
 from .. import results
 from ..registry import rpc_method
 from ..repositories.api_keys import ApiKeyRepository
@@ -19,7 +18,7 @@ PREFIX_SHOWN = len(KEY_PREFIX) + 6
 class CreateApiKey(Params):
     name: Name
     user_id: Id | None = None
-    expires_at: AwareDatetime | None = None
+    expires_at: Moment | None = None
 
 
 class ApiKeyId(Params):

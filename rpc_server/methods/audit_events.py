@@ -3,10 +3,10 @@ platform's own chain is tenant 00000000-0000-0000-0000-000000000000, for platfor
 from __future__ import annotations
 
 import orjson
-from pydantic import AwareDatetime, Field
+from pydantic import Field
 
 from ..auth import tenant_role
-from ..params import Id, PaginationParam, Params
+from ..params import Moment, Id, PaginationParam, Params
 from .. import results
 from ..registry import rpc_method
 from ..repositories.audit import AuditRepository
@@ -17,8 +17,8 @@ class ListAuditEvents(Params):
     actor: Id | None = None
     method: str | None = Field(None, max_length=100)
     target_id: str | None = Field(None, max_length=100)
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: Moment | None = None
+    until: Moment | None = None
     pagination: PaginationParam
 
 

@@ -1,0 +1,60 @@
+"""Per-caller checks before any route runs: credentials present (rpc_server judges them),
+and a cap on one caller's requests in flight, so one key cannot take every connection the
+facade has to rpc_server and starve the others."""
+from __future__ import annotations
+
+import hashlib
+
+from rpc_server.errors import Unauthenticated
+
+from .errors import STATUS_BY_CODE, error_for
+
+OPEN_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/health"})
+MAX_AUTHORIZATION = 4096  # far above any key or token; rpc_server's header limit is 8190
+RATE_LIMITED = -32005
+
+
+def _authorization(headers: list[tuple[bytes, bytes]]) -> bytes:
+    for name, value in headers:
+        if name == b"authorization":
+            return value.strip()
+    return b""
+
+
+class CallerGuard:
+    def __init__(self, app, *, anonymous_allowed: bool, max_in_flight: int):
+        self.app = app
+        self.anonymous_allowed = anonymous_allowed
+        self.max_in_flight = max_in_flight
+        self.in_flight: dict[bytes, int] = {}
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            return await self.app(scope, receive, send)
+        request_id = scope.get("state", {}).get("request_id", "")
+        authorization = _authorization(scope["headers"])
+        if (not authorization and not self.anonymous_allowed) \
+                or len(authorization) > MAX_AUTHORIZATION:
+            refusal = Unauthenticated() if not authorization else Unauthenticated(
+                "Invalid credentials: the Authorization header is too long")
+            response = error_for(request_id, 401, refusal.code, refusal.message, refusal.data,
+                                 {"WWW-Authenticate": 'Bearer realm="flexdb"'})
+            return await response(scope, receive, send)
+        caller = hashlib.blake2b(authorization, digest_size=16).digest()
+        if self.in_flight.get(caller, 0) >= self.max_in_flight:
+            response = error_for(
+                request_id, STATUS_BY_CODE[RATE_LIMITED], RATE_LIMITED,
+                f"More than {self.max_in_flight} requests of these credentials are in "
+                "flight; retry when one has finished",
+                {"type": "too_many_in_flight", "max_in_flight": self.max_in_flight,
+                 "retry_after": 1}, {"Retry-After": "1"})
+            return await response(scope, receive, send)
+        self.in_flight[caller] = self.in_flight.get(caller, 0) + 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            left = self.in_flight[caller] - 1
+            if left:
+                self.in_flight[caller] = left
+            else:
+                del self.in_flight[caller]
