@@ -99,8 +99,11 @@ def _facade(settings: Settings, args) -> int:
     base = f"http://{settings.facade_host}:{settings.facade_port}"
     print(f"flexdb REST facade is up\n  REST: {base}/tenants …\n  docs: {base}/docs  "
           f"{base}/redoc  {base}/openapi.json\n  forwards to: {settings.rpc_url}", flush=True)
+    # h11 refuses request heads over 64 KiB; httptools would read any size into memory.
+    parser = {"h11_max_incomplete_event_size": 65536} if settings.facade_http == "h11" else {}
     uvicorn.run(create_app(settings), host=settings.facade_host, port=settings.facade_port,
-                loop="uvloop", http="httptools", access_log=False, server_header=False,
+                loop="uvloop", http=settings.facade_http, access_log=False, server_header=False,
+                **parser,
                 log_level=settings.log_level.lower(),
                 # In-flight calls may wait for rpc_server up to its timeout: let them finish.
                 timeout_graceful_shutdown=int(settings.facade_rpc_timeout_s) + 5,

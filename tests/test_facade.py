@@ -1285,6 +1285,16 @@ async def test_a_non_ascii_authorization_header_is_401_not_500(facade):
     assert err["request_id"] == resp.headers["x-request-id"]
 
 
+async def test_an_oversized_request_head_is_refused(facade):
+    # h11 bounds the request head; the connection is refused, nothing is buffered.
+    async with httpx.AsyncClient(base_url=facade.base, timeout=30) as client:
+        try:
+            resp = await client.get("/tenants", headers={"X-Big": "a" * 200_000})
+        except httpx.HTTPError:
+            return  # closed without an answer: refused
+    assert resp.status_code in (400, 431)
+
+
 # ---------------------------------------------------------------- last: coverage
 
 def test_every_route_is_exercised(request):
