@@ -22,7 +22,10 @@ from .json_codec import dumps
 from .errors import INVALID_REQUEST
 from .protocol import Dispatcher, internal_error, invalid_request, note
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from .invalidation import Invalidation
 from .openrpc import rpc_discover
+from .rate_limits import RateLimiter
+from .redis_link import RedisLink
 from .readiness import readiness
 from .pipeline_runner import PipelineRunner
 from .registry import build_dispatch_table, tenant_params
@@ -195,10 +198,19 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
                                                TenantLimiter(settings.query_tenant_concurrency,
                                                              settings.db_connect_timeout_s),
                                                asyncio.Semaphore(max(1, settings.db_pool_max // 2))), runner)
-        app[STATE].metrics.watch(app[STATE])
+        state = app[STATE]
+        if settings.redis_url:
+            state.redis = RedisLink(settings.redis_url)
+            invalidation = Invalidation(state.redis, state.auth)
+            invalidation.start()
+        state.limits = RateLimiter.from_settings(settings, state.redis)
+        state.metrics.watch(state)
         runner.start()
         yield
         await runner.stop()
+        if state.redis is not None:
+            await invalidation.stop()
+            await state.redis.close()
         if sandbox is not None:
             await sandbox.close()
         await query_pool.close()

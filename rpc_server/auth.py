@@ -179,15 +179,34 @@ class Authenticator:
         self._roles.put((user_id, tenant_id), role)
         return role
 
+    # Each forget_* drops cached entries here and, through `announce` (set when Redis is
+    # configured), on every other instance; `apply` is the receiving end.
+    announce = None
+
     def forget_key(self, key_id: UUID) -> None:
-        self._keys.drop_where(lambda _, p: p is not None and p.key_id == key_id)
+        self._forget("key", key_id)
 
     def forget_user(self, user_id: UUID) -> None:
-        self._keys.drop_where(lambda _, p: p is not None and p.user_id == user_id)
-        self._roles.drop_where(lambda k, _: k[0] == user_id)
+        self._forget("user", user_id)
 
     def forget_membership(self, user_id: UUID, tenant_id: UUID) -> None:
-        self._roles.drop_where(lambda k, _: k == (user_id, tenant_id))
+        self._forget("membership", user_id, tenant_id)
 
     def forget_tenant(self, tenant_id: UUID) -> None:
-        self._roles.drop_where(lambda k, _: k[1] == tenant_id)
+        self._forget("tenant", tenant_id)
+
+    def _forget(self, kind: str, *ids: UUID) -> None:
+        self.apply(kind, *ids)
+        if self.announce is not None:
+            self.announce(kind, *ids)
+
+    def apply(self, kind: str, *ids: UUID) -> None:
+        if kind == "key":
+            self._keys.drop_where(lambda _, p: p is not None and p.key_id == ids[0])
+        elif kind == "user":
+            self._keys.drop_where(lambda _, p: p is not None and p.user_id == ids[0])
+            self._roles.drop_where(lambda k, _: k[0] == ids[0])
+        elif kind == "membership":
+            self._roles.drop_where(lambda k, _: k == (ids[0], ids[1]))
+        elif kind == "tenant":
+            self._roles.drop_where(lambda k, _: k[1] == ids[0])

@@ -83,6 +83,16 @@ class Settings(BaseModel):
         "through the REST facade (beyond: 429 at once)")
     cors_origins: str = Field("", description="Comma-separated origins the REST facade allows "
                               "cross-origin requests from ('*' = any; empty = none)")
+    redis_url: str | None = Field(None, description="Redis for limits and cache invalidation "
+                                  "shared by every instance; unset = in-process only")
+    rate_limit_key_per_s: float = Field(0, ge=0, le=1_000_000, description="Calls per second "
+                                        "one API key may make (0 = no limit)")
+    rate_limit_key_burst: int = Field(100, ge=1, le=1_000_000, description="Calls a key may "
+                                      "make at once above its rate")
+    rate_limit_tenant_per_s: float = Field(0, ge=0, le=1_000_000, description="Calls per "
+                                           "second into one tenant, all callers (0 = no limit)")
+    rate_limit_tenant_burst: int = Field(200, ge=1, le=1_000_000, description="Calls into a "
+                                         "tenant at once above its rate")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
     log_format: Literal["json", "text"] = Field(
         "json", description="JSON lines (one access line per request), or text for terminals")
@@ -92,6 +102,13 @@ class Settings(BaseModel):
     @classmethod
     def _upper(cls, v):
         return v.upper() if isinstance(v, str) else v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, v):
+        if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return v or None
 
     @field_validator("database_url")
     @classmethod

@@ -13,6 +13,8 @@ from . import audit
 from .auth import Authenticator, Principal
 from .config import Settings
 from .metrics import Metrics
+from .rate_limits import RateLimiter
+from .redis_link import RedisLink
 from .pipeline_runner import PipelineRunner
 from .repositories.audit import AuditRepository
 from .schemas import ValidatorCache
@@ -31,6 +33,8 @@ class AppState:
     query: "QueryEnvironment"
     pipelines: PipelineRunner
     metrics: Metrics = field(default_factory=Metrics)
+    limits: RateLimiter = field(default_factory=lambda: RateLimiter(None, None))
+    redis: RedisLink | None = None
 
 
 @dataclass

@@ -66,6 +66,10 @@ class StateCollector:
             caches.add_metric([name, "hit"], cache.hits)
             caches.add_metric([name, "miss"], cache.misses)
         yield caches
+        redis = CounterMetricFamily("flexdb_redis_failures", "Redis operations that failed "
+                                    "(the instance then falls back to in-process state)")
+        redis.add_metric([], self.state.redis.failures if self.state.redis else 0)
+        yield redis
         runs = CounterMetricFamily("flexdb_sandbox_runs", "Pipeline runs finished by this "
                                    "server, by status", labels=["status"])
         for status, count in sorted(self.state.pipelines.finished.items()):

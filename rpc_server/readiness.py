@@ -35,12 +35,16 @@ async def readiness(state: "AppState") -> tuple[int, dict]:
     checks: dict[str, Awaitable[dict]] = {"database": _timed(database)}
     if sandbox is not None:
         checks["sandbox"] = _timed(sandbox.health)
+    if state.redis is not None:
+        checks["redis"] = _timed(state.redis.ping)
     results = dict(zip(checks, await asyncio.gather(*checks.values())))
     if sandbox is None:
         results["sandbox"] = {"status": "disabled", "latency_ms": None,
                               "error": "FLEXDB_SANDBOX_SECRET is not set: pipelines cannot run"}
-    results["redis"] = {"status": "disabled", "latency_ms": None,
-                        "error": "not configured: caches and limits are in-process"}
+    if state.redis is None:
+        results["redis"] = {"status": "disabled", "latency_ms": None,
+                            "error": "FLEXDB_REDIS_URL is not set: limits and caches are "
+                                     "per instance"}
     if results["database"]["status"] != "ok":
         overall = "down"
     elif any(r["status"] == "failing" for r in results.values()):

@@ -210,6 +210,9 @@ def _make_callable(spec: MethodSpec) -> Callable:
             except (Unauthenticated, Forbidden, NotFound) as denied:
                 await record_denied(call, denied)
                 raise
+            if ctx.state.limits.enabled:
+                await ctx.state.limits.admit_call(
+                    await ctx.principal(), getattr(params, tenant_param) if tenant_param else None)
             return Success(await spec.handler(call, params))
         except RpcError:
             raise

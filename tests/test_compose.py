@@ -51,6 +51,7 @@ def test_each_flexdb_service_has_a_valid_configuration_that_lines_up():
     assert f"{server.port}:{server.port}" in services["rpc_server"]["ports"]
     assert health_url(services["rpc_server"]) == f"http://127.0.0.1:{server.port}/ready"
     assert "@postgres:5432/" in server.database_url
+    assert server.redis_url.startswith("redis://redis:6379/")
     assert server.sandbox_secret and server.secret_key
     # The facade and the worker reach rpc_server by its service name and port.
     assert facade.rpc_url == worker.rpc_url == f"http://rpc_server:{server.port}/jsonrpc"

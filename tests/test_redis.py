@@ -1,0 +1,197 @@
+"""Redis: rate limits shared by every instance (GCRA in a Lua script), cache invalidation
+reaching every instance at once, and service that goes on, degraded, while Redis is down,
+recovering by itself. Against the real Redis (FLEXDB_TEST_REDIS_URL) and a test-owned
+redis-server that the tests stop and start."""
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import time
+from contextlib import contextmanager
+
+import httpx
+import pytest
+
+from rpc_server.client import FlexDBClient, RpcError, Unauthenticated
+
+from .conftest import free_port, running_server, unique
+
+LIMITS = {"FLEXDB_RATE_LIMIT_KEY_PER_S": "5", "FLEXDB_RATE_LIMIT_KEY_BURST": "5"}
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    url = os.environ.get("FLEXDB_TEST_REDIS_URL")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must set FLEXDB_TEST_REDIS_URL: the Redis tests may not skip")
+        pytest.skip("FLEXDB_TEST_REDIS_URL is not set")
+    return url
+
+
+@contextmanager
+def two_servers(database_url: str, **env: str):
+    env = {"FLEXDB_DATABASE_URL": database_url, **env}
+    with running_server(env) as first, running_server(env) as second:
+        yield first, second
+
+
+async def new_key(admin: FlexDBClient) -> str:
+    """A fresh platform admin key of its own user: fresh buckets for every test."""
+    user = (await admin.call("create_user", {"email": f"{unique('r')}@example.com",
+                                             "display_name": "R"}))["user"]
+    tenant = (await admin.call("create_tenant", {"slug": unique("r"), "name": "R"}))["tenant"]
+    await admin.call("add_user_to_tenant", {"tenant_id": tenant["id"], "user_id": user["id"],
+                                            "role": "owner"})
+    return (await admin.call("create_api_key", {"name": "r", "user_id": user["id"]}))["secret"]
+
+
+async def burst(urls: list[str], key: str, calls: int) -> tuple[int, list[RpcError]]:
+    """`calls` quick calls, alternating between the servers: (admitted, refusals)."""
+    admitted, refused = 0, []
+    clients = [FlexDBClient(url, api_key=key) for url in urls]
+    try:
+        for i in range(calls):
+            try:
+                await clients[i % len(clients)].call("list_tenants", {})
+                admitted += 1
+            except RpcError as exc:
+                refused.append(exc)
+    finally:
+        for client in clients:
+            await client.aclose()
+    return admitted, refused
+
+
+def assert_rate_limited(refusals: list[RpcError]) -> None:
+    assert refusals
+    for exc in refusals:
+        assert exc.code == -32005 and exc.data["type"] == "rate_limited", exc.data
+        assert 0 < exc.data["retry_after"] <= 0.2 and exc.data["scope"] == "key"
+
+
+async def test_a_key_limit_is_shared_by_every_instance(database_url, redis_url):
+    with two_servers(database_url, FLEXDB_REDIS_URL=redis_url, **LIMITS) as (a, b):
+        async with FlexDBClient(a.url, api_key=a.admin_key) as admin:
+            key = await new_key(admin)
+        admitted, refused = await burst([a.url, b.url], key, 12)
+    # Burst 5 for both instances together (one more may refill while the calls run).
+    assert 5 <= admitted <= 6, admitted
+    assert_rate_limited(refused)
+
+
+async def test_without_redis_each_instance_limits_in_process(database_url):
+    with running_server({"FLEXDB_DATABASE_URL": database_url, **LIMITS}) as a:
+        async with FlexDBClient(a.url, api_key=a.admin_key) as admin:
+            key = await new_key(admin)
+        admitted, refused = await burst([a.url], key, 10)
+    assert 5 <= admitted <= 6, admitted
+    assert_rate_limited(refused)
+
+
+async def test_a_tenant_limit_counts_every_caller(database_url, redis_url):
+    env = {"FLEXDB_REDIS_URL": redis_url, "FLEXDB_RATE_LIMIT_TENANT_PER_S": "2",
+           "FLEXDB_RATE_LIMIT_TENANT_BURST": "4"}
+    with running_server({"FLEXDB_DATABASE_URL": database_url, **env}) as a:
+        async with FlexDBClient(a.url, api_key=a.admin_key) as admin:
+            tenant = (await admin.call("create_tenant", {"slug": unique("t"),
+                                                         "name": "T"}))["tenant"]
+            other = (await admin.call("create_tenant", {"slug": unique("t"),
+                                                        "name": "T"}))["tenant"]
+            outcomes = []
+            for _ in range(8):
+                try:
+                    await admin.call("get_tenant", {"id": tenant["id"]})
+                    outcomes.append("ok")
+                except RpcError as exc:
+                    assert exc.data["scope"] == "tenant"
+                    outcomes.append("limited")
+            assert outcomes.count("ok") in (4, 5) and "limited" in outcomes
+            await admin.call("get_tenant", {"id": other["id"]})  # its own bucket
+
+
+async def test_a_revoked_key_stops_on_every_instance_within_a_second(database_url, redis_url):
+    # A long cache TTL: only the invalidation message can make the other instance forget.
+    with two_servers(database_url, FLEXDB_REDIS_URL=redis_url,
+                     FLEXDB_AUTH_CACHE_TTL_S="120") as (a, b):
+        async with FlexDBClient(a.url, api_key=a.admin_key) as admin:
+            created = await admin.call("create_api_key", {"name": "short-lived"})
+            async with FlexDBClient(b.url, api_key=created["secret"]) as on_b:
+                await on_b.call("list_tenants", {})  # cached as valid on b
+                await admin.call("revoke_api_key", {"id": created["api_key"]["id"]})
+                deadline = time.monotonic() + 1.0
+                while True:
+                    try:
+                        await on_b.call("list_tenants", {})
+                    except Unauthenticated:
+                        break
+                    assert time.monotonic() < deadline, "b still accepts the revoked key"
+                    await asyncio.sleep(0.05)
+
+
+@contextmanager
+def own_redis():
+    """A redis-server of this test, on its own port, that the test may stop and restart."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    command = [binary, "--port", str(port), "--save", "", "--appendonly", "no",
+               "--bind", "127.0.0.1"]
+    holder = {"proc": subprocess.Popen(command, stdout=subprocess.DEVNULL)}
+
+    def wait_up():
+        for _ in range(100):
+            if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
+                              text=True).stdout.strip() == "PONG":
+                return
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop():
+        holder["proc"].terminate()
+        holder["proc"].wait(10)
+
+    def start():
+        holder["proc"] = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        wait_up()
+
+    wait_up()
+    try:
+        yield f"redis://127.0.0.1:{port}/0", stop, start
+    finally:
+        if holder["proc"].poll() is None:
+            stop()
+
+
+async def test_service_goes_on_while_redis_is_down_and_recovers(database_url):
+    with own_redis() as (url, stop_redis, start_redis), \
+            running_server({"FLEXDB_DATABASE_URL": database_url, "FLEXDB_REDIS_URL": url,
+                            "FLEXDB_RATE_LIMIT_KEY_PER_S": "1000"}) as srv:
+        async with FlexDBClient(srv.url, api_key=srv.admin_key) as admin, \
+                httpx.AsyncClient(timeout=10) as http:
+            await admin.call("list_tenants", {})
+            assert (await http.get(srv.base + "/ready")).json()["checks"]["redis"]["status"] \
+                == "ok"
+            stop_redis()
+            started = time.monotonic()
+            for _ in range(20):  # served, limits in-process, no wait on the dead Redis
+                await admin.call("list_tenants", {})
+            assert time.monotonic() - started < 5
+            ready = await http.get(srv.base + "/ready")
+            assert ready.status_code == 200 and ready.json()["status"] == "degraded"
+            assert ready.json()["checks"]["redis"]["status"] == "failing"
+            metrics = (await http.get(srv.base + "/metrics")).text
+            failures = [line for line in metrics.splitlines()
+                        if line.startswith("flexdb_redis_failures_total")]
+            assert failures and float(failures[0].split()[-1]) >= 1
+            start_redis()
+            for _ in range(60):  # recovers by itself
+                await admin.call("list_tenants", {})
+                ready = (await http.get(srv.base + "/ready")).json()
+                if ready["status"] == "ok":
+                    break
+                await asyncio.sleep(0.1)
+            assert ready["status"] == "ok", ready
