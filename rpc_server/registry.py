@@ -59,6 +59,8 @@ MISSING_REFERENCES = {
     "pipeline_runs_pipeline_fkey": "pipeline",
 }
 UNAVAILABLE_ERRORS = (
+    asyncpg.AdminShutdownError,  # the server is shutting down or restarting (57P01)
+    asyncpg.CrashShutdownError,  # the server is recovering from a crash (57P02)
     asyncpg.CannotConnectNowError,
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.ConnectionFailureError,

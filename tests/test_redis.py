@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import subprocess
 import time
 from contextlib import contextmanager
 
@@ -16,7 +15,8 @@ import pytest
 
 from rpc_server.client import FlexDBClient, RpcError, Unauthenticated
 
-from .conftest import free_port, running_server, unique
+from .conftest import running_server, unique
+from .services import own_redis
 
 LIMITS = {"FLEXDB_RATE_LIMIT_KEY_PER_S": "5", "FLEXDB_RATE_LIMIT_KEY_BURST": "5"}
 
@@ -131,42 +131,9 @@ async def test_a_revoked_key_stops_on_every_instance_within_a_second(database_ur
                     await asyncio.sleep(0.05)
 
 
-@contextmanager
-def own_redis():
-    """A redis-server of this test, on its own port, that the test may stop and restart."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed")
-    port = free_port()
-    command = [binary, "--port", str(port), "--save", "", "--appendonly", "no",
-               "--bind", "127.0.0.1"]
-    holder = {"proc": subprocess.Popen(command, stdout=subprocess.DEVNULL)}
-
-    def wait_up():
-        for _ in range(100):
-            if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True,
-                              text=True).stdout.strip() == "PONG":
-                return
-            time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop():
-        holder["proc"].terminate()
-        holder["proc"].wait(10)
-
-    def start():
-        holder["proc"] = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        wait_up()
-
-    wait_up()
-    try:
-        yield f"redis://127.0.0.1:{port}/0", stop, start
-    finally:
-        if holder["proc"].poll() is None:
-            stop()
-
-
 async def test_service_goes_on_while_redis_is_down_and_recovers(database_url):
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
     with own_redis() as (url, stop_redis, start_redis), \
             running_server({"FLEXDB_DATABASE_URL": database_url, "FLEXDB_REDIS_URL": url,
                             "FLEXDB_RATE_LIMIT_KEY_PER_S": "1000"}) as srv:
