@@ -85,6 +85,18 @@ def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict]:
 
 
 def translate_database_error(exc: Exception) -> RpcError | None:
+    """The RPC error for a database failure, looking through wrapping exceptions (e.g. a
+    rollback failing because the server is shutting down, raised from the real cause)."""
+    seen = 0
+    while exc is not None and seen < 5:
+        mapped = _translate_one(exc)
+        if mapped is not None:
+            return mapped
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def _translate_one(exc: BaseException) -> RpcError | None:
     if isinstance(exc, asyncpg.UniqueViolationError):
         field, message = UNIQUE_CONFLICTS.get(exc.constraint_name, (None, "already exists"))
         return Conflict(message, field=field)
@@ -98,9 +110,16 @@ def translate_database_error(exc: Exception) -> RpcError | None:
         return InvalidParams.field("params", "contains a character the database cannot store")
     if isinstance(exc, asyncpg.QueryCanceledError):
         return StatementTimeout()
-    if isinstance(exc, UNAVAILABLE_ERRORS):
+    if isinstance(exc, UNAVAILABLE_ERRORS) or _connection_closed(exc):
         return Unavailable()
     return None
+
+
+def _connection_closed(exc: BaseException) -> bool:
+    """asyncpg's InterfaceError for a connection the server closed under a call (e.g. a
+    transaction ending while PostgreSQL restarts); other InterfaceErrors are our bugs."""
+    return isinstance(exc, asyncpg.InterfaceError) and (
+        "connection is closed" in str(exc) or "connection was closed" in str(exc))
 
 
 def rpc_method(params: type[Params], permission: Permission, name: str | None = None, *,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import json
 import random
 import sys
 import time
@@ -166,11 +167,12 @@ def main() -> None:
                         ("PostgreSQL restart", args.seconds * 0.6, restart_postgres)]
             asyncio.run(run([first.url, second.url], first.admin_key, db_url, restarts, args))
             # Unexpected errors (-32603 internal) are logged by the servers: show them.
-            errors = [line for srv in (first, second) for line in srv.output().splitlines()
-                      if '"level":"ERROR"' in line]
+            errors = [json.loads(line) for srv in (first, second)
+                      for line in srv.output().splitlines() if '"level":"ERROR"' in line]
             print(f"server log lines at ERROR: {len(errors)}")
-            for line in errors[:3]:
-                print("  " + line[:2000])
+            for entry in errors[:5]:
+                last = (entry.get("exception") or "").strip().splitlines()[-1:] or [""]
+                print(f"  {entry['message']}: {last[0][:300]}")
 
 
 if __name__ == "__main__":
