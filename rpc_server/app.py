@@ -26,6 +26,7 @@ from .invalidation import Invalidation
 from .openrpc import rpc_discover
 from .rate_limits import RateLimiter
 from .redis_link import RedisLink
+from .shared_cache import SharedAuthCache
 from .readiness import readiness
 from .pipeline_runner import PipelineRunner
 from .registry import build_dispatch_table, tenant_params
@@ -201,6 +202,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         state = app[STATE]
         if settings.redis_url:
             state.redis = RedisLink(settings.redis_url)
+            state.auth.shared = SharedAuthCache(state.redis, settings.shared_cache_ttl_s)
             invalidation = Invalidation(state.redis, state.auth)
             invalidation.start()
         state.limits = RateLimiter.from_settings(settings, state.redis)

@@ -20,6 +20,7 @@ from uuid import UUID
 import asyncpg
 
 from .errors import Unauthenticated
+from .shared_cache import MISSING, SharedAuthCache, principal_from_json, principal_to_json
 from .execution_tokens import PREFIX as EXECUTION_PREFIX, ExecutionClaims, InvalidToken
 from .execution_tokens import verify as verify_execution_token
 
@@ -100,6 +101,7 @@ class Authenticator:
         self.anonymous_role = anonymous_role
         self._keys = _TTLCache(ttl)
         self._roles = _TTLCache(ttl)
+        self.shared: SharedAuthCache | None = None  # set when Redis is configured
 
     async def principal(self, pool: asyncpg.Pool, authorization: str | None) -> Principal:
         if not authorization:
@@ -118,7 +120,7 @@ class Authenticator:
         if cached is not None:
             found = cached[0]
         else:
-            found = await self._lookup(pool, digest)
+            found = await self._shared_lookup(pool, digest)
             self._keys.put(digest, found)  # unknown keys too: random keys cannot hammer the db
         if found is None:
             raise Unauthenticated("Invalid, unknown or revoked API key")
@@ -169,13 +171,29 @@ class Authenticator:
             return None
         return Principal(row["user_id"], row["is_platform_admin"], row["id"], row["expires_at"])
 
+    async def _shared_lookup(self, pool: asyncpg.Pool, digest: bytes) -> Principal | None:
+        if self.shared is None:
+            return await self._lookup(pool, digest)
+        value, generation = await self.shared.get("key", digest.hex())
+        if value is not MISSING:
+            return principal_from_json(value, Principal)
+        found = await self._lookup(pool, digest)
+        await self.shared.put("key", digest.hex(), principal_to_json(found), generation)
+        return found
+
     async def role_in(self, pool: asyncpg.Pool, user_id: UUID, tenant_id: UUID) -> str | None:
         cached = self._roles.get((user_id, tenant_id))
         if cached is not None:
             return cached[0]
-        role = await pool.fetchval(
-            "SELECT role FROM tenant_users WHERE tenant_id = $1 AND user_id = $2 "
-            "AND status = 'active'", tenant_id, user_id)
+        ident = f"{user_id}:{tenant_id}"
+        role, generation = (await self.shared.get("role", ident) if self.shared
+                            else (MISSING, None))
+        if role is MISSING:
+            role = await pool.fetchval(
+                "SELECT role FROM tenant_users WHERE tenant_id = $1 AND user_id = $2 "
+                "AND status = 'active'", tenant_id, user_id)
+            if self.shared:
+                await self.shared.put("role", ident, role, generation)
         self._roles.put((user_id, tenant_id), role)
         return role
 

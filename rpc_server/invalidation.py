@@ -34,6 +34,10 @@ class Invalidation:
         task.add_done_callback(self._pending.discard)
 
     async def _publish(self, message: bytes) -> None:
+        # First make the shared entries stale, then tell the instances to drop their own:
+        # an instance that re-reads after the message must not find the old entry.
+        if self.auth.shared is not None:
+            await self.auth.shared.invalidate()
         try:
             await self.link.run(lambda client: client.publish(CHANNEL, message))
         except RedisDown:

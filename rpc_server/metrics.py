@@ -60,9 +60,12 @@ class StateCollector:
         yield pools
         caches = CounterMetricFamily("flexdb_cache_lookups", "Cache lookups by cache and "
                                      "result", labels=["cache", "result"])
-        for name, cache in (("api_keys", self.state.auth._keys),
-                            ("memberships", self.state.auth._roles),
-                            ("validators", self.state.validators)):
+        caches_here = [("api_keys", self.state.auth._keys),
+                       ("memberships", self.state.auth._roles),
+                       ("validators", self.state.validators)]
+        if self.state.auth.shared is not None:
+            caches_here.append(("shared_auth", self.state.auth.shared))
+        for name, cache in caches_here:
             caches.add_metric([name, "hit"], cache.hits)
             caches.add_metric([name, "miss"], cache.misses)
         yield caches

@@ -39,7 +39,7 @@ def two_servers(database_url: str, **env: str):
 
 
 async def new_key(admin: FlexDBClient) -> str:
-    """A fresh platform admin key of its own user: fresh buckets for every test."""
+    """A key of a new user who owns a new tenant: fresh buckets for every test."""
     user = (await admin.call("create_user", {"email": f"{unique('r')}@example.com",
                                              "display_name": "R"}))["user"]
     tenant = (await admin.call("create_tenant", {"slug": unique("r"), "name": "R"}))["tenant"]
@@ -110,6 +110,28 @@ async def test_a_tenant_limit_counts_every_caller(database_url, redis_url):
                     outcomes.append("limited")
             assert outcomes.count("ok") in (4, 5) and "limited" in outcomes
             await admin.call("get_tenant", {"id": other["id"]})  # its own bucket
+
+
+def shared_hits(base: str) -> float:
+    for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
+        if line.startswith('flexdb_cache_lookups_total{cache="shared_auth",result="hit"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_key_lookups_and_roles_are_shared_between_instances(database_url, redis_url):
+    with two_servers(database_url, FLEXDB_REDIS_URL=redis_url) as (a, b):
+        async with FlexDBClient(a.url, api_key=a.admin_key) as admin:
+            key = await new_key(admin)
+        tenant_of_key = None
+        async with FlexDBClient(a.url, api_key=key) as on_a:
+            tenant_of_key = (await on_a.call("list_tenants", {}))["tenants"][0]["id"]
+            await on_a.call("get_tenant", {"id": tenant_of_key})  # key and role looked up on a
+        before = shared_hits(b.base)
+        async with FlexDBClient(b.url, api_key=key) as on_b:
+            await on_b.call("get_tenant", {"id": tenant_of_key})
+        # b found the key and the role in Redis, not in its database.
+        assert shared_hits(b.base) - before >= 2
 
 
 async def test_a_revoked_key_stops_on_every_instance_within_a_second(database_url, redis_url):
