@@ -8,7 +8,7 @@ import re
 import time
 import uuid
 
-import orjson
+from .errors import INTERNAL_ERROR, BodyTooLarge, body_too_large, error_for
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("flexdb.access")
@@ -36,12 +36,6 @@ DOCS_HEADERS = [
      b"https://cdn.redoc.ly; connect-src 'self'; worker-src blob:; frame-ancestors 'none'"),
 ]
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
-
-
-class BodyTooLarge(Exception):
-    def __init__(self, limit: int):
-        super().__init__(f"request body exceeds {limit} bytes")
-        self.limit = limit
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
@@ -82,7 +76,7 @@ class EdgeMiddleware:
         limit = self.max_body_bytes
         declared = _content_length(scope["headers"])
         if declared is not None and declared > limit:
-            return await self._refuse(send_with_headers, request_id, limit)
+            return await body_too_large(request_id, limit)(scope, receive, send_with_headers)
 
         received = 0
 
@@ -103,36 +97,13 @@ class EdgeMiddleware:
             log.exception("unexpected error in the REST facade (request_id=%s)", request_id)
             if started:
                 raise  # too late for an error answer: the server closes the connection
-            await self._internal_error(send_with_headers, request_id)
+            await error_for(request_id, 500, INTERNAL_ERROR, "Internal error",
+                            {"type": "internal"})(scope, receive, send_with_headers)
         finally:
             access_log.info("%s %s", scope["method"], scope["path"][:200], extra={
                 "request_id": request_id, "http_method": scope["method"],
                 "path": scope["path"][:200], "status": status,
                 "duration_ms": round((time.perf_counter() - began) * 1000, 2)})
-
-    @staticmethod
-    async def _refuse(send, request_id: str, limit: int) -> None:
-        body = orjson.dumps({"error": {
-            "code": -32600, "message": f"Request body exceeds {limit} bytes",
-            "details": {"type": "body_too_large", "max_bytes": limit},
-            "request_id": request_id}})
-        await _send_json(send, 413, body, close=True)
-
-    @staticmethod
-    async def _internal_error(send, request_id: str) -> None:
-        body = orjson.dumps({"error": {
-            "code": -32603, "message": "Internal error", "details": {"type": "internal"},
-            "request_id": request_id}})
-        await _send_json(send, 500, body)
-
-
-async def _send_json(send, status: int, body: bytes, close: bool = False) -> None:
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]
-    if close:
-        headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:

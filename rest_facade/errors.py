@@ -21,8 +21,6 @@ from starlette.responses import Response
 
 from rpc_server.client import RpcError
 
-from .edge import BodyTooLarge
-
 log = logging.getLogger(__name__)
 
 STATUS_BY_CODE = {
@@ -41,6 +39,12 @@ STATUS_BY_CODE = {
 }
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL_ERROR = (
     -32700, -32600, -32601, -32602, -32603)
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int):
+        super().__init__(f"request body exceeds {limit} bytes")
+        self.limit = limit
 
 
 class ErrorDetail(BaseModel):
@@ -96,6 +100,11 @@ def error_for(request_id: str, status: int, code: int, message: str,
                     media_type="application/json")
 
 
+def body_too_large(request_id: str, limit: int) -> Response:
+    return error_for(request_id, 413, INVALID_REQUEST, f"Request body exceeds {limit} bytes",
+                     {"type": "body_too_large", "max_bytes": limit}, {"Connection": "close"})
+
+
 def validation_details(exc: RequestValidationError) -> tuple[int, int, str, dict]:
     """FastAPI's validation errors in the RPC invalid_params shape; unreadable JSON is 400."""
     errors = []
@@ -124,10 +133,7 @@ async def on_validation_error(request: Request, exc: RequestValidationError) -> 
 
 async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if isinstance(exc.__cause__, BodyTooLarge):  # FastAPI wraps errors while reading a body
-        limit = exc.__cause__.limit
-        return error_response(request, 413, INVALID_REQUEST, f"Request body exceeds {limit} "
-                              "bytes", {"type": "body_too_large", "max_bytes": limit},
-                              {"Connection": "close"})
+        return body_too_large(request.state.request_id, exc.__cause__.limit)
     if exc.status_code == 404:
         return error_response(request, 404, METHOD_NOT_FOUND, "No such route",
                               {"type": "route_not_found", "path": request.url.path[:200]})

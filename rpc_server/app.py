@@ -129,6 +129,8 @@ async def _answer(request: web.Request, state, context: RequestContext) -> web.S
 
 def log_access(context: RequestContext, seconds: float) -> None:
     """One line per HTTP request: who called what, for which tenants, how it ended."""
+    if not access_log.isEnabledFor(logging.INFO):  # not built when nobody reads it
+        return
     principal = context.known_principal
     calls = context.calls
     access_log.info(

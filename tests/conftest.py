@@ -158,27 +158,25 @@ def running_server(env: dict[str, str], cwd: Path = ROOT, port: int | None = Non
 
 
 @contextmanager
-def running_sandbox(rpc_url: str, port: int | None = None, **env: str):
-    worker = ServerProcess({"FLEXDB_SANDBOX_SECRET": TEST_SANDBOX_SECRET,
-                            "FLEXDB_RPC_URL": rpc_url, **env}, ROOT, "sandbox", port)
+def running(command: str, env: dict[str, str], port: int | None = None):
+    """A flexdb process (`serve`, `sandbox`, `facade`), up and healthy, stopped at the end."""
+    process = ServerProcess(env, ROOT, command, port)
     try:
-        worker.wait_ready()
-        yield worker
+        process.wait_ready()
+        yield process
     finally:
-        worker.stop()
-        os.unlink(worker.log.name)
+        process.stop()
+        os.unlink(process.log.name)
 
 
-@contextmanager
+def running_sandbox(rpc_url: str, port: int | None = None, **env: str):
+    return running("sandbox", {"FLEXDB_SANDBOX_SECRET": TEST_SANDBOX_SECRET,
+                               "FLEXDB_RPC_URL": rpc_url, **env}, port)
+
+
 def running_facade(rpc_url: str, port: int | None = None, **env: str):
     """`flexdb facade` forwarding to `rpc_url`."""
-    facade = ServerProcess({"FLEXDB_RPC_URL": rpc_url, **env}, ROOT, "facade", port)
-    try:
-        facade.wait_ready()
-        yield facade
-    finally:
-        facade.stop()
-        os.unlink(facade.log.name)
+    return running("facade", {"FLEXDB_RPC_URL": rpc_url, **env}, port)
 
 
 @contextmanager
