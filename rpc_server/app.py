@@ -26,7 +26,8 @@ from .invalidation import Invalidation
 from .openrpc import rpc_discover
 from .rate_limits import RateLimiter
 from .redis_link import RedisLink
-from .shared_cache import SharedAuthCache
+from .node_type_cache import NodeTypeCache
+from .shared_cache import SharedCache
 from .readiness import readiness
 from .pipeline_runner import PipelineRunner
 from .registry import build_dispatch_table, tenant_params
@@ -200,12 +201,15 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
                               QueryEnvironment(query_pool, query_problems, superuser,
                                                TenantLimiter(settings.query_tenant_concurrency,
                                                              settings.db_connect_timeout_s),
-                                               asyncio.Semaphore(max(1, settings.db_pool_max // 2))), runner)
+                                               asyncio.Semaphore(max(1, settings.db_pool_max // 2))), runner,
+                              NodeTypeCache(settings.shared_cache_ttl_s))
         state = app[STATE]
         if settings.redis_url:
             state.redis = RedisLink(settings.redis_url)
-            state.auth.shared = SharedAuthCache(state.redis, settings.shared_cache_ttl_s)
-            invalidation = Invalidation(state.redis, state.auth)
+            state.auth.shared = SharedCache(state.redis, settings.shared_cache_ttl_s, "auth")
+            state.node_types.shared = SharedCache(state.redis, settings.shared_cache_ttl_s,
+                                                  "node_types")
+            invalidation = Invalidation(state.redis, state.auth, state.node_types)
             invalidation.start()
         state.limits = RateLimiter.from_settings(settings, state.redis)
         state.metrics.watch(state)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-import time
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Literal
@@ -20,13 +18,13 @@ from uuid import UUID
 import asyncpg
 
 from .errors import Unauthenticated
-from .shared_cache import MISSING, SharedAuthCache, principal_from_json, principal_to_json
+from .shared_cache import MISSING, SharedCache, principal_from_json, principal_to_json
+from .ttl_cache import TTLCache
 from .execution_tokens import PREFIX as EXECUTION_PREFIX, ExecutionClaims, InvalidToken
 from .execution_tokens import verify as verify_execution_token
 
 KEY_PREFIX = "fdb_"
 MAX_KEY_LENGTH = 200
-CACHE_SIZE = 10_000
 ROLE_RANK = {"viewer": 1, "member": 2, "admin": 3, "owner": 4}
 
 
@@ -70,38 +68,13 @@ def tenant_role(role: str, tenant_param: str = "tenant_id") -> Permission:
     return Permission("tenant", role, tenant_param)
 
 
-class _TTLCache:
-    def __init__(self, ttl: float, size: int = CACHE_SIZE):
-        self.ttl, self.size = ttl, size
-        self._items: OrderedDict = OrderedDict()
-        self.hits = self.misses = 0  # read by /metrics
-
-    def get(self, key):
-        hit = self._items.get(key)
-        if hit is None or hit[1] < time.monotonic():
-            self.misses += 1
-            return None
-        self.hits += 1
-        return hit
-
-    def put(self, key, value) -> None:
-        self._items[key] = (value, time.monotonic() + self.ttl)
-        self._items.move_to_end(key)
-        if len(self._items) > self.size:
-            self._items.popitem(last=False)
-
-    def drop_where(self, predicate) -> None:
-        for key in [k for k, (v, _) in self._items.items() if predicate(k, v)]:
-            del self._items[key]
-
-
 class Authenticator:
     def __init__(self, secret: bytes, anonymous_role: str, ttl: float):
         self.secret = secret
         self.anonymous_role = anonymous_role
-        self._keys = _TTLCache(ttl)
-        self._roles = _TTLCache(ttl)
-        self.shared: SharedAuthCache | None = None  # set when Redis is configured
+        self._keys = TTLCache(ttl)
+        self._roles = TTLCache(ttl)
+        self.shared: SharedCache | None = None  # set when Redis is configured
 
     async def principal(self, pool: asyncpg.Pool, authorization: str | None) -> Principal:
         if not authorization:
@@ -200,6 +173,7 @@ class Authenticator:
     # Each forget_* drops cached entries here and, through `announce` (set when Redis is
     # configured), on every other instance; `apply` is the receiving end.
     announce = None
+    kinds = frozenset({"key", "user", "membership", "tenant"})
 
     def forget_key(self, key_id: UUID) -> None:
         self._forget("key", key_id)

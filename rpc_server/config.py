@@ -86,8 +86,9 @@ class Settings(BaseModel):
     redis_url: str | None = Field(None, description="Redis for limits and cache invalidation "
                                   "shared by every instance; unset = in-process only")
     shared_cache_ttl_s: float = Field(60.0, gt=0, le=3600, description="Seconds an API key "
-                                      "lookup or a role stays in the Redis cache shared by "
-                                      "every instance (invalidated at once on changes)")
+                                      "lookup, a role or a node type stays in the Redis cache "
+                                      "shared by every instance, and a node type in each "
+                                      "instance's own cache (invalidated at once on changes)")
     rate_limit_key_per_s: float = Field(0, ge=0, le=1_000_000, description="Calls per second "
                                         "one API key may make (0 = no limit)")
     rate_limit_key_burst: int = Field(100, ge=1, le=1_000_000, description="Calls a key may "

@@ -13,6 +13,7 @@ from . import audit
 from .auth import Authenticator, Principal
 from .config import Settings
 from .metrics import Metrics
+from .node_type_cache import NodeTypeCache
 from .rate_limits import RateLimiter
 from .redis_link import RedisLink
 from .pipeline_runner import PipelineRunner
@@ -32,6 +33,7 @@ class AppState:
     denied: audit.DeniedLimiter
     query: "QueryEnvironment"
     pipelines: PipelineRunner
+    node_types: NodeTypeCache
     metrics: Metrics = field(default_factory=Metrics)
     limits: RateLimiter = field(default_factory=lambda: RateLimiter(None, None))
     redis: RedisLink | None = None

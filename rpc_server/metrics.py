@@ -62,9 +62,12 @@ class StateCollector:
                                      "result", labels=["cache", "result"])
         caches_here = [("api_keys", self.state.auth._keys),
                        ("memberships", self.state.auth._roles),
-                       ("validators", self.state.validators)]
+                       ("validators", self.state.validators),
+                       ("node_types", self.state.node_types.local)]
         if self.state.auth.shared is not None:
             caches_here.append(("shared_auth", self.state.auth.shared))
+        if self.state.node_types.shared is not None:
+            caches_here.append(("shared_node_types", self.state.node_types.shared))
         for name, cache in caches_here:
             caches.add_metric([name, "hit"], cache.hits)
             caches.add_metric([name, "miss"], cache.misses)

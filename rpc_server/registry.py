@@ -117,7 +117,11 @@ def _translate_one(exc: BaseException) -> RpcError | None:
 
 def _connection_closed(exc: BaseException) -> bool:
     """asyncpg's InterfaceError for a connection the server closed under a call (e.g. a
-    transaction ending while PostgreSQL restarts); other InterfaceErrors are our bugs."""
+    transaction ending while PostgreSQL restarts), and its protocol state error when the
+    connection was lost between two steps of a call ("cannot switch to state N", seen while
+    PostgreSQL shuts down); other InterfaceErrors and InternalClientErrors are our bugs."""
+    if isinstance(exc, asyncpg.InternalClientError):
+        return "cannot switch to state" in str(exc)
     return isinstance(exc, asyncpg.InterfaceError) and (
         "connection is closed" in str(exc) or "connection was closed" in str(exc))
 

@@ -1,7 +1,8 @@
-"""The auth lookups (API key -> caller, user and tenant -> role) cached in Redis for every
-instance, behind each instance's own short cache. Any invalidation bumps one generation
-counter, and an entry written under an older generation is a miss: a lookup that raced a
-revocation can never be served after it. Redis failing means a miss (the database answers)."""
+"""Lookups cached in Redis for every instance, behind each instance's own short cache: the
+auth lookups (API key -> caller, user and tenant -> role) and the node types writes validate
+against. Each namespace has one generation counter that any invalidation bumps, and an entry
+written under an older generation is a miss: a lookup that raced a revocation can never be
+served after it. Redis failing means a miss (the database answers)."""
 from __future__ import annotations
 
 from datetime import datetime
@@ -12,21 +13,22 @@ import orjson
 
 from .redis_link import RedisDown, RedisLink
 
-GENERATION = "flexdb:auth:generation"
 MISSING = object()
 
 
-class SharedAuthCache:
-    def __init__(self, link: RedisLink, ttl_s: float):
+class SharedCache:
+    def __init__(self, link: RedisLink, ttl_s: float, namespace: str):
         self.link = link
+        self.prefix = f"flexdb:{namespace}:"
+        self.generation_key = f"flexdb:{namespace}:generation"
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.hits = self.misses = 0  # read by /metrics
 
     async def get(self, kind: str, ident: str) -> tuple[Any, int | None]:
         """(the cached value or MISSING, the generation to write a fresh value under)."""
-        key = f"flexdb:auth:{kind}:{ident}"
+        key = f"{self.prefix}{kind}:{ident}"
         try:
-            generation, raw = await self.link.run(lambda c: c.mget(GENERATION, key))
+            generation, raw = await self.link.run(lambda c: c.mget(self.generation_key, key))
         except RedisDown:
             return MISSING, None
         generation = int(generation or 0)
@@ -43,15 +45,16 @@ class SharedAuthCache:
             return
         payload = orjson.dumps({"g": generation, "v": value})
         try:
-            await self.link.run(lambda c: c.set(f"flexdb:auth:{kind}:{ident}", payload,
+            await self.link.run(lambda c: c.set(f"{self.prefix}{kind}:{ident}", payload,
                                                 px=self.ttl_ms))
         except RedisDown:
             pass
 
     async def invalidate(self) -> None:
-        """After a revocation or a membership change: every entry becomes a miss."""
+        """After a change (a revocation, a new schema): every entry of the namespace becomes
+        a miss."""
         try:
-            await self.link.run(lambda c: c.incr(GENERATION))
+            await self.link.run(lambda c: c.incr(self.generation_key))
         except RedisDown:
             pass  # entries then live out their TTL
 

@@ -112,11 +112,16 @@ async def test_a_tenant_limit_counts_every_caller(database_url, redis_url):
             await admin.call("get_tenant", {"id": other["id"]})  # its own bucket
 
 
-def shared_hits(base: str) -> float:
+def cache_lookups(base: str, cache: str, result: str) -> float:
+    prefix = f'flexdb_cache_lookups_total{{cache="{cache}",result="{result}"}}'
     for line in httpx.get(base + "/metrics", timeout=10).text.splitlines():
-        if line.startswith('flexdb_cache_lookups_total{cache="shared_auth",result="hit"}'):
+        if line.startswith(prefix):
             return float(line.split()[-1])
     return 0.0
+
+
+def shared_hits(base: str) -> float:
+    return cache_lookups(base, "shared_auth", "hit")
 
 
 async def test_key_lookups_and_roles_are_shared_between_instances(database_url, redis_url):
@@ -184,3 +189,70 @@ async def test_service_goes_on_while_redis_is_down_and_recovers(database_url):
                     break
                 await asyncio.sleep(0.1)
             assert ready["status"] == "ok", ready
+
+
+SCHEMA_A = {"type": "object", "required": ["a"], "properties": {"a": {"type": "string"}}}
+SCHEMA_B = {"type": "object", "required": ["b"], "properties": {"b": {"type": "string"}}}
+
+
+async def tenant_with_node_type(admin: FlexDBClient) -> tuple[str, str]:
+    tenant = (await admin.call("create_tenant", {"slug": unique("n"), "name": "N"}))["tenant"]
+    node_type = (await admin.call("create_node_type", {
+        "tenant_id": tenant["id"], "name": "doc", "schema": SCHEMA_A}))["node_type"]
+    return tenant["id"], node_type["id"]
+
+
+async def test_a_node_type_change_reaches_every_instance_within_a_second(database_url,
+                                                                         redis_url):
+    with two_servers(database_url, FLEXDB_REDIS_URL=redis_url) as (a, b):
+        async with FlexDBClient(a.url, api_key=a.admin_key) as on_a, \
+                FlexDBClient(b.url, api_key=b.admin_key) as on_b:
+            tenant_id, type_id = await tenant_with_node_type(on_a)
+            node = {"tenant_id": tenant_id, "node_type_id": type_id, "data": {"a": "x"}}
+            await on_a.call("create_node", node)  # a read the node type and shared it
+            shared_before = cache_lookups(b.base, "shared_node_types", "hit")
+            await on_b.call("create_node", node)
+            assert cache_lookups(b.base, "shared_node_types", "hit") == shared_before + 1
+            await on_b.call("create_node", node)  # now in b's own cache
+
+            await on_a.call("update_node_type", {"tenant_id": tenant_id, "id": type_id,
+                                                 "schema": SCHEMA_B})
+            await asyncio.sleep(1.0)
+            hits = cache_lookups(b.base, "node_types", "hit")
+            misses = cache_lookups(b.base, "node_types", "miss")
+            with pytest.raises(RpcError) as refused:
+                await on_b.call("create_node", node)
+            assert refused.value.code == -32602
+            assert "b" in str(refused.value.data)
+            # b had dropped its entry when the message came: a miss, not a stale hit.
+            assert cache_lookups(b.base, "node_types", "miss") == misses + 1
+            assert cache_lookups(b.base, "node_types", "hit") == hits
+            await on_b.call("create_node", {**node, "data": {"b": "y"}})
+
+
+async def test_a_stale_node_type_is_never_used_to_validate_without_redis(database_url):
+    """Without Redis no message comes, so b's cache is stale: b's writes still follow the new
+    schema at once, because every write checks the node type's version in the database."""
+    with two_servers(database_url) as (a, b):
+        async with FlexDBClient(a.url, api_key=a.admin_key) as on_a, \
+                FlexDBClient(b.url, api_key=b.admin_key) as on_b:
+            tenant_id, type_id = await tenant_with_node_type(on_a)
+            node = {"tenant_id": tenant_id, "node_type_id": type_id, "data": {"a": "x"}}
+            created = (await on_b.call("create_node", node))["node"]  # cached on b
+            await on_a.call("update_node_type", {"tenant_id": tenant_id, "id": type_id,
+                                                 "schema": SCHEMA_B})
+            with pytest.raises(RpcError) as refused:
+                await on_b.call("create_node", node)
+            assert refused.value.code == -32602 and "b" in str(refused.value.data)
+            with pytest.raises(RpcError) as refused:
+                await on_b.call("update_node", {"tenant_id": tenant_id, "id": created["id"],
+                                                "data": {"a": "z"}})
+            assert refused.value.code == -32602 and "b" in str(refused.value.data)
+            fresh = (await on_b.call("create_node", {**node, "data": {"b": "y"}}))["node"]
+            await on_b.call("update_node", {"tenant_id": tenant_id, "id": fresh["id"],
+                                            "data": {"b": "z"}})
+
+            await on_a.call("delete_node_type", {"tenant_id": tenant_id, "id": type_id})
+            with pytest.raises(RpcError) as gone:
+                await on_b.call("create_node", {**node, "data": {"b": "y"}})
+            assert gone.value.code == -32001 and gone.value.data["kind"] == "node_type"

@@ -71,6 +71,7 @@ async def update_node_type(ctx, p: UpdateNodeType) -> dict:
     async with ctx.transaction() as conn:
         row = await NodeTypeRepository(conn).update(p.tenant_id, p.id, changes,
                                                     p.expected_version)
+    ctx.state.node_types.forget(p.tenant_id, p.id)
     return {"node_type": ctx.shaper.one(row)}
 
 
@@ -79,6 +80,7 @@ async def delete_node_type(ctx, p: NodeTypeId) -> dict:
     """Delete a node type, its nodes and their relationships."""
     async with ctx.transaction() as conn:
         await NodeTypeRepository(conn).delete(p.tenant_id, p.id)
+    ctx.state.node_types.forget(p.tenant_id, p.id)
     return DELETED
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..ids import uuid7_sequence
-from ..errors import InvalidParams, NotFound
+from ..errors import Conflict, InvalidParams, NotFound
 from ..params import MAX_BULK, Id, JsonObject, OptionalId, PaginationParam, Params, Version
 from ..auth import tenant_role
 from .. import results
@@ -12,6 +12,9 @@ from ..registry import rpc_method
 from ..repositories import NodeRepository, NodeTypeRepository
 from .common import DELETED, require_tenant
 
+
+
+CREATE_ATTEMPTS = 3  # validations against a node type that changes meanwhile
 
 
 class CreateNode(Params):
@@ -52,11 +55,21 @@ class CreateNodes(Params):
 async def create_node(ctx, p: CreateNode) -> dict:
     """Create a node; its data must satisfy the node type's schema."""
     async with ctx.transaction() as conn:
-        node_type = await NodeTypeRepository(conn).get(p.tenant_id, p.node_type_id)
-        errors = ctx.validators.errors(node_type, p.data)
-        if errors:
-            raise InvalidParams(errors=errors)
-        row = await NodeRepository(conn).create(p.tenant_id, p.node_type_id, p.data)
+        node_type = await ctx.state.node_types.get(conn, p.tenant_id, p.node_type_id)
+        for _ in range(CREATE_ATTEMPTS):
+            errors = ctx.validators.errors(node_type, p.data)
+            if errors:
+                raise InvalidParams(errors=errors)
+            row = await NodeRepository(conn).create_checked(
+                p.tenant_id, p.node_type_id, node_type["version"], p.data)
+            if row is not None:
+                break
+            # The cached node type was stale (changed or deleted): validate against the
+            # database's (NotFound when it is gone).
+            node_type = await ctx.state.node_types.read(conn, p.tenant_id, p.node_type_id)
+        else:
+            raise Conflict("the node type kept changing while the node was created; retry",
+                           kind="node_type", id=str(p.node_type_id))
         ctx.set_target("node", row["id"])
     return {"node": ctx.shaper.one(row)}
 
@@ -74,10 +87,11 @@ async def update_node(ctx, p: UpdateNode) -> dict:
     """Replace a node's data (validated); `expected_version` guards against lost updates."""
     async with ctx.transaction() as conn:
         nodes = NodeRepository(conn)
-        node_type_id = await nodes.node_type_of(p.tenant_id, p.id)
-        if node_type_id is None:
+        of = await nodes.node_type_of(p.tenant_id, p.id)
+        if of is None:
             raise NotFound("node", p.id)
-        node_type = await NodeTypeRepository(conn).get(p.tenant_id, node_type_id)
+        node_type = await ctx.state.node_types.get(conn, p.tenant_id, of["node_type_id"],
+                                                   version=of["version"])
         errors = ctx.validators.errors(node_type, p.data)
         if errors:
             raise InvalidParams(errors=errors)

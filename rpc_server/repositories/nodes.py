@@ -27,10 +27,15 @@ class NodeRepository(Repository):
     key_columns = ("tenant_id", "id")
     columns = "id, tenant_id, node_type_id, data, created_at, updated_at, version"
 
-    async def create(self, tenant_id: UUID, node_type_id: UUID, data: dict) -> asyncpg.Record:
+    async def create_checked(self, tenant_id: UUID, node_type_id: UUID, version: int,
+                             data: dict) -> asyncpg.Record | None:
+        """Insert only while the node type still has `version` (the one `data` was validated
+        against); None when it has another or is gone."""
         return await self.conn.fetchrow(
-            "INSERT INTO nodes (tenant_id, node_type_id, data) VALUES ($1, $2, $3) "
-            f"RETURNING {self.columns}", tenant_id, node_type_id, data)
+            "INSERT INTO nodes (tenant_id, node_type_id, data) "
+            "SELECT $1::uuid, $2::uuid, $3::jsonb WHERE EXISTS (SELECT 1 FROM node_types "
+            "WHERE tenant_id = $1 AND id = $2 AND version = $4) "
+            f"RETURNING {self.columns}", tenant_id, node_type_id, data, version)
 
     async def create_many(self, tenant_id: UUID, ids: list[UUID], node_type_ids: list[UUID],
                           datas: list[dict]) -> list[asyncpg.Record]:
@@ -46,9 +51,12 @@ class NodeRepository(Repository):
     async def get(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record:
         return await self._require(tenant_id, node_id)
 
-    async def node_type_of(self, tenant_id: UUID, node_id: UUID) -> UUID | None:
-        return await self.conn.fetchval(
-            "SELECT node_type_id FROM nodes WHERE tenant_id = $1 AND id = $2", tenant_id, node_id)
+    async def node_type_of(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record | None:
+        """The node's node_type_id and that node type's current version."""
+        return await self.conn.fetchrow(
+            "SELECT n.node_type_id, t.version FROM nodes n JOIN node_types t "
+            "ON t.tenant_id = n.tenant_id AND t.id = n.node_type_id "
+            "WHERE n.tenant_id = $1 AND n.id = $2", tenant_id, node_id)
 
     async def existing_ids(self, tenant_id: UUID, ids: list[UUID]) -> set[UUID]:
         rows = await self.conn.fetch(
