@@ -15,21 +15,13 @@ from .migrations import MigrationError
 
 
 def _serve(settings: Settings, args) -> int:
-    from aiohttp import web
-
-    from .app import create_app
     from .db import database_url
+    from .workers import serve_one, serve_workers
 
     with database_url(settings) as url:
-        app = create_app(settings, url)
-        base = f"http://{settings.host}:{settings.port}"
-
-        def banner(_message: str) -> None:
-            print(f"flexdb is up\n  JSON-RPC: POST {base}/jsonrpc\n  health:   GET  {base}/health"
-                  f"  {base}/ready  {base}/metrics", flush=True)
-
-        web.run_app(app, host=settings.host, port=settings.port, print=banner,
-                    access_log=None, shutdown_timeout=15)
+        if settings.workers > 1:
+            return serve_workers(settings, url)
+        serve_one(settings, url, reuse_port=False, banner=True)
     return 0
 
 

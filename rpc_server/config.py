@@ -23,6 +23,8 @@ class Settings(BaseModel):
         None, description="PostgreSQL URL; unset = embedded PostgreSQL in the data dir")
     host: str = Field("127.0.0.1", description="Address the JSON-RPC server binds to")
     port: int = Field(5000, ge=1, le=65535, description="Port of the JSON-RPC server")
+    workers: int = Field(1, ge=1, le=64, description="Server processes sharing the port "
+                         "(SO_REUSEPORT); each has its own pools and caches")
     data_dir: Path = Field(Path("./.flexdb"), description="Local state (embedded PostgreSQL)")
     db_pool_min: int = Field(2, ge=0, le=1000, description="Minimum pooled connections")
     db_pool_max: int = Field(10, ge=1, le=1000, description="Maximum pooled connections")

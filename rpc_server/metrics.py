@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from prometheus_client import (CollectorRegistry, Counter, Histogram, disable_created_metrics,
-                               generate_latest)
+import os
+
+from prometheus_client import (CollectorRegistry, Counter, Histogram, ProcessCollector,
+                               disable_created_metrics, generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
@@ -22,6 +24,7 @@ class Metrics:
 
     def __init__(self):
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, CPU, fds
         self.calls = Counter("flexdb_calls", "JSON-RPC calls by method and outcome (ok, or the "
                              "error code)", ["method", "outcome"], registry=self.registry)
         self.latency = Histogram("flexdb_call_duration_seconds", "JSON-RPC call latency by "
@@ -50,6 +53,10 @@ class StateCollector:
         self.state = state
 
     def collect(self):
+        worker = GaugeMetricFamily("flexdb_worker", "This server process (with FLEXDB_WORKERS, "
+                                   "each worker answers scrapes for itself)", labels=["pid"])
+        worker.add_metric([str(os.getpid())], 1)
+        yield worker
         pools = GaugeMetricFamily("flexdb_db_pool_connections", "Database connections by "
                                   "pool and state", labels=["pool", "state"])
         for name, pool in (("main", self.state.pool), ("query", self.state.query.pool)):

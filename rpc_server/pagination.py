@@ -74,9 +74,11 @@ def decode_token(token: str, scope: str) -> tuple[datetime, UUID]:
 
 async def fetch_page(conn: asyncpg.Connection, *, scope: str, select: str, table: str,
                      where: list[str], args: list, pagination: Pagination,
-                     key_column: str = "id") -> Page:
-    """`select`, `table`, `where` and `key_column` are code constants; values go in `args`
-    and are referenced from `where` as $1..$n."""
+                     key_column: str = "id", count_sql: str | None = None) -> Page:
+    """`select`, `table`, `where`, `key_column` and `count_sql` are code constants; values
+    go in `args` and are referenced from `where` as $1..$n. `count_sql` (a statement over
+    the same args giving the total) replaces counting the rows, e.g. with a maintained
+    count."""
     filters = list(where)
     query_args = list(args)
     if pagination.page_token:
@@ -86,7 +88,7 @@ async def fetch_page(conn: asyncpg.Connection, *, scope: str, select: str, table
         query_args += [created_at, key]
     where_sql = " AND ".join(filters) or "TRUE"
     base_where = " AND ".join(where) or "TRUE"
-    count_sql = f"SELECT count(*) FROM {table} WHERE {base_where}"
+    count_sql = count_sql or f"SELECT count(*) FROM {table} WHERE {base_where}"
     # The count rides along as an uncorrelated subquery: one round trip, and the same
     # snapshot as the page, so the total agrees with the rows returned.
     counted = f", ({count_sql}) AS {TOTAL_COLUMN}" if pagination.include_total else ""

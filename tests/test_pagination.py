@@ -136,3 +136,39 @@ async def test_empty_string_filters_mean_no_filter(rpc, tenant, node_type):
     result = await rpc.call("list_relationships", {"tenant_id": tenant["id"], "source_node_id": "",
                                                    "target_node_id": "", "relationship_type": ""})
     assert result["relationships"] == []
+
+
+async def totals(rpc, tenant_id, node_type_id="") -> tuple[int, int]:
+    """(list_nodes' total_count, the number of nodes a full walk finds)."""
+    params = {"tenant_id": tenant_id, "node_type_id": node_type_id}
+    seen, _, last = await walk(rpc, "list_nodes", params, "nodes", 1000)
+    first = await rpc.call("list_nodes", {**params, "pagination": {"page_size": 1}})
+    return first["pagination"]["total_count"], len(seen)
+
+
+async def test_total_count_follows_every_kind_of_write(rpc, tenant, node_type):
+    """The total is a maintained count (not a count of rows): it must agree with the rows
+    after single, bulk, concurrent, failed and cascading writes."""
+    tid = tenant["id"]
+    other = (await rpc.call("create_node_type", {"tenant_id": tid, "name": "other"}))["node_type"]
+    await make_nodes(rpc, tenant, node_type, 1500)
+    singles = await asyncio.gather(*(rpc.call("create_node", {
+        "tenant_id": tid, "node_type_id": other["id"], "data": {"i": i}}) for i in range(40)))
+    assert await totals(rpc, tid) == (1540, 1540)
+    assert await totals(rpc, tid, other["id"]) == (40, 40)
+
+    # A bulk create that fails (one item breaks the schema) changes nothing.
+    with pytest.raises(InvalidParams):
+        await rpc.call("create_nodes", {"tenant_id": tid, "nodes": [
+            {"node_type_id": node_type["id"], "data": {"name": "ok"}},
+            {"node_type_id": node_type["id"], "data": {"name": 5}}]})
+    await asyncio.gather(*(rpc.call("delete_node", {"tenant_id": tid, "id": n["node"]["id"]})
+                           for n in singles[:15]))
+    assert await totals(rpc, tid) == (1525, 1525)
+    assert await totals(rpc, tid, other["id"]) == (25, 25)
+
+    await rpc.call("delete_node_type", {"tenant_id": tid, "id": node_type["id"]})  # cascades
+    assert await totals(rpc, tid) == (25, 25)
+    assert await totals(rpc, tid, node_type["id"]) == (0, 0)
+    await rpc.call("delete_node_type", {"tenant_id": tid, "id": other["id"]})
+    assert await totals(rpc, tid) == (0, 0)

@@ -37,6 +37,9 @@ class NodeTypeRepository(Repository):
 
     async def delete(self, tenant_id: UUID, node_type_id: UUID) -> None:
         await self._delete(tenant_id, node_type_id)
+        # Its nodes went with it, so its counts add up to zero: drop them.
+        await self.conn.execute("DELETE FROM node_counts WHERE tenant_id = $1 AND "
+                                "node_type_id = $2", tenant_id, node_type_id)
 
     async def list(self, tenant_id: UUID, pagination: Pagination) -> Page:
         return await fetch_page(self.conn, scope="node_types", select=self.columns,

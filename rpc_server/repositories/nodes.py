@@ -76,8 +76,12 @@ class NodeRepository(Repository):
         if node_type_id is not None:
             where.append("node_type_id = $2")
             args.append(node_type_id)
+        # The total comes from the counts maintained by triggers (sql/0006_counts.sql): a few
+        # rows per node type, whatever the tenant's size.
+        count_sql = f"SELECT coalesce(sum(n), 0)::bigint FROM node_counts WHERE {' AND '.join(where)}"
         return await fetch_page(self.conn, scope="nodes", select=self.columns, table="nodes",
-                                where=where, args=args, pagination=pagination)
+                                where=where, args=args, pagination=pagination,
+                                count_sql=count_sql)
 
     @classmethod
     def query_statement(cls, tenant_id: UUID, node_type_id: UUID | None, condition: str,

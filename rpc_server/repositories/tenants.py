@@ -32,6 +32,8 @@ class TenantRepository(Repository):
 
     async def delete(self, tenant_id: UUID) -> None:
         await self._delete(tenant_id)
+        # Its nodes went with it, so its counts add up to zero: drop them.
+        await self.conn.execute("DELETE FROM node_counts WHERE tenant_id = $1", tenant_id)
 
     async def list(self, pagination: Pagination, member_of: UUID | None = None) -> Page:
         """All tenants, or those `member_of` (a user id) belongs to."""
