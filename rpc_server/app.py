@@ -26,6 +26,7 @@ from .invalidation import Invalidation
 from .openrpc import rpc_discover
 from .rate_limits import RateLimiter
 from .redis_link import RedisLink
+from .audit_chainer import AuditChainer
 from .node_type_cache import NodeTypeCache
 from .shared_cache import SharedCache
 from .readiness import readiness
@@ -202,7 +203,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
                                                TenantLimiter(settings.query_tenant_concurrency,
                                                              settings.db_connect_timeout_s),
                                                asyncio.Semaphore(max(1, settings.db_pool_max // 2))), runner,
-                              NodeTypeCache(settings.shared_cache_ttl_s))
+                              NodeTypeCache(settings.shared_cache_ttl_s), AuditChainer(pool, settings.db_connect_timeout_s))
         state = app[STATE]
         if settings.redis_url:
             state.redis = RedisLink(settings.redis_url)
@@ -214,8 +215,10 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         state.limits = RateLimiter.from_settings(settings, state.redis)
         state.metrics.watch(state)
         runner.start()
+        state.chainer.start()
         yield
         await runner.stop()
+        await state.chainer.stop()
         if state.redis is not None:
             await invalidation.stop()
             await state.redis.close()

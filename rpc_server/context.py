@@ -10,6 +10,7 @@ from uuid import UUID
 import asyncpg
 
 from . import audit
+from .audit_chainer import AuditChainer
 from .auth import Authenticator, Principal
 from .config import Settings
 from .metrics import Metrics
@@ -34,6 +35,7 @@ class AppState:
     query: "QueryEnvironment"
     pipelines: PipelineRunner
     node_types: NodeTypeCache
+    chainer: AuditChainer
     metrics: Metrics = field(default_factory=Metrics)
     limits: RateLimiter = field(default_factory=lambda: RateLimiter(None, None))
     redis: RedisLink | None = None
@@ -162,6 +164,7 @@ class Call:
             async with conn.transaction():
                 yield conn
                 await self.record(conn, "ok")
+        self.state.chainer.kick(self.chain())
 
     async def log_event(self, outcome: str, **extra) -> None:
         """Append the call's audit event in a transaction of its own (for calls whose work
@@ -169,6 +172,7 @@ class Call:
         async with self.connection() as conn:
             async with conn.transaction():
                 await self.record(conn, outcome, **extra)
+        self.state.chainer.kick(self.chain())
 
     async def record(self, conn: asyncpg.Connection, outcome: str, **extra) -> None:
         principal = self.request.known_principal

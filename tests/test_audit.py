@@ -3,6 +3,7 @@ the database, hash-chained per tenant so tampering is found."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import uuid
 from datetime import datetime, timezone
 
@@ -11,7 +12,7 @@ import pytest
 
 from rpc_server.client import FlexDBClient, Forbidden, InvalidParams, Conflict
 
-from .conftest import unique
+from .conftest import running_server, unique
 from .test_auth import World, new_user
 
 PLATFORM = "00000000-0000-0000-0000-000000000000"
@@ -158,3 +159,56 @@ async def test_time_filters(rpc):
     earlier = await events(rpc, world.tid, until=cut)
     assert [e["method"] for e in later] == ["create_node"]
     assert later[0]["id"] not in {e["id"] for e in earlier} and earlier
+
+
+async def test_two_servers_writing_one_tenant_keep_one_valid_chain(database_url, rpc):
+    """Both servers chain the tenant's events (the chain head is the lock between them)."""
+    world = await World.build(rpc)
+    with running_server({"FLEXDB_DATABASE_URL": database_url}) as first, \
+            running_server({"FLEXDB_DATABASE_URL": database_url}) as second:
+        clients = [FlexDBClient(s.url, api_key=world.keys["member"]) for s in (first, second)]
+        try:
+            await asyncio.gather(*(c.call("create_node", {
+                "tenant_id": world.tid, "node_type_id": world.nt["id"], "data": {"i": i}})
+                for i in range(60) for c in clients))
+        finally:
+            for c in clients:
+                await c.aclose()
+    trail = await events(rpc, world.tid)
+    assert [e["seq"] for e in trail] == list(range(1, len(trail) + 1))
+    assert sum(e["method"] == "create_node" for e in trail) == 120
+    assert (await rpc.call("verify_audit_chain", {"tenant_id": world.tid}))["ok"] is True
+
+
+async def test_events_a_killed_server_left_pending_are_chained_by_another(database_url, rpc):
+    """An event is recorded in the change's transaction; if the server dies before it chains
+    it, any other server's sweep (or a reader) chains it: no committed change loses its
+    event."""
+    world = await World.build(rpc)
+    with running_server({"FLEXDB_DATABASE_URL": database_url}) as doomed:
+        async with FlexDBClient(doomed.url, api_key=world.keys["member"]) as c:
+            created = await asyncio.gather(*(c.call("create_node", {
+                "tenant_id": world.tid, "node_type_id": world.nt["id"], "data": {"i": i}})
+                for i in range(30)))
+        doomed.proc.send_signal(signal.SIGKILL)
+        doomed.proc.wait()
+    # What a server killed between commit and chaining leaves behind: a pending event. The
+    # running server's sweep chains it within a second or two, with no reader asking.
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(
+            "INSERT INTO audit_pending (tenant_id, id, created_at, method, target_kind, "
+            "target_id, outcome, request_id, summary) VALUES ($1, $2, now(), 'create_node', "
+            "'node', 'left-behind', 'ok', 'crashed', '{}')", uuid.UUID(world.tid), uuid.uuid4())
+        for _ in range(50):
+            if not await conn.fetchval("SELECT count(*) FROM audit_pending WHERE tenant_id = $1",
+                                       uuid.UUID(world.tid)):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the sweep did not chain the pending event")
+    finally:
+        await conn.close()
+    trail = await events(rpc, world.tid, method="create_node")
+    assert {e["target_id"] for e in trail} == {n["node"]["id"] for n in created} | {"left-behind"}
+    assert (await rpc.call("verify_audit_chain", {"tenant_id": world.tid}))["ok"] is True

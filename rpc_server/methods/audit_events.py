@@ -28,7 +28,9 @@ class VerifyAuditChain(Params):
 
 @rpc_method(ListAuditEvents, tenant_role("admin"), result=results.AuditEventList)
 async def list_audit_events(ctx, p: ListAuditEvents) -> dict:
-    """List a tenant's audit events, oldest first, filtered by actor, method, target or time."""
+    """List a tenant's audit events in chain order (seq), filtered by actor, method, target
+    or time."""
+    await ctx.state.chainer.flush(p.tenant_id)
     async with ctx.connection() as conn:
         page = await AuditRepository(conn).list(p.tenant_id, p.pagination, actor=p.actor,
                                                 method=p.method, target_id=p.target_id,
@@ -42,5 +44,6 @@ async def list_audit_events(ctx, p: ListAuditEvents) -> dict:
 @rpc_method(VerifyAuditChain, tenant_role("admin"), result=results.AuditChainVerification)
 async def verify_audit_chain(ctx, p: VerifyAuditChain) -> dict:
     """Recompute the tenant's hash chain: ok, or the first event where it breaks."""
+    await ctx.state.chainer.flush(p.tenant_id)
     async with ctx.connection() as conn:
         return await AuditRepository(conn).verify(p.tenant_id)

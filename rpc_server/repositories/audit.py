@@ -5,9 +5,12 @@ from datetime import datetime, timezone
 from uuid import UUID
 
 from .. import audit
-from ..pagination import Page, fetch_page
+from ..pagination import (TOTAL_COLUMN, Page, decode_token_text, encode_token,
+                          invalid_token)
 from ..params import Pagination
 from .base import Repository
+
+CHAIN_BATCH = 1000  # events chained per transaction
 
 
 class AuditRepository(Repository):
@@ -20,6 +23,7 @@ class AuditRepository(Repository):
     async def list(self, tenant_id: UUID, pagination: Pagination, *, actor: UUID | None,
                    method: str | None, target_id: str | None, since: datetime | None,
                    until: datetime | None) -> Page:
+        """Events in chain order (seq), filtered; keyset pagination on seq."""
         where, args = ["tenant_id = $1"], [tenant_id]
         for condition, value in (("actor_user_id = ${}", actor), ("method = ${}", method),
                                  ("target_id = ${}", target_id), ("created_at >= ${}", since),
@@ -27,34 +31,83 @@ class AuditRepository(Repository):
             if value is not None:
                 args.append(value)
                 where.append(condition.format(len(args)))
-        return await fetch_page(self.conn, scope="audit_events", select=self.columns,
-                                table="audit_events", where=where, args=args,
-                                pagination=pagination)
+        count_sql = f"SELECT count(*) FROM audit_events WHERE {' AND '.join(where)}"
+        filters, page_args = list(where), list(args)
+        if pagination.page_token:
+            text, _ = decode_token_text(pagination.page_token, "audit_events")
+            if not text.isdigit() or len(text) > 19:
+                raise invalid_token()
+            page_args.append(int(text))
+            filters.append(f"seq > ${len(page_args)}")
+        counted = f", ({count_sql}) AS {TOTAL_COLUMN}" if pagination.include_total else ""
+        page_args.append(pagination.page_size + 1)
+        rows = await self.conn.fetch(
+            f"SELECT {self.columns}{counted} FROM audit_events WHERE {' AND '.join(filters)} "
+            f"ORDER BY seq LIMIT ${len(page_args)}", *page_args)
+        next_token = ""
+        if len(rows) > pagination.page_size:
+            rows = rows[:pagination.page_size]
+            next_token = encode_token("audit_events", str(rows[-1]["seq"]), rows[-1]["id"])
+        total = None
+        if pagination.include_total:
+            total = rows[0][TOTAL_COLUMN] if rows else await self.conn.fetchval(count_sql, *args)
+            rows = [{k: v for k, v in r.items() if k != TOTAL_COLUMN} for r in rows]
+        return Page(rows, next_token, total)
 
     async def append(self, *, tenant_id: uuid.UUID, actor_user_id, actor_key_id,
                      method: str, target_kind: str | None, target_id: str | None, outcome: str,
                      request_id: str, summary: str) -> None:
-        """Append one event to the tenant's chain; call inside the change's transaction.
-        Locks the chain head until commit, so writers of one tenant take turns."""
+        """Record one event; call inside the change's transaction. It waits in audit_pending
+        (no lock) until chain_pending puts it on the tenant's chain, right after commit."""
+        await self.conn.execute(
+            "INSERT INTO audit_pending (tenant_id, id, created_at, actor_user_id, actor_key_id, "
+            "method, target_kind, target_id, outcome, request_id, summary) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            tenant_id, uuid.uuid4(), datetime.now(timezone.utc), actor_user_id, actor_key_id,
+            method, target_kind, target_id, outcome, request_id, summary)
+
+    async def chain_pending(self, tenant_id: uuid.UUID, limit: int = CHAIN_BATCH) -> int:
+        """Move up to `limit` of the tenant's pending events onto its chain, in the order
+        they were recorded; call inside a transaction. Locks the chain head until commit,
+        so two servers never chain one tenant at once. Returns how many were chained."""
         head = await self.conn.fetchrow(
             "INSERT INTO audit_chain_heads (tenant_id, seq, hash) VALUES ($1, 0, $2) "
             "ON CONFLICT (tenant_id) DO UPDATE SET seq = audit_chain_heads.seq "
             "RETURNING seq, hash", tenant_id, audit.GENESIS)
-        event = {"tenant_id": tenant_id, "seq": head["seq"] + 1, "id": uuid.uuid4(),
-                 "created_at": datetime.now(timezone.utc), "actor_user_id": actor_user_id,
-                 "actor_key_id": actor_key_id, "method": method, "target_kind": target_kind,
-                 "target_id": target_id, "outcome": outcome, "request_id": request_id,
-                 "summary": summary}
-        digest = audit.event_hash(head["hash"], audit.hashed_fields(event))
-        await self.conn.execute(
-            "WITH e AS (INSERT INTO audit_events (tenant_id, seq, id, created_at, actor_user_id, "
-            "actor_key_id, method, target_kind, target_id, outcome, request_id, summary, "
-            "prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) "
-            "RETURNING 1) "
-            "UPDATE audit_chain_heads SET seq = $2, hash = $14 WHERE tenant_id = $1",
-            tenant_id, event["seq"], event["id"], event["created_at"], actor_user_id, actor_key_id,
-            method, target_kind, target_id, outcome, request_id, summary, head["hash"], digest)
+        rows = await self.conn.fetch(
+            "DELETE FROM audit_pending WHERE pending_id = ANY(ARRAY("
+            "SELECT pending_id FROM audit_pending WHERE tenant_id = $1 ORDER BY pending_id "
+            "LIMIT $2)) RETURNING *", tenant_id, limit)
+        if not rows:
+            return 0
+        seq, prev = head["seq"], head["hash"]
+        records = []
+        for row in sorted(rows, key=lambda r: r["pending_id"]):
+            seq += 1
+            event = {**dict(row), "seq": seq}
+            digest = audit.event_hash(prev, audit.hashed_fields(event))
+            records.append((tenant_id, seq, row["id"], row["created_at"], row["actor_user_id"],
+                            row["actor_key_id"], row["method"], row["target_kind"],
+                            row["target_id"], row["outcome"], row["request_id"],
+                            row["summary"], prev, digest))
+            prev = digest
+        await self.conn.copy_records_to_table("audit_events", records=records, columns=(
+            "tenant_id", "seq", "id", "created_at", "actor_user_id", "actor_key_id", "method",
+            "target_kind", "target_id", "outcome", "request_id", "summary", "prev_hash",
+            "hash"))
+        await self.conn.execute("UPDATE audit_chain_heads SET seq = $2, hash = $3 "
+                                "WHERE tenant_id = $1", tenant_id, seq, prev)
+        return len(rows)
 
+    async def pending_tenants(self, limit: int = 1000) -> list[uuid.UUID]:
+        """Tenants with events waiting to be chained."""
+        rows = await self.conn.fetch(
+            "SELECT DISTINCT tenant_id FROM audit_pending LIMIT $1", limit)
+        return [r["tenant_id"] for r in rows]
+
+    async def has_pending(self, tenant_id: uuid.UUID) -> bool:
+        return await self.conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM audit_pending WHERE tenant_id = $1)", tenant_id)
 
     async def verify(self, tenant_id: uuid.UUID, batch: int = 1000) -> dict:
         """Walk the chain in order; report the first event that does not fit."""

@@ -1,0 +1,87 @@
+"""Puts recorded audit events on their tenant's hash chain, right after the change commits.
+
+A committed call kicks its tenant; one task per server chains kicked tenants in batches
+(while it chains one batch, the next accumulates), and every second it also sweeps the
+database for events any server left pending (one that stopped or lost its connection).
+Readers of the trail call `flush` first, so they see every committed event on the chain.
+Chaining failing (the database is away) only delays it: the events wait in audit_pending."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from uuid import UUID
+
+import asyncpg
+
+from .repositories.audit import CHAIN_BATCH, AuditRepository
+
+log = logging.getLogger(__name__)
+SWEEP_S = 1.0
+
+
+class AuditChainer:
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float):
+        self.pool, self.acquire_timeout_s = pool, acquire_timeout_s
+        self.chained = 0  # read by /metrics
+        self._dirty: set[UUID] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def kick(self, tenant_id: UUID) -> None:
+        """A transaction that recorded an event for `tenant_id` has committed."""
+        self._dirty.add(tenant_id)
+        self._wake.set()
+
+    async def flush(self, tenant_id: UUID) -> None:
+        """Chain the tenant's pending events now (before reading its trail)."""
+        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+            if await AuditRepository(conn).has_pending(tenant_id):
+                await self._chain_all(conn, tenant_id)
+
+    async def _chain_all(self, conn: asyncpg.Connection, tenant_id: UUID) -> None:
+        while True:
+            async with conn.transaction():
+                moved = await AuditRepository(conn).chain_pending(tenant_id)
+            self.chained += moved
+            if moved < CHAIN_BATCH:
+                return
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + SWEEP_S
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_sweep - loop.time()))
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            tenants, self._dirty = self._dirty, set()
+            try:
+                async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+                    if loop.time() >= next_sweep:
+                        next_sweep = loop.time() + SWEEP_S
+                        tenants |= set(await AuditRepository(conn).pending_tenants())
+                    while tenants:
+                        tenant = tenants.pop()
+                        await self._chain_all(conn, tenant)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried: the events stay pending
+                self._dirty |= tenants
+                log.warning("could not chain audit events (will retry): %r", exc)
+                await asyncio.sleep(SWEEP_S)
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop the task, then chain what the last calls recorded (best effort: a server
+        that cannot leaves them to the others' sweep or to its next start)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for tenant in list(self._dirty):
+            try:
+                await self.flush(tenant)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("audit events of %s left pending at stop: %r", tenant, exc)
