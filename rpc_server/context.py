@@ -5,7 +5,8 @@ import asyncio
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
-from uuid import UUID
+from datetime import datetime, timezone
+from uuid import UUID, uuid4
 
 import asyncpg
 
@@ -18,7 +19,7 @@ from .node_type_cache import NodeTypeCache
 from .rate_limits import RateLimiter
 from .redis_link import RedisLink
 from .pipeline_runner import PipelineRunner
-from .repositories.audit import AuditRepository
+from .repositories.audit import AuditRepository, with_event
 from .schemas import ValidatorCache
 from .shaping import Shaper
 from .tenant_limits import TenantLimiter
@@ -175,12 +176,30 @@ class Call:
         self.state.chainer.kick(self.chain())
 
     async def record(self, conn: asyncpg.Connection, outcome: str, **extra) -> None:
+        await AuditRepository(conn).append(self.event(outcome, **extra))
+
+    def event(self, outcome: str, **extra) -> tuple:
+        """The call's audit event, in PENDING_COLUMNS order."""
         principal = self.request.known_principal
         summary = self.params.model_dump(by_alias=True, mode="json") if self.params else {}
-        await AuditRepository(conn).append(
-            tenant_id=self.chain(), method=self.method, outcome=outcome,
-            actor_user_id=principal.user_id if principal else None,
-            actor_key_id=principal.key_id if principal else None,
-            target_kind=self.target_kind,
-            target_id=None if self.target_id is None else str(self.target_id),
-            request_id=self.request_id, summary=audit.summarize({**summary, **extra}))
+        return (self.chain(), uuid4(), datetime.now(timezone.utc),
+                principal.user_id if principal else None,
+                principal.key_id if principal else None, self.method, self.target_kind,
+                None if self.target_id is None else str(self.target_id), outcome,
+                self.request_id, audit.summarize({**summary, **extra}))
+
+    async def write(self, change_sql: str, *args, conn: asyncpg.Connection | None = None
+                    ) -> asyncpg.Record | None:
+        """Run one change (an INSERT/UPDATE/DELETE … RETURNING over `args`) together with
+        its audit event in a single statement: one round trip, one transaction, no event
+        without the change. None when the change touched no row (then nothing is recorded).
+        Set the target first: the event names it."""
+        sql = with_event(change_sql, len(args) + 1)
+        if conn is None:
+            async with self.connection() as own:
+                row = await own.fetchrow(sql, *args, *self.event("ok"))
+        else:
+            row = await conn.fetchrow(sql, *args, *self.event("ok"))
+        if row is not None:
+            self.state.chainer.kick(self.chain())
+        return row

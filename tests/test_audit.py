@@ -12,7 +12,7 @@ import pytest
 
 from rpc_server.client import FlexDBClient, Forbidden, InvalidParams, Conflict
 
-from .conftest import running_server, unique
+from .conftest import running_server
 from .test_auth import World, new_user
 
 PLATFORM = "00000000-0000-0000-0000-000000000000"

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from ..ids import uuid7_sequence
-from ..errors import Conflict, InvalidParams, NotFound
+from ..errors import Conflict, InvalidParams, NotFound, VersionConflict
 from ..params import MAX_BULK, Id, JsonObject, OptionalId, PaginationParam, Params, Version
 from ..auth import tenant_role
 from .. import results
@@ -14,7 +14,7 @@ from .common import DELETED, require_tenant
 
 
 
-CREATE_ATTEMPTS = 3  # validations against a node type that changes meanwhile
+WRITE_ATTEMPTS = 3  # validations against a node or node type that changes meanwhile
 
 
 class CreateNode(Params):
@@ -54,24 +54,20 @@ class CreateNodes(Params):
 @rpc_method(CreateNode, tenant_role("member"), result=results.NodeResult)
 async def create_node(ctx, p: CreateNode) -> dict:
     """Create a node; its data must satisfy the node type's schema."""
-    async with ctx.transaction() as conn:
+    node_id = uuid7_sequence(1)[0]
+    ctx.set_target("node", node_id)
+    async with ctx.connection() as conn:
         node_type = await ctx.state.node_types.get(conn, p.tenant_id, p.node_type_id)
-        for _ in range(CREATE_ATTEMPTS):
-            errors = ctx.validators.errors(node_type, p.data)
-            if errors:
-                raise InvalidParams(errors=errors)
-            row = await NodeRepository(conn).create_checked(
-                p.tenant_id, p.node_type_id, node_type["version"], p.data)
+        for _ in range(WRITE_ATTEMPTS):
+            check_data(ctx, node_type, p.data)
+            row = await ctx.write(NodeRepository.INSERT_CHECKED, p.tenant_id, node_id,
+                                  p.node_type_id, p.data, node_type["version"], conn=conn)
             if row is not None:
-                break
+                return {"node": ctx.shaper.one(row)}
             # The cached node type was stale (changed or deleted): validate against the
             # database's (NotFound when it is gone).
             node_type = await ctx.state.node_types.read(conn, p.tenant_id, p.node_type_id)
-        else:
-            raise Conflict("the node type kept changing while the node was created; retry",
-                           kind="node_type", id=str(p.node_type_id))
-        ctx.set_target("node", row["id"])
-    return {"node": ctx.shaper.one(row)}
+    raise node_type_kept_changing(p.node_type_id)
 
 
 @rpc_method(NodeId, tenant_role("viewer"), result=results.NodeResult)
@@ -85,18 +81,35 @@ async def get_node(ctx, p: NodeId) -> dict:
 @rpc_method(UpdateNode, tenant_role("member"), result=results.NodeResult)
 async def update_node(ctx, p: UpdateNode) -> dict:
     """Replace a node's data (validated); `expected_version` guards against lost updates."""
-    async with ctx.transaction() as conn:
-        nodes = NodeRepository(conn)
-        of = await nodes.node_type_of(p.tenant_id, p.id)
-        if of is None:
-            raise NotFound("node", p.id)
-        node_type = await ctx.state.node_types.get(conn, p.tenant_id, of["node_type_id"],
-                                                   version=of["version"])
-        errors = ctx.validators.errors(node_type, p.data)
-        if errors:
-            raise InvalidParams(errors=errors)
-        row = await nodes.update(p.tenant_id, p.id, {"data": p.data}, p.expected_version)
-    return {"node": ctx.shaper.one(row)}
+    async with ctx.connection() as conn:
+        for _ in range(WRITE_ATTEMPTS):
+            current = await NodeRepository(conn).versions_of(p.tenant_id, p.id)
+            if current is None:
+                raise NotFound("node", p.id)
+            if p.expected_version is not None and current["version"] != p.expected_version:
+                raise VersionConflict("node", p.id, p.expected_version, current["version"])
+            node_type = await ctx.state.node_types.get(
+                conn, p.tenant_id, current["node_type_id"], version=current["type_version"])
+            check_data(ctx, node_type, p.data)
+            row = await ctx.write(NodeRepository.UPDATE_CHECKED, p.tenant_id, p.id,
+                                  current["node_type_id"], p.data, node_type["version"],
+                                  p.expected_version, conn=conn)
+            if row is not None:
+                return {"node": ctx.shaper.one(row)}
+            # Something changed in between (the node, its version, or its node type's
+            # schema): look again.
+    raise node_type_kept_changing(current["node_type_id"])
+
+
+def check_data(ctx, node_type, data: dict) -> None:
+    errors = ctx.validators.errors(node_type, data)
+    if errors:
+        raise InvalidParams(errors=errors)
+
+
+def node_type_kept_changing(node_type_id) -> Conflict:
+    return Conflict("the node or its node type kept changing during the write; retry",
+                    kind="node_type", id=str(node_type_id))
 
 
 @rpc_method(NodeId, tenant_role("member"), result=results.Deleted)

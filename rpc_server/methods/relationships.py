@@ -63,10 +63,10 @@ class CreateRelationships(Params):
 @rpc_method(CreateRelationship, tenant_role("member"), result=results.RelationshipResult)
 async def create_relationship(ctx, p: CreateRelationship) -> dict:
     """Link two nodes of the same tenant."""
-    async with ctx.transaction() as conn:
-        row = await RelationshipRepository(conn).create(
-            p.tenant_id, p.source_node_id, p.target_node_id, p.relationship_type, p.data)
-        ctx.set_target("relationship", row["id"])
+    relationship_id = uuid7_sequence(1)[0]
+    ctx.set_target("relationship", relationship_id)
+    row = await ctx.write(RelationshipRepository.INSERT, p.tenant_id, relationship_id,
+                          p.source_node_id, p.target_node_id, p.relationship_type, p.data)
     return {"relationship": ctx.shaper.one(row)}
 
 

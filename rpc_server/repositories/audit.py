@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from uuid import UUID
 
 from .. import audit
@@ -11,6 +11,21 @@ from ..params import Pagination
 from .base import Repository
 
 CHAIN_BATCH = 1000  # events chained per transaction
+PENDING_COLUMNS = ("tenant_id", "id", "created_at", "actor_user_id", "actor_key_id", "method",
+                   "target_kind", "target_id", "outcome", "request_id", "summary")
+PENDING_TYPES = ("uuid", "uuid", "timestamptz", "uuid", "uuid", "text", "text", "text", "text",
+                 "text", "text")
+
+
+def with_event(change_sql: str, first_param: int) -> str:
+    """`change_sql` (one INSERT/UPDATE/DELETE … RETURNING) and, in the same statement (so
+    one transaction: both or neither), the recording of its audit event, whose values are
+    the parameters from `first_param` on (in PENDING_COLUMNS order). The event is recorded
+    only when the change returned a row; the statement returns the change's rows."""
+    values = ", ".join(f"${first_param + i}::{t}" for i, t in enumerate(PENDING_TYPES))
+    return (f"WITH change AS ({change_sql}), event AS ("
+            f"INSERT INTO audit_pending ({', '.join(PENDING_COLUMNS)}) "
+            f"SELECT {values} WHERE EXISTS (SELECT 1 FROM change)) SELECT * FROM change")
 
 
 class AuditRepository(Repository):
@@ -54,17 +69,14 @@ class AuditRepository(Repository):
             rows = [{k: v for k, v in r.items() if k != TOTAL_COLUMN} for r in rows]
         return Page(rows, next_token, total)
 
-    async def append(self, *, tenant_id: uuid.UUID, actor_user_id, actor_key_id,
-                     method: str, target_kind: str | None, target_id: str | None, outcome: str,
-                     request_id: str, summary: str) -> None:
-        """Record one event; call inside the change's transaction. It waits in audit_pending
-        (no lock) until chain_pending puts it on the tenant's chain, right after commit."""
+    async def append(self, event: tuple) -> None:
+        """Record one event (values in PENDING_COLUMNS order); call inside the change's
+        transaction. It waits in audit_pending (no lock) until chain_pending puts it on the
+        tenant's chain, right after commit."""
         await self.conn.execute(
-            "INSERT INTO audit_pending (tenant_id, id, created_at, actor_user_id, actor_key_id, "
-            "method, target_kind, target_id, outcome, request_id, summary) "
-            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            tenant_id, uuid.uuid4(), datetime.now(timezone.utc), actor_user_id, actor_key_id,
-            method, target_kind, target_id, outcome, request_id, summary)
+            f"INSERT INTO audit_pending ({', '.join(PENDING_COLUMNS)}) "
+            f"VALUES ({', '.join(f'${i}' for i in range(1, len(PENDING_COLUMNS) + 1))})",
+            *event)
 
     async def chain_pending(self, tenant_id: uuid.UUID, limit: int = CHAIN_BATCH) -> int:
         """Move up to `limit` of the tenant's pending events onto its chain, in the order

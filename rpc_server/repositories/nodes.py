@@ -27,15 +27,19 @@ class NodeRepository(Repository):
     key_columns = ("tenant_id", "id")
     columns = "id, tenant_id, node_type_id, data, created_at, updated_at, version"
 
-    async def create_checked(self, tenant_id: UUID, node_type_id: UUID, version: int,
-                             data: dict) -> asyncpg.Record | None:
-        """Insert only while the node type still has `version` (the one `data` was validated
-        against); None when it has another or is gone."""
-        return await self.conn.fetchrow(
-            "INSERT INTO nodes (tenant_id, node_type_id, data) "
-            "SELECT $1::uuid, $2::uuid, $3::jsonb WHERE EXISTS (SELECT 1 FROM node_types "
-            "WHERE tenant_id = $1 AND id = $2 AND version = $4) "
-            f"RETURNING {self.columns}", tenant_id, node_type_id, data, version)
+    # Writes checked against the node type version the data was validated against: they
+    # touch no row when the node type has changed since (or is gone). For Call.write.
+    # $1 tenant, $2 node id, $3 node type, $4 data, $5 node type version.
+    INSERT_CHECKED = (
+        "INSERT INTO nodes (tenant_id, id, node_type_id, data) "
+        "SELECT $1::uuid, $2::uuid, $3::uuid, $4::jsonb WHERE EXISTS (SELECT 1 FROM node_types "
+        "WHERE tenant_id = $1 AND id = $3 AND version = $5::int) RETURNING " + columns)
+    # ... and $6 the expected node version (NULL: any).
+    UPDATE_CHECKED = (
+        "UPDATE nodes SET data = $4::jsonb, updated_at = now(), version = version + 1 "
+        "WHERE tenant_id = $1::uuid AND id = $2::uuid AND node_type_id = $3::uuid "
+        "AND ($6::int IS NULL OR version = $6::int) AND EXISTS (SELECT 1 FROM node_types "
+        "WHERE tenant_id = $1 AND id = $3 AND version = $5::int) RETURNING " + columns)
 
     async def create_many(self, tenant_id: UUID, ids: list[UUID], node_type_ids: list[UUID],
                           datas: list[dict]) -> list[asyncpg.Record]:
@@ -51,10 +55,12 @@ class NodeRepository(Repository):
     async def get(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record:
         return await self._require(tenant_id, node_id)
 
-    async def node_type_of(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record | None:
-        """The node's node_type_id and that node type's current version."""
+    async def versions_of(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record | None:
+        """The node's version and node_type_id, and that node type's current version
+        (type_version)."""
         return await self.conn.fetchrow(
-            "SELECT n.node_type_id, t.version FROM nodes n JOIN node_types t "
+            "SELECT n.version, n.node_type_id, t.version AS type_version "
+            "FROM nodes n JOIN node_types t "
             "ON t.tenant_id = n.tenant_id AND t.id = n.node_type_id "
             "WHERE n.tenant_id = $1 AND n.id = $2", tenant_id, node_id)
 

@@ -16,13 +16,10 @@ class RelationshipRepository(Repository):
     columns = ("id, tenant_id, source_node_id, target_node_id, relationship_type, data, "
                "created_at, updated_at, version")
 
-    async def create(self, tenant_id: UUID, source_node_id: UUID, target_node_id: UUID,
-                     relationship_type: str, data: dict) -> asyncpg.Record:
-        return await self.conn.fetchrow(
-            "INSERT INTO relationships "
-            "(tenant_id, source_node_id, target_node_id, relationship_type, data) "
-            f"VALUES ($1, $2, $3, $4, $5) RETURNING {self.columns}",
-            tenant_id, source_node_id, target_node_id, relationship_type, data)
+    # For Call.write: $1 tenant, $2 id, $3 source, $4 target, $5 type, $6 data.
+    INSERT = ("INSERT INTO relationships (tenant_id, id, source_node_id, target_node_id, "
+              "relationship_type, data) VALUES ($1, $2, $3, $4, $5, $6) RETURNING "
+              + columns)
 
     async def create_many(self, tenant_id: UUID, ids: list[UUID], sources: list[UUID],
                           targets: list[UUID], types: list[str],
