@@ -1,7 +1,9 @@
 """Turn database rows into the flex-db result shapes.
 
 UUIDs and timestamps stay Python objects here; the response serializer (orjson) writes
-them as strings (RFC 3339 for timestamps)."""
+them as strings (RFC 3339 for timestamps). Documents read as JSON text (`data::text`, see
+Repository.read_columns) go into the response as they are (orjson.Fragment), without
+being parsed and encoded again; in the string mode they are compacted as before."""
 from __future__ import annotations
 
 from typing import Iterable
@@ -22,11 +24,16 @@ class Shaper:
 
     def one(self, row: asyncpg.Record) -> dict:
         item = dict(row)
-        if self.as_strings:
-            for key in JSON_FIELDS:
-                if key in item:
-                    value = item[key]
-                    item[key] = "" if value is None else orjson.dumps(value).decode()
+        for key in JSON_FIELDS:
+            if key not in item:
+                continue
+            value = item[key]
+            if self.as_strings:
+                if isinstance(value, str):  # JSON text from the database
+                    value = orjson.loads(value)
+                item[key] = "" if value is None else orjson.dumps(value).decode()
+            elif isinstance(value, str):
+                item[key] = orjson.Fragment(value)
         return item
 
     def many(self, rows: Iterable[asyncpg.Record]) -> list[dict]:

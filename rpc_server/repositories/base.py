@@ -11,6 +11,9 @@ from ..errors import NotFound, VersionConflict
 class Repository:
     table: str
     columns: str
+    # What reads and RETURNING select: `columns`, or with documents as JSON text (see
+    # shaping.py: passed through to the response without being parsed and re-encoded).
+    read_columns: str = ""
     kind: str
     key_columns: tuple[str, ...]
 
@@ -22,7 +25,8 @@ class Repository:
 
     async def _get(self, *key: Any) -> asyncpg.Record | None:
         return await self.conn.fetchrow(
-            f"SELECT {self.columns} FROM {self.table} WHERE {self._key_where()}", *key)
+            f"SELECT {self.read_columns or self.columns} FROM {self.table} "
+            f"WHERE {self._key_where()}", *key)
 
     async def _update(self, key: tuple, changes: dict[str, Any],
                       expected_version: int | None) -> asyncpg.Record:
@@ -36,7 +40,8 @@ class Repository:
             args.append(expected_version)
             where += f" AND version = ${len(args)}"
         row = await self.conn.fetchrow(
-            f"UPDATE {self.table} SET {', '.join(sets)} WHERE {where} RETURNING {self.columns}",
+            f"UPDATE {self.table} SET {', '.join(sets)} WHERE {where} "
+            f"RETURNING {self.read_columns or self.columns}",
             *args)
         if row is not None:
             return row

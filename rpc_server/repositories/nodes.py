@@ -26,6 +26,7 @@ class NodeRepository(Repository):
     kind = "node"
     key_columns = ("tenant_id", "id")
     columns = "id, tenant_id, node_type_id, data, created_at, updated_at, version"
+    read_columns = "id, tenant_id, node_type_id, data::text AS data, created_at, updated_at, version"
 
     # Writes checked against the node type version the data was validated against: they
     # touch no row when the node type has changed since (or is gone). For Call.write.
@@ -33,13 +34,13 @@ class NodeRepository(Repository):
     INSERT_CHECKED = (
         "INSERT INTO nodes (tenant_id, id, node_type_id, data) "
         "SELECT $1::uuid, $2::uuid, $3::uuid, $4::jsonb WHERE EXISTS (SELECT 1 FROM node_types "
-        "WHERE tenant_id = $1 AND id = $3 AND version = $5::int) RETURNING " + columns)
+        "WHERE tenant_id = $1 AND id = $3 AND version = $5::int) RETURNING " + read_columns)
     # ... and $6 the expected node version (NULL: any).
     UPDATE_CHECKED = (
         "UPDATE nodes SET data = $4::jsonb, updated_at = now(), version = version + 1 "
         "WHERE tenant_id = $1::uuid AND id = $2::uuid AND node_type_id = $3::uuid "
         "AND ($6::int IS NULL OR version = $6::int) AND EXISTS (SELECT 1 FROM node_types "
-        "WHERE tenant_id = $1 AND id = $3 AND version = $5::int) RETURNING " + columns)
+        "WHERE tenant_id = $1 AND id = $3 AND version = $5::int) RETURNING " + read_columns)
 
     async def create_many(self, tenant_id: UUID, ids: list[UUID], node_type_ids: list[UUID],
                           datas: list[dict]) -> list[asyncpg.Record]:
@@ -48,7 +49,7 @@ class NodeRepository(Repository):
             "INSERT INTO nodes (tenant_id, id, node_type_id, data) "
             "SELECT $1, i.id, i.node_type_id, i.data "
             "FROM unnest($2::uuid[], $3::uuid[], $4::jsonb[]) AS i (id, node_type_id, data) "
-            f"RETURNING {self.columns}", tenant_id, ids, node_type_ids, datas)
+            f"RETURNING {self.read_columns}", tenant_id, ids, node_type_ids, datas)
         by_id = {r["id"]: r for r in rows}
         return [by_id[i] for i in ids]
 
@@ -85,7 +86,7 @@ class NodeRepository(Repository):
         # The total comes from the counts maintained by triggers (sql/0006_counts.sql): a few
         # rows per node type, whatever the tenant's size.
         count_sql = f"SELECT coalesce(sum(n), 0)::bigint FROM node_counts WHERE {' AND '.join(where)}"
-        return await fetch_page(self.conn, scope="nodes", select=self.columns, table="nodes",
+        return await fetch_page(self.conn, scope="nodes", select=self.read_columns, table="nodes",
                                 where=where, args=args, pagination=pagination,
                                 count_sql=count_sql)
 
@@ -119,7 +120,7 @@ class NodeRepository(Repository):
         counted = f", ({count_sql}) AS {TOTAL_COLUMN}" if pagination.include_total else ""
         order = " DESC" if sort.descending else ""
         limit = args.add(pagination.page_size + 1, "int4")
-        sql = (f"SELECT {cls.columns}, {key} AS _sort_key{counted} FROM nodes "
+        sql = (f"SELECT {cls.read_columns}, {key} AS _sort_key{counted} FROM nodes "
                f"WHERE {' AND '.join(where)} ORDER BY {key}{order}, id{order} LIMIT {limit}")
         return PageStatement(sql, args.values, count_sql, count_args)
 

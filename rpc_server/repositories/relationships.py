@@ -15,11 +15,12 @@ class RelationshipRepository(Repository):
     key_columns = ("tenant_id", "id")
     columns = ("id, tenant_id, source_node_id, target_node_id, relationship_type, data, "
                "created_at, updated_at, version")
+    read_columns = columns.replace("data,", "data::text AS data,")
 
     # For Call.write: $1 tenant, $2 id, $3 source, $4 target, $5 type, $6 data.
     INSERT = ("INSERT INTO relationships (tenant_id, id, source_node_id, target_node_id, "
               "relationship_type, data) VALUES ($1, $2, $3, $4, $5, $6) RETURNING "
-              + columns)
+              + read_columns)
 
     async def create_many(self, tenant_id: UUID, ids: list[UUID], sources: list[UUID],
                           targets: list[UUID], types: list[str],
@@ -31,7 +32,7 @@ class RelationshipRepository(Repository):
             "SELECT $1, i.id, i.source, i.target, i.type, i.data "
             "FROM unnest($2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::jsonb[]) "
             "AS i (id, source, target, type, data) "
-            f"RETURNING {self.columns}", tenant_id, ids, sources, targets, types, datas)
+            f"RETURNING {self.read_columns}", tenant_id, ids, sources, targets, types, datas)
         by_id = {r["id"]: r for r in rows}
         return [by_id[i] for i in ids]
 
@@ -55,6 +56,6 @@ class RelationshipRepository(Repository):
             if value is not None:
                 args.append(value)
                 where.append(f"{column} = ${len(args)}")
-        return await fetch_page(self.conn, scope="relationships", select=self.columns,
+        return await fetch_page(self.conn, scope="relationships", select=self.read_columns,
                                 table="relationships", where=where, args=args,
                                 pagination=pagination)
