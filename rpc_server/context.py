@@ -12,6 +12,7 @@ import asyncpg
 
 from . import audit
 from .audit_chainer import AuditChainer
+from .batch_reads import NodeReads
 from .auth import Authenticator, Principal
 from .config import Settings
 from .metrics import Metrics
@@ -63,6 +64,15 @@ class RequestContext:
     _principal: Principal | None = None
     # (method, outcome: None or error code, tenant id or None) per call, for the access log
     calls: list = field(default_factory=list)
+    batch: bool = False  # set by the dispatcher for a batch request
+    _node_reads: NodeReads | None = None
+
+    @property
+    def node_reads(self) -> NodeReads:
+        """The batch's coalesced point reads (see batch_reads.py)."""
+        if self._node_reads is None:
+            self._node_reads = NodeReads(self.connection)
+        return self._node_reads
 
     @property
     def known_principal(self) -> Principal | None:

@@ -89,6 +89,7 @@ class Dispatcher:
                 return dumps(invalid_request(
                     f"batch of {len(payload)} requests exceeds the limit of {self.max_batch}",
                     max_batch=self.max_batch))
+            context.batch = len(payload) > 1
             replies = await asyncio.gather(*(self.handle_one(m, context) for m in payload))
             replies = [r for r in replies if r is not None]
             return b"[" + b",".join(replies) + b"]" if replies else None

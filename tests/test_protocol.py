@@ -1,11 +1,13 @@
 """JSON-RPC 2.0 framing over HTTP, following the specification's own examples."""
 from __future__ import annotations
 
+import httpx
 import pytest
 
 from rpc_server.client import InvalidParams
 
 from .conftest import unique
+from .test_auth import World
 
 
 async def post(http, payload=None, *, content=None):
@@ -201,3 +203,32 @@ async def test_server_survives_garbage(http, rpc):
         assert r.status_code == 200
         assert r.json()["error"]["code"] in (-32700, -32600)
     assert "tenants" in await rpc.call("list_tenants", {})
+
+
+async def test_batched_get_node_members_each_get_their_own_answer(server, rpc):
+    """get_node members of a batch are read with one query per tenant; each member must
+    still get exactly its own node, its own not-found, or its own refusal."""
+    import httpx
+
+    from .test_auth import World
+
+    mine, other = await World.build(rpc), await World.build(rpc)
+    nodes = [await mine.node() for _ in range(5)]
+    foreign = await other.node()
+    members = [{"tenant_id": mine.tid, "id": n["id"]} for n in nodes]
+    members += [{"tenant_id": mine.tid, "id": nodes[0]["id"]},      # asked twice
+                {"tenant_id": mine.tid, "id": foreign["id"]},       # another tenant's node
+                {"tenant_id": other.tid, "id": foreign["id"]},      # a tenant not the caller's
+                {"tenant_id": mine.tid, "id": "not-a-uuid"}]        # invalid params
+    batch = [{"jsonrpc": "2.0", "id": i, "method": "get_node", "params": p}
+             for i, p in enumerate(members)]
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = (await http.post(server.url, json=batch, headers={
+            "Authorization": f"Bearer {mine.keys['viewer']}"})).json()
+    answers = {r["id"]: r for r in reply}
+    for i, node in enumerate(nodes):
+        assert answers[i]["result"]["node"] == node
+    assert answers[5]["result"]["node"] == nodes[0]
+    assert answers[6]["error"]["code"] == -32001 and answers[6]["error"]["data"]["kind"] == "node"
+    assert answers[7]["error"]["code"] == -32001 and answers[7]["error"]["data"]["kind"] == "tenant"
+    assert answers[8]["error"]["code"] == -32602

@@ -56,6 +56,12 @@ class NodeRepository(Repository):
     async def get(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record:
         return await self._require(tenant_id, node_id)
 
+    async def get_many(self, tenant_id: UUID, ids: list[UUID]) -> dict[UUID, asyncpg.Record]:
+        rows = await self.conn.fetch(
+            f"SELECT {self.read_columns} FROM nodes WHERE tenant_id = $1 AND id = ANY($2::uuid[])",
+            tenant_id, ids)
+        return {r["id"]: r for r in rows}
+
     async def versions_of(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record | None:
         """The node's version and node_type_id, and that node type's current version
         (type_version)."""
