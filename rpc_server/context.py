@@ -104,7 +104,11 @@ class RequestContext:
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        async with self.state.pool.acquire(timeout=self.state.settings.db_connect_timeout_s) as conn:
+        pool = self.state.pool
+        # With a connection idle, taking it cannot wait (a reconnect is bounded by the
+        # pool's connect timeout): skip the costly timeout machinery on the hot path.
+        timeout = None if pool.get_idle_size() else self.state.settings.db_connect_timeout_s
+        async with pool.acquire(timeout=timeout) as conn:
             yield conn
 
     @asynccontextmanager

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import orjson
+from asyncpg.pgproto.pgproto import UUID as PG_UUID
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # orjson reads integers beyond 64 bits as floats (losing digits). Only bodies with a run of
@@ -74,7 +75,7 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
 
 def _default(value: Any) -> Any:
     # asyncpg returns its own UUID class, which orjson does not know.
-    if hasattr(value, "hex") and type(value).__name__ == "UUID":
+    if type(value) is PG_UUID:
         return str(value)
     raise TypeError(f"cannot serialize {type(value).__name__}")
 

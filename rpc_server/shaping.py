@@ -11,7 +11,7 @@ from typing import Iterable
 import asyncpg
 import orjson
 
-from .pagination import Page
+from .pagination import TOTAL_COLUMN, Page
 
 JSON_FIELDS = ("data", "schema")
 
@@ -24,6 +24,7 @@ class Shaper:
 
     def one(self, row: asyncpg.Record) -> dict:
         item = dict(row)
+        item.pop(TOTAL_COLUMN, None)  # a page's total rides on each row
         for key in JSON_FIELDS:
             if key not in item:
                 continue

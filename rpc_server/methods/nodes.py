@@ -129,8 +129,9 @@ async def delete_node(ctx, p: NodeId) -> dict:
 async def list_nodes(ctx, p: ListNodes) -> dict:
     """List a tenant's nodes, optionally of one node type."""
     async with ctx.connection() as conn:
-        await require_tenant(ctx, conn, p.tenant_id)
         page = await NodeRepository(conn).list(p.tenant_id, p.node_type_id, p.pagination)
+        if not page.rows:  # rows prove the tenant exists; no rows may mean it does not
+            await require_tenant(ctx, conn, p.tenant_id)
     return ctx.shaper.page("nodes", page)
 
 

@@ -101,9 +101,10 @@ async def delete_relationship(ctx, p: RelationshipId) -> dict:
 async def list_relationships(ctx, p: ListRelationships) -> dict:
     """List a tenant's relationships, filtered by source, target or type."""
     async with ctx.connection() as conn:
-        await require_tenant(ctx, conn, p.tenant_id)
         page = await RelationshipRepository(conn).list(
             p.tenant_id, p.pagination, p.source_node_id, p.target_node_id, p.relationship_type)
+        if not page.rows:  # rows prove the tenant exists; no rows may mean it does not
+            await require_tenant(ctx, conn, p.tenant_id)
     return ctx.shaper.page("relationships", page)
 
 

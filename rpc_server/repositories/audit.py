@@ -66,7 +66,6 @@ class AuditRepository(Repository):
         total = None
         if pagination.include_total:
             total = rows[0][TOTAL_COLUMN] if rows else await self.conn.fetchval(count_sql, *args)
-            rows = [{k: v for k, v in r.items() if k != TOTAL_COLUMN} for r in rows]
         return Page(rows, next_token, total)
 
     async def append(self, event: tuple) -> None:
