@@ -22,6 +22,23 @@ MAX_TEXT = 200
 DENIED_WINDOW_S = 60.0
 
 
+def params_of(model: Any) -> dict:
+    """A call's params by wire name, as summarize needs them: lists (only their length is
+    kept) and documents are not converted, so a bulk call is not dumped item by item."""
+    if model is None:
+        return {}
+    out: dict[str, Any] = {}
+    for name, field in type(model).model_fields.items():
+        value = getattr(model, name)
+        key = field.alias or name
+        if value is None or isinstance(value, (str, int, float, list)) or (
+                isinstance(value, dict) and key in DOCUMENT_FIELDS):
+            out[key] = value
+        else:  # ids, times, nested models: their JSON form
+            out[key] = model.model_dump(by_alias=True, mode="json", include={name})[key]
+    return out
+
+
 def summarize(params: dict) -> str:
     """Canonical JSON of the params with secrets removed and documents reduced to a size."""
     out: dict[str, Any] = {}

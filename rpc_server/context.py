@@ -195,7 +195,7 @@ class Call:
     def event(self, outcome: str, **extra) -> tuple:
         """The call's audit event, in PENDING_COLUMNS order."""
         principal = self.request.known_principal
-        summary = self.params.model_dump(by_alias=True, mode="json") if self.params else {}
+        summary = audit.params_of(self.params)
         return (self.chain(), uuid4(), datetime.now(timezone.utc),
                 principal.user_id if principal else None,
                 principal.key_id if principal else None, self.method, self.target_kind,

@@ -6,6 +6,7 @@ from datetime import datetime, timezone
 from typing import Annotated, Any
 from uuid import UUID
 
+import orjson
 from pydantic import (AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field,
                       GetCoreSchemaHandler, GetJsonSchemaHandler, StrictBool, StrictInt)
 from pydantic_core import core_schema
@@ -68,8 +69,23 @@ def _parse_json_text(value: Any) -> Any:
     return value
 
 
+# In JSON text U+0000 can only appear escaped, as \u0000 after an even number of backslashes
+# (an odd number means the backslash itself is escaped: the text "\\u0000").
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def contains_nul(value: Any) -> bool:
-    """PostgreSQL text and jsonb cannot store U+0000, so it is refused up front."""
+    """PostgreSQL text and jsonb cannot store U+0000, so it is refused up front. Searched
+    for in the document's JSON text: C speed, where walking a large document in Python
+    was a tenth of a bulk create's time."""
+    try:
+        text = orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return _contains_nul_walk(value)
+    return b"\\u0000" in text and _ESCAPED_NUL.search(text) is not None
+
+
+def _contains_nul_walk(value: Any) -> bool:
     stack = [value]
     while stack:
         item = stack.pop()
