@@ -29,13 +29,20 @@ class Metrics:
                              "error code)", ["method", "outcome"], registry=self.registry)
         self.latency = Histogram("flexdb_call_duration_seconds", "JSON-RPC call latency by "
                                  "method", ["method"], buckets=BUCKETS, registry=self.registry)
+        self._children: dict[tuple, tuple] = {}
         self.rate_limited = Counter("flexdb_rate_limited", "Calls refused as busy or rate "
                                     "limited (-32005), by method", ["method"],
                                     registry=self.registry)
 
     def observe(self, method: str, outcome: int | None, seconds: float) -> None:
-        self.calls.labels(method, "ok" if outcome is None else str(outcome)).inc()
-        self.latency.labels(method).observe(seconds)
+        key = (method, outcome)
+        children = self._children.get(key)
+        if children is None:  # labels() takes a lock and builds a key: once per pair
+            children = self._children[key] = (
+                self.calls.labels(method, "ok" if outcome is None else str(outcome)),
+                self.latency.labels(method))
+        children[0].inc()
+        children[1].observe(seconds)
         if outcome == RATE_LIMITED:
             self.rate_limited.labels(method).inc()
 
