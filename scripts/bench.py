@@ -520,7 +520,7 @@ async def measure(bench: Bench, watch: MemoryWatch) -> None:
         run_body = encode("run_pipeline", {"tenant_id": tid, "pipeline_id": pipeline["id"],
                                            "wait": True, "debug_level": "none"})
         await bench.scenario("run_pipeline", "run_pipeline, trivial, wait",
-                             lambda _: rpc.post(run_body), None, concurrency=min(c, 8),
+                             lambda _: rpc.post(run_body), None, concurrency=min(c, 4),
                              unit="runs/s", target="-")
 
     # --- REST facade: GET a node

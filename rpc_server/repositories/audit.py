@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import lru_cache
 from datetime import datetime
 from uuid import UUID
 
@@ -17,6 +18,7 @@ PENDING_TYPES = ("uuid", "uuid", "timestamptz", "uuid", "uuid", "text", "text", 
                  "text", "text")
 
 
+@lru_cache(maxsize=256)
 def with_event(change_sql: str, first_param: int) -> str:
     """`change_sql` (one INSERT/UPDATE/DELETE … RETURNING) and, in the same statement (so
     one transaction: both or neither), the recording of its audit event, whose values are
