@@ -31,7 +31,7 @@ class NodeReads:
             if not self._pending:  # the first ask of this turn: fetch after the others ask
                 loop.call_soon(self._start_fetch)
             future = self._pending[key] = loop.create_future()
-        return await asyncio.shield(future)
+        return await future
 
     def _start_fetch(self) -> None:
         task = asyncio.get_running_loop().create_task(self._fetch())

@@ -66,6 +66,7 @@ class RequestContext:
     calls: list = field(default_factory=list)
     batch: bool = False  # set by the dispatcher for a batch request
     _node_reads: NodeReads | None = None
+    _principal_lookup: asyncio.Future | None = None
 
     @property
     def node_reads(self) -> NodeReads:
@@ -82,7 +83,14 @@ class RequestContext:
     async def principal(self) -> Principal:
         """The authenticated caller; raises Unauthenticated."""
         if self._principal is None:
-            self._principal = await self.state.auth.principal(self.state.pool, self.authorization)
+            if not self.batch:
+                self._principal = await self.state.auth.principal(self.state.pool,
+                                                                  self.authorization)
+            else:  # the members ask at once: one lookup for all of them
+                if self._principal_lookup is None:
+                    self._principal_lookup = asyncio.ensure_future(
+                        self.state.auth.principal(self.state.pool, self.authorization))
+                self._principal = await self._principal_lookup
         return self._principal
 
     async def role_in(self, tenant_id) -> str | None:

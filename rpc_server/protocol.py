@@ -11,7 +11,7 @@ import logging
 import re
 from typing import Any, Callable
 
-from jsonrpcserver.async_dispatcher import dispatch_request
+from jsonrpcserver.async_dispatcher import call as invoke, dispatch_request
 from jsonrpcserver.dispatcher import to_response
 from jsonrpcserver.request import Request
 from jsonrpcserver.response import to_serializable_one
@@ -132,7 +132,11 @@ class Dispatcher:
             return dumps(invalid_request('"params" must be an array or an object', id))
         is_notification = "id" not in member
         request = Request(method, params, NOID if is_notification else id)
-        _, result = await dispatch_request(self.methods, context, request)
+        handler = self.methods.get(method)
+        if handler is not None and getattr(handler, "checks_own_arguments", False):
+            result = await invoke(request, context, handler)
+        else:  # unknown methods, and callables that leave argument checks to jsonrpcserver
+            _, result = await dispatch_request(self.methods, context, request)
         if is_notification:
             return None
         wire = self._to_wire(to_serializable_one(to_response(request, result)), method, context)

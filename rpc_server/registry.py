@@ -17,7 +17,7 @@ from . import audit
 from .auth import ROLE_RANK, Permission
 from .context import Call
 from .execution_tokens import ALLOWED_METHODS as EXECUTION_METHODS
-from .errors import (INTERNAL_ERROR, Conflict, Forbidden, InvalidParams, NotFound, RpcError,
+from .errors import (INTERNAL_ERROR, INVALID_PARAMS, Conflict, Forbidden, InvalidParams, NotFound, RpcError,
                      StatementTimeout, Unauthenticated, Unavailable)
 from .params import Params
 
@@ -209,9 +209,27 @@ def _make_callable(spec: MethodSpec) -> Callable:
     names = _wire_names(spec.params_model)
 
     tenant_param = spec.permission.tenant_param if spec.permission.kind == "tenant" else None
+    name_set = frozenset(names)
 
-    async def call(ctx, *args, **kwargs):
+    def binding_error(args: tuple, kwargs: dict) -> str | None:
+        """What inspect.Signature.bind would say about these arguments (checked here, once,
+        instead of by jsonrpcserver building a signature for every call)."""
+        if len(args) > len(names):
+            return "too many positional arguments"
+        for key in kwargs:
+            if key not in name_set:
+                return f"got an unexpected keyword argument '{key}'"
+        for key in names[:len(args)]:
+            if key in kwargs:
+                return f"multiple values for argument '{key}'"
+        return None
+
+    async def call(ctx, /, *args, **kwargs):
         started = time.perf_counter()
+        problem = binding_error(args, kwargs)
+        if problem is not None:  # protocol.py turns the text into per-field errors
+            ctx.state.metrics.observe(spec.name, INVALID_PARAMS, time.perf_counter() - started)
+            raise JsonRpcError(INVALID_PARAMS, "Invalid params", problem)
         raw = {k: v for k, v in zip(names, args) if v is not _ABSENT}
         raw.update((k, v) for k, v in kwargs.items() if v is not _ABSENT)
         outcome = None
@@ -257,4 +275,5 @@ def _make_callable(spec: MethodSpec) -> Callable:
                    for n in names]
     call.__signature__ = inspect.Signature(parameters)
     call.__name__ = spec.name
+    call.checks_own_arguments = True  # protocol.py then skips jsonrpcserver's validate_args
     return call

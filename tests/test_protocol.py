@@ -232,3 +232,14 @@ async def test_batched_get_node_members_each_get_their_own_answer(server, rpc):
     assert answers[6]["error"]["code"] == -32001 and answers[6]["error"]["data"]["kind"] == "node"
     assert answers[7]["error"]["code"] == -32001 and answers[7]["error"]["data"]["kind"] == "tenant"
     assert answers[8]["error"]["code"] == -32602
+
+
+async def test_a_batch_with_bad_credentials_is_refused_member_by_member(server):
+    """The members share one credentials lookup; each still gets the refusal."""
+    batch = [{"jsonrpc": "2.0", "id": i, "method": "list_tenants", "params": {}}
+             for i in range(20)]
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = (await http.post(server.url, json=batch, headers={
+            "Authorization": "Bearer fdb_" + "x" * 43})).json()
+    assert sorted(r["id"] for r in reply) == list(range(20))
+    assert all(r["error"]["code"] == -32002 for r in reply)
