@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 import asyncpg
 import pytest
 
-from rpc_server.client import FlexDBClient, Forbidden, InvalidParams, Conflict
+from rpc_server.client import Conflict, FlexDBClient, Forbidden, InvalidParams, NotFound
 
 from .conftest import running_server
 from .test_auth import World, new_user
@@ -212,3 +212,16 @@ async def test_events_a_killed_server_left_pending_are_chained_by_another(databa
     trail = await events(rpc, world.tid, method="create_node")
     assert {e["target_id"] for e in trail} == {n["node"]["id"] for n in created} | {"left-behind"}
     assert (await rpc.call("verify_audit_chain", {"tenant_id": world.tid}))["ok"] is True
+
+
+async def test_the_trail_of_a_deleted_tenant_answers_not_found(rpc):
+    """Like every tenant-scoped read; the events stay in the (append-only) table."""
+    world = await World.build(rpc)
+    await world.node()
+    assert await events(rpc, world.tid)
+    await rpc.call("delete_tenant", {"id": world.tid})
+    for method in ("list_audit_events", "verify_audit_chain"):
+        with pytest.raises(NotFound) as gone:
+            await rpc.call(method, {"tenant_id": world.tid})
+        assert gone.value.data["kind"] == "tenant"
+    assert (await rpc.call("verify_audit_chain", {"tenant_id": PLATFORM}))["ok"] is True

@@ -9,7 +9,9 @@ from ..auth import tenant_role
 from ..params import Moment, Id, PaginationParam, Params
 from .. import results
 from ..registry import rpc_method
+from .. import audit
 from ..repositories.audit import AuditRepository
+from .common import require_tenant
 
 
 class ListAuditEvents(Params):
@@ -32,6 +34,7 @@ async def list_audit_events(ctx, p: ListAuditEvents) -> dict:
     or time."""
     await ctx.state.chainer.flush(p.tenant_id)
     async with ctx.connection() as conn:
+        await require_live_tenant(ctx, conn, p.tenant_id)
         page = await AuditRepository(conn).list(p.tenant_id, p.pagination, actor=p.actor,
                                                 method=p.method, target_id=p.target_id,
                                                 since=p.since, until=p.until)
@@ -46,4 +49,13 @@ async def verify_audit_chain(ctx, p: VerifyAuditChain) -> dict:
     """Recompute the tenant's hash chain: ok, or the first event where it breaks."""
     await ctx.state.chainer.flush(p.tenant_id)
     async with ctx.connection() as conn:
+        await require_live_tenant(ctx, conn, p.tenant_id)
         return await AuditRepository(conn).verify(p.tenant_id)
+
+
+async def require_live_tenant(ctx, conn, tenant_id) -> None:
+    """A deleted tenant's trail stays in the database (append-only), but like every
+    tenant-scoped read it answers not-found once the tenant is gone. The platform's own
+    chain has no tenant row."""
+    if tenant_id != audit.PLATFORM_TENANT:
+        await require_tenant(ctx, conn, tenant_id)
