@@ -92,6 +92,23 @@ async def recovery(tally: Tally, since: float, limit: float = 30.0) -> float | N
     return None
 
 
+async def audit_check(admin: FlexDBClient, tenant: str, tally: Tally) -> dict:
+    """Every acknowledged create has its event on a valid chain (events are chained after
+    commit, so a restart in between must not lose one)."""
+    verified = await admin.call("verify_audit_chain", {"tenant_id": tenant})
+    targets, token = set(), ""
+    while True:
+        page = await admin.call("list_audit_events", {
+            "tenant_id": tenant, "method": "create_node",
+            "pagination": {"page_size": 1000, "page_token": token, "include_total": False}})
+        targets |= {e["target_id"] for e in page["audit_events"]}
+        token = page["pagination"]["next_page_token"]
+        if not token:
+            break
+    return {"ok": verified["ok"], "events": verified["events_checked"],
+            "missing": len(set(tally.acknowledged) - targets)}
+
+
 async def run(urls: list[str], key: str, db_url: str, restarts, args) -> None:
     clients = [FlexDBClient(url, api_key=key, timeout=10) for url in urls]
     admin = clients[0]
@@ -114,6 +131,7 @@ async def run(urls: list[str], key: str, db_url: str, restarts, args) -> None:
         report.append((label, round(t0 - started, 1), took, recovered))
     await asyncio.gather(*workers)
     elapsed = time.monotonic() - started
+    audit = await audit_check(admin, tenant, tally)
     for client in clients:
         await client.aclose()
 
@@ -136,6 +154,8 @@ async def run(urls: list[str], key: str, db_url: str, restarts, args) -> None:
     for (method, label), count in sorted(tally.errors.items()):
         print(f"  {method} {label}: {count:,}")
     print(f"acknowledged writes: {len(tally.acknowledged):,}; lost: {len(lost)}")
+    print(f"audit trail: chain verified {audit['ok']} ({audit['events']:,} events); "
+          f"acknowledged creates without their event: {audit['missing']}")
     for label, at, took, recovered in report:
         rec = "did not recover" if recovered is None else f"{recovered:.2f} s"
         print(f"{label} at t={at} s (restart took {took:.2f} s): errors until {rec} after "
