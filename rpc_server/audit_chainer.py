@@ -25,6 +25,7 @@ class AuditChainer:
         self.pool, self.acquire_timeout_s = pool, acquire_timeout_s
         self.chained = 0  # read by /metrics
         self._dirty: set[UUID] = set()
+        self._working: set[UUID] = set()  # being chained by the task right now
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
 
@@ -36,10 +37,11 @@ class AuditChainer:
     async def flush(self, tenant_id: UUID) -> None:
         """Chain the tenant's pending events now (before reading its trail)."""
         async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
-            if await AuditRepository(conn).has_pending(tenant_id):
-                await self._chain_all(conn, tenant_id)
+            await self._chain_all(conn, tenant_id)
 
     async def _chain_all(self, conn: asyncpg.Connection, tenant_id: UUID) -> None:
+        if not await AuditRepository(conn).has_pending(tenant_id):
+            return  # chained already (by a reader, or by another server): no head lock
         while True:
             async with conn.transaction():
                 moved = await AuditRepository(conn).chain_pending(tenant_id)
@@ -58,20 +60,29 @@ class AuditChainer:
             else:
                 await asyncio.sleep(GATHER_S)
             self._wake.clear()
-            tenants, self._dirty = self._dirty, set()
+            self._working, self._dirty = self._dirty, set()
+            failed = False
             try:
                 async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
                     if loop.time() >= next_sweep:
                         next_sweep = loop.time() + SWEEP_S
-                        tenants |= set(await AuditRepository(conn).pending_tenants())
-                    while tenants:
-                        tenant = tenants.pop()
-                        await self._chain_all(conn, tenant)
+                        self._working |= set(await AuditRepository(conn).pending_tenants())
+                    for tenant in list(self._working):
+                        try:  # one tenant failing does not hold up the others
+                            await self._chain_all(conn, tenant)
+                            self._working.discard(tenant)
+                        except (asyncpg.PostgresError, ValueError) as exc:
+                            failed = True
+                            log.warning("could not chain audit events of %s (will retry): %r",
+                                        tenant, exc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - retried: the events stay pending
-                self._dirty |= tenants
+                failed = True
                 log.warning("could not chain audit events (will retry): %r", exc)
+            self._dirty |= self._working
+            self._working = set()
+            if failed:
                 await asyncio.sleep(SWEEP_S)
 
     def start(self) -> None:
@@ -83,7 +94,7 @@ class AuditChainer:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for tenant in list(self._dirty):
+        for tenant in list(self._dirty | self._working):
             try:
                 await self.flush(tenant)
             except Exception as exc:  # noqa: BLE001

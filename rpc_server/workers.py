@@ -6,6 +6,7 @@ so one machine's cores are used. The parent only starts them, passes SIGTERM/SIG
 and stops them all when one exits (a supervisor then restarts the service)."""
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import signal
 import sys
@@ -33,9 +34,28 @@ def serve_one(settings: Settings, database_url: str, reuse_port: bool, banner: b
             print(f"flexdb is up{workers}\n  JSON-RPC: POST {base}/jsonrpc\n"
                   f"  health:   GET  {base}/health  {base}/ready  {base}/metrics", flush=True)
 
-    web.run_app(create_app(settings, database_url), host=settings.host, port=settings.port,
-                reuse_port=reuse_port or None, print=print_banner, access_log=None,
-                shutdown_timeout=15)
+    app = create_app(settings, database_url)
+    app.on_startup.insert(0, _stop_on_first_signal)
+    web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port or None,
+                print=print_banner, access_log=None, shutdown_timeout=15,
+                handle_signals=False)
+
+
+async def _stop_on_first_signal(_app) -> None:
+    """SIGTERM or SIGINT starts the graceful shutdown; a second one (Ctrl-C reaches every
+    process of the group, a supervisor may signal parent and workers alike) must not cut it
+    short, as aiohttp's own handler would."""
+    from aiohttp.web_runner import GracefulExit
+
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: None)  # from now on: already stopping
+        raise GracefulExit()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop)
 
 
 def _worker_main(settings: Settings, database_url: str, banner: bool) -> None:

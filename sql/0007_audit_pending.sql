@@ -20,3 +20,6 @@ CREATE TABLE audit_pending (
 );
 CREATE INDEX audit_pending_tenant_idx ON audit_pending (tenant_id, pending_id);
 REVOKE ALL ON audit_pending FROM PUBLIC;
+-- The same rule as audit_events: a value the chain would refuse is refused with the change.
+ALTER TABLE audit_pending ADD CONSTRAINT audit_pending_outcome_check
+    CHECK (outcome IN ('ok', 'denied', 'rejected'));

@@ -3,6 +3,8 @@ the database, hash-chained per tenant so tampering is found."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import signal
 import uuid
 from datetime import datetime, timezone
@@ -225,3 +227,13 @@ async def test_the_trail_of_a_deleted_tenant_answers_not_found(rpc):
             await rpc.call(method, {"tenant_id": world.tid})
         assert gone.value.data["kind"] == "tenant"
     assert (await rpc.call("verify_audit_chain", {"tenant_id": PLATFORM}))["ok"] is True
+
+
+@pytest.mark.parametrize("seq", ["²", "9" * 19, "-1", "1e3", ""])
+async def test_crafted_audit_page_tokens_are_invalid_params(rpc, seq):
+    world = await World.build(rpc)
+    raw = json.dumps(["audit_events", seq, str(uuid.uuid4())]).encode()
+    token = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    with pytest.raises(InvalidParams):
+        await rpc.call("list_audit_events", {"tenant_id": world.tid,
+                                             "pagination": {"page_token": token}})

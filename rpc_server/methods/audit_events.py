@@ -50,7 +50,9 @@ async def verify_audit_chain(ctx, p: VerifyAuditChain) -> dict:
     await ctx.state.chainer.flush(p.tenant_id)
     async with ctx.connection() as conn:
         await require_live_tenant(ctx, conn, p.tenant_id)
-        return await AuditRepository(conn).verify(p.tenant_id)
+        # One snapshot: events chained meanwhile must not look like a cut-off tail.
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            return await AuditRepository(conn).verify(p.tenant_id)
 
 
 async def require_live_tenant(ctx, conn, tenant_id) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import uuid
 from functools import lru_cache
 from datetime import datetime
@@ -12,6 +13,7 @@ from ..params import Pagination
 from .base import Repository
 
 CHAIN_BATCH = 1000  # events chained per transaction
+SEQ_TEXT = re.compile(r"[0-9]{1,18}")  # a page token's seq: ASCII digits, within bigint
 PENDING_COLUMNS = ("tenant_id", "id", "created_at", "actor_user_id", "actor_key_id", "method",
                    "target_kind", "target_id", "outcome", "request_id", "summary")
 PENDING_TYPES = ("uuid", "uuid", "timestamptz", "uuid", "uuid", "text", "text", "text", "text",
@@ -52,7 +54,7 @@ class AuditRepository(Repository):
         filters, page_args = list(where), list(args)
         if pagination.page_token:
             text, _ = decode_token_text(pagination.page_token, "audit_events")
-            if not text.isdigit() or len(text) > 19:
+            if not SEQ_TEXT.fullmatch(text):
                 raise invalid_token()
             page_args.append(int(text))
             filters.append(f"seq > ${len(page_args)}")
