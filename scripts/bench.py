@@ -274,9 +274,9 @@ async def preload(rpc: Rpc, tid: str, type_id: str, nodes: int, rels: int,
 
 async def run(args, server, facade) -> list[dict]:
     rpc = Rpc(server.url, server.admin_key, args.concurrency)
-    pool = await asyncpg.create_pool(server_db(args), min_size=POOL, max_size=POOL,
+    pool = await asyncpg.create_pool(args.db_url, min_size=POOL, max_size=POOL,
                                      init=_init_connection)
-    qpool = await asyncpg.create_pool(server_db(args), min_size=4, max_size=4,
+    qpool = await asyncpg.create_pool(args.db_url, min_size=4, max_size=4,
                                       init=_init_connection)
     bench = Bench(args, rpc, facade.base, server.admin_key, pool, qpool)
     watch = MemoryWatch(server.proc.pid)
@@ -289,10 +289,6 @@ async def run(args, server, facade) -> list[dict]:
         await pool.close()
         await qpool.close()
     return bench.rows, bench.notes, watch
-
-
-def server_db(args) -> str:
-    return args.db_url
 
 
 async def measure(bench: Bench, watch: MemoryWatch) -> None:

@@ -208,10 +208,6 @@ async def test_server_survives_garbage(http, rpc):
 async def test_batched_get_node_members_each_get_their_own_answer(server, rpc):
     """get_node members of a batch are read with one query per tenant; each member must
     still get exactly its own node, its own not-found, or its own refusal."""
-    import httpx
-
-    from .test_auth import World
-
     mine, other = await World.build(rpc), await World.build(rpc)
     nodes = [await mine.node() for _ in range(5)]
     foreign = await other.node()
