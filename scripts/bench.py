@@ -13,8 +13,10 @@ the sandbox worker and the REST facade on it, preloads one tenant with --nodes n
 in batches of 1,000), then runs each scenario for --seconds at --concurrency, first through
 flexdb and then through raw asyncpg (a pool of the server's size, the same SQL). Node reads
 and writes go through the platform admin's API key, so authentication and the audit trail
-are on. The load generator is one asyncio process with pre-encoded JSON-RPC bodies on
-keep-alive connections; it shares the cores with everything else, as raw asyncpg does.
+are on. The load generator is one process on uvloop (the server's loop, so raw asyncpg
+runs at its best too) sending pre-encoded JSON-RPC bodies over keep-alive connections with
+a minimal HTTP client (scripts/lean_http.py); it shares the cores with everything else, as
+raw asyncpg does.
 
 The server's resident memory (all its processes) is sampled every second from the first
 scenario on; a mixed soak at the end makes the sampled span at least --soak-seconds long.
@@ -35,16 +37,18 @@ import uuid
 from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
+from urllib.parse import urlsplit
 
-import aiohttp
 import asyncpg
 import orjson
 import psutil
+import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rpc_server.db import _init_connection  # noqa: E402
+from scripts.lean_http import LeanHttp  # noqa: E402
 from rpc_server.node_filter import SqlArgs, compile_filter, parse_sort  # noqa: E402
 from rpc_server.params import Pagination  # noqa: E402
 from rpc_server.repositories.graph import traverse_sql  # noqa: E402
@@ -97,17 +101,18 @@ class CallFailed(Exception):
 
 
 class Rpc:
-    """A lean JSON-RPC client for load: one aiohttp session, bodies encoded by the caller."""
+    """A lean JSON-RPC client for load: keep-alive connections, bodies encoded by the caller."""
 
     def __init__(self, url: str, key: str, connections: int):
-        self.url = url
-        self.headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=connections, force_close=False))
+        self.http = LeanHttp(url, connections)
+        self.path = urlsplit(url).path or "/"
+        self.headers = (f"Authorization: Bearer {key}\r\n"
+                        "Content-Type: application/json\r\n").encode()
 
     async def post(self, body: bytes):
-        async with self.session.post(self.url, data=body, headers=self.headers) as response:
-            raw = await response.read()
+        status, raw = await self.http.send(self.http.build("POST", self.path, self.headers, body))
+        if status != 200:
+            raise CallFailed(f"HTTP {status}: {raw[:200]!r}")
         reply = orjson.loads(raw)
         if isinstance(reply, list):
             bad = [r for r in reply if "error" in r]
@@ -122,7 +127,7 @@ class Rpc:
         return await self.post(encode(method, params))
 
     async def close(self):
-        await self.session.close()
+        await self.http.close()
 
 
 def encode(method: str, params: dict, id: int = 1) -> bytes:
@@ -521,18 +526,19 @@ async def measure(bench: Bench, watch: MemoryWatch) -> None:
 
     # --- REST facade: GET a node
     if bench.wanted("facade_get_node"):
-        paths = [f"{bench.facade_url}/tenants/{tid}/nodes/{i}" for i in ids[:20_000]]
-        headers = {"Authorization": f"Bearer {bench.key}"}
+        facade = LeanHttp(bench.facade_url, args.concurrency)
+        auth = f"Authorization: Bearer {bench.key}\r\n".encode()
+        requests = [facade.build("GET", f"/tenants/{tid}/nodes/{i}", auth) for i in ids[:20_000]]
 
         async def facade_get(_):
-            async with rpc.session.get(rng.choice(paths), headers=headers) as response:
-                await response.read()
-                if response.status != 200:
-                    raise CallFailed(f"HTTP {response.status}")
+            status, body = await facade.send(rng.choice(requests))
+            if status != 200:
+                raise CallFailed(f"HTTP {status}: {body[:200]!r}")
         await bench.scenario(
             "facade_get_node", "REST facade GET /tenants/{t}/nodes/{id}", facade_get,
             lambda _: pool.fetchrow(f"SELECT {NODE_COLUMNS} FROM nodes WHERE tenant_id = $1 "
                                     "AND id = $2", tid_u, rng.choice(id_us)), target="-")
+        await facade.close()
 
     # --- soak: mixed reads and writes until memory has been watched for --soak-seconds
     remaining = args.soak_seconds - watch.span()
@@ -622,6 +628,7 @@ def main() -> None:
     started = time.monotonic()
     with database() as db_url, services(db_url, args.workers) as (server, facade):
         args.db_url = db_url
+        uvloop.install()  # the server's loop, so raw asyncpg runs at its best too
         rows, notes, watch = asyncio.run(run(args, server, facade))
     memory = memory_row(watch) if len(watch.samples) > 1 else None
     report(rows, notes, memory, args)
