@@ -11,8 +11,10 @@ from asyncpg.pgproto.pgproto import UUID as PG_UUID
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # orjson reads integers beyond 64 bits as floats (losing digits). Only bodies with a run of
-# 19+ digits can hold one; those are parsed exactly by the standard library instead.
-_LONG_DIGITS = re.compile(rb"\d{19,}")
+# 19+ digits can hold one; those are parsed exactly by the standard library instead. The
+# run is found by mapping digits to "0" and the rest to " " (a regex took 7x the parse).
+_DIGITS_AS_ZEROS = bytes(48 if 48 <= b <= 57 else 32 for b in range(256))
+_LONG_DIGIT_RUN = b"0" * 19
 
 
 class JSONError(ValueError):
@@ -26,7 +28,7 @@ def _refuse_constant(name: str):
 def loads(data: bytes | str) -> Any:
     """Parse JSON; raises JSONError for invalid JSON and for integers outside 64 bits."""
     raw = data.encode() if isinstance(data, str) else data
-    if not _LONG_DIGITS.search(raw):
+    if _LONG_DIGIT_RUN not in raw.translate(_DIGITS_AS_ZEROS):
         try:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
@@ -71,6 +73,30 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
         stack.extend((child, depth + 1) for child in children
                      if isinstance(child, (dict, list)))
     return False
+
+
+_BRACKETS_AND_QUOTES = b'[]{}"'
+_ALL_BUT_BRACKETS_AND_QUOTES = bytes(sorted(set(range(256)) - set(_BRACKETS_AND_QUOTES)))
+_INNERMOST_PAIR = re.compile(rb"\{\}|\[\]")
+
+
+def json_text_depth_exceeds(text: bytes, limit: int) -> bool:
+    """json_depth_exceeds(loads(text), limit) for valid JSON text, without walking the
+    value in Python (a walk was a tenth of a 100-call batch's time); all in C: strings are
+    cut out, then each pass over the brackets left removes the innermost level."""
+    # Without escaped backslashes and quotes, every string is a plain "...": keep the
+    # brackets and quotes, and of the pieces between quotes those outside strings.
+    if b"\\" in text:
+        text = text.replace(b"\\\\", b"").replace(b'\\"', b"")
+    kept = text.translate(None, _ALL_BUT_BRACKETS_AND_QUOTES)
+    if len(kept) - kept.count(b'"') <= 2 * limit:  # too few brackets to be deeper
+        return False
+    brackets = b"".join(kept.split(b'"')[::2])
+    for _ in range(limit):
+        if not brackets:
+            return False
+        brackets = _INNERMOST_PAIR.sub(b"", brackets)
+    return bool(brackets)
 
 
 def _default(value: Any) -> Any:
