@@ -36,9 +36,20 @@ def serve_one(settings: Settings, database_url: str, reuse_port: bool, banner: b
 
     app = create_app(settings, database_url)
     app.on_startup.insert(0, _stop_on_first_signal)
+    app.on_startup.append(_freeze_startup_objects)
     web.run_app(app, host=settings.host, port=settings.port, reuse_port=reuse_port or None,
                 print=print_banner, access_log=None, shutdown_timeout=15,
                 handle_signals=False)
+
+
+async def _freeze_startup_objects(_app) -> None:
+    """Modules, models and caches built at startup live as long as the process: moved out
+    of the collector's sight, full collections no longer walk them (a pause of ~20 ms
+    each, at every few thousand requests)."""
+    import gc
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 50, 50)
 
 
 async def _stop_on_first_signal(_app) -> None:
