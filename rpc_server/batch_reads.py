@@ -1,15 +1,18 @@
-"""Point reads of one JSON-RPC batch, fetched together.
+"""Point reads of nodes, coalesced across the calls in flight (a DataLoader).
 
-The members of a batch run concurrently; get_node members that ask in the same turn of
-the event loop (they all do, unless one waited on something first) are answered by one
-`id = ANY(...)` query per tenant instead of one query and one pooled connection each.
-Each member has passed its own authorization first, and the tenant is part of every
-lookup, so coalescing never widens what a member can read."""
+Every get_node call — single, or a member of a batch — has passed its own authorization
+when it asks here. The asks made in one turn of the event loop are answered by one query
+(one pooled connection, one round trip) for all of them, keyed by (tenant, id) pairs, so
+coalescing never widens what a call can read: each gets only the row with its own tenant
+and id. A fetch starts on the next turn, so a call waits for no later one; asks made while
+a fetch is in flight go into the next fetch, which runs alongside it (on another pooled
+connection). A read that arrives after a write was acknowledged is fetched after it, so it
+sees that write."""
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
-from typing import Callable
+import re
+from typing import Any, Callable
 from uuid import UUID
 
 import asyncpg
@@ -19,18 +22,28 @@ from .repositories import NodeRepository
 
 class NodeReads:
     def __init__(self, connection: Callable):
-        self.connection = connection  # RequestContext.connection
-        self._pending: dict[tuple[UUID, UUID], asyncio.Future] = {}
+        self.connection = connection  # () -> async context manager of a pooled connection
+        # each caller its own future: one caller cancelled (a client gone) cancels no other
+        self._pending: dict[tuple[UUID, UUID], list[asyncio.Future]] = {}
         self._fetches: set[asyncio.Task] = set()  # held: the loop keeps only weak references
 
+    async def fetch(self, tenant_ids: list[str], node_ids: list[str]) -> dict:
+        """The nodes with these (tenant id, node id) pairs (canonical UUID text), by
+        (tenant_id.int, id.int): one query, now."""
+        async with self.connection() as conn:
+            rows = await NodeRepository(conn).get_pairs(tenant_ids, node_ids)
+        return {(r["tenant_id"].int, r["id"].int): r for r in rows}
+
     async def get(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record | None:
-        key = (tenant_id, node_id)
-        future = self._pending.get(key)
-        if future is None:
-            loop = asyncio.get_running_loop()
-            if not self._pending:  # the first ask of this turn: fetch after the others ask
-                loop.call_soon(self._start_fetch)
-            future = self._pending[key] = loop.create_future()
+        loop = asyncio.get_running_loop()
+        if not self._pending:  # the first ask of this turn: fetch after the others ask
+            loop.call_soon(self._start_fetch)
+        future = loop.create_future()
+        waiting = self._pending.get((tenant_id, node_id))
+        if waiting is None:
+            self._pending[(tenant_id, node_id)] = [future]
+        else:
+            waiting.append(future)
         return await future
 
     def _start_fetch(self) -> None:
@@ -40,21 +53,63 @@ class NodeReads:
 
     async def _fetch(self) -> None:
         pending, self._pending = self._pending, {}
-        by_tenant: dict[UUID, list[UUID]] = defaultdict(list)
-        for tenant_id, node_id in pending:
-            by_tenant[tenant_id].append(node_id)
         try:
             async with self.connection() as conn:
-                repository = NodeRepository(conn)
-                for tenant_id, ids in by_tenant.items():
-                    found = await repository.get_many(tenant_id, ids)
-                    for node_id in ids:
-                        future = pending[(tenant_id, node_id)]
-                        if not future.done():
-                            future.set_result(found.get(node_id))
-        except BaseException as exc:  # every waiting member gets the failure
-            for future in pending.values():
-                if not future.done():
-                    future.set_exception(exc)
+                rows = await NodeRepository(conn).get_pairs([k[0] for k in pending],
+                                                            [k[1] for k in pending])
+            found = {(r["tenant_id"], r["id"]): r for r in rows}
+            for key, futures in pending.items():
+                row = found.get(key)
+                for future in futures:
+                    if not future.done():
+                        future.set_result(row)
+        except BaseException as exc:  # every waiting call gets the failure
+            for futures in pending.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
             if not isinstance(exc, Exception):
                 raise
+
+
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                        r"[0-9a-fA-F]{12}")
+
+
+def get_node_keys(members: list) -> list[tuple[str, str]]:
+    """The (tenant_id, id) of a batch's get_node members, where both are UUID text (the
+    others are looked up when they run, or report their own errors)."""
+    keys = []
+    for member in members:
+        if not isinstance(member, dict) or member.get("method") != "get_node":
+            continue
+        params = member.get("params")
+        if isinstance(params, dict):
+            tenant_id, node_id = params.get("tenant_id"), params.get("id")
+            if isinstance(tenant_id, str) and isinstance(node_id, str) \
+                    and _UUID_TEXT.fullmatch(tenant_id) and _UUID_TEXT.fullmatch(node_id):
+                keys.append((tenant_id, node_id))
+    return keys
+
+
+def _as_int(uuid_text: str) -> int:
+    return int(uuid_text.replace("-", ""), 16)
+
+
+async def prefetch_batch_nodes(context: Any, members: list) -> None:
+    """Read the nodes a batch's get_node members ask for, before they run, in one query;
+    each member then finds its row (or None: not found) in context.prefetched_nodes under
+    (tenant_id.int, id.int) without waiting (it still authorizes itself first). Only
+    tenants the caller may read are read."""
+    keys = get_node_keys(members)
+    if len(keys) < 2:
+        return
+    readable = {}
+    for tenant_id in {_as_int(k[0]) for k in keys}:
+        readable[tenant_id] = await context.role_in(UUID(int=tenant_id)) is not None
+    wanted = {(_as_int(t), _as_int(i)): (t, i) for t, i in keys}
+    wanted = {key: text for key, text in wanted.items() if readable[key[0]]}
+    if wanted:
+        found = await context.state.node_reads.fetch([t for t, _ in wanted.values()],
+                                                     [i for _, i in wanted.values()])
+        context.prefetched_nodes = {key: found.get(key) for key in wanted}

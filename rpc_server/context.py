@@ -12,7 +12,7 @@ import asyncpg
 
 from . import audit
 from .audit_chainer import AuditChainer
-from .batch_reads import NodeReads
+from .batch_reads import NodeReads, prefetch_batch_nodes
 from .auth import Authenticator, Principal
 from .config import Settings
 from .metrics import Metrics
@@ -41,6 +41,20 @@ class AppState:
     metrics: Metrics = field(default_factory=Metrics)
     limits: RateLimiter = field(default_factory=lambda: RateLimiter(None, None))
     redis: RedisLink | None = None
+    node_reads: NodeReads = field(init=False)
+
+    def __post_init__(self):
+        self.node_reads = NodeReads(lambda: pooled_connection(self))
+
+
+@asynccontextmanager
+async def pooled_connection(state: AppState) -> AsyncIterator[asyncpg.Connection]:
+    pool = state.pool
+    # With a connection idle, taking it cannot wait (a reconnect is bounded by the
+    # pool's connect timeout): skip the costly timeout machinery on the hot path.
+    timeout = None if pool.get_idle_size() else state.settings.db_connect_timeout_s
+    async with pool.acquire(timeout=timeout) as conn:
+        yield conn
 
 
 @dataclass
@@ -65,15 +79,9 @@ class RequestContext:
     # (method, outcome: None or error code, tenant id or None) per call, for the access log
     calls: list = field(default_factory=list)
     batch: bool = False  # set by the dispatcher for a batch request
-    _node_reads: NodeReads | None = None
+    # (tenant_id.int, id.int) -> node or None, read for a batch's get_node members up front
+    prefetched_nodes: dict = field(default_factory=dict)
     _principal_lookup: asyncio.Future | None = None
-
-    @property
-    def node_reads(self) -> NodeReads:
-        """The batch's coalesced point reads (see batch_reads.py)."""
-        if self._node_reads is None:
-            self._node_reads = NodeReads(self.connection)
-        return self._node_reads
 
     @property
     def known_principal(self) -> Principal | None:
@@ -93,6 +101,17 @@ class RequestContext:
                 self._principal = await self._principal_lookup
         return self._principal
 
+    async def prepare_batch(self, members: list) -> None:
+        """Called once before a batch's members run: authenticate the caller (the members
+        then find the caller, or the failure each of them reports, without waiting) and
+        read ahead the nodes its get_node members ask for. Failures here are left for the
+        members to meet and report."""
+        try:
+            await self.principal()
+            await prefetch_batch_nodes(self, members)
+        except Exception:  # noqa: BLE001 - each member meets it again and reports it
+            self.prefetched_nodes = {}
+
     async def role_in(self, tenant_id) -> str | None:
         """The caller's role in a tenant ("owner" for platform admins), None if none."""
         principal = await self.principal()
@@ -110,14 +129,8 @@ class RequestContext:
     def validators(self) -> ValidatorCache:
         return self.state.validators
 
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
-        pool = self.state.pool
-        # With a connection idle, taking it cannot wait (a reconnect is bounded by the
-        # pool's connect timeout): skip the costly timeout machinery on the hot path.
-        timeout = None if pool.get_idle_size() else self.state.settings.db_connect_timeout_s
-        async with pool.acquire(timeout=timeout) as conn:
-            yield conn
+    def connection(self):
+        return pooled_connection(self.state)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -161,6 +174,17 @@ class Call:
 
     async def principal(self) -> Principal:
         return await self.request.principal()
+
+    async def prepare_batch(self, members: list) -> None:
+        """Called once before a batch's members run: authenticate the caller (the members
+        then find the caller, or the failure each of them reports, without waiting) and
+        read ahead the nodes its get_node members ask for. Failures here are left for the
+        members to meet and report."""
+        try:
+            await self.principal()
+            await prefetch_batch_nodes(self, members)
+        except Exception:  # noqa: BLE001 - each member meets it again and reports it
+            self.prefetched_nodes = {}
 
     async def role_in(self, tenant_id) -> str | None:
         return await self.request.role_in(tenant_id)

@@ -17,9 +17,10 @@ from jsonrpcserver.request import Request
 from jsonrpcserver.response import to_serializable_one
 from jsonrpcserver.sentinels import NOID
 
+from .eager import start_eagerly
 from .errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
                      PARSE_ERROR)
-from .json_codec import JSONError, dumps, json_depth_exceeds, loads
+from .json_codec import JSONError, dumps, json_depth_exceeds, json_text_depth_exceeds, loads
 
 log = logging.getLogger(__name__)
 UNKNOWN_NAME = re.compile(r"unexpected keyword argument '([^']+)'")
@@ -47,6 +48,15 @@ def note(context: Any, method: str, code: int | None, tenant: str | None = None)
     calls = getattr(context, "calls", None)
     if calls is not None:
         calls.append((method[:100], code, tenant[:40] if tenant else None))
+
+
+async def _prepare_batch(context: Any, members: list) -> None:
+    """Before a batch's members run: authenticate the caller once, so the members find it
+    (or the failure, which each member reports) without waiting, and let the context read
+    ahead what the members will ask for (see RequestContext.prepare_batch)."""
+    prepare = getattr(context, "prepare_batch", None)
+    if prepare is not None:
+        await prepare(members)
 
 
 def _valid_id(value: Any) -> bool:
@@ -80,7 +90,10 @@ class Dispatcher:
             note(context, "-", PARSE_ERROR)
             return dumps(error_response(PARSE_ERROR, "Parse error", None,
                                         {"type": "parse_error", "reason": str(exc)}))
-        if isinstance(payload, list):
+        # One look at the text: when no member can be too deep, members skip their walk.
+        batch = isinstance(payload, list)
+        deep = json_text_depth_exceeds(body, self.max_depth + batch)
+        if batch:
             if not payload:
                 note(context, "-", INVALID_REQUEST)
                 return dumps(invalid_request("empty batch"))
@@ -90,15 +103,19 @@ class Dispatcher:
                     f"batch of {len(payload)} requests exceeds the limit of {self.max_batch}",
                     max_batch=self.max_batch))
             context.batch = len(payload) > 1
-            replies = await asyncio.gather(*(self.handle_one(m, context) for m in payload))
+            if context.batch:
+                await _prepare_batch(context, payload)
+            replies = await asyncio.gather(*(start_eagerly(self.handle_one(m, context, deep))
+                                             for m in payload))
             replies = [r for r in replies if r is not None]
             return b"[" + b",".join(replies) + b"]" if replies else None
-        return await self.handle_one(payload, context)
+        return await self.handle_one(payload, context, deep)
 
-    async def handle_one(self, member: Any, context: Any) -> bytes | None:
+    async def handle_one(self, member: Any, context: Any, deep: bool = True) -> bytes | None:
         """One request object in, its serialized response (or None for a notification) out;
-        the call is noted for the access log."""
-        reply = await self._handle_one(member, context)
+        the call is noted for the access log. `deep`: the member may be nested too deeply
+        (False when the whole body was seen not to be)."""
+        reply = await self._handle_one(member, context, deep)
         if isinstance(member, dict):
             method = member.get("method") if isinstance(member.get("method"), str) else "-"
             params = member.get("params")
@@ -113,13 +130,13 @@ class Dispatcher:
             note(context, "-", INVALID_REQUEST)
         return reply
 
-    async def _handle_one(self, member: Any, context: Any) -> bytes | None:
+    async def _handle_one(self, member: Any, context: Any, deep: bool) -> bytes | None:
         if not isinstance(member, dict):
             return dumps(invalid_request("a request must be a JSON object"))
         id = member.get("id")
         if not _valid_id(id):
             return dumps(invalid_request("id must be a string, a number or null"))
-        if json_depth_exceeds(member, self.max_depth):
+        if deep and json_depth_exceeds(member, self.max_depth):
             return dumps(invalid_request(f"JSON nesting deeper than {self.max_depth} levels",
                                          id, max_depth=self.max_depth))
         if member.get("jsonrpc") != "2.0":

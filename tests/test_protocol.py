@@ -230,6 +230,79 @@ async def test_batched_get_node_members_each_get_their_own_answer(server, rpc):
     assert answers[8]["error"]["code"] == -32602
 
 
+async def test_concurrent_get_node_calls_are_coalesced_yet_each_gets_its_own_answer(server, rpc):
+    """Single get_node calls in flight together are read with one query (batch_reads.py);
+    callers of two tenants, interleaved, must each get exactly their own node, their own
+    not-found or their own refusal."""
+    import asyncio
+
+    a, b = await World.build(rpc), await World.build(rpc)
+    a_nodes = [await a.node() for _ in range(6)]
+    b_nodes = [await b.node() for _ in range(6)]
+    asks = []  # (key, params, expected: node dict, or (code, kind))
+    for i in range(6):
+        asks.append((a.keys["viewer"], {"tenant_id": a.tid, "id": a_nodes[i]["id"]}, a_nodes[i]))
+        asks.append((b.keys["viewer"], {"tenant_id": b.tid, "id": b_nodes[i]["id"]}, b_nodes[i]))
+        asks.append((a.keys["viewer"], {"tenant_id": a.tid, "id": b_nodes[i]["id"]},
+                     (-32001, "node")))    # b's node under a's tenant: not a's
+        asks.append((a.keys["viewer"], {"tenant_id": b.tid, "id": b_nodes[i]["id"]},
+                     (-32001, "tenant")))  # b's tenant: a's caller has no role there
+    asks = asks * 3  # duplicates in flight too
+
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=64)) as http:
+        async def ask(key, params):
+            return (await http.post(server.url, headers={"Authorization": f"Bearer {key}"},
+                                    json={"jsonrpc": "2.0", "id": 1, "method": "get_node",
+                                          "params": params})).json()
+        replies = await asyncio.gather(*(ask(key, params) for key, params, _ in asks))
+    for (_, params, expected), reply in zip(asks, replies):
+        if isinstance(expected, dict):
+            assert reply["result"]["node"] == expected, params
+        else:
+            code, kind = expected
+            assert reply["error"]["code"] == code and reply["error"]["data"]["kind"] == kind
+
+
+async def test_batch_prefetch_matches_ids_however_they_are_written(server, rpc):
+    """A batch's get_node members are read ahead from their text ids; ids in another
+    accepted spelling (upper case) still find their node, and a platform admin reads
+    across tenants."""
+    a, b = await World.build(rpc), await World.build(rpc)
+    na, nb = await a.node(), await b.node()
+    members = [{"tenant_id": a.tid.upper(), "id": na["id"].upper()},
+               {"tenant_id": b.tid, "id": nb["id"]},
+               {"tenant_id": a.tid, "id": nb["id"]},
+               {"tenant_id": b.tid, "id": "00000000-0000-0000-0000-000000000000"}]
+    batch = [{"jsonrpc": "2.0", "id": i, "method": "get_node", "params": p}
+             for i, p in enumerate(members)]
+    async with httpx.AsyncClient(timeout=30) as http:
+        reply = {r["id"]: r for r in (await http.post(server.url, json=batch, headers={
+            "Authorization": f"Bearer {server.admin_key}"})).json()}
+    assert reply[0]["result"]["node"] == na
+    assert reply[1]["result"]["node"] == nb
+    assert reply[2]["error"]["code"] == -32001 and reply[2]["error"]["data"]["kind"] == "node"
+    assert reply[3]["error"]["code"] == -32001 and reply[3]["error"]["data"]["kind"] == "node"
+
+
+async def test_nesting_limit_applies_member_by_member_in_a_batch(http):
+    """One member nested too deeply is refused; its neighbours run. Brackets inside
+    strings do not count as nesting."""
+    deep = {}
+    cursor = deep
+    for _ in range(100):
+        cursor["a"] = {}
+        cursor = cursor["a"]
+    brackets = "[{" * 200
+    r = await post(http, [req("list_tenants", {"pagination": {"page_size": 1}}, id=1),
+                          req("create_tenant", {"slug": "deep", "name": "x", "extra": deep}, id=2),
+                          req("create_tenant", {"slug": "x", "name": "x", "extra": brackets},
+                              id=3)])
+    answers = {a["id"]: a for a in r.json()}
+    assert "result" in answers[1]
+    assert answers[2]["error"]["code"] == -32600 and "nesting" in answers[2]["error"]["data"]["reason"]
+    assert answers[3]["error"]["code"] == -32602  # the unknown param, not the nesting
+
+
 async def test_a_batch_with_bad_credentials_is_refused_member_by_member(server):
     """The members share one credentials lookup; each still gets the refusal."""
     batch = [{"jsonrpc": "2.0", "id": i, "method": "list_tenants", "params": {}}

@@ -14,6 +14,7 @@ from .common import DELETED, require_tenant
 
 
 
+NOT_READ = object()
 WRITE_ATTEMPTS = 3  # validations against a node or node type that changes meanwhile
 
 
@@ -73,13 +74,11 @@ async def create_node(ctx, p: CreateNode) -> dict:
 @rpc_method(NodeId, tenant_role("viewer"), result=results.NodeResult)
 async def get_node(ctx, p: NodeId) -> dict:
     """Get a node by id."""
-    if ctx.request.batch:  # one query for the batch's get_node members
-        row = await ctx.request.node_reads.get(p.tenant_id, p.id)
-        if row is None:
-            raise NotFound("node", p.id)
-    else:
-        async with ctx.connection() as conn:
-            row = await NodeRepository(conn).get(p.tenant_id, p.id)
+    row = ctx.request.prefetched_nodes.get((p.tenant_id.int, p.id.int), NOT_READ)
+    if row is NOT_READ:
+        row = await ctx.state.node_reads.get(p.tenant_id, p.id)  # coalesced with other reads
+    if row is None:
+        raise NotFound("node", p.id)
     return {"node": ctx.shaper.one(row)}
 
 

@@ -62,6 +62,14 @@ class NodeRepository(Repository):
             tenant_id, ids)
         return {r["id"]: r for r in rows}
 
+    async def get_pairs(self, tenant_ids: list, node_ids: list) -> list[asyncpg.Record]:
+        """The nodes with these (tenant_id, id) pairs (UUIDs or their text): one index
+        probe each."""
+        return await self.conn.fetch(
+            f"SELECT {self.read_columns} FROM nodes WHERE (tenant_id, id) IN "
+            "(SELECT k.t, k.i FROM unnest($1::uuid[], $2::uuid[]) AS k (t, i))",
+            tenant_ids, node_ids)
+
     async def versions_of(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record | None:
         """The node's version and node_type_id, and that node type's current version
         (type_version)."""
