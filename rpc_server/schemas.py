@@ -14,6 +14,7 @@ from referencing.jsonschema import DRAFT202012
 
 from . import safe_regex
 from .errors import InvalidParams
+from .schema_fast_path import fast_check
 
 MAX_REPORTED_ERRORS = 10
 MAX_MESSAGE = 300  # jsonschema messages quote the whole offending value
@@ -138,17 +139,19 @@ class ValidatorCache:
 
     def __init__(self, size: int = 1024):
         self.size = size
-        self._items: OrderedDict[tuple, NodeDataValidator] = OrderedDict()
+        # (tenant, node type, version) -> (compiled validator, fast yes or None)
+        self._items: OrderedDict[tuple, tuple] = OrderedDict()
         self.hits = self.misses = 0  # read by /metrics
 
     def get(self, tenant_id: UUID, node_type_id: UUID, version: int,
-            schema: dict) -> NodeDataValidator:
+            schema: dict) -> tuple:
         key = (tenant_id, node_type_id, version)
         validator = self._items.get(key)
         if validator is None:
             self.misses += 1
-            validator = NodeDataValidator(
-                schema, format_checker=Draft202012Validator.FORMAT_CHECKER)
+            validator = (NodeDataValidator(schema,
+                                           format_checker=Draft202012Validator.FORMAT_CHECKER),
+                         fast_check(schema))
             self._items[key] = validator
             if len(self._items) > self.size:
                 self._items.popitem(last=False)
@@ -162,7 +165,10 @@ class ValidatorCache:
         schema = node_type["schema"]
         if schema is None:
             return []
-        validator = self.get(node_type["tenant_id"], node_type["id"], node_type["version"], schema)
+        validator, fast = self.get(node_type["tenant_id"], node_type["id"], node_type["version"],
+                                   schema)
+        if fast is not None and fast(data):
+            return []  # valid: jsonschema would find nothing (see schema_fast_path.py)
         try:
             found = []
             for err in validator.iter_errors(data):
