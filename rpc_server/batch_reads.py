@@ -27,12 +27,10 @@ class NodeReads:
         self._pending: dict[tuple[UUID, UUID], list[asyncio.Future]] = {}
         self._fetches: set[asyncio.Task] = set()  # held: the loop keeps only weak references
 
-    async def fetch(self, tenant_ids: list[str], node_ids: list[str]) -> dict:
-        """The nodes with these (tenant id, node id) pairs (canonical UUID text), by
-        (tenant_id.int, id.int): one query, now."""
+    async def fetch(self, tenant_ids: list, node_ids: list) -> list[asyncpg.Record | None]:
+        """The node of each (tenant id, node id) pair, or None: one query, now."""
         async with self.connection() as conn:
-            rows = await NodeRepository(conn).get_pairs(tenant_ids, node_ids)
-        return {(r["tenant_id"].int, r["id"].int): r for r in rows}
+            return await NodeRepository(conn).get_pairs(tenant_ids, node_ids)
 
     async def get(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record | None:
         loop = asyncio.get_running_loop()
@@ -54,12 +52,8 @@ class NodeReads:
     async def _fetch(self) -> None:
         pending, self._pending = self._pending, {}
         try:
-            async with self.connection() as conn:
-                rows = await NodeRepository(conn).get_pairs([k[0] for k in pending],
-                                                            [k[1] for k in pending])
-            found = {(r["tenant_id"], r["id"]): r for r in rows}
-            for key, futures in pending.items():
-                row = found.get(key)
+            rows = await self.fetch([k[0] for k in pending], [k[1] for k in pending])
+            for futures, row in zip(pending.values(), rows):
                 for future in futures:
                     if not future.done():
                         future.set_result(row)
@@ -110,6 +104,6 @@ async def prefetch_batch_nodes(context: Any, members: list) -> None:
     wanted = {(_as_int(t), _as_int(i)): (t, i) for t, i in keys}
     wanted = {key: text for key, text in wanted.items() if readable[key[0]]}
     if wanted:
-        found = await context.state.node_reads.fetch([t for t, _ in wanted.values()],
-                                                     [i for _, i in wanted.values()])
-        context.prefetched_nodes = {key: found.get(key) for key in wanted}
+        rows = await context.state.node_reads.fetch([t for t, _ in wanted.values()],
+                                                    [i for _, i in wanted.values()])
+        context.prefetched_nodes = dict(zip(wanted, rows))

@@ -105,9 +105,11 @@ class Dispatcher:
             context.batch = len(payload) > 1
             if context.batch:
                 await _prepare_batch(context, payload)
-            replies = await asyncio.gather(*(start_eagerly(self.handle_one(m, context, deep))
-                                             for m in payload))
-            replies = [r for r in replies if r is not None]
+            answers = [start_eagerly(self.handle_one(m, context, deep)) for m in payload]
+            waiting = [a for a in answers if not a.done()]
+            if waiting:  # (when none waits, there is nothing to gather)
+                await asyncio.gather(*waiting)
+            replies = [r for r in (a.result() for a in answers) if r is not None]
             return b"[" + b",".join(replies) + b"]" if replies else None
         return await self.handle_one(payload, context, deep)
 

@@ -62,13 +62,15 @@ class NodeRepository(Repository):
             tenant_id, ids)
         return {r["id"]: r for r in rows}
 
-    async def get_pairs(self, tenant_ids: list, node_ids: list) -> list[asyncpg.Record]:
-        """The nodes with these (tenant_id, id) pairs (UUIDs or their text): one index
-        probe each."""
-        return await self.conn.fetch(
-            f"SELECT {self.read_columns} FROM nodes WHERE (tenant_id, id) IN "
-            "(SELECT k.t, k.i FROM unnest($1::uuid[], $2::uuid[]) AS k (t, i))",
-            tenant_ids, node_ids)
+    async def get_pairs(self, tenant_ids: list, node_ids: list
+                        ) -> list[asyncpg.Record | None]:
+        """The node of each (tenant_ids[i], node_ids[i]) pair (UUIDs or their text), or
+        None, in that order: one index probe each."""
+        rows = await self.conn.fetch(
+            f"SELECT {self.read_columns} FROM unnest($1::uuid[], $2::uuid[]) "
+            "WITH ORDINALITY AS k (t, i, n) LEFT JOIN nodes ON tenant_id = k.t AND id = k.i "
+            "ORDER BY k.n", tenant_ids, node_ids)
+        return [row if row[0] is not None else None for row in rows]
 
     async def versions_of(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record | None:
         """The node's version and node_type_id, and that node type's current version
