@@ -2,13 +2,17 @@
 read at scrape time, the database pools, cache hits and misses and sandbox runs by status."""
 from __future__ import annotations
 
+from bisect import bisect_left
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
 import os
 
-from prometheus_client import (CollectorRegistry, Counter, Histogram, ProcessCollector,
-                               disable_created_metrics, generate_latest)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import (CollectorRegistry, ProcessCollector, disable_created_metrics,
+                               generate_latest)
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                    HistogramMetricFamily)
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from .context import AppState
@@ -25,32 +29,61 @@ class Metrics:
     def __init__(self):
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # process_resident_memory_bytes, CPU, fds
-        self.calls = Counter("flexdb_calls", "JSON-RPC calls by method and outcome (ok, or the "
-                             "error code)", ["method", "outcome"], registry=self.registry)
-        self.latency = Histogram("flexdb_call_duration_seconds", "JSON-RPC call latency by "
-                                 "method", ["method"], buckets=BUCKETS, registry=self.registry)
-        self._children: dict[tuple, tuple] = {}
-        self.rate_limited = Counter("flexdb_rate_limited", "Calls refused as busy or rate "
-                                    "limited (-32005), by method", ["method"],
-                                    registry=self.registry)
+        self.calls = CallCollector()
+        self.registry.register(self.calls)
 
     def observe(self, method: str, outcome: int | None, seconds: float) -> None:
-        key = (method, outcome)
-        children = self._children.get(key)
-        if children is None:  # labels() takes a lock and builds a key: once per pair
-            children = self._children[key] = (
-                self.calls.labels(method, "ok" if outcome is None else str(outcome)),
-                self.latency.labels(method))
-        children[0].inc()
-        children[1].observe(seconds)
-        if outcome == RATE_LIMITED:
-            self.rate_limited.labels(method).inc()
+        self.calls.observe(method, outcome, seconds)
 
     def watch(self, state: "AppState") -> None:
         self.registry.register(StateCollector(state))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CallCollector:
+    """Calls by method and outcome, their latency by method, and the calls refused as
+    busy or rate limited, kept in plain counters and turned into metric families when
+    scraped: prometheus_client's own metrics take a lock on every update, a microsecond
+    a call (the event loop is one thread, and scrapes run on it too)."""
+
+    def __init__(self):
+        self.counts: defaultdict[tuple, int] = defaultdict(int)  # (method, outcome) -> n
+        self.latency: dict[str, list] = {}  # method -> per-bucket counts (+Inf last), sum
+        self.rate_limited: defaultdict[str, int] = defaultdict(int)
+
+    def observe(self, method: str, outcome: int | None, seconds: float) -> None:
+        self.counts[(method, "ok" if outcome is None else str(outcome))] += 1
+        histogram = self.latency.get(method)
+        if histogram is None:
+            histogram = self.latency[method] = [[0] * (len(BUCKETS) + 1), 0.0]
+        histogram[0][bisect_left(BUCKETS, seconds)] += 1  # le: the first bound >= seconds
+        histogram[1] += seconds
+        if outcome == RATE_LIMITED:
+            self.rate_limited[method] += 1
+
+    def collect(self):
+        calls = CounterMetricFamily("flexdb_calls", "JSON-RPC calls by method and outcome "
+                                    "(ok, or the error code)", labels=["method", "outcome"])
+        for (method, outcome), count in sorted(self.counts.items()):
+            calls.add_metric([method, outcome], count)
+        yield calls
+        latency = HistogramMetricFamily("flexdb_call_duration_seconds", "JSON-RPC call "
+                                        "latency by method", labels=["method"])
+        bounds = [floatToGoString(b) for b in BUCKETS] + ["+Inf"]
+        for method, (counts, total) in sorted(self.latency.items()):
+            cumulative, running = [], 0
+            for bound, count in zip(bounds, counts):
+                running += count
+                cumulative.append((bound, running))
+            latency.add_metric([method], cumulative, sum_value=total)
+        yield latency
+        limited = CounterMetricFamily("flexdb_rate_limited", "Calls refused as busy or rate "
+                                      "limited (-32005), by method", labels=["method"])
+        for method, count in sorted(self.rate_limited.items()):
+            limited.add_metric([method], count)
+        yield limited
 
 
 class StateCollector:

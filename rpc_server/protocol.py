@@ -16,6 +16,7 @@ from jsonrpcserver.dispatcher import to_response
 from jsonrpcserver.request import Request
 from jsonrpcserver.response import to_serializable_one
 from jsonrpcserver.sentinels import NOID
+from jsonrpcserver.result import Right  # what Success() makes (oslash, via jsonrpcserver)
 
 from .eager import start_eagerly
 from .errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
@@ -116,23 +117,26 @@ class Dispatcher:
     async def handle_one(self, member: Any, context: Any, deep: bool = True) -> bytes | None:
         """One request object in, its serialized response (or None for a notification) out;
         the call is noted for the access log. `deep`: the member may be nested too deeply
-        (False when the whole body was seen not to be)."""
-        reply = await self._handle_one(member, context, deep)
-        if isinstance(member, dict):
-            method = member.get("method") if isinstance(member.get("method"), str) else "-"
-            params = member.get("params")
-            tenant = None
-            if isinstance(params, dict) and method in self.tenant_params:
-                tenant = params.get(self.tenant_params[method])
-            code = None
-            if reply is not None and reply.startswith(b'{"jsonrpc":"2.0","error"'):
-                code = loads(reply)["error"]["code"]
-            note(context, method, code, tenant if isinstance(tenant, str) else None)
-        else:
-            note(context, "-", INVALID_REQUEST)
+        (False when the whole body was seen not to be). (One coroutine per member: each
+        level costs on every call of a batch.)"""
+        reply = self._refusal(member, deep)
+        if reply is None:
+            id = member.get("id")
+            method = member["method"]
+            is_notification = "id" not in member
+            request = Request(method, member.get("params", []), NOID if is_notification else id)
+            handler = self.methods.get(method)
+            if handler is not None and getattr(handler, "checks_own_arguments", False):
+                result = await invoke(request, context, handler)
+            else:  # unknown methods, and callables that leave argument checks to jsonrpcserver
+                _, result = await dispatch_request(self.methods, context, request)
+            if not is_notification:
+                reply = self._serialize(request, result, context)
+        self._note(member, reply, context)
         return reply
 
-    async def _handle_one(self, member: Any, context: Any, deep: bool) -> bytes | None:
+    def _refusal(self, member: Any, deep: bool) -> bytes | None:
+        """The Invalid Request answer for a malformed request object, else None."""
         if not isinstance(member, dict):
             return dumps(invalid_request("a request must be a JSON object"))
         id = member.get("id")
@@ -143,28 +147,38 @@ class Dispatcher:
                                          id, max_depth=self.max_depth))
         if member.get("jsonrpc") != "2.0":
             return dumps(invalid_request('"jsonrpc" must be exactly "2.0"', id))
-        method = member.get("method")
-        if not isinstance(method, str):
+        if not isinstance(member.get("method"), str):
             return dumps(invalid_request('"method" must be a string', id))
-        params = member.get("params", [])
-        if not isinstance(params, (list, dict)):
+        if not isinstance(member.get("params", []), (list, dict)):
             return dumps(invalid_request('"params" must be an array or an object', id))
-        is_notification = "id" not in member
-        request = Request(method, params, NOID if is_notification else id)
-        handler = self.methods.get(method)
-        if handler is not None and getattr(handler, "checks_own_arguments", False):
-            result = await invoke(request, context, handler)
-        else:  # unknown methods, and callables that leave argument checks to jsonrpcserver
-            _, result = await dispatch_request(self.methods, context, request)
-        if is_notification:
-            return None
-        wire = self._to_wire(to_serializable_one(to_response(request, result)), method, context)
+        return None
+
+    def _serialize(self, request: Request, result: Any, context: Any) -> bytes:
+        if isinstance(result, Right):  # success: jsonrpcserver's response, built directly
+            wire = {"jsonrpc": "2.0", "result": result._value.result, "id": request.id}
+        else:
+            wire = self._to_wire(to_serializable_one(to_response(request, result)),
+                                 request.method, context)
         try:
             return dumps(wire)
         except (TypeError, ValueError):  # e.g. nesting orjson cannot write
             log.exception("cannot serialize the result of %s (request_id=%s)",
-                          method, context.request_id)
-            return dumps(internal_error(context.request_id, id))
+                          request.method, context.request_id)
+            return dumps(internal_error(context.request_id, request.id))
+
+    def _note(self, member: Any, reply: bytes | None, context: Any) -> None:
+        if not isinstance(member, dict):
+            note(context, "-", INVALID_REQUEST)
+            return
+        method = member.get("method") if isinstance(member.get("method"), str) else "-"
+        params = member.get("params")
+        tenant = None
+        if isinstance(params, dict) and method in self.tenant_params:
+            tenant = params.get(self.tenant_params[method])
+        code = None
+        if reply is not None and reply.startswith(b'{"jsonrpc":"2.0","error"'):
+            code = loads(reply)["error"]["code"]
+        note(context, method, code, tenant if isinstance(tenant, str) else None)
 
     @staticmethod
     def _to_wire(response: dict, method: str, context: Any) -> dict:

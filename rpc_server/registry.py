@@ -233,42 +233,41 @@ def _make_callable(spec: MethodSpec) -> Callable:
         raw = {k: v for k, v in zip(names, args) if v is not _ABSENT}
         raw.update((k, v) for k, v in kwargs.items() if v is not _ABSENT)
         outcome = None
-        try:
-            return await run(ctx, raw)
+        try:  # (one coroutine for the whole call: each level costs on every call)
+            try:
+                params = spec.params_model.model_validate(raw)
+            except ValidationError as exc:
+                raise InvalidParams(errors=validation_errors(exc)) from None
+            this_call = Call(ctx, spec.name, params, tenant_param)
+            try:
+                try:
+                    await authorize(ctx, spec.name, spec.permission, params)
+                except (Unauthenticated, Forbidden, NotFound) as denied:
+                    await record_denied(this_call, denied)
+                    raise
+                if ctx.state.limits.enabled:
+                    await ctx.state.limits.admit_call(
+                        await ctx.principal(),
+                        getattr(params, tenant_param) if tenant_param else None)
+                return Success(await spec.handler(this_call, params))
+            except RpcError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - everything else must not leak
+                mapped = translate_database_error(exc)
+                if mapped is not None:
+                    if mapped.code == INTERNAL_ERROR:  # unavailable, timeout: findable in the log
+                        log.warning("%s in %s (request_id=%s): %r", mapped.data["type"],
+                                    spec.name, ctx.request_id, exc)
+                        mapped.data["request_id"] = ctx.request_id
+                    raise mapped from None
+                log.exception("unexpected error in %s (request_id=%s)", spec.name,
+                              ctx.request_id)
+                raise RpcError("Internal error", request_id=ctx.request_id) from None
         except JsonRpcError as exc:
             outcome = exc.code
             raise
         finally:
             ctx.state.metrics.observe(spec.name, outcome, time.perf_counter() - started)
-
-    async def run(ctx, raw: dict):
-        try:
-            params = spec.params_model.model_validate(raw)
-        except ValidationError as exc:
-            raise InvalidParams(errors=validation_errors(exc)) from None
-        call = Call(ctx, spec.name, params, tenant_param)
-        try:
-            try:
-                await authorize(ctx, spec.name, spec.permission, params)
-            except (Unauthenticated, Forbidden, NotFound) as denied:
-                await record_denied(call, denied)
-                raise
-            if ctx.state.limits.enabled:
-                await ctx.state.limits.admit_call(
-                    await ctx.principal(), getattr(params, tenant_param) if tenant_param else None)
-            return Success(await spec.handler(call, params))
-        except RpcError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - everything else must not leak
-            mapped = translate_database_error(exc)
-            if mapped is not None:
-                if mapped.code == INTERNAL_ERROR:  # unavailable, timeout: findable in the log
-                    log.warning("%s in %s (request_id=%s): %r", mapped.data["type"], spec.name,
-                                ctx.request_id, exc)
-                    mapped.data["request_id"] = ctx.request_id
-                raise mapped from None
-            log.exception("unexpected error in %s (request_id=%s)", spec.name, ctx.request_id)
-            raise RpcError("Internal error", request_id=ctx.request_id) from None
 
     parameters = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_ONLY)]
     parameters += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=_ABSENT)
