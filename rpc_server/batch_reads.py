@@ -71,39 +71,46 @@ _UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-
 
 
 def get_node_keys(members: list) -> list[tuple[str, str]]:
-    """The (tenant_id, id) of a batch's get_node members, where both are UUID text (the
-    others are looked up when they run, or report their own errors)."""
+    """The (tenant_id, id) texts of a batch's get_node members (the others are looked up
+    when they run, or report their own errors)."""
     keys = []
     for member in members:
-        if not isinstance(member, dict) or member.get("method") != "get_node":
-            continue
-        params = member.get("params")
-        if isinstance(params, dict):
-            tenant_id, node_id = params.get("tenant_id"), params.get("id")
-            if isinstance(tenant_id, str) and isinstance(node_id, str) \
-                    and _UUID_TEXT.fullmatch(tenant_id) and _UUID_TEXT.fullmatch(node_id):
-                keys.append((tenant_id, node_id))
+        if type(member) is dict and member.get("method") == "get_node":
+            params = member.get("params")
+            if type(params) is dict:
+                tenant_id, node_id = params.get("tenant_id"), params.get("id")
+                if type(tenant_id) is str and type(node_id) is str:
+                    keys.append((tenant_id, node_id))
     return keys
-
-
-def _as_int(uuid_text: str) -> int:
-    return int(uuid_text.replace("-", ""), 16)
 
 
 async def prefetch_batch_nodes(context: Any, members: list) -> None:
     """Read the nodes a batch's get_node members ask for, before they run, in one query;
-    each member then finds its row (or None: not found) in context.prefetched_nodes under
-    (tenant_id.int, id.int) without waiting (it still authorizes itself first). Only
-    tenants the caller may read are read."""
+    each member then finds its row, or None (not found), in context.prefetched_nodes under
+    its (tenant_id, id) without waiting (it still authorizes itself first). Only tenants
+    the caller may read are read. A row is filed under its own tenant and id as the
+    database returns them, so a member can only ever find the node it names."""
     keys = get_node_keys(members)
     if len(keys) < 2:
         return
-    readable = {}
-    for tenant_id in {_as_int(k[0]) for k in keys}:
-        readable[tenant_id] = await context.role_in(UUID(int=tenant_id)) is not None
-    wanted = {(_as_int(t), _as_int(i)): (t, i) for t, i in keys}
-    wanted = {key: text for key, text in wanted.items() if readable[key[0]]}
-    if wanted:
-        rows = await context.state.node_reads.fetch([t for t, _ in wanted.values()],
-                                                    [i for _, i in wanted.values()])
-        context.prefetched_nodes = dict(zip(wanted, rows))
+    readable = set()
+    for tenant_text in {t for t, _ in keys}:
+        try:
+            tenant_id = UUID(tenant_text)
+        except ValueError:
+            continue  # those members report invalid params
+        if await context.role_in(tenant_id) is not None:
+            readable.add(tenant_text)
+    keys = [k for k in keys if k[0] in readable]
+    if not keys:
+        return
+    # One malformed id fails the query (DataError): the members are then read one by one.
+    rows = await context.state.node_reads.fetch([t for t, _ in keys], [i for _, i in keys])
+    found = {}
+    for (tenant_text, id_text), row in zip(keys, rows):
+        if row is not None:
+            found[(row["tenant_id"], row["id"])] = row
+        elif _UUID_TEXT.fullmatch(tenant_text) and _UUID_TEXT.fullmatch(id_text):
+            # not found: filed under the ids only in the spelling parsed alike everywhere
+            found[(UUID(tenant_text), UUID(id_text))] = None
+    context.prefetched_nodes = found

@@ -79,7 +79,7 @@ class RequestContext:
     # (method, outcome: None or error code, tenant id or None) per call, for the access log
     calls: list = field(default_factory=list)
     batch: bool = False  # set by the dispatcher for a batch request
-    # (tenant_id.int, id.int) -> node or None, read for a batch's get_node members up front
+    # (tenant_id, id) -> node or None, read for a batch's get_node members up front
     prefetched_nodes: dict = field(default_factory=dict)
     _principal_lookup: asyncio.Future | None = None
 

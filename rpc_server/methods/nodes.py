@@ -74,7 +74,7 @@ async def create_node(ctx, p: CreateNode) -> dict:
 @rpc_method(NodeId, tenant_role("viewer"), result=results.NodeResult)
 async def get_node(ctx, p: NodeId) -> dict:
     """Get a node by id."""
-    row = ctx.request.prefetched_nodes.get((p.tenant_id.int, p.id.int), NOT_READ)
+    row = ctx.request.prefetched_nodes.get((p.tenant_id, p.id), NOT_READ)
     if row is NOT_READ:
         row = await ctx.state.node_reads.get(p.tenant_id, p.id)  # coalesced with other reads
     if row is None:
