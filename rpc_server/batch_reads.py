@@ -93,14 +93,14 @@ async def prefetch_batch_nodes(context: Any, members: list) -> None:
     keys = get_node_keys(members)
     if len(keys) < 2:
         return
-    readable = set()
+    tenants = {}
     for tenant_text in {t for t, _ in keys}:
         try:
-            tenant_id = UUID(tenant_text)
+            tenants[tenant_text] = UUID(tenant_text)
         except ValueError:
-            continue  # those members report invalid params
-        if await context.role_in(tenant_id) is not None:
-            readable.add(tenant_text)
+            pass  # those members report invalid params
+    roles = await asyncio.gather(*(context.role_in(t) for t in tenants.values()))
+    readable = {text for text, role in zip(tenants, roles) if role is not None}
     keys = [k for k in keys if k[0] in readable]
     if not keys:
         return

@@ -112,6 +112,14 @@ class RequestContext:
         except Exception:  # noqa: BLE001 - each member meets it again and reports it
             self.prefetched_nodes = {}
 
+    def answers_at_once(self, member: Any) -> bool:
+        """Whether a batch member will most likely answer without waiting (a get_node whose
+        node was read ahead): the dispatcher then runs it in the request's own task instead
+        of a Task of its own. (Were it to wait after all, it is still correct, only not
+        concurrent with the other members.)"""
+        return bool(self.prefetched_nodes) and type(member) is dict \
+            and member.get("method") == "get_node"
+
     async def role_in(self, tenant_id) -> str | None:
         """The caller's role in a tenant ("owner" for platform admins), None if none."""
         principal = await self.principal()
@@ -174,17 +182,6 @@ class Call:
 
     async def principal(self) -> Principal:
         return await self.request.principal()
-
-    async def prepare_batch(self, members: list) -> None:
-        """Called once before a batch's members run: authenticate the caller (the members
-        then find the caller, or the failure each of them reports, without waiting) and
-        read ahead the nodes its get_node members ask for. Failures here are left for the
-        members to meet and report."""
-        try:
-            await self.principal()
-            await prefetch_batch_nodes(self, members)
-        except Exception:  # noqa: BLE001 - each member meets it again and reports it
-            self.prefetched_nodes = {}
 
     async def role_in(self, tenant_id) -> str | None:
         return await self.request.role_in(tenant_id)

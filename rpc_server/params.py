@@ -11,7 +11,7 @@ from pydantic import (AfterValidator, AwareDatetime, BaseModel, BeforeValidator,
                       GetCoreSchemaHandler, GetJsonSchemaHandler, StrictBool, StrictInt)
 from pydantic_core import core_schema
 
-from .json_codec import JSONError, json_text_depth_exceeds, loads
+from .json_codec import JSONError, json_depth_exceeds, json_text_depth_exceeds, loads
 
 MAX_NAME = 200
 MAX_DESCRIPTION = 2000
@@ -64,7 +64,9 @@ def _parse_json_text(value: Any) -> Any:
             parsed = loads(text)
         except JSONError as exc:
             raise ValueError(f"is not valid JSON: {exc}") from None
-        if json_text_depth_exceeds(text, MAX_DOCUMENT_DEPTH):
+        # the text check is exact but for duplicate keys (it sees every copy): confirm
+        if json_text_depth_exceeds(text, MAX_DOCUMENT_DEPTH) \
+                and json_depth_exceeds(parsed, MAX_DOCUMENT_DEPTH):
             raise ValueError(f"is nested deeper than {MAX_DOCUMENT_DEPTH} levels")
         return parsed
     return value

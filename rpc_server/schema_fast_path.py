@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-# Keywords with no effect on validity (annotations), and the ones this path checks.
-ANNOTATIONS = frozenset({"$schema", "$comment", "title", "description", "default",
-                         "examples", "deprecated", "readOnly", "writeOnly"})
-OBJECT_KEYWORDS = ANNOTATIONS | {"type", "properties", "required", "additionalProperties"}
+# Keywords with no effect on validity (annotations), and the ones this path checks. A
+# "$schema" is left to jsonschema below the top: there it switches the draft (the top one
+# can only be 2020-12, see check_schema).
+ANNOTATIONS = frozenset({"$comment", "title", "description", "default", "examples",
+                         "deprecated", "readOnly", "writeOnly"})
+OBJECT_KEYWORDS = ANNOTATIONS | {"$schema", "type", "properties", "required",
+                                 "additionalProperties"}
 PROPERTY_KEYWORDS = ANNOTATIONS | {"type", "minLength", "maxLength", "minimum", "maximum"}
 
 

@@ -669,3 +669,24 @@ async def test_flat_schemas_accept_and_refuse_exactly_as_json_schema_says(rpc, t
                     await make_node(rpc, tenant["id"], nt["id"], d)
             else:
                 assert (await make_node(rpc, tenant["id"], nt["id"], d))["data"] == d
+
+
+async def test_a_nested_schema_dialect_is_left_to_json_schema(rpc, tenant):
+    """A "$schema" inside a property switches jsonschema to that draft (draft 4: 1.0 is not
+    an integer); the fast path for flat schemas must not answer for it."""
+    schema = {"type": "object", "properties": {
+        "n": {"$schema": "http://json-schema.org/draft-04/schema#", "type": "integer"}}}
+    nt = await make_node_type(rpc, tenant["id"], schema=schema)
+    with pytest.raises(InvalidParams):
+        await make_node(rpc, tenant["id"], nt["id"], {"n": 1.0})
+    assert (await make_node(rpc, tenant["id"], nt["id"], {"n": 1}))["data"] == {"n": 1}
+
+
+async def test_a_duplicate_key_does_not_make_a_json_text_document_too_deep(rpc, tenant,
+                                                                           node_type):
+    """Only the last copy of a duplicate key counts (as when parsed): a deep first copy
+    does not make the document too deep."""
+    deep = "[" * 150 + "]" * 150
+    data = '{"name": "x", "junk": %s, "junk": 1}' % deep
+    node = await make_node(rpc, tenant["id"], node_type["id"], data)
+    assert node["data"] == {"name": "x", "junk": 1}
