@@ -122,7 +122,7 @@ class RequestContext:
 
     async def role_in(self, tenant_id) -> str | None:
         """The caller's role in a tenant ("owner" for platform admins), None if none."""
-        principal = await self.principal()
+        principal = self._principal or await self.principal()
         if principal.run is not None:  # an execution token: its own tenant, its capped role
             return principal.run.role if principal.run.tenant_id == tenant_id else None
         if principal.is_platform_admin:

@@ -172,7 +172,7 @@ async def record_denied(call: Call, denied: RpcError) -> None:
 async def authorize(ctx, method: str, permission: Permission, params: Params) -> None:
     """Raise unless the caller may call a method with this permission on these params.
     A tenant the caller has no role in answers exactly like a missing tenant."""
-    principal = await ctx.principal()
+    principal = ctx.known_principal or await ctx.principal()  # (no coroutine once known)
     if principal.run is not None and method not in EXECUTION_METHODS:
         raise Forbidden(f"A pipeline run's db object cannot call {method}",
                         required_role="api_key")
