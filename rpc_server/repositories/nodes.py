@@ -56,12 +56,6 @@ class NodeRepository(Repository):
     async def get(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record:
         return await self._require(tenant_id, node_id)
 
-    async def get_many(self, tenant_id: UUID, ids: list[UUID]) -> dict[UUID, asyncpg.Record]:
-        rows = await self.conn.fetch(
-            f"SELECT {self.read_columns} FROM nodes WHERE tenant_id = $1 AND id = ANY($2::uuid[])",
-            tenant_id, ids)
-        return {r["id"]: r for r in rows}
-
     async def get_pairs(self, tenant_ids: list, node_ids: list
                         ) -> list[asyncpg.Record | None]:
         """The node of each (tenant_ids[i], node_ids[i]) pair (UUIDs or their text), or
