@@ -230,8 +230,11 @@ def _make_callable(spec: MethodSpec) -> Callable:
         if problem is not None:  # protocol.py turns the text into per-field errors
             ctx.state.metrics.observe(spec.name, INVALID_PARAMS, time.perf_counter() - started)
             raise JsonRpcError(INVALID_PARAMS, "Invalid params", problem)
-        raw = {k: v for k, v in zip(names, args) if v is not _ABSENT}
-        raw.update((k, v) for k, v in kwargs.items() if v is not _ABSENT)
+        if args:  # by position (kwargs from JSON never hold _ABSENT, a default only)
+            raw = {k: v for k, v in zip(names, args) if v is not _ABSENT}
+            raw.update(kwargs)
+        else:
+            raw = kwargs  # a fresh dict of this call's own
         outcome = None
         try:  # (one coroutine for the whole call: each level costs on every call)
             try:
