@@ -48,9 +48,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rpc_server.db import _init_connection  # noqa: E402
+from scripts.bench_core import token_at_depth  # noqa: E402
+from scripts.bench_query import GROUPS, group_statements  # noqa: E402
 from scripts.lean_http import LeanHttp  # noqa: E402
-from rpc_server.node_filter import SqlArgs, compile_filter, parse_sort  # noqa: E402
-from rpc_server.params import Pagination  # noqa: E402
 from rpc_server.repositories.graph import traverse_sql  # noqa: E402
 from rpc_server.repositories.nodes import NodeRepository  # noqa: E402
 from tests.conftest import (fresh_database, free_port, running_facade,  # noqa: E402
@@ -59,7 +59,7 @@ from tests.conftest import (fresh_database, free_port, running_facade,  # noqa: 
 NODE_COLUMNS = NodeRepository.columns
 REL_COLUMNS = ("id, tenant_id, source_node_id, target_node_id, relationship_type, data, "
                "created_at, updated_at, version")
-KINDS, GROUPS = 10, 1000  # data.kind k0..k9 (execute_query), data.g 0..999 (query_nodes)
+KINDS = 10  # data.kind k0..k9 (execute_query); data.g is 0..GROUPS-1 (query_nodes)
 BATCH = 1000
 EXEC_SQL = "SELECT count(*) FROM nodes WHERE data->>'kind' = $1"
 POOL = 10  # the server's pool (FLEXDB_DB_POOL_MAX) and raw asyncpg's
@@ -398,12 +398,7 @@ async def measure(bench: Bench, watch: MemoryWatch) -> None:
     # --- list_nodes, first page and ~50,000 rows deep, with the total
     if bench.wanted("list_nodes"):
         depth = min(50_000, args.nodes // 2)
-        token, walked = "", 0
-        while walked < depth:
-            step = min(1000, depth - walked)
-            page = await rpc.call("list_nodes", {"tenant_id": tid, "pagination": {
-                "page_size": step, "page_token": token, "include_total": False}})
-            token, walked = page["pagination"]["next_page_token"], walked + step
+        token = await token_at_depth(rpc, tid, depth)
         deep = await pool.fetchrow("SELECT created_at, id FROM nodes WHERE tenant_id = $1 "
                                    "ORDER BY created_at, id OFFSET $2 LIMIT 1", tid_u, depth - 1)
         count_sql = ("(SELECT coalesce(sum(n), 0) FROM node_counts WHERE tenant_id = $1) "
@@ -488,14 +483,7 @@ async def measure(bench: Bench, watch: MemoryWatch) -> None:
 
     # --- query_nodes: a data filter through the GIN index
     if bench.wanted("query_nodes"):
-        statements = []
-        pagination = Pagination(page_size=50, include_total=False)
-        for g in range(GROUPS):
-            sargs = SqlArgs()
-            condition = compile_filter({"field": "data.g", "op": "eq", "value": g}, sargs)
-            st = NodeRepository.query_statement(tid_u, None, condition, sargs, parse_sort(None),
-                                                pagination)
-            statements.append((st.sql, list(st.args)))
+        statements = group_statements(tid_u)
         query_bodies = [encode("query_nodes", {
             "tenant_id": tid, "filter": {"field": "data.g", "op": "eq", "value": g},
             "pagination": {"page_size": 50, "include_total": False}}) for g in range(GROUPS)]

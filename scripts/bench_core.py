@@ -33,6 +33,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
 
 
+async def token_at_depth(rpc, tid: str, depth: int) -> str:
+    """The list_nodes page token of the page starting `depth` rows into the tenant."""
+    token, walked = "", 0
+    while walked < depth:
+        step = min(1000, depth - walked)
+        page = await rpc.call("list_nodes", {"tenant_id": tid, "pagination": {
+            "page_size": step, "page_token": token, "include_total": False}})
+        token, walked = page["pagination"]["next_page_token"], walked + step
+    return token
+
+
 async def load(make_call, concurrency: int, seconds: float) -> dict:
     """Run make_call() from `concurrency` workers for `seconds`; latency figures in ms."""
     latencies: list[float] = []
@@ -103,12 +114,7 @@ async def measure(rpc: FlexDBClient, db_url: str, args) -> None:
     try:
         # Page tokens: first page, and the page starting ~50,000 rows deep (or half way).
         depth = min(50_000, args.nodes // 2)
-        token, walked = "", 0
-        while walked < depth:
-            step = min(1000, depth - walked)
-            page = await rpc.call("list_nodes", {"tenant_id": tid, "pagination": {
-                "page_size": step, "page_token": token, "include_total": False}})
-            token, walked = page["pagination"]["next_page_token"], walked + step
+        token = await token_at_depth(rpc, tid, depth)
         deep_row = await pool.fetchrow(
             "SELECT created_at, id FROM nodes WHERE tenant_id = $1 "
             "ORDER BY created_at, id OFFSET $2 LIMIT 1", uuid.UUID(tid), depth - 1)

@@ -83,6 +83,20 @@ class Bench:
         return result
 
 
+def group_statements(tid_u: uuid.UUID) -> list[tuple[str, list]]:
+    """query_nodes' SQL and args for `data.g = g`, g in 0..GROUPS-1 (page of 50, no total):
+    what raw asyncpg runs on its side."""
+    pagination = Pagination(page_size=50, include_total=False)
+    statements = []
+    for g in range(GROUPS):
+        sargs = SqlArgs()
+        condition = compile_filter({"field": "data.g", "op": "eq", "value": g}, sargs)
+        st = NodeRepository.query_statement(tid_u, None, condition, sargs, parse_sort(None),
+                                            pagination)
+        statements.append((st.sql, list(st.args)))
+    return statements
+
+
 async def preload_graph(rpc: FlexDBClient, tid: str, type_id: str, nodes: int, edges: int,
                         rng: random.Random, pick_end) -> tuple[list[str], float, float]:
     """`nodes` nodes, then `edges` relationships whose ends come from pick_end(rng, n)."""
@@ -257,14 +271,7 @@ async def measure(bench: Bench) -> None:
         bench.notes.extend(ex_errors)
 
         # --- query_nodes: data equality filter (GIN), page_size 50, no total
-        pagination = Pagination(page_size=50, include_total=False)
-        statements = []
-        for g in range(GROUPS):
-            sargs = SqlArgs()
-            condition = compile_filter({"field": "data.g", "op": "eq", "value": g}, sargs)
-            st = NodeRepository.query_statement(tid_u, None, condition, sargs, parse_sort(None),
-                                                pagination)
-            statements.append((st.sql, list(st.args)))
+        statements = group_statements(tid_u)
         q_rng, qr_rng = random.Random(args.seed), random.Random(args.seed)
 
         async def query_flex():
