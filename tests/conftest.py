@@ -15,6 +15,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -59,6 +60,12 @@ def pg_server_url():
             yield server.get_uri()
         finally:
             server.cleanup()
+
+
+def database_name(url: str) -> str:
+    """The database a URL names (its path; an embedded server's URL carries its socket
+    directory in the query, after the path)."""
+    return urlsplit(url).path.lstrip("/")
 
 
 @contextmanager

@@ -11,8 +11,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rpc_server.client import FlexDBClient, NotFound
 
-from .conftest import (TEST_SANDBOX_SECRET, free_port, fresh_database, missing_id,
-                       running_server, unique)
+from .conftest import (TEST_SANDBOX_SECRET, database_name, free_port, fresh_database,
+                       missing_id, running_server, unique)
 
 
 def samples(metrics_text: str) -> dict[tuple, float]:
@@ -65,7 +65,7 @@ def server_on_own_database(pg_server_url):
 async def test_ready_is_down_while_the_database_refuses_connections_then_recovers(
         server_on_own_database, pg_server_url):
     srv, url = server_on_own_database
-    name = url.rsplit("/", 1)[1]
+    name = database_name(url)  # the URL may carry a socket dir after the path
     admin = await asyncpg.connect(pg_server_url)
     try:
         await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
