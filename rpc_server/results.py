@@ -98,6 +98,9 @@ class User(ResultModel):
     id: UUID
     email: str
     display_name: str
+    internal: bool = Field(description="Made by flexdb itself, not by a person: the platform "
+                                       "admin created at the first start (its email is a "
+                                       "placeholder in the reserved .invalid domain).")
     created_at: AwareDatetime
     updated_at: AwareDatetime
     version: int = Field(description="Incremented by every update; pass as expected_version "

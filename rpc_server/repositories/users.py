@@ -15,7 +15,7 @@ class UserRepository(Repository):
     table = "users"
     kind = "user"
     key_columns = ("id",)
-    columns = "id, email, display_name, created_at, updated_at, version"
+    columns = "id, email, display_name, is_internal AS internal, created_at, updated_at, version"
 
     async def create(self, email: str, display_name: str) -> asyncpg.Record:
         return await self.conn.fetchrow(
