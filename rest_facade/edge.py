@@ -100,7 +100,9 @@ class EdgeMiddleware:
             await error_for(request_id, 500, INTERNAL_ERROR, "Internal error",
                             {"type": "internal"})(scope, receive, send_with_headers)
         finally:
-            access_log.info("%s %s", scope["method"], scope["path"][:200], extra={
+            # Health probes (load balancers, `flexdb up`) come every few seconds: not news.
+            level = logging.DEBUG if scope["path"] == "/health" else logging.INFO
+            access_log.log(level, "%s %s", scope["method"], scope["path"][:200], extra={
                 "request_id": request_id, "http_method": scope["method"],
                 "path": scope["path"][:200], "status": status,
                 "duration_ms": round((time.perf_counter() - began) * 1000, 2)})

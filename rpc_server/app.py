@@ -15,10 +15,8 @@ from . import methods  # noqa: F401  (registers every method)
 from .config import Settings
 from .audit import DeniedLimiter
 from .auth import Authenticator
-from .bootstrap import ensure_platform_admin
 from .context import AppState, QueryEnvironment, RequestContext
 from .db import connect, create_pool, create_query_pool
-from .migrations import migrate
 from .json_codec import dumps
 from .errors import INVALID_REQUEST
 from .protocol import Dispatcher, internal_error, invalid_request, note
@@ -181,22 +179,14 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
     secret = server_secret(settings)
 
     async def database(app: web.Application):
+        # The database is migrated and has its first admin already (bootstrap.prepare_database,
+        # run once per start by `flexdb serve` before its workers).
         conn = await connect(database_url, settings)
         try:
-            applied = await migrate(conn, settings.migrations_dir)
-            if applied:
-                log.info("applied migrations: %s", ", ".join(applied))
-            admin_key = await ensure_platform_admin(conn, secret)
             query_problems = await setup_problems(conn)
             superuser = await is_superuser(conn)
         finally:
             await conn.close()
-        if admin_key:
-            print(f"Platform admin API key (shown once, keep it safe): {admin_key}", flush=True)
-        if settings.anonymous_role != "none":
-            log.warning("FLEXDB_ANONYMOUS_ROLE=%s: callers without credentials act as %s. "
-                        "Use this only on a trusted network.", settings.anonymous_role,
-                        settings.anonymous_role)
         if query_problems:
             log.error("execute_query is disabled: %s", "; ".join(query_problems))
         pool = await create_pool(database_url, settings)

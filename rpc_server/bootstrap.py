@@ -8,8 +8,10 @@ from uuid import UUID
 import asyncpg
 
 from .auth import hash_key, new_api_key
+from .config import Settings
+from .db import connect
 from .methods.api_keys import PREFIX_SHOWN
-from .migrations import MIGRATION_LOCK_KEY
+from .migrations import MIGRATION_LOCK_KEY, migrate
 from .repositories.api_keys import ApiKeyRepository
 
 BOOTSTRAP_LOCK_KEY = MIGRATION_LOCK_KEY + 1
@@ -24,8 +26,8 @@ async def _create_admin(conn: asyncpg.Connection) -> UUID:
     # A unique address in a reserved domain: it cannot collide with a real user.
     email = f"platform-admin-{secrets.token_hex(4)}@flexdb.invalid"
     return await conn.fetchval(
-        "INSERT INTO users (email, display_name, is_platform_admin) "
-        "VALUES ($1, 'Platform admin', true) RETURNING id", email)
+        "INSERT INTO users (email, display_name, is_platform_admin, is_internal) "
+        "VALUES ($1, 'Platform admin', true, true) RETURNING id", email)
 
 
 async def _issue_key(conn: asyncpg.Connection, secret: bytes, user_id: UUID, name: str) -> str:
@@ -50,3 +52,14 @@ async def new_admin_key(conn: asyncpg.Connection, secret: bytes, name: str) -> s
         await conn.execute("SELECT pg_advisory_xact_lock($1)", BOOTSTRAP_LOCK_KEY)
         user_id = await _first_admin(conn) or await _create_admin(conn)
         return await _issue_key(conn, secret, user_id, name)
+
+
+async def prepare_database(url: str, settings: Settings, secret: bytes) -> str | None:
+    """Before serving, once per start (not once per worker): apply pending migrations and
+    make sure a platform admin exists. Returns the new admin's key at the first start."""
+    conn = await connect(url, settings)
+    try:
+        await migrate(conn, settings.migrations_dir)  # logs each file it applies
+        return await ensure_platform_admin(conn, secret)
+    finally:
+        await conn.close()

@@ -1,9 +1,14 @@
-"""Settings from FLEXDB_* environment variables, validated once at start."""
+"""Settings from FLEXDB_* environment variables (and a few command-line flags that override
+them), validated once at start. Each setting is declared once, here: its type, default,
+bounds, meaning and the commands that read it; `flexdb <command> --help` and the README's
+settings table are made from these declarations."""
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
@@ -11,98 +16,180 @@ from .secrets import SecretError, decrypt_setting, is_encrypted, master_key
 
 ENV_PREFIX = "FLEXDB_"
 
+# The commands that read settings (`flexdb up` runs the first three and reads them all).
+SERVE, FACADE, SANDBOX, MIGRATE, CREATE_KEY = "serve", "facade", "sandbox", "migrate", "create-key"
+DATABASE = (SERVE, MIGRATE, CREATE_KEY)
+EVERY = (SERVE, FACADE, SANDBOX, MIGRATE, CREATE_KEY)
+# Most worker processes the default starts: each has its own pools, and the embedded
+# PostgreSQL allows 100 connections.
+MAX_DEFAULT_WORKERS = 4
+
 
 class ConfigError(Exception):
     """A setting is missing or invalid; the message names the variable, never its value."""
 
 
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """One process per usable core (capped) where the kernel can spread one port's
+    connections over several processes (SO_REUSEPORT on Linux); elsewhere one."""
+    if not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
+        return 1
+    return max(1, min(usable_cores(), MAX_DEFAULT_WORKERS))
+
+
+def setting(default: Any = None, description: str = "", *, read_by: tuple[str, ...],
+            shown_default: str | None = None, **constraints: Any) -> Any:
+    """A Settings field: its meaning, the commands that read it, and (for defaults that
+    are computed) how the default reads in the docs."""
+    extra = {"read_by": list(read_by)}
+    if shown_default is not None:
+        extra["shown_default"] = shown_default
+    if callable(default):
+        return Field(default_factory=default, description=description,
+                     json_schema_extra=extra, **constraints)
+    return Field(default, description=description, json_schema_extra=extra, **constraints)
+
+
 class Settings(BaseModel):
     model_config = {"extra": "forbid", "frozen": True}
 
-    database_url: str | None = Field(
-        None, description="PostgreSQL URL; unset = embedded PostgreSQL in the data dir")
-    host: str = Field("127.0.0.1", description="Address the JSON-RPC server binds to")
-    port: int = Field(5000, ge=1, le=65535, description="Port of the JSON-RPC server")
-    workers: int = Field(1, ge=1, le=64, description="Server processes sharing the port "
-                         "(SO_REUSEPORT); each has its own pools and caches")
-    data_dir: Path = Field(Path("./.flexdb"), description="Local state (embedded PostgreSQL)")
-    db_pool_min: int = Field(2, ge=0, le=1000, description="Minimum pooled connections")
-    db_pool_max: int = Field(10, ge=1, le=1000, description="Maximum pooled connections")
-    db_connect_timeout_s: float = Field(5.0, gt=0, le=300,
-                                        description="Seconds to wait for a database connection")
-    statement_timeout_ms: int = Field(30000, ge=0, le=3_600_000,
-                                      description="Server-side statement timeout (0 = none)")
-    max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576,
-                                description="Largest accepted request body")
-    max_batch: int = Field(100, ge=1, le=10_000, description="Most members in a batch")
-    max_json_depth: int = Field(64, ge=2, le=200, description="Deepest JSON nesting accepted")
-    json_fields: Literal["object", "string"] = Field(
-        "object", description="Return data/schema as JSON objects or JSON strings")
-    secret_key: str | None = Field(
-        None, min_length=32, description="Server secret for API key hashes; unset = generated "
-        "once into the data dir")
-    anonymous_role: Literal["none", "platform_admin"] = Field(
-        "none", description="Role of callers that send no credentials (trusted networks only)")
-    auth_cache_ttl_s: float = Field(5.0, ge=0, le=300, description="Seconds a verified key or "
-                                    "a membership is trusted before it is read again")
-    query_pool_max: int = Field(8, ge=1, le=100, description="Connections for execute_query "
-                                "(separate from the main pool, so analytics cannot starve it)")
-    query_tenant_concurrency: int = Field(2, ge=1, le=100, description="execute_query calls "
-                                          "and graph walks one tenant may run at once on one "
-                                          "server (more wait; past the connect timeout: busy)")
-    query_max_result_bytes: int = Field(8 * 1_048_576, ge=1024, le=256 * 1_048_576,
-                                        description="Largest execute_query result (JSON bytes)")
-    sandbox_url: str = Field("http://127.0.0.1:5001", description="Where rpc_server reaches "
-                             "the sandbox worker")
-    sandbox_secret: str | None = Field(None, min_length=32, description="Shared secret that "
-                                       "signs rpc_server's requests to the sandbox worker; "
-                                       "unset = pipelines cannot run")
-    sandbox_host: str = Field("127.0.0.1", description="Address the sandbox worker binds to")
-    sandbox_port: int = Field(5001, ge=1, le=65535, description="Port of the sandbox worker")
-    rpc_url: str = Field("http://127.0.0.1:5000/jsonrpc", description="JSON-RPC endpoint the "
-                         "sandbox worker calls for pipelines' db calls")
-    sandbox_pool_size: int = Field(2, ge=0, le=64, description="Warm child processes kept "
-                                   "ready by the sandbox worker")
-    sandbox_max_running: int = Field(4, ge=1, le=256, description="Most runs at once in one "
-                                     "sandbox worker (beyond: busy)")
-    pipeline_queue_concurrency: int = Field(2, ge=0, le=64, description="Queued runs (wait: "
-                                            "false) one rpc_server executes at once (0 = none)")
-    facade_host: str = Field("127.0.0.1", description="Address the REST facade binds to")
-    facade_port: int = Field(8000, ge=1, le=65535, description="Port of the REST facade")
-    facade_rpc_timeout_s: float = Field(
-        70.0, gt=0, le=3600, description="Seconds the REST facade waits for rpc_server (past "
-        "it: 504); above the longest pipeline run a caller can wait for")
-    facade_max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576,
-                                       description="Largest request body the REST facade accepts")
-    facade_max_connections: int = Field(100, ge=1, le=10_000, description="Pooled connections "
-                                        "from the REST facade to rpc_server")
-    facade_http: Literal["h11", "httptools"] = Field(
-        "h11", description="HTTP parser of the REST facade: h11 bounds request headers (64 KiB);"
-        " httptools is ~20% faster but reads headers of any size (use it behind a proxy that "
-        "bounds them)")
-    facade_max_in_flight_per_caller: int = Field(
-        32, ge=1, le=10_000, description="Requests one set of credentials may have in flight "
-        "through the REST facade (beyond: 429 at once)")
-    cors_origins: str = Field("", description="Comma-separated origins the REST facade allows "
-                              "cross-origin requests from ('*' = any; empty = none)")
-    redis_url: str | None = Field(None, description="Redis for limits and cache invalidation "
-                                  "shared by every instance; unset = in-process only")
-    shared_cache_ttl_s: float = Field(60.0, gt=0, le=3600, description="Seconds an API key "
-                                      "lookup, a role or a node type stays in the Redis cache "
-                                      "shared by every instance, and a node type in each "
-                                      "instance's own cache (invalidated at once on changes)")
-    rate_limit_key_per_s: float = Field(0, ge=0, le=1_000_000, description="Calls per second "
-                                        "one API key may make (0 = no limit)")
-    rate_limit_key_burst: int = Field(100, ge=1, le=1_000_000, description="Calls a key may "
-                                      "make at once above its rate")
-    rate_limit_tenant_per_s: float = Field(0, ge=0, le=1_000_000, description="Calls per "
-                                           "second into one tenant, all callers (0 = no limit)")
-    rate_limit_tenant_burst: int = Field(200, ge=1, le=1_000_000, description="Calls into a "
-                                         "tenant at once above its rate")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO")
-    log_format: Literal["json", "text"] = Field(
-        "json", description="JSON lines (one access line per request), or text for terminals")
-    migrations_dir: Path | None = Field(None, description="Override for the sql/ directory")
+    database_url: str | None = setting(
+        None, "PostgreSQL URL; unset = embedded PostgreSQL in the data dir (see "
+        "FLEXDB_DATA_DIR)", read_by=DATABASE)
+    host: str = setting("127.0.0.1", "address the JSON-RPC server binds to (`0.0.0.0` in "
+                        "containers)", read_by=(SERVE,))
+    port: int = setting(5000, "port of the JSON-RPC server", read_by=(SERVE,), ge=1, le=65535)
+    workers: int = setting(
+        default_workers, "server processes on the one port (SO_REUSEPORT: the kernel spreads "
+        "connections over them). Each is a whole server with its own pools "
+        "(`FLEXDB_DB_POOL_MAX` each), caches and `/metrics` counters; the parent passes "
+        "SIGTERM on and stops all when one exits", read_by=(SERVE,),
+        shown_default=f"usable cores, at most {MAX_DEFAULT_WORKERS} (1 off Linux)",
+        ge=1, le=64)
+    data_dir: Path = setting(Path("./.flexdb"), "local state: the embedded PostgreSQL "
+                             "(`pg/`) and the generated server secret", read_by=DATABASE,
+                             shown_default="`./.flexdb`")
+    db_pool_min: int = setting(2, "minimum pooled database connections (per worker)",
+                               read_by=(SERVE,), ge=0, le=1000)
+    db_pool_max: int = setting(10, "maximum pooled database connections (per worker)",
+                               read_by=(SERVE,), ge=1, le=1000)
+    db_connect_timeout_s: float = setting(5.0, "seconds to wait for a database connection",
+                                          read_by=DATABASE, gt=0, le=300)
+    statement_timeout_ms: int = setting(30000, "server-side statement timeout (0 = none)",
+                                        read_by=(SERVE,), ge=0, le=3_600_000)
+    max_body_bytes: int = setting(1_048_576, "largest accepted request body",
+                                  read_by=(SERVE,), ge=1024, le=64 * 1_048_576)
+    max_batch: int = setting(100, "most members in one batch", read_by=(SERVE,),
+                             ge=1, le=10_000)
+    max_json_depth: int = setting(64, "deepest JSON nesting accepted", read_by=(SERVE, FACADE),
+                                  ge=2, le=200)
+    json_fields: Literal["object", "string"] = setting(
+        "object", "`string` returns `data`/`schema` as JSON strings (unset schema = `\"\"`) "
+        "for clients whose models require strings", read_by=(SERVE,))
+    secret_key: str | None = setting(
+        None, "server secret (≥ 32 chars) keying API key hashes; unset = generated once into "
+        "`FLEXDB_DATA_DIR/secret_key` (0600). Set the same value on every instance",
+        read_by=(SERVE, CREATE_KEY), shown_default="generated", min_length=32)
+    anonymous_role: Literal["none", "platform_admin"] = setting(
+        "none", "`platform_admin` lets callers without credentials act as platform admin "
+        "(trusted networks only; both the server and the facade warn at start)",
+        read_by=(SERVE, FACADE))
+    auth_cache_ttl_s: float = setting(5.0, "seconds a verified key or a membership is trusted "
+                                      "before it is read again", read_by=(SERVE,), ge=0, le=300)
+    query_pool_max: int = setting(
+        8, "connections for `execute_query` (a pool of their own): at most this many run at "
+        "once (graph walks use at most half of `FLEXDB_DB_POOL_MAX`)", read_by=(SERVE,),
+        ge=1, le=100)
+    query_tenant_concurrency: int = setting(
+        2, "of those, how many one tenant may run at once on one server; its further calls "
+        "wait (other tenants are not held up), up to `FLEXDB_DB_CONNECT_TIMEOUT_S`, then get "
+        "-32005 busy", read_by=(SERVE,), ge=1, le=100)
+    query_max_result_bytes: int = setting(8 * 1_048_576, "largest `execute_query` result, as "
+                                          "JSON", read_by=(SERVE,), ge=1024,
+                                          le=256 * 1_048_576)
+    sandbox_url: str = setting("http://127.0.0.1:5001", "where the server reaches the sandbox "
+                               "worker", read_by=(SERVE,))
+    sandbox_secret: str | None = setting(
+        None, "shared secret (≥ 32 chars) signing the server's requests to the sandbox "
+        "worker; unset on the server = pipelines cannot run", read_by=(SERVE, SANDBOX),
+        shown_default="made up by `flexdb up`", min_length=32)
+    sandbox_host: str = setting("127.0.0.1", "address the sandbox worker binds to",
+                                read_by=(SANDBOX,))
+    sandbox_port: int = setting(5001, "port of the sandbox worker", read_by=(SANDBOX,),
+                                ge=1, le=65535)
+    rpc_url: str = setting("http://127.0.0.1:5000/jsonrpc", "the JSON-RPC endpoint the REST "
+                           "facade forwards to and the sandbox worker calls for pipelines' db "
+                           "calls", read_by=(FACADE, SANDBOX))
+    sandbox_pool_size: int = setting(2, "child processes the sandbox worker keeps forked "
+                                     "ahead, ready for a run", read_by=(SANDBOX,), ge=0, le=64)
+    sandbox_max_running: int = setting(4, "most runs at once in one sandbox worker (beyond: "
+                                       "-32005 busy)", read_by=(SANDBOX,), ge=1, le=256)
+    pipeline_queue_concurrency: int = setting(
+        2, "queued runs (`wait: false`) one server executes at once (0 = this server runs "
+        "none)", read_by=(SERVE,), ge=0, le=64)
+    facade_host: str = setting("127.0.0.1", "address the REST facade binds to",
+                               read_by=(FACADE,))
+    facade_port: int = setting(8000, "port of the REST facade", read_by=(FACADE,),
+                               ge=1, le=65535)
+    facade_rpc_timeout_s: float = setting(
+        70.0, "seconds the facade waits for rpc_server before answering 504 (above the "
+        "longest pipeline run a caller can wait for)", read_by=(FACADE,), gt=0, le=3600)
+    facade_max_body_bytes: int = setting(1_048_576, "largest request body the facade accepts "
+                                         "(413 beyond)", read_by=(FACADE,), ge=1024,
+                                         le=64 * 1_048_576)
+    facade_max_connections: int = setting(100, "pooled connections from the facade to "
+                                          "rpc_server", read_by=(FACADE,), ge=1, le=10_000)
+    facade_http: Literal["h11", "httptools"] = setting(
+        "h11", "the facade's HTTP parser: `h11` refuses request heads over 64 KiB; "
+        "`httptools` is ~20% faster but reads headers of any size: use it only behind a "
+        "proxy that bounds them", read_by=(FACADE,))
+    facade_max_in_flight_per_caller: int = setting(
+        32, "requests one set of credentials may have in flight through the facade; beyond, "
+        "429 at once (so one caller cannot hold every connection to rpc_server)",
+        read_by=(FACADE,), ge=1, le=10_000)
+    cors_origins: str = setting("", "comma-separated origins browsers may call the facade "
+                                "from (`*` = any, without credentials); empty = no "
+                                "cross-origin access", read_by=(FACADE,))
+    redis_url: str | None = setting(
+        None, "Redis (`redis://`, `rediss://`, `unix://`) shared by every instance: rate "
+        "limits count across instances, and a revoked key, a changed membership or a changed "
+        "node type is forgotten by every instance at once. Unset, or while Redis fails: the "
+        "same limits per instance, and other instances forget keys and roles within "
+        "`FLEXDB_AUTH_CACHE_TTL_S`", read_by=(SERVE,))
+    shared_cache_ttl_s: float = setting(
+        60.0, "with Redis: seconds an API key lookup, a tenant role or a node type's schema "
+        "stays in the cache shared by every instance (behind each instance's own cache: "
+        "`FLEXDB_AUTH_CACHE_TTL_S` for keys and roles, this for node types). Any change makes "
+        "the shared entries of its kind stale at once. A cached node type is never trusted "
+        "for a write: each write checks its version in the database", read_by=(SERVE,),
+        gt=0, le=3600)
+    rate_limit_key_per_s: float = setting(
+        0, "calls per second one API key may make (0 = no limit); beyond: -32005 "
+        "`rate_limited` with `retry_after` (REST: 429)", read_by=(SERVE,), ge=0, le=1_000_000)
+    rate_limit_key_burst: int = setting(100, "calls a key may make at once above its rate",
+                                        read_by=(SERVE,), ge=1, le=1_000_000)
+    rate_limit_tenant_per_s: float = setting(
+        0, "calls per second into one tenant, all callers together (0 = no limit)",
+        read_by=(SERVE,), ge=0, le=1_000_000)
+    rate_limit_tenant_burst: int = setting(200, "calls into a tenant at once above its rate",
+                                           read_by=(SERVE,), ge=1, le=1_000_000)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting(
+        "INFO", "`DEBUG`, `INFO`, `WARNING`, `ERROR`", read_by=EVERY)
+    log_format: Literal["auto", "json", "text"] = setting(
+        "auto", "`json`: one JSON object per line; `text`: one readable line per record "
+        "(`time level logger: message key=value …`), the same fields; `auto`: text when "
+        "standard error is a terminal, else JSON. Each request has one access line (request "
+        "id, methods, tenants, actor, duration, outcome); API keys and bearer tokens are "
+        "masked in both", read_by=EVERY)
+    migrations_dir: Path | None = setting(None, "where the numbered migration files are",
+                                          read_by=DATABASE, shown_default="`sql/`")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -130,12 +217,42 @@ class Settings(BaseModel):
         return self
 
 
-def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+def env_var(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def settings_read_by(command: str) -> list[str]:
+    """The names of the settings a command reads, in declaration order."""
+    return [name for name, field in Settings.model_fields.items()
+            if command in (field.json_schema_extra or {}).get("read_by", ())]
+
+
+def shown_default(name: str) -> str:
+    """A setting's default as the docs show it."""
+    field = Settings.model_fields[name]
+    extra = field.json_schema_extra or {}
+    if "shown_default" in extra:
+        return extra["shown_default"]
+    if field.default is None:
+        return "unset"
+    if field.default == "":
+        return "empty"
+    default = field.default
+    if isinstance(default, float) and default.is_integer():
+        default = int(default)
+    return f"`{default}`"
+
+
+def load_settings(environ: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, tuple[str, Any]] | None = None) -> Settings:
+    """Settings from the environment; `overrides` ({name: (flag, value)}, from command-line
+    flags) win over it. Errors name the variable or flag, never the value."""
     env = os.environ if environ is None else environ
-    raw = {}
+    raw: dict[str, Any] = {}
+    source = {}
     fernet = None
     for name in Settings.model_fields:
-        var = ENV_PREFIX + name.upper()
+        var = env_var(name)
         value = env.get(var)
         if value is None or value == "":
             continue
@@ -146,12 +263,15 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
             except SecretError as exc:
                 raise ConfigError(f"invalid configuration:\n  {exc}") from None
         raw[name] = value
+    for name, (flag, value) in (overrides or {}).items():
+        if value is not None:
+            raw[name], source[name] = value, flag
     try:
         return Settings(**raw)
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
             field = ".".join(str(p) for p in err["loc"])
-            var = ENV_PREFIX + field.upper() if field else "settings"
-            lines.append(f"  {var}: {err['msg']}")
+            where = source.get(field) or (env_var(field) if field else "settings")
+            lines.append(f"  {where}: {err['msg']}")
         raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None

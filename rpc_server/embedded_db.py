@@ -30,5 +30,5 @@ def embedded_server(data_dir: Path) -> Iterator[str]:
         asyncio.run(ensure_database(server.get_uri(), EMBEDDED_DATABASE))
         yield url
     finally:
-        log.info("stopping embedded PostgreSQL")
+        log.info("done with the embedded PostgreSQL (it stops when no flexdb process uses it)")
         server.cleanup()

@@ -13,13 +13,24 @@ log = logging.getLogger(__name__)
 SECRET_FILE = "secret_key"
 
 
-def server_secret(settings: Settings) -> bytes:
+def secret_path(settings: Settings) -> Path:
+    return settings.data_dir.expanduser().resolve() / SECRET_FILE
+
+
+def server_secret(settings: Settings, create: bool = True) -> bytes:
+    """FLEXDB_SECRET_KEY, else the data dir's secret file (made when missing, unless
+    `create` is False: a command that only uses an existing server must not invent a
+    secret that server does not know)."""
     if settings.secret_key:
         return settings.secret_key.encode()
-    path = settings.data_dir.expanduser().resolve() / SECRET_FILE
+    path = secret_path(settings)
     if settings.database_url:
         log.warning("FLEXDB_SECRET_KEY is not set: using %s. Every instance sharing the "
                     "database needs the same secret; set FLEXDB_SECRET_KEY in production.", path)
+    if not create and not path.exists():
+        raise ConfigError(f"no server secret: FLEXDB_SECRET_KEY is not set and {path} does not "
+                          "exist. Set FLEXDB_SECRET_KEY to the server's value, or point "
+                          "FLEXDB_DATA_DIR (--data-dir) at the server's data dir")
     return _read_or_create(path)
 
 

@@ -16,7 +16,8 @@ from .config import Settings
 from .logs import configure_logging
 
 
-def serve_one(settings: Settings, database_url: str, reuse_port: bool, banner: bool) -> None:
+def serve_one(settings: Settings, database_url: str, reuse_port: bool, banner: bool,
+              admin_key: str | None = None) -> None:
     from aiohttp import web
 
     from .app import create_app
@@ -33,6 +34,8 @@ def serve_one(settings: Settings, database_url: str, reuse_port: bool, banner: b
         if banner:
             print(f"flexdb is up{workers}\n  JSON-RPC: POST {base}/jsonrpc\n"
                   f"  health:   GET  {base}/health  {base}/ready  {base}/metrics", flush=True)
+        if admin_key:
+            print(admin_key_line(admin_key), flush=True)
 
     app = create_app(settings, database_url)
     app.on_startup.insert(0, _stop_on_first_signal)
@@ -69,14 +72,24 @@ async def _stop_on_first_signal(_app) -> None:
         loop.add_signal_handler(sig, stop)
 
 
-def _worker_main(settings: Settings, database_url: str, banner: bool) -> None:
+def admin_key_line(admin_key: str) -> str:
+    return f"Platform admin API key (shown once, keep it safe): {admin_key}"
+
+
+def _worker_main(settings: Settings, database_url: str, banner: bool,
+                 admin_key: str | None) -> None:
     configure_logging(settings.log_level, settings.log_format)
-    serve_one(settings, database_url, reuse_port=True, banner=banner)
+    serve_one(settings, database_url, reuse_port=True, banner=banner, admin_key=admin_key)
 
 
-def serve_workers(settings: Settings, database_url: str) -> int:
+def serve_workers(settings: Settings, database_url: str, admin_key: str | None = None,
+                  banner: bool = True) -> int:
+    """The first worker prints the banner (and the first start's admin key) once it
+    listens."""
     context = multiprocessing.get_context("spawn")  # no state inherited from this process
-    children = [context.Process(target=_worker_main, args=(settings, database_url, i == 0),
+    children = [context.Process(target=_worker_main,
+                                args=(settings, database_url, banner and i == 0,
+                                      admin_key if i == 0 else None),
                                 name=f"flexdb-worker-{i}", daemon=False)
                 for i in range(settings.workers)]
     requested = False  # a stop asked for by a signal (exit 0), not a worker's death

@@ -43,7 +43,7 @@ rpc() { curl -fsS "http://127.0.0.1:$PORT/jsonrpc" -H "Authorization: Bearer $KE
            -H 'Content-Type: application/json' -d "$1"; }
 
 start
-KEY=$(sed -n 's/^Platform admin API key (shown once, keep it safe): //p' "$LOG")
+KEY=$(sed -n 's/^  admin key  \(fdb_[^ ]*\).*/\1/p' "$LOG")
 [ -n "$KEY" ] || { echo "smoke: no admin key printed at first start"; cat "$LOG"; exit 1; }
 out=$(rpc '{"jsonrpc":"2.0","method":"create_tenant","params":{"slug":"smoke","name":"Smoke"},"id":1}')
 echo "create_tenant -> $out"
@@ -61,7 +61,7 @@ echo "GET /tenants/$T (REST facade) -> $out"
 echo "$out" | grep -q '"slug":"smoke"' || { echo "smoke: REST facade failed"; cat "$LOG"; exit 1; }
 stop
 start
-grep -c "Platform admin API key" "$LOG" | grep -qx 1 || { echo "smoke: a second admin key was printed"; exit 1; }
+grep -c "admin key  fdb_" "$LOG" | grep -qx 1 || { echo "smoke: a second admin key was printed"; exit 1; }
 # Recover access from the server host while it runs: the key is alone on stdout.
 KEY=$(env -u FLEXDB_DATABASE_URL FLEXDB_DATA_DIR="$DATA_DIR" "$VENV/bin/flexdb" create-key --admin 2>>"$LOG")
 out=$(rpc '{"jsonrpc":"2.0","method":"list_tenants","params":{},"id":2}')

@@ -104,8 +104,9 @@ class ServerProcess:
                                                delete=False)
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXDB_")}
         port_var = PORT_VARS[command]
+        # One server process unless a test asks for more (the default is one per core).
         full_env.update({"FLEXDB_HOST": "127.0.0.1", port_var: str(self.port),
-                         "FLEXDB_SECRET_KEY": TEST_SECRET}, **env)
+                         "FLEXDB_SECRET_KEY": TEST_SECRET, "FLEXDB_WORKERS": "1"}, **env)
         self.admin_key = None
         self.proc = subprocess.Popen([sys.executable, "-m", "rpc_server", command],
                                      env=full_env, cwd=cwd, stdout=self.log,

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import asyncpg
+import httpx
 import pytest
 
 from rpc_server.client import (Conflict, FlexDBClient, Forbidden, InvalidParams, NotFound,
@@ -16,7 +17,7 @@ from rpc_server.client import (Conflict, FlexDBClient, Forbidden, InvalidParams,
 import rpc_server.methods  # noqa: F401  (registers every method)
 from rpc_server.registry import REGISTRY
 
-from .conftest import missing_id, running_server, unique
+from .conftest import missing_id, running_facade, running_server, unique
 
 ROLES = ["viewer", "member", "admin", "owner"]
 RANK = {r: i for i, r in enumerate(ROLES)}
@@ -443,10 +444,23 @@ async def test_anonymous_role_platform_admin(open_server, server):
         await anonymous.call("list_users", {})
         with pytest.raises(InvalidParams):  # no user to own a key
             await anonymous.call("create_api_key", {"name": "x"})
-    assert "FLEXDB_ANONYMOUS_ROLE=platform_admin" in open_server.output()
+    assert "WARNING: FLEXDB_ANONYMOUS_ROLE=platform_admin" in open_server.output()
     async with FlexDBClient(server.url) as anonymous:  # the default server: none
         with pytest.raises(Unauthenticated):
             await anonymous.call("get_tenant", {"id": tenant["id"]})
+    assert "FLEXDB_ANONYMOUS_ROLE" not in server.output()
+
+
+def test_a_facade_that_lets_everyone_in_says_so_loudly_at_start(open_server, server):
+    with running_facade(open_server.url, FLEXDB_ANONYMOUS_ROLE="platform_admin") as facade:
+        answer = httpx.get(facade.base + "/tenants", timeout=10)  # no credentials
+        assert answer.status_code == 200
+        warning = facade.output()
+    assert "WARNING: FLEXDB_ANONYMOUS_ROLE=platform_admin: the REST facade serves every " \
+           "caller" in warning
+    with running_facade(server.url) as facade:
+        assert httpx.get(facade.base + "/tenants", timeout=10).status_code == 401
+        assert "FLEXDB_ANONYMOUS_ROLE" not in facade.output()
 
 
 def test_secret_is_generated_once_with_owner_only_permissions(database_url):

@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import subprocess
 import sys
+import tempfile
+import time
+from pathlib import Path
 
 import asyncpg
+import httpx
+import psutil
 import pytest
 
-from .conftest import ROOT, fresh_database
+from .conftest import ROOT, free_port, fresh_database
 
 
 def flexdb(*args, env=None, timeout=60):
@@ -213,3 +217,128 @@ def test_every_setting_is_in_the_readme_table():
                if f"`FLEXDB_{name.upper()}`" not in documented]
     assert not missing, f"settings missing from the README table: {missing}"
     assert "`FLEXDB_MASTER_KEY`" in documented
+
+
+def test_version_is_the_installed_one():
+    from importlib.metadata import version
+    result = flexdb("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"flexdb {version('flexdb')}"
+
+
+@pytest.mark.parametrize("command", ["up", "serve", "facade", "sandbox", "migrate", "create-key"])
+def test_every_command_help_lists_its_flags_and_the_settings_it_reads(command):
+    from rpc_server.cli import FLAGS
+    from rpc_server.config import Settings, env_var, settings_read_by, shown_default
+    result = flexdb(command, "--help")
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    for flag in FLAGS[command]:
+        assert flag in text
+    read = list(Settings.model_fields) if command == "up" else settings_read_by(command)
+    for name in Settings.model_fields:
+        line = f"{env_var(name)}  (default: {shown_default(name).replace('`', '')})"
+        assert (line in text) == (name in read), (command, name)
+
+
+def test_help_says_what_each_command_reads():
+    """Spot checks of the declarations: a command lists what it uses, not the others'."""
+    serve = flexdb("serve", "--help").stdout
+    facade = flexdb("facade", "--help").stdout
+    sandbox = flexdb("sandbox", "--help").stdout
+    assert "FLEXDB_PORT  (default: 5000)" in serve and "FLEXDB_PORT " not in facade
+    assert "FLEXDB_FACADE_PORT  (default: 8000)" in facade
+    assert "FLEXDB_SANDBOX_MAX_RUNNING  (default: 4)" in sandbox
+    assert "FLEXDB_DATABASE_URL" not in sandbox and "FLEXDB_DATABASE_URL" in serve
+    assert "FLEXDB_WORKERS  (default: usable cores, at most 4" in serve
+
+
+def test_flags_win_over_the_environment(scratch_db):
+    # A broken URL in the environment, the real one as a flag: the flag is used.
+    result = flexdb("migrate", "--database-url", scratch_db,
+                    env={"FLEXDB_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none",
+                         "FLEXDB_DB_CONNECT_TIMEOUT_S": "2"})
+    assert result.returncode == 0, result.stderr
+    assert "0001_core.sql" in result.stdout
+    # A bad flag is named as the flag; the environment's valid value does not hide it.
+    result = flexdb("serve", "--port", "70000", env={"FLEXDB_PORT": "5000"})
+    assert result.returncode == 2 and "--port" in result.stderr
+
+
+def test_serve_listens_where_the_flags_say(database_url):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXDB_")}
+    env.update(FLEXDB_DATABASE_URL=database_url, FLEXDB_PORT="1", FLEXDB_HOST="0.0.0.0",
+               FLEXDB_SECRET_KEY="s" * 40)
+    proc = subprocess.Popen([sys.executable, "-m", "rpc_server", "serve", "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"], env=env, cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, "serve exited"
+                time.sleep(0.1)
+        else:
+            raise AssertionError("serve did not listen on the --port given")
+        listening = {c.laddr for c in psutil.Process(proc.pid).net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN}
+        assert listening == {("127.0.0.1", port)}  # --host won over FLEXDB_HOST=0.0.0.0
+        assert len(psutil.Process(proc.pid).children()) == 0  # --workers 1: no workers
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def create_key(cwd: Path, state: Path, *args: str, **env: str):
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXDB_")}
+    full_env.update(XDG_STATE_HOME=str(state), **env)
+    return subprocess.run([sys.executable, "-m", "rpc_server", "create-key", "--admin", *args],
+                          env=full_env, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+def test_create_key_elsewhere_creates_nothing_and_says_where_it_looked(tmp_path):
+    cwd, state = tmp_path / "somewhere", tmp_path / "state"
+    cwd.mkdir()
+    result = create_key(cwd, state)
+    assert result.returncode == 2 and result.stdout == ""
+    assert str(cwd / ".flexdb") in result.stderr and "no running quick start" in result.stderr
+    assert "--data-dir" in result.stderr and "--database-url" in result.stderr
+    assert list(cwd.iterdir()) == []  # no database, no secret
+    # A data dir named explicitly that holds no database: refused, left empty.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = create_key(cwd, state, "--data-dir", str(empty))
+    assert result.returncode == 2 and f"{empty} holds no flexdb database" in result.stderr
+    assert list(empty.iterdir()) == []
+    result = create_key(cwd, state, FLEXDB_DATA_DIR=str(empty))
+    assert result.returncode == 2 and list(empty.iterdir()) == []
+
+
+def test_create_key_with_a_database_url_needs_the_servers_secret(scratch_db, tmp_path):
+    cwd = tmp_path / "somewhere"
+    cwd.mkdir()
+    result = create_key(cwd, tmp_path / "state", "--database-url", scratch_db)
+    assert result.returncode == 2 and "FLEXDB_SECRET_KEY" in result.stderr
+    assert list(cwd.iterdir()) == []  # no secret invented that the server would not know
+    result = create_key(cwd, tmp_path / "state", "--database-url", scratch_db,
+                        FLEXDB_SECRET_KEY="k" * 40)
+    assert result.returncode == 0 and result.stdout.startswith("fdb_"), result.stderr
+
+
+def test_create_key_refuses_to_guess_between_two_running_quick_starts(tmp_path):
+    from rpc_server.local_instances import registered
+    state = tmp_path / "state"
+    first, second = tmp_path / "one", tmp_path / "two"
+    for data_dir in (first, second):
+        (data_dir / "pg").mkdir(parents=True)
+    os.environ["XDG_STATE_HOME"] = str(state)  # the registry this process writes to
+    try:
+        with registered(first, "http://127.0.0.1:1/jsonrpc"), \
+                registered(second, "http://127.0.0.1:2/jsonrpc"):
+            result = create_key(tmp_path, state)
+    finally:
+        del os.environ["XDG_STATE_HOME"]
+    assert result.returncode == 2 and "several quick starts" in result.stderr
+    assert str(first) in result.stderr and str(second) in result.stderr

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -49,3 +50,40 @@ def test_readme_rest_examples_work(server):
     patched = next(line for line in lines if '"age":36' in line)
     assert '"tags"' not in patched  # the merge patch removed it
     assert lines[-1] == "204"
+
+
+def test_readme_python_example_works(server):
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- readme-python:start -->\s*```python\n(.*?)```", text, re.S)
+    assert block, "README lost its Python example"
+    env = {**os.environ, "FLEXDB_URL": server.url, "FLEXDB_KEY": server.admin_key}
+    result = subprocess.run([sys.executable, "-c", block.group(1)], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "'name': 'Ada'" in result.stdout and "refused:" in result.stdout
+    assert "data.name" in result.stdout or "'name'" in result.stdout.split("refused:")[1]
+
+
+def test_readme_links_resolve_inside_the_repository():
+    """Every link is a file (or a heading) of this repository: nothing outside it."""
+    text = (ROOT / "README.md").read_text()
+    without_code = re.sub(r"```.*?```", "", text, flags=re.S)
+    headings = {re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-")
+                for h in re.findall(r"^#+ (.+)$", without_code, re.M)}
+    links = re.findall(r"\]\(([^)\s]+)\)", without_code)
+    assert links
+    for link in links:
+        assert "://" not in link and not link.startswith(("/", "..")), link
+        path, _, anchor = link.partition("#")
+        if path:
+            assert (ROOT / path).exists(), f"README links to {path}, which is not in the repo"
+        else:
+            assert anchor in headings, f"README links to #{anchor}, which is no heading"
+    assert "shared/" not in text  # the product never points at the team's own notes
+
+
+def test_readme_settings_table_is_the_declared_one():
+    from scripts.settings_table import MARKERS, render
+    found = MARKERS.search((ROOT / "README.md").read_text())
+    assert found, "README lost its settings table markers"
+    assert found.group(2) == render(), "run scripts/settings_table.py --write"

@@ -300,6 +300,17 @@ async def test_delete_and_list_users(rpc):
     assert (await rpc.call("get_user", {"id": b["id"]}))["user"] == b
 
 
+async def test_list_users_marks_the_platform_admin_flexdb_made_as_internal(rpc):
+    person = await make_user(rpc)
+    users = await list_all(rpc, "list_users", "users")
+    internal = [u for u in users if u["internal"]]
+    # The admin made at the first start (with a placeholder address), and nobody else.
+    assert len(internal) == 1 and internal[0]["email"].endswith("@flexdb.invalid")
+    assert internal[0]["id"] == await own_user_id(rpc)
+    assert next(u for u in users if u["id"] == person["id"])["internal"] is False
+    assert (await rpc.call("get_user", {"id": person["id"]}))["user"]["internal"] is False
+
+
 # ---------------------------------------------------------------- membership
 
 async def test_add_user_to_tenant_defaults_to_member(rpc, tenant):

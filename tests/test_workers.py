@@ -2,6 +2,7 @@
 together by `flexdb serve`."""
 from __future__ import annotations
 
+import os
 import signal
 
 import httpx
@@ -48,3 +49,14 @@ async def test_a_worker_that_dies_stops_the_service(database_url):
         first.kill()
         assert srv.proc.wait(30) != 0
         assert not second.is_running() or second.status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_default_uses_every_usable_core(database_url):
+    """Without FLEXDB_WORKERS: one worker per usable core, at most MAX_DEFAULT_WORKERS (a
+    single process leaves a core idle)."""
+    from rpc_server.config import MAX_DEFAULT_WORKERS
+    expected = min(len(os.sched_getaffinity(0)), MAX_DEFAULT_WORKERS)
+    with running_server({"FLEXDB_DATABASE_URL": database_url, "FLEXDB_WORKERS": ""}) as srv:
+        workers = listeners(srv.proc.pid)
+        assert len(workers) == (expected if expected > 1 else 0)
+        assert httpx.get(srv.base + "/health", timeout=10).status_code == 200
