@@ -226,6 +226,14 @@ SAFE_EXTRA_BUILTINS = {
 }
 
 
+class DbError(Exception):
+    """A db call the server refused; `code` and `kind` say why."""
+
+    def __init__(self, message, code=None, kind=None):
+        super().__init__(message)
+        self.code, self.kind = code, kind
+
+
 def make_globals(printer: BoundedPrinter) -> dict:
     """The globals a run executes in: safe builtins, guards, allowed imports, nothing else."""
     builtins = {k: v for k, v in safe_builtins.items()
@@ -247,6 +255,7 @@ def make_globals(printer: BoundedPrinter) -> dict:
         "_inplacevar_": _inplace,
         "_print_": _print_factory(printer),
         "_apply_": lambda f, *a, **kw: f(*a, **kw),
+        "DbError": DbError,
     }
 
 
