@@ -28,7 +28,7 @@ RUN_STATUSES = ("queued", "running", "succeeded", "failed", "timed_out", "cancel
 
 
 def _compiles(code: str) -> str:
-    _, errors = compile_pipeline(code)
+    _, errors = compile_pipeline(code, saving=True)
     if errors:
         raise InvalidParams(errors=[
             {"field": "code", "message": e.message,
