@@ -24,7 +24,7 @@ import resource
 import sys
 import traceback
 
-from sandbox_worker.policy import BoundedPrinter, compile_pipeline, make_globals
+from sandbox_worker.policy import BoundedPrinter, DbError, compile_pipeline, make_globals
 
 PIPELINE_FILE = "<pipeline>"
 DB_METHODS = {
@@ -36,14 +36,6 @@ DB_METHODS = {
     "query_nodes": ("filter",), "traverse": ("start_node_id",),
     "shortest_path": ("source_node_id", "target_node_id"), "execute_query": ("sql", "params"),
 }
-
-
-class DbError(Exception):
-    """A db call the server refused; `code` and `kind` say why."""
-
-    def __init__(self, message, code=None, kind=None):
-        super().__init__(message)
-        self.code, self.kind = code, kind
 
 
 def make_db(call):
@@ -140,7 +132,6 @@ def execute(job: dict, channel: Channel) -> dict:
                                               "message": errors[0].message}}
     db = make_db(channel.call)
     env = make_globals(printer)
-    env["DbError"] = DbError
     try:
         exec(code, env)  # noqa: S102 - restricted code object, restricted globals
         result = env["run"](job["input"], db)

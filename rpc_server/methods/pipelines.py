@@ -1,6 +1,7 @@
 """Pipeline group: stored Python pipelines (tenant admins manage them) and their runs
-(members start and cancel them). Code is compiled with RestrictedPython when saved; runs
-execute in the sandbox worker (see pipeline_runner.py and sandbox_worker/)."""
+(members start and cancel them). Code is compiled with RestrictedPython when saved, and what
+a run would refuse for certain is refused then too (sandbox_worker.policy.save_time_problems);
+runs execute in the sandbox worker (see pipeline_runner.py and sandbox_worker/)."""
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
@@ -28,7 +29,7 @@ RUN_STATUSES = ("queued", "running", "succeeded", "failed", "timed_out", "cancel
 
 
 def _compiles(code: str) -> str:
-    _, errors = compile_pipeline(code)
+    _, errors = compile_pipeline(code, saving=True)
     if errors:
         raise InvalidParams(errors=[
             {"field": "code", "message": e.message,

@@ -1,0 +1,254 @@
+"""Pipeline code is checked when saved (create_pipeline, update_pipeline) for what a run
+would refuse for certain: imports that are not allowed, names the run does not provide and
+the code does not define, the attributes the guard refuses everywhere, and names an allowed
+module does not provide. Each refusal with its exact place and message; benign code, and the
+README's example, saves and runs. (That runs still refuse such code when it is already stored
+is in test_sandbox_escapes.py.)"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from rpc_server.client import InvalidParams
+
+from .conftest import unique
+
+ALLOWED = ("collections, datetime, decimal, fractions, functools, itertools, json, math, "
+           "random, re, statistics, string")
+BUILTINS = ("abs, all, any, bin, bool, bytes, callable, chr, complex, dict, divmod, Ellipsis, "
+            "enumerate, filter, float, frozenset, getattr, hasattr, hash, hex, int, isinstance, "
+            "issubclass, iter, len, list, map, max, min, next, oct, ord, pow, print, printed, "
+            "range, repr, reversed, round, set, slice, sorted, str, sum, tuple, zip")
+RUN = "\n\ndef run(input, db):\n    return 1\n"
+
+
+def import_refused(module: str) -> str:
+    return f"import of '{module}' is not allowed; allowed modules: {ALLOWED}"
+
+
+def relative_refused(module: str) -> str:
+    return f"relative import from '{module}' is not allowed; allowed modules: {ALLOWED}"
+
+
+def not_provided(module: str, name: str, provides: str) -> str:
+    return f"{module}.{name} is not available; {module} provides: {provides}"
+
+
+def unavailable(name: str) -> str:
+    return (f"name '{name}' is not available: pipelines have no such builtin and the code does "
+            f"not define it; available builtins: {BUILTINS} and the exception classes "
+            "(Exception, ValueError, DbError ...)")
+
+
+def attribute_refused(name: str) -> str:
+    return (f"attribute '{name}' is not allowed (str.format and str.format_map can reach any "
+            "attribute); use an f-string or the % operator")
+
+
+JSON = "dumps, JSONDecodeError, loads"
+NOT_BUILTINS = ["open", "eval", "exec", "compile", "globals", "locals", "vars", "type", "input",
+                "breakpoint", "help", "exit", "quit", "memoryview", "bytearray", "object",
+                "super", "dir", "id", "format", "setattr", "delattr", "classmethod",
+                "staticmethod", "property", "ExceptionGroup", "RecursionError"]
+# RestrictedPython refuses these names itself, with its own message at the same place
+RESTRICTED_PYTHON_SAYS = {"breakpoint": '"breakpoint" is a reserved name.'}
+
+REFUSED = [
+    # (id, code, line, column, message)
+    ("import", "import os" + RUN, 1, 8, import_refused("os")),
+    ("import_as", "import os as o" + RUN, 1, 8, import_refused("os")),
+    ("import_second_name", "import json, os" + RUN, 1, 14, import_refused("os")),
+    ("import_submodule", "import json.decoder" + RUN, 1, 8, import_refused("json.decoder")),
+    ("import_in_run", "def run(input, db):\n    import subprocess\n    return 1\n", 2, 12,
+     import_refused("subprocess")),
+    ("from_import", "from os import path" + RUN, 1, 6, import_refused("os")),
+    ("from_import_spaced", "from   os   import path" + RUN, 1, 8, import_refused("os")),
+    ("from_submodule", "from os.path import join" + RUN, 1, 6, import_refused("os.path")),
+    ("from_future", "from __future__ import annotations" + RUN, 1, 6,
+     import_refused("__future__")),
+    ("relative", "from . import json" + RUN, 1, 6, relative_refused(".")),
+    ("relative_named", "from ..child import DbError" + RUN, 1, 6, relative_refused("..child")),
+    ("from_import_not_provided", "from json import decoder" + RUN, 1, 18,
+     not_provided("json", "decoder", JSON)),
+    ("from_import_second_name", "from json import loads, scanner as s" + RUN, 1, 25,
+     not_provided("json", "scanner", JSON)),
+    ("module_attribute", "import collections\n\ndef run(input, db):\n"
+                         "    return collections.namedtuple('P', 'x')\n", 4, 24,
+     not_provided("collections", "namedtuple", "ChainMap, Counter, defaultdict, deque, "
+                                               "OrderedDict")),
+    ("module_alias_attribute", "import string as s\n\ndef run(input, db):\n"
+                               "    return s.Formatter()\n", 4, 14,
+     not_provided("string", "Formatter", "ascii_letters, ascii_lowercase, ascii_uppercase, "
+                                         "capwords, digits, hexdigits, octdigits, printable, "
+                                         "punctuation, whitespace")),
+    *[(f"builtin_{name}", f"def run(data, db):\n    f = {name}\n    return 1\n", 2, 9,
+       RESTRICTED_PYTHON_SAYS.get(name, unavailable(name))) for name in NOT_BUILTINS],
+    ("builtin_called", "def run(input, db):\n    return open('/etc/passwd').read()\n", 2, 12,
+     unavailable("open")),
+    ("builtin_at_module_level", "data = input('> ')\n\ndef run(value, db):\n    return data\n",
+     1, 8, unavailable("input")),
+    ("builtin_in_default", "def run(input, db, f=vars):\n    return 1\n", 1, 22,
+     unavailable("vars")),
+    ("format", "def run(input, db):\n    return '{}'.format(input)\n", 2, 17,
+     attribute_refused("format")),
+    ("format_map", "def run(input, db):\n    return '{x}'.format_map(input)\n", 2, 18,
+     attribute_refused("format_map")),
+    ("format_unbound", "def run(input, db):\n    return str.format('{}', 1)\n", 2, 16,
+     attribute_refused("format")),
+    ("format_of_anything", "def run(input, db):\n    return input.format\n", 2, 18,
+     attribute_refused("format")),
+    ("format_spaced", "def run(input, db):\n    return (input\n        ) . format\n", 3, 13,
+     attribute_refused("format")),
+    ("column_in_characters", "def run(input, db):\n    s = 'ünï'; return open(s)\n", 2, 23,
+     unavailable("open")),
+]
+
+
+async def refused(rpc, tenant_id: str, code: str, how: str) -> list[dict]:
+    """Save `code` (create, or update of a good pipeline): -32602; the pipeline is unchanged."""
+    if how == "create":
+        with pytest.raises(InvalidParams) as exc:
+            await rpc.call("create_pipeline", {"tenant_id": tenant_id, "name": unique("bad"),
+                                               "code": code})
+        listed = await rpc.call("list_pipelines", {"tenant_id": tenant_id})
+        assert listed["pipelines"] == []
+    else:
+        good = (await rpc.call("create_pipeline", {
+            "tenant_id": tenant_id, "name": unique("good"),
+            "code": "def run(input, db):\n    return 1\n"}))["pipeline"]
+        with pytest.raises(InvalidParams) as exc:
+            await rpc.call("update_pipeline", {"tenant_id": tenant_id, "id": good["id"],
+                                               "code": code, "name": "renamed"})
+        same = await rpc.call("get_pipeline", {"tenant_id": tenant_id, "id": good["id"]})
+        assert same["pipeline"] == good
+    assert exc.value.code == -32602
+    return exc.value.data["errors"]
+
+
+@pytest.mark.parametrize("how", ["create", "update"])
+@pytest.mark.parametrize("code,line,column,message", [c[1:] for c in REFUSED],
+                         ids=[c[0] for c in REFUSED])
+async def test_refused_when_saved(rpc, tenant, how, code, line, column, message):
+    errors = await refused(rpc, tenant["id"], code, how)
+    assert errors == [{"field": "code", "line": line, "column": column, "message": message}]
+
+
+async def test_every_problem_in_source_order_with_restricted_pythons_own(rpc, tenant):
+    code = ("import os\n"
+            "from json import loads, decoder\n"
+            "\n"
+            "def run(input, db):\n"
+            "    x = input.__class__\n"
+            "    print(open, '{}'.format(1))\n"
+            "    return eval('1')\n")
+    errors = await refused(rpc, tenant["id"], code, "create")
+    assert [(e["line"], e["column"], e["message"]) for e in errors] == [
+        (1, 8, import_refused("os")),
+        (2, 25, not_provided("json", "decoder", JSON)),
+        (5, 9, '"__class__" is an invalid attribute name because it starts with "_".'),
+        (6, 11, unavailable("open")),
+        (6, 22, attribute_refused("format")),
+        (7, 12, "Eval calls are not allowed."),  # RestrictedPython's, not a second one
+    ]
+
+
+async def test_at_most_twenty_problems(rpc, tenant):
+    code = "def run(input, db):\n" + "".join(f"    x{i:02} = open\n" for i in range(30)) + \
+        "    return 1\n"
+    errors = await refused(rpc, tenant["id"], code, "create")
+    assert [(e["line"], e["column"]) for e in errors] == [(i, 11) for i in range(2, 22)]
+
+
+BENIGN = '''\
+import collections, datetime, decimal, fractions, functools, itertools, json, math
+import random, re, statistics, string
+import json as j
+from math import sqrt, pi as PI
+from collections import Counter as C
+
+LIMIT = 3
+
+
+def helper(values, *rest, scale=1, **options):
+    return [v * scale for v in values]
+
+
+def shadow():
+    open = "mine"  # a name the code binds is its own, wherever it is used
+    return open
+
+
+def run(input, db):
+    global LIMIT
+    format = "%s-%s"  # a variable may be called format; only the attribute is refused
+    total = 0
+    for i, v in enumerate(helper([1, 2, 3], scale=2)):
+        total += v
+    try:
+        db.get_node("not-a-uuid")
+    except DbError as e:
+        kind = e.kind
+    if (n := len(input)) > 0:
+        LIMIT = n
+    print("total", total)
+    return {
+        "total": total, "kind": kind, "squares": [k * k for k in range(LIMIT)],
+        "json": j.dumps(json.loads("[1]")), "math": [sqrt(16), math.floor(PI)],
+        "counter": C("aab")["a"], "format": format % ("a", "b"), "fstring": f"{total:>4}",
+        "date": datetime.date(2024, 1, 2).isoformat(), "decimal": str(decimal.Decimal("1.5")),
+        "fraction": str(fractions.Fraction(2, 6)),
+        "reduce": functools.reduce(lambda a, b: a + b, [1, 2]),
+        "chain": list(itertools.chain([1], [2])), "median": statistics.median([1, 3, 5]),
+        "re": re.sub("a", "b", "aa"), "digits": string.digits, "random": random.randint(1, 1),
+        "default": collections.defaultdict(int)["x"], "shadow": shadow(),
+        "getattr": getattr(input, "format", "none"), "printed": printed,
+    }
+'''
+
+
+async def test_benign_code_saves_and_runs(rpc, tenant):
+    t = tenant["id"]
+    pipeline = (await rpc.call("create_pipeline", {"tenant_id": t, "name": unique("ok"),
+                                                   "code": BENIGN}))["pipeline"]
+    updated = await rpc.call("update_pipeline", {"tenant_id": t, "id": pipeline["id"],
+                                                 "code": BENIGN + "\n"})
+    assert updated["pipeline"]["version"] == 2
+    done = (await rpc.call("run_pipeline", {"tenant_id": t, "pipeline_id": pipeline["id"],
+                                            "input": {"a": 1, "b": 2}}))["run"]
+    assert done["status"] == "succeeded", done["error"]
+    assert done["result"] == {
+        "total": 12, "kind": "invalid_params", "squares": [0, 1], "json": "[1]",
+        "math": [4.0, 3], "counter": 2, "format": "a-b", "fstring": "  12",
+        "date": "2024-01-02", "decimal": "1.5", "fraction": "1/3", "reduce": 3,
+        "chain": [1, 2], "median": 3, "re": "bb", "digits": "0123456789", "random": 1,
+        "default": 0, "shadow": "mine", "getattr": "none", "printed": "total 12\n"}
+
+
+def readme_pipeline() -> str:
+    """The example in the README's "Pipelines" section, as it stands."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("\n## Pipelines\n", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+async def test_the_readmes_example_saves_and_runs(rpc, tenant, node_type):
+    t = tenant["id"]
+    for name, age in (("ann", 30), ("bob", 40), ("cat", 50)):
+        await rpc.call("create_node", {"tenant_id": t, "node_type_id": node_type["id"],
+                                       "data": {"name": name, "age": age, "kind": "staff"}})
+    await rpc.call("create_node", {"tenant_id": t, "node_type_id": node_type["id"],
+                                   "data": {"name": "dan", "kind": "guest"}})
+    report = (await rpc.call("create_node_type", {"tenant_id": t, "name": "Report"}))
+    code = readme_pipeline()
+    assert "import statistics" in code and "def run(input, db):" in code
+    pipeline = (await rpc.call("create_pipeline", {"tenant_id": t, "name": unique("readme"),
+                                                   "code": code}))["pipeline"]
+    done = (await rpc.call("run_pipeline", {
+        "tenant_id": t, "pipeline_id": pipeline["id"],
+        "input": {"kind": "staff", "report_type": report["node_type"]["id"]}}))["run"]
+    assert done["status"] == "succeeded", done["error"]
+    assert done["result"]["count"] == 3 and done["output"] == "summarised 3 nodes\n"
+    summary = await rpc.call("get_node", {"tenant_id": t, "id": done["result"]["report"]})
+    assert summary["node"]["data"] == {"kind": "staff", "mean_age": 40}
