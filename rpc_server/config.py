@@ -35,7 +35,10 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(1_048_576, ge=1024, le=64 * 1_048_576,
                                 description="Largest accepted request body")
     max_batch: int = Field(100, ge=1, le=10_000, description="Most members in a batch")
-    max_json_depth: int = Field(64, ge=2, le=200, description="Deepest JSON nesting accepted")
+    # At most 100: jsonschema checks a schema ~8 frames a level deep, within Python's 1000.
+    max_json_depth: int = Field(100, ge=2, le=100, description="Deepest nesting of a "
+                                "document (data, schema, input, filter...), on both the "
+                                "JSON-RPC server and the REST facade")
     json_fields: Literal["object", "string"] = Field(
         "object", description="Return data/schema as JSON objects or JSON strings")
     secret_key: str | None = Field(

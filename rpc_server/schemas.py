@@ -74,6 +74,9 @@ def check_schema(schema: dict | None, field: str = "schema") -> None:
         path = "/".join(str(p) for p in exc.absolute_path)
         where = f" at /{path}" if path else ""
         raise InvalidParams.field(field, f"is not a valid JSON Schema{where}: {exc.message}") from None
+    except RecursionError:  # the meta-schema's check recurses ~8 frames per level
+        raise InvalidParams.field(field, "is nested too deeply to be checked as a JSON "
+                                  "Schema") from None
     refs, patterns = _references_and_patterns(schema)
     resolver = Registry().with_resource(
         SCHEMA_URI, DRAFT202012.create_resource(schema)).resolver(base_uri=SCHEMA_URI)

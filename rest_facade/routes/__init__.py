@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import json
 
-import orjson
 from fastapi import APIRouter, Request, Security
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 
-from rpc_server.json_codec import json_depth_exceeds
+from rpc_server.json_codec import JSONError, JSONTooDeep, loads
 
 from ..errors import ERROR_RESPONSES
 
@@ -18,20 +17,21 @@ bearer = HTTPBearer(auto_error=False, description="An API key: Authorization: Be
 
 
 class StrictJsonRequest(Request):
-    """Bodies are parsed as rpc_server parses them (orjson): NaN, Infinity, numbers out of
-    range, lone surrogates and absurd nesting are malformed JSON (400), not data that
-    changes on the way (the standard parser would let NaN through to be stored as null)."""
+    """Bodies are parsed as rpc_server parses them (json_codec.loads): NaN, Infinity, lone
+    surrogates are malformed JSON (400); numbers out of range are read as such, for the
+    field holding one to refuse (422), never rounded; nesting is each document's to limit
+    (rpc_server.params.Documents), as over JSON-RPC."""
 
     async def json(self):
         if not hasattr(self, "_json"):
             body = await self.body()
-            parsed = orjson.loads(body)
-            # rpc_server's nesting limit, less the two levels of the JSON-RPC envelope.
-            depth = self.app.state.settings.max_json_depth - 2
-            if json_depth_exceeds(parsed, depth):
-                raise json.JSONDecodeError(f"nested deeper than {depth} levels",
-                                           body.decode("utf-8", "replace")[:100], 0)
-            self._json = parsed
+            try:
+                self._json = loads(body)
+            except JSONTooDeep:
+                raise  # FastAPI wraps it in a 400; errors.on_http_error words the answer
+            except JSONError as exc:
+                raise json.JSONDecodeError(str(exc), body.decode("utf-8", "replace")[:100],
+                                           0) from None
         return self._json
 
 
