@@ -145,7 +145,13 @@ def _optional_schema(value: Any) -> Any:
     # An empty string is how flex-db clients say "no schema".
     if value is None or value == "":
         return None
-    return _json_object(_parse_json_text(value))
+    schema = _parse_json_text(value)
+    if type(schema) is bool:  # Draft 2020-12: true accepts every document, false none
+        return schema
+    if not isinstance(schema, dict):
+        raise ValueError("must be a JSON Schema: an object, true or false (or a string "
+                         "holding one)")
+    return check_document(schema)
 
 
 Id = UUID
@@ -184,7 +190,8 @@ JsonObject = Annotated[dict[str, Any], BeforeValidator(_parse_json_text),
                        AfterValidator(_json_object),
                        also_accepts({"type": "string", "contentMediaType": "application/json",
                                      "description": "the object as JSON text"})]
-JsonSchemaDoc = Annotated[dict[str, Any] | None, BeforeValidator(_optional_schema),
+JsonSchemaDoc = Annotated[dict[str, Any] | StrictBool | None,
+                          BeforeValidator(_optional_schema),
                           also_accepts({"type": "string", "description": "the schema as JSON "
                                         "text; \"\" = no schema"})]
 # Any other free-form JSON (a pipeline's input, a filter, an execute_query param).

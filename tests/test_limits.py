@@ -1,5 +1,6 @@
 """One set of limits, equal on both surfaces (JSON-RPC and the REST facade in front of it):
-how deeply a document may nest (FLEXDB_MAX_JSON_DEPTH) and numbers out of range."""
+how deeply a document may nest (FLEXDB_MAX_JSON_DEPTH), numbers out of range, and the
+boolean schemas of JSON Schema Draft 2020-12."""
 from __future__ import annotations
 
 import asyncio
@@ -388,3 +389,46 @@ async def test_nan_and_infinity_stay_malformed_json(rest, rpc, http):
         r = await http.post("/jsonrpc", content=b'{"jsonrpc": "2.0", "id": 1, "method": '
                                                 b'"list_tenants", "params": {"x": %s}}' % literal)
         assert r.json()["error"]["code"] == -32700
+
+
+# ---------------------------------------------------------------- boolean schemas
+
+@pytest.mark.parametrize("as_string", [False, True], ids=["object", "string"])
+async def test_true_and_false_are_whole_schemas(rest, rpc, as_string):
+    t = await make_tenant(rpc)
+    accept_all = await make_node_type(rpc, t, "true" if as_string else True)
+    got = (await rpc.call("get_node_type", {"tenant_id": t, "id": accept_all}))["node_type"]
+    assert got["schema"] is True
+    await rpc.call("create_node", {"tenant_id": t, "node_type_id": accept_all,
+                                   "data": {"anything": [1, "x"]}})
+    accept_none = ok(await rest.post(f"/tenants/{t}/node-types", json={
+        "name": "None", "schema": "false" if as_string else False}), 201)["node_type"]
+    assert accept_none["schema"] is False
+    assert ok(await rest.get(f"/tenants/{t}/node-types/{accept_none['id']}")) == \
+        {"node_type": accept_none}
+    for data in ({}, {"a": 1}):
+        with pytest.raises(InvalidParams) as exc:
+            await rpc.call("create_node", {"tenant_id": t, "node_type_id": accept_none["id"],
+                                           "data": data})
+        assert error_fields(exc) == ["data"]
+        error = rest_error(await rest.post(f"/tenants/{t}/nodes", json={
+            "node_type_id": accept_none["id"], "data": data}), 422, -32602, "invalid_params")
+        assert [e["field"] for e in error["details"]["errors"]] == ["data"]
+    # false -> true over JSON-RPC, true -> an object -> false over REST
+    updated = await rpc.call("update_node_type", {"tenant_id": t, "id": accept_none["id"],
+                                                  "schema": "true" if as_string else True})
+    assert updated["node_type"]["schema"] is True
+    route = f"/tenants/{t}/node-types/{accept_none['id']}"
+    ok(await rest.patch(route, json={"schema": {"type": "object"}}))
+    back = ok(await rest.put(route, json={"schema": "false" if as_string else False}))
+    assert back["node_type"]["schema"] is False and back["node_type"]["version"] == 4
+
+
+@pytest.mark.parametrize("schema", [1, "1", [], "[]", "null"], ids=str)
+async def test_other_non_object_schemas_are_refused(rpc, schema):
+    t = await make_tenant(rpc)
+    with pytest.raises(InvalidParams) as exc:
+        await make_node_type(rpc, t, schema)
+    assert error_fields(exc) == ["schema"]
+    assert exc.value.data["errors"][0]["message"].startswith("must be a JSON Schema: an object, "
+                                                             "true or false")
