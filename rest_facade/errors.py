@@ -198,7 +198,8 @@ ERROR_RESPONSES: dict[int | str, dict] = {
     409: _described("Conflict: duplicate, or expected_version does not match"),
     413: _described("Request body larger than the facade accepts"),
     422: _described("Invalid parameters (details.errors lists each field: a document "
-                     "nested too deeply, a number out of range...)"),
+                     "nested too deeply, a number out of range, an unknown query "
+                     "parameter...)"),
     429: _described("Busy, rate limited, or too many requests of these credentials in "
                      "flight; see Retry-After"),
     500: _described("Internal error (details.request_id finds it in the logs)"),

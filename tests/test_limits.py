@@ -1,6 +1,6 @@
 """One set of limits, equal on both surfaces (JSON-RPC and the REST facade in front of it):
-how deeply a document may nest (FLEXDB_MAX_JSON_DEPTH), numbers out of range, and the
-boolean schemas of JSON Schema Draft 2020-12."""
+how deeply a document may nest (FLEXDB_MAX_JSON_DEPTH), numbers out of range, the boolean
+schemas of JSON Schema Draft 2020-12, and unknown query parameters."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
+from rest_facade.routes import all_routers
 from rpc_server.client import FlexDBClient, InvalidParams
 from rpc_server.config import ConfigError, Settings, load_settings
 
@@ -432,3 +433,32 @@ async def test_other_non_object_schemas_are_refused(rpc, schema):
     assert error_fields(exc) == ["schema"]
     assert exc.value.data["errors"][0]["message"].startswith("must be a JSON Schema: an object, "
                                                              "true or false")
+
+
+# ---------------------------------------------------------------- REST query parameters
+
+def facade_routes() -> list[tuple[str, str]]:
+    routes = sorted((method, route.path) for router in all_routers() for route in router.routes
+                    for method in route.methods)
+    assert len(routes) > 50
+    return routes
+
+
+@pytest.mark.parametrize("method,path", facade_routes())
+async def test_an_unknown_query_parameter_is_422_on_every_route(rest, method, path):
+    url = path.format(**{name: missing_id() for name in
+                         ("tenant_id", "user_id", "node_type_id", "node_id", "relationship_id",
+                          "pipeline_id", "run_id", "key_id")})
+    resp = await rest.request(method, url, params={"page_sise": "5"},
+                              json={} if method in ("POST", "PUT", "PATCH") else None)
+    error = rest_error(resp, 422, -32602, "invalid_params")
+    assert error["details"]["errors"] == [
+        {"field": "page_sise", "in": "query", "message": "is not a parameter of this route"}]
+
+
+async def test_declared_query_parameters_still_work(rest, rpc):
+    t = await make_tenant(rpc)
+    nt = await make_node_type(rpc, t)
+    page = ok(await rest.get(f"/tenants/{t}/nodes", params={
+        "page_size": 1, "page_token": "", "include_total": "true", "node_type_id": nt}))
+    assert page["pagination"]["total_count"] == 0

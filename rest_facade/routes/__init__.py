@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from fastapi import APIRouter, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 
@@ -35,11 +36,30 @@ class StrictJsonRequest(Request):
         return self._json
 
 
+def _query_names(dependant) -> frozenset[str]:
+    """The query parameters a route declares, its dependencies' (paging) included."""
+    names, stack = set(), [dependant]
+    while stack:
+        current = stack.pop()
+        names.update(param.alias for param in current.query_params)
+        stack.extend(current.dependencies)
+    return frozenset(names)
+
+
 class StrictJsonRoute(APIRoute):
+    """Every route of the facade: a body read as rpc_server reads it, and only the query
+    parameters the route declares (else 422, as JSON-RPC refuses unknown params)."""
+
     def get_route_handler(self):
         handler = super().get_route_handler()
+        query_names = _query_names(self.dependant)
 
         async def strict_json_handler(request: Request):
+            unknown = sorted(set(request.query_params) - query_names)
+            if unknown:
+                raise RequestValidationError([
+                    {"type": "extra_forbidden", "loc": ("query", name),
+                     "msg": "is not a parameter of this route"} for name in unknown])
             return await handler(StrictJsonRequest(request.scope, request.receive))
 
         return strict_json_handler
