@@ -197,6 +197,7 @@ ERROR_RESPONSES: dict[int | str, dict] = {
     404: _described("No such resource (or not visible to the caller)"),
     409: _described("Conflict: duplicate, or expected_version does not match"),
     413: _described("Request body larger than the facade accepts"),
+    415: _described("A body not sent as JSON (Content-Type: application/json)"),
     422: _described("Invalid parameters (details.errors lists each field: a document "
                      "nested too deeply, a number out of range, an unknown query "
                      "parameter...)"),

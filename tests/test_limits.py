@@ -1,6 +1,6 @@
 """One set of limits, equal on both surfaces (JSON-RPC and the REST facade in front of it):
-how deeply a document may nest (FLEXDB_MAX_JSON_DEPTH), numbers out of range, the boolean
-schemas of JSON Schema Draft 2020-12, and unknown query parameters."""
+how deeply a document may nest (FLEXDB_MAX_JSON_DEPTH), numbers out of range, boolean
+schemas, unknown query parameters and bodies not sent as JSON."""
 from __future__ import annotations
 
 import asyncio
@@ -462,3 +462,47 @@ async def test_declared_query_parameters_still_work(rest, rpc):
     page = ok(await rest.get(f"/tenants/{t}/nodes", params={
         "page_size": 1, "page_token": "", "include_total": "true", "node_type_id": nt}))
     assert page["pagination"]["total_count"] == 0
+
+
+# ---------------------------------------------------------------- REST bodies not sent as JSON
+
+@pytest.mark.parametrize("content_type", [None, "application/x-www-form-urlencoded",
+                                          "text/plain", "multipart/form-data; boundary=x"])
+async def test_a_body_not_sent_as_json_is_415_saying_so(rest, rpc, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    resp = await rest.post("/tenants", content=b'{"slug": "nope", "name": "N"}',
+                           headers=headers)
+    assert ("content-type" in resp.request.headers) == bool(content_type)
+    error = rest_error(resp, 415, -32600, "unsupported_media_type")
+    assert error["message"] == "Send the body as JSON, with Content-Type: application/json"
+    assert error["details"]["content_type"] == content_type
+    listed = await rpc.call("list_tenants", {"pagination": {"page_size": 1000}})
+    assert "nope" not in {x["slug"] for x in listed["tenants"]}
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8",
+                                          "Application/JSON", "application/merge-patch+json"])
+async def test_json_content_types_are_accepted(rest, rpc, content_type):
+    resp = await rest.post("/tenants", content=json.dumps({"slug": unique("ct"), "name": "C"}),
+                           headers={"Content-Type": content_type})
+    ok(resp, 201)
+
+
+async def test_a_route_without_a_body_takes_a_request_without_content_type(rest, rpc):
+    t = await make_tenant(rpc)
+    resp = await rest.post(f"/tenants/{t}/runs/{missing_id()}/cancel")
+    rest_error(resp, 404, -32001, "not_found")
+
+
+async def test_json_rpc_takes_bodies_whatever_their_content_type(http):
+    body = b'{"jsonrpc": "2.0", "id": 5, "method": "list_tenants", "params": {}}'
+    for content_type in ("application/x-www-form-urlencoded", "text/plain", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        r = await http.post("/jsonrpc", content=body, headers=headers)
+        assert r.status_code == 200 and "result" in r.json() and r.json()["id"] == 5
+
+
+async def test_openapi_documents_the_415_and_422(rest):
+    document = ok(await rest.get("/openapi.json"))
+    create = document["paths"]["/tenants"]["post"]["responses"]
+    assert {"415", "422"} <= set(create)

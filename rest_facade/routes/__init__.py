@@ -10,11 +10,12 @@ from fastapi.security import HTTPBearer
 
 from rpc_server.json_codec import JSONError, JSONTooDeep, loads
 
-from ..errors import ERROR_RESPONSES
+from ..errors import ERROR_RESPONSES, INVALID_REQUEST, ApiError
 
 # Documents the scheme in /openapi.json (the "Authorize" button of /docs). The facade does
 # not check credentials itself: it forwards Authorization and rpc_server decides.
 bearer = HTTPBearer(auto_error=False, description="An API key: Authorization: Bearer <key>")
+SEND_JSON = "Send the body as JSON, with Content-Type: application/json"
 
 
 class StrictJsonRequest(Request):
@@ -36,6 +37,13 @@ class StrictJsonRequest(Request):
         return self._json
 
 
+def _is_json(content_type: str | None) -> bool:
+    # What FastAPI reads as JSON: application/json or application/*+json, with parameters.
+    media = (content_type or "").split(";")[0].strip().lower()
+    return media == "application/json" or (media.startswith("application/")
+                                            and media.endswith("+json"))
+
+
 def _query_names(dependant) -> frozenset[str]:
     """The query parameters a route declares, its dependencies' (paging) included."""
     names, stack = set(), [dependant]
@@ -46,12 +54,20 @@ def _query_names(dependant) -> frozenset[str]:
     return frozenset(names)
 
 
+def _has_body(headers) -> bool:
+    length = headers.get("content-length")
+    return "transfer-encoding" in headers or (length is not None and length.strip() != "0")
+
+
 class StrictJsonRoute(APIRoute):
-    """Every route of the facade: a body read as rpc_server reads it, and only the query
-    parameters the route declares (else 422, as JSON-RPC refuses unknown params)."""
+    """Every route of the facade: a body only as JSON (else 415; FastAPI would read a form
+    or a body without Content-Type as a value of the wrong type, a confusing 422), read as
+    rpc_server reads it; and only the query parameters the route declares (else 422, as
+    JSON-RPC refuses unknown params)."""
 
     def get_route_handler(self):
         handler = super().get_route_handler()
+        takes_body = self.body_field is not None
         query_names = _query_names(self.dependant)
 
         async def strict_json_handler(request: Request):
@@ -60,6 +76,11 @@ class StrictJsonRoute(APIRoute):
                 raise RequestValidationError([
                     {"type": "extra_forbidden", "loc": ("query", name),
                      "msg": "is not a parameter of this route"} for name in unknown])
+            content_type = request.headers.get("content-type")
+            if takes_body and not _is_json(content_type) and _has_body(request.headers):
+                raise ApiError(415, INVALID_REQUEST, SEND_JSON, {
+                    "type": "unsupported_media_type",
+                    "content_type": (content_type or "")[:100] or None})
             return await handler(StrictJsonRequest(request.scope, request.receive))
 
         return strict_json_handler
