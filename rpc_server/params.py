@@ -75,10 +75,9 @@ def _too_deep() -> str:
 
 
 def document_text(value: Any) -> bytes:
-    """The document as JSON text, once it meets the rules every document meets (nesting,
-    numbers in range, no U+0000); ValueError says which it breaks. Checked on the text
-    orjson writes: C speed, where walking a document in Python was a tenth of a bulk
-    create's time."""
+    """The document as JSON text, once its nesting and its numbers are in range (else
+    ValueError saying which). Checked on the text orjson writes: C speed, where walking a
+    document in Python was a tenth of a bulk create's time."""
     try:
         text = orjson.dumps(value)
     except TypeError:  # orjson.JSONEncodeError too: an OutOfRange, or past ~254 levels
@@ -89,13 +88,13 @@ def document_text(value: Any) -> bytes:
         raise
     if json_text_depth_exceeds(text, Documents.max_depth):
         raise ValueError(_too_deep())
-    if contains_nul(text):
-        raise ValueError("must not contain the character U+0000")
     return text
 
 
 def check_document(value: Any) -> Any:
-    document_text(value)
+    """Every rule of a document, U+0000 (which PostgreSQL cannot store) included."""
+    if contains_nul(document_text(value)):
+        raise ValueError("must not contain the character U+0000")
     return value
 
 
@@ -194,7 +193,7 @@ JsonSchemaDoc = Annotated[dict[str, Any] | StrictBool | None,
                           BeforeValidator(_optional_schema),
                           also_accepts({"type": "string", "description": "the schema as JSON "
                                         "text; \"\" = no schema"})]
-# Any other free-form JSON (a pipeline's input, a filter, an execute_query param).
+# Any other free-form JSON a caller stores or sends on (a pipeline's input, a query param).
 Document = Annotated[Any, AfterValidator(check_document)]
 Version = Annotated[StrictInt, Field(ge=1, le=MAX_VERSION)]
 
