@@ -9,6 +9,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from rpc_server.client import FlexDBClient
 from rpc_server.config import Settings
+from rpc_server.params import set_max_document_depth
 
 from . import errors
 from .callers import CallerGuard
@@ -42,6 +43,7 @@ def create_app(settings: Settings) -> FastAPI:
                   lifespan=lifespan, docs_url="/docs", redoc_url="/redoc",
                   openapi_url="/openapi.json", redirect_slashes=False)
     app.state.settings = settings
+    set_max_document_depth(settings.max_json_depth)  # as rpc_server: one limit, both surfaces
     errors.install(app)
     for router in all_routers():
         app.include_router(router)

@@ -20,6 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from rpc_server.client import RpcError
+from rpc_server.json_codec import JSONTooDeep
+from rpc_server.params import error_message
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +117,7 @@ def validation_details(exc: RequestValidationError) -> tuple[int, int, str, dict
         loc = [str(p) for p in err.get("loc", ())]
         where = loc[0] if loc else "body"
         field = ".".join(loc[1:]) or where
-        errors.append({"field": field, "in": where,
-                       "message": str(err.get("msg", "")).removeprefix("Value error, ")})
+        errors.append({"field": field, "in": where, "message": error_message(err)})
     first = errors[0] if errors else {"field": "body", "message": "invalid"}
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     message = f"Invalid params: {first['field']}: {first['message']}{more}"
@@ -134,6 +135,10 @@ async def on_validation_error(request: Request, exc: RequestValidationError) -> 
 async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
     if isinstance(exc.__cause__, BodyTooLarge):  # FastAPI wraps errors while reading a body
         return body_too_large(request.state.request_id, exc.__cause__.limit)
+    if isinstance(exc.__cause__, JSONTooDeep):  # as rpc_server answers it (-32600)
+        return error_response(request, 400, INVALID_REQUEST,
+                              f"The request body is JSON {exc.__cause__}",
+                              {"type": "invalid_request", "reason": f"JSON {exc.__cause__}"})
     if exc.status_code == 404:
         return error_response(request, 404, METHOD_NOT_FOUND, "No such route",
                               {"type": "route_not_found", "path": request.url.path[:200]})
@@ -185,14 +190,17 @@ def _described(text: str) -> dict:
 
 # Declared on every route, so /openapi.json documents each error a caller can get.
 ERROR_RESPONSES: dict[int | str, dict] = {
-    400: _described("Malformed or too deeply nested JSON body; a query refused, or a query "
-                     "or graph walk over its time or size limit"),
+    400: _described("Malformed JSON body (or nested too deeply to read); a query refused, "
+                     "or a query or graph walk over its time or size limit"),
     401: _described("No or invalid credentials (WWW-Authenticate: Bearer)"),
     403: _described("Authenticated, but the role is too low"),
     404: _described("No such resource (or not visible to the caller)"),
     409: _described("Conflict: duplicate, or expected_version does not match"),
     413: _described("Request body larger than the facade accepts"),
-    422: _described("Invalid parameters (details.errors lists each field)"),
+    415: _described("A body not sent as JSON (Content-Type: application/json)"),
+    422: _described("Invalid parameters (details.errors lists each field: a document "
+                     "nested too deeply, a number out of range, an unknown query "
+                     "parameter...)"),
     429: _described("Busy, rate limited, or too many requests of these credentials in "
                      "flight; see Retry-After"),
     500: _described("Internal error (details.request_id finds it in the logs)"),

@@ -37,6 +37,7 @@ from .repositories.tenant_sql import is_superuser, setup_problems
 from .schemas import ValidatorCache
 from .server_secret import server_secret
 from .shaping import Shaper
+from .params import set_max_document_depth
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("flexdb.access")
@@ -173,8 +174,8 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
     app = web.Application(handler_args={"auto_decompress": False})
     table = {**build_dispatch_table(), "rpc.discover": rpc_discover}
     app[DISPATCHER] = Dispatcher(table, max_batch=settings.max_batch,
-                                 max_depth=settings.max_json_depth,
                                  tenant_params=tenant_params())
+    set_max_document_depth(settings.max_json_depth)
 
     secret = server_secret(settings)
 

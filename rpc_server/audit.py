@@ -46,7 +46,8 @@ def summarize(params: dict) -> str:
         if any(word in name.lower() for word in SECRET_WORDS):
             out[name] = "[redacted]"
         elif name in DOCUMENT_FIELDS:
-            out[name] = None if value is None else f"<{type(value).__name__} of {len(value)}>"
+            out[name] = value if value is None or type(value) is bool \
+                else f"<{type(value).__name__} of {len(value)}>"  # (a schema may be a bool)
         elif isinstance(value, list):
             out[name] = f"<{len(value)} items>"
         elif isinstance(value, dict):

@@ -88,8 +88,12 @@ class Settings(BaseModel):
                                   read_by=(SERVE,), ge=1024, le=64 * 1_048_576)
     max_batch: int = setting(100, "most members in one batch", read_by=(SERVE,),
                              ge=1, le=10_000)
-    max_json_depth: int = setting(64, "deepest JSON nesting accepted", read_by=(SERVE, FACADE),
-                                  ge=2, le=200)
+    # At most 100: jsonschema checks a schema ~8 frames a level deep, within Python's 1000.
+    max_json_depth: int = setting(
+        100, "deepest nesting of a document (`data`, `schema`, a pipeline's `input`, a filter, "
+        "a query param), 2–100, counted from the document itself, whether sent as an object "
+        "or as a JSON string; the server and the facade read the same setting (see "
+        "[Limits](#limits))", read_by=(SERVE, FACADE), ge=2, le=100)
     json_fields: Literal["object", "string"] = setting(
         "object", "`string` returns `data`/`schema` as JSON strings (unset schema = `\"\"`) "
         "for clients whose models require strings", read_by=(SERVE,))

@@ -11,7 +11,9 @@ from pydantic import (AfterValidator, AwareDatetime, BaseModel, BeforeValidator,
                       GetCoreSchemaHandler, GetJsonSchemaHandler, StrictBool, StrictInt)
 from pydantic_core import core_schema
 
-from .json_codec import JSONError, json_depth_exceeds, json_text_depth_exceeds, loads
+from .config import Settings
+from .json_codec import (OUT_OF_RANGE, JSONError, JSONTooDeep, OutOfRange, holds_out_of_range,
+                         json_depth_exceeds, json_text_depth_exceeds, loads)
 
 MAX_NAME = 200
 MAX_DESCRIPTION = 2000
@@ -19,9 +21,6 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_TOKEN = 16_384
 MAX_BULK = 1000
-# Nesting allowed inside a document sent as a JSON string (documents sent as objects are
-# bounded by FLEXDB_MAX_JSON_DEPTH). Well under the ~255 levels orjson can write back.
-MAX_DOCUMENT_DEPTH = 100
 MAX_VERSION = 2**31 - 1  # the version column is a PostgreSQL integer
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")
@@ -56,19 +55,59 @@ def _email(value: str) -> str:
     return value
 
 
+class Documents:
+    """How deeply a document may nest: FLEXDB_MAX_JSON_DEPTH, set by each process (server,
+    facade) from its settings when it starts. A document is any free-form JSON a caller
+    gives: a node's or relationship's data, a node type's schema, a pipeline's input, a
+    query_nodes filter or sort, each execute_query param. Its depth counts from the
+    document itself ({} and [] are one level), wherever it sits in a request and whether
+    it comes as JSON or as a JSON string: what one surface stores, the other reads and
+    writes back."""
+    max_depth: int = Settings.model_fields["max_json_depth"].default
+
+
+def set_max_document_depth(depth: int) -> None:
+    Documents.max_depth = depth
+
+
+def _too_deep() -> str:
+    return f"is nested deeper than {Documents.max_depth} levels (FLEXDB_MAX_JSON_DEPTH)"
+
+
+def document_text(value: Any) -> bytes:
+    """The document as JSON text, once its nesting and its numbers are in range (else
+    ValueError saying which). Checked on the text orjson writes: C speed, where walking a
+    document in Python was a tenth of a bulk create's time."""
+    try:
+        text = orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError too: an OutOfRange, or past ~254 levels
+        if holds_out_of_range(value):
+            raise ValueError(f"holds a number out of range: {OUT_OF_RANGE}") from None
+        if json_depth_exceeds(value, Documents.max_depth):
+            raise ValueError(_too_deep()) from None
+        raise
+    if json_text_depth_exceeds(text, Documents.max_depth):
+        raise ValueError(_too_deep())
+    return text
+
+
+def check_document(value: Any) -> Any:
+    """Every rule of a document, U+0000 (which PostgreSQL cannot store) included."""
+    if contains_nul(document_text(value)):
+        raise ValueError("must not contain the character U+0000")
+    return value
+
+
 def _parse_json_text(value: Any) -> Any:
-    """flex-db clients send documents as JSON strings; newer ones send objects."""
+    """flex-db clients send documents as JSON strings; newer ones send objects. Either is
+    then checked as a document (check_document)."""
     if isinstance(value, str):
-        text = value.encode()
         try:
-            parsed = loads(text)
+            return loads(value)
+        except JSONTooDeep:
+            raise ValueError(_too_deep()) from None
         except JSONError as exc:
             raise ValueError(f"is not valid JSON: {exc}") from None
-        # the text check is exact but for duplicate keys (it sees every copy): confirm
-        if json_text_depth_exceeds(text, MAX_DOCUMENT_DEPTH) \
-                and json_depth_exceeds(parsed, MAX_DOCUMENT_DEPTH):
-            raise ValueError(f"is nested deeper than {MAX_DOCUMENT_DEPTH} levels")
-        return parsed
     return value
 
 
@@ -77,38 +116,22 @@ def _parse_json_text(value: Any) -> Any:
 _ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
-def contains_nul(value: Any) -> bool:
-    """PostgreSQL text and jsonb cannot store U+0000, so it is refused up front. Searched
-    for in the document's JSON text: C speed, where walking a large document in Python
-    was a tenth of a bulk create's time."""
-    try:
-        text = orjson.dumps(value)
-    except (TypeError, orjson.JSONEncodeError):
-        return _contains_nul_walk(value)
+def contains_nul(text: bytes) -> bool:
+    """PostgreSQL text and jsonb cannot store U+0000, so it is refused up front."""
     return b"\\u0000" in text and _ESCAPED_NUL.search(text) is not None
-
-
-def _contains_nul_walk(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
 
 
 def _json_object(value: Any) -> dict:
     if not isinstance(value, dict):
         raise ValueError("must be a JSON object (or a string holding one)")
-    if contains_nul(value):
-        raise ValueError("must not contain the character U+0000")
-    return value
+    return check_document(value)
+
+
+def error_message(error: dict) -> str:
+    """A pydantic error's message for callers (for a number out of range, a plain one)."""
+    if isinstance(error.get("input"), OutOfRange):
+        return f"is a number out of range: {OUT_OF_RANGE}"
+    return str(error.get("msg", "")).removeprefix("Value error, ")
 
 
 def _no_nul(value: str) -> str:
@@ -121,7 +144,13 @@ def _optional_schema(value: Any) -> Any:
     # An empty string is how flex-db clients say "no schema".
     if value is None or value == "":
         return None
-    return _json_object(_parse_json_text(value))
+    schema = _parse_json_text(value)
+    if type(schema) is bool:  # Draft 2020-12: true accepts every document, false none
+        return schema
+    if not isinstance(schema, dict):
+        raise ValueError("must be a JSON Schema: an object, true or false (or a string "
+                         "holding one)")
+    return check_document(schema)
 
 
 Id = UUID
@@ -160,9 +189,12 @@ JsonObject = Annotated[dict[str, Any], BeforeValidator(_parse_json_text),
                        AfterValidator(_json_object),
                        also_accepts({"type": "string", "contentMediaType": "application/json",
                                      "description": "the object as JSON text"})]
-JsonSchemaDoc = Annotated[dict[str, Any] | None, BeforeValidator(_optional_schema),
+JsonSchemaDoc = Annotated[dict[str, Any] | StrictBool | None,
+                          BeforeValidator(_optional_schema),
                           also_accepts({"type": "string", "description": "the schema as JSON "
                                         "text; \"\" = no schema"})]
+# Any other free-form JSON a caller stores or sends on (a pipeline's input, a query param).
+Document = Annotated[Any, AfterValidator(check_document)]
 Version = Annotated[StrictInt, Field(ge=1, le=MAX_VERSION)]
 
 

@@ -22,7 +22,7 @@ from jsonrpcserver.result import (ErrorResult, InternalErrorResult, Left,
 
 from .errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
                      PARSE_ERROR)
-from .json_codec import JSONError, dumps, json_depth_exceeds, json_text_depth_exceeds, loads
+from .json_codec import JSONError, JSONTooDeep, OutOfRange, dumps, loads
 
 log = logging.getLogger(__name__)
 UNKNOWN_NAME = re.compile(r"unexpected keyword argument '([^']+)'")
@@ -76,26 +76,26 @@ def _binding_error(message: str) -> dict:
 
 
 class Dispatcher:
-    def __init__(self, methods: dict[str, Callable], *, max_batch: int, max_depth: int,
+    def __init__(self, methods: dict[str, Callable], *, max_batch: int,
                  tenant_params: dict[str, str] | None = None):
         self.methods = methods
         self.tenant_params = tenant_params or {}
         self.max_batch = max_batch
-        self.max_depth = max_depth
 
     async def handle(self, body: bytes, context: Any) -> bytes | None:
         """The response body for a request body, or None when nothing is to be sent back
-        (only notifications)."""
+        (only notifications). Nesting is not limited here: each document param limits its
+        own (params.Documents), so one too deep is invalid params naming it."""
         try:
             payload = loads(body)
+        except JSONTooDeep as exc:
+            note(context, "-", INVALID_REQUEST)
+            return dumps(invalid_request(f"JSON {exc}"))
         except JSONError as exc:
             note(context, "-", PARSE_ERROR)
             return dumps(error_response(PARSE_ERROR, "Parse error", None,
                                         {"type": "parse_error", "reason": str(exc)}))
-        # One look at the text: when no member can be too deep, members skip their walk.
-        batch = isinstance(payload, list)
-        deep = json_text_depth_exceeds(body, self.max_depth + batch)
-        if batch:
+        if isinstance(payload, list):
             if not payload:
                 note(context, "-", INVALID_REQUEST)
                 return dumps(invalid_request("empty batch"))
@@ -107,23 +107,23 @@ class Dispatcher:
             context.batch = len(payload) > 1
             if context.batch:
                 await _prepare_batch(context, payload)
-            answers = await self._run_members(payload, context, deep)
+            answers = await self._run_members(payload, context)
             replies = [r for r in answers if r is not None]
             return b"[" + b",".join(replies) + b"]" if replies else None
-        return await self.handle_one(payload, context, deep)
+        return await self.handle_one(payload, context)
 
-    async def _run_members(self, members: list, context: Any, deep: bool) -> list:
+    async def _run_members(self, members: list, context: Any) -> list:
         """A batch's answers, in order. Members run concurrently, each in a Task, except
         those the context expects to answer at once (read ahead): they run one after the
         other in this task, which saves a Task, a scheduling round and a wake-up each."""
         at_once = getattr(context, "answers_at_once", None)
         answers: list = [None] * len(members)
-        tasks = {i: asyncio.ensure_future(self.handle_one(m, context, deep))
+        tasks = {i: asyncio.ensure_future(self.handle_one(m, context))
                  for i, m in enumerate(members) if at_once is None or not at_once(m)}
         try:
             for i, member in enumerate(members):
                 if i not in tasks:
-                    answers[i] = await self.handle_one(member, context, deep)
+                    answers[i] = await self.handle_one(member, context)
             if tasks:
                 for i, answer in zip(tasks, await asyncio.gather(*tasks.values())):
                     answers[i] = answer
@@ -133,12 +133,11 @@ class Dispatcher:
             raise
         return answers
 
-    async def handle_one(self, member: Any, context: Any, deep: bool = True) -> bytes | None:
+    async def handle_one(self, member: Any, context: Any) -> bytes | None:
         """One request object in, its serialized response (or None for a notification) out;
-        the call is noted for the access log. `deep`: the member may be nested too deeply
-        (False when the whole body was seen not to be). (One coroutine per member: each
-        level costs on every call of a batch.)"""
-        reply = self._refusal(member, deep)
+        the call is noted for the access log. (One coroutine per member: each level costs
+        on every call of a batch.)"""
+        reply = self._refusal(member)
         if reply is None:
             id = member.get("id")
             method = member["method"]
@@ -164,16 +163,16 @@ class Dispatcher:
         self._note(member, reply, context)
         return reply
 
-    def _refusal(self, member: Any, deep: bool) -> bytes | None:
+    def _refusal(self, member: Any) -> bytes | None:
         """The Invalid Request answer for a malformed request object, else None."""
         if not isinstance(member, dict):
             return dumps(invalid_request("a request must be a JSON object"))
         id = member.get("id")
+        if isinstance(id, OutOfRange):
+            return dumps(invalid_request("id is a number out of range: integers must fit "
+                                         "in 64 bits"))
         if not _valid_id(id):
             return dumps(invalid_request("id must be a string, a number or null"))
-        if deep and json_depth_exceeds(member, self.max_depth):
-            return dumps(invalid_request(f"JSON nesting deeper than {self.max_depth} levels",
-                                         id, max_depth=self.max_depth))
         if member.get("jsonrpc") != "2.0":
             return dumps(invalid_request('"jsonrpc" must be exactly "2.0"', id))
         if not isinstance(member.get("method"), str):

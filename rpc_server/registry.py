@@ -19,7 +19,7 @@ from .context import Call
 from .execution_tokens import ALLOWED_METHODS as EXECUTION_METHODS
 from .errors import (INTERNAL_ERROR, INVALID_PARAMS, Conflict, Forbidden, InvalidParams, NotFound, RpcError,
                      StatementTimeout, Unauthenticated, Unavailable)
-from .params import Params
+from .params import Params, error_message
 
 log = logging.getLogger(__name__)
 _ABSENT = object()
@@ -73,10 +73,10 @@ UNAVAILABLE_ERRORS = (
 
 def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict]:
     errors = []
-    for err in exc.errors(include_url=False, include_input=False):
+    for err in exc.errors(include_url=False):  # (the input only tells error_message apart)
         path = ".".join(str(p) for p in err["loc"])
         field = f"{prefix}.{path}" if prefix and path else (prefix or path)
-        message = err["msg"].removeprefix("Value error, ")
+        message = error_message(err)
         item = {"field": field or "params", "message": message}
         if len(err["loc"]) > 1 and isinstance(err["loc"][1], int):
             item["index"] = err["loc"][1]  # position in a bulk list

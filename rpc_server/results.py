@@ -23,10 +23,11 @@ JSON_FIELDS_NOTE = ("A JSON object; a string holding the JSON text when the serv
                     "FLEXDB_JSON_FIELDS=string (for older flex-db clients).")
 JsonDocument = Annotated[dict[str, Any] | str, Field(description=JSON_FIELDS_NOTE)]
 OptionalJsonSchema = Annotated[
-    dict[str, Any] | str | None,
-    Field(description="The JSON Schema (Draft 2020-12) that validates the data of this type's "
-                      "nodes, or null for none. " + JSON_FIELDS_NOTE + " In string mode, no "
-                      "schema is \"\".")]
+    dict[str, Any] | bool | str | None,
+    Field(description="The JSON Schema (Draft 2020-12: an object, or true / false to accept "
+                      "every / no document) that validates the data of this type's nodes, "
+                      "or null for none. " + JSON_FIELDS_NOTE + " In string mode, no schema "
+                      "is \"\".")]
 
 
 def _no_default(schema: dict[str, Any]) -> None:

@@ -59,10 +59,10 @@ SCHEMA_URI = "urn:flexdb:node-type-schema"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
-def check_schema(schema: dict | None, field: str = "schema") -> None:
+def check_schema(schema: dict | bool | None, field: str = "schema") -> None:
     """Refuse a schema that is not valid Draft 2020-12, or whose $refs cannot be resolved
     (only references inside the schema itself are: nothing is ever fetched)."""
-    if schema is None:
+    if schema is None or type(schema) is bool:  # true and false are whole schemas
         return
     dialect = schema.get("$schema")
     if dialect is not None and (not isinstance(dialect, str) or dialect.rstrip("#") != DIALECT):
@@ -74,6 +74,9 @@ def check_schema(schema: dict | None, field: str = "schema") -> None:
         path = "/".join(str(p) for p in exc.absolute_path)
         where = f" at /{path}" if path else ""
         raise InvalidParams.field(field, f"is not a valid JSON Schema{where}: {exc.message}") from None
+    except RecursionError:  # the meta-schema's check recurses ~8 frames per level
+        raise InvalidParams.field(field, "is nested too deeply to be checked as a JSON "
+                                  "Schema") from None
     refs, patterns = _references_and_patterns(schema)
     resolver = Registry().with_resource(
         SCHEMA_URI, DRAFT202012.create_resource(schema)).resolver(base_uri=SCHEMA_URI)

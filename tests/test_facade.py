@@ -928,10 +928,15 @@ async def test_a_body_over_the_limit_is_413(edge_facade, server, rpc):
 async def test_non_json_numbers_are_refused_like_rpc(rest, rpc):
     t = await make_tenant(rpc)
     nt = await make_node_type(rpc, t)
-    for number in (b"NaN", b"Infinity", b"-Infinity", b"1e400"):
+    for number in (b"NaN", b"Infinity", b"-Infinity"):
         body = b'{"node_type_id": "%s", "data": {"x": %s}}' % (nt.encode(), number)
         error(await call(rest, "POST", N, tenant_id=t, content=body,
                          headers={"Content-Type": "application/json"}), 400, -32700)
+    # 1e400 is JSON, out of range: the field holding it is invalid, as over JSON-RPC
+    body = b'{"node_type_id": "%s", "data": {"x": 1e400}}' % nt.encode()
+    err = error(await call(rest, "POST", N, tenant_id=t, content=body,
+                           headers={"Content-Type": "application/json"}), 422, -32602)
+    assert [e["field"] for e in err["details"]["errors"]] == ["data"]
     assert (await rpc.call("list_nodes", {"tenant_id": t}))["nodes"] == []
 
 
@@ -1241,7 +1246,7 @@ async def test_one_caller_cannot_take_every_connection():
 
 
 @pytest.mark.parametrize("depth", [300, 1000])
-async def test_deeply_nested_bodies_are_400_not_500(rest, rpc, depth):
+async def test_deeply_nested_documents_are_422_not_500(rest, rpc, depth):
     t = await make_tenant(rpc)
     nt = await make_node_type(rpc, t)
     nested = "1"
@@ -1250,12 +1255,14 @@ async def test_deeply_nested_bodies_are_400_not_500(rest, rpc, depth):
     body = ('{"node_type_id": "%s", "data": %s}' % (nt, nested)).encode()
     resp = await call(rest, "POST", N, tenant_id=t, content=body,
                       headers={"Content-Type": "application/json"})
-    error(resp, 400, -32700, "parse_error")
+    err = error(resp, 422, -32602, "invalid_params")
+    assert [e["field"] for e in err["details"]["errors"]] == ["data"]
     node = (await rpc.call("create_node", {"tenant_id": t, "node_type_id": nt}))["node"]
     resp = await call(rest, "PATCH", N + "/{node_id}", tenant_id=t, node_id=node["id"],
                       content=('{"data": %s}' % nested).encode(),
                       headers={"Content-Type": "application/json"})
-    error(resp, 400, -32700, "parse_error")
+    err = error(resp, 422, -32602, "invalid_params")
+    assert [e["field"] for e in err["details"]["errors"]] == ["data"]
 
 
 async def test_out_of_range_moments_are_422_not_500(rest, rpc):

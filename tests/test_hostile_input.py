@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from rpc_server.client import Conflict, InvalidParams, NotFound, ParseError
+from rpc_server.client import Conflict, InvalidParams, NotFound
 
 from .conftest import error_fields, missing_id
 
@@ -182,16 +182,16 @@ async def test_big_integers_are_refused_not_rounded(rpc, tenant, http):
         await rpc.call("create_node", {"tenant_id": tenant["id"], "node_type_id": nt["id"],
                                        "data": '{"a": 123456789012345678901234567890}'})
     assert error_fields(exc) == ["data"] and "64 bits" in exc.value.message
-    # Inside the request itself: the body cannot be read faithfully, a parse error.
-    with pytest.raises(ParseError) as exc:
+    # Inside the request itself: read as written, refused by the field holding it.
+    with pytest.raises(InvalidParams) as exc:
         await rpc.call("create_node", {"tenant_id": tenant["id"], "node_type_id": nt["id"],
                                        "data": {"a": 123456789012345678901234567890}})
-    assert "64 bits" in exc.value.data["reason"]
+    assert error_fields(exc) == ["data"] and "64 bits" in exc.value.message
     assert await node_count(rpc, tenant) == 0
-    # As a whole request body: a parse error naming the problem, not a rounded id.
+    # As the request's id: an invalid request naming the problem, not a rounded id.
     r = await http.post("/jsonrpc", content=b'{"jsonrpc":"2.0","method":"list_tenants",'
                                             b'"id":123456789012345678901234567890}')
-    assert r.json()["error"]["code"] == -32700 and "64 bits" in r.json()["error"]["data"]["reason"]
+    assert r.json()["error"]["code"] == -32600 and "64 bits" in r.json()["error"]["data"]["reason"]
     # The largest 64-bit values and long digit strings inside strings are fine and exact.
     node = (await rpc.call("create_node", {"tenant_id": tenant["id"], "node_type_id": nt["id"],
                                            "data": {"max": 2**63 - 1, "min": -(2**63),

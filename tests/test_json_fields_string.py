@@ -44,3 +44,14 @@ async def test_documents_are_strings(string_server):
             "tenant_id": tenant["id"], "source_node_id": node["id"], "target_node_id": other["id"],
             "relationship_type": "links", "data": "{}"}))["relationship"]
         assert rel["data"] == "{}"
+
+
+async def test_boolean_schemas_are_the_strings_true_and_false(string_server):
+    async with FlexDBClient(string_server.url, api_key=string_server.admin_key) as rpc:
+        tenant = (await rpc.call("create_tenant", {"slug": unique("b"), "name": "B"}))["tenant"]
+        for sent, returned in ((True, "true"), ("false", "false")):
+            node_type = (await rpc.call("create_node_type", {
+                "tenant_id": tenant["id"], "name": f"T{returned}", "schema": sent}))["node_type"]
+            assert node_type["schema"] == returned
+            listed = await rpc.call("list_node_types", {"tenant_id": tenant["id"]})
+            assert listed["node_types"][-1]["schema"] == returned

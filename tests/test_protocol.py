@@ -167,21 +167,35 @@ async def test_batch_at_limit_is_accepted(http):
     assert all("result" in b for b in body)
 
 
-async def test_json_nesting_limit(http):
-    deep = {}
+def deep_object(levels: int) -> dict:
+    deep: dict = {}
     cursor = deep
-    for _ in range(100):
+    for _ in range(levels - 1):
         cursor["a"] = {}
         cursor = cursor["a"]
-    r = await post(http, req("create_tenant", {"slug": "deep", "name": "x", "extra": deep}))
-    error = r.json()["error"]
-    assert error["code"] == -32600 and "nesting" in error["data"]["reason"]
+    return deep
+
+
+async def test_nesting_is_limited_per_document_not_per_request(http):
+    """FLEXDB_MAX_JSON_DEPTH (100) limits each document; deep values elsewhere are judged as
+    any value there is (the request itself has no nesting limit of its own)."""
+    r = await post(http, req("create_tenant", {"slug": "deep", "name": "x",
+                                               "extra": deep_object(150)}, id=8))
+    assert r.json()["id"] == 8
+    assert r.json()["error"]["data"]["errors"] == [
+        {"field": "extra", "message": "is not a parameter of this method"}]
+    r = await post(http, req("create_node", {"tenant_id": "x", "node_type_id": "x",
+                                             "data": deep_object(101)}, id=9))
+    assert r.json()["id"] == 9 and r.json()["error"]["code"] == -32602
+    assert {"field": "data", "message": "is nested deeper than 100 levels "
+            "(FLEXDB_MAX_JSON_DEPTH)"} in r.json()["error"]["data"]["errors"]
 
 
 async def test_extremely_deep_json_is_a_clean_error(http):
     r = await post(http, content=b"[" * 5000 + b"]" * 5000)
     assert r.status_code == 200
-    assert r.json()["error"]["code"] in (-32700, -32600)
+    error = r.json()["error"]
+    assert error["code"] == -32600 and error["data"]["reason"] == "JSON nested too deeply to read"
 
 
 async def test_request_id_header_is_echoed_or_generated(http):
@@ -285,22 +299,21 @@ async def test_batch_prefetch_matches_ids_however_they_are_written(server, rpc):
 
 
 async def test_nesting_limit_applies_member_by_member_in_a_batch(http):
-    """One member nested too deeply is refused; its neighbours run. Brackets inside
-    strings do not count as nesting."""
-    deep = {}
-    cursor = deep
-    for _ in range(100):
-        cursor["a"] = {}
-        cursor = cursor["a"]
+    """One member with a document nested too deeply is refused; its neighbours run.
+    Brackets inside strings do not count as nesting."""
     brackets = "[{" * 200
     r = await post(http, [req("list_tenants", {"pagination": {"page_size": 1}}, id=1),
-                          req("create_tenant", {"slug": "deep", "name": "x", "extra": deep}, id=2),
-                          req("create_tenant", {"slug": "x", "name": "x", "extra": brackets},
-                              id=3)])
+                          req("create_node", {"tenant_id": "x", "node_type_id": "x",
+                                              "data": deep_object(101)}, id=2),
+                          req("create_node", {"tenant_id": "x", "node_type_id": "x",
+                                              "data": {"s": brackets}}, id=3)])
     answers = {a["id"]: a for a in r.json()}
     assert "result" in answers[1]
-    assert answers[2]["error"]["code"] == -32600 and "nesting" in answers[2]["error"]["data"]["reason"]
-    assert answers[3]["error"]["code"] == -32602  # the unknown param, not the nesting
+    assert answers[2]["error"]["code"] == -32602
+    assert "data" in {e["field"] for e in answers[2]["error"]["data"]["errors"]}
+    assert answers[3]["error"]["code"] == -32602  # the ids, not the nesting
+    assert {e["field"] for e in answers[3]["error"]["data"]["errors"]} == {"tenant_id",
+                                                                         "node_type_id"}
 
 
 async def test_a_batch_with_bad_credentials_is_refused_member_by_member(server):

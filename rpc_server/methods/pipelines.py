@@ -4,16 +4,16 @@ a run would refuse for certain is refused then too (sandbox_worker.policy.save_t
 runs execute in the sandbox worker (see pipeline_runner.py and sandbox_worker/)."""
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, StrictBool, StrictInt
+from pydantic import Field, StrictBool, StrictInt
 
 from sandbox_worker.policy import MAX_CODE_LENGTH, compile_pipeline
 
 from ..auth import tenant_role
 from ..errors import Busy, Conflict, InvalidParams, PipelineFailed
-from ..params import (Description, Id, Name, OptionalId, PaginationParam, Params, Version,
-                      contains_nul, zero_means)
+from ..params import (Description, Document, Id, Name, OptionalId, PaginationParam, Params,
+                      Version, zero_means)
 from .. import results
 from ..registry import rpc_method
 from ..repositories.pipelines import RUN_FIELDS, PipelineRepository, PipelineRunRepository
@@ -36,12 +36,6 @@ def _compiles(code: str) -> str:
              **({"line": e.line} if e.line is not None else {}),
              **({"column": e.column} if e.column is not None else {})} for e in errors[:20]])
     return code
-
-
-def _json_input(value: Any) -> Any:
-    if contains_nul(value):
-        raise ValueError("must not contain the character U+0000")
-    return value
 
 
 Code = Annotated[str, Field(min_length=1, max_length=MAX_CODE_LENGTH)]
@@ -83,7 +77,7 @@ class ListPipelines(Params):
 class RunPipeline(Params):
     tenant_id: Id
     pipeline_id: Id
-    input: Annotated[Any, AfterValidator(_json_input)] = None
+    input: Document = None
     wait: StrictBool = True
     debug_level: Literal["none", "basic", "verbose"] = "basic"
 

@@ -13,7 +13,8 @@ from .. import query_guard
 from ..auth import tenant_role
 from ..errors import Busy, InvalidParams, QueryRejected, Unavailable
 from ..node_filter import SqlArgs, compile_filter, parse_sort
-from ..params import Id, OptionalId, PaginationParam, Params, contains_nul, zero_means
+from ..params import (Document, Id, OptionalId, PaginationParam, Params, document_text,
+                      zero_means)
 from ..query_values import ParamError
 from .. import results
 from ..registry import UNAVAILABLE_ERRORS, rpc_method
@@ -30,27 +31,25 @@ ClientDataError = asyncpg_base.DataError  # not asyncpg.DataError: that is SQLST
 WRAPPER_PREFIX = len(WRAP_PREFIX)
 
 
-def _no_nul(values: list) -> list:
-    if contains_nul(values):
-        raise ValueError("must not contain the character U+0000")
-    return values
-
-
 class ExecuteQuery(Params):
     tenant_id: Id
     sql: str = Field(min_length=1, max_length=query_guard.MAX_SQL_LENGTH)
-    params: Annotated[list[Any], BeforeValidator(lambda v: [] if v is None else v),
-                      AfterValidator(_no_nul)] = Field(default_factory=list,
-                                                       max_length=MAX_QUERY_PARAMS)
+    params: Annotated[list[Document], BeforeValidator(lambda v: [] if v is None else v)] = \
+        Field(default_factory=list, max_length=MAX_QUERY_PARAMS)
     max_rows: Annotated[StrictInt, zero_means(1000)] = Field(1000, ge=1, le=10_000)
     timeout_ms: Annotated[StrictInt, zero_means(5000)] = Field(5000, ge=1, le=30_000)
+
+
+def _nesting_and_numbers(value: Any) -> Any:
+    document_text(value)  # (a U+0000 in a filter its compiler names where it is)
+    return value
 
 
 class QueryNodes(Params):
     tenant_id: Id
     node_type_id: OptionalId = None
-    filter: dict[str, Any] | None = None
-    sort: dict[str, Any] | None = None
+    filter: Annotated[dict[str, Any] | None, AfterValidator(_nesting_and_numbers)] = None
+    sort: Annotated[dict[str, Any] | None, AfterValidator(_nesting_and_numbers)] = None
     pagination: PaginationParam
 
 
