@@ -10,9 +10,9 @@
     deepLinking: true,
     showExtensions: true,
     showCommonExtensions: true,
-    // The default shows a badge from validator.swagger.io (and sends it the document's URL):
-    // the docs ask no host but this one.
+    // Never a badge from validator.swagger.io (it would get the document's URL). BaseLayout
+    // shows none; this keeps it so should the layout change.
     validatorUrl: null,
-    presets: [SwaggerUIBundle.presets.apis, SwaggerUIBundle.SwaggerUIStandalonePreset],
+    presets: [SwaggerUIBundle.presets.apis],
   });
 })();
