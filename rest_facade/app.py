@@ -11,7 +11,7 @@ from rpc_server.client import FlexDBClient
 from rpc_server.config import Settings
 from rpc_server.params import set_max_document_depth
 
-from . import errors
+from . import docs, errors
 from .callers import CallerGuard
 from .edge import EdgeMiddleware
 from .routes import all_routers
@@ -40,11 +40,14 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.rpc.aclose()
 
     app = FastAPI(title="flexdb REST API", version="1.0.0", description=DESCRIPTION,
-                  lifespan=lifespan, docs_url="/docs", redoc_url="/redoc",
-                  openapi_url="/openapi.json", redirect_slashes=False)
+                  lifespan=lifespan, openapi_url="/openapi.json", redirect_slashes=False,
+                  # /docs and /redoc are ours (docs.py): FastAPI's load from a CDN. No OAuth2
+                  # flow, so no oauth2-redirect page.
+                  docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None)
     app.state.settings = settings
     set_max_document_depth(settings.max_json_depth)  # as rpc_server: one limit, both surfaces
     errors.install(app)
+    docs.install(app)
     for router in all_routers():
         app.include_router(router)
 

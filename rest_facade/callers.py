@@ -7,9 +7,10 @@ import hashlib
 
 from rpc_server.errors import Unauthenticated
 
+from . import docs
 from .errors import STATUS_BY_CODE, error_for
 
-OPEN_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/health"})
+OPEN_PATHS = docs.OPEN | {"/openapi.json", "/health"}
 MAX_AUTHORIZATION = 4096  # far above any key or token; rpc_server's header limit is 8190
 RATE_LIMITED = -32005
 
@@ -29,7 +30,8 @@ class CallerGuard:
         self.in_flight: dict[bytes, int] = {}
 
     async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS \
+                or scope["path"].startswith(docs.ASSETS):
             return await self.app(scope, receive, send)
         request_id = scope.get("state", {}).get("request_id", "")
         authorization = _authorization(scope["headers"])

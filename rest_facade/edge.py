@@ -8,6 +8,7 @@ import re
 import time
 import uuid
 
+from . import docs
 from .errors import INTERNAL_ERROR, BodyTooLarge, body_too_large, error_for
 
 log = logging.getLogger(__name__)
@@ -24,18 +25,31 @@ API_HEADERS = [
     (b"content-security-policy", b"default-src 'none'; frame-ancestors 'none'"),
     (b"cross-origin-resource-policy", b"same-origin"),
 ]
-# /docs and /redoc load their scripts and styles from a CDN and run inline setup code.
-DOCS_HEADERS = [
+# /docs and the docs' files (docs.py): everything comes from this origin, nothing inline.
+# img-src data: because Swagger UI's and ReDoc's styles draw their icons as data: images.
+DOCS_CSP = (b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            b"font-src 'self'; connect-src 'self'; frame-ancestors 'none'")
+# /redoc needs two more things (its scripts stay 'self' only):
+# - 'unsafe-inline' styles: ReDoc (styled-components) writes its styles into <style>
+#   elements as it renders; style-src 'self' refuses them and ReDoc fails to render at all;
+# - worker-src blob: its search index runs in a Web Worker made from a blob: URL.
+REDOC_CSP = (b"default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+             b"img-src 'self' data:; font-src 'self'; connect-src 'self'; worker-src blob:; "
+             b"frame-ancestors 'none'")
+_DOCS_COMMON = [
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
-    (b"content-security-policy",
-     b"default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-     b"style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-     b"font-src https://fonts.gstatic.com; img-src 'self' data: https://fastapi.tiangolo.com "
-     b"https://cdn.redoc.ly; connect-src 'self'; worker-src blob:; frame-ancestors 'none'"),
+    (b"cross-origin-resource-policy", b"same-origin"),
 ]
-DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
+DOCS_HEADERS = _DOCS_COMMON + [(b"content-security-policy", DOCS_CSP)]
+REDOC_HEADERS = _DOCS_COMMON + [(b"content-security-policy", REDOC_CSP)]
+
+
+def headers_for(path: str) -> list[tuple[bytes, bytes]]:
+    if path == "/redoc":
+        return REDOC_HEADERS
+    return DOCS_HEADERS if docs.is_docs(path) else API_HEADERS
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
@@ -58,8 +72,7 @@ class EdgeMiddleware:
             return await self.app(scope, receive, send)
         request_id = request_id_from(scope["headers"])
         scope.setdefault("state", {})["request_id"] = request_id
-        extra = DOCS_HEADERS if scope["path"] in DOCS_PATHS else API_HEADERS
-        extra = extra + [(b"x-request-id", request_id.encode())]
+        extra = headers_for(scope["path"]) + [(b"x-request-id", request_id.encode())]
 
         started = False
         status = 500
