@@ -139,16 +139,19 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def admin_key(database_url: str, secret: str = TEST_SECRET) -> str:
-    """A platform admin key for the database, made by the real `flexdb create-key --admin`."""
-    if (database_url, secret) not in _admin_keys:
+def admin_key(database_url: str, secret: str = TEST_SECRET, data_dir: str | None = None) -> str:
+    """A platform admin key for the database, made by the real `flexdb create-key --admin`
+    (with the server's secret: given, or generated in its data dir)."""
+    if (database_url, secret, data_dir) not in _admin_keys:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXDB_")}
         env.update(FLEXDB_DATABASE_URL=database_url, FLEXDB_SECRET_KEY=secret)
+        if data_dir:
+            env["FLEXDB_DATA_DIR"] = data_dir
         result = subprocess.run([sys.executable, "-m", "rpc_server", "create-key", "--admin"],
                                 env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stderr
-        _admin_keys[(database_url, secret)] = result.stdout.strip()
-    return _admin_keys[(database_url, secret)]
+        _admin_keys[(database_url, secret, data_dir)] = result.stdout.strip()
+    return _admin_keys[(database_url, secret, data_dir)]
 
 
 @contextmanager
@@ -158,7 +161,8 @@ def running_server(env: dict[str, str], cwd: Path = ROOT, port: int | None = Non
         server.wait_ready()
         if "FLEXDB_DATABASE_URL" in env:
             server.admin_key = admin_key(env["FLEXDB_DATABASE_URL"],
-                                         env.get("FLEXDB_SECRET_KEY", TEST_SECRET))
+                                         env.get("FLEXDB_SECRET_KEY", TEST_SECRET),
+                                         env.get("FLEXDB_DATA_DIR"))
         yield server
     finally:
         server.stop()
