@@ -34,9 +34,10 @@ from .registry import build_dispatch_table, tenant_params
 from .sandbox_client import SandboxClient
 from .tenant_limits import TenantLimiter
 from .repositories.tenant_sql import is_superuser, setup_problems
-from .schemas import ValidatorCache
+from .schemas import ValidatorCache, validation_limits
 from .server_secret import server_secret
 from .shaping import Shaper
+from . import safe_regex
 from .params import set_max_document_depth
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,13 @@ async def handle_jsonrpc(request: web.Request) -> web.StreamResponse:
     context = RequestContext(state, request_id, request.headers.get("Authorization"))
     try:
         response = await _answer(request, state, context)
+        if context.holds_documents:
+            # Written here (with the transport's back-pressure), so that what the documents
+            # hold of the worker's memory is freed only once they are sent.
+            await response.prepare(request)
+            await response.write_eof()
     finally:
+        context.close()
         log_access(context, time.perf_counter() - started)
     return response
 
@@ -174,10 +181,12 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
     app = web.Application(handler_args={"auto_decompress": False})
     table = {**build_dispatch_table(), "rpc.discover": rpc_discover}
     app[DISPATCHER] = Dispatcher(table, max_batch=settings.max_batch,
+                                 max_response_bytes=settings.max_response_bytes,
                                  tenant_params=tenant_params())
     set_max_document_depth(settings.max_json_depth)
 
     secret = server_secret(settings)
+    safe_regex.set_cache_budget(settings.pattern_cache_bytes)
 
     async def database(app: web.Application):
         # The database is migrated and has its first admin already (bootstrap.prepare_database,
@@ -194,8 +203,11 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         query_pool = await create_query_pool(database_url, settings)
         sandbox = (SandboxClient(settings.sandbox_url, settings.sandbox_secret.encode())
                    if settings.sandbox_secret else None)
-        runner = PipelineRunner(pool, sandbox, secret, settings.pipeline_queue_concurrency)
-        app[STATE] = AppState(settings, pool, Shaper(settings.json_fields), ValidatorCache(),
+        runner = PipelineRunner(pool, sandbox, secret, settings.pipeline_queue_concurrency,
+                                settings.pipeline_tenant_running)
+        app[STATE] = AppState(settings, pool, Shaper(settings.json_fields),
+                              ValidatorCache(validation_limits(settings),
+                                             settings.db_connect_timeout_s),
                               Authenticator(secret, settings.anonymous_role,
                                             settings.auth_cache_ttl_s), DeniedLimiter(),
                               QueryEnvironment(query_pool, query_problems, superuser,

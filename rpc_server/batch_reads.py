@@ -18,6 +18,7 @@ from uuid import UUID
 import asyncpg
 
 from .repositories import NodeRepository
+from .response_budget import ROW_OVERHEAD
 
 
 class NodeReads:
@@ -104,13 +105,31 @@ async def prefetch_batch_nodes(context: Any, members: list) -> None:
     keys = [k for k in keys if k[0] in readable]
     if not keys:
         return
-    # One malformed id fails the query (DataError): the members are then read one by one.
-    rows = await context.state.node_reads.fetch([t for t, _ in keys], [i for _, i in keys])
-    found = {}
-    for (tenant_text, id_text), row in zip(keys, rows):
+    # Read ahead at most a page's worth of documents, within what the response may still
+    # take (held under the batch's first tenant); members past it read their own node.
+    budget, settings = context.budget, context.state.settings
+    tenant = tenants[keys[0][0]]
+    granted = await budget.reserve(tenant, min(
+        len(keys) * (settings.max_body_bytes + ROW_OVERHEAD), settings.max_page_bytes))
+    rows: list = []
+    try:
+        # One malformed id fails the query (DataError): the members are then read one by one.
+        async with context.state.node_reads.connection() as conn:
+            rows = await NodeRepository(conn).get_pairs_within(
+                [t for t, _ in keys], [i for _, i in keys], granted)
+    finally:
+        await budget.settle(tenant, granted, sum(
+            len(row["data"]) + ROW_OVERHEAD for row, _ in rows
+            if row is not None and row["data"] is not None))
+    found, answered = {}, set()
+    for (tenant_text, id_text), (row, cut) in zip(keys, rows):
+        if cut:
+            continue  # not read ahead: the member reads it, within its own budget
+        answered.add((tenant_text, id_text))
         if row is not None:
             found[(row["tenant_id"], row["id"])] = row
         elif _UUID_TEXT.fullmatch(tenant_text) and _UUID_TEXT.fullmatch(id_text):
             # not found: filed under the ids only in the spelling parsed alike everywhere
             found[(UUID(tenant_text), UUID(id_text))] = None
     context.prefetched_nodes = found
+    context.prefetched_keys = answered

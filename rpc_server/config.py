@@ -82,18 +82,63 @@ class Settings(BaseModel):
                                read_by=(SERVE,), ge=1, le=1000)
     db_connect_timeout_s: float = setting(5.0, "seconds to wait for a database connection",
                                           read_by=DATABASE, gt=0, le=300)
+    tenant_pool_max: int = setting(
+        0, "pooled connections one tenant's calls may hold at once (per worker); its further "
+        "calls wait behind each other, not in front of other tenants' (past "
+        "`FLEXDB_DB_CONNECT_TIMEOUT_S`: -32005 busy)", read_by=(SERVE,),
+        shown_default="0 = three quarters of `FLEXDB_DB_POOL_MAX`", ge=0, le=1000)
     statement_timeout_ms: int = setting(30000, "server-side statement timeout (0 = none)",
                                         read_by=(SERVE,), ge=0, le=3_600_000)
     max_body_bytes: int = setting(1_048_576, "largest accepted request body",
                                   read_by=(SERVE,), ge=1024, le=64 * 1_048_576)
     max_batch: int = setting(100, "most members in one batch", read_by=(SERVE,),
                              ge=1, le=10_000)
+    max_response_bytes: int = setting(
+        8 * 1_048_576, "largest response (a single call, or a whole batch), enforced while it "
+        "is built: a list page stops early (with a `next_page_token` for the rest), a call "
+        "past it answers -32006 `response_too_large` and the batch's other members still "
+        "answer; at least `FLEXDB_MAX_BODY_BYTES` (any stored document fits)",
+        read_by=(SERVE,), ge=65_536, le=1_073_741_824)
+    max_page_bytes: int = setting(
+        2 * 1_048_576, "documents one list page (or traversal) reads at most; the page stops "
+        "early past it, with a `next_page_token` for the rest (a walk says `truncated`)",
+        read_by=(SERVE,), ge=65_536, le=1_073_741_824)
+    response_memory_bytes: int = setting(
+        64 * 1_048_576, "documents read for responses not yet written, per worker (one tenant "
+        "at most half); reads past it wait up to `FLEXDB_DB_CONNECT_TIMEOUT_S`, then -32005 "
+        "busy", read_by=(SERVE,), ge=1_048_576, le=64 * 1_073_741_824)
     # At most 100: jsonschema checks a schema ~8 frames a level deep, within Python's 1000.
     max_json_depth: int = setting(
         100, "deepest nesting of a document (`data`, `schema`, a pipeline's `input`, a filter, "
         "a query param), 2–100, counted from the document itself, whether sent as an object "
         "or as a JSON string; the server and the facade read the same setting (see "
         "[Limits](#limits))", read_by=(SERVE, FACADE), ge=2, le=100)
+    max_schema_bytes: int = setting(
+        262_144, "largest node type schema, as JSON text (-32602 beyond)", read_by=(SERVE,),
+        ge=1024, le=16 * 1_048_576)
+    max_schema_subschemas: int = setting(
+        5_000, "most subschemas a node type schema may reach once every `$ref` is followed "
+        "(a subschema reached from two places counts twice; a reference back into itself, "
+        "once): what validating a document costs grows with it (-32602 beyond)",
+        read_by=(SERVE,), ge=10, le=1_000_000)
+    max_schema_patterns: int = setting(
+        64, "most distinct `pattern`s and `patternProperties` keys in a node type schema, "
+        "each at most 1,000 characters (-32602 beyond)", read_by=(SERVE,), ge=0, le=10_000)
+    max_schema_values_bytes: int = setting(
+        65_536, "most bytes of `enum` and `const` values in a node type schema, as JSON "
+        "(-32602 beyond)", read_by=(SERVE,), ge=0, le=16 * 1_048_576)
+    validation_cpu_ms: float = setting(
+        500, "CPU one call may use to validate its documents against their schemas (and to "
+        "check a schema when it is saved); past it the call is stopped: -32006 `too_costly`",
+        read_by=(SERVE,), ge=10, le=60_000)
+    validator_cache_bytes: int = setting(
+        64 * 1_048_576, "memory for compiled schema validators (per worker, estimated from "
+        "the schemas' sizes); the least recently used go first", read_by=(SERVE,),
+        ge=1_048_576, le=64 * 1_073_741_824)
+    pattern_cache_bytes: int = setting(
+        32 * 1_048_576, "memory for compiled schema patterns (RE2 programs, per worker, "
+        "estimated); the least recently used go first", read_by=(SERVE,), ge=1_048_576,
+        le=64 * 1_073_741_824)
     json_fields: Literal["object", "string"] = setting(
         "object", "`string` returns `data`/`schema` as JSON strings (unset schema = `\"\"`) "
         "for clients whose models require strings", read_by=(SERVE,))
@@ -138,6 +183,24 @@ class Settings(BaseModel):
     pipeline_queue_concurrency: int = setting(
         2, "queued runs (`wait: false`) one server executes at once (0 = this server runs "
         "none)", read_by=(SERVE,), ge=0, le=64)
+    pipeline_tenant_running: int = setting(
+        2, "runs of one tenant running at once, on every server together (waited for or "
+        "queued); a run asked for with `wait: true` beyond it: -32005 busy; queued runs wait "
+        "for the tenant's turn", read_by=(SERVE,), ge=1, le=1000)
+    pipeline_tenant_queued: int = setting(
+        100, "runs one tenant may have queued (`wait: false`) and not yet started; beyond: "
+        "-32005 busy", read_by=(SERVE,), ge=1, le=1_000_000)
+    max_tenants_per_user: int = setting(
+        10, "tenants one user may own (platform admins: any number; 0 = no limit); "
+        "create_tenant beyond: -32005 `quota_exceeded`", read_by=(SERVE,), ge=0,
+        le=1_000_000)
+    tenant_max_nodes: int = setting(
+        0, "nodes one tenant may hold (0 = no cap); a create beyond: -32005 "
+        "`quota_exceeded`", read_by=(SERVE,), ge=0, le=10**12)
+    tenant_max_bytes: int = setting(
+        0, "bytes of node and relationship documents one tenant may store, as stored "
+        "(0 = no cap); a write that would pass it: -32005 `quota_exceeded`",
+        read_by=(SERVE,), ge=0, le=10**15)
     facade_host: str = setting("127.0.0.1", "address the REST facade binds to",
                                read_by=(FACADE,))
     facade_port: int = setting(8000, "port of the REST facade", read_by=(FACADE,),
@@ -215,9 +278,12 @@ class Settings(BaseModel):
         return v or None
 
     @model_validator(mode="after")
-    def _pool_bounds(self):
+    def _bounds(self):
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("FLEXDB_DB_POOL_MIN must not exceed FLEXDB_DB_POOL_MAX")
+        if self.max_response_bytes < self.max_body_bytes:
+            raise ValueError("FLEXDB_MAX_RESPONSE_BYTES must be at least FLEXDB_MAX_BODY_BYTES "
+                             "(a stored document must fit in a response)")
         return self
 
 

@@ -23,6 +23,9 @@ from .pipeline_runner import PipelineRunner
 from .repositories.audit import AuditRepository, with_event
 from .schemas import ValidatorCache
 from .shaping import Shaper
+from .errors import Busy, QueryRejected
+from .params import LIST_TIMEOUT_MS
+from .response_budget import ResponseBudget, ResponseMemory
 from .tenant_limits import TenantLimiter
 
 
@@ -42,9 +45,21 @@ class AppState:
     limits: RateLimiter = field(default_factory=lambda: RateLimiter(None, None))
     redis: RedisLink | None = None
     node_reads: NodeReads = field(init=False)
+    pool_shares: TenantLimiter = field(init=False)
+    response_memory: ResponseMemory = field(init=False)
 
     def __post_init__(self):
         self.node_reads = NodeReads(lambda: pooled_connection(self))
+        self.response_memory = ResponseMemory(self.settings.response_memory_bytes,
+                                              self.settings.db_connect_timeout_s)
+        # One tenant's calls wait for their own share of the pool, not in front of others'.
+        self.pool_shares = TenantLimiter(
+            tenant_pool_share(self.settings), self.settings.db_connect_timeout_s,
+            "pooled database connections", "FLEXDB_TENANT_POOL_MAX")
+
+
+def tenant_pool_share(settings: Settings) -> int:
+    return settings.tenant_pool_max or max(1, settings.db_pool_max * 3 // 4)
 
 
 @asynccontextmanager
@@ -59,14 +74,15 @@ async def pooled_connection(state: AppState) -> AsyncIterator[asyncpg.Connection
 
 @dataclass
 class QueryEnvironment:
-    """What heavy calls run on: execute_query its own pool, graph walks at most half the
-    main pool, both within a per-tenant limit; whether the database is set up to run tenant SQL safely (`problems` empty) and
+    """What heavy calls run on: execute_query its own pool, the others (graph walks,
+    filtered queries, bulk writes) at most half the main pool, all within a per-tenant
+    limit; whether the database is set up to run tenant SQL safely (`problems` empty) and
     lets us cap temp files (superuser only)."""
     pool: asyncpg.Pool
     problems: list[str]
     limit_temp_files: bool
     per_tenant: TenantLimiter
-    walks: asyncio.Semaphore  # graph walks at once: half the main pool
+    heavy: asyncio.Semaphore  # heavy calls on the main pool at once: half of it
 
 
 @dataclass
@@ -81,7 +97,26 @@ class RequestContext:
     batch: bool = False  # set by the dispatcher for a batch request
     # (tenant_id, id) -> node or None, read for a batch's get_node members up front
     prefetched_nodes: dict = field(default_factory=dict)
+    prefetched_keys: set = field(default_factory=set)  # (tenant_id, id) texts read ahead
     _principal_lookup: asyncio.Future | None = None
+    _budget: ResponseBudget | None = None
+
+    @property
+    def budget(self) -> ResponseBudget:
+        """The response's byte budget (made when a call first reads documents)."""
+        if self._budget is None:
+            self._budget = ResponseBudget(self.state.response_memory,
+                                          self.state.settings.max_response_bytes)
+        return self._budget
+
+    @property
+    def holds_documents(self) -> bool:
+        return self._budget is not None and bool(self._budget.held)
+
+    def close(self) -> None:
+        """The response has been written: what it held of the worker's memory is free."""
+        if self._budget is not None:
+            self._budget.close()
 
     @property
     def known_principal(self) -> Principal | None:
@@ -110,15 +145,19 @@ class RequestContext:
             await self.principal()
             await prefetch_batch_nodes(self, members)
         except Exception:  # noqa: BLE001 - each member meets it again and reports it
-            self.prefetched_nodes = {}
+            self.prefetched_nodes, self.prefetched_keys = {}, set()
 
     def answers_at_once(self, member: Any) -> bool:
         """Whether a batch member will most likely answer without waiting (a get_node whose
         node was read ahead): the dispatcher then runs it in the request's own task instead
         of a Task of its own. (Were it to wait after all, it is still correct, only not
         concurrent with the other members.)"""
-        return bool(self.prefetched_nodes) and type(member) is dict \
-            and member.get("method") == "get_node"
+        if not self.prefetched_keys or type(member) is not dict \
+                or member.get("method") != "get_node":
+            return False
+        params = member.get("params")
+        return type(params) is dict and (params.get("tenant_id"), params.get("id")) \
+            in self.prefetched_keys
 
     async def role_in(self, tenant_id) -> str | None:
         """The caller's role in a tenant ("owner" for platform admins), None if none."""
@@ -139,6 +178,21 @@ class RequestContext:
 
     def connection(self):
         return pooled_connection(self.state)
+
+    def list_connection(self, scans: bool):
+        """A connection for a list page: a heavy call (heavy()) when its filters are more
+        than one index answers, so that reading it may scan the tenant's rows."""
+        return self.heavy(LIST_TIMEOUT_MS, "The list (narrow its filters)") if scans \
+            else self.connection()
+
+    @asynccontextmanager
+    async def heavy_transaction(self, timeout_ms: int, what: str
+                                ) -> AsyncIterator[asyncpg.Connection]:
+        """heavy() for a change: its audit event is recorded in the same transaction."""
+        async with self.heavy(timeout_ms, what) as conn:
+            yield conn
+            await self.record(conn, "ok")
+        self.state.chainer.kick(self.chain())
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -186,6 +240,16 @@ class Call:
     async def role_in(self, tenant_id) -> str | None:
         return await self.request.role_in(tenant_id)
 
+    async def reserve(self, worst_case: int) -> int:
+        """Bytes this call may read for its answer (see response_budget.py): at most
+        `worst_case`, cut to what is left of the response's budget."""
+        return await self.request.budget.reserve(self.tenant_id, worst_case)
+
+    async def settle(self, granted: int, used: int) -> None:
+        """After reading: keep `used` bytes of the `granted` (more, if it fits what is left
+        of the response's budget; else the call fails: response_too_large)."""
+        await self.request.budget.settle(self.tenant_id, granted, used)
+
     def set_target(self, kind: str, target_id: Any, tenant: UUID | None = None) -> None:
         self.target_kind, self.target_id = kind, target_id
         if tenant is not None:
@@ -199,12 +263,75 @@ class Call:
             return getattr(self.params, self.tenant_param)
         return audit.PLATFORM_TENANT
 
+    @property
+    def tenant_id(self) -> UUID | None:
+        """The tenant the call is scoped to (its permission's tenant param), if any."""
+        return getattr(self.params, self.tenant_param) if self.tenant_param else None
+
     def connection(self):
-        return self.request.connection()
+        """A pooled connection; a tenant-scoped call takes one of its tenant's share."""
+        tenant_id = self.tenant_id
+        if tenant_id is None:
+            return self.request.connection()
+        return self._tenant_connection(tenant_id)
+
+    @asynccontextmanager
+    async def _tenant_connection(self, tenant_id: UUID) -> AsyncIterator[asyncpg.Connection]:
+        shares = self.state.pool_shares
+        await shares.acquire(tenant_id)
+        try:
+            async with pooled_connection(self.state) as conn:
+                yield conn
+        finally:
+            shares.release(tenant_id)
+
+    @asynccontextmanager
+    async def heavy(self, timeout_ms: int, what: str = "The query"
+                    ) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for work whose cost the caller shapes (filters, walks, bulk
+        writes): one of the tenant's heavy-call slots, at most half the main pool for all
+        such calls, and a statement timeout of `timeout_ms` (a transaction, so the setting
+        ends with it). Past the timeout: -32006 `timeout`."""
+        env = self.state.query
+        async with env.per_tenant.slot(self.tenant_id):
+            try:
+                await asyncio.wait_for(env.heavy.acquire(), self.state.settings.db_connect_timeout_s)
+            except asyncio.TimeoutError:
+                raise Busy("Too many heavy calls are running on this server; retry "
+                           "shortly") from None
+            try:
+                async with self.connection() as conn:
+                    try:
+                        async with conn.transaction():
+                            await conn.execute(
+                                "SELECT set_config('statement_timeout', $1, true)",
+                                str(timeout_ms))
+                            yield conn
+                    except asyncpg.QueryCanceledError:
+                        raise QueryRejected(
+                            f"{what} ran longer than {timeout_ms} ms and was cancelled",
+                            type="timeout", timeout_ms=timeout_ms) from None
+            finally:
+                env.heavy.release()
+
+    def list_connection(self, scans: bool):
+        """A connection for a list page: a heavy call (heavy()) when its filters are more
+        than one index answers, so that reading it may scan the tenant's rows."""
+        return self.heavy(LIST_TIMEOUT_MS, "The list (narrow its filters)") if scans \
+            else self.connection()
+
+    @asynccontextmanager
+    async def heavy_transaction(self, timeout_ms: int, what: str
+                                ) -> AsyncIterator[asyncpg.Connection]:
+        """heavy() for a change: its audit event is recorded in the same transaction."""
+        async with self.heavy(timeout_ms, what) as conn:
+            yield conn
+            await self.record(conn, "ok")
+        self.state.chainer.kick(self.chain())
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
-        async with self.request.connection() as conn:
+        async with self.connection() as conn:
             async with conn.transaction():
                 yield conn
                 await self.record(conn, "ok")
@@ -213,7 +340,7 @@ class Call:
     async def log_event(self, outcome: str, **extra) -> None:
         """Append the call's audit event in a transaction of its own (for calls whose work
         is not a write of ours: refusals, tenant queries)."""
-        async with self.connection() as conn:
+        async with self.request.connection() as conn:  # not the tenant's: it may be busy
             async with conn.transaction():
                 await self.record(conn, outcome, **extra)
         self.state.chainer.kick(self.chain())

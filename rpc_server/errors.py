@@ -130,6 +130,17 @@ class Busy(RpcError):
         super().__init__(message, retry_after=retry_after, **details)
 
 
+class QuotaExceeded(RpcError):
+    """A quota (tenants per user, a tenant's nodes or stored bytes) would be passed. Not
+    transient: retrying does not help until something is deleted or the cap is raised."""
+    code = RATE_LIMITED
+    type = "quota_exceeded"
+
+    def __init__(self, message: str, limit: int, usage: int, setting: str):
+        super().__init__(f"{message} ({setting}={limit})", limit=limit, usage=usage,
+                         setting=setting)
+
+
 class PipelineFailed(RpcError):
     """A pipeline run (wait: true) ended other than succeeded; data.run holds the record."""
     code = PIPELINE_FAILED

@@ -30,6 +30,9 @@ MAX_IN_VALUES = 100
 MAX_PATH_SEGMENTS = 16
 MAX_SEGMENT_LENGTH = 256
 MAX_VALUE_BYTES = 16_384
+# All values of one filter together (what PostgreSQL compares, and the containment keys the
+# GIN index is asked for, grow with it).
+MAX_FILTER_BYTES = 32_768
 # What PostgreSQL's #> takes as an array index: the containment shortcut must not be used.
 ARRAY_INDEX = re.compile(r"^\s*[+-]?\d+\s*$")
 COMPARISONS = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
@@ -130,6 +133,16 @@ class FilterCompiler:
     def __init__(self, args: SqlArgs):
         self.args = args
         self.clauses = 0
+        self.bytes = 0
+
+    def _json(self, value: Any, where: str) -> str:
+        """The value as JSON text, once checked, counted against the filter's size."""
+        text = _json(value, where)
+        self.bytes += len(text)
+        if self.bytes > MAX_FILTER_BYTES:
+            raise _fail(where, f"makes the filter's values larger than {MAX_FILTER_BYTES} "
+                               "bytes in all")
+        return text
 
     def compile(self, node: Any, where: str = "filter", depth: int = 1) -> str:
         if depth > MAX_DEPTH:
@@ -177,31 +190,31 @@ class FilterCompiler:
         index = _indexable(path)
         if op == "contains" and index:  # the containment document alone says it
             wanted = value if isinstance(value, (dict, list)) else [value]
-            return f"data @> {self.args.add_json(_json(containment(path, wanted), where))}"
+            return f"data @> {self.args.add_json(self._json(containment(path, wanted), where))}"
         # Every placeholder must appear in the SQL, so the path is added only from here on.
         target = f"(data #> {self.args.add(path, 'text[]')})" if path else "data"
         # Equality and `in` put the containment test outside COALESCE, where the planner can
         # answer it from the GIN index (data is NOT NULL, so it is never NULL itself).
         if op == "eq":
-            exact = f"COALESCE({target} = {self.args.add_json(_json(value, where))}, false)"
+            exact = f"COALESCE({target} = {self.args.add_json(self._json(value, where))}, false)"
             if index:
-                doc = self.args.add_json(_json(containment(path, value), where))
+                doc = self.args.add_json(self._json(containment(path, value), where))
                 return f"data @> {doc} AND {exact}"
             return exact
         if op == "ne":
-            return f"{target} IS DISTINCT FROM {self.args.add_json(_json(value, where))}"
+            return f"{target} IS DISTINCT FROM {self.args.add_json(self._json(value, where))}"
         if op == "in":
             if not isinstance(value, list) or not 1 <= len(value) <= MAX_IN_VALUES:
                 raise _fail(where, f"must be a list of 1-{MAX_IN_VALUES} values")
-            options = [_json(v, f"{where}.{i}") for i, v in enumerate(value)]
+            options = [self._json(v, f"{where}.{i}") for i, v in enumerate(value)]
             exact = f"COALESCE({target} = ANY({self.args.add_json(options)}), false)"
             if index:
-                docs = [_json(containment(path, v), where) for v in value]
+                docs = [self._json(containment(path, v), where) for v in value]
                 return f"data @> ANY({self.args.add_json(docs)}) AND {exact}"
             return exact
         if op == "contains":
             wanted = value if isinstance(value, (dict, list)) else [value]
-            return f"COALESCE({target} @> {self.args.add_json(_json(wanted, where))}, false)"
+            return f"COALESCE({target} @> {self.args.add_json(self._json(wanted, where))}, false)"
         if op == "exists":
             if not isinstance(value, bool):
                 raise _fail(where, "must be true or false")
@@ -209,7 +222,7 @@ class FilterCompiler:
         if op == "prefix":
             if not isinstance(value, str):
                 raise _fail(where, "must be a string")
-            _json(value, where)
+            self._json(value, where)
             return (f"COALESCE(jsonb_typeof({target}) = 'string' AND "
                     f"starts_with({target} #>> '{{}}', {self.args.add(value, 'text')}), false)")
         # lt, lte, gt, gte: numbers with numbers, strings with strings.
@@ -217,7 +230,7 @@ class FilterCompiler:
             raise _fail(where, f"{op} compares numbers or strings")
         kind = "string" if isinstance(value, str) else "number"
         return (f"COALESCE(jsonb_typeof({target}) = '{kind}' AND "
-                f"{target} {COMPARISONS[op]} {self.args.add_json(_json(value, where))}, "
+                f"{target} {COMPARISONS[op]} {self.args.add_json(self._json(value, where))}, "
                 "false)")
 
     def _column_leaf(self, column: str, op: str, value: Any, where: str) -> str:

@@ -15,6 +15,7 @@ import orjson
 
 from .errors import InvalidParams
 from .params import Pagination
+from .response_budget import ROW_OVERHEAD, response_too_large
 
 TOKEN_FIELD = "pagination.page_token"
 TOTAL_COLUMN = "_total_count"
@@ -25,6 +26,7 @@ class Page:
     rows: list  # of asyncpg.Record or dict
     next_page_token: str
     total_count: int | None
+    bytes: int = 0  # of documents, when read within a byte budget
 
 
 def encode_token(scope: str, sort_value: datetime | str, key: UUID) -> str:
@@ -72,13 +74,43 @@ def decode_token(token: str, scope: str) -> tuple[datetime, UUID]:
     return parse_token_time(value), key
 
 
+# Columns a page read within a byte budget carries besides the row's own (the shaper
+# leaves them out of the items).
+BUDGET_COLUMNS = ("_through", "_fetched", "_rn")
+
+
+def within_bytes(page_sql: str, order: str, size_sql: str, max_arg: str) -> str:
+    """`page_sql` (rows in `order`, with LIMIT) cut to the rows whose running total of
+    `size_sql` (over the page's own columns, plus ROW_OVERHEAD each) stays within `max_arg`
+    bytes, so that what the database sends is bounded whatever the page size; the first row
+    always comes (with its total), so that a row larger than the budget is told apart from
+    an empty page. See cut_to_budget."""
+    return (f"SELECT * FROM (SELECT page.*, sum({size_sql} + {ROW_OVERHEAD}) OVER w AS _through, "
+            f"row_number() OVER w AS _rn, count(*) OVER () AS _fetched FROM ({page_sql}) AS page "
+            f"WINDOW w AS (ORDER BY {order})) AS sized "
+            f"WHERE _through <= {max_arg} OR _rn = 1 ORDER BY {order}")
+
+
+def cut_to_budget(rows: list, max_bytes: int) -> tuple[list, bool, int]:
+    """(the rows within the budget, whether rows were left out for it, bytes they take);
+    raises response_too_large when not even the first row fits."""
+    if not rows:
+        return rows, False, 0
+    if rows[0]["_through"] > max_bytes:  # (only the first row comes past the budget)
+        raise response_too_large(max_bytes)
+    return rows, rows[-1]["_rn"] < rows[0]["_fetched"], rows[-1]["_through"]
+
+
 async def fetch_page(conn: asyncpg.Connection, *, scope: str, select: str, table: str,
                      where: list[str], args: list, pagination: Pagination,
-                     key_column: str = "id", count_sql: str | None = None) -> Page:
-    """`select`, `table`, `where`, `key_column` and `count_sql` are code constants; values
-    go in `args` and are referenced from `where` as $1..$n. `count_sql` (a statement over
-    the same args giving the total) replaces counting the rows, e.g. with a maintained
-    count."""
+                     key_column: str = "id", count_sql: str | None = None,
+                     size_sql: str | None = None, max_bytes: int | None = None) -> Page:
+    """`select`, `table`, `where`, `key_column`, `count_sql` and `size_sql` are code
+    constants; values go in `args` and are referenced from `where` as $1..$n. `count_sql`
+    (a statement over the same args giving the total) replaces counting the rows, e.g. with
+    a maintained count. With `size_sql` (the bytes of a row's documents, over `select`'s
+    columns) and `max_bytes`, the page stops early once its rows would take more than that
+    (Page.cut, with a next_page_token for the rest)."""
     filters = list(where)
     query_args = list(args)
     if pagination.page_token:
@@ -93,12 +125,20 @@ async def fetch_page(conn: asyncpg.Connection, *, scope: str, select: str, table
     # snapshot as the page, so the total agrees with the rows returned.
     counted = f", ({count_sql}) AS {TOTAL_COLUMN}" if pagination.include_total else ""
     limit_arg = len(query_args) + 1
-    rows = await conn.fetch(
-        f"SELECT {select}{counted} FROM {table} WHERE {where_sql} "
-        f"ORDER BY created_at, {key_column} LIMIT ${limit_arg}",
-        *query_args, pagination.page_size + 1)
+    order = f"created_at, {key_column}"
+    sql = (f"SELECT {select}{counted} FROM {table} WHERE {where_sql} "
+           f"ORDER BY {order} LIMIT ${limit_arg}")
+    query_args.append(pagination.page_size + 1)
+    cut, used = False, 0
+    if size_sql is not None and max_bytes is not None:
+        query_args.append(max_bytes)
+        rows, cut, used = cut_to_budget(
+            await conn.fetch(within_bytes(sql, order, size_sql, f"${len(query_args)}"),
+                             *query_args), max_bytes)
+    else:
+        rows = await conn.fetch(sql, *query_args)
     next_token = ""
-    if len(rows) > pagination.page_size:
+    if len(rows) > pagination.page_size or cut:
         rows = rows[:pagination.page_size]
         last = rows[-1]
         next_token = encode_token(scope, last["created_at"], last[key_column])
@@ -108,4 +148,4 @@ async def fetch_page(conn: asyncpg.Connection, *, scope: str, select: str, table
             total = rows[0][TOTAL_COLUMN]
         else:  # past the end: no row carried the count
             total = await conn.fetchval(count_sql, *args)
-    return Page(rows, next_token, total)
+    return Page(rows, next_token, total, used)

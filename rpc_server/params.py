@@ -21,6 +21,8 @@ MAX_PAGE_SIZE = 1000
 DEFAULT_PAGE_SIZE = 10
 MAX_PAGE_TOKEN = 16_384
 MAX_BULK = 1000
+BULK_TIMEOUT_MS = 10_000  # statement timeout of one bulk create (a heavy call)
+LIST_TIMEOUT_MS = 10_000  # ... of a list page whose filters no single index answers
 MAX_VERSION = 2**31 - 1  # the version column is a PostgreSQL integer
 
 SLUG_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_-]{0,61}[a-z0-9])?$")

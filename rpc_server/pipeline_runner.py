@@ -1,7 +1,8 @@
 """Executing pipeline runs: mint the run's execution token, hand the job to the sandbox
 worker, record the outcome. Used by run_pipeline (wait: true) and by the queue, which takes
-queued runs from PostgreSQL (FOR UPDATE SKIP LOCKED) a few at a time and marks runs left
-'running' by a server that died as failed ('interrupted')."""
+queued runs from PostgreSQL (FOR UPDATE SKIP LOCKED) a few at a time, tenant by tenant in
+turn (round robin: see PipelineRunRepository.claim_queued), and marks runs left 'running' by
+a server that died as failed ('interrupted')."""
 from __future__ import annotations
 
 import asyncio
@@ -30,9 +31,10 @@ def token_role(caller_role: str) -> str:
 
 class PipelineRunner:
     def __init__(self, pool: asyncpg.Pool, sandbox: SandboxClient | None, secret: bytes,
-                 concurrency: int):
+                 concurrency: int, running_per_tenant: int):
         self.pool, self.sandbox, self.secret = pool, sandbox, secret
         self.concurrency = concurrency
+        self.running_per_tenant = running_per_tenant
         self.wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.finished: Counter[str] = Counter()  # runs by final status, read by /metrics
@@ -105,7 +107,7 @@ class PipelineRunner:
     async def _claim(self) -> asyncpg.Record | None:
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                return await PipelineRunRepository(conn).claim_queued()
+                return await PipelineRunRepository(conn).claim_queued(self.running_per_tenant)
 
     async def _requeue(self, run: asyncpg.Record) -> None:
         async with self.pool.acquire() as conn:

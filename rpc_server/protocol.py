@@ -22,6 +22,7 @@ from jsonrpcserver.result import (ErrorResult, InternalErrorResult, Left,
 
 from .errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
                      PARSE_ERROR)
+from .response_budget import response_too_large
 from .json_codec import JSONError, JSONTooDeep, OutOfRange, dumps, loads
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,11 @@ def _binding_error(message: str) -> dict:
 
 class Dispatcher:
     def __init__(self, methods: dict[str, Callable], *, max_batch: int,
-                 tenant_params: dict[str, str] | None = None):
+                 max_response_bytes: int, tenant_params: dict[str, str] | None = None):
         self.methods = methods
         self.tenant_params = tenant_params or {}
         self.max_batch = max_batch
+        self.max_response_bytes = max_response_bytes
 
     async def handle(self, body: bytes, context: Any) -> bytes | None:
         """The response body for a request body, or None when nothing is to be sent back
@@ -108,9 +110,29 @@ class Dispatcher:
             if context.batch:
                 await _prepare_batch(context, payload)
             answers = await self._run_members(payload, context)
-            replies = [r for r in answers if r is not None]
+            replies = self._within_budget(payload, answers)
             return b"[" + b",".join(replies) + b"]" if replies else None
-        return await self.handle_one(payload, context)
+        reply = await self.handle_one(payload, context)
+        return self._within_budget([payload], [reply])[0] if reply is not None else None
+
+    def _within_budget(self, members: list, answers: list) -> list[bytes]:
+        """The replies, in order, with each one that would take the response past its byte
+        budget replaced by a response_too_large error of its own (the backstop: calls that
+        read documents stop within the budget before reading them)."""
+        replies, size = [], 2
+        for member, reply in zip(members, answers):
+            if reply is None:
+                continue
+            size += len(reply) + 1
+            if size > self.max_response_bytes:
+                size -= len(reply)
+                error = response_too_large(self.max_response_bytes)
+                reply = dumps(error_response(error.code, error.message,
+                                             member.get("id") if type(member) is dict else None,
+                                             error.data))
+                size += len(reply)
+            replies.append(reply)
+        return replies
 
     async def _run_members(self, members: list, context: Any) -> list:
         """A batch's answers, in order. Members run concurrently, each in a Task, except

@@ -71,6 +71,14 @@ class Deleted(ResultModel):
 
 # ---------------------------------------------------------------- tenants, users, keys
 
+class TenantUsage(ResultModel):
+    """What a tenant stores, and its caps (null: none)."""
+    nodes: int
+    bytes: int = Field(description="Bytes of its node and relationship documents, as stored.")
+    max_nodes: int | None = Field(description="FLEXDB_TENANT_MAX_NODES, or null.")
+    max_bytes: int | None = Field(description="FLEXDB_TENANT_MAX_BYTES, or null.")
+
+
 class Tenant(ResultModel):
     """A tenant: the owner of node types, nodes, relationships and pipelines."""
     id: UUID
@@ -81,6 +89,11 @@ class Tenant(ResultModel):
     updated_at: AwareDatetime
     version: int = Field(description="Incremented by every update; pass as expected_version "
                                      "to guard against lost updates.")
+
+
+class TenantUsageResult(ResultModel):
+    """What a tenant stores against its caps."""
+    usage: TenantUsage
 
 
 class TenantResult(ResultModel):
@@ -285,7 +298,8 @@ class ReachedNode(ResultModel):
 class TraverseResult(ResultModel):
     """Nodes reachable from the start node (not itself), nearest first."""
     nodes: list[ReachedNode]
-    truncated: bool = Field(description="True when more nodes were reachable than `limit`.")
+    truncated: bool = Field(description="True when more nodes were reachable than `limit`, "
+                                        "or than FLEXDB_MAX_PAGE_BYTES of documents.")
 
 
 class GraphPath(ResultModel):

@@ -8,7 +8,8 @@ backreferences or lookaround, so schemas using those are refused when saved
 from __future__ import annotations
 
 import re
-from functools import lru_cache
+import threading
+from collections import OrderedDict
 
 import jsonschema._keywords
 import jsonschema._utils
@@ -16,19 +17,65 @@ import re2
 
 _OPTIONS = re2.Options()
 _OPTIONS.log_errors = False
-_OPTIONS.max_mem = 8 << 20  # bytes of compiled program per pattern
+# Bytes one pattern's program and its matching state (RE2's DFA) may use: a pattern that
+# needs more is refused when the schema is saved.
+_OPTIONS.max_mem = 1 << 20
+# What a cached pattern is counted as: its forward and reverse programs (RE2 instructions
+# are ~16 bytes) plus an allowance for the DFA states matching builds (up to max_mem).
+INSTRUCTION_BYTES = 16
+DFA_ALLOWANCE = 64 << 10
 
 
 class UnsupportedPattern(ValueError):
     pass
 
 
-@lru_cache(maxsize=4096)
+class PatternCache:
+    """Compiled patterns, the least recently used dropped once their estimated size passes
+    the budget (a count would let a few huge patterns take any amount of memory). Used from
+    the event loop and from validation threads."""
+
+    def __init__(self, budget_bytes: int):
+        self.budget = budget_bytes
+        self._items: OrderedDict[str, tuple] = OrderedDict()  # pattern -> (compiled, bytes)
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, pattern: str):
+        with self._lock:
+            hit = self._items.get(pattern)
+            if hit is not None:
+                self._items.move_to_end(pattern)
+                return hit[0]
+        try:
+            compiled = re2.compile(pattern, _OPTIONS)
+        except re2.error as exc:
+            raise UnsupportedPattern(str(exc)) from None
+        size = ((compiled.programsize + compiled.reverseprogramsize) * INSTRUCTION_BYTES
+                + len(pattern) + DFA_ALLOWANCE)
+        with self._lock:
+            if pattern not in self._items:
+                self._items[pattern] = (compiled, size)
+                self._bytes += size
+                while self._bytes > self.budget and len(self._items) > 1:
+                    _, (_, dropped) = self._items.popitem(last=False)
+                    self._bytes -= dropped
+        return compiled
+
+    @property
+    def size(self) -> int:
+        return self._bytes
+
+
+CACHE = PatternCache(32 << 20)
+
+
+def set_cache_budget(budget_bytes: int) -> None:
+    CACHE.budget = budget_bytes
+
+
 def _compile(pattern: str):
-    try:
-        return re2.compile(pattern, _OPTIONS)
-    except re2.error as exc:
-        raise UnsupportedPattern(str(exc)) from None
+    return CACHE.get(pattern)
 
 
 def unsupported_reason(pattern: str) -> str | None:

@@ -1,11 +1,25 @@
 """JSON Schema (Draft 2020-12) checks for node types and node data, with compiled
-validators cached per node type version."""
+validators cached per node type version, under a memory budget.
+
+A schema's cost is measured when it is saved (schema_cost.py) and refused over the limits.
+Validating one document has a bounded cost whatever the schema: every keyword jsonschema
+applies is counted, and validation stops once it has used FLEXDB_VALIDATION_CPU_MS of CPU.
+It never holds the event loop for long: a document is first checked on the loop with a
+budget of a couple of milliseconds (enough for almost every document); one that needs more
+is checked again in a thread, one at a time per tenant, with the full budget."""
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections import OrderedDict
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
 from uuid import UUID
 
+import orjson
 from jsonschema import Draft202012Validator, ValidationError, validators
 from jsonschema.exceptions import SchemaError
 from referencing import Registry
@@ -13,17 +27,55 @@ from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
 from . import safe_regex
-from .errors import InvalidParams
+from .errors import InvalidParams, QueryRejected
+from .schema_cost import (DATA_KEYWORDS, MAX_PATTERN_LENGTH, SchemaLimits, SchemaTooCostly,
+                          measure)
 from .schema_fast_path import fast_check
+from .tenant_limits import TenantLimiter
 
-MAX_REPORTED_ERRORS = 10
+MAX_REPORTED_ERRORS = 10  # per document
+MAX_REPORTED_ERRORS_PER_CALL = 50
 MAX_MESSAGE = 300  # jsonschema messages quote the whole offending value
-# Values of these keywords are data, not subschemas: "$ref" or "pattern" in them mean nothing.
-DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
 # Instances tried once when a schema is saved, to catch references that loop on themselves.
 PROBE_INSTANCES = (None, True, 0, "", [], {})
+# CPU a document may use on the event loop before it is checked again in a thread.
+INLINE_BUDGET_MS = 2.0
+# Bytes a cached validator is counted as, per byte of its schema's JSON (the schema as
+# Python objects, plus what jsonschema and referencing build from it).
+VALIDATOR_BYTES_PER_SCHEMA_BYTE = 12
+VALIDATION_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flexdb-validate")
 
 safe_regex.install()
+
+
+class OutOfBudget(Exception):
+    """Validation used up its CPU budget."""
+
+
+_budget = threading.local()  # .deadline (thread CPU seconds) or None, .steps
+
+
+@contextmanager
+def cpu_budget(ms: float) -> Iterator[None]:
+    """Validation in this block stops (OutOfBudget) once it has used `ms` of this thread's
+    CPU."""
+    _budget.deadline, _budget.steps = time.thread_time() + ms / 1000, 0
+    try:
+        yield
+    finally:
+        _budget.deadline = None
+
+
+def _metered(keyword):
+    """Every keyword application is counted; every 32nd looks at the clock."""
+    def apply(validator, value, instance, schema):
+        deadline = getattr(_budget, "deadline", None)
+        if deadline is not None:
+            _budget.steps += 1
+            if not _budget.steps & 31 and time.thread_time() > deadline:
+                raise OutOfBudget()
+        return keyword(validator, value, instance, schema)
+    return apply
 
 
 def _canonical(value: Any) -> Any:
@@ -52,16 +104,25 @@ def _unique_items(validator, unique, instance, schema):
         seen.add(key)
 
 
-NodeDataValidator = validators.extend(Draft202012Validator, {"uniqueItems": _unique_items})
+NodeDataValidator = validators.extend(Draft202012Validator, {
+    keyword: _metered(function) for keyword, function in
+    {**Draft202012Validator.VALIDATORS, "uniqueItems": _unique_items}.items()})
 
 
 SCHEMA_URI = "urn:flexdb:node-type-schema"
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
 
-def check_schema(schema: dict | bool | None, field: str = "schema") -> None:
-    """Refuse a schema that is not valid Draft 2020-12, or whose $refs cannot be resolved
-    (only references inside the schema itself are: nothing is ever fetched)."""
+def _resolver(schema: dict):
+    return Registry().with_resource(
+        SCHEMA_URI, DRAFT202012.create_resource(schema)).resolver(base_uri=SCHEMA_URI)
+
+
+def check_schema(schema: dict | bool | None, limits: SchemaLimits, probe_budget_ms: float,
+                 field: str = "schema") -> None:
+    """Refuse a schema that is not valid Draft 2020-12, whose $refs cannot be resolved (only
+    references inside the schema itself are: nothing is ever fetched), or that costs more
+    than the limits. CPU-heavy: run it off the event loop (ValidatorCache.check_schema)."""
     if schema is None or type(schema) is bool:  # true and false are whole schemas
         return
     dialect = schema.get("$schema")
@@ -77,15 +138,26 @@ def check_schema(schema: dict | bool | None, field: str = "schema") -> None:
     except RecursionError:  # the meta-schema's check recurses ~8 frames per level
         raise InvalidParams.field(field, "is nested too deeply to be checked as a JSON "
                                   "Schema") from None
+    root = _resolver(schema)
     refs, patterns = _references_and_patterns(schema)
-    resolver = Registry().with_resource(
-        SCHEMA_URI, DRAFT202012.create_resource(schema)).resolver(base_uri=SCHEMA_URI)
     for ref in refs:
         try:
-            resolver.lookup(ref)
+            root.lookup(ref)
         except Unresolvable:
             raise InvalidParams.field(field, f"$ref {ref!r} cannot be resolved: only references "
                                       "to parts of the same schema are supported") from None
+
+    def resolve(ref: str, base):
+        try:
+            found = (base or root).lookup(ref)
+        except Unresolvable:
+            return None
+        return found.contents, found.resolver
+
+    try:
+        measure(schema, resolve, limits)
+    except SchemaTooCostly as exc:
+        raise InvalidParams.field(field, str(exc)) from None
     for pattern in patterns:
         reason = safe_regex.unsupported_reason(pattern)
         if reason:
@@ -94,11 +166,16 @@ def check_schema(schema: dict | bool | None, field: str = "schema") -> None:
     validator = NodeDataValidator(schema)
     for probe in PROBE_INSTANCES:
         try:
-            for _ in validator.iter_errors(probe):
-                pass
+            with cpu_budget(probe_budget_ms):
+                for _ in validator.iter_errors(probe):
+                    pass
         except RecursionError:
             raise InvalidParams.field(field, "the schema refers to itself without end "
                                       "(a $ref loop)") from None
+        except OutOfBudget:
+            raise InvalidParams.field(field, f"checking even the document {orjson.dumps(probe).decode()} "
+                                      f"against it takes more than {probe_budget_ms:g} ms of "
+                                      "CPU (FLEXDB_VALIDATION_CPU_MS)") from None
 
 
 def _references_and_patterns(schema: Any) -> tuple[list[str], list[str]]:
@@ -136,52 +213,123 @@ def _describe(err, field: str) -> list[dict]:
     return [{"field": _path(field, err.absolute_path), "message": message}]
 
 
+@dataclass(frozen=True)
+class ValidationLimits:
+    schema: SchemaLimits
+    cpu_ms: float           # CPU one call's documents may use to be validated
+    cache_bytes: int        # compiled validators kept, by estimated size
+
+
+def validation_limits(settings) -> ValidationLimits:
+    return ValidationLimits(
+        SchemaLimits(max_bytes=settings.max_schema_bytes,
+                     max_subschemas=settings.max_schema_subschemas,
+                     max_patterns=settings.max_schema_patterns,
+                     max_pattern_length=MAX_PATTERN_LENGTH,
+                     max_values_bytes=settings.max_schema_values_bytes),
+        cpu_ms=settings.validation_cpu_ms, cache_bytes=settings.validator_cache_bytes)
+
+
 class ValidatorCache:
-    """LRU of compiled validators keyed by (tenant, node type, version): a schema change
-    bumps the version, so stale validators are never used and need no invalidation."""
+    """Compiled validators keyed by (tenant, node type, version), least recently used out
+    first once their estimated size passes the budget: a schema change bumps the version, so
+    stale validators are never used and need no invalidation."""
 
-    def __init__(self, size: int = 1024):
-        self.size = size
-        # (tenant, node type, version) -> (compiled validator, fast yes or None)
+    def __init__(self, limits: ValidationLimits, tenant_wait_s: float = 5.0):
+        self.limits = limits
+        # (tenant, node type, version) -> (compiled validator, fast yes or None, bytes)
         self._items: OrderedDict[tuple, tuple] = OrderedDict()
+        self._bytes = 0
         self.hits = self.misses = 0  # read by /metrics
+        # A tenant's costly checks run one at a time: another tenant always finds a thread.
+        self.threads = TenantLimiter(1, tenant_wait_s, "schema checks in a thread")
 
-    def get(self, tenant_id: UUID, node_type_id: UUID, version: int,
-            schema: dict) -> tuple:
+    def get(self, tenant_id: UUID, node_type_id: UUID, version: int, schema: Any) -> tuple:
         key = (tenant_id, node_type_id, version)
-        validator = self._items.get(key)
-        if validator is None:
+        entry = self._items.get(key)
+        if entry is None:
             self.misses += 1
-            validator = (NodeDataValidator(schema,
-                                           format_checker=Draft202012Validator.FORMAT_CHECKER),
-                         fast_check(schema))
-            self._items[key] = validator
-            if len(self._items) > self.size:
-                self._items.popitem(last=False)
+            size = len(orjson.dumps(schema)) * VALIDATOR_BYTES_PER_SCHEMA_BYTE
+            entry = (NodeDataValidator(schema,
+                                       format_checker=Draft202012Validator.FORMAT_CHECKER),
+                     fast_check(schema), size)
+            self._items[key] = entry
+            self._bytes += size
+            while self._bytes > self.limits.cache_bytes and len(self._items) > 1:
+                _, (_, _, dropped) = self._items.popitem(last=False)
+                self._bytes -= dropped
         else:
             self.hits += 1
             self._items.move_to_end(key)
-        return validator
+        return entry
 
-    def errors(self, node_type: Any, data: dict, field: str = "data") -> list[dict]:
+    async def check_schema(self, tenant_id: UUID, schema: Any, field: str = "schema") -> None:
+        """check_schema in a thread (one at a time per tenant)."""
+        if schema is None or type(schema) is bool:
+            return
+        async with self.threads.slot(tenant_id):
+            await asyncio.get_running_loop().run_in_executor(
+                VALIDATION_THREADS, check_schema, schema, self.limits.schema,
+                self.limits.cpu_ms, field)
+
+    async def errors(self, node_type: Any, data: Any, field: str = "data") -> list[dict]:
         """Validation errors of `data` against the node type's schema ([] when valid)."""
-        schema = node_type["schema"]
-        if schema is None:
+        return await self.errors_of_many([(node_type, data, field, {})])
+
+    async def errors_of_many(self, items: list[tuple[Any, Any, str, dict]]) -> list[dict]:
+        """Errors of several (node type, data, field, extra keys for its errors) at once, in
+        order: on the event loop while that stays cheap, else in a thread; one call's
+        documents share one budget."""
+        pending = []
+        for node_type, data, field, extra in items:
+            schema = node_type["schema"]
+            if schema is None or schema is True:
+                continue
+            validator, fast, _ = self.get(node_type["tenant_id"], node_type["id"],
+                                          node_type["version"], schema)
+            if fast is not None and fast(data):
+                continue  # valid: jsonschema would find nothing (see schema_fast_path.py)
+            pending.append((validator, data, field, extra))
+        if not pending:
             return []
-        validator, fast = self.get(node_type["tenant_id"], node_type["id"], node_type["version"],
-                                   schema)
-        if fast is not None and fast(data):
-            return []  # valid: jsonschema would find nothing (see schema_fast_path.py)
         try:
-            found = []
-            for err in validator.iter_errors(data):
-                found += _describe(err, field)
-                if len(found) >= MAX_REPORTED_ERRORS:
-                    break
-            return found[:MAX_REPORTED_ERRORS]
-        except Unresolvable as exc:
-            return [{"field": "schema", "message": f"node type schema has an unresolvable $ref: {exc}"}]
-        except RecursionError:
-            return [{"field": "schema", "message": "node type schema refers to itself without end"}]
-        except safe_regex.UnsupportedPattern as exc:
-            return [{"field": "schema", "message": f"node type schema has an unsupported pattern: {exc}"}]
+            return _errors(pending, INLINE_BUDGET_MS)
+        except OutOfBudget:
+            pass
+        tenant_id = items[0][0]["tenant_id"]
+        async with self.threads.slot(tenant_id):
+            try:
+                return await asyncio.get_running_loop().run_in_executor(
+                    VALIDATION_THREADS, _errors, pending, self.limits.cpu_ms)
+            except OutOfBudget:
+                raise QueryRejected(
+                    f"Validating the data against its node type's schema used more than "
+                    f"{self.limits.cpu_ms:g} ms of CPU and was stopped (FLEXDB_VALIDATION_CPU_MS): "
+                    "send fewer or smaller documents per call, or simplify the schema",
+                    type="too_costly", cpu_ms=self.limits.cpu_ms) from None
+
+
+def _errors(pending: list[tuple[Any, Any, str, dict]], budget_ms: float) -> list[dict]:
+    found: list[dict] = []
+    with cpu_budget(budget_ms):
+        for validator, data, field, extra in pending:
+            found += [{**error, **extra} for error in _errors_of(validator, data, field)]
+            if len(found) >= MAX_REPORTED_ERRORS_PER_CALL:
+                break
+    return found[:MAX_REPORTED_ERRORS_PER_CALL]
+
+
+def _errors_of(validator, data: Any, field: str) -> list[dict]:
+    try:
+        found = []
+        for err in validator.iter_errors(data):
+            found += _describe(err, field)
+            if len(found) >= MAX_REPORTED_ERRORS:
+                break
+        return found[:MAX_REPORTED_ERRORS]
+    except Unresolvable as exc:
+        return [{"field": "schema", "message": f"node type schema has an unresolvable $ref: {exc}"}]
+    except RecursionError:
+        return [{"field": "schema", "message": "node type schema refers to itself without end"}]
+    except safe_regex.UnsupportedPattern as exc:
+        return [{"field": "schema", "message": f"node type schema has an unsupported pattern: {exc}"}]

@@ -11,7 +11,7 @@ from typing import Iterable
 import asyncpg
 import orjson
 
-from .pagination import TOTAL_COLUMN, Page
+from .pagination import BUDGET_COLUMNS, TOTAL_COLUMN, Page
 
 JSON_FIELDS = ("data", "schema")
 
@@ -25,6 +25,9 @@ class Shaper:
     def one(self, row: asyncpg.Record) -> dict:
         item = dict(row)
         item.pop(TOTAL_COLUMN, None)  # a page's total rides on each row
+        if "_through" in item:  # a page read within a byte budget
+            for column in BUDGET_COLUMNS:
+                del item[column]
         for key in JSON_FIELDS:
             if key not in item:
                 continue

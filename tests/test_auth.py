@@ -31,6 +31,7 @@ EXPECTED = {
     "create_user": "platform_admin", "update_user": "platform_admin",
     "delete_user": "platform_admin", "list_users": "platform_admin",
     "get_tenant": "viewer", "update_tenant": "owner", "delete_tenant": "owner",
+    "get_tenant_usage": "admin",
     "list_tenant_users": "viewer", "get_tenant_user": "viewer", "add_user_to_tenant": "admin",
     "remove_user_from_tenant": "admin", "update_tenant_user_role": "admin",
     "get_node_type": "viewer", "list_node_types": "viewer", "create_node_type": "admin",
@@ -116,7 +117,7 @@ class World:
             return {"id": t, "name": "renamed"}
         if method == "delete_tenant":
             return {"id": t}
-        if method == "list_tenant_users":
+        if method in ("list_tenant_users", "get_tenant_usage"):
             return {"tenant_id": t}
         if method == "add_user_to_tenant":
             user, _ = await new_user(self.admin)

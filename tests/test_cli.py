@@ -208,17 +208,6 @@ def test_encrypt_value_needs_a_master_key():
     assert result.returncode == 2 and "FLEXDB_MASTER_KEY" in result.stderr
 
 
-def test_every_setting_is_in_the_readme_table():
-    from rpc_server.config import Settings
-    readme = (ROOT / "README.md").read_text()
-    rows = [line for line in readme.splitlines() if line.startswith("| `FLEXDB_")]
-    documented = " ".join(rows)
-    missing = [name for name in Settings.model_fields
-               if f"`FLEXDB_{name.upper()}`" not in documented]
-    assert not missing, f"settings missing from the README table: {missing}"
-    assert "`FLEXDB_MASTER_KEY`" in documented
-
-
 def test_version_is_the_installed_one():
     from importlib.metadata import version
     result = flexdb("--version")

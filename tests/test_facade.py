@@ -39,7 +39,7 @@ T, U, NT, N, R, P = ("/tenants/{tenant_id}", "/users/{user_id}",
 # compares it with the app, test_every_route_is_exercised with what the tests requested.
 ROUTES = {
     ("POST", "/tenants"), ("GET", "/tenants"),
-    ("GET", T), ("PUT", T), ("PATCH", T), ("DELETE", T),
+    ("GET", T), ("PUT", T), ("PATCH", T), ("DELETE", T), ("GET", T + "/usage"),
     ("POST", "/users"), ("GET", "/users"),
     ("GET", U), ("PUT", U), ("PATCH", U), ("DELETE", U),
     ("POST", T + "/users"), ("GET", T + "/users"), ("GET", T + "/users/{user_id}"),
@@ -282,6 +282,10 @@ async def test_tenants(rest, rpc):
                             json={"status": "suspended", "expected_version": 2}))
     assert patched["tenant"]["status"] == "suspended" and patched["tenant"]["version"] == 3
     assert patched == await rpc.call("get_tenant", {"id": t})
+
+    usage = ok(await call(rest, "GET", T + "/usage", tenant_id=t))
+    assert usage == await rpc.call("get_tenant_usage", {"tenant_id": t})
+    assert usage["usage"]["nodes"] == 0 and usage["usage"]["max_nodes"] is None
 
     no_content(await call(rest, "DELETE", T, tenant_id=t))
     error(await call(rest, "GET", T, tenant_id=t), 404, -32001, "not_found")

@@ -1155,7 +1155,7 @@ def test_the_runner_caps_the_tokens_role_at_member():
               "actor_key_id": key_id, "actor_role": "owner", "deadline": deadline,
               "code": ECHO, "input": {"a": 1}, "timeout_ms": 30_000, "memory_mb": 64,
               "request_id": "r-1", "debug_level": "basic"}
-    job = PipelineRunner(None, None, TEST_SECRET.encode(), 0).job(record)
+    job = PipelineRunner(None, None, TEST_SECRET.encode(), 0, 1).job(record)
     claims = verify(TEST_SECRET.encode(), job["token"])
     assert claims == ExecutionClaims(tenant_id, user_id, key_id, run_id, "member",
                                      claims.expires_at)

@@ -135,6 +135,8 @@ async def test_every_method_result_matches_its_model(server, rpc, database_url):
     tenant = (await call("create_tenant", {"slug": unique("r"), "name": "Results"}))["tenant"]
     t = tenant["id"]
     await call("get_tenant", {"id": t})
+    usage = (await call("get_tenant_usage", {"tenant_id": t}))["usage"]
+    assert usage["nodes"] == 0 and usage["max_nodes"] is None
     await call("update_tenant", {"id": t, "name": "Renamed", "expected_version": 1})
     listed = await call("list_tenants", {"pagination": {"page_size": 1, "include_total": True}})
     assert listed["pagination"]["total_count"] >= 1

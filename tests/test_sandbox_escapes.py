@@ -143,18 +143,23 @@ async def assert_worker_fine(rpc, tenant_id: str) -> None:
 # ------------------------------------------------ 6. concurrency (first: the slots are free)
 
 async def test_concurrent_runs_beyond_the_slots_get_busy(rpc, tenant, server):
-    """Six slow runs at once on a worker with four slots: two get -32005 busy at once, the
-    others time out on their own, and afterwards runs work again."""
-    spin = await create(rpc, tenant["id"], "while True:\n    pass", timeout_ms=1500)
+    """Six slow runs at once (two each of three tenants: a tenant runs at most
+    FLEXDB_PIPELINE_TENANT_RUNNING at once) on a worker with four slots: two get -32005
+    busy at once, the others time out on their own, and afterwards runs work again."""
+    tenants = [tenant["id"]] + [(await rpc.call("create_tenant", {
+        "slug": unique("slots"), "name": "S"}))["tenant"]["id"] for _ in range(2)]
+    spins = {t: await create(rpc, t, "while True:\n    pass", timeout_ms=1500)
+             for t in tenants}
     began = time.monotonic()
 
-    async def one():
+    async def one(tenant_id):
         try:
-            return await start(rpc, tenant["id"], spin)
+            return await start(rpc, tenant_id, spins[tenant_id])
         except RpcError as exc:
+            exc.tenant_id = tenant_id
             return exc
 
-    outcomes = await asyncio.gather(*[one() for _ in range(6)])
+    outcomes = await asyncio.gather(*[one(t) for t in tenants for _ in range(2)])
     elapsed = time.monotonic() - began
     busy = [o for o in outcomes if isinstance(o, RpcError)]
     runs = [o for o in outcomes if not isinstance(o, RpcError)]
@@ -162,7 +167,7 @@ async def test_concurrent_runs_beyond_the_slots_get_busy(rpc, tenant, server):
     for exc in busy:
         assert exc.code == -32005 and exc.type == "busy", exc
         assert exc.data["run_id"]
-        record = await rpc.call("get_pipeline_run", {"tenant_id": tenant["id"],
+        record = await rpc.call("get_pipeline_run", {"tenant_id": exc.tenant_id,
                                                      "id": exc.data["run_id"]})
         assert record["run"]["status"] == "failed"
         assert record["run"]["error"]["type"] == "busy"

@@ -33,6 +33,13 @@ async def get_tenant(request: Request, tenant_id: UUID):
     return forward.json(await forward.call(request, "get_tenant", {"id": str(tenant_id)}))
 
 
+@router.get("/tenants/{tenant_id}/usage", response_model=result_of("get_tenant_usage"))
+async def get_tenant_usage(request: Request, tenant_id: UUID):
+    """What the tenant stores (nodes, bytes of documents) against its caps (admins)."""
+    return forward.json(await forward.call(request, "get_tenant_usage",
+                                           {"tenant_id": str(tenant_id)}))
+
+
 @router.put("/tenants/{tenant_id}", response_model=result_of("update_tenant"))
 @router.patch("/tenants/{tenant_id}", response_model=result_of("update_tenant"))
 async def update_tenant(request: Request, tenant_id: UUID, body: UpdateTenantBody):

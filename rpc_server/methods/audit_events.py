@@ -33,7 +33,8 @@ async def list_audit_events(ctx, p: ListAuditEvents) -> dict:
     """List a tenant's audit events in chain order (seq), filtered by actor, method, target
     or time."""
     await ctx.state.chainer.flush(p.tenant_id)
-    async with ctx.connection() as conn:
+    filters = (p.actor, p.method, p.target_id, p.since, p.until)
+    async with ctx.list_connection(any(f is not None for f in filters)) as conn:
         await require_live_tenant(ctx, conn, p.tenant_id)
         page = await AuditRepository(conn).list(p.tenant_id, p.pagination, actor=p.actor,
                                                 method=p.method, target_id=p.target_id,

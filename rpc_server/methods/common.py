@@ -4,10 +4,13 @@ from __future__ import annotations
 from uuid import UUID
 
 import asyncpg
+import orjson
 
-from ..errors import InvalidParams, NotFound
+from ..errors import InvalidParams, NotFound, QuotaExceeded
+from ..pagination import Page
 from ..params import Params
 from ..repositories import TenantRepository
+from ..response_budget import ROW_OVERHEAD
 
 DELETED = {"success": True}
 
@@ -31,3 +34,59 @@ async def require_tenant(ctx, conn: asyncpg.Connection, tenant_id: UUID) -> None
         return
     if not await TenantRepository(conn).exists(tenant_id):
         raise NotFound("tenant", tenant_id)
+
+
+async def check_quota(ctx, conn: asyncpg.Connection, tenant_id: UUID, nodes: int,
+                      documents: list) -> None:
+    """Refuse a write that would take the tenant past its caps on nodes or stored bytes
+    (when set: FLEXDB_TENANT_MAX_NODES, FLEXDB_TENANT_MAX_BYTES). The documents count at
+    their JSON size, whole (an update's growth is not known before it is stored). Checked
+    before the write, not under a lock: writes in flight at the same moment may pass a
+    cap by what they add."""
+    settings = ctx.state.settings
+    max_nodes, max_bytes = settings.tenant_max_nodes, settings.tenant_max_bytes
+    if not (max_nodes and nodes) and not max_bytes:
+        return
+    usage = await TenantRepository(conn).usage(tenant_id)
+    if max_nodes and nodes and usage["nodes"] + nodes > max_nodes:
+        raise QuotaExceeded(f"The tenant holds {usage['nodes']} nodes; {nodes} more would pass "
+                            "its cap", limit=max_nodes, usage=usage["nodes"],
+                            setting="FLEXDB_TENANT_MAX_NODES")
+    if max_bytes:
+        adding = sum(len(orjson.dumps(d)) for d in documents)
+        if usage["bytes"] + adding > max_bytes:
+            raise QuotaExceeded(f"The tenant stores {usage['bytes']} bytes of documents; "
+                                f"{adding} more would pass its cap", limit=max_bytes,
+                                usage=usage["bytes"], setting="FLEXDB_TENANT_MAX_BYTES")
+
+
+async def read_page(ctx, pagination, row_worst_case: int, read) -> Page:
+    """A list page read within what the call may read: at most FLEXDB_MAX_PAGE_BYTES and
+    what is left of the response's budget. `read(max_bytes)` reads the page (it stops early
+    once its rows' documents would take more; see pagination.within_bytes)."""
+    settings = ctx.state.settings
+    granted = await ctx.reserve(min(
+        (pagination.page_size + 1) * (row_worst_case + ROW_OVERHEAD), settings.max_page_bytes))
+    page = None
+    try:
+        page = await read(granted)
+    finally:
+        await ctx.settle(granted, page.bytes if page is not None else 0)
+    return page
+
+
+async def read_one(ctx, worst_case: int, read, size_of):
+    """One row whose documents may be large (up to `worst_case` bytes), read within what the
+    response may still take; `size_of(row)` is what it takes."""
+    granted = await ctx.reserve(worst_case + ROW_OVERHEAD)
+    row = None
+    try:
+        row = await read()
+    finally:
+        await ctx.settle(granted, 0 if row is None else size_of(row) + ROW_OVERHEAD)
+    return row
+
+
+def json_size(*values) -> int:
+    """Bytes of values as JSON (text values as they are)."""
+    return sum(len(v) if isinstance(v, str) else len(orjson.dumps(v)) for v in values)

@@ -1,20 +1,20 @@
 """Graph traversal over relationships: everything reachable from a node, and shortest paths."""
 from __future__ import annotations
 
-import asyncio
-from contextlib import asynccontextmanager
-from typing import Annotated, AsyncIterator, Literal
+from typing import Annotated, Literal
 
 import asyncpg
 from pydantic import BeforeValidator, Field, StrictInt
 
 from ..auth import tenant_role
-from ..errors import Busy, QueryRejected
+from ..errors import QueryRejected
 from ..params import Id, Params, RelationshipType, zero_means
 from .. import results
 from ..registry import rpc_method
 from ..repositories import NodeRepository
 from ..repositories.graph import GraphRepository
+from ..pagination import BUDGET_COLUMNS
+from ..response_budget import ROW_OVERHEAD
 
 MAX_DEPTH = 10
 MAX_LIMIT = 10_000
@@ -51,29 +51,12 @@ class ShortestPath(Params):
     timeout_ms: TimeoutMs = 5000
 
 
-@asynccontextmanager
-async def walk_connection(ctx, tenant_id) -> AsyncIterator[asyncpg.Connection]:
-    """Walks take main-pool connections (their statements stay prepared) but at most half of
-    them at once, and count against the tenant's limit of heavy calls, so long walks can
-    never take the connections every other method needs."""
-    env = ctx.state.query
-    async with env.per_tenant.slot(tenant_id):
-        try:
-            await asyncio.wait_for(env.walks.acquire(), ctx.state.settings.db_connect_timeout_s)
-        except asyncio.TimeoutError:
-            raise Busy("Too many graph walks are running on this server; retry "
-                       "shortly") from None
-        try:
-            async with ctx.connection() as conn:
-                yield conn
-        finally:
-            env.walks.release()
+WHAT = "The traversal (lower max_depth or filter by relationship_types)"
 
 
 def _timed_out(timeout_ms: int) -> QueryRejected:
-    return QueryRejected(f"The traversal ran longer than {timeout_ms} ms and was cancelled: "
-                         "lower max_depth or filter by relationship_types", type="timeout",
-                         timeout_ms=timeout_ms)
+    return QueryRejected(f"{WHAT} ran longer than {timeout_ms} ms and was cancelled",
+                         type="timeout", timeout_ms=timeout_ms)
 
 
 def _path_to(node_id, parents: dict) -> list[str]:
@@ -90,17 +73,24 @@ async def traverse(ctx, p: Traverse) -> dict:
     """Nodes reachable from a start node within max_depth hops, nearest first, each with its
     depth and one shortest path of relationship ids."""
     try:
-        async with walk_connection(ctx, p.tenant_id) as conn:
-            await NodeRepository(conn).get(p.tenant_id, p.start_node_id)
-            rows = await GraphRepository(conn).traverse(
-                p.tenant_id, p.start_node_id, p.direction, p.relationship_types, p.max_depth,
-                p.limit + 1, p.timeout_ms / 1000)
+        settings = ctx.state.settings
+        granted = await ctx.reserve(min((p.limit + 1) * (settings.max_body_bytes + ROW_OVERHEAD),
+                                        settings.max_page_bytes))
+        used = 0
+        try:
+            async with ctx.heavy(p.timeout_ms, WHAT) as conn:
+                await NodeRepository(conn).get(p.tenant_id, p.start_node_id)
+                rows, cut, used = await GraphRepository(conn).traverse(
+                    p.tenant_id, p.start_node_id, p.direction, p.relationship_types,
+                    p.max_depth, p.limit + 1, p.timeout_ms / 1000, granted)
+        finally:
+            await ctx.settle(granted, used)
     except (TimeoutError, asyncpg.QueryCanceledError):
         raise _timed_out(p.timeout_ms) from None
-    truncated = len(rows) > p.limit
+    truncated = len(rows) > p.limit or cut
     rows = rows[:p.limit]
     parents = {r["id"]: (r["_rel_id"], r["_parent_id"]) for r in rows}
-    hidden = ("_depth", "_rel_id", "_parent_id")
+    hidden = ("_depth", "_rel_id", "_parent_id", *BUDGET_COLUMNS)
     return {"nodes": [{"node": ctx.shaper.one({k: v for k, v in r.items() if k not in hidden}),
                        "depth": r["_depth"], "path": _path_to(r["id"], parents)}
                       for r in rows],
@@ -111,7 +101,7 @@ async def traverse(ctx, p: Traverse) -> dict:
 async def shortest_path(ctx, p: ShortestPath) -> dict:
     """One shortest path between two nodes within max_depth hops, or null."""
     try:
-        async with walk_connection(ctx, p.tenant_id) as conn:
+        async with ctx.heavy(p.timeout_ms, WHAT) as conn:
             nodes = NodeRepository(conn)
             await nodes.get(p.tenant_id, p.source_node_id)
             await nodes.get(p.tenant_id, p.target_node_id)

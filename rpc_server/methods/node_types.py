@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from ..params import Description, Id, JsonSchemaDoc, Name, PaginationParam, Params, Version
+from ..params import MAX_DESCRIPTION, Description, Id, JsonSchemaDoc, Name, PaginationParam, Params, Version
 from ..auth import tenant_role
 from .. import results
 from ..registry import rpc_method
 from ..repositories import NodeTypeRepository
-from ..schemas import check_schema
-from .common import DELETED, changes_of, require_changes, require_tenant
+from .common import DELETED, changes_of, json_size, read_one, read_page, require_changes, require_tenant
 
 UPDATABLE = ("name", "description", "schema")
 
@@ -44,7 +43,7 @@ class ListNodeTypes(Params):
 @rpc_method(CreateNodeType, tenant_role("admin"), result=results.NodeTypeResult)
 async def create_node_type(ctx, p: CreateNodeType) -> dict:
     """Create a node type; `schema` (object or JSON string) validates its nodes' data."""
-    check_schema(p.schema_)
+    await ctx.validators.check_schema(p.tenant_id, p.schema_)
     async with ctx.transaction() as conn:
         row = await NodeTypeRepository(conn).create(p.tenant_id, p.name, p.description, p.schema_)
         ctx.set_target("node_type", row["id"])
@@ -55,7 +54,9 @@ async def create_node_type(ctx, p: CreateNodeType) -> dict:
 async def get_node_type(ctx, p: NodeTypeId) -> dict:
     """Get a node type by id."""
     async with ctx.connection() as conn:
-        row = await NodeTypeRepository(conn).get(p.tenant_id, p.id)
+        row = await read_one(ctx, ctx.state.settings.max_schema_bytes + MAX_DESCRIPTION,
+                             lambda: NodeTypeRepository(conn).get(p.tenant_id, p.id),
+                             lambda row: json_size(row["schema"], row["description"]))
     return {"node_type": ctx.shaper.one(row)}
 
 
@@ -65,7 +66,7 @@ async def update_node_type(ctx, p: UpdateNodeType) -> dict:
     re-validated; later creates and updates are."""
     changes = changes_of(p, ("name", "description"))
     if "schema_" in p.model_fields_set:  # null or "" removes the schema
-        check_schema(p.schema_)
+        await ctx.validators.check_schema(p.tenant_id, p.schema_)
         changes["schema"] = p.schema_
     require_changes(changes, UPDATABLE)
     async with ctx.transaction() as conn:
@@ -89,5 +90,8 @@ async def list_node_types(ctx, p: ListNodeTypes) -> dict:
     """List a tenant's node types."""
     async with ctx.connection() as conn:
         await require_tenant(ctx, conn, p.tenant_id)
-        page = await NodeTypeRepository(conn).list(p.tenant_id, p.pagination)
+        page = await read_page(ctx, p.pagination,
+                               ctx.state.settings.max_schema_bytes + MAX_DESCRIPTION,
+                               lambda max_bytes: NodeTypeRepository(conn).list(
+                                   p.tenant_id, p.pagination, max_bytes))
     return ctx.shaper.page("node_types", page)

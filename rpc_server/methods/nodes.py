@@ -5,12 +5,13 @@ from pydantic import Field
 
 from ..ids import uuid7_sequence
 from ..errors import Conflict, InvalidParams, NotFound, VersionConflict
-from ..params import MAX_BULK, Id, JsonObject, OptionalId, PaginationParam, Params, Version
+from ..params import BULK_TIMEOUT_MS, MAX_BULK, Id, JsonObject, OptionalId, PaginationParam, Params, Version
 from ..auth import tenant_role
 from .. import results
 from ..registry import rpc_method
+from ..response_budget import ROW_OVERHEAD
 from ..repositories import NodeRepository, NodeTypeRepository
-from .common import DELETED, require_tenant
+from .common import DELETED, check_quota, read_page, require_tenant
 
 
 
@@ -58,9 +59,10 @@ async def create_node(ctx, p: CreateNode) -> dict:
     node_id = uuid7_sequence(1)[0]
     ctx.set_target("node", node_id)
     async with ctx.connection() as conn:
+        await check_quota(ctx, conn, p.tenant_id, 1, [p.data])
         node_type = await ctx.state.node_types.get(conn, p.tenant_id, p.node_type_id)
         for _ in range(WRITE_ATTEMPTS):
-            check_data(ctx, node_type, p.data)
+            await check_data(ctx, node_type, p.data)
             row = await ctx.write(NodeRepository.INSERT_CHECKED, p.tenant_id, node_id,
                                   p.node_type_id, p.data, node_type["version"], conn=conn)
             if row is not None:
@@ -76,7 +78,9 @@ async def get_node(ctx, p: NodeId) -> dict:
     """Get a node by id."""
     row = ctx.request.prefetched_nodes.get((p.tenant_id, p.id), NOT_READ)
     if row is NOT_READ:
+        granted = await ctx.reserve(ctx.state.settings.max_body_bytes + ROW_OVERHEAD)
         row = await ctx.state.node_reads.get(p.tenant_id, p.id)  # coalesced with other reads
+        await ctx.settle(granted, 0 if row is None else len(row["data"]) + ROW_OVERHEAD)
     if row is None:
         raise NotFound("node", p.id)
     return {"node": ctx.shaper.one(row)}
@@ -86,6 +90,7 @@ async def get_node(ctx, p: NodeId) -> dict:
 async def update_node(ctx, p: UpdateNode) -> dict:
     """Replace a node's data (validated); `expected_version` guards against lost updates."""
     async with ctx.connection() as conn:
+        await check_quota(ctx, conn, p.tenant_id, 0, [p.data])
         for _ in range(WRITE_ATTEMPTS):
             current = await NodeRepository(conn).versions_of(p.tenant_id, p.id)
             if current is None:
@@ -94,7 +99,7 @@ async def update_node(ctx, p: UpdateNode) -> dict:
                 raise VersionConflict("node", p.id, p.expected_version, current["version"])
             node_type = await ctx.state.node_types.get(
                 conn, p.tenant_id, current["node_type_id"], version=current["type_version"])
-            check_data(ctx, node_type, p.data)
+            await check_data(ctx, node_type, p.data)
             row = await ctx.write(NodeRepository.UPDATE_CHECKED, p.tenant_id, p.id,
                                   current["node_type_id"], p.data, node_type["version"],
                                   p.expected_version, conn=conn)
@@ -105,8 +110,8 @@ async def update_node(ctx, p: UpdateNode) -> dict:
     raise node_type_kept_changing(current["node_type_id"])
 
 
-def check_data(ctx, node_type, data: dict) -> None:
-    errors = ctx.validators.errors(node_type, data)
+async def check_data(ctx, node_type, data: dict) -> None:
+    errors = await ctx.validators.errors(node_type, data)
     if errors:
         raise InvalidParams(errors=errors)
 
@@ -128,7 +133,9 @@ async def delete_node(ctx, p: NodeId) -> dict:
 async def list_nodes(ctx, p: ListNodes) -> dict:
     """List a tenant's nodes, optionally of one node type."""
     async with ctx.connection() as conn:
-        page = await NodeRepository(conn).list(p.tenant_id, p.node_type_id, p.pagination)
+        page = await read_page(ctx, p.pagination, ctx.state.settings.max_body_bytes,
+                               lambda max_bytes: NodeRepository(conn).list(
+                                   p.tenant_id, p.node_type_id, p.pagination, max_bytes))
         if not page.rows:  # rows prove the tenant exists; no rows may mean it does not
             await require_tenant(ctx, conn, p.tenant_id)
     return ctx.shaper.page("nodes", page)
@@ -137,22 +144,23 @@ async def list_nodes(ctx, p: ListNodes) -> dict:
 @rpc_method(CreateNodes, tenant_role("member"), result=results.NodesCreated)
 async def create_nodes(ctx, p: CreateNodes) -> dict:
     """Create up to 1,000 nodes in one transaction: all are created or none."""
-    async with ctx.transaction() as conn:
+    async with ctx.heavy_transaction(BULK_TIMEOUT_MS, "The bulk create") as conn:
         if not p.nodes:
             await require_tenant(ctx, conn, p.tenant_id)
             return {"nodes": []}
+        await check_quota(ctx, conn, p.tenant_id, len(p.nodes), [n.data for n in p.nodes])
         type_ids = list({n.node_type_id for n in p.nodes})
         node_types = await NodeTypeRepository(conn).get_many(p.tenant_id, type_ids)
-        errors = []
+        checks = []
         for index, node in enumerate(p.nodes):
             node_type = node_types.get(node.node_type_id)
             if node_type is None:
                 raise NotFound("node_type", node.node_type_id, index=index,
                                message=f"nodes.{index}: node_type not found")
-            for err in ctx.validators.errors(node_type, node.data, field=f"nodes.{index}.data"):
-                errors.append({**err, "index": index})
+            checks.append((node_type, node.data, f"nodes.{index}.data", {"index": index}))
+        errors = await ctx.validators.errors_of_many(checks)
         if errors:
-            raise InvalidParams(errors=errors[:50])
+            raise InvalidParams(errors=errors)
         ids = uuid7_sequence(len(p.nodes))
         rows = await NodeRepository(conn).create_many(
             p.tenant_id, ids, [n.node_type_id for n in p.nodes], [n.data for n in p.nodes])

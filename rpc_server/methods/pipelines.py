@@ -12,12 +12,12 @@ from sandbox_worker.policy import MAX_CODE_LENGTH, compile_pipeline
 
 from ..auth import tenant_role
 from ..errors import Busy, Conflict, InvalidParams, PipelineFailed
-from ..params import (Description, Document, Id, Name, OptionalId, PaginationParam, Params,
-                      Version, zero_means)
+from ..params import (MAX_DESCRIPTION, Description, Document, Id, Name, OptionalId,
+                      PaginationParam, Params, Version, zero_means)
 from .. import results
 from ..registry import rpc_method
 from ..repositories.pipelines import RUN_FIELDS, PipelineRepository, PipelineRunRepository
-from .common import DELETED, changes_of, require_changes, require_tenant
+from .common import DELETED, changes_of, json_size, read_one, read_page, require_changes, require_tenant
 
 UPDATABLE = ("name", "description", "code", "timeout_ms", "memory_mb")
 MAX_TIMEOUT_MS = 60_000
@@ -99,6 +99,15 @@ def _run(ctx, row) -> dict:
     return ctx.shaper.one({k: row[k] for k in RUN_FIELDS})
 
 
+# A run record's documents at their largest: its input (a request body), result (1 MiB)
+# and output (64 KiB) as the sandbox worker caps them, its error and db operations.
+RUN_RECORD_EXTRA = 3 * 1_048_576
+
+
+def run_worst_case(ctx) -> int:
+    return ctx.state.settings.max_body_bytes + RUN_RECORD_EXTRA
+
+
 @rpc_method(CreatePipeline, tenant_role("admin"), result=results.PipelineResult)
 async def create_pipeline(ctx, p: CreatePipeline) -> dict:
     """Save a pipeline: Python code defining run(input, db), checked when saved."""
@@ -114,7 +123,9 @@ async def create_pipeline(ctx, p: CreatePipeline) -> dict:
 async def get_pipeline(ctx, p: PipelineId) -> dict:
     """Get a pipeline with its code."""
     async with ctx.connection() as conn:
-        row = await PipelineRepository(conn).get(p.tenant_id, p.id)
+        row = await read_one(ctx, MAX_CODE_LENGTH + MAX_DESCRIPTION,
+                             lambda: PipelineRepository(conn).get(p.tenant_id, p.id),
+                             lambda row: json_size(row["code"], row["description"]))
     return {"pipeline": ctx.shaper.one(row)}
 
 
@@ -144,7 +155,9 @@ async def list_pipelines(ctx, p: ListPipelines) -> dict:
     """List a tenant's pipelines."""
     async with ctx.connection() as conn:
         await require_tenant(ctx, conn, p.tenant_id)
-        page = await PipelineRepository(conn).list(p.tenant_id, p.pagination)
+        page = await read_page(ctx, p.pagination, MAX_CODE_LENGTH + MAX_DESCRIPTION,
+                               lambda max_bytes: PipelineRepository(conn).list(
+                                   p.tenant_id, p.pagination, max_bytes))
     return ctx.shaper.page("pipelines", page)
 
 
@@ -158,8 +171,18 @@ async def run_pipeline(ctx, p: RunPipeline) -> dict:
     principal = await ctx.principal()
     role = await ctx.role_in(p.tenant_id)
     status = "running" if p.wait else "queued"
+    settings = ctx.state.settings
     async with ctx.transaction() as conn:
         pipeline = await PipelineRepository(conn).get(p.tenant_id, p.pipeline_id)
+        queued, running = await PipelineRunRepository(conn).lock_tenant_runs(p.tenant_id)
+        if p.wait and running >= settings.pipeline_tenant_running:
+            raise Busy(f"This tenant already has {running} runs running, its most at once "
+                       "(FLEXDB_PIPELINE_TENANT_RUNNING); retry shortly, or queue the run "
+                       "(wait: false)", limit=settings.pipeline_tenant_running)
+        if not p.wait and queued >= settings.pipeline_tenant_queued:
+            raise Busy(f"This tenant already has {queued} runs queued, its most "
+                       "(FLEXDB_PIPELINE_TENANT_QUEUED); retry once some have started",
+                       limit=settings.pipeline_tenant_queued, retry_after=5.0)
         run = await PipelineRunRepository(conn).create(
             pipeline, status, p.input, p.debug_level, principal.user_id, principal.key_id,
             role, ctx.request_id)
@@ -185,17 +208,22 @@ async def run_pipeline(ctx, p: RunPipeline) -> dict:
 async def get_pipeline_run(ctx, p: RunId) -> dict:
     """Get a run: status, input, result, error, output, timings and db operations."""
     async with ctx.connection() as conn:
-        row = await PipelineRunRepository(conn).get(p.tenant_id, p.id)
+        row = await read_one(ctx, run_worst_case(ctx),
+                             lambda: PipelineRunRepository(conn).get(p.tenant_id, p.id),
+                             lambda row: json_size(row["input"], row["result"], row["error"],
+                                                   row["output"], row["db_operations"]))
     return {"run": _run(ctx, row)}
 
 
 @rpc_method(ListPipelineRuns, tenant_role("viewer"), result=results.PipelineRunList)
 async def list_pipeline_runs(ctx, p: ListPipelineRuns) -> dict:
     """List a tenant's runs, newest last, by status or pipeline."""
-    async with ctx.connection() as conn:
+    async with ctx.list_connection(p.status is not None) as conn:
         await require_tenant(ctx, conn, p.tenant_id)
-        page = await PipelineRunRepository(conn).list(p.tenant_id, p.pagination, p.status,
-                                                      p.pipeline_id)
+        page = await read_page(ctx, p.pagination, run_worst_case(ctx),
+                               lambda max_bytes: PipelineRunRepository(conn).list(
+                                   p.tenant_id, p.pagination, p.status, p.pipeline_id,
+                                   max_bytes))
     return ctx.shaper.page("runs", page)
 
 

@@ -21,7 +21,7 @@ from ..registry import UNAVAILABLE_ERRORS, rpc_method
 from ..repositories import NodeRepository
 from ..repositories.tenant_sql import (RESULT_LIMIT_MESSAGE, WRAP_PREFIX, ResultTooLarge,
                                       TenantSqlRepository)
-from .common import require_tenant
+from .common import read_page, require_tenant
 
 MAX_QUERY_PARAMS = 100
 # The gate's parsing threads, apart from the default executor (and bounded by the per-tenant
@@ -51,6 +51,7 @@ class QueryNodes(Params):
     filter: Annotated[dict[str, Any] | None, AfterValidator(_nesting_and_numbers)] = None
     sort: Annotated[dict[str, Any] | None, AfterValidator(_nesting_and_numbers)] = None
     pagination: PaginationParam
+    timeout_ms: Annotated[StrictInt, zero_means(5000)] = Field(5000, ge=1, le=30_000)
 
 
 def _database_refusal(exc: asyncpg.PostgresError) -> QueryRejected:
@@ -78,6 +79,18 @@ async def _run(ctx, p: ExecuteQuery) -> dict:
     except query_guard.GateRejection as exc:
         raise QueryRejected(f"Statement not allowed: {exc}", layer="gate") from None
     settings = ctx.state.settings
+    # At most FLEXDB_QUERY_MAX_RESULT_BYTES, and what is left of the response's budget.
+    max_bytes = await ctx.reserve(settings.query_max_result_bytes)
+    used = 0
+    try:
+        used, result = await _run_within(ctx, p, statement, max_bytes)
+    finally:
+        await ctx.settle(max_bytes, used)
+    return result
+
+
+async def _run_within(ctx, p: ExecuteQuery, statement, max_bytes: int) -> tuple[int, dict]:
+    env, settings = ctx.state.query, ctx.state.settings
     try:
         conn = await env.pool.acquire(timeout=settings.db_connect_timeout_s)
     except TimeoutError:
@@ -86,8 +99,7 @@ async def _run(ctx, p: ExecuteQuery) -> dict:
         raise Unavailable() from None
     try:
         result = await TenantSqlRepository(conn, env.limit_temp_files).run(
-            p.tenant_id, statement.sql, p.params, p.max_rows, p.timeout_ms,
-            settings.query_max_result_bytes)
+            p.tenant_id, statement.sql, p.params, p.max_rows, p.timeout_ms, max_bytes)
     except ParamError as exc:
         raise InvalidParams.field("params", str(exc)) from None
     except (asyncpg.QueryCanceledError, TimeoutError):
@@ -96,9 +108,9 @@ async def _run(ctx, p: ExecuteQuery) -> dict:
     except asyncpg.ProgramLimitExceededError as exc:  # the size check inside PostgreSQL
         if RESULT_LIMIT_MESSAGE not in (exc.message or ""):
             raise _database_refusal(exc) from None
-        raise _too_large(settings.query_max_result_bytes) from None
+        raise _too_large(max_bytes) from None
     except ResultTooLarge:  # the exact check on the JSON, here
-        raise _too_large(settings.query_max_result_bytes) from None
+        raise _too_large(max_bytes) from None
     except UNAVAILABLE_ERRORS:
         raise Unavailable() from None
     except asyncpg.PostgresError as exc:
@@ -113,8 +125,9 @@ async def _run(ctx, p: ExecuteQuery) -> dict:
                             "text (col::text)") from None
     finally:
         await env.pool.release(conn)
-    return {"columns": result.columns, "rows": result.rows, "row_count": len(result.rows),
-            "truncated": result.truncated, "duration_ms": result.duration_ms}
+    return result.bytes, {"columns": result.columns, "rows": result.rows,
+                          "row_count": len(result.rows), "truncated": result.truncated,
+                          "duration_ms": result.duration_ms}
 
 
 @rpc_method(ExecuteQuery, tenant_role("viewer"), result=results.QueryResult)
@@ -137,8 +150,12 @@ async def query_nodes(ctx, p: QueryNodes) -> dict:
     args = SqlArgs()
     condition = compile_filter(p.filter, args)
     sort = parse_sort(p.sort)
-    async with ctx.connection() as conn:
+    # The filter and the sort shape the SQL: one of the tenant's heavy-call slots, under a
+    # statement timeout.
+    async with ctx.heavy(p.timeout_ms, "The query (narrow the filter)") as conn:
         await require_tenant(ctx, conn, p.tenant_id)
-        page = await NodeRepository(conn).query(p.tenant_id, p.node_type_id, condition, args,
-                                                sort, p.pagination)
+        page = await read_page(ctx, p.pagination, ctx.state.settings.max_body_bytes,
+                               lambda max_bytes: NodeRepository(conn).query(
+                                   p.tenant_id, p.node_type_id, condition, args, sort,
+                                   p.pagination, max_bytes))
     return ctx.shaper.page("nodes", page)

@@ -7,12 +7,12 @@ from pydantic import BeforeValidator, Field
 
 from ..ids import uuid7_sequence
 from ..errors import NotFound
-from ..params import EMPTY_MEANS_NONE, MAX_BULK, Id, JsonObject, OptionalId, PaginationParam, Params, RelationshipType, Version
+from ..params import BULK_TIMEOUT_MS, EMPTY_MEANS_NONE, MAX_BULK, Id, JsonObject, OptionalId, PaginationParam, Params, RelationshipType, Version
 from ..auth import tenant_role
 from .. import results
 from ..registry import rpc_method
 from ..repositories import NodeRepository, RelationshipRepository
-from .common import DELETED, changes_of, require_changes, require_tenant
+from .common import DELETED, changes_of, check_quota, json_size, read_one, read_page, require_changes, require_tenant
 
 UPDATABLE = ("relationship_type", "data")
 
@@ -65,8 +65,11 @@ async def create_relationship(ctx, p: CreateRelationship) -> dict:
     """Link two nodes of the same tenant."""
     relationship_id = uuid7_sequence(1)[0]
     ctx.set_target("relationship", relationship_id)
-    row = await ctx.write(RelationshipRepository.INSERT, p.tenant_id, relationship_id,
-                          p.source_node_id, p.target_node_id, p.relationship_type, p.data)
+    async with ctx.connection() as conn:
+        await check_quota(ctx, conn, p.tenant_id, 0, [p.data])
+        row = await ctx.write(RelationshipRepository.INSERT, p.tenant_id, relationship_id,
+                              p.source_node_id, p.target_node_id, p.relationship_type, p.data,
+                              conn=conn)
     return {"relationship": ctx.shaper.one(row)}
 
 
@@ -74,7 +77,9 @@ async def create_relationship(ctx, p: CreateRelationship) -> dict:
 async def get_relationship(ctx, p: RelationshipId) -> dict:
     """Get a relationship by id."""
     async with ctx.connection() as conn:
-        row = await RelationshipRepository(conn).get(p.tenant_id, p.id)
+        row = await read_one(ctx, ctx.state.settings.max_body_bytes,
+                             lambda: RelationshipRepository(conn).get(p.tenant_id, p.id),
+                             lambda row: json_size(row["data"]))
     return {"relationship": ctx.shaper.one(row)}
 
 
@@ -84,6 +89,8 @@ async def update_relationship(ctx, p: UpdateRelationship) -> dict:
     changes = changes_of(p, UPDATABLE)
     require_changes(changes, UPDATABLE)
     async with ctx.transaction() as conn:
+        if "data" in changes:
+            await check_quota(ctx, conn, p.tenant_id, 0, [changes["data"]])
         row = await RelationshipRepository(conn).update(p.tenant_id, p.id, changes,
                                                         p.expected_version)
     return {"relationship": ctx.shaper.one(row)}
@@ -100,9 +107,12 @@ async def delete_relationship(ctx, p: RelationshipId) -> dict:
 @rpc_method(ListRelationships, tenant_role("viewer"), result=results.RelationshipList)
 async def list_relationships(ctx, p: ListRelationships) -> dict:
     """List a tenant's relationships, filtered by source, target or type."""
-    async with ctx.connection() as conn:
-        page = await RelationshipRepository(conn).list(
-            p.tenant_id, p.pagination, p.source_node_id, p.target_node_id, p.relationship_type)
+    filters = (p.source_node_id, p.target_node_id, p.relationship_type)
+    async with ctx.list_connection(sum(f is not None for f in filters) > 1) as conn:
+        page = await read_page(ctx, p.pagination, ctx.state.settings.max_body_bytes,
+                               lambda max_bytes: RelationshipRepository(conn).list(
+                                   p.tenant_id, p.pagination, p.source_node_id,
+                                   p.target_node_id, p.relationship_type, max_bytes))
         if not page.rows:  # rows prove the tenant exists; no rows may mean it does not
             await require_tenant(ctx, conn, p.tenant_id)
     return ctx.shaper.page("relationships", page)
@@ -112,10 +122,11 @@ async def list_relationships(ctx, p: ListRelationships) -> dict:
 async def create_relationships(ctx, p: CreateRelationships) -> dict:
     """Create up to 1,000 relationships in one transaction: all are created or none."""
     items = p.relationships
-    async with ctx.transaction() as conn:
+    async with ctx.heavy_transaction(BULK_TIMEOUT_MS, "The bulk create") as conn:
         if not items:
             await require_tenant(ctx, conn, p.tenant_id)
             return {"relationships": []}
+        await check_quota(ctx, conn, p.tenant_id, 0, [i.data for i in items])
         wanted = list({i.source_node_id for i in items} | {i.target_node_id for i in items})
         existing = await NodeRepository(conn).existing_ids(p.tenant_id, wanted)
         for index, item in enumerate(items):

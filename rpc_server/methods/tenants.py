@@ -3,11 +3,12 @@ from __future__ import annotations
 
 from ..params import Id, Name, PaginationParam, Params, Slug, Status, Version
 from ..auth import AUTHENTICATED, tenant_role
+from ..errors import QuotaExceeded
 from .. import results
 from ..registry import rpc_method
 from ..repositories import TenantRepository
 from ..repositories.users import MembershipRepository
-from .common import DELETED, changes_of, require_changes
+from .common import DELETED, changes_of, require_changes, require_tenant
 
 UPDATABLE = ("slug", "name", "status")
 
@@ -37,8 +38,15 @@ class ListTenants(Params):
 async def create_tenant(ctx, p: CreateTenant) -> dict:
     """Create a tenant with a unique slug; the caller becomes its owner."""
     principal = await ctx.principal()
+    cap = ctx.state.settings.max_tenants_per_user
     async with ctx.transaction() as conn:
-        row = await TenantRepository(conn).create(p.slug, p.name)
+        tenants = TenantRepository(conn)
+        if cap and principal.user_id is not None and not principal.is_platform_admin:
+            owned = await tenants.lock_owned_by(principal.user_id)
+            if owned >= cap:
+                raise QuotaExceeded(f"You own {owned} tenants already, the most a user may",
+                                    limit=cap, usage=owned, setting="FLEXDB_MAX_TENANTS_PER_USER")
+        row = await tenants.create(p.slug, p.name)
         ctx.set_target("tenant", row["id"], tenant=row["id"])
         if principal.user_id is not None:
             await MembershipRepository(conn).add(row["id"], principal.user_id, "owner")
@@ -51,6 +59,22 @@ async def get_tenant(ctx, p: TenantId) -> dict:
     async with ctx.connection() as conn:
         row = await TenantRepository(conn).get(p.id)
     return {"tenant": ctx.shaper.one(row)}
+
+
+class TenantUsageParams(Params):
+    tenant_id: Id
+
+
+@rpc_method(TenantUsageParams, tenant_role("admin"), result=results.TenantUsageResult)
+async def get_tenant_usage(ctx, p: TenantUsageParams) -> dict:
+    """What a tenant stores (nodes, bytes of documents) against its caps."""
+    async with ctx.connection() as conn:
+        await require_tenant(ctx, conn, p.tenant_id)
+        usage = await TenantRepository(conn).usage(p.tenant_id)
+    settings = ctx.state.settings
+    return {"usage": {"nodes": usage["nodes"], "bytes": usage["bytes"],
+                      "max_nodes": settings.tenant_max_nodes or None,
+                      "max_bytes": settings.tenant_max_bytes or None}}
 
 
 @rpc_method(UpdateTenant, tenant_role("owner", "id"), result=results.TenantResult)

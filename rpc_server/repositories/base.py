@@ -14,6 +14,10 @@ class Repository:
     # What reads and RETURNING select: `columns`, or with documents as JSON text (see
     # shaping.py: passed through to the response without being parsed and re-encoded).
     read_columns: str = ""
+    # The bytes of a row's documents, over its read columns: a list page stops early once
+    # its rows would take more than it may read (pagination.within_bytes). None: rows
+    # without documents, small and bounded.
+    size_sql: str | None = None
     kind: str
     key_columns: tuple[str, ...]
 

@@ -14,6 +14,7 @@ from uuid import UUID
 
 import asyncpg
 
+from ..pagination import cut_to_budget, within_bytes
 from .nodes import NodeRepository
 
 REVERSE = {"out": "in", "in": "out", "both": "both"}
@@ -75,7 +76,7 @@ def traverse_sql(direction: str, typed: bool) -> str:
     parent. Parents are looked up only for those nodes: a node's parent is one level
     closer, so it always sorts (depth, id) before it and is among them too."""
     limit = "$5" if typed else "$4"
-    columns = ", ".join("n." + c.strip() for c in NodeRepository.columns.split(","))
+    columns = ", ".join("n." + c.strip() for c in NodeRepository.read_columns.split(","))
     return _walk(direction, typed) + f""",
         chosen AS (
             SELECT node_id, depth FROM reached WHERE depth > 0
@@ -86,6 +87,13 @@ def traverse_sql(direction: str, typed: bool) -> str:
         CROSS JOIN LATERAL ({_parent_link('c', direction, typed)}) p
         JOIN nodes n ON n.tenant_id = $1 AND n.id = c.node_id
         ORDER BY c.depth, c.node_id"""
+
+
+@lru_cache(maxsize=None)
+def traverse_within_bytes_sql(direction: str, typed: bool) -> str:
+    """traverse_sql, cut to the rows whose documents fit the bytes in the last parameter."""
+    return within_bytes(traverse_sql(direction, typed), "_depth, id",
+                        NodeRepository.size_sql, "$6" if typed else "$5")
 
 
 @lru_cache(maxsize=None)
@@ -129,12 +137,14 @@ class GraphRepository:
 
     async def traverse(self, tenant_id: UUID, start: UUID, direction: str,
                        types: list[str] | None, max_depth: int, limit: int,
-                       timeout: float) -> list[asyncpg.Record]:
+                       timeout: float, max_bytes: int) -> tuple[list[asyncpg.Record], bool, int]:
         """Reached nodes (not the start) with `_depth`, `_rel_id` and `_parent_id`, nearest
-        first; at most `limit` rows."""
-        return await self.conn.fetch(traverse_sql(direction, bool(types)),
-                                     *self._args(tenant_id, start, max_depth, types, limit),
-                                     timeout=timeout)
+        first; at most `limit` rows, and only while their documents take at most
+        `max_bytes`: (rows, whether rows were left out for the bytes, bytes)."""
+        args = self._args(tenant_id, start, max_depth, types, limit, max_bytes)
+        return cut_to_budget(await self.conn.fetch(
+            traverse_within_bytes_sql(direction, bool(types)), *args, timeout=timeout),
+            max_bytes)
 
     async def shortest_path(self, tenant_id: UUID, source: UUID, target: UUID,
                             direction: str, types: list[str] | None, max_depth: int,

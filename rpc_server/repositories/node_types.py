@@ -14,6 +14,7 @@ class NodeTypeRepository(Repository):
     kind = "node_type"
     key_columns = ("tenant_id", "id")
     columns = "id, tenant_id, name, description, schema, created_at, updated_at, version"
+    size_sql = "coalesce(octet_length(schema::text), 0) + octet_length(description)"
 
     async def create(self, tenant_id: UUID, name: str, description: str,
                      schema: dict | None) -> asyncpg.Record:
@@ -41,7 +42,9 @@ class NodeTypeRepository(Repository):
         await self.conn.execute("DELETE FROM node_counts WHERE tenant_id = $1 AND "
                                 "node_type_id = $2", tenant_id, node_type_id)
 
-    async def list(self, tenant_id: UUID, pagination: Pagination) -> Page:
+    async def list(self, tenant_id: UUID, pagination: Pagination,
+                   max_bytes: int | None = None) -> Page:
         return await fetch_page(self.conn, scope="node_types", select=self.columns,
                                 table="node_types", where=["tenant_id = $1"], args=[tenant_id],
-                                pagination=pagination)
+                                pagination=pagination, size_sql=self.size_sql,
+                                max_bytes=max_bytes)

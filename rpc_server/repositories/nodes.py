@@ -7,9 +7,11 @@ import asyncpg
 import orjson
 
 from ..node_filter import NodeSort, SqlArgs
-from ..pagination import (TOTAL_COLUMN, Page, decode_token_text, encode_token, fetch_page,
-                          invalid_token, parse_token_time)
+from ..pagination import (BUDGET_COLUMNS, TOTAL_COLUMN, Page, cut_to_budget,
+                          decode_token_text, encode_token, fetch_page, invalid_token,
+                          parse_token_time, within_bytes)
 from ..params import Pagination
+from ..response_budget import ROW_OVERHEAD
 from .base import Repository
 
 
@@ -27,6 +29,7 @@ class NodeRepository(Repository):
     key_columns = ("tenant_id", "id")
     columns = "id, tenant_id, node_type_id, data, created_at, updated_at, version"
     read_columns = "id, tenant_id, node_type_id, data::text AS data, created_at, updated_at, version"
+    size_sql = "octet_length(data)"
 
     # Writes checked against the node type version the data was validated against: they
     # touch no row when the node type has changed since (or is gone). For Call.write.
@@ -66,6 +69,22 @@ class NodeRepository(Repository):
             "ORDER BY k.n", tenant_ids, node_ids)
         return [row if row[0] is not None else None for row in rows]
 
+    async def get_pairs_within(self, tenant_ids: list, node_ids: list, max_bytes: int
+                               ) -> list[tuple[asyncpg.Record | None, bool]]:
+        """get_pairs, reading documents only while their running total (each with
+        ROW_OVERHEAD) stays within `max_bytes`: (row or None, whether it was left out)."""
+        columns = self.columns.replace("data", "CASE WHEN _through <= $3 THEN data END AS data")
+        rows = await self.conn.fetch(
+            f"SELECT {columns} FROM ("
+            "  SELECT found.*, sum(coalesce(octet_length(data), 0) + $4) OVER (ORDER BY n) "
+            "  AS _through FROM ("
+            f"    SELECT k.n, {self.read_columns} FROM unnest($1::uuid[], $2::uuid[]) "
+            "    WITH ORDINALITY AS k (t, i, n) LEFT JOIN nodes ON tenant_id = k.t AND id = k.i"
+            "  ) AS found) AS sized ORDER BY n", tenant_ids, node_ids, max_bytes, ROW_OVERHEAD)
+        # A node's data is never NULL: NULL data is a document left out.
+        return [(row, row["data"] is None) if row[0] is not None else (None, False)
+                for row in rows]
+
     async def versions_of(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record | None:
         """The node's version and node_type_id, and that node type's current version
         (type_version)."""
@@ -88,7 +107,7 @@ class NodeRepository(Repository):
         await self._delete(tenant_id, node_id)
 
     async def list(self, tenant_id: UUID, node_type_id: UUID | None,
-                   pagination: Pagination) -> Page:
+                   pagination: Pagination, max_bytes: int | None = None) -> Page:
         where, args = ["tenant_id = $1"], [tenant_id]
         if node_type_id is not None:
             where.append("node_type_id = $2")
@@ -98,11 +117,13 @@ class NodeRepository(Repository):
         count_sql = f"SELECT coalesce(sum(n), 0)::bigint FROM node_counts WHERE {' AND '.join(where)}"
         return await fetch_page(self.conn, scope="nodes", select=self.read_columns, table="nodes",
                                 where=where, args=args, pagination=pagination,
-                                count_sql=count_sql)
+                                count_sql=count_sql, size_sql=self.size_sql,
+                                max_bytes=max_bytes)
 
     @classmethod
     def query_statement(cls, tenant_id: UUID, node_type_id: UUID | None, condition: str,
-                        args: SqlArgs, sort: NodeSort, pagination: Pagination) -> PageStatement:
+                        args: SqlArgs, sort: NodeSort, pagination: Pagination,
+                        max_bytes: int | None = None) -> PageStatement:
         """The SQL of one query_nodes page: nodes matching `condition` (SQL from node_filter,
         whose values are already in `args`), sorted by a timestamp column through its index
         or by a data path (missing values sort as JSON null), after the page token's key."""
@@ -132,15 +153,22 @@ class NodeRepository(Repository):
         limit = args.add(pagination.page_size + 1, "int4")
         sql = (f"SELECT {cls.read_columns}, {key} AS _sort_key{counted} FROM nodes "
                f"WHERE {' AND '.join(where)} ORDER BY {key}{order}, id{order} LIMIT {limit}")
+        if max_bytes is not None:
+            sql = within_bytes(sql, f"_sort_key{order}, id{order}", cls.size_sql,
+                               args.add(max_bytes, "int8"))
         return PageStatement(sql, args.values, count_sql, count_args)
 
     async def query(self, tenant_id: UUID, node_type_id: UUID | None, condition: str,
-                    args: SqlArgs, sort: NodeSort, pagination: Pagination) -> Page:
+                    args: SqlArgs, sort: NodeSort, pagination: Pagination,
+                    max_bytes: int | None = None) -> Page:
         statement = self.query_statement(tenant_id, node_type_id, condition, args, sort,
-                                         pagination)
+                                         pagination, max_bytes)
         rows = await self.conn.fetch(statement.sql, *statement.args)
+        cut, used = False, 0
+        if max_bytes is not None:
+            rows, cut, used = cut_to_budget(rows, max_bytes)
         next_token = ""
-        if len(rows) > pagination.page_size:
+        if len(rows) > pagination.page_size or cut:
             rows = rows[:pagination.page_size]
             last_row = rows[-1]
             value = last_row["_sort_key"]
@@ -149,6 +177,6 @@ class NodeRepository(Repository):
         total = rows[0][TOTAL_COLUMN] if pagination.include_total and rows else None
         if pagination.include_total and not rows:
             total = await self.conn.fetchval(statement.count_sql, *statement.count_args)
-        hidden = ("_sort_key", TOTAL_COLUMN)
+        hidden = ("_sort_key", TOTAL_COLUMN, *BUDGET_COLUMNS)
         return Page([{k: v for k, v in r.items() if k not in hidden} for r in rows],
-                    next_token, total)
+                    next_token, total, used)

@@ -12,6 +12,7 @@ RUN_COLUMNS = ("id, tenant_id, pipeline_id, status, input, result, error, output
                "timeout_ms, memory_mb, actor_user_id, actor_key_id, duration_ms, cpu_ms, "
                "peak_memory_kb, db_operations, created_at, started_at, finished_at, updated_at")
 RUN_FIELDS = tuple(c.strip() for c in RUN_COLUMNS.split(","))
+RUNS_LOCK_KEY = 0x72756E73  # "runs": advisory locks serialising one tenant's run creation
 
 
 class PipelineRepository(Repository):
@@ -20,6 +21,7 @@ class PipelineRepository(Repository):
     key_columns = ("tenant_id", "id")
     columns = ("id, tenant_id, name, description, code, timeout_ms, memory_mb, created_at, "
                "updated_at, version")
+    size_sql = "octet_length(code) + octet_length(description)"
 
     async def create(self, tenant_id: UUID, name: str, description: str, code: str,
                      timeout_ms: int, memory_mb: int) -> asyncpg.Record:
@@ -38,10 +40,12 @@ class PipelineRepository(Repository):
     async def delete(self, tenant_id: UUID, pipeline_id: UUID) -> None:
         await self._delete(tenant_id, pipeline_id)
 
-    async def list(self, tenant_id: UUID, pagination: Pagination) -> Page:
+    async def list(self, tenant_id: UUID, pagination: Pagination,
+                   max_bytes: int | None = None) -> Page:
         return await fetch_page(self.conn, scope="pipelines", select=self.columns,
                                 table="pipelines", where=["tenant_id = $1"], args=[tenant_id],
-                                pagination=pagination)
+                                pagination=pagination, size_sql=self.size_sql,
+                                max_bytes=max_bytes)
 
 
 class PipelineRunRepository(Repository):
@@ -49,6 +53,9 @@ class PipelineRunRepository(Repository):
     kind = "pipeline_run"
     key_columns = ("tenant_id", "id")
     columns = RUN_COLUMNS
+    size_sql = ("coalesce(octet_length(input::text), 0) + coalesce(octet_length(result::text), 0)"
+                " + coalesce(octet_length(error::text), 0) + octet_length(output)"
+                " + octet_length(db_operations::text)")
 
     async def create(self, pipeline: asyncpg.Record, status: str, input, debug_level: str,
                      actor_user_id, actor_key_id, actor_role: str,
@@ -70,16 +77,39 @@ class PipelineRunRepository(Repository):
     async def get(self, tenant_id: UUID, run_id: UUID) -> asyncpg.Record:
         return await self._require(tenant_id, run_id)
 
-    async def claim_queued(self) -> asyncpg.Record | None:
-        """The oldest queued run of any tenant, now running (SKIP LOCKED: instances never
-        take the same run)."""
+    async def claim_queued(self, running_per_tenant: int) -> asyncpg.Record | None:
+        """A queued run, now running: of the tenant whose turn it is (the one served longest
+        ago, or never), among tenants with fewer than `running_per_tenant` runs running;
+        that tenant's oldest. SKIP LOCKED: instances never take the same run. (A sweep over
+        every tenant's queue: one of the statements that are not pinned to one tenant.)"""
         return await self.conn.fetchrow(
+            "WITH next AS ("
+            "  SELECT r.tenant_id, r.id FROM pipeline_runs r "
+            "  LEFT JOIN pipeline_queue_turns t ON t.tenant_id = r.tenant_id "
+            "  WHERE r.status = 'queued' AND (SELECT count(*) FROM pipeline_runs x "
+            "    WHERE x.tenant_id = r.tenant_id AND x.status = 'running') < $1 "
+            "  ORDER BY t.last_claimed_at NULLS FIRST, r.created_at "
+            "  LIMIT 1 FOR UPDATE OF r SKIP LOCKED), "
+            "turn AS ("
+            "  INSERT INTO pipeline_queue_turns (tenant_id, last_claimed_at) "
+            "  SELECT tenant_id, clock_timestamp() FROM next "
+            "  ON CONFLICT (tenant_id) DO UPDATE SET last_claimed_at = EXCLUDED.last_claimed_at) "
             "UPDATE pipeline_runs r SET status = 'running', started_at = now(), "
             "deadline = now() + r.timeout_ms * interval '1 millisecond', updated_at = now() "
-            "WHERE (r.tenant_id, r.id) = (SELECT tenant_id, id FROM pipeline_runs "
-            "  WHERE status = 'queued' ORDER BY created_at FOR UPDATE SKIP LOCKED LIMIT 1) "
+            "FROM next WHERE r.tenant_id = next.tenant_id AND r.id = next.id "
             f"RETURNING {', '.join('r.' + c.strip() for c in self.columns.split(','))}, "
-            "r.code, r.actor_role, r.request_id, r.deadline")
+            "r.code, r.actor_role, r.request_id, r.deadline", running_per_tenant)
+
+    async def lock_tenant_runs(self, tenant_id: UUID) -> tuple[int, int]:
+        """In a transaction: serialise run creation for the tenant (its caps hold under
+        concurrent calls) and count its (queued, running) runs."""
+        await self.conn.execute("SELECT pg_advisory_xact_lock($1::bigint)",
+                                RUNS_LOCK_KEY ^ (tenant_id.int & 0x7FFFFFFFFFFFFFFF))
+        row = await self.conn.fetchrow(
+            "SELECT count(*) FILTER (WHERE status = 'queued') AS queued, "
+            "count(*) FILTER (WHERE status = 'running') AS running FROM pipeline_runs "
+            "WHERE tenant_id = $1 AND status IN ('queued', 'running')", tenant_id)
+        return row["queued"], row["running"]
 
     async def requeue(self, tenant_id: UUID, run_id: UUID) -> None:
         """Put a claimed run back in the queue (the sandbox had no free slot)."""
@@ -119,7 +149,7 @@ class PipelineRunRepository(Repository):
         return int(result.split()[-1])
 
     async def list(self, tenant_id: UUID, pagination: Pagination, status: str | None = None,
-                   pipeline_id: UUID | None = None) -> Page:
+                   pipeline_id: UUID | None = None, max_bytes: int | None = None) -> Page:
         where, args = ["tenant_id = $1"], [tenant_id]
         for column, value in (("status", status), ("pipeline_id", pipeline_id)):
             if value is not None:
@@ -127,4 +157,5 @@ class PipelineRunRepository(Repository):
                 where.append(f"{column} = ${len(args)}")
         return await fetch_page(self.conn, scope="pipeline_runs", select=self.columns,
                                 table="pipeline_runs", where=where, args=args,
-                                pagination=pagination)
+                                pagination=pagination, size_sql=self.size_sql,
+                                max_bytes=max_bytes)

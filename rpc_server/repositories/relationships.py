@@ -16,6 +16,7 @@ class RelationshipRepository(Repository):
     columns = ("id, tenant_id, source_node_id, target_node_id, relationship_type, data, "
                "created_at, updated_at, version")
     read_columns = columns.replace("data,", "data::text AS data,")
+    size_sql = "octet_length(data)"
 
     # For Call.write: $1 tenant, $2 id, $3 source, $4 target, $5 type, $6 data.
     INSERT = ("INSERT INTO relationships (tenant_id, id, source_node_id, target_node_id, "
@@ -48,7 +49,7 @@ class RelationshipRepository(Repository):
 
     async def list(self, tenant_id: UUID, pagination: Pagination,
                    source_node_id: UUID | None = None, target_node_id: UUID | None = None,
-                   relationship_type: str | None = None) -> Page:
+                   relationship_type: str | None = None, max_bytes: int | None = None) -> Page:
         where, args = ["tenant_id = $1"], [tenant_id]
         for column, value in (("source_node_id", source_node_id),
                               ("target_node_id", target_node_id),
@@ -58,4 +59,5 @@ class RelationshipRepository(Repository):
                 where.append(f"{column} = ${len(args)}")
         return await fetch_page(self.conn, scope="relationships", select=self.read_columns,
                                 table="relationships", where=where, args=args,
-                                pagination=pagination)
+                                pagination=pagination, size_sql=self.size_sql,
+                                max_bytes=max_bytes)

@@ -52,6 +52,7 @@ class QueryResult:
     rows: list[list] = field(default_factory=list)
     truncated: bool = False
     duration_ms: float = 0.0
+    bytes: int = 0  # the rows as JSON
 
 
 WRAP_PREFIX = ("SELECT * FROM (SELECT t.*, sum(pg_column_size(t.*)) OVER "
@@ -133,5 +134,6 @@ class TenantSqlRepository:
                 if size > max_bytes:
                     raise ResultTooLarge()
                 result.rows.append(row)
+            result.bytes = size
         result.duration_ms = round((time.perf_counter() - started) * 1000, 3)
         return result

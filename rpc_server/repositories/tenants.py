@@ -9,6 +9,9 @@ from ..params import Pagination
 from .base import Repository
 
 
+OWNER_LOCK_KEY = 0x6F776E73  # "owns": advisory locks serialising one user's tenant creation
+
+
 class TenantRepository(Repository):
     table = "tenants"
     kind = "tenant"
@@ -34,6 +37,22 @@ class TenantRepository(Repository):
         await self._delete(tenant_id)
         # Its nodes went with it, so its counts add up to zero: drop them.
         await self.conn.execute("DELETE FROM node_counts WHERE tenant_id = $1", tenant_id)
+        await self.conn.execute("DELETE FROM tenant_usage WHERE tenant_id = $1", tenant_id)
+
+    async def usage(self, tenant_id: UUID) -> asyncpg.Record:
+        """What the tenant stores: nodes, and bytes of node and relationship documents."""
+        return await self.conn.fetchrow(
+            "SELECT (SELECT coalesce(sum(n), 0) FROM node_counts WHERE tenant_id = $1)::bigint "
+            "AS nodes, (SELECT coalesce(sum(bytes), 0) FROM tenant_usage WHERE tenant_id = $1)"
+            "::bigint AS bytes", tenant_id)
+
+    async def lock_owned_by(self, user_id: UUID) -> int:
+        """In a transaction: serialise tenant creation by the user (its quota holds under
+        concurrent calls) and count the tenants it owns."""
+        await self.conn.execute("SELECT pg_advisory_xact_lock($1::bigint)",
+                                OWNER_LOCK_KEY ^ (user_id.int & 0x7FFFFFFFFFFFFFFF))
+        return await self.conn.fetchval(
+            "SELECT count(*) FROM tenant_users WHERE user_id = $1 AND role = 'owner'", user_id)
 
     async def list(self, pagination: Pagination, member_of: UUID | None = None) -> Page:
         """All tenants, or those `member_of` (a user id) belongs to."""

@@ -1,0 +1,527 @@
+"""Tenant resource isolation: every cost a caller controls is bounded, refused or stopped
+for the right reason (the error names the limit), and another tenant's calls made at the
+same time still succeed promptly. Each group runs on a server of its own, with the limits
+it probes set low enough to reach."""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+import asyncpg
+import httpx
+import pytest
+
+from rpc_server.client import FlexDBClient, RpcError
+
+from .conftest import running_server, server_with_sandbox, unique
+
+# A victim call must answer within this while an attacker works (a starved one waits for
+# seconds, or for a timeout): a bound on starvation, not a performance figure.
+PROMPT_S = 2.0
+
+
+async def call_error(client: FlexDBClient, method: str, params: dict) -> RpcError:
+    with pytest.raises(RpcError) as caught:
+        await client.call(method, params)
+    return caught.value
+
+
+async def tenant_with_type(client: FlexDBClient, schema=None) -> tuple[str, str]:
+    tenant = (await client.call("create_tenant", {"slug": unique("t"), "name": "T"}))["tenant"]
+    params = {"tenant_id": tenant["id"], "name": "N"}
+    if schema is not None:
+        params["schema"] = schema
+    node_type = (await client.call("create_node_type", params))["node_type"]
+    return tenant["id"], node_type["id"]
+
+
+@asynccontextmanager
+async def victim_load(url: str, key: str):
+    """A second tenant reading one node in a loop while the block runs; yields the list
+    of (seconds, error or None) of its calls."""
+    async with FlexDBClient(url, api_key=key) as victim:
+        tenant, node_type = await tenant_with_type(victim)
+        node = (await victim.call("create_node", {"tenant_id": tenant,
+                                                  "node_type_id": node_type}))["node"]
+        calls: list[tuple[float, object]] = []
+        stop = asyncio.Event()
+
+        async def loop():
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    await victim.call("get_node", {"tenant_id": tenant, "id": node["id"]})
+                    calls.append((time.monotonic() - started, None))
+                except Exception as exc:  # noqa: BLE001 - recorded and asserted on
+                    calls.append((time.monotonic() - started, exc))
+                await asyncio.sleep(0.02)
+
+        task = asyncio.ensure_future(loop())
+        try:
+            yield calls
+        finally:
+            stop.set()
+            await task
+
+
+def assert_prompt(calls: list) -> None:
+    assert calls, "the victim made no call"
+    errors = [e for _, e in calls if e is not None]
+    assert not errors, errors[:3]
+    slowest = max(seconds for seconds, _ in calls)
+    assert slowest < PROMPT_S, f"a victim call took {slowest:.2f} s"
+
+
+# ---------------------------------------------------------------- costly schemas
+
+def exponential_schema(levels: int) -> dict:
+    """Each level refers to the next from two places: 2^levels subschemas once expanded."""
+    defs = {f"d{i}": {"anyOf": [{"$ref": f"#/$defs/d{i + 1}"}, {"$ref": f"#/$defs/d{i + 1}"}]}
+            for i in range(levels)}
+    defs[f"d{levels}"] = {"type": "string"}
+    return {"$defs": defs, "$ref": "#/$defs/d0"}
+
+
+@pytest.fixture(scope="module")
+def schema_server(database_url):
+    with running_server({"FLEXDB_DATABASE_URL": database_url,
+                         "FLEXDB_VALIDATION_CPU_MS": "200"}) as srv:
+        yield srv
+
+
+async def test_a_schema_that_expands_exponentially_is_refused_when_saved(schema_server):
+    async with FlexDBClient(schema_server.url, api_key=schema_server.admin_key) as admin, \
+            victim_load(schema_server.url, schema_server.admin_key) as calls:
+        tenant, node_type = await tenant_with_type(admin)
+        started = time.monotonic()
+        error = await call_error(admin, "create_node_type", {
+            "tenant_id": tenant, "name": "Costly", "schema": exponential_schema(24)})
+        assert time.monotonic() - started < PROMPT_S  # measured, not expanded
+        assert error.code == -32602
+        assert error.data["errors"][0]["field"] == "schema"
+        assert "FLEXDB_MAX_SCHEMA_SUBSCHEMAS" in error.data["errors"][0]["message"]
+        # An update to such a schema is refused too, and leaves the type as it was.
+        error = await call_error(admin, "update_node_type", {
+            "tenant_id": tenant, "id": node_type, "schema": exponential_schema(24)})
+        assert "FLEXDB_MAX_SCHEMA_SUBSCHEMAS" in error.data["errors"][0]["message"]
+        kept = await admin.call("get_node_type", {"tenant_id": tenant, "id": node_type})
+        assert kept["node_type"]["schema"] is None and kept["node_type"]["version"] == 1
+    assert_prompt(calls)
+
+
+async def test_recursive_and_shared_schemas_within_the_limits_are_accepted(schema_server):
+    """A tree refers to itself (counted once), a few levels of sharing stay small."""
+    tree = {"$defs": {"node": {"type": "object", "properties": {
+        "name": {"type": "string"},
+        "children": {"type": "array", "items": {"$ref": "#/$defs/node"}}}}},
+        "$ref": "#/$defs/node"}
+    async with FlexDBClient(schema_server.url, api_key=schema_server.admin_key) as admin:
+        tenant, _ = await tenant_with_type(admin)
+        for schema in (tree, exponential_schema(8)):
+            await admin.call("create_node_type", {"tenant_id": tenant, "name": unique("ok"),
+                                                  "schema": schema})
+        typed = (await admin.call("create_node_type", {
+            "tenant_id": tenant, "name": unique("tree"), "schema": tree}))["node_type"]
+        deep = {"name": "root"}
+        for level in range(30):
+            deep = {"name": f"n{level}", "children": [deep]}
+        await admin.call("create_node", {"tenant_id": tenant, "node_type_id": typed["id"],
+                                         "data": deep})
+        error = await call_error(admin, "create_node", {
+            "tenant_id": tenant, "node_type_id": typed["id"],
+            "data": {"children": [{"name": 5}]}})
+        assert error.code == -32602 and error.data["errors"][0]["field"] == \
+            "data.children.0.name"
+
+
+@pytest.mark.parametrize("schema,limit", [
+    ({"type": "object", "properties": {f"p{i}": {"type": "string", "pattern": f"^x{i}[a-z]*$"}
+                                       for i in range(65)}}, "FLEXDB_MAX_SCHEMA_PATTERNS"),
+    ({"type": "string", "pattern": "a" * 1001}, "at most 1000"),
+    ({"type": "object", "patternProperties": {"b" * 1001: {"type": "string"}}}, "at most 1000"),
+    ({"enum": ["x" * 1000] * 70}, "FLEXDB_MAX_SCHEMA_VALUES_BYTES"),
+    ({"const": {"k": "v" * 70_000}}, "FLEXDB_MAX_SCHEMA_VALUES_BYTES"),
+    ({"type": "object", "description": "d" * 300_000}, "FLEXDB_MAX_SCHEMA_BYTES"),
+])
+async def test_costly_schema_parts_are_refused_naming_the_limit(schema_server, schema, limit):
+    async with FlexDBClient(schema_server.url, api_key=schema_server.admin_key) as admin:
+        tenant, _ = await tenant_with_type(admin)
+        error = await call_error(admin, "create_node_type", {
+            "tenant_id": tenant, "name": "Costly", "schema": schema})
+    assert error.code == -32602 and error.data["errors"][0]["field"] == "schema"
+    assert limit in error.data["errors"][0]["message"]
+
+
+def wide_schema() -> dict:
+    """Within the save-time limits (about 4,100 subschemas), costly per array item."""
+    item = {"type": "object", "properties": {f"k{j}": {"type": "string", "minLength": 3}
+                                             for j in range(40)}}
+    return {"type": "array", "items": {"anyOf": [item] * 100}}
+
+
+async def test_validating_one_document_is_stopped_at_its_cpu_budget(schema_server):
+    async with FlexDBClient(schema_server.url, api_key=schema_server.admin_key) as admin, \
+            victim_load(schema_server.url, schema_server.admin_key) as calls:
+        tenant = (await admin.call("create_tenant", {"slug": unique("t"), "name": "T"}))["tenant"]
+        costly = (await admin.call("create_node_type", {
+            "tenant_id": tenant["id"], "name": "Wide", "schema": {
+                "type": "object", "properties": {"items": wide_schema()}}}))["node_type"]
+        document = {"items": [{f"k{j}": "a" for j in range(40)}] * 1500}
+        for _ in range(3):
+            error = await call_error(admin, "create_node", {
+                "tenant_id": tenant["id"], "node_type_id": costly["id"], "data": document})
+            assert error.code == -32006 and error.data["type"] == "too_costly"
+            assert error.data["cpu_ms"] == 200 and "FLEXDB_VALIDATION_CPU_MS" in error.message
+        # A small document of the same type is validated as usual.
+        small = {"items": [{f"k{j}": "abcd" for j in range(40)}]}
+        await admin.call("create_node", {"tenant_id": tenant["id"],
+                                         "node_type_id": costly["id"], "data": small})
+    assert_prompt(calls)
+
+
+# ---------------------------------------------------------------- database work
+
+@pytest.fixture(scope="module")
+def slot_server(database_url):
+    with running_server({"FLEXDB_DATABASE_URL": database_url,
+                         "FLEXDB_QUERY_TENANT_CONCURRENCY": "1",
+                         "FLEXDB_DB_CONNECT_TIMEOUT_S": "1"}) as srv:
+        yield srv
+
+
+async def test_filter_values_are_bounded_in_total(slot_server):
+    async with FlexDBClient(slot_server.url, api_key=slot_server.admin_key) as admin:
+        tenant, _ = await tenant_with_type(admin)
+        big = {"or": [{"field": f"data.k{i}", "op": "contains", "value": ["v" * 15_000]}
+                      for i in range(3)]}
+        error = await call_error(admin, "query_nodes", {"tenant_id": tenant, "filter": big})
+    assert error.code == -32602
+    assert "larger than 32768 bytes in all" in error.data["errors"][0]["message"]
+    assert error.data["errors"][0]["field"] == "filter.or.2.value"
+
+
+async def test_a_tenants_heavy_calls_wait_for_its_own_slot_not_for_others(slot_server):
+    """One slot per tenant: while tenant A's long query runs, A's next heavy call waits and
+    gives up (busy, naming the limit); tenant B's heavy call runs at once."""
+    async with FlexDBClient(slot_server.url, api_key=slot_server.admin_key) as admin:
+        a, _ = await tenant_with_type(admin)
+        b, _ = await tenant_with_type(admin)
+        long = asyncio.ensure_future(admin.call("execute_query", {  # streamed: no temp file
+            "tenant_id": a, "sql": "SELECT count(*) FROM (SELECT generate_series(1, 60000000)) s",
+            "timeout_ms": 20000}))
+        await asyncio.sleep(0.5)
+        assert not long.done()
+        busy = await call_error(admin, "query_nodes", {
+            "tenant_id": a, "filter": {"field": "data.x", "op": "exists"}})
+        assert busy.code == -32005 and busy.data["type"] == "busy"
+        assert busy.data["limit"] == 1
+        started = time.monotonic()
+        await admin.call("query_nodes", {"tenant_id": b,
+                                         "filter": {"field": "data.x", "op": "exists"}})
+        await admin.call("traverse", {"tenant_id": b, "start_node_id": (await admin.call(
+            "create_node", {"tenant_id": b, "node_type_id": (await admin.call(
+                "list_node_types", {"tenant_id": b}))["node_types"][0]["id"]}))["node"]["id"]})
+        assert time.monotonic() - started < PROMPT_S
+        assert (await long)["row_count"] == 1
+
+
+async def test_a_query_past_its_timeout_is_stopped(slot_server):
+    async with FlexDBClient(slot_server.url, api_key=slot_server.admin_key) as admin:
+        tenant, node_type = await tenant_with_type(admin)
+        await admin.call("create_nodes", {"tenant_id": tenant, "nodes": [
+            {"node_type_id": node_type, "data": {"s": f"v{i}" * 50}} for i in range(1000)]})
+        error = await call_error(admin, "query_nodes", {
+            "tenant_id": tenant, "timeout_ms": 1,
+            "filter": {"and": [{"field": "data.s", "op": "prefix", "value": f"v{i}"}
+                               for i in range(40)]},
+            "pagination": {"page_size": 1000}})
+    assert error.code == -32006 and error.data["type"] == "timeout"
+    assert error.data["timeout_ms"] == 1
+
+
+@pytest.fixture(scope="module")
+def share_server(database_url):
+    with running_server({"FLEXDB_DATABASE_URL": database_url, "FLEXDB_DB_POOL_MAX": "4",
+                         "FLEXDB_TENANT_POOL_MAX": "2",
+                         "FLEXDB_DB_CONNECT_TIMEOUT_S": "1"}) as srv:
+        yield srv
+
+
+async def test_a_tenant_holds_at_most_its_share_of_the_pool(share_server, database_url):
+    """Tenant A's writes block on a row lock (a slow tenant): two of them hold pooled
+    connections, its others wait for A's own share and give up (busy, naming the limit),
+    and tenant B's calls still find connections at once."""
+    async with FlexDBClient(share_server.url, api_key=share_server.admin_key) as admin:
+        a, a_type = await tenant_with_type(admin)
+        b, b_type = await tenant_with_type(admin)
+        node = (await admin.call("create_node", {"tenant_id": a, "node_type_id": a_type}))["node"]
+        locker = await asyncpg.connect(database_url)
+        try:
+            async with locker.transaction():
+                await locker.execute("SELECT 1 FROM nodes WHERE tenant_id = $1 AND id = $2 "
+                                     "FOR UPDATE", uuid.UUID(a), uuid.UUID(node["id"]))
+                writes = [asyncio.ensure_future(admin.call("update_node", {
+                    "tenant_id": a, "id": node["id"], "data": {"n": i}})) for i in range(6)]
+                await asyncio.sleep(1.5)  # past the wait: A's extra calls have given up
+                started = time.monotonic()
+                for _ in range(5):
+                    await admin.call("create_node", {"tenant_id": b, "node_type_id": b_type})
+                    await admin.call("get_tenant", {"id": b})
+                assert time.monotonic() - started < PROMPT_S
+                done = [w for w in writes if w.done()]
+                refusals = [w.exception() for w in done]
+                assert len(done) == 4, "two writes hold A's share; the other four gave up"
+                assert all(r is not None and r.code == -32005 for r in refusals)
+                assert all("FLEXDB_TENANT_POOL_MAX" in r.message for r in refusals)
+        finally:
+            await locker.close()
+        held = await asyncio.gather(*[w for w in writes if w not in done],
+                                    return_exceptions=True)
+        assert all(isinstance(r, dict) for r in held), held  # the lock went: they wrote
+
+
+# ---------------------------------------------------------------- responses
+
+DOC_BYTES = 40_000
+
+
+@pytest.fixture(scope="module")
+def budget_server(database_url):
+    with running_server({"FLEXDB_DATABASE_URL": database_url,
+                         "FLEXDB_MAX_BODY_BYTES": "131072",
+                         "FLEXDB_MAX_RESPONSE_BYTES": "262144",
+                         "FLEXDB_MAX_PAGE_BYTES": "100000"}) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def big_nodes(budget_server):
+    async def make():
+        async with FlexDBClient(budget_server.url, api_key=budget_server.admin_key) as admin:
+            tenant, node_type = await tenant_with_type(admin)
+            ids = []
+            for i in range(12):
+                node = (await admin.call("create_node", {
+                    "tenant_id": tenant, "node_type_id": node_type,
+                    "data": {"i": i, "blob": "x" * DOC_BYTES}}))["node"]
+                ids.append(node["id"])
+                if i % 2:
+                    await admin.call("create_relationship", {
+                        "tenant_id": tenant, "source_node_id": ids[0],
+                        "target_node_id": node["id"], "relationship_type": "r"})
+            return tenant, node_type, ids
+    return asyncio.run(make())
+
+
+async def test_a_page_stops_early_by_size_and_the_rest_follows(budget_server, big_nodes):
+    tenant, node_type, ids = big_nodes
+    seen, token, pages = [], "", 0
+    async with FlexDBClient(budget_server.url, api_key=budget_server.admin_key) as admin:
+        while True:
+            page = await admin.call("list_nodes", {"tenant_id": tenant, "pagination": {
+                "page_size": 1000, "page_token": token}})
+            pages += 1
+            assert len(page["nodes"]) <= 100_000 // DOC_BYTES  # two 40 KB documents a page
+            seen += [n["id"] for n in page["nodes"]]
+            token = page["pagination"]["next_page_token"]
+            if not token:
+                break
+        assert seen == ids and pages >= 6  # every node, once, in order
+        found = await admin.call("query_nodes", {
+            "tenant_id": tenant, "filter": {"field": "data.i", "op": "gte", "value": 0},
+            "pagination": {"page_size": 1000}})
+        assert 1 <= len(found["nodes"]) <= 2 and found["pagination"]["next_page_token"]
+        walk = await admin.call("traverse", {"tenant_id": tenant, "start_node_id": ids[0],
+                                             "limit": 100})
+        assert walk["truncated"] and 1 <= len(walk["nodes"]) <= 2
+
+
+async def test_a_batch_answers_within_the_response_budget(budget_server, big_nodes):
+    tenant, _, ids = big_nodes
+    batch = [{"jsonrpc": "2.0", "id": i, "method": "get_node",
+              "params": {"tenant_id": tenant, "id": node_id}} for i, node_id in enumerate(ids)]
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(budget_server.url, json=batch, headers={
+            "Authorization": f"Bearer {budget_server.admin_key}"})
+    assert len(response.content) <= 262_144
+    answers = response.json()
+    assert [a["id"] for a in answers] == list(range(len(ids)))  # every member answers
+    ok = [a for a in answers if "result" in a]
+    refused = [a for a in answers if "error" in a]
+    assert 4 <= len(ok) <= 6 and refused
+    for answer in refused:
+        assert answer["error"]["code"] == -32006
+        assert answer["error"]["data"]["type"] == "response_too_large"
+        assert answer["error"]["data"]["max_bytes"] == 262_144
+
+
+async def test_a_result_larger_than_what_is_left_is_refused(budget_server, big_nodes):
+    tenant, _, _ = big_nodes
+    async with FlexDBClient(budget_server.url, api_key=budget_server.admin_key) as admin:
+        error = await call_error(admin, "execute_query", {
+            "tenant_id": tenant, "sql": "SELECT data FROM nodes"})
+    assert error.code == -32006 and error.data["type"] == "too_many_rows"
+    assert error.data["max_bytes"] <= 262_144
+
+
+# ---------------------------------------------------------------- pipelines
+
+BUSY_PIPELINE = ("def run(input, db):\n    total = 0\n    for i in range(input):\n"
+                 "        total += i\n    return total\n")
+
+
+@pytest.fixture(scope="module")
+def queue_server(database_url):
+    with server_with_sandbox(database_url, FLEXDB_PIPELINE_QUEUE_CONCURRENCY="1",
+                             FLEXDB_PIPELINE_TENANT_RUNNING="1",
+                             FLEXDB_PIPELINE_TENANT_QUEUED="30") as srv:
+        yield srv
+
+
+async def pipeline_of(admin: FlexDBClient) -> tuple[str, str]:
+    tenant = (await admin.call("create_tenant", {"slug": unique("q"), "name": "Q"}))["tenant"]
+    pipeline = (await admin.call("create_pipeline", {
+        "tenant_id": tenant["id"], "name": "busy", "code": BUSY_PIPELINE}))["pipeline"]
+    return tenant["id"], pipeline["id"]
+
+
+async def cancel_all(admin: FlexDBClient, tenant: str, runs: list) -> None:
+    for run in runs:
+        try:
+            await admin.call("cancel_pipeline_run", {"tenant_id": tenant, "id": run["id"]})
+        except RpcError as exc:
+            assert exc.code == -32004  # finished meanwhile
+
+
+async def wait_finished(admin: FlexDBClient, tenant: str, run_id: str) -> dict:
+    for _ in range(600):
+        run = (await admin.call("get_pipeline_run", {"tenant_id": tenant, "id": run_id}))["run"]
+        if run["status"] not in ("queued", "running"):
+            return run
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"run {run_id} did not finish")
+
+
+async def test_queued_runs_are_claimed_tenant_by_tenant(queue_server):
+    async with FlexDBClient(queue_server.url, api_key=queue_server.admin_key) as admin:
+        flood_tenant, flood = await pipeline_of(admin)
+        one_tenant, one = await pipeline_of(admin)
+        flooded = [(await admin.call("run_pipeline", {
+            "tenant_id": flood_tenant, "pipeline_id": flood, "input": 300_000,
+            "wait": False}))["run"] for _ in range(20)]
+        single = (await admin.call("run_pipeline", {
+            "tenant_id": one_tenant, "pipeline_id": one, "input": 10, "wait": False}))["run"]
+        finished = await wait_finished(admin, one_tenant, single["id"])
+        assert finished["status"] == "succeeded"
+        started_before = 0
+        for run in flooded:
+            got = (await admin.call("get_pipeline_run", {"tenant_id": flood_tenant,
+                                                         "id": run["id"]}))["run"]
+            if got["started_at"] and single["created_at"] < got["started_at"] \
+                    < finished["started_at"]:
+                started_before += 1
+        # Round robin: once queued, the single run waited for at most the flood's run in
+        # progress and one turn, not for the rest of the twenty.
+        assert sum(1 for run in flooded if run["created_at"] < single["created_at"]) == 20
+        assert started_before <= 2, started_before
+        await cancel_all(admin, flood_tenant, flooded)
+
+
+async def test_a_tenants_queued_and_running_runs_are_capped(queue_server):
+    async with FlexDBClient(queue_server.url, api_key=queue_server.admin_key) as admin:
+        tenant, pipeline = await pipeline_of(admin)
+        other_tenant, other = await pipeline_of(admin)
+        queued, error = [], None
+        for _ in range(40):  # 30 queued, and the one or two that started meanwhile
+            try:
+                queued.append((await admin.call("run_pipeline", {
+                    "tenant_id": tenant, "pipeline_id": pipeline, "input": 2_000_000,
+                    "wait": False}))["run"])
+            except RpcError as exc:
+                error = exc
+                break
+        assert error is not None and 30 <= len(queued) <= 32, len(queued)
+        assert error.code == -32005 and "FLEXDB_PIPELINE_TENANT_QUEUED" in error.message
+        assert error.data["limit"] == 30
+        # One of its runs is running (its cap): a run waited for is refused at once ...
+        for _ in range(100):
+            runs = (await admin.call("list_pipeline_runs", {"tenant_id": tenant,
+                                                            "status": "running"}))["runs"]
+            if runs:
+                break
+            await asyncio.sleep(0.1)
+        error = await call_error(admin, "run_pipeline", {
+            "tenant_id": tenant, "pipeline_id": pipeline, "input": 1})
+        assert error.code == -32005 and "FLEXDB_PIPELINE_TENANT_RUNNING" in error.message
+        # ... while another tenant's runs as usual.
+        run = await admin.call("run_pipeline", {"tenant_id": other_tenant,
+                                                "pipeline_id": other, "input": 10})
+        assert run["run"]["result"] == 45
+        await cancel_all(admin, tenant, queued)
+
+
+# ---------------------------------------------------------------- quotas
+
+@pytest.fixture(scope="module")
+def quota_server(database_url):
+    with running_server({"FLEXDB_DATABASE_URL": database_url,
+                         "FLEXDB_MAX_TENANTS_PER_USER": "2", "FLEXDB_TENANT_MAX_NODES": "5",
+                         "FLEXDB_TENANT_MAX_BYTES": "8000"}) as srv:
+        yield srv
+
+
+async def user_key(admin: FlexDBClient) -> str:
+    user = (await admin.call("create_user", {"email": f"{unique('q')}@example.com",
+                                             "display_name": "Q"}))["user"]
+    return (await admin.call("create_api_key", {"name": "q", "user_id": user["id"]}))["secret"]
+
+
+async def test_a_user_owns_at_most_the_tenants_allowed(quota_server):
+    async with FlexDBClient(quota_server.url, api_key=quota_server.admin_key) as admin:
+        key = await user_key(admin)
+        async with FlexDBClient(quota_server.url, api_key=key) as user:
+            attempts = await asyncio.gather(*[user.call("create_tenant", {
+                "slug": unique("own"), "name": "O"}) for _ in range(5)],
+                return_exceptions=True)
+            made = [a["tenant"] for a in attempts if isinstance(a, dict)]
+            refused = [a for a in attempts if isinstance(a, RpcError)]
+            assert len(made) == 2 and len(refused) == 3  # also when asked at once
+            for error in refused:
+                assert error.code == -32005 and error.data["type"] == "quota_exceeded"
+                assert error.data["setting"] == "FLEXDB_MAX_TENANTS_PER_USER"
+                assert (error.data["limit"], error.data["usage"]) == (2, 2)
+            await user.call("delete_tenant", {"id": made[0]["id"]})
+            await user.call("create_tenant", {"slug": unique("own"), "name": "O"})
+        for _ in range(3):  # platform admins are not counted
+            await admin.call("create_tenant", {"slug": unique("adm"), "name": "A"})
+
+
+async def test_a_tenants_nodes_and_bytes_are_capped_and_visible(quota_server):
+    async with FlexDBClient(quota_server.url, api_key=quota_server.admin_key) as admin:
+        tenant, node_type = await tenant_with_type(admin)
+        other, other_type = await tenant_with_type(admin)
+        error = await call_error(admin, "create_nodes", {"tenant_id": tenant, "nodes": [
+            {"node_type_id": node_type, "data": {"i": i}} for i in range(6)]})
+        assert error.data["type"] == "quota_exceeded"
+        assert error.data["setting"] == "FLEXDB_TENANT_MAX_NODES"
+        await admin.call("create_nodes", {"tenant_id": tenant, "nodes": [
+            {"node_type_id": node_type, "data": {"i": i}} for i in range(5)]})
+        error = await call_error(admin, "create_node", {"tenant_id": tenant,
+                                                        "node_type_id": node_type})
+        assert error.code == -32005 and error.data["usage"] == 5
+        error = await call_error(admin, "create_node", {
+            "tenant_id": other, "node_type_id": other_type, "data": {"big": "x" * 9000}})
+        assert error.data["setting"] == "FLEXDB_TENANT_MAX_BYTES"
+        await admin.call("create_node", {"tenant_id": other, "node_type_id": other_type,
+                                         "data": {"small": "x" * 100}})
+        usage = (await admin.call("get_tenant_usage", {"tenant_id": tenant}))["usage"]
+        assert usage["nodes"] == 5 and usage["max_nodes"] == 5 and usage["max_bytes"] == 8000
+        assert 0 < usage["bytes"] < 8000
+        other_usage = (await admin.call("get_tenant_usage", {"tenant_id": other}))["usage"]
+        assert other_usage["nodes"] == 1 and other_usage["bytes"] > 100
+        # Deleting frees the quota.
+        nodes = (await admin.call("list_nodes", {"tenant_id": tenant}))["nodes"]
+        await admin.call("delete_node", {"tenant_id": tenant, "id": nodes[0]["id"]})
+        await admin.call("create_node", {"tenant_id": tenant, "node_type_id": node_type})
