@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
@@ -70,6 +71,40 @@ async def pooled_connection(state: AppState) -> AsyncIterator[asyncpg.Connection
     timeout = None if pool.get_idle_size() else state.settings.db_connect_timeout_s
     async with pool.acquire(timeout=timeout) as conn:
         yield conn
+
+
+class TimedConnection:
+    """A pooled connection whose statements must all end by a deadline: each is sent with
+    what is left of it as asyncpg's timeout (asyncpg then cancels it in the server). A
+    statement timeout that costs no transaction and no extra round trip."""
+
+    def __init__(self, conn: asyncpg.Connection, seconds: float):
+        self._conn = conn
+        self._deadline = time.monotonic() + seconds
+
+    def _timeout(self, asked: float | None) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError()
+        return left if asked is None else min(asked, left)
+
+    def __getattr__(self, name: str):
+        return getattr(self._conn, name)
+
+    async def fetch(self, query: str, *args, timeout: float | None = None, **kwargs):
+        return await self._conn.fetch(query, *args, timeout=self._timeout(timeout), **kwargs)
+
+    async def fetchrow(self, query: str, *args, timeout: float | None = None, **kwargs):
+        return await self._conn.fetchrow(query, *args, timeout=self._timeout(timeout),
+                                         **kwargs)
+
+    async def fetchval(self, query: str, *args, timeout: float | None = None, **kwargs):
+        return await self._conn.fetchval(query, *args, timeout=self._timeout(timeout),
+                                         **kwargs)
+
+    async def execute(self, query: str, *args, timeout: float | None = None, **kwargs):
+        return await self._conn.execute(query, *args, timeout=self._timeout(timeout),
+                                        **kwargs)
 
 
 @dataclass
@@ -179,21 +214,6 @@ class RequestContext:
     def connection(self):
         return pooled_connection(self.state)
 
-    def list_connection(self, scans: bool):
-        """A connection for a list page: a heavy call (heavy()) when its filters are more
-        than one index answers, so that reading it may scan the tenant's rows."""
-        return self.heavy(LIST_TIMEOUT_MS, "The list (narrow its filters)") if scans \
-            else self.connection()
-
-    @asynccontextmanager
-    async def heavy_transaction(self, timeout_ms: int, what: str
-                                ) -> AsyncIterator[asyncpg.Connection]:
-        """heavy() for a change: its audit event is recorded in the same transaction."""
-        async with self.heavy(timeout_ms, what) as conn:
-            yield conn
-            await self.record(conn, "ok")
-        self.state.chainer.kick(self.chain())
-
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         async with self.connection() as conn:
@@ -290,24 +310,24 @@ class Call:
                     ) -> AsyncIterator[asyncpg.Connection]:
         """A connection for work whose cost the caller shapes (filters, walks, bulk
         writes): one of the tenant's heavy-call slots, at most half the main pool for all
-        such calls, and a statement timeout of `timeout_ms` (a transaction, so the setting
-        ends with it). Past the timeout: -32006 `timeout`."""
+        such calls, and statements that end after `timeout_ms` in all (asyncpg cancels one
+        running past it in the server). Past it: -32006 `timeout`."""
         env = self.state.query
         async with env.per_tenant.slot(self.tenant_id):
-            try:
-                await asyncio.wait_for(env.heavy.acquire(), self.state.settings.db_connect_timeout_s)
-            except asyncio.TimeoutError:
-                raise Busy("Too many heavy calls are running on this server; retry "
-                           "shortly") from None
+            if env.heavy.locked():
+                try:
+                    await asyncio.wait_for(env.heavy.acquire(),
+                                           self.state.settings.db_connect_timeout_s)
+                except asyncio.TimeoutError:
+                    raise Busy("Too many heavy calls are running on this server; retry "
+                               "shortly") from None
+            else:
+                await env.heavy.acquire()  # free: no timer, no task
             try:
                 async with self.connection() as conn:
                     try:
-                        async with conn.transaction():
-                            await conn.execute(
-                                "SELECT set_config('statement_timeout', $1, true)",
-                                str(timeout_ms))
-                            yield conn
-                    except asyncpg.QueryCanceledError:
+                        yield TimedConnection(conn, timeout_ms / 1000)
+                    except (TimeoutError, asyncpg.QueryCanceledError):
                         raise QueryRejected(
                             f"{what} ran longer than {timeout_ms} ms and was cancelled",
                             type="timeout", timeout_ms=timeout_ms) from None

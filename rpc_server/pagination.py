@@ -74,31 +74,33 @@ def decode_token(token: str, scope: str) -> tuple[datetime, UUID]:
     return parse_token_time(value), key
 
 
-# Columns a page read within a byte budget carries besides the row's own (the shaper
-# leaves them out of the items).
-BUDGET_COLUMNS = ("_through", "_fetched", "_rn")
+# The column a page read within a byte budget carries besides the row's own (the shaper
+# leaves it out of the items).
+BUDGET_COLUMNS = ("_through",)
 
 
-def within_bytes(page_sql: str, order: str, size_sql: str, max_arg: str) -> str:
-    """`page_sql` (rows in `order`, with LIMIT) cut to the rows whose running total of
-    `size_sql` (over the page's own columns, plus ROW_OVERHEAD each) stays within `max_arg`
-    bytes, so that what the database sends is bounded whatever the page size; the first row
-    always comes (with its total), so that a row larger than the budget is told apart from
-    an empty page. See cut_to_budget."""
-    return (f"SELECT * FROM (SELECT page.*, sum({size_sql} + {ROW_OVERHEAD}) OVER w AS _through, "
-            f"row_number() OVER w AS _rn, count(*) OVER () AS _fetched FROM ({page_sql}) AS page "
-            f"WINDOW w AS (ORDER BY {order})) AS sized "
-            f"WHERE _through <= {max_arg} OR _rn = 1 ORDER BY {order}")
+def within_bytes(page_sql: str, size_sql: str, max_arg: str) -> str:
+    """`page_sql` (an ordered page, with LIMIT) cut to the rows that start within `max_arg`
+    bytes: the running total of `size_sql` (over the page's own columns, plus ROW_OVERHEAD
+    each) is `_through`, and a row comes when the bytes before it are at most the budget.
+    So the database sends at most one row past the budget, which tells that the page was
+    cut (see cut_to_budget). One window over the rows as the page orders them: no sort."""
+    size = f"{size_sql} + {ROW_OVERHEAD}"
+    return (f"SELECT * FROM (SELECT page.*, sum({size}) OVER (ROWS UNBOUNDED PRECEDING) "
+            f"AS _through FROM ({page_sql}) AS page) AS sized "
+            f"WHERE _through - ({size}) <= {max_arg}")
 
 
 def cut_to_budget(rows: list, max_bytes: int) -> tuple[list, bool, int]:
-    """(the rows within the budget, whether rows were left out for it, bytes they take);
+    """(the rows within the budget, whether the page was cut for it, bytes they take);
     raises response_too_large when not even the first row fits."""
     if not rows:
         return rows, False, 0
-    if rows[0]["_through"] > max_bytes:  # (only the first row comes past the budget)
+    if rows[0]["_through"] > max_bytes:
         raise response_too_large(max_bytes)
-    return rows, rows[-1]["_rn"] < rows[0]["_fetched"], rows[-1]["_through"]
+    if rows[-1]["_through"] > max_bytes:  # the row past the budget: not this page's
+        return rows[:-1], True, rows[-2]["_through"]
+    return rows, False, rows[-1]["_through"]
 
 
 async def fetch_page(conn: asyncpg.Connection, *, scope: str, select: str, table: str,
@@ -133,7 +135,7 @@ async def fetch_page(conn: asyncpg.Connection, *, scope: str, select: str, table
     if size_sql is not None and max_bytes is not None:
         query_args.append(max_bytes)
         rows, cut, used = cut_to_budget(
-            await conn.fetch(within_bytes(sql, order, size_sql, f"${len(query_args)}"),
+            await conn.fetch(within_bytes(sql, size_sql, f"${len(query_args)}"),
                              *query_args), max_bytes)
     else:
         rows = await conn.fetch(sql, *query_args)

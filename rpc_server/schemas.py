@@ -10,6 +10,7 @@ is checked again in a thread, one at a time per tenant, with the full budget."""
 from __future__ import annotations
 
 import asyncio
+import reprlib
 import threading
 import time
 from collections import OrderedDict
@@ -104,9 +105,41 @@ def _unique_items(validator, unique, instance, schema):
         seen.add(key)
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxdict = 4
+
+
+def _any_of(validator, any_of, instance, schema):
+    """anyOf that stops at the first branch the instance is valid under, and keeps none of
+    the failing branches' errors (jsonschema keeps them all as the error's context: they
+    grow with alternatives × document, and nested alternatives multiply them)."""
+    for subschema in any_of:
+        if validator.evolve(schema=subschema).is_valid(instance):
+            return
+    yield ValidationError(f"{_SHORT.repr(instance)} is not valid under any of the given "
+                          "schemas")
+
+
+def _one_of(validator, one_of, instance, schema):
+    """oneOf, keeping no branch's errors (as _any_of), stopping at a second valid branch."""
+    valid = 0
+    for subschema in one_of:
+        if validator.evolve(schema=subschema).is_valid(instance):
+            valid += 1
+            if valid > 1:
+                yield ValidationError(f"{_SHORT.repr(instance)} is valid under more than "
+                                      "one of the given schemas")
+                return
+    if not valid:
+        yield ValidationError(f"{_SHORT.repr(instance)} is not valid under any of the given "
+                              "schemas")
+
+
 NodeDataValidator = validators.extend(Draft202012Validator, {
     keyword: _metered(function) for keyword, function in
-    {**Draft202012Validator.VALIDATORS, "uniqueItems": _unique_items}.items()})
+    {**Draft202012Validator.VALIDATORS, "uniqueItems": _unique_items, "anyOf": _any_of,
+     "oneOf": _one_of}.items()})
 
 
 SCHEMA_URI = "urn:flexdb:node-type-schema"

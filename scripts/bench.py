@@ -168,8 +168,11 @@ def services(db_url: str, workers: int):
             "FLEXDB_DATABASE_URL": db_url, "FLEXDB_DB_POOL_MAX": str(POOL),
             "FLEXDB_WORKERS": str(workers), "FLEXDB_LOG_LEVEL": "WARNING",
             "FLEXDB_SANDBOX_URL": sandbox.base, "FLEXDB_SANDBOX_SECRET": TEST_SANDBOX_SECRET,
-            # one tenant stands for many here: lift the per-tenant limit on heavy calls
-            "FLEXDB_QUERY_TENANT_CONCURRENCY": "64"}, port=server_port))
+            # one tenant stands for many here: lift the per-tenant limits on heavy calls
+            # and on the pool (scripts/noisy_neighbour.py measures them)
+            "FLEXDB_QUERY_TENANT_CONCURRENCY": "64", "FLEXDB_TENANT_POOL_MAX": str(POOL),
+            "FLEXDB_PIPELINE_TENANT_RUNNING": "64"},
+            port=server_port))
         facade = stack.enter_context(running_facade(server.url, FLEXDB_LOG_LEVEL="WARNING"))
         yield server, facade
 

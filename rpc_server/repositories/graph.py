@@ -92,8 +92,8 @@ def traverse_sql(direction: str, typed: bool) -> str:
 @lru_cache(maxsize=None)
 def traverse_within_bytes_sql(direction: str, typed: bool) -> str:
     """traverse_sql, cut to the rows whose documents fit the bytes in the last parameter."""
-    return within_bytes(traverse_sql(direction, typed), "_depth, id",
-                        NodeRepository.size_sql, "$6" if typed else "$5")
+    return within_bytes(traverse_sql(direction, typed), NodeRepository.size_sql,
+                        "$6" if typed else "$5")
 
 
 @lru_cache(maxsize=None)

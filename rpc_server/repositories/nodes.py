@@ -154,8 +154,7 @@ class NodeRepository(Repository):
         sql = (f"SELECT {cls.read_columns}, {key} AS _sort_key{counted} FROM nodes "
                f"WHERE {' AND '.join(where)} ORDER BY {key}{order}, id{order} LIMIT {limit}")
         if max_bytes is not None:
-            sql = within_bytes(sql, f"_sort_key{order}, id{order}", cls.size_sql,
-                               args.add(max_bytes, "int8"))
+            sql = within_bytes(sql, cls.size_sql, args.add(max_bytes, "int8"))
         return PageStatement(sql, args.values, count_sql, count_args)
 
     async def query(self, tenant_id: UUID, node_type_id: UUID | None, condition: str,
