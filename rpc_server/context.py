@@ -343,10 +343,11 @@ class Call:
     @asynccontextmanager
     async def heavy_transaction(self, timeout_ms: int, what: str
                                 ) -> AsyncIterator[asyncpg.Connection]:
-        """heavy() for a change: its audit event is recorded in the same transaction."""
+        """heavy() for a change, in a transaction with its audit event."""
         async with self.heavy(timeout_ms, what) as conn:
-            yield conn
-            await self.record(conn, "ok")
+            async with conn.transaction():
+                yield conn
+                await self.record(conn, "ok")
         self.state.chainer.kick(self.chain())
 
     @asynccontextmanager
