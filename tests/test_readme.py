@@ -87,3 +87,16 @@ def test_readme_settings_table_is_the_declared_one():
     found = MARKERS.search((ROOT / "README.md").read_text())
     assert found, "README lost its settings table markers"
     assert found.group(2) == render(), "run scripts/settings_table.py --write"
+
+
+def test_limits_page_is_current_and_names_every_limit_setting():
+    from rpc_server.config import Settings
+    from scripts.limits_table import PAGE, render, settings_named
+    assert PAGE.read_text() == render(), "run scripts/limits_table.py --write"
+    limit_like = {name for name in Settings.model_fields
+                  if any(word in name for word in ("max", "limit", "concurrency", "cpu",
+                                                   "memory", "running", "queued", "timeout"))}
+    unnamed = limit_like - settings_named() - {"db_pool_max", "db_connect_timeout_s",
+                                               "facade_max_connections",
+                                               "facade_rpc_timeout_s"}
+    assert not unnamed, f"limits missing from docs/LIMITS.md: {sorted(unnamed)}"

@@ -1,0 +1,196 @@
+"""docs/LIMITS.md: every bound a caller's input or load meets, with its setting (when it has
+one), its default and the answer past it. The values are read from where the code keeps
+them (a setting's default, a module's constant), never written here a second time.
+`python scripts/limits_table.py` prints the page; `--write` updates docs/LIMITS.md (a test
+checks that it is current)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from rest_facade.callers import MAX_AUTHORIZATION  # noqa: E402
+from rpc_server import audit, node_filter, params, query_guard  # noqa: E402
+from rpc_server.config import Settings, env_var, shown_default  # noqa: E402
+from rpc_server.methods import graph, pipelines, query  # noqa: E402
+from rpc_server.schema_cost import MAX_PATTERN_LENGTH  # noqa: E402
+from sandbox_worker.app import MAX_OUTPUT, MAX_RESULT  # noqa: E402
+from sandbox_worker.policy import MAX_CODE_LENGTH  # noqa: E402
+from sandbox_worker.pool import MAX_DB_CALLS  # noqa: E402
+
+PAGE = ROOT / "docs" / "LIMITS.md"
+
+
+@dataclass(frozen=True)
+class Limit:
+    bounds: str
+    answer: str
+    setting: str | None = None  # a Settings field
+    value: object = None        # else a constant of the code
+
+
+def n(value: int) -> str:
+    return f"{value:,}"
+
+
+def size(value: int) -> str:
+    for unit, factor in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if value >= factor and value % factor == 0:
+            return f"{value // factor} {unit}"
+    return f"{n(value)} bytes"
+
+
+INVALID, REQUEST, BUSY, STOPPED = ("-32602 invalid params", "-32600 invalid request",
+                                   "-32005 busy (REST 429)", "-32006 (REST 400)")
+SECTIONS: dict[str, list[Limit]] = {
+    "Requests (both surfaces)": [
+        Limit("request body, after decompression", f"{REQUEST} `max_bytes`", "max_body_bytes"),
+        Limit("request body through the REST facade", "413", "facade_max_body_bytes"),
+        Limit("members of one batch", REQUEST, "max_batch"),
+        Limit("nesting of a document (`data`, `schema`, `input`, a filter, a query param)",
+              f"{INVALID} naming the field", "max_json_depth"),
+        Limit("JSON nesting the parser reads at all", f"{REQUEST} (REST 400)", value="~1,000"),
+        Limit("integers / other numbers", INVALID, value="64-bit / double"),
+        Limit("names (tenant, node type, pipeline, key, user's display name)", INVALID,
+              value=n(params.MAX_NAME)),
+        Limit("descriptions", INVALID, value=n(params.MAX_DESCRIPTION)),
+        Limit("page size", INVALID, value=n(params.MAX_PAGE_SIZE)),
+        Limit("page token", INVALID, value=size(params.MAX_PAGE_TOKEN)),
+        Limit("items of one bulk create (`create_nodes`, `create_relationships`)", INVALID,
+              value=n(params.MAX_BULK)),
+        Limit("`Authorization` header at the REST facade", "401", value=size(MAX_AUTHORIZATION)),
+        Limit("requests one set of credentials has in flight through the facade", "429",
+              "facade_max_in_flight_per_caller"),
+        Limit("calls per second one API key makes (off by default)",
+              "-32005 `rate_limited` with `retry_after`", "rate_limit_key_per_s"),
+        Limit("calls a key makes at once above its rate", "-32005 `rate_limited`",
+              "rate_limit_key_burst"),
+        Limit("calls per second into one tenant, all callers (off by default)",
+              "-32005 `rate_limited` with `retry_after`", "rate_limit_tenant_per_s"),
+        Limit("calls into a tenant at once above its rate", "-32005 `rate_limited`",
+              "rate_limit_tenant_burst"),
+    ],
+    "Responses": [
+        Limit("one response: a call, or a whole batch", f"{STOPPED} `response_too_large` "
+              "for the call (a batch's other members answer)", "max_response_bytes"),
+        Limit("documents one list page or walk reads", "the page stops early, with a "
+              "`next_page_token` (a walk: `truncated`)", "max_page_bytes"),
+        Limit("documents read for responses not yet written, per worker (a tenant: half)",
+              f"waits up to `FLEXDB_DB_CONNECT_TIMEOUT_S`, then {BUSY}",
+              "response_memory_bytes"),
+    ],
+    "Node type schemas (checked when saved)": [
+        Limit("the schema as JSON", INVALID, "max_schema_bytes"),
+        Limit("subschemas reachable with every `$ref` followed", INVALID,
+              "max_schema_subschemas"),
+        Limit("distinct patterns (`pattern`, `patternProperties` keys)", INVALID,
+              "max_schema_patterns"),
+        Limit("characters of one pattern (RE2, linear time)", INVALID,
+              value=n(MAX_PATTERN_LENGTH)),
+        Limit("`enum` and `const` values", INVALID, "max_schema_values_bytes"),
+        Limit("CPU to validate one call's documents (or check a schema)",
+              f"{STOPPED} `too_costly`", "validation_cpu_ms"),
+        Limit("compiled validators kept, per worker", "least recently used dropped",
+              "validator_cache_bytes"),
+        Limit("compiled patterns kept, per worker", "least recently used dropped",
+              "pattern_cache_bytes"),
+    ],
+    "Database work": [
+        Limit("pooled connections one tenant's calls hold, per worker",
+              f"waits up to `FLEXDB_DB_CONNECT_TIMEOUT_S`, then {BUSY}", "tenant_pool_max"),
+        Limit("heavy calls one tenant runs at once, per worker (`execute_query`, "
+              "`query_nodes`, walks, bulk creates, lists whose filters scan)",
+              f"waits, then {BUSY}", "query_tenant_concurrency"),
+        Limit("heavy calls on the main pool at once, per worker", f"waits, then {BUSY}",
+              value="half of `FLEXDB_DB_POOL_MAX`"),
+        Limit("any statement", "-32603 `timeout`", "statement_timeout_ms"),
+        Limit("`execute_query` / `query_nodes` / `traverse` / `shortest_path` `timeout_ms`",
+              f"{STOPPED} `timeout`", value=f"5,000 default, {n(30_000)} most"),
+        Limit("a bulk create / a list page that scans", f"{STOPPED} `timeout`",
+              value=f"{n(params.BULK_TIMEOUT_MS)} / {n(params.LIST_TIMEOUT_MS)} ms"),
+        Limit("`execute_query` statement", STOPPED, value=f"{n(query_guard.MAX_SQL_LENGTH)} "
+              f"characters, {query.MAX_QUERY_PARAMS} params, 10,000 rows"),
+        Limit("`execute_query` result, as JSON", f"{STOPPED} `too_many_rows`",
+              "query_max_result_bytes"),
+        Limit("`execute_query` connections, per worker", f"waits, then {BUSY}",
+              "query_pool_max"),
+        Limit("filter: nesting / conditions / `in` values", INVALID,
+              value=f"{node_filter.MAX_DEPTH} / {node_filter.MAX_CLAUSES} / "
+                    f"{node_filter.MAX_IN_VALUES}"),
+        Limit("filter: path keys / key length", INVALID,
+              value=f"{node_filter.MAX_PATH_SEGMENTS} / {node_filter.MAX_SEGMENT_LENGTH}"),
+        Limit("filter: one value / all values, as JSON", INVALID,
+              value=f"{size(node_filter.MAX_VALUE_BYTES)} / {size(node_filter.MAX_FILTER_BYTES)}"),
+        Limit("walks: `max_depth` / `limit` / relationship types", INVALID,
+              value=f"{graph.MAX_DEPTH} / {n(graph.MAX_LIMIT)} / {graph.MAX_TYPES}"),
+    ],
+    "Pipelines": [
+        Limit("code", INVALID, value=f"{n(MAX_CODE_LENGTH)} characters"),
+        Limit("`timeout_ms` / `memory_mb`", INVALID,
+              value=f"{n(pipelines.MAX_TIMEOUT_MS)} ms / {pipelines.MIN_MEMORY_MB}–"
+                    f"{pipelines.MAX_MEMORY_MB} MB"),
+        Limit("a run's output / result", "cut / the run fails",
+              value=f"{size(MAX_OUTPUT)} / {size(MAX_RESULT)}"),
+        Limit("db calls of one run", "-32005 `too_many_calls` to the code",
+              value=n(MAX_DB_CALLS)),
+        Limit("runs of one tenant running at once (all servers)",
+              f"`wait: true`: {BUSY}; queued runs wait their turn", "pipeline_tenant_running"),
+        Limit("runs one tenant has queued", BUSY, "pipeline_tenant_queued"),
+        Limit("runs at once in one sandbox worker", BUSY, "sandbox_max_running"),
+        Limit("queued runs one server executes at once", "they wait in the queue",
+              "pipeline_queue_concurrency"),
+    ],
+    "Quotas": [
+        Limit("tenants one user owns (platform admins: any number)",
+              "-32005 `quota_exceeded` (REST 429)", "max_tenants_per_user"),
+        Limit("nodes of one tenant (0 = no cap)", "-32005 `quota_exceeded`",
+              "tenant_max_nodes"),
+        Limit("bytes of one tenant's documents, as stored (0 = no cap)",
+              "-32005 `quota_exceeded`", "tenant_max_bytes"),
+        Limit("refused calls recorded in the audit trail",
+              "one event per actor, method and tenant per window, with a count",
+              value=f"{audit.DENIED_WINDOW_S:g} s"),
+    ],
+}
+
+
+def render() -> str:
+    lines = [
+        "# Limits",
+        "",
+        "Every bound a caller's input or load meets: what it bounds, its setting (a "
+        "`FLEXDB_*` environment variable, see the README's Configuration) or, where it is "
+        "fixed, its value, and the answer past it. Made by `scripts/limits_table.py` from "
+        "the values in the code; the per-worker ones hold in each of a server's "
+        "`FLEXDB_WORKERS` processes. What they are for, and what one tenant can still do to "
+        "another with all of them in place, is measured by `scripts/noisy_neighbour.py` "
+        "(figures in [PERFORMANCE.md](PERFORMANCE.md)).",
+    ]
+    for title, limits in SECTIONS.items():
+        lines += ["", f"## {title}", "", "| bounds | setting | default | past it |",
+                  "|---|---|---|---|"]
+        for limit in limits:
+            if limit.setting is not None:
+                assert limit.setting in Settings.model_fields, limit.setting
+                setting, value = f"`{env_var(limit.setting)}`", shown_default(limit.setting)
+            else:
+                setting, value = "—", str(limit.value)
+            lines.append(f"| {limit.bounds} | {setting} | {value} | {limit.answer} |")
+    return "\n".join(lines) + "\n"
+
+
+def settings_named() -> set[str]:
+    return {limit.setting for limits in SECTIONS.values() for limit in limits if limit.setting}
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--write", action="store_true", help="update docs/LIMITS.md")
+    if parser.parse_args().write:
+        PAGE.write_text(render())
+    else:
+        print(render(), end="")
