@@ -2,7 +2,11 @@
 
 It accepts exactly one read-only statement (SELECT, WITH ... SELECT, VALUES, TABLE) and
 refuses data-modifying CTEs, locking clauses, SELECT INTO and calls to server functions that
-reach files, large objects, other databases, settings, other backends, locks or sleep.
+reach files, large objects, other databases, settings, other backends, locks or sleep. Tenant
+SQL names only the three views, ordinary functions and operators: any name of the server's own
+(its catalogs, statistics views, settings, roles, schemas and introspection functions) is
+refused wherever it stands, quoted or not (sql/0011_query_catalog.sql removes the same from the
+query role in the database).
 
 It is not the security boundary (the database is: see sql/0004_query.sql and
 repositories/tenant_sql.py); it exists to give a clear early answer and to stop what the
@@ -33,22 +37,39 @@ WRITE_STARTS = {
     "rollback", "savepoint", "release", "explain",
 }
 LOCK_WORDS = {"update", "share", "no", "key"}
+# Every name starting with pg_ is the server's: its catalogs (pg_class, pg_stats, pg_settings,
+# pg_stat_activity ...), the pg_catalog and pg_toast schemas and its functions (files, backends,
+# locks, sleep, statistics, object definitions, sizes, notifications). Allowed are only these,
+# which describe nothing but the value they are given.
+SYSTEM_PREFIX = "pg_"
+ALLOWED_SYSTEM_FUNCTIONS = {"pg_typeof", "pg_column_size", "pg_size_pretty", "pg_size_bytes"}
+# Schemas of the server's catalog and tables (a table's row type names its columns).
+SERVER_SCHEMAS = {"information_schema", "public", "flexdb_private"}
+# Keywords that name the server's roles and database (session_user: the server's login).
+SERVER_KEYWORDS = {"user", "current_user", "session_user", "current_role", "system_user",
+                   "current_catalog", "current_schema"}
+# Types whose input looks a name up in the catalog: 'api_keys'::regclass answers whether a
+# table exists and its oid. (regconfig and regdictionary, for text search, stay.)
+NAME_LOOKUP_TYPES = {"regclass", "regtype", "regproc", "regprocedure", "regoper",
+                     "regoperator", "regnamespace", "regrole", "regcollation"}
+# Functions refused when called, besides the pg_ ones.
 DENIED_FUNCTIONS = {
-    "set_config", "pg_notify", "loread", "lowrite", "pg_stat_file", "txid_current",
-    "pg_current_xact_id", "pg_export_snapshot", "pg_reload_conf", "pg_rotate_logfile",
-    "pg_promote", "pg_current_logfile", "pg_switch_wal", "pg_checkpoint",
+    "set_config", "loread", "lowrite",
     "ts_stat", "ts_rewrite",  # they run SQL given as a string
+    # introspection: settings, the server's version and database, comments on objects,
+    # type names by oid, row security
+    "current_setting", "version", "current_database", "current_schemas", "current_query",
+    "obj_description", "col_description", "shobj_description", "format_type",
+    "row_security_active",
 }
 DENIED_PREFIXES = (
     "lo_",                                  # large objects
-    "pg_read_", "pg_ls_", "pg_file",        # files
     "dblink", "postgres_fdw",               # other databases
-    "pg_cancel_", "pg_terminate_", "pg_signal_", "pg_log_backend",  # other backends
-    "pg_advisory", "pg_try_advisory",       # advisory locks outlive the statement
-    "pg_sleep",                             # sleeping
     "query_to_xml", "table_to_xml", "cursor_to_xml", "schema_to_xml", "database_to_xml",
-    "pg_create_", "pg_drop_", "pg_replication_", "pg_logical_", "pg_backup_",
-    "pg_start_backup", "pg_stop_backup", "pg_stat_reset", "pg_wal_", "pg_import_",
+    "has_",                                 # has_*_privilege: which objects and roles exist
+    "to_reg",                               # to_regclass and friends: name lookups
+    "txid_",                                # transaction ids: other sessions' activity
+    "inet_server_", "inet_client_",         # the server's network addresses
 )
 
 
@@ -135,6 +156,34 @@ def _check_lexing(raw_tokens) -> None:
             raise GateRejection(reason)
 
 
+def _is_name(token) -> bool:
+    return token.ttype in T.Name or token.ttype in T.Keyword or token.ttype in T.String.Symbol
+
+
+def _server_name(token) -> str | None:
+    """Why this name is the server's and not the tenant's, or None."""
+    name = _name(token)
+    if name.startswith(SYSTEM_PREFIX) and name not in ALLOWED_SYSTEM_FUNCTIONS:
+        return f"{name!r}: names starting with pg_ belong to the server's catalog"
+    if name in SERVER_SCHEMAS:
+        return f"schema {name!r} is not readable: queries see the views nodes, " \
+               "node_types and relationships"
+    if name in NAME_LOOKUP_TYPES:
+        return f"type {name!r} looks names up in the server's catalog"
+    if name in SERVER_KEYWORDS and token.ttype not in T.String.Symbol:
+        return f"{name.upper()} names the server's roles or database"
+    return None
+
+
+def _check_names(tokens) -> None:
+    """Refuse the server's names wherever they stand: a relation, a qualifier, a function, a
+    cast's type. Quoted names count too ("pg_catalog"."pg_class")."""
+    for token in tokens:
+        reason = _server_name(token) if _is_name(token) else None
+        if reason:
+            raise GateRejection(reason)
+
+
 def _check_functions(tokens) -> None:
     for i, token in enumerate(tokens):
         if not _is_punct(token, "(") or i == 0:
@@ -199,6 +248,7 @@ def check(sql: str) -> CheckedStatement:
         tokens.pop()
     _check_start(statement, tokens)
     _check_clauses(tokens)
+    _check_names(tokens)
     _check_functions(tokens)
     text = str(statement).rstrip()
     while text.endswith(";"):
