@@ -40,9 +40,11 @@ LOCK_WORDS = {"update", "share", "no", "key"}
 # Every name starting with pg_ is the server's: its catalogs (pg_class, pg_stats, pg_settings,
 # pg_stat_activity ...), the pg_catalog and pg_toast schemas and its functions (files, backends,
 # locks, sleep, statistics, object definitions, sizes, notifications). Allowed are only these,
-# which describe nothing but the value they are given.
+# which describe nothing but the value they are given (COLLATION FOR (x) calls
+# pg_collation_for).
 SYSTEM_PREFIX = "pg_"
-ALLOWED_SYSTEM_FUNCTIONS = {"pg_typeof", "pg_column_size", "pg_size_pretty", "pg_size_bytes"}
+ALLOWED_SYSTEM_FUNCTIONS = {"pg_typeof", "pg_column_size", "pg_size_pretty", "pg_size_bytes",
+                            "pg_collation_for"}
 # Schemas of the server's catalog and tables (a table's row type names its columns).
 SERVER_SCHEMAS = {"information_schema", "public", "flexdb_private"}
 # Keywords that name the server's roles and database (session_user: the server's login).

@@ -17,6 +17,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from .. import query_guard
 from ..query_values import coerce_params, json_safe, type_name
 
 QUERY_ROLE = "flexdb_query"
@@ -34,12 +35,29 @@ FETCH_BATCH = 100
 # The statement timeout ends a slow statement in the server; this ends a call whose fetches
 # together run too long, or a server that does not answer.
 CLIENT_GRACE_S = 2.0
-# Functions the migration revokes from PUBLIC; the server refuses to run tenant SQL while
-# the restricted role can still execute any of them.
-MUST_BE_REVOKED = ("pg_catalog.set_config(text,text,boolean)",
-                   "pg_catalog.pg_notify(text,text)",
-                   "pg_catalog.lo_from_bytea(oid,bytea)",
-                   "pg_catalog.query_to_xml(text,boolean,boolean,text)")
+# What the query role can still reach of what the gate refuses: catalog tables and views, the
+# server's schemas, functions refused by name. Migrations 0004 and 0011 revoke them from
+# PUBLIC; the server refuses to run tenant SQL while any is left.
+REACHABLE_SERVER_OBJECTS = """
+    SELECT c.oid::regclass::text FROM pg_catalog.pg_class c
+    WHERE c.relnamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
+      AND c.relkind IN ('r', 'v', 'm', 'p', 'f')
+      AND (has_table_privilege($1, c.oid, 'SELECT')
+           OR has_any_column_privilege($1, c.oid, 'SELECT'))
+    UNION ALL
+    SELECT 'schema ' || n.nspname FROM pg_catalog.pg_namespace n
+    WHERE n.nspname = ANY($2::text[]) AND has_schema_privilege($1, n.oid, 'USAGE')
+    UNION ALL
+    SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p
+    WHERE p.pronamespace = 'pg_catalog'::regnamespace
+      AND (p.proname = ANY($3::text[]) OR p.proname LIKE ANY($4::text[]))
+      AND p.proname <> ALL($5::text[])
+      AND has_function_privilege($1, p.oid, 'EXECUTE')
+    ORDER BY 1 LIMIT 5"""
+
+
+def _like_prefix(prefix: str) -> str:
+    return prefix.replace("_", "\\_") + "%"
 
 
 class ResultTooLarge(Exception):
@@ -79,11 +97,14 @@ async def setup_problems(conn: asyncpg.Connection) -> list[str]:
         "WHERE rolname = current_user", QUERY_ROLE)
     if not can_switch:
         problems.append(f"the server's role cannot SET ROLE {QUERY_ROLE}")
-    for fn in MUST_BE_REVOKED:
-        if await conn.fetchval("SELECT has_function_privilege($1, $2, 'EXECUTE')",
-                               QUERY_ROLE, fn):
-            problems.append(f"{QUERY_ROLE} can still execute {fn} (run migration 0004 as a "
-                            "superuser)")
+    reachable = await conn.fetch(
+        REACHABLE_SERVER_OBJECTS, QUERY_ROLE, sorted(query_guard.SERVER_SCHEMAS),
+        sorted(query_guard.DENIED_FUNCTIONS),
+        [_like_prefix(p) for p in (query_guard.SYSTEM_PREFIX, *query_guard.DENIED_PREFIXES)],
+        sorted(query_guard.ALLOWED_SYSTEM_FUNCTIONS))
+    if reachable:
+        problems.append(f"{QUERY_ROLE} can still reach {', '.join(r[0] for r in reachable)} "
+                        "and maybe more (run migrations 0004 and 0011 as a superuser)")
     return problems
 
 

@@ -1,0 +1,257 @@
+"""execute_query sees only the tenant's own data and nothing about the server: no settings,
+roles, other sessions, catalog, statistics, definitions or introspection functions.
+
+Each layer is tested alone: the gate through the API (refused with layer "gate" and the
+reason), the database by running the same statements as the query role without the gate
+(refused with SQLSTATE 42501, permission denied, and what was denied)."""
+from __future__ import annotations
+
+import asyncpg
+import pytest
+
+from rpc_server.migrations import migrate
+from rpc_server.repositories.tenant_sql import setup_problems
+
+from .conftest import fresh_database
+from .test_query_sql import make_world, query, query_pool, rejected, run_direct  # noqa: F401
+
+# attack -> what the gate's reason names
+GATE_REFUSES = {
+    # server settings, custom settings among them
+    "SELECT name, setting FROM pg_settings": "pg_settings",
+    "SELECT current_setting('server_version')": "current_setting()",
+    "SELECT current_setting('flexdb.query_ticket')": "current_setting()",
+    "SELECT CURRENT_SETTING ('work_mem')": "current_setting()",
+    "SELECT \"current_setting\"('work_mem')": "current_setting()",
+    "SELECT setconfig::text FROM pg_db_role_setting": "pg_db_role_setting",
+    "SELECT * FROM pg_show_all_settings()": "pg_show_all_settings",
+    # roles
+    "SELECT rolname FROM pg_roles": "pg_roles",
+    "SELECT usename FROM pg_catalog.pg_user": "pg_catalog",
+    "SELECT session_user": "SESSION_USER",
+    "SELECT current_user": "CURRENT_USER",
+    "SELECT user": "USER",
+    "SELECT has_table_privilege('nodes', 'SELECT')": "has_table_privilege()",
+    "SELECT pg_has_role('postgres', 'MEMBER')": "pg_has_role",
+    "SELECT role_name FROM information_schema.enabled_roles": "information_schema",
+    # other sessions' activity
+    "SELECT pid, query FROM pg_stat_activity": "pg_stat_activity",
+    "SELECT * FROM pg_stat_get_activity(NULL)": "pg_stat_get_activity",
+    "SELECT * FROM pg_locks": "pg_locks",
+    "SELECT pg_backend_pid()": "pg_backend_pid",
+    "SELECT pg_postmaster_start_time()": "pg_postmaster_start_time",
+    "SELECT txid_current_snapshot()": "txid_current_snapshot()",
+    "SELECT inet_server_addr()": "inet_server_addr()",
+    # the catalog, however it is spelled
+    "SELECT relname FROM pg_class": "pg_class",
+    "SELECT relname FROM \"pg_catalog\" . \"pg_class\"": "pg_catalog",
+    "SELECT relname FROM PG_CATALOG.PG_CLASS": "pg_catalog",
+    "SELECT relname FROM pg_catalog /* c */ . pg_class": "pg_catalog",
+    "TABLE pg_namespace": "pg_namespace",
+    "SELECT datname FROM pg_database": "pg_database",
+    "SELECT table_name FROM information_schema.tables": "information_schema",
+    "SELECT table_name FROM \"INFORMATION_SCHEMA\".\"tables\"": "information_schema",
+    "SELECT (NULL::public.api_keys).*": "public",
+    "SELECT * FROM flexdb_private.query_ticket_key": "flexdb_private",
+    "SELECT 'public.api_keys'::regclass": "regclass",
+    "SELECT CAST('pg_authid' AS regtype)": "regtype",
+    "SELECT to_regclass('public.api_keys')": "to_regclass()",
+    "SELECT version()": "version()",
+    "SELECT current_database()": "current_database()",
+    "SELECT current_catalog": "CURRENT_CATALOG",
+    "SELECT format_type(16, NULL)": "format_type()",
+    "SELECT obj_description(1, 'pg_class')": "obj_description()",
+    "SELECT * FROM pg_toast.pg_toast_2619": "pg_toast",
+    # table statistics
+    "SELECT most_common_vals::text FROM pg_stats": "pg_stats",
+    "SELECT n_live_tup FROM pg_stat_user_tables": "pg_stat_user_tables",
+    "SELECT heap_blks_read FROM pg_statio_user_tables": "pg_statio_user_tables",
+    "SELECT pg_stat_get_live_tuples(1259)": "pg_stat_get_live_tuples",
+    "SELECT pg_table_size(1259)": "pg_table_size",
+    "SELECT pg_database_size(1)": "pg_database_size",
+    # view and function definitions
+    "SELECT definition FROM pg_views": "pg_views",
+    "SELECT pg_get_viewdef('nodes')": "pg_get_viewdef",
+    "SELECT prosrc FROM pg_proc": "pg_proc",
+    "SELECT view_definition FROM information_schema.views": "information_schema",
+    "SELECT definition FROM pg_rules": "pg_rules",
+}
+
+
+@pytest.mark.parametrize("sql", GATE_REFUSES)
+async def test_the_gate_refuses_the_servers_names(rpc, sql):
+    w = await make_world(rpc)
+    exc = await rejected(rpc, w["a"]["tenant"], sql)
+    assert exc.code == -32006 and exc.data["type"] == "rejected"
+    assert exc.data.get("layer") == "gate", exc.message
+    assert GATE_REFUSES[sql] in exc.message
+
+
+# attack -> what PostgreSQL refuses (SQLSTATE 42501: "permission denied for <this>")
+DATABASE_REFUSES = {
+    "SELECT name, setting FROM pg_settings": "view pg_settings",
+    "SELECT current_setting('server_version')": "function current_setting",
+    "SELECT current_setting('flexdb.query_ticket')": "function current_setting",
+    "SELECT setconfig::text FROM pg_db_role_setting": "table pg_db_role_setting",
+    "SELECT * FROM pg_show_all_settings()": "function pg_show_all_settings",
+    "SELECT rolname FROM pg_roles": "view pg_roles",
+    "SELECT usename FROM pg_user": "view pg_user",
+    "SELECT * FROM pg_auth_members": "table pg_auth_members",
+    "SELECT pg_get_userbyid(10)": "function pg_get_userbyid",
+    "SELECT has_table_privilege('flexdb_query.nodes', 'SELECT')": "function has_table_privilege",
+    "SELECT role_name FROM information_schema.enabled_roles": "schema information_schema",
+    "SELECT pid, query FROM pg_stat_activity": "view pg_stat_activity",
+    "SELECT * FROM pg_stat_get_activity(NULL)": "function pg_stat_get_activity",
+    "SELECT * FROM pg_locks": "view pg_locks",
+    "SELECT pg_backend_pid()": "function pg_backend_pid",
+    "SELECT pg_postmaster_start_time()": "function pg_postmaster_start_time",
+    "SELECT pg_conf_load_time()": "function pg_conf_load_time",
+    "SELECT txid_current_snapshot()": "function txid_current_snapshot",
+    "SELECT pg_current_snapshot()": "function pg_current_snapshot",
+    "SELECT inet_server_addr()": "function inet_server_addr",
+    "SELECT pg_is_in_recovery()": "function pg_is_in_recovery",
+    "SELECT relname FROM pg_class": "table pg_class",
+    "SELECT reltuples FROM pg_catalog.pg_class": "table pg_class",
+    "SELECT nspname FROM pg_namespace": "table pg_namespace",
+    "SELECT typname FROM pg_type": "table pg_type",
+    "SELECT datname FROM pg_database": "table pg_database",
+    "SELECT attname FROM pg_attribute": "table pg_attribute",
+    "SELECT table_name FROM information_schema.tables": "schema information_schema",
+    "SELECT 1::information_schema.cardinal_number": "schema information_schema",
+    "SELECT (NULL::public.api_keys).*": "schema public",
+    "SELECT 'public.api_keys'::regclass": "schema public",
+    "SELECT to_regclass('public.api_keys')": "function to_regclass",
+    "SELECT version()": "function version",
+    "SELECT current_database()": "function current_database",
+    "SELECT format_type(16, NULL)": "function format_type",
+    "SELECT obj_description(1, 'pg_class')": "function obj_description",
+    "SELECT pg_describe_object(1259, 1259, 0)": "function pg_describe_object",
+    "SELECT most_common_vals::text FROM pg_stats": "view pg_stats",
+    "SELECT n_live_tup FROM pg_stat_user_tables": "view pg_stat_user_tables",
+    "SELECT heap_blks_read FROM pg_statio_user_tables": "view pg_statio_user_tables",
+    "SELECT pg_stat_get_live_tuples(1259)": "function pg_stat_get_live_tuples",
+    "SELECT pg_table_size(1259)": "function pg_table_size",
+    "SELECT pg_relation_size(1259)": "function pg_relation_size",
+    "SELECT pg_database_size(1)": "function pg_database_size",
+    "SELECT definition FROM pg_views": "view pg_views",
+    "SELECT pg_get_viewdef('flexdb_query.nodes'::regclass)": "function pg_get_viewdef",
+    "SELECT prosrc FROM pg_proc": "table pg_proc",
+    "SELECT pg_get_functiondef(1)": "function pg_get_functiondef",
+    "SELECT view_definition FROM information_schema.views": "schema information_schema",
+    "SELECT definition FROM pg_rules": "view pg_rules",
+}
+
+
+@pytest.mark.parametrize("sql", DATABASE_REFUSES)
+async def test_the_database_hides_the_server_without_the_gate(rpc, query_pool, sql):
+    w = await make_world(rpc)
+    with pytest.raises(asyncpg.InsufficientPrivilegeError) as exc:
+        await run_direct(query_pool, w["a"]["tenant"], sql)
+    assert exc.value.sqlstate == "42501"
+    assert f"permission denied for {DATABASE_REFUSES[sql]}" in exc.value.message
+    result = await run_direct(query_pool, w["a"]["tenant"], "SELECT count(*) FROM nodes")
+    assert result.rows == [[5]]
+
+
+async def test_statistics_hold_other_tenants_values_the_query_role_cannot_read(
+        rpc, query_pool, database_url):
+    """pg_stats keeps sampled values of every tenant's rows; the query role reads none."""
+    w = await make_world(rpc)
+    admin = await asyncpg.connect(database_url)
+    try:
+        await admin.execute("ANALYZE nodes")
+        assert await admin.fetchval("SELECT count(*) FROM pg_stats WHERE "
+                                    "most_common_vals::text LIKE '%SECRET%'") > 0
+    finally:
+        await admin.close()
+    for sql in ("SELECT most_common_vals::text FROM pg_stats",
+                "SELECT stavalues1::text FROM pg_statistic"):
+        exc = await rejected(rpc, w["a"]["tenant"], sql)
+        assert exc.data["layer"] == "gate"
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await run_direct(query_pool, w["a"]["tenant"], sql)
+
+
+async def test_role_keywords_are_the_gates_alone(rpc, query_pool):
+    """SESSION_USER and friends are syntax, not functions: PostgreSQL cannot revoke them, so
+    only the gate stands in front of them (session_user names the server's login role)."""
+    w = await make_world(rpc)
+    result = await run_direct(query_pool, w["a"]["tenant"], "SELECT current_user")
+    assert result.rows == [["flexdb_query"]]  # the statement ran as the query role
+    for keyword in ("session_user", "current_user", "current_role", "user", "current_catalog",
+                    "current_schema"):
+        exc = await rejected(rpc, w["a"]["tenant"], f"SELECT {keyword}")
+        assert exc.data["layer"] == "gate" and keyword.upper() in exc.message
+
+
+# statement -> its rows: what a tenant writes over its views must keep working
+BENIGN = {
+    "SELECT version, pg_typeof(version)::text FROM nodes WHERE (data->>'n')::int = 0":
+        [[1, "integer"]],
+    "SELECT pg_column_size(1::int8), pg_size_pretty(2048::bigint), pg_size_bytes('1 kB')":
+        [[8, "2048 bytes", 1024]],
+    "SELECT COLLATION FOR ('x'::text)": [['"default"']],
+    "SELECT to_tsvector('english', 'cats')::text, to_tsquery('english'::regconfig, 'cat')"
+    "::text": [["'cat':1", "'cat'"]],
+    "SELECT data->>'pg_class' AS \"user\", 'pg_catalog.pg_settings' AS \"schema\" "
+    "FROM nodes WHERE (data->>'n')::int = 0": [[None, "pg_catalog.pg_settings"]],
+    "SELECT count(*) FROM nodes n JOIN node_types t ON t.id = n.node_type_id "
+    "LEFT JOIN relationships r ON r.source_node_id = n.id": [[5]],
+}
+
+
+async def test_benign_queries_over_the_views_keep_working(rpc):
+    w = await make_world(rpc)
+    for sql, rows in BENIGN.items():
+        result = await query(rpc, w["a"]["tenant"], sql)
+        assert result["rows"] == rows, sql
+
+
+async def test_result_columns_of_many_types_are_read(rpc):
+    """asyncpg looks up types it does not know (arrays, records, multiranges) in the catalog;
+    it does so as the server's role, before the switch to the query role, which can no longer
+    read pg_type."""
+    w = await make_world(rpc)
+    result = await query(rpc, w["a"]["tenant"], """
+        SELECT data, data::json AS j, ARRAY[data] AS docs, 1.5::numeric AS num,
+               ARRAY[1.5::numeric] AS nums, id, ARRAY[id] AS ids, int4range(1, 3) AS r,
+               ARRAY[int4range(1, 3)] AS rs, tstzrange(created_at, updated_at, '[]') AS span,
+               ROW(1, 'x') AS rec, ARRAY[ROW(1, 'x')] AS recs, '1 day'::interval AS i,
+               'a b'::tsvector AS tv, B'101' AS bits, '{"a": [1]}'::jsonb #> '{a}' AS path,
+               ARRAY['a', NULL]::text[] AS texts, int4multirange(int4range(1, 3)) AS mr,
+               ARRAY['$.a'::jsonpath] AS paths, '1 2'::int2vector AS vec
+        FROM nodes WHERE (data->>'n')::int = 0""")
+    types = {c["name"]: c["type"] for c in result["columns"]}
+    assert types["docs"] == "jsonb[]" and types["nums"] == "numeric[]"
+    assert types["ids"] == "uuid[]" and types["rs"] == "int4range[]"
+    row = dict(zip(types, result["rows"][0]))
+    assert row["data"]["n"] == 0 and row["j"]["n"] == 0 and row["docs"][0]["n"] == 0
+    assert row["nums"] == [1.5] and row["recs"] == [[1, "x"]] and row["texts"] == ["a", None]
+
+
+@pytest.fixture
+def migrated_scratch_database(pg_server_url):
+    with fresh_database(pg_server_url) as url:
+        yield url
+
+
+@pytest.mark.parametrize("grant", [
+    "GRANT SELECT ON pg_catalog.pg_settings TO flexdb_query",
+    "GRANT SELECT (reltuples) ON pg_catalog.pg_class TO PUBLIC",
+    "GRANT EXECUTE ON FUNCTION pg_catalog.version() TO PUBLIC",
+    "GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_get_live_tuples(oid) TO flexdb_query",
+    "GRANT USAGE ON SCHEMA information_schema TO PUBLIC",
+])
+async def test_tenant_sql_is_disabled_while_the_query_role_can_read_the_server(
+        migrated_scratch_database, grant):
+    """The server checks the database against the gate's own lists at start: what the gate
+    refuses must be out of the query role's reach, or execute_query is not served."""
+    conn = await asyncpg.connect(migrated_scratch_database)
+    try:
+        await migrate(conn)
+        assert await setup_problems(conn) == []
+        await conn.execute(grant)
+        problems = await setup_problems(conn)
+        assert len(problems) == 1 and "flexdb_query can still reach" in problems[0]
+    finally:
+        await conn.close()
