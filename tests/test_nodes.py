@@ -401,11 +401,24 @@ async def test_update_node_with_invalid_data_changes_nothing(rpc, tenant, node_t
     assert await get_node(rpc, tenant["id"], node["id"]) == node
 
 
-async def test_update_node_requires_data(rpc, tenant, node_type):
+async def test_update_node_without_data_leaves_it_unchanged(rpc, tenant, node_type):
+    """flex-db's `data` is optional: the node stays as it is (no write, no audit event),
+    and expected_version and a missing node answer as for any update."""
     node = await make_node(rpc, tenant["id"], node_type["id"], {"name": "Ada"})
-    with pytest.raises(InvalidParams) as exc:
-        await rpc.call("update_node", {"tenant_id": tenant["id"], "id": node["id"]})
-    assert error_fields(exc) == ["data"]
+    args = {"tenant_id": tenant["id"], "id": node["id"]}
+    assert (await rpc.call("update_node", args))["node"] == node
+    assert (await rpc.call("update_node", {**args, "data": None, "expected_version": 1}))[
+        "node"] == node
+    with pytest.raises(Conflict) as exc:
+        await rpc.call("update_node", {**args, "expected_version": 2})
+    assert exc.value.type == "version_conflict"
+    with pytest.raises(NotFound) as missing:
+        await rpc.call("update_node", {**args, "id": missing_id()})
+    assert missing.value.data["kind"] == "node"
+    assert await get_node(rpc, tenant["id"], node["id"]) == node
+    trail = (await rpc.call("list_audit_events", {"tenant_id": tenant["id"],
+                                                  "target_id": node["id"]}))["audit_events"]
+    assert [e["method"] for e in trail] == ["create_node"]
 
 
 async def test_update_missing_node_is_not_found(rpc, tenant):

@@ -33,7 +33,7 @@ class NodeId(Params):
 class UpdateNode(Params):
     id: Id
     tenant_id: Id
-    data: JsonObject
+    data: JsonObject | None = None  # omitted: the data stays as it is (as in flex-db)
     expected_version: Version | None = None
 
 
@@ -88,7 +88,10 @@ async def get_node(ctx, p: NodeId) -> dict:
 
 @rpc_method(UpdateNode, tenant_role("member"), result=results.NodeResult)
 async def update_node(ctx, p: UpdateNode) -> dict:
-    """Replace a node's data (validated); `expected_version` guards against lost updates."""
+    """Replace a node's data (validated); `expected_version` guards against lost updates.
+    Without `data` nothing changes: the node is answered as it is."""
+    if p.data is None:
+        return await unchanged_node(ctx, p)
     async with ctx.connection() as conn:
         await check_quota(ctx, conn, p.tenant_id, 0, [p.data])
         for _ in range(WRITE_ATTEMPTS):
@@ -108,6 +111,16 @@ async def update_node(ctx, p: UpdateNode) -> dict:
             # Something changed in between (the node, its version, or its node type's
             # schema): look again.
     raise node_type_kept_changing(current["node_type_id"])
+
+
+async def unchanged_node(ctx, p: UpdateNode) -> dict:
+    """update_node without data: no write and no audit event, but the same answers (the
+    node, NotFound, or a version conflict)."""
+    async with ctx.connection() as conn:
+        row = await NodeRepository(conn).get(p.tenant_id, p.id)
+    if p.expected_version is not None and row["version"] != p.expected_version:
+        raise VersionConflict("node", p.id, p.expected_version, row["version"])
+    return {"node": ctx.shaper.one(row)}
 
 
 async def check_nodes(ctx, nodes: list[NodeInput], node_types: dict) -> None:
