@@ -16,6 +16,7 @@ from rpc_server.client import Conflict, FlexDBClient, Forbidden, InvalidParams, 
 
 from .conftest import running_server
 from .test_auth import World, new_user
+from .test_pipelines import make_pipeline, run
 
 PLATFORM = "00000000-0000-0000-0000-000000000000"
 
@@ -43,7 +44,7 @@ async def test_each_change_has_one_event_with_actor_target_and_request_id(server
         assert event["outcome"] == "ok" and event["request_id"] == "audit-probe-42"
         assert event["actor_user_id"] == member["id"] and event["actor_key_id"]
         assert "x" * 50 not in str(event["summary"])  # documents are reduced to their size
-    assert mine[0]["summary"]["data"] == "<dict of 1>"
+    assert mine[0]["summary"]["data"] == "<dict 1 keys>"
     by_target = await events(rpc, world.tid, target_id=node["id"], method="update_node")
     assert [e["id"] for e in by_target] == [mine[1]["id"]]
 
@@ -69,6 +70,61 @@ async def test_secrets_never_reach_the_trail(rpc):
     trail = await events(rpc, PLATFORM, target_id=created["api_key"]["id"])
     assert [e["method"] for e in trail] == ["create_api_key"]
     assert created["secret"] not in str(trail)
+
+
+async def stored_summaries(database_url, tenant_id: str) -> str:
+    """Every summary text the database holds for the tenant, chained or still pending."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch("SELECT summary FROM audit_events WHERE tenant_id = $1 UNION ALL "
+                                "SELECT summary FROM audit_pending WHERE tenant_id = $1",
+                                uuid.UUID(tenant_id))
+    finally:
+        await conn.close()
+    return "\n".join(r["summary"] for r in rows)
+
+
+async def test_nested_secrets_in_pipeline_input_never_reach_the_trail(rpc, database_url):
+    world = await World.build(rpc)
+    pipeline = await make_pipeline(rpc, world.tid)
+    secrets = [f"s3cret-{i}-{uuid.uuid4().hex}" for i in range(8)]
+    run_input = {
+        "db_password": secrets[0],
+        "accounts": [{"name": "kept-name", "headers": {"X-Api-Key": secrets[1],
+                                                       "Cookie": secrets[2]}}],
+        "auth": {"Authorization": f"Bearer {secrets[3]}", "refresh-token": secrets[4],
+                 "levels": [[{"PRIVATE_KEY": secrets[5]}]]},
+        "Credentials": {"user": "u", "pass": secrets[6]},  # the whole object is a secret
+        "access_token": secrets[7],
+    }
+    await run(rpc, world.tid, pipeline["id"], run_input)
+    [event] = await events(rpc, world.tid, method="run_pipeline")
+    listed, stored = json.dumps(event), await stored_summaries(database_url, world.tid)
+    for secret in secrets:
+        assert secret not in listed and secret not in stored
+    summary = event["summary"]["input"]
+    assert summary["db_password"] == summary["access_token"] == "[redacted]"
+    assert summary["accounts"] == [{"name": "kept-name", "headers": {
+        "X-Api-Key": "[redacted]", "Cookie": "[redacted]"}}]  # what is no secret is kept
+    assert summary["auth"]["levels"] == [[{"PRIVATE_KEY": "[redacted]"}]]
+    assert summary["Credentials"] == "[redacted]"
+
+
+async def test_large_params_are_kept_as_their_size(rpc, database_url):
+    world = await World.build(rpc)
+    pipeline = await make_pipeline(rpc, world.tid)
+    marker = uuid.uuid4().hex
+    run_input = {"text": marker * 400, "rows": list(range(5000)),
+                 "wide": {f"{marker}-{i}": i for i in range(2000)},
+                 "many": [{f"{marker}-{i}-{j}": "v" * 150 for j in range(40)} for i in range(40)]}
+    await run(rpc, world.tid, pipeline["id"], run_input)
+    [event] = await events(rpc, world.tid, method="run_pipeline")
+    summary = event["summary"]["input"]
+    assert summary["text"] == "<str 12,800 chars>"
+    assert summary["rows"] == "<list 5,000 items>"
+    assert summary["wide"] == "<dict 2,000 keys>"
+    assert len(await stored_summaries(database_url, world.tid)) < 6000  # bounded in total
+    assert json.dumps(summary["many"]).endswith('more items>"]')
 
 
 async def test_the_database_refuses_to_change_or_delete_events(rpc, database_url):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
+import uuid
 
+import asyncpg
 import pytest
 
 from rpc_server.client import Conflict, InvalidParams, NotFound
@@ -398,11 +401,24 @@ async def test_update_node_with_invalid_data_changes_nothing(rpc, tenant, node_t
     assert await get_node(rpc, tenant["id"], node["id"]) == node
 
 
-async def test_update_node_requires_data(rpc, tenant, node_type):
+async def test_update_node_without_data_leaves_it_unchanged(rpc, tenant, node_type):
+    """flex-db's `data` is optional: the node stays as it is (no write, no audit event),
+    and expected_version and a missing node answer as for any update."""
     node = await make_node(rpc, tenant["id"], node_type["id"], {"name": "Ada"})
-    with pytest.raises(InvalidParams) as exc:
-        await rpc.call("update_node", {"tenant_id": tenant["id"], "id": node["id"]})
-    assert error_fields(exc) == ["data"]
+    args = {"tenant_id": tenant["id"], "id": node["id"]}
+    assert (await rpc.call("update_node", args))["node"] == node
+    assert (await rpc.call("update_node", {**args, "data": None, "expected_version": 1}))[
+        "node"] == node
+    with pytest.raises(Conflict) as exc:
+        await rpc.call("update_node", {**args, "expected_version": 2})
+    assert exc.value.type == "version_conflict"
+    with pytest.raises(NotFound) as missing:
+        await rpc.call("update_node", {**args, "id": missing_id()})
+    assert missing.value.data["kind"] == "node"
+    assert await get_node(rpc, tenant["id"], node["id"]) == node
+    trail = (await rpc.call("list_audit_events", {"tenant_id": tenant["id"],
+                                                  "target_id": node["id"]}))["audit_events"]
+    assert [e["method"] for e in trail] == ["create_node"]
 
 
 async def test_update_missing_node_is_not_found(rpc, tenant):
@@ -563,6 +579,97 @@ async def test_concurrent_updates_with_the_same_expected_version_exactly_one_win
     assert all(isinstance(e, Conflict) and e.type == "version_conflict" for e in losers), losers
     assert await get_node(rpc, tenant["id"], node["id"]) == winners[0]
     assert winners[0]["version"] == 2
+
+
+# ---------------------------------------------------------------- schema changes racing writes
+
+TIGHT = {"type": "object", "required": ["tight"]}
+
+
+async def commit_time_probe(conn, tenant_id: str) -> str:
+    """A table that gets the id of every node of the tenant which, when its transaction
+    commits, lacks "tight" while its node type's committed schema requires it: a node
+    stored against a schema version no longer current at commit. (A deferred trigger, run
+    at commit; each of its statements sees what has committed by then.) Returns its name."""
+    name = f"probe_{uuid.uuid4().hex[:12]}"
+    await conn.execute(f"""
+        CREATE TABLE {name} (node_id uuid);
+        CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF NOT NEW.data ? 'tight' AND EXISTS (
+                    SELECT 1 FROM node_types WHERE tenant_id = NEW.tenant_id
+                    AND id = NEW.node_type_id AND schema -> 'required' ? 'tight') THEN
+                INSERT INTO {name} VALUES (NEW.id);
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE CONSTRAINT TRIGGER {name} AFTER INSERT ON nodes
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+            WHEN (NEW.tenant_id = '{tenant_id}') EXECUTE FUNCTION {name}();""")
+    return name
+
+
+async def drop_probe(conn, name: str) -> None:
+    await conn.execute(f"DROP TRIGGER {name} ON nodes; DROP FUNCTION {name}(); "
+                       f"DROP TABLE {name}")
+
+
+async def test_create_nodes_never_commits_against_a_schema_tightened_meanwhile(
+        rpc, database_url):
+    """update_node_type requiring "tight" while create_nodes of nodes without it runs:
+    the bulk either commits before the change (its nodes were valid then) or is refused
+    as invalid params, never committed after it."""
+    tenant = await make_tenant(rpc)
+    tid = tenant["id"]
+    batch = [{"data": {"label": f"n{i}", "values": list(range(20))}} for i in range(1000)]
+    conn = await asyncpg.connect(database_url)
+    probe = await commit_time_probe(conn, tid)
+    try:
+        outcomes = []
+        for round_ in range(8):
+            node_type = await make_node_type(rpc, tid, schema={"type": "object"})
+            nodes = [{"node_type_id": node_type["id"], **item} for item in batch]
+            started = time.perf_counter()
+            bulk = asyncio.create_task(rpc.call("create_nodes", {"tenant_id": tid,
+                                                                 "nodes": nodes}))
+            await asyncio.sleep(0.02 * round_)  # the change lands at a different point each time
+            await rpc.call("update_node_type", {"tenant_id": tid, "id": node_type["id"],
+                                                "schema": TIGHT})
+            try:
+                await bulk
+                outcomes.append(("created", round(time.perf_counter() - started, 3)))
+            except InvalidParams as exc:
+                assert exc.data["errors"][0]["field"] == "nodes.0.data.tight"
+                outcomes.append(("refused", round(time.perf_counter() - started, 3)))
+        stale = await conn.fetchval(f"SELECT count(*) FROM {probe}")
+        assert stale == 0, outcomes
+        assert "refused" in {outcome for outcome, _ in outcomes}, outcomes  # the race was run
+    finally:
+        await drop_probe(conn, probe)
+        await conn.close()
+
+
+async def test_create_node_never_commits_against_a_schema_tightened_meanwhile(
+        rpc, database_url):
+    """create_node's checked INSERT: the same guarantee, one node at a time."""
+    tenant = await make_tenant(rpc)
+    tid = tenant["id"]
+    conn = await asyncpg.connect(database_url)
+    probe = await commit_time_probe(conn, tid)
+    try:
+        for _ in range(5):
+            node_type = await make_node_type(rpc, tid, schema={"type": "object"})
+            creates = [rpc.call("create_node", {"tenant_id": tid, "node_type_id": node_type["id"],
+                                                "data": {"n": i}}) for i in range(40)]
+            tighten = rpc.call("update_node_type", {"tenant_id": tid, "id": node_type["id"],
+                                                    "schema": TIGHT})
+            results = await asyncio.gather(*creates[:20], tighten, *creates[20:],
+                                           return_exceptions=True)
+            assert all(isinstance(r, (dict, InvalidParams)) for r in results), results
+        assert await conn.fetchval(f"SELECT count(*) FROM {probe}") == 0
+    finally:
+        await drop_probe(conn, probe)
+        await conn.close()
 
 
 # ---------------------------------------------------------------- U+0000

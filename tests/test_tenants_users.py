@@ -8,9 +8,10 @@ import uuid
 import asyncpg
 import pytest
 
-from rpc_server.client import Conflict, InvalidParams, NotFound
+from rpc_server.client import Conflict, FlexDBClient, Forbidden, InvalidParams, NotFound
 
 from .conftest import error_fields, missing_id, own_user_id, unique
+from .test_auth import World
 
 
 # ---------------------------------------------------------------- helpers
@@ -341,14 +342,53 @@ async def test_bad_role_is_invalid_params(rpc, tenant, role):
     assert await members(rpc, tenant["id"]) == {}
 
 
-async def test_duplicate_membership_is_a_conflict(rpc, tenant):
+async def test_adding_a_member_again_changes_the_role(rpc, tenant):
+    """flex-db upserts: a second add_user_to_tenant sets the role (with its audit event)."""
     user = await make_user(rpc)
     args = {"tenant_id": tenant["id"], "user_id": user["id"]}
-    await rpc.call("add_user_to_tenant", {**args, "role": "admin"})
-    with pytest.raises(Conflict) as exc:
-        await rpc.call("add_user_to_tenant", {**args, "role": "viewer"})
-    assert exc.value.data["type"] == "conflict" and exc.value.data["field"] == "user_id"
-    assert await members(rpc, tenant["id"]) == {user["id"]: "admin"}
+    first = (await rpc.call("add_user_to_tenant", {**args, "role": "admin"}))["tenant_user"]
+    again = (await rpc.call("add_user_to_tenant", {**args, "role": "viewer"}))["tenant_user"]
+    assert again["role"] == "viewer" and again["created_at"] == first["created_at"]
+    assert await members(rpc, tenant["id"]) == {user["id"]: "viewer"}
+    trail = (await rpc.call("list_audit_events", {"tenant_id": tenant["id"],
+                                                  "method": "add_user_to_tenant"}))["audit_events"]
+    assert [(e["target_id"], e["summary"]["role"]) for e in trail] == [
+        (user["id"], "admin"), (user["id"], "viewer")]
+
+
+async def test_adding_a_member_again_keeps_the_role_rules(server, rpc):
+    world = await World.build(rpc)
+    owner, member = world.users["owner"]["id"], world.users["member"]["id"]
+    async with FlexDBClient(server.url, api_key=world.keys["admin"]) as admin:
+        with pytest.raises(Forbidden) as exc:  # an admin demoting the owner
+            await admin.call("add_user_to_tenant", {"tenant_id": world.tid, "user_id": owner,
+                                                    "role": "viewer"})
+        assert "cannot change a member with the owner role" in exc.value.message
+        with pytest.raises(Forbidden) as exc:  # an admin promoting a member to owner
+            await admin.call("add_user_to_tenant", {"tenant_id": world.tid, "user_id": member,
+                                                    "role": "owner"})
+        assert "cannot grant the owner role" in exc.value.message
+    me = await own_user_id(rpc)  # the platform admin created the tenant: an owner too
+    await rpc.call("remove_user_from_tenant", {"tenant_id": world.tid, "user_id": me})
+    async with FlexDBClient(server.url, api_key=world.keys["owner"]) as o:
+        with pytest.raises(Conflict) as exc:  # the last owner demoting themselves
+            await o.call("add_user_to_tenant", {"tenant_id": world.tid, "user_id": owner,
+                                                "role": "admin"})
+        assert "at least one owner" in exc.value.message
+    assert (await members(rpc, world.tid))[owner] == "owner"
+    assert (await members(rpc, world.tid))[member] == "member"
+
+
+async def test_a_role_changed_by_adding_again_applies_to_the_next_call(server, rpc):
+    world = await World.build(rpc)
+    member = world.users["member"]["id"]
+    async with FlexDBClient(server.url, api_key=world.keys["member"]) as m:
+        await m.call("create_node", {"tenant_id": world.tid, "node_type_id": world.nt["id"]})
+        await rpc.call("add_user_to_tenant", {"tenant_id": world.tid, "user_id": member,
+                                              "role": "viewer"})
+        with pytest.raises(Forbidden) as exc:
+            await m.call("create_node", {"tenant_id": world.tid, "node_type_id": world.nt["id"]})
+        assert exc.value.data["required_role"] == "member"
 
 
 async def test_add_to_missing_tenant_is_not_found(rpc):
@@ -483,11 +523,10 @@ async def test_concurrent_creates_with_one_slug_exactly_one_wins(rpc):
     assert all(isinstance(e, Conflict) and e.data["field"] == "slug" for e in losers), losers
 
 
-async def test_concurrent_duplicate_memberships_exactly_one_wins(rpc, tenant):
+async def test_concurrent_adds_of_one_user_make_one_membership(rpc, tenant):
     user = await make_user(rpc)
     results = await asyncio.gather(*(
         rpc.call("add_user_to_tenant", {"tenant_id": tenant["id"], "user_id": user["id"]})
         for _ in range(10)), return_exceptions=True)
-    assert sum(isinstance(r, dict) for r in results) == 1, results
-    assert all(isinstance(r, Conflict) for r in results if not isinstance(r, dict)), results
+    assert all(isinstance(r, dict) for r in results), results
     assert await members(rpc, tenant["id"]) == {user["id"]: "member"}

@@ -33,7 +33,7 @@ class NodeId(Params):
 class UpdateNode(Params):
     id: Id
     tenant_id: Id
-    data: JsonObject
+    data: JsonObject | None = None  # omitted: the data stays as it is (as in flex-db)
     expected_version: Version | None = None
 
 
@@ -88,7 +88,10 @@ async def get_node(ctx, p: NodeId) -> dict:
 
 @rpc_method(UpdateNode, tenant_role("member"), result=results.NodeResult)
 async def update_node(ctx, p: UpdateNode) -> dict:
-    """Replace a node's data (validated); `expected_version` guards against lost updates."""
+    """Replace a node's data (validated); `expected_version` guards against lost updates.
+    Without `data` nothing changes: the node is answered as it is."""
+    if p.data is None:
+        return await unchanged_node(ctx, p)
     async with ctx.connection() as conn:
         await check_quota(ctx, conn, p.tenant_id, 0, [p.data])
         for _ in range(WRITE_ATTEMPTS):
@@ -108,6 +111,30 @@ async def update_node(ctx, p: UpdateNode) -> dict:
             # Something changed in between (the node, its version, or its node type's
             # schema): look again.
     raise node_type_kept_changing(current["node_type_id"])
+
+
+async def unchanged_node(ctx, p: UpdateNode) -> dict:
+    """update_node without data: no write and no audit event, but the same answers (the
+    node, NotFound, or a version conflict)."""
+    async with ctx.connection() as conn:
+        row = await NodeRepository(conn).get(p.tenant_id, p.id)
+    if p.expected_version is not None and row["version"] != p.expected_version:
+        raise VersionConflict("node", p.id, p.expected_version, row["version"])
+    return {"node": ctx.shaper.one(row)}
+
+
+async def check_nodes(ctx, nodes: list[NodeInput], node_types: dict) -> None:
+    """Each node's type exists and its data satisfies that type's schema."""
+    checks = []
+    for index, node in enumerate(nodes):
+        node_type = node_types.get(node.node_type_id)
+        if node_type is None:
+            raise NotFound("node_type", node.node_type_id, index=index,
+                           message=f"nodes.{index}: node_type not found")
+        checks.append((node_type, node.data, f"nodes.{index}.data", {"index": index}))
+    errors = await ctx.validators.errors_of_many(checks)
+    if errors:
+        raise InvalidParams(errors=errors)
 
 
 async def check_data(ctx, node_type, data: dict) -> None:
@@ -150,17 +177,15 @@ async def create_nodes(ctx, p: CreateNodes) -> dict:
             return {"nodes": []}
         await check_quota(ctx, conn, p.tenant_id, len(p.nodes), [n.data for n in p.nodes])
         type_ids = list({n.node_type_id for n in p.nodes})
-        node_types = await NodeTypeRepository(conn).get_many(p.tenant_id, type_ids)
-        checks = []
-        for index, node in enumerate(p.nodes):
-            node_type = node_types.get(node.node_type_id)
-            if node_type is None:
-                raise NotFound("node_type", node.node_type_id, index=index,
-                               message=f"nodes.{index}: node_type not found")
-            checks.append((node_type, node.data, f"nodes.{index}.data", {"index": index}))
-        errors = await ctx.validators.errors_of_many(checks)
-        if errors:
-            raise InvalidParams(errors=errors)
+        types = NodeTypeRepository(conn)
+        node_types = await types.get_many(p.tenant_id, type_ids)
+        await check_nodes(ctx, p.nodes, node_types)
+        # As create_node's checked INSERT: no node is stored against a node type version
+        # that is not current at commit. The lock makes update_node_type wait for this
+        # commit; a node type that changed while the data was validated is validated again.
+        versions = {type_id: row["version"] for type_id, row in node_types.items()}
+        if await types.lock_versions(p.tenant_id, type_ids) != versions:
+            await check_nodes(ctx, p.nodes, await types.get_many(p.tenant_id, type_ids))
         ids = uuid7_sequence(len(p.nodes))
         rows = await NodeRepository(conn).create_many(
             p.tenant_id, ids, [n.node_type_id for n in p.nodes], [n.data for n in p.nodes])

@@ -130,11 +130,15 @@ async def list_users(ctx, p: ListUsers) -> dict:
 
 @rpc_method(AddUserToTenant, tenant_role("admin"), result=results.TenantUserResult)
 async def add_user_to_tenant(ctx, p: AddUserToTenant) -> dict:
-    """Make a user a member of a tenant with a role (owner, admin, member, viewer)."""
+    """Make a user a member of a tenant with a role (owner, admin, member, viewer); for a
+    member already, change the role as update_tenant_user_role does (flex-db upserts)."""
     await require_rank(ctx, p.tenant_id, p.role, "grant")
     ctx.set_target("tenant_user", p.user_id)
     async with ctx.transaction() as conn:
-        row = await MembershipRepository(conn).add(p.tenant_id, p.user_id, p.role)
+        members = MembershipRepository(conn)
+        row = await members.add_if_absent(p.tenant_id, p.user_id, p.role)
+        if row is None:
+            row = await change_role(ctx, members, p.tenant_id, p.user_id, p.role)
     ctx.state.auth.forget_membership(p.user_id, p.tenant_id)
     return {"tenant_user": ctx.shaper.one(row)}
 
@@ -146,13 +150,18 @@ async def update_tenant_user_role(ctx, p: UpdateTenantUserRole) -> dict:
     await require_rank(ctx, p.tenant_id, p.role, "grant")
     ctx.set_target("tenant_user", p.user_id)
     async with ctx.transaction() as conn:
-        members = MembershipRepository(conn)
-        current = await lock_member(ctx, members, p.tenant_id, p.user_id, "change a member with")
-        if p.role != "owner":
-            await keep_an_owner(members, p.tenant_id, current)
-        row = await members.set_role(p.tenant_id, p.user_id, p.role)
+        row = await change_role(ctx, MembershipRepository(conn), p.tenant_id, p.user_id, p.role)
     ctx.state.auth.forget_membership(p.user_id, p.tenant_id)
     return {"tenant_user": ctx.shaper.one(row)}
+
+
+async def change_role(ctx, members: MembershipRepository, tenant_id, user_id, role: str):
+    """Set a member's role, if the caller may act on the member's current one and the
+    tenant keeps an owner (the caller's right to grant `role` is checked already)."""
+    current = await lock_member(ctx, members, tenant_id, user_id, "change a member with")
+    if role != "owner":
+        await keep_an_owner(members, tenant_id, current)
+    return await members.set_role(tenant_id, user_id, role)
 
 
 @rpc_method(TenantUserId, tenant_role("admin"), result=results.Deleted)

@@ -90,7 +90,7 @@ class AuditRepository(Repository):
             "ON CONFLICT (tenant_id) DO UPDATE SET seq = audit_chain_heads.seq "
             "RETURNING seq, hash", tenant_id, audit.GENESIS)
         rows = await self.conn.fetch(
-            "DELETE FROM audit_pending WHERE pending_id = ANY(ARRAY("
+            "DELETE FROM audit_pending WHERE tenant_id = $1 AND pending_id = ANY(ARRAY("
             "SELECT pending_id FROM audit_pending WHERE tenant_id = $1 ORDER BY pending_id "
             "LIMIT $2)) RETURNING *", tenant_id, limit)
         if not rows:

@@ -32,6 +32,14 @@ class NodeTypeRepository(Repository):
             tenant_id, ids)
         return {r["id"]: r for r in rows}
 
+    async def lock_versions(self, tenant_id: UUID, ids: list[UUID]) -> dict[UUID, int]:
+        """The node types' current versions, share-locked until the transaction ends: an
+        update_node_type of one of them waits for its commit."""
+        rows = await self.conn.fetch(
+            "SELECT id, version FROM node_types WHERE tenant_id = $1 AND id = ANY($2::uuid[]) "
+            "ORDER BY id FOR SHARE", tenant_id, ids)
+        return {r["id"]: r["version"] for r in rows}
+
     async def update(self, tenant_id: UUID, node_type_id: UUID, changes: dict,
                      expected_version: int | None) -> asyncpg.Record:
         return await self._update((tenant_id, node_type_id), changes, expected_version)

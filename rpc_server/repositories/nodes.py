@@ -32,18 +32,23 @@ class NodeRepository(Repository):
     size_sql = "octet_length(data)"
 
     # Writes checked against the node type version the data was validated against: they
-    # touch no row when the node type has changed since (or is gone). For Call.write.
+    # touch no row when the node type has changed since (or is gone). The node type stays
+    # share-locked until commit, so an update_node_type that commits in between waits for
+    # it instead of leaving a node checked against a version no longer current. For
+    # Call.write.
     # $1 tenant, $2 node id, $3 node type, $4 data, $5 node type version.
     INSERT_CHECKED = (
         "INSERT INTO nodes (tenant_id, id, node_type_id, data) "
         "SELECT $1::uuid, $2::uuid, $3::uuid, $4::jsonb WHERE EXISTS (SELECT 1 FROM node_types "
-        "WHERE tenant_id = $1 AND id = $3 AND version = $5::int) RETURNING " + read_columns)
+        "WHERE tenant_id = $1 AND id = $3 AND version = $5::int FOR SHARE) "
+        "RETURNING " + read_columns)
     # ... and $6 the expected node version (NULL: any).
     UPDATE_CHECKED = (
         "UPDATE nodes SET data = $4::jsonb, updated_at = now(), version = version + 1 "
         "WHERE tenant_id = $1::uuid AND id = $2::uuid AND node_type_id = $3::uuid "
         "AND ($6::int IS NULL OR version = $6::int) AND EXISTS (SELECT 1 FROM node_types "
-        "WHERE tenant_id = $1 AND id = $3 AND version = $5::int) RETURNING " + read_columns)
+        "WHERE tenant_id = $1 AND id = $3 AND version = $5::int FOR SHARE) "
+        "RETURNING " + read_columns)
 
     async def create_many(self, tenant_id: UUID, ids: list[UUID], node_type_ids: list[UUID],
                           datas: list[dict]) -> list[asyncpg.Record]:

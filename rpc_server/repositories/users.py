@@ -48,6 +48,14 @@ class MembershipRepository(Repository):
             f"INSERT INTO tenant_users (tenant_id, user_id, role) VALUES ($1, $2, $3) "
             f"RETURNING {self.columns}", tenant_id, user_id, role)
 
+    async def add_if_absent(self, tenant_id: UUID, user_id: UUID, role: str
+                            ) -> asyncpg.Record | None:
+        """The new membership, or None when the user is a member already."""
+        return await self.conn.fetchrow(
+            f"INSERT INTO tenant_users (tenant_id, user_id, role) VALUES ($1, $2, $3) "
+            f"ON CONFLICT (tenant_id, user_id) DO NOTHING RETURNING {self.columns}",
+            tenant_id, user_id, role)
+
     async def get(self, tenant_id: UUID, user_id: UUID) -> asyncpg.Record:
         return await self._require(tenant_id, user_id)
 
