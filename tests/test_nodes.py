@@ -643,8 +643,53 @@ async def test_create_nodes_never_commits_against_a_schema_tightened_meanwhile(
                 outcomes.append(("refused", round(time.perf_counter() - started, 3)))
         stale = await conn.fetchval(f"SELECT count(*) FROM {probe}")
         assert stale == 0, outcomes
-        assert "refused" in {outcome for outcome, _ in outcomes}, outcomes  # the race was run
     finally:
+        await drop_probe(conn, probe)
+        await conn.close()
+
+
+async def waiting_on_a_lock(conn, statement_start: str) -> bool:
+    return await conn.fetchval(
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+        "AND query LIKE $1", statement_start + "%")
+
+
+async def test_create_nodes_held_at_its_insert_while_the_schema_is_tightened(
+        rpc, database_url):
+    """The race made certain: the test holds create_nodes at its INSERT (a lock on the
+    nodes table), after its documents were validated, and tightens the schema then. The
+    change must wait for the bulk's commit (or the bulk must be refused); a node committed
+    against the old version after the new one committed is what the probe catches."""
+    tenant = await make_tenant(rpc)
+    tid = tenant["id"]
+    node_type = await make_node_type(rpc, tid, schema={"type": "object"})
+    nodes = [{"node_type_id": node_type["id"], "data": {"label": f"n{i}"}} for i in range(50)]
+    conn = await asyncpg.connect(database_url)
+    probe = await commit_time_probe(conn, tid)
+    blocker = await asyncpg.connect(database_url)
+    try:
+        holding = blocker.transaction()
+        await holding.start()
+        await blocker.execute("LOCK TABLE nodes IN SHARE MODE")
+        bulk = asyncio.create_task(rpc.call("create_nodes", {"tenant_id": tid, "nodes": nodes}))
+        for _ in range(500):
+            if await waiting_on_a_lock(conn, "INSERT INTO nodes"):
+                break
+            await asyncio.sleep(0.02)
+        else:
+            pytest.fail("create_nodes never reached its INSERT")
+        tighten = asyncio.create_task(rpc.call("update_node_type", {
+            "tenant_id": tid, "id": node_type["id"], "schema": TIGHT}))
+        for _ in range(500):  # the change commits (the defect) or waits for the bulk
+            if tighten.done() or await waiting_on_a_lock(conn, "UPDATE node_types"):
+                break
+            await asyncio.sleep(0.02)
+        await holding.rollback()
+        created, tightened = await asyncio.gather(bulk, tighten, return_exceptions=True)
+        assert not isinstance(tightened, Exception), tightened
+        assert await conn.fetchval(f"SELECT count(*) FROM {probe}") == 0, created
+    finally:
+        await blocker.close()
         await drop_probe(conn, probe)
         await conn.close()
 
