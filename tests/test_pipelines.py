@@ -220,8 +220,9 @@ BAD_CODE = {
     "underscore_name": ("def run(input, db):\n    return input.__class__\n", 2, 12, "_"),
     "underscore_variable": ("def run(input, db):\n    _hidden = 1\n    return _hidden\n", 2,
                             5, "_hidden"),
-    "class_statement": ("class Thing:\n    pass\n\ndef run(input, db):\n    return 1\n", 1, 1,
-                        "class"),
+    "class_special_method": ("class Thing:\n    def __del__(self):\n        pass\n\n"
+                             "def run(input, db):\n    return 1\n", 2, 5,
+                             "special method '__del__' is not allowed"),
     "async_function": ("async def run(input, db):\n    return 1\n", 1, 1, "async"),
 }
 
