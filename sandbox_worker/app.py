@@ -72,7 +72,7 @@ def other_tenant_refusal(method: str, params: dict, run_tenant: str) -> dict | N
     """The error for a db call that names a tenant other than the run's (None when it names
     the run's own or none): refused, never quietly rewritten to the run's tenant."""
     named = params.get("tenant_id", run_tenant)
-    if _same_tenant(named, run_tenant):
+    if named == run_tenant or _same_tenant(named, run_tenant):
         return None
     message = (f"{method}: tenant_id names another tenant; a pipeline's db calls reach only "
                f"the tenant it runs in ({run_tenant}): leave tenant_id out or pass that id")
