@@ -252,15 +252,11 @@ FORMAT_METHODS = ("format", "format_map")
 
 def format_field_problem(text: str) -> str | None:
     """Why str.format must refuse `text` (a field with attribute access or indexing, also in
-    a nested format spec), or None. Malformed text is left to str.format's own error."""
+    a nested format spec), or None."""
     pending = [text]
     while pending:
-        try:
-            parts = list(string.Formatter().parse(pending.pop()))
-        except ValueError:
-            return None
-        for _, field, spec, _ in parts:
-            if field is not None and ("." in field or "[" in field):
+        for field, spec in _format_fields(pending.pop()):
+            if "." in field or "[" in field:
                 return (f"format field {{{field}}} is not allowed: str.format and format_map "
                         "take only plain fields ({}, {0}, {name}, with !r/!s/!a and a format "
                         "spec); attribute access and indexing in a field reach past the "
@@ -268,6 +264,19 @@ def format_field_problem(text: str) -> str | None:
             if spec:
                 pending.append(spec)
     return None
+
+
+def _format_fields(text: str):
+    """(field, format spec) of each replacement field, in order, up to where the text is
+    malformed: str.format formats the fields before that place, then stops with its error."""
+    parts = string.Formatter().parse(text)
+    while True:
+        try:
+            _, field, spec, _ = next(parts)
+        except (StopIteration, ValueError):
+            return
+        if field is not None:
+            yield field, spec
 
 
 def _checked_format(owner, name: str):

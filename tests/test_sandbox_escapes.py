@@ -381,6 +381,7 @@ RUNTIME_REFUSED = [
     ("format_nested_spec", "s = '{0:{1.__class__}}'\nreturn s.format(1, 2)", FORMAT_REFUSED),
     ("format_deeply_nested", "s = '{0:{1:{2.real}}}'\nreturn s.format(1, 2, 3)",
      FORMAT_REFUSED),
+    ("format_then_malformed", "s = '{0.__class__.__nope}{'\nreturn s.format(1)", FORMAT_REFUSED),
     ("format_bound_kept", "f = '{0.__class__}'.format\nreturn f(1)", FORMAT_REFUSED),
     ("format_method_on_subclass", "class A(str):\n    pass\nreturn A('{0.real}').format(1)",
      CLASS_BASE_REFUSED),
