@@ -27,8 +27,8 @@ import re
 import statistics
 import string
 import sys
-from dataclasses import dataclass
 from builtins import __build_class__ as python_build_class
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 from RestrictedPython import compile_restricted_exec, safe_builtins
