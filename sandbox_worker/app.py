@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 
 import orjson
 from aiohttp import web
@@ -67,6 +68,26 @@ def _job_from(body: bytes) -> dict:
         raise web.HTTPBadRequest(text="bad job") from None
 
 
+def other_tenant_refusal(method: str, params: dict, run_tenant: str) -> dict | None:
+    """The error for a db call that names a tenant other than the run's (None when it names
+    the run's own or none): refused, never quietly rewritten to the run's tenant."""
+    named = params.get("tenant_id", run_tenant)
+    if named == run_tenant or _same_tenant(named, run_tenant):
+        return None
+    message = (f"{method}: tenant_id names another tenant; a pipeline's db calls reach only "
+               f"the tenant it runs in ({run_tenant}): leave tenant_id out or pass that id")
+    return {"code": -32602, "message": message,
+            "data": {"type": "invalid_params",
+                     "errors": [{"field": "tenant_id", "message": message}]}}
+
+
+def _same_tenant(named, run_tenant: str) -> bool:
+    try:
+        return isinstance(named, str) and uuid.UUID(named) == uuid.UUID(run_tenant)
+    except ValueError:
+        return False
+
+
 async def handle_run(request: web.Request) -> web.Response:
     job = _job_from(await _signed_body(request))
     pool, client = request.app[POOL], request.app[CLIENT]
@@ -78,7 +99,10 @@ async def handle_run(request: web.Request) -> web.Response:
         if method not in DB_METHODS:
             return False, {"code": -32601, "message": f"db has no method {method!r}",
                            "data": {"type": "method_not_found"}}
-        params = {**params, "tenant_id": job["tenant_id"]}  # the run's tenant, always
+        refusal = other_tenant_refusal(method, params, job["tenant_id"])
+        if refusal:
+            return False, refusal
+        params = {**params, "tenant_id": job["tenant_id"]}
         try:
             return True, await client.call(method, params, headers=headers)
         except RpcError as exc:

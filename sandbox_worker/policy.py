@@ -4,9 +4,11 @@ and the only names user code can reach.
 User code never gets a real module object (json, re, datetime ... reach sys and builtins
 through plain attributes): each allowed import is a fresh namespace of vetted functions and
 classes. Attribute access goes through safer_getattr_raise (no `_` names, no frame/code/
-generator internals, no str.format), items and iteration through guards, and writes only to
-objects the code created itself. No open/eval/exec/compile/globals/vars/type/getattr of
-private names, no class statements (no type creation), no printing to real files."""
+generator internals; str.format only with plain fields), items and iteration through guards,
+and writes only to objects the code created itself (dicts, lists, instances of its own
+classes). No open/eval/exec/compile/globals/vars/type/getattr of private names, classes only
+as plain records (no metaclasses, decorators or bases from outside the code but plain
+exceptions), no printing to real files."""
 from __future__ import annotations
 
 import ast
@@ -25,6 +27,7 @@ import re
 import statistics
 import string
 import sys
+from builtins import __build_class__ as python_build_class
 from dataclasses import dataclass
 from types import SimpleNamespace
 
@@ -32,7 +35,7 @@ from RestrictedPython import compile_restricted_exec, safe_builtins
 from RestrictedPython.Eval import default_guarded_getitem, default_guarded_getiter
 from RestrictedPython.Guards import (full_write_guard, guarded_iter_unpack_sequence,
                                      guarded_unpack_sequence, safer_getattr_raise)
-from RestrictedPython.transformer import RestrictingNodeTransformer
+from RestrictedPython.transformer import ALLOWED_FUNC_NAMES, RestrictingNodeTransformer
 
 MAX_CODE_LENGTH = 100_000
 ENTRY_POINT = "run"
@@ -46,8 +49,26 @@ class CodeError:
     message: str
 
 
+# The special methods a pipeline class may define: RestrictedPython's own list (comparisons,
+# `in`, __init__). Every other dunder is a hook the interpreter calls behind the guards'
+# backs (__getattr__, __setattr__, __format__, __index__, __hash__, __get__, __del__ ...).
+SPECIAL_METHODS = ", ".join(sorted(ALLOWED_FUNC_NAMES))
+# What a class body may hold: a docstring, `pass`, plain assignments and `def` methods.
+CLASS_BODY = (ast.Assign, ast.FunctionDef, ast.Pass)
+
+
+def _names_object(base) -> bool:
+    return isinstance(base, ast.Name) and base.id == "object"
+
+
+def _is_docstring(statement) -> bool:
+    return isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant) \
+        and isinstance(statement.value.value, str)
+
+
 class PipelinePolicy(RestrictingNodeTransformer):
-    """RestrictedPython's policy, reporting columns too, and without class statements."""
+    """RestrictedPython's policy, reporting columns too, with classes only as plain records
+    (their bases are checked when the class is made: see safe_build_class)."""
 
     def error(self, node, info):  # noqa: D401 - RestrictedPython's hook
         line = getattr(node, "lineno", None)
@@ -55,9 +76,29 @@ class PipelinePolicy(RestrictingNodeTransformer):
         where = f"Line {line}" + (f", column {column + 1}" if column is not None else "")
         self.errors.append(f"{where}: {info}")
 
+    def check_name(self, node, name, allow_magic_methods=False):
+        if allow_magic_methods and name.startswith("__") and name.endswith("__") \
+                and name not in ALLOWED_FUNC_NAMES:
+            self.error(node, f"special method {name!r} is not allowed: a pipeline class may "
+                             f"define only {SPECIAL_METHODS} (the others are hooks the "
+                             "interpreter calls around the sandbox's guards)")
+            return
+        super().check_name(node, name, allow_magic_methods)
+
     def visit_ClassDef(self, node):
-        self.error(node, "class statements are not allowed (no new types)")
-        return node
+        if node.keywords:
+            self.error(node, "class keywords are not allowed (no metaclass=, no arguments "
+                             "for a base class)")
+        if node.decorator_list:
+            self.error(node.decorator_list[0], "decorators on classes are not allowed")
+        for statement in node.body:
+            if not isinstance(statement, CLASS_BODY) and not _is_docstring(statement):
+                self.error(statement, "a class body may hold only a docstring, assignments "
+                                      "and def methods")
+        # `class A(object)` is `class A`: `object` is no name pipelines have otherwise
+        node.bases = [b for b in node.bases if not _names_object(b)]
+        node.keywords = []  # refused above; RestrictedPython adds its own metaclass
+        return super().visit_ClassDef(node)
 
     def visit_AsyncFunctionDef(self, node):
         self.error(node, "async functions are not allowed")
@@ -202,7 +243,68 @@ def _guarded_import(modules: dict):
     return guarded_import
 
 
+# ---------------------------------------------------------------- str.format
+# str.format and format_map resolve `{0.attr}` and `{0[key]}` inside C, past every guard
+# (`'{0.__class__}'.format(x)`). Fields that only name a position or a keyword reach nothing
+# an f-string does not: those are allowed, checked on each call (the text is rarely a literal).
+FORMAT_METHODS = ("format", "format_map")
+
+
+def format_field_problem(text: str) -> str | None:
+    """Why str.format must refuse `text` (a field with attribute access or indexing, also in
+    a nested format spec), or None."""
+    pending = [text]
+    while pending:
+        for field, spec in _format_fields(pending.pop()):
+            if "." in field or "[" in field:
+                return (f"format field {{{field}}} is not allowed: str.format and format_map "
+                        "take only plain fields ({}, {0}, {name}, with !r/!s/!a and a format "
+                        "spec); attribute access and indexing in a field reach past the "
+                        "sandbox's guards (use an f-string)")
+            if spec:
+                pending.append(spec)
+    return None
+
+
+def _format_fields(text: str):
+    """(field, format spec) of each replacement field, in order, up to where the text is
+    malformed: str.format formats the fields before that place, then stops with its error."""
+    parts = string.Formatter().parse(text)
+    while True:
+        try:
+            _, field, spec, _ = next(parts)
+        except (StopIteration, ValueError):
+            return
+        if field is not None:
+            yield field, spec
+
+
+def _checked_format(owner, name: str):
+    """`owner.format` / `owner.format_map` (a str, or the str type for the unbound method),
+    refusing the text's bad fields before anything is formatted."""
+    method = getattr(str, name)
+
+    def check(text):
+        if isinstance(text, str):
+            problem = format_field_problem(text)
+            if problem:
+                raise ValueError(problem)
+
+    if owner is str:
+        def unbound(text, *args, **kwargs):
+            check(text)
+            return method(text, *args, **kwargs)
+        return unbound
+
+    def bound(*args, **kwargs):
+        check(owner)
+        return method(owner, *args, **kwargs)
+    return bound
+
+
 def _guarded_getattr(obj, name, *default):
+    if type(name) is str and name in FORMAT_METHODS and (type(obj) is str or obj is str):
+        return _checked_format(obj, name)
     if isinstance(obj, SimpleNamespace) and name not in vars(obj):
         if default:
             return default[0]
@@ -213,6 +315,42 @@ def _guarded_getattr(obj, name, *default):
         except AttributeError:
             return default[0]
     return safer_getattr_raise(obj, name)
+
+
+# ---------------------------------------------------------------- classes
+class PipelineClass(type):
+    """The type of every class pipeline code defines (the metaclass RestrictedPython's
+    class statement asks for, through __metaclass__): it marks the classes whose instances
+    the code may write attributes on."""
+
+
+def _plain_exception(cls) -> bool:
+    """An exception class whose instances hold nothing past BaseException's fields: their
+    subclasses' instances may take attributes (a UnicodeError's `object` or an OSError's
+    `filename` are read by C code that trusts their type, so those are not bases)."""
+    return issubclass(cls, Exception) and cls.__basicsize__ == Exception.__basicsize__
+
+
+def safe_build_class(body, name, *bases, metaclass=None, **keywords):
+    """`class` statements: a PipelineClass, derived only from the code's own classes and
+    plain exceptions (never from builtins, from types got at run time, or with keywords)."""
+    if metaclass is not PipelineClass or keywords:
+        raise TypeError(f"class {name}: metaclasses and class keywords are not allowed")
+    for base in bases:
+        if type(base) is not PipelineClass and not any(base is e for e in EXCEPTION_BASES):
+            raise TypeError(f"class {name}: a pipeline class may derive only from classes the "
+                            "code defines and from Exception or a builtin exception like "
+                            "ValueError, KeyError, RuntimeError (not from builtins or types "
+                            "got at run time)")
+    return python_build_class(body, name, *bases, metaclass=PipelineClass)
+
+
+def _guarded_write(obj):
+    """What `x.attr = v`, `x[k] = v` and `del` go through: items of dicts and lists, plain
+    attributes (the compiler refuses `_` names) of instances of the code's own classes."""
+    if type(type(obj)) is PipelineClass:
+        return obj
+    return full_write_guard(obj)
 
 
 INPLACE = {"+=": operator.iadd, "-=": operator.isub, "*=": operator.imul,
@@ -244,8 +382,9 @@ class DbError(Exception):
 def make_globals(printer: BoundedPrinter) -> dict:
     """The globals a run executes in: safe builtins, guards, allowed imports, nothing else."""
     builtins = {k: v for k, v in safe_builtins.items()
-                if k not in ("setattr", "delattr", "__build_class__", "_getattr_", "id")}
+                if k not in ("setattr", "delattr", "_getattr_", "id")}
     builtins.update(SAFE_EXTRA_BUILTINS)
+    builtins["__build_class__"] = safe_build_class
     modules = allowed_modules()
     builtins["__import__"] = _guarded_import(modules)
     builtins["getattr"] = _guarded_getattr
@@ -258,7 +397,8 @@ def make_globals(printer: BoundedPrinter) -> dict:
         "_getiter_": default_guarded_getiter,
         "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
         "_unpack_sequence_": guarded_unpack_sequence,
-        "_write_": full_write_guard,
+        "_write_": _guarded_write,
+        "__metaclass__": PipelineClass,
         "_inplacevar_": _inplace,
         "_print_": _print_factory(printer),
         "_apply_": lambda f, *a, **kw: f(*a, **kw),
@@ -285,24 +425,14 @@ PRINT_NAMES = ("print", "printed")
 GLOBAL_NAMES = frozenset(_RUN_NAMES) | frozenset(PRINT_NAMES)
 _EXCEPTIONS = {n for n, v in _RUN_NAMES.items()
                if isinstance(v, type) and issubclass(v, BaseException)}
+# The classes a pipeline class may derive from besides its own (see _plain_exception).
+EXCEPTION_BASES = tuple(_RUN_NAMES[n] for n in sorted(_EXCEPTIONS)
+                        if _plain_exception(_RUN_NAMES[n]))
 _BUILTINS_SHOWN = ", ".join(sorted(
     (n for n in GLOBAL_NAMES if not n.startswith("_") and n not in _EXCEPTIONS
      and not keyword.iskeyword(n)), key=str.lower))
 
 
-def _refused_on_str(name: str) -> bool:
-    try:
-        _guarded_getattr("", name)
-    except (AttributeError, NotImplementedError):
-        return True
-    return False
-
-
-# What the guard refuses on every str (format, format_map: they walk attributes). Nothing
-# else the code can reach has attributes of these names, so `x.format` fails whatever x is.
-# (Names starting with "_" and frame/generator internals RestrictedPython refuses itself.)
-REFUSED_ATTRIBUTES = frozenset(n for n in dir(str) if not n.startswith("_")
-                               and _refused_on_str(n))
 # Nodes that bind the name in their `name` field (type parameters: Python 3.12+).
 _NAMED_BINDINGS = tuple(getattr(ast, n) for n in (
     "FunctionDef", "AsyncFunctionDef", "ClassDef", "ExceptHandler", "MatchAs", "MatchStar",
@@ -325,11 +455,6 @@ def _undefined(name: str) -> str:
     return (f"name {name!r} is not available: pipelines have no such builtin and the code "
             f"does not define it; available builtins: {_BUILTINS_SHOWN} and the exception "
             "classes (Exception, ValueError, DbError ...)")
-
-
-def _refused_attribute(name: str) -> str:
-    return (f"attribute {name!r} is not allowed (str.format and str.format_map can reach any "
-            "attribute); use an f-string or the % operator")
 
 
 def _bindings(tree: ast.AST):
@@ -355,9 +480,11 @@ def _bindings(tree: ast.AST):
 
 def save_time_problems(source: str) -> list[CodeError]:
     """What a run would refuse for certain (columns in UTF-8 bytes, as ast gives them):
-    imports that are not allowed, names the code neither defines nor gets, attributes the
-    guard refuses, and names an allowed module does not provide."""
+    imports that are not allowed, names the code neither defines nor gets, str.format on a
+    literal with fields the guard refuses, and names an allowed module does not provide."""
     tree = ast.parse(source)
+    object_bases = {id(base) for node in ast.walk(tree) if isinstance(node, ast.ClassDef)
+                    for base in node.bases if _names_object(base)}  # dropped when compiled
     lines = _NEWLINE.split(source)
     bound: dict[str, set] = {}
     for name, module in _bindings(tree):
@@ -387,7 +514,8 @@ def save_time_problems(source: str) -> list[CodeError]:
                 if alias.name not in MODULE_NAMES[module] and alias.name != "*":
                     at(alias, _not_provided(module, alias.name))
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load):
-            if node.id not in bound and node.id not in GLOBAL_NAMES:
+            if node.id not in bound and node.id not in GLOBAL_NAMES \
+                    and id(node) not in object_bases:
                 at(node, _undefined(node.id))
         elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load) \
                 and not node.attr.startswith("_"):  # RestrictedPython refuses those itself
@@ -397,11 +525,20 @@ def save_time_problems(source: str) -> list[CodeError]:
             name = text[text.rfind(b".") + 1:].lstrip()
             where = {"line": node.end_lineno, "column": len(text) - len(name)}
             module = module_of.get(node.value.id) if isinstance(node.value, ast.Name) else None
-            if node.attr in REFUSED_ATTRIBUTES:
-                at(node, _refused_attribute(node.attr), **where)
+            problem = _literal_format_problem(node)
+            if problem:
+                at(node, problem, **where)
             elif module and node.attr not in MODULE_NAMES[module]:
                 at(node, _not_provided(module, node.attr), **where)
     return problems
+
+
+def _literal_format_problem(node: ast.Attribute) -> str | None:
+    """`'...'.format` on a literal whose fields a run would refuse (see _checked_format)."""
+    if node.attr in FORMAT_METHODS and isinstance(node.value, ast.Constant) \
+            and isinstance(node.value.value, str):
+        return format_field_problem(node.value.value)
+    return None
 
 
 def _in_source_order(source: str, errors: list[CodeError]) -> list[CodeError]:

@@ -1,7 +1,7 @@
 """Pipeline code is checked when saved (create_pipeline, update_pipeline) for what a run
 would refuse for certain: imports that are not allowed, names the run does not provide and
-the code does not define, the attributes the guard refuses everywhere, and names an allowed
-module does not provide. Each refusal with its exact place and message; benign code, and the
+the code does not define, str.format on a literal with fields a run refuses, names an allowed
+module does not provide, and classes that are more than plain records. Each refusal with its exact place and message; benign code, and the
 README's example, saves and runs. (That runs still refuse such code when it is already stored
 is in test_sandbox_escapes.py.)"""
 from __future__ import annotations
@@ -42,9 +42,10 @@ def unavailable(name: str) -> str:
             "(Exception, ValueError, DbError ...)")
 
 
-def attribute_refused(name: str) -> str:
-    return (f"attribute '{name}' is not allowed (str.format and str.format_map can reach any "
-            "attribute); use an f-string or the % operator")
+def format_field_refused(field: str) -> str:
+    return (f"format field {{{field}}} is not allowed: str.format and format_map take only "
+            "plain fields ({}, {0}, {name}, with !r/!s/!a and a format spec); attribute access "
+            "and indexing in a field reach past the sandbox's guards (use an f-string)")
 
 
 JSON = "dumps, JSONDecodeError, loads"
@@ -91,16 +92,26 @@ REFUSED = [
      1, 8, unavailable("input")),
     ("builtin_in_default", "def run(input, db, f=vars):\n    return 1\n", 1, 22,
      unavailable("vars")),
-    ("format", "def run(input, db):\n    return '{}'.format(input)\n", 2, 17,
-     attribute_refused("format")),
-    ("format_map", "def run(input, db):\n    return '{x}'.format_map(input)\n", 2, 18,
-     attribute_refused("format_map")),
-    ("format_unbound", "def run(input, db):\n    return str.format('{}', 1)\n", 2, 16,
-     attribute_refused("format")),
-    ("format_of_anything", "def run(input, db):\n    return input.format\n", 2, 18,
-     attribute_refused("format")),
-    ("format_spaced", "def run(input, db):\n    return (input\n        ) . format\n", 3, 13,
-     attribute_refused("format")),
+    # str.format on a literal whose fields a run would refuse (plain fields are fine)
+    ("format_attribute", "def run(input, db):\n    return '{0.__class__}'.format(input)\n",
+     2, 28, format_field_refused("0.__class__")),
+    ("format_map_index", "def run(input, db):\n    return '{x[0]}'.format_map(input)\n", 2, 21,
+     format_field_refused("x[0]")),
+    ("format_nested_spec", "def run(input, db):\n    return '{0:{1.real}}'.format(1, 2)\n",
+     2, 27, format_field_refused("1.real")),
+    ("format_spaced", "def run(input, db):\n    return ('{0.real}'\n        ) . format(1)\n",
+     3, 13, format_field_refused("0.real")),
+    # classes: plain records only (what a run refuses of them is in test_sandbox_escapes.py)
+    ("class_special_method", "class A:\n    def __getattr__(self, name):\n        return 1\n"
+     + RUN, 2, 5, "special method '__getattr__' is not allowed: a pipeline class may define "
+     "only __contains__, __eq__, __ge__, __gt__, __init__, __le__, __lt__, __ne__ (the others "
+     "are hooks the interpreter calls around the sandbox's guards)"),
+    ("class_decorator", "def deco(c):\n    return c\n\n@deco\nclass A:\n    pass\n" + RUN,
+     4, 2, "decorators on classes are not allowed"),
+    ("class_keyword", "class A(answer=42):\n    pass\n" + RUN, 1, 1,
+     "class keywords are not allowed (no metaclass=, no arguments for a base class)"),
+    ("class_body_loop", "class A:\n    for i in range(3):\n        pass\n" + RUN, 2, 5,
+     "a class body may hold only a docstring, assignments and def methods"),
     ("column_in_characters", "def run(input, db):\n    s = 'ünï'; return open(s)\n", 2, 23,
      unavailable("open")),
 ]
@@ -141,7 +152,7 @@ async def test_every_problem_in_source_order_with_restricted_pythons_own(rpc, te
             "\n"
             "def run(input, db):\n"
             "    x = input.__class__\n"
-            "    print(open, '{}'.format(1))\n"
+            "    print(open, '{0.real}'.format(1))\n"
             "    return eval('1')\n")
     errors = await refused(rpc, tenant["id"], code, "create")
     assert [(e["line"], e["column"], e["message"]) for e in errors] == [
@@ -149,7 +160,7 @@ async def test_every_problem_in_source_order_with_restricted_pythons_own(rpc, te
         (2, 25, not_provided("json", "decoder", JSON)),
         (5, 9, '"__class__" is an invalid attribute name because it starts with "_".'),
         (6, 11, unavailable("open")),
-        (6, 22, attribute_refused("format")),
+        (6, 28, format_field_refused("0.real")),
         (7, 12, "Eval calls are not allowed."),  # RestrictedPython's, not a second one
     ]
 
@@ -175,6 +186,33 @@ def helper(values, *rest, scale=1, **options):
     return [v * scale for v in values]
 
 
+class Point:
+    """A record: plain assignments and def methods."""
+    dims = 2
+
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __eq__(self, other):
+        return isinstance(other, Point) and [self.x, self.y] == [other.x, other.y]
+
+    def moved(self, dx):
+        return Point(self.x + dx, self.y)
+
+
+class Tagged(Point):
+    def tag(self):
+        return "{}:{}".format(self.x, self.y)
+
+
+class NotFound(KeyError):
+    pass
+
+
+class Empty(object):
+    pass
+
+
 def shadow():
     open = "mine"  # a name the code binds is its own, wherever it is used
     return open
@@ -182,7 +220,7 @@ def shadow():
 
 def run(input, db):
     global LIMIT
-    format = "%s-%s"  # a variable may be called format; only the attribute is refused
+    format = "%s-%s"  # a variable may be called format
     total = 0
     for i, v in enumerate(helper([1, 2, 3], scale=2)):
         total += v
@@ -193,7 +231,17 @@ def run(input, db):
     if (n := len(input)) > 0:
         LIMIT = n
     print("total", total)
+    point = Tagged(1, 2)
+    point.label = "p"
+    try:
+        raise NotFound("gone")
+    except KeyError as e:
+        gone = str(e)
     return {
+        "record": [point.moved(2) == Point(3, 2), point.tag(), point.label, Point.dims, gone,
+                   isinstance(Empty(), Empty)],
+        "formatted": ["{0} {name:>4} {0!r}".format("a", name="b"),
+                      "{n:{w}}|".format_map({"n": 7, "w": 3})],
         "total": total, "kind": kind, "squares": [k * k for k in range(LIMIT)],
         "json": j.dumps(json.loads("[1]")), "math": [sqrt(16), math.floor(PI)],
         "counter": C("aab")["a"], "format": format % ("a", "b"), "fstring": f"{total:>4}",
@@ -223,7 +271,8 @@ async def test_benign_code_saves_and_runs(rpc, tenant):
         "math": [4.0, 3], "counter": 2, "format": "a-b", "fstring": "  12",
         "date": "2024-01-02", "decimal": "1.5", "fraction": "1/3", "reduce": 3,
         "chain": [1, 2], "median": 3, "re": "bb", "digits": "0123456789", "random": 1,
-        "default": 0, "shadow": "mine", "getattr": "none", "printed": "total 12\n"}
+        "default": 0, "shadow": "mine", "getattr": "none", "printed": "total 12\n",
+        "record": [True, "1:2", "p", 2, "'gone'", True], "formatted": ["a    b 'a'", "  7|"]}
 
 
 def readme_pipeline() -> str:

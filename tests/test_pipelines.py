@@ -220,8 +220,9 @@ BAD_CODE = {
     "underscore_name": ("def run(input, db):\n    return input.__class__\n", 2, 12, "_"),
     "underscore_variable": ("def run(input, db):\n    _hidden = 1\n    return _hidden\n", 2,
                             5, "_hidden"),
-    "class_statement": ("class Thing:\n    pass\n\ndef run(input, db):\n    return 1\n", 1, 1,
-                        "class"),
+    "class_special_method": ("class Thing:\n    def __del__(self):\n        pass\n\n"
+                             "def run(input, db):\n    return 1\n", 2, 5,
+                             "special method '__del__' is not allowed"),
     "async_function": ("async def run(input, db):\n    return 1\n", 1, 1, "async"),
 }
 
@@ -1100,6 +1101,43 @@ async def test_a_token_is_confined_to_its_tenant(scene):
         await token_call(scene, token_b, "get_node", {"tenant_id": scene.a,
                                                       "id": scene.node[scene.a]})
     assert exc.value.data["kind"] == "tenant"
+
+
+def another_tenants_params(s: Scene) -> dict[str, dict]:
+    """Valid params for every db method, each naming tenant B's objects."""
+    node, missing = s.node[s.b], missing_id()
+    return {
+        "get_node": {"id": node}, "list_nodes": {},
+        "create_node": {"node_type_id": s.nt[s.b], "data": {"by": "a's run"}},
+        "create_nodes": {"nodes": [{"node_type_id": s.nt[s.b], "data": {"by": "a's run"}}]},
+        "update_node": {"id": node, "data": {"t": "overwritten"}}, "delete_node": {"id": node},
+        "get_relationship": {"id": missing}, "list_relationships": {},
+        "create_relationship": {"source_node_id": node, "target_node_id": node,
+                                "relationship_type": "knows", "data": {}},
+        "update_relationship": {"id": missing, "data": {}},
+        "delete_relationship": {"id": missing},
+        "query_nodes": {"filter": {"field": "data.t", "op": "eq", "value": s.b}},
+        "traverse": {"start_node_id": node},
+        "shortest_path": {"source_node_id": node, "target_node_id": node},
+        "execute_query": {"sql": "SELECT count(*) FROM nodes"},
+    }
+
+
+async def test_every_db_method_refuses_another_tenant_at_the_server(scene):
+    """What the sandbox worker refuses (a db call naming another tenant, see
+    test_sandbox_escapes.py) the server refuses too, for each method a run's token may call:
+    the token is bound to its tenant, whatever the params say."""
+    token = token_for(_claims(scene.a, scene.run, scene.user_id))
+    calls = another_tenants_params(scene)
+    assert set(calls) == ALLOWED_METHODS
+    for method, params in calls.items():
+        with pytest.raises(NotFound) as exc:
+            await token_call(scene, token, method, {"tenant_id": scene.b, **params})
+        assert exc.value.code == -32001 and exc.value.data["kind"] == "tenant", method
+    async with FlexDBClient(scene.server.url, api_key=scene.server.admin_key) as c:
+        nodes = (await c.call("list_nodes", {"tenant_id": scene.b}))["nodes"]
+    assert [(n["id"], n["data"], n["version"]) for n in nodes] == \
+        [(scene.node[scene.b], {"t": scene.b}, 1)]
 
 
 OUTSIDE_METHODS = [

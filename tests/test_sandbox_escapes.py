@@ -245,7 +245,28 @@ COMPILE_REFUSED = [
     # NFKC: the parser folds fullwidth low lines into "_", and the check sees the result
     ("fullwidth_dunder", "return db._\uff3fclass\uff3f\uff3f", '"__class__" is an invalid'),
     ("async_def", "async def f():\n    pass\nreturn 1", "async functions are not allowed"),
-    ("class_statement", "class A:\n    pass\nreturn A", "class statements are not allowed"),
+    # classes are plain records: no metaclass, keywords, decorators or special hooks
+    ("class_metaclass", "class A(metaclass=DbError):\n    pass\nreturn 1",
+     "class keywords are not allowed"),
+    ("class_kwargs", "class A(**input):\n    pass\nreturn 1", "class keywords are not allowed"),
+    ("class_decorator", "@print\nclass A:\n    pass\nreturn 1",
+     "decorators on classes are not allowed"),
+    *[(f"class_{hook.strip('_')}", f"class A:\n    def {hook}(self, *a):\n        return 1\n"
+       "return 1", f"special method '{hook}' is not allowed")
+      for hook in ("__getattr__", "__getattribute__", "__setattr__", "__format__", "__index__",
+                   "__hash__", "__get__", "__set__", "__del__", "__init_subclass__",
+                   "__set_name__", "__class_getitem__", "__repr__", "__str__", "__iter__",
+                   "__getitem__", "__call__", "__bool__", "__mro_entries__", "__prepare__")],
+    ("class_dunder_assignment", "class A:\n    __getattr__ = print\nreturn 1", UNDERSCORE),
+    ("class_slots", "class A:\n    __slots__ = ['x']\nreturn 1", UNDERSCORE),
+    ("class_guard_shadow", "class A:\n    _getattr_ = print\nreturn 1", UNDERSCORE),
+    ("class_private_name", "class _A:\n    pass\nreturn 1", UNDERSCORE),
+    ("class_body_statement", "class A:\n    import json\nreturn 1",
+     "a class body may hold only a docstring, assignments and def methods"),
+    ("class_cell", "class A:\n    def f(self):\n        return __class__\nreturn 1",
+     '"__class__" is an invalid variable name'),
+    ("class_base_init", "class A:\n    pass\nclass B(A):\n    def __init__(self):\n"
+                        "        A.__init__(self)\nreturn 1", '"__init__" is an invalid attribute'),
     ("eval", "return eval('1')", "Eval calls are not allowed"),
     ("exec", "exec('x = 1')\nreturn 1", "Exec calls are not allowed"),
     ("breakpoint", "breakpoint()\nreturn 1", '"breakpoint" is a reserved name'),
@@ -268,7 +289,8 @@ COMPILE_REFUSED = [
     ("relative_import", "from . import child\nreturn 1", "relative import from '.' is not"),
     ("open", "return open('/etc/passwd').read()", "name 'open' is not available"),
     ("eval_by_name", "f = eval\nreturn f('1')", "name 'eval' is not available"),
-    ("str_format", "return '{0.__class__}'.format(1)", "attribute 'format' is not allowed"),
+    ("str_format", "return '{0.__class__}'.format(1)",
+     "format field {0.__class__} is not allowed: str.format and format_map take only plain"),
     ("namespace_walk", "import json\nreturn json.decoder", "json.decoder is not available"),
 ]
 
@@ -283,7 +305,11 @@ async def test_refused_when_saved(rpc, tenant, body, message):
 
 NAME_ERROR = "NameError: name '{}' is not defined"
 ATTRIBUTE_UNDERSCORE = ("AttributeError", UNDERSCORE)
-FORMAT_REFUSED = ("NotImplementedError", "not safe")
+FORMAT_REFUSED = ("ValueError: format field {", "} is not allowed: str.format and format_map "
+                  "take only plain fields")
+CLASS_BASE_REFUSED = ("TypeError: class A: a pipeline class may derive only from classes the "
+                      "code defines and from Exception or a builtin exception",)
+WRITE_REFUSED = ("TypeError: attribute-less object (assign or del)",)
 
 RUNTIME_REFUSED = [
     # builtins that are simply not there
@@ -347,8 +373,47 @@ RUNTIME_REFUSED = [
     ("format_getattr", "return getattr('{0.__class__}', 'format')(1)", FORMAT_REFUSED),
     ("format_unbound", "return str.format('{0.__class__}', 1)", FORMAT_REFUSED),
     ("format_map_unbound", "return str.format_map('{x.__class__}', {'x': 1})", FORMAT_REFUSED),
-    ("format_via_map", "return list(map(getattr, ['{0.__class__}'], ['format']))",
+    ("format_via_map", "return list(map(getattr, ['{0.__class__}'], ['format']))[0](1)",
      FORMAT_REFUSED),
+    ("format_computed", "s = '{0' + '.__class__}'\nreturn s.format(1)", FORMAT_REFUSED),
+    ("format_index", "s = '{0[0]}'\nreturn s.format(['secret'])", FORMAT_REFUSED),
+    ("format_map_index", "s = '{x[k]}'\nreturn s.format_map({'x': {'k': 1}})", FORMAT_REFUSED),
+    ("format_nested_spec", "s = '{0:{1.__class__}}'\nreturn s.format(1, 2)", FORMAT_REFUSED),
+    ("format_deeply_nested", "s = '{0:{1:{2.real}}}'\nreturn s.format(1, 2, 3)",
+     FORMAT_REFUSED),
+    ("format_then_malformed", "s = '{0.__class__.__nope}{'\nreturn s.format(1)", FORMAT_REFUSED),
+    ("format_bound_kept", "f = '{0.__class__}'.format\nreturn f(1)", FORMAT_REFUSED),
+    ("format_method_on_subclass", "class A(str):\n    pass\nreturn A('{0.real}').format(1)",
+     CLASS_BASE_REFUSED),
+    # classes: bases only the code's own classes and plain exceptions, made by the sandbox
+    *[(f"class_base_{name}", f"{setup}\nclass A(b):\n    pass\nreturn 1", CLASS_BASE_REFUSED)
+      for name, setup in [
+          ("dict", "b = dict"), ("str", "b = str"), ("int", "b = int"), ("tuple", "b = tuple"),
+          ("object_at_run_time", "b = DbError.mro()[-1]"),
+          ("generic_alias", "b = list[int]"), ("function", "b = print"),
+          ("instance", "b = ValueError()"), ("dberror", "b = DbError"),
+          ("module_class", "import collections\nb = collections.Counter"),
+          ("json_error", "import json\nb = json.JSONDecodeError"),
+          ("unicode_decode_error", "b = UnicodeDecodeError"), ("os_error", "b = OSError"),
+          ("syntax_error", "b = SyntaxError"), ("attribute_error", "b = AttributeError"),
+          ("stop_iteration", "b = StopIteration"), ("system_exit", "b = SystemExit"),
+          ("base_exception", "b = BaseException")]],
+    ("class_base_starred", "bases = [dict]\nclass A(*bases):\n    pass\nreturn 1",
+     CLASS_BASE_REFUSED),
+    # attributes are written only on instances of the code's own classes
+    ("write_on_class", "class A:\n    x = 1\nA.x = print\nreturn A.x", WRITE_REFUSED),
+    ("write_on_function", "def f():\n    pass\nf.x = 1\nreturn 1", WRITE_REFUSED),
+    ("write_on_exception", "e = ValueError()\ne.args = (db,)\nreturn 1", WRITE_REFUSED),
+    ("write_on_db", "db.get_node = print\nreturn 1", WRITE_REFUSED),
+    ("write_on_namespace", "import json\njson.loads = print\nreturn 1", WRITE_REFUSED),
+    ("class_super", "class A:\n    def f(self):\n        return super()\nreturn A().f()",
+     (NAME_ERROR.format("super"),)),
+    ("class_type_of_instance", "class A:\n    pass\nreturn str(type(A()))",
+     (NAME_ERROR.format("type"),)),
+    ("class_getattr_metaclass", "class A:\n    pass\nreturn str(getattr(A, '__class__'))",
+     ATTRIBUTE_UNDERSCORE),
+    ("class_getattr_dict", "class A:\n    pass\nreturn str(getattr(A(), '__dict__'))",
+     ATTRIBUTE_UNDERSCORE),
     ("string_formatter", "import string\nreturn string.Formatter().format('{0.__class__}', 1)",
      ("AttributeError", "'Formatter' is not available here")),
     ("string_template", "import string\nreturn str(string.Template)",
@@ -395,6 +460,59 @@ HARMLESS = [
      "2020-01-02 00:00:00"),
     ("input_rebound", "input = 3\nreturn input", 3),
     ("global_rebound", "global DbError\nDbError = 1\nreturn DbError", 1),
+    # plain classes and str.format with plain fields: what users write, within the guards
+    ("class_record", """\
+class Item:
+    \"\"\"A record.\"\"\"
+    unit = 'kg'
+    def __init__(self, name, weight):
+        self.name = name
+        self.weight = weight
+    def __lt__(self, other):
+        return self.weight < other.weight
+    def __eq__(self, other):
+        return isinstance(other, Item) and self.name == other.name
+    def __contains__(self, letter):
+        return letter in self.name
+    def label(self):
+        return f'{self.name} ({self.weight} {self.unit})'
+class Heavy(Item):
+    def label(self):
+        return 'heavy ' + Item.label(self)
+items = sorted([Heavy('anvil', 50), Item('feather', 1)])
+items[0].weight = items[0].weight + 1
+del items[0].name
+items[0].name = 'quill'
+return [i.label() for i in items] + [Item('a', 1) == Item('a', 2), 'q' in items[0],
+        Item.unit, isinstance(items[1], Item), 'Item object at' in str(items[0])]""",
+     ["quill (2 kg)", "heavy anvil (50 kg)", True, True, "kg", True, True]),
+    ("class_object_base", "class A(object):\n    pass\nreturn [isinstance(A(), A), "
+                          "[str(c) for c in A.mro()]]",
+     [True, ["<class 'pipeline.run.<locals>.A'>", "<class 'object'>"]]),
+    ("class_exception", """\
+class NotFound(KeyError):
+    pass
+class Invalid(ValueError):
+    def __init__(self, field, problem):
+        self.field = field
+        self.problem = problem
+try:
+    raise Invalid('age', 'negative')
+except ValueError as e:
+    caught = [e.field, e.problem, str(e), list(e.args)]
+try:
+    raise NotFound('x')
+except LookupError as e:
+    caught.append(str(e))
+return caught""", ["age", "negative", "('age', 'negative')", ["age", "negative"], "'x'"]),
+    ("class_in_function", "def make():\n    class Local:\n        n = 1\n    return Local\n"
+                          "return make().n + make()().n", 2),
+    ("format_plain", "return ['{} {}'.format(1, 'a'), '{1}{0}'.format('a', 'b'), "
+                     "'{n:>4}|{n!r}'.format(n='x'), '{a:{w}.{p}f}'.format(a=3.14159, w=7, p=2), "
+                     "'{x}-{y}'.format_map({'x': 1, 'y': 2}), str.format('{}', 5), "
+                     "'{{0.__class__}}'.format(), 'plain'.format()]",
+     ["1 a", "ba", "   x|'x'", "   3.14", "1-2", "5", "{0.__class__}", "plain"]),
+    ("format_computed_plain", "t = '{' + 'name' + '}'\nreturn t.format(name='ok')", "ok"),
 ]
 
 
@@ -419,11 +537,11 @@ async def test_fullwidth_format_is_not_reached(rpc, tenant, database_url):
     run, errors = await attack_as_stored(rpc, database_url, tenant["id"],
                                          "return '{0.__class__}'.\uff46ormat(1)")
     assert [(e["line"], e["column"]) for e in errors] == [(2, 28)], errors
-    assert errors[0]["message"].startswith("attribute 'format' is not allowed")
+    assert errors[0]["message"].startswith("format field {0.__class__} is not allowed")
     assert run["status"] == "failed" and run["result"] is None
     assert run["error"]["type"] in ("exception", "crashed"), run["error"]
     if run["error"]["type"] == "exception":
-        assert "not safe" in run["error"]["message"]
+        assert "format field {0.__class__} is not allowed" in run["error"]["message"]
 
 
 async def test_non_ascii_identifiers_run(rpc, tenant):
@@ -591,21 +709,12 @@ async def two_tenants(rpc):
 
 OTHER_TENANT = [
     ("get", "return db.get_node(input['nb'])", "node not found"),
-    ("get_with_tenant_id", "return db.get_node(id=input['nb'], tenant_id=input['B'])",
-     "node not found"),
-    ("get_with_tenant_id_kwargs", "return db.get_node(**{'id': input['nb'], "
-                                  "'tenant_id': input['B']})", "node not found"),
-    ("update", "return db.update_node(input['nb'], {'s': 'pwned'}, tenant_id=input['B'])",
-     "node not found"),
-    ("delete", "return db.delete_node(input['nb'], tenant_id=input['B'])", "node not found"),
-    ("create_with_their_type", "return db.create_node(input['tb'], {'a': 1}, "
-                               "tenant_id=input['B'])", "node_type not found"),
+    ("create_with_their_type", "return db.create_node(input['tb'], {'a': 1})",
+     "node_type not found"),
     ("relationship_to_theirs", "return db.create_relationship(input['na'], input['nb'], "
-                               "'knows', {}, tenant_id=input['B'])", "not found"),
-    ("traverse_theirs", "return db.traverse(input['nb'], tenant_id=input['B'])",
-     "node not found"),
-    ("path_to_theirs", "return db.shortest_path(input['na'], input['nb'], "
-                       "tenant_id=input['B'])", "node not found"),
+                               "'knows', {})", "not found"),
+    ("traverse_theirs", "return db.traverse(input['nb'])", "node not found"),
+    ("path_to_theirs", "return db.shortest_path(input['na'], input['nb'])", "node not found"),
 ]
 
 
@@ -620,10 +729,68 @@ async def test_other_tenants_data_is_out_of_reach(rpc, two_tenants, body, messag
     assert node["node"]["data"] == {"s": "TOPSECRET"} and node["node"]["version"] == 1
 
 
+def other_tenant_refused(method: str, run_tenant: str) -> str:
+    return (f"DbError: {method}: tenant_id names another tenant; a pipeline's db calls reach "
+            f"only the tenant it runs in ({run_tenant}): leave tenant_id out or pass that id")
+
+
+NAMING_ANOTHER_TENANT = [
+    ("get_node", "db.get_node(id=input['nb'], tenant_id=input['B'])"),
+    ("get_node", "db.get_node(**{'id': input['nb'], 'tenant_id': input['B']})"),
+    ("get_node", "db.get_node(input['nb'], tenant_id=input['B'].upper())"),
+    ("update_node", "db.update_node(input['nb'], {'s': 'pwned'}, tenant_id=input['B'])"),
+    ("delete_node", "db.delete_node(input['nb'], tenant_id=input['B'])"),
+    ("create_node", "db.create_node(input['tb'], {'a': 1}, tenant_id=input['B'])"),
+    ("create_relationship", "db.create_relationship(input['na'], input['nb'], 'knows', {}, "
+                            "tenant_id=input['B'])"),
+    ("traverse", "db.traverse(input['nb'], tenant_id=input['B'])"),
+    ("list_nodes", "db.list_nodes(tenant_id=input['B'])"),
+    ("execute_query", "db.execute_query('select 1', [], tenant_id=input['B'])"),
+    ("list_nodes", "db.list_nodes(tenant_id='not-a-uuid')"),
+    ("list_nodes", "db.list_nodes(tenant_id=None)"),
+    ("list_nodes", "db.list_nodes(tenant_id=[input['A']])"),
+]
+
+
+@pytest.mark.parametrize("method,call", NAMING_ANOTHER_TENANT,
+                         ids=[f"{i}_{c[0]}" for i, c in enumerate(NAMING_ANOTHER_TENANT)])
+async def test_a_db_call_naming_another_tenant_is_refused(rpc, two_tenants, method, call):
+    """Refused by the worker with a clear error (it was quietly rewritten to the run's
+    tenant); the server refuses such a call too: see test_pipelines.py
+    test_a_token_is_confined_to_its_tenant."""
+    t = two_tenants
+    run = await attack(rpc, t["A"], f"return {call}", input=t)
+    assert_failed(run, "exception", other_tenant_refused(method, t["A"]))
+    assert [(o["method"], o["ok"]) for o in run["db_operations"]] == [(method, False)]
+    assert "TOPSECRET" not in json.dumps(run)
+    node = await rpc.call("get_node", {"tenant_id": t["B"], "id": t["nb"]})
+    assert node["node"]["data"] == {"s": "TOPSECRET"} and node["node"]["version"] == 1
+
+
+async def test_the_refusal_is_a_db_error_the_code_can_catch(rpc, two_tenants):
+    t = two_tenants
+    run = await attack(rpc, t["A"], """try:
+    db.list_nodes(tenant_id=input['B'])
+except DbError as e:
+    return [e.code, e.kind, str(e)]""", input=t)
+    assert run["status"] == "succeeded", run["error"]
+    assert run["result"] == [-32602, "invalid_params",
+                             other_tenant_refused("list_nodes", t["A"])[len("DbError: "):]]
+
+
+async def test_the_runs_own_tenant_named_or_left_out_works(rpc, two_tenants):
+    t = two_tenants
+    run = await attack(rpc, t["A"], """own = db.get_node(input['na'], tenant_id=input['A'])['node']['data']
+spelled = db.get_node(input['na'], tenant_id=input['A'].upper())['node']['data']
+left_out = db.get_node(input['na'])['node']['data']
+return [own, spelled, left_out]""", input=t)
+    assert run["status"] == "succeeded", run["error"]
+    assert run["result"] == [{"x": 1}] * 3
+
+
 async def test_listing_and_sql_see_only_the_runs_tenant(rpc, two_tenants):
     t = two_tenants
-    run = await attack(rpc, t["A"], """\
-nodes = db.list_nodes(tenant_id=input['B'])['nodes']
+    run = await attack(rpc, t["A"], """nodes = db.list_nodes()['nodes']
 rows = db.execute_query('select id::text, tenant_id::text, data from nodes')['rows']
 return [[n['id'] for n in nodes], rows]""", input=t)
     assert run["status"] == "succeeded", run["error"]
