@@ -17,6 +17,7 @@ from uuid import UUID
 
 import asyncpg
 
+from .credentials import bearer_credential
 from .errors import Unauthenticated
 from .shared_cache import MISSING, SharedCache, principal_from_json, principal_to_json
 from .ttl_cache import TTLCache
@@ -81,12 +82,10 @@ class Authenticator:
             if self.anonymous_role == "platform_admin":
                 return ANONYMOUS_ADMIN
             raise Unauthenticated()
-        scheme, _, key = authorization.strip().partition(" ")
-        key = key.strip()
-        if scheme.lower() == "bearer" and key.startswith(EXECUTION_PREFIX):
+        key = bearer_credential(authorization) or ""
+        if key.startswith(EXECUTION_PREFIX):
             return await self._run_principal(pool, key)
-        if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX) \
-                or len(key) > MAX_KEY_LENGTH:
+        if not key.startswith(KEY_PREFIX) or len(key) > MAX_KEY_LENGTH:
             raise Unauthenticated("Invalid credentials: expected Authorization: Bearer fdb_…")
         digest = hash_key(self.secret, key)
         cached = self._keys.get(digest)
