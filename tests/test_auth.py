@@ -307,6 +307,31 @@ async def test_past_expiry_is_refused(rpc):
     assert exc.value.data["errors"][0]["field"] == "expires_at"
 
 
+async def test_an_expiring_key_cannot_make_a_key_that_outlives_it(server, rpc):
+    user, _ = await new_user(rpc)
+    expiry = datetime.now(timezone.utc) + timedelta(hours=1)
+    expiring = (await rpc.call("create_api_key", {"name": "expiring", "user_id": user["id"],
+                                                  "expires_at": expiry.isoformat()}))["secret"]
+    later = (expiry + timedelta(seconds=1)).isoformat()
+    async with FlexDBClient(server.url, api_key=expiring) as c:
+        for params in ({}, {"expires_at": later}):  # never expiring; expiring after it
+            with pytest.raises(InvalidParams) as exc:
+                await c.call("create_api_key", {"name": "escape", **params})
+            assert exc.value.code == -32602
+            assert [e["field"] for e in exc.value.data["errors"]] == ["expires_at"]
+            assert "no later than" in exc.value.data["errors"][0]["message"]
+            assert datetime.fromisoformat(exc.value.data["max_expires_at"]) == expiry
+        sooner = (expiry - timedelta(minutes=1)).isoformat()
+        made = await c.call("create_api_key", {"name": "shorter", "expires_at": sooner})
+        assert datetime.fromisoformat(made["api_key"]["expires_at"]) \
+            == datetime.fromisoformat(sooner)
+        same = await c.call("create_api_key", {"name": "as long", "expires_at":
+                                               expiry.isoformat()})
+        assert same["secret"].startswith("fdb_")
+        names = {k["name"] for k in (await c.call("list_api_keys", {}))["api_keys"]}
+    assert "escape" not in names and {"shorter", "as long"} <= names
+
+
 async def test_keys_are_stored_only_as_keyed_hashes(rpc, database_url):
     user, key = await new_user(rpc)
     assert key.startswith("fdb_") and len(key) >= 4 + 43  # 256 random bits
