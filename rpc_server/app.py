@@ -218,7 +218,9 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         state = app[STATE]
         if settings.redis_url:
             state.redis = RedisLink(settings.redis_url)
-            state.auth.shared = SharedCache(state.redis, settings.shared_cache_ttl_s, "auth")
+            # Auth entries live no longer than a verified key is trusted: with a Redis that
+            # refuses writes, nothing can then serve a revoked key longer than that.
+            state.auth.shared = SharedCache(state.redis, settings.auth_cache_ttl_s, "auth")
             state.node_types.shared = SharedCache(state.redis, settings.shared_cache_ttl_s,
                                                   "node_types")
             invalidation = Invalidation(state.redis, state.auth, state.node_types)
