@@ -42,6 +42,7 @@ EXPECTED = {
     "create_relationship": "member", "update_relationship": "member",
     "delete_relationship": "member", "create_relationships": "member",
     "list_audit_events": "admin", "verify_audit_chain": "admin",
+    "list_denied_calls": "platform_admin",
     "execute_query": "viewer", "query_nodes": "viewer", "traverse": "viewer",
     "shortest_path": "viewer",
     "create_pipeline": "admin", "get_pipeline": "viewer", "update_pipeline": "admin",
