@@ -99,7 +99,7 @@ class World:
         t = self.tid
         if method == "create_tenant":
             return {"slug": unique("c"), "name": "C"}
-        if method in ("list_tenants", "list_users", "list_api_keys"):
+        if method in ("list_tenants", "list_users", "list_api_keys", "list_denied_calls"):
             return {}
         if method == "get_user":
             return {"id": self.users[caller_role or "viewer"]["id"]}
