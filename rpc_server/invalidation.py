@@ -79,6 +79,8 @@ class Invalidation:
     async def stop(self) -> None:
         for cache in self.caches:
             cache.announce = None
+            if cache.shared is not None:
+                await cache.shared.stop()
         if self._listener is not None:
             self._listener.cancel()
             await asyncio.gather(self._listener, return_exceptions=True)

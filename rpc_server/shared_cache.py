@@ -97,6 +97,11 @@ class SharedCache:
         self._invalidated = max(self._invalidated, wanted)
         return True
 
+    async def stop(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            await asyncio.gather(self._retry, return_exceptions=True)
+
     def _retry_invalidation(self) -> None:
         """One bump attempt at a time, off the caller's path (a paused Redis makes it wait)."""
         if self._retry is None or self._retry.done():
