@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
+from rpc_server.credentials import bearer_credential
 from rpc_server.errors import Unauthenticated
 
 from . import docs
@@ -20,6 +21,15 @@ def _authorization(headers: list[tuple[bytes, bytes]]) -> bytes:
         if name == b"authorization":
             return value.strip()
     return b""
+
+
+def _caller(authorization: bytes) -> bytes:
+    """Who the credentials are, for the in-flight cap: a Bearer credential however its
+    scheme is spelled, else the header as sent (rpc_server refuses other schemes)."""
+    text = authorization.decode("latin-1")  # (headers are latin-1)
+    credential = bearer_credential(text)
+    identity = f"bearer {credential}" if credential is not None else text
+    return hashlib.blake2b(identity.encode("latin-1"), digest_size=16).digest()
 
 
 class CallerGuard:
@@ -42,7 +52,7 @@ class CallerGuard:
             response = error_for(request_id, 401, refusal.code, refusal.message, refusal.data,
                                  {"WWW-Authenticate": 'Bearer realm="flexdb"'})
             return await response(scope, receive, send)
-        caller = hashlib.blake2b(authorization, digest_size=16).digest()
+        caller = _caller(authorization)
         if self.in_flight.get(caller, 0) >= self.max_in_flight:
             response = error_for(
                 request_id, STATUS_BY_CODE[RATE_LIMITED], RATE_LIMITED,

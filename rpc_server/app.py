@@ -13,7 +13,7 @@ from aiohttp import web
 
 from . import methods  # noqa: F401  (registers every method)
 from .config import Settings
-from .audit import DeniedLimiter
+from .denied_calls import DeniedCalls
 from .auth import Authenticator
 from .context import AppState, QueryEnvironment, RequestContext
 from .db import connect, create_pool, create_query_pool
@@ -107,7 +107,8 @@ async def handle_jsonrpc(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     request_id = request_id_of(request)
     started = time.perf_counter()
-    context = RequestContext(state, request_id, request.headers.get("Authorization"))
+    context = RequestContext(state, request_id, request.headers.get("Authorization"),
+                             request.remote)
     try:
         response = await _answer(request, state, context)
         if context.holds_documents:
@@ -209,7 +210,8 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
                               ValidatorCache(validation_limits(settings),
                                              settings.db_connect_timeout_s),
                               Authenticator(secret, settings.anonymous_role,
-                                            settings.auth_cache_ttl_s), DeniedLimiter(),
+                                            settings.auth_cache_ttl_s),
+                              DeniedCalls(pool, settings.db_connect_timeout_s),
                               QueryEnvironment(query_pool, query_problems, superuser,
                                                TenantLimiter(settings.query_tenant_concurrency,
                                                              settings.db_connect_timeout_s),
@@ -218,7 +220,9 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         state = app[STATE]
         if settings.redis_url:
             state.redis = RedisLink(settings.redis_url)
-            state.auth.shared = SharedCache(state.redis, settings.shared_cache_ttl_s, "auth")
+            # Auth entries live no longer than a verified key is trusted: with a Redis that
+            # refuses writes, nothing can then serve a revoked key longer than that.
+            state.auth.shared = SharedCache(state.redis, settings.auth_cache_ttl_s, "auth")
             state.node_types.shared = SharedCache(state.redis, settings.shared_cache_ttl_s,
                                                   "node_types")
             invalidation = Invalidation(state.redis, state.auth, state.node_types)
@@ -227,9 +231,11 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         state.metrics.watch(state)
         runner.start()
         state.chainer.start()
+        state.denied.start()
         yield
         await runner.stop()
         await state.chainer.stop()
+        await state.denied.stop()
         if state.redis is not None:
             await invalidation.stop()
             await state.redis.close()

@@ -1,5 +1,6 @@
-"""The audit trail's rules: what an event's hash covers, how params are redacted, and how
-often denied attempts are recorded. The SQL is in repositories/audit.py.
+"""The audit trail's rules: what an event's hash covers, how params are redacted, and the
+interval refused calls are counted over (denied_calls.py). The SQL is in
+repositories/audit.py.
 
 hash = sha256(prev_hash || canonical JSON of the event), where the event includes its
 tenant, sequence number, time, actor, method, target, outcome, request id and the redacted
@@ -147,23 +148,3 @@ def hashed_fields(row: Any) -> dict:
             "target_id": row["target_id"], "outcome": row["outcome"],
             "request_id": row["request_id"], "summary": row["summary"]}
 
-
-class DeniedLimiter:
-    """At most one denied-attempt event per (actor, method, tenant) a minute; the next one
-    carries how many were left out."""
-
-    def __init__(self, window: float = DENIED_WINDOW_S, size: int = 10_000):
-        self.window, self.size = window, size
-        self._seen: dict[tuple, tuple[float, int]] = {}
-
-    def admit(self, key: tuple) -> int | None:
-        """None to skip; otherwise the number of attempts suppressed since the last event."""
-        now = time.monotonic()
-        started, suppressed = self._seen.get(key, (0.0, 0))
-        if now - started < self.window:
-            self._seen[key] = (started, suppressed + 1)
-            return None
-        if len(self._seen) >= self.size:
-            self._seen.clear()
-        self._seen[key] = (now, 0)
-        return suppressed

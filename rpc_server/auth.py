@@ -4,7 +4,8 @@ Keys look like `fdb_<43 url-safe chars>` (256 random bits; the prefix lets secre
 find leaked keys). Only HMAC-SHA256(server secret, key) is stored. A verified key and a
 membership are cached for FLEXDB_AUTH_CACHE_TTL_S seconds (default 5), so the hot path
 makes no database round trip; revocation and role changes take effect within that time
-on other instances, and at once on the instance that made them."""
+on other instances, and at once on the instance that made them, whatever Redis does (see
+shared_cache.py: the shared entries live no longer than that either)."""
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,10 @@ from uuid import UUID
 
 import asyncpg
 
+from .credentials import bearer_credential
 from .errors import Unauthenticated
-from .shared_cache import MISSING, SharedCache, principal_from_json, principal_to_json
+from .shared_cache import (MISSING, SharedCache, UNTRUSTED as UNSHARED, principal_from_json,
+                           principal_to_json)
 from .ttl_cache import TTLCache
 from .execution_tokens import PREFIX as EXECUTION_PREFIX, ExecutionClaims, InvalidToken
 from .execution_tokens import verify as verify_execution_token
@@ -75,26 +78,29 @@ class Authenticator:
         self._keys = TTLCache(ttl)
         self._roles = TTLCache(ttl)
         self.shared: SharedCache | None = None  # set when Redis is configured
+        self._forgets = 0  # how many forget_* have been applied here
 
     async def principal(self, pool: asyncpg.Pool, authorization: str | None) -> Principal:
         if not authorization:
             if self.anonymous_role == "platform_admin":
                 return ANONYMOUS_ADMIN
             raise Unauthenticated()
-        scheme, _, key = authorization.strip().partition(" ")
-        key = key.strip()
-        if scheme.lower() == "bearer" and key.startswith(EXECUTION_PREFIX):
+        key = bearer_credential(authorization) or ""
+        if key.startswith(EXECUTION_PREFIX):
             return await self._run_principal(pool, key)
-        if scheme.lower() != "bearer" or not key.startswith(KEY_PREFIX) \
-                or len(key) > MAX_KEY_LENGTH:
+        if not key.startswith(KEY_PREFIX) or len(key) > MAX_KEY_LENGTH:
             raise Unauthenticated("Invalid credentials: expected Authorization: Bearer fdb_…")
         digest = hash_key(self.secret, key)
         cached = self._keys.get(digest)
         if cached is not None:
             found = cached[0]
         else:
-            found = await self._shared_lookup(pool, digest)
-            self._keys.put(digest, found)  # unknown keys too: random keys cannot hammer the db
+            forgets = self._forgets
+            found, ttl = await self._shared_lookup(pool, digest)
+            # Unknown keys too (random keys cannot hammer the db); not a lookup that raced
+            # a revocation here.
+            if forgets == self._forgets:
+                self._keys.put(digest, found, ttl)
         if found is None:
             raise Unauthenticated("Invalid, unknown or revoked API key")
         if found.expires_at is not None and found.expires_at <= datetime.now(timezone.utc):
@@ -144,30 +150,34 @@ class Authenticator:
             return None
         return Principal(row["user_id"], row["is_platform_admin"], row["id"], row["expires_at"])
 
-    async def _shared_lookup(self, pool: asyncpg.Pool, digest: bytes) -> Principal | None:
+    async def _shared_lookup(self, pool: asyncpg.Pool,
+                             digest: bytes) -> tuple[Principal | None, float | None]:
+        """The key's caller (None if unknown) and, when it came from the shared cache, how
+        long that entry has left (a copy here must not outlive it)."""
         if self.shared is None:
-            return await self._lookup(pool, digest)
-        value, generation = await self.shared.get("key", digest.hex())
-        if value is not MISSING:
-            return principal_from_json(value, Principal)
+            return await self._lookup(pool, digest), None
+        shared = await self.shared.get("key", digest.hex())
+        if shared.value is not MISSING:
+            return principal_from_json(shared.value, Principal), shared.expires_in
         found = await self._lookup(pool, digest)
-        await self.shared.put("key", digest.hex(), principal_to_json(found), generation)
-        return found
+        await self.shared.put("key", digest.hex(), principal_to_json(found), shared.generation)
+        return found, None
 
     async def role_in(self, pool: asyncpg.Pool, user_id: UUID, tenant_id: UUID) -> str | None:
         cached = self._roles.get((user_id, tenant_id))
         if cached is not None:
             return cached[0]
-        ident = f"{user_id}:{tenant_id}"
-        role, generation = (await self.shared.get("role", ident) if self.shared
-                            else (MISSING, None))
+        forgets, ident = self._forgets, f"{user_id}:{tenant_id}"
+        shared = await self.shared.get("role", ident) if self.shared else UNSHARED
+        role = shared.value
         if role is MISSING:
             role = await pool.fetchval(
                 "SELECT role FROM tenant_users WHERE tenant_id = $1 AND user_id = $2 "
                 "AND status = 'active'", tenant_id, user_id)
             if self.shared:
-                await self.shared.put("role", ident, role, generation)
-        self._roles.put((user_id, tenant_id), role)
+                await self.shared.put("role", ident, role, shared.generation)
+        if forgets == self._forgets:
+            self._roles.put((user_id, tenant_id), role, shared.expires_in)
         return role
 
     # Each forget_* drops cached entries here and, through `announce` (set when Redis is
@@ -193,6 +203,7 @@ class Authenticator:
             self.announce(kind, *ids)
 
     def apply(self, kind: str, *ids: UUID) -> None:
+        self._forgets += 1  # lookups in flight now may have read the old state
         if kind == "key":
             self._keys.drop_where(lambda _, p: p is not None and p.key_id == ids[0])
         elif kind == "user":

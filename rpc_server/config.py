@@ -150,8 +150,10 @@ class Settings(BaseModel):
         "none", "`platform_admin` lets callers without credentials act as platform admin "
         "(trusted networks only; both the server and the facade warn at start)",
         read_by=(SERVE, FACADE))
-    auth_cache_ttl_s: float = setting(5.0, "seconds a verified key or a membership is trusted "
-                                      "before it is read again", read_by=(SERVE,), ge=0, le=300)
+    auth_cache_ttl_s: float = setting(
+        5.0, "seconds a verified key or a membership is trusted before it is read again, by "
+        "each instance and in Redis: the longest another instance may still accept a revoked "
+        "key or a removed member, whatever Redis does", read_by=(SERVE,), ge=0, le=300)
     query_pool_max: int = setting(
         8, "connections for `execute_query` (a pool of their own): at most this many run at "
         "once (graph walks use at most half of `FLEXDB_DB_POOL_MAX`)", read_by=(SERVE,),
@@ -229,11 +231,11 @@ class Settings(BaseModel):
         "limits count across instances, and a revoked key, a changed membership or a changed "
         "node type is forgotten by every instance at once. Unset, or while Redis fails: the "
         "same limits per instance, and other instances forget keys and roles within "
-        "`FLEXDB_AUTH_CACHE_TTL_S`", read_by=(SERVE,))
+        "`FLEXDB_AUTH_CACHE_TTL_S` (also while Redis refuses writes)", read_by=(SERVE,))
     shared_cache_ttl_s: float = setting(
-        60.0, "with Redis: seconds an API key lookup, a tenant role or a node type's schema "
-        "stays in the cache shared by every instance (behind each instance's own cache: "
-        "`FLEXDB_AUTH_CACHE_TTL_S` for keys and roles, this for node types). Any change makes "
+        60.0, "with Redis: seconds a node type's schema stays in the cache shared by every "
+        "instance, behind each instance's own cache (keys and roles: "
+        "`FLEXDB_AUTH_CACHE_TTL_S`). Any change makes "
         "the shared entries of its kind stale at once. A cached node type is never trusted "
         "for a write: each write checks its version in the database", read_by=(SERVE,),
         gt=0, le=3600)

@@ -16,6 +16,7 @@ from .audit_chainer import AuditChainer
 from .batch_reads import NodeReads, prefetch_batch_nodes
 from .auth import Authenticator, Principal
 from .config import Settings
+from .denied_calls import DeniedCalls
 from .metrics import Metrics
 from .node_type_cache import NodeTypeCache
 from .rate_limits import RateLimiter
@@ -37,7 +38,7 @@ class AppState:
     shaper: Shaper
     validators: ValidatorCache
     auth: Authenticator
-    denied: audit.DeniedLimiter
+    denied: DeniedCalls
     query: "QueryEnvironment"
     pipelines: PipelineRunner
     node_types: NodeTypeCache
@@ -126,6 +127,7 @@ class RequestContext:
     state: AppState
     request_id: str
     authorization: str | None = None
+    client_address: str | None = None  # the peer's IP address
     _principal: Principal | None = None
     # (method, outcome: None or error code, tenant id or None) per call, for the access log
     calls: list = field(default_factory=list)

@@ -36,7 +36,8 @@ class NodeTypeCache:
             return hit[0]
         generation = None
         if self.shared is not None:
-            value, generation = await self.shared.get("node_type", f"{tenant_id}:{node_type_id}")
+            value, generation, _ = await self.shared.get("node_type",
+                                                         f"{tenant_id}:{node_type_id}")
             if value is not MISSING and version in (None, value["version"]):
                 entry = {"tenant_id": tenant_id, "id": node_type_id, **value}
                 self.local.put(key, entry)

@@ -13,9 +13,9 @@ from jsonrpcserver import Success
 from jsonrpcserver.exceptions import JsonRpcError
 from pydantic import BaseModel, ValidationError
 
-from . import audit
 from .auth import ROLE_RANK, Permission
 from .context import Call
+from .denied_calls import source_of
 from .execution_tokens import ALLOWED_METHODS as EXECUTION_METHODS
 from .errors import (INTERNAL_ERROR, INVALID_PARAMS, Conflict, Forbidden, InvalidParams, NotFound, RpcError,
                      StatementTimeout, Unauthenticated, Unavailable)
@@ -151,22 +151,11 @@ def rpc_method(params: type[Params], permission: Permission, name: str | None = 
     return decorate
 
 
-async def record_denied(call: Call, denied: RpcError) -> None:
-    """A refused call leaves a trace in the platform's chain, at most one a minute per
-    actor, method and tenant (with a count of the ones left out)."""
-    principal = call.request.known_principal
-    actor = principal.key_id if principal else "anonymous"
-    tenant = getattr(call.params, call.tenant_param) if call.tenant_param else None
-    suppressed = call.state.denied.admit((actor, call.method, tenant))
-    if suppressed is None:
-        return
-    call.set_target(call.target_kind, call.target_id, audit.PLATFORM_TENANT)
-    try:
-        await call.log_event("denied", denied=denied.data.get("type"),
-                             tenant_id=None if tenant is None else str(tenant),
-                             suppressed_before=suppressed)
-    except Exception:  # noqa: BLE001 - the refusal itself must still be answered
-        log.exception("could not record a denied attempt (request_id=%s)", call.request_id)
+def record_denied(call: Call, denied: RpcError) -> None:
+    """A refused call is counted per interval, source, method and outcome (denied_calls.py),
+    never by the tenant it names."""
+    call.state.denied.note(source_of(call.request.known_principal, call.request.client_address),
+                           call.method, denied.data["type"])
 
 
 async def authorize(ctx, method: str, permission: Permission, params: Params) -> None:
@@ -246,7 +235,7 @@ def _make_callable(spec: MethodSpec) -> Callable:
                 try:
                     await authorize(ctx, spec.name, spec.permission, params)
                 except (Unauthenticated, Forbidden, NotFound) as denied:
-                    await record_denied(this_call, denied)
+                    record_denied(this_call, denied)
                     raise
                 if ctx.state.limits.enabled:
                     await ctx.state.limits.admit_call(

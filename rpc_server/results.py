@@ -347,6 +347,26 @@ class AuditEventList(ResultModel):
     pagination: Pagination
 
 
+class DeniedCall(ResultModel):
+    """How many calls of one source to one method were refused one way in one interval."""
+    id: UUID
+    interval_start: AwareDatetime = Field(description="Start of the interval counted (60 s "
+                                                      "long).")
+    source: str = Field(description="`key:<API key id>` (also behind a run's token), or "
+                                    "without valid credentials `address:<IPv4>` or "
+                                    "`address:<IPv6 /64>`.")
+    method: str = Field(description="The JSON-RPC method refused.")
+    outcome: Literal["unauthenticated", "forbidden", "not_found"]
+    count: int = Field(description="Calls refused so in the interval.")
+    last_at: AwareDatetime = Field(description="When the last of them came.")
+
+
+class DeniedCallList(ResultModel):
+    """A page of refused-call counts, oldest interval first."""
+    denied_calls: list[DeniedCall]
+    pagination: Pagination
+
+
 class AuditChainVerification(ResultModel):
     """Whether a tenant's audit chain is intact, or where it first breaks."""
     ok: bool

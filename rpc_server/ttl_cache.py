@@ -22,8 +22,10 @@ class TTLCache:
         self.hits += 1
         return hit
 
-    def put(self, key, value) -> None:
-        self._items[key] = (value, time.monotonic() + self.ttl)
+    def put(self, key, value, ttl: float | None = None) -> None:
+        """Keep `value` for the cache's TTL, or `ttl` if shorter."""
+        ttl = self.ttl if ttl is None else min(ttl, self.ttl)
+        self._items[key] = (value, time.monotonic() + ttl)
         self._items.move_to_end(key)
         if len(self._items) > self.size:
             self._items.popitem(last=False)

@@ -151,9 +151,9 @@ SECTIONS: dict[str, list[Limit]] = {
               "tenant_max_nodes"),
         Limit("bytes of one tenant's documents, as stored (0 = no cap)",
               "-32005 `quota_exceeded`", "tenant_max_bytes"),
-        Limit("refused calls recorded in the audit trail",
-              "one event per actor, method and tenant per window, with a count",
-              value=f"{audit.DENIED_WINDOW_S:g} s"),
+        Limit("refused calls (unauthenticated, forbidden, not found): counted, not recorded "
+              "one by one", "one count per interval, source (key or client address), method "
+              "and outcome (`list_denied_calls`)", value=f"{audit.DENIED_WINDOW_S:g} s"),
     ],
 }
 

@@ -42,6 +42,7 @@ EXPECTED = {
     "create_relationship": "member", "update_relationship": "member",
     "delete_relationship": "member", "create_relationships": "member",
     "list_audit_events": "admin", "verify_audit_chain": "admin",
+    "list_denied_calls": "platform_admin",
     "execute_query": "viewer", "query_nodes": "viewer", "traverse": "viewer",
     "shortest_path": "viewer",
     "create_pipeline": "admin", "get_pipeline": "viewer", "update_pipeline": "admin",
@@ -98,7 +99,7 @@ class World:
         t = self.tid
         if method == "create_tenant":
             return {"slug": unique("c"), "name": "C"}
-        if method in ("list_tenants", "list_users", "list_api_keys"):
+        if method in ("list_tenants", "list_users", "list_api_keys", "list_denied_calls"):
             return {}
         if method == "get_user":
             return {"id": self.users[caller_role or "viewer"]["id"]}
@@ -305,6 +306,31 @@ async def test_past_expiry_is_refused(rpc):
         await rpc.call("create_api_key", {"name": "x", "user_id": user["id"],
                                           "expires_at": "2001-01-01T00:00:00Z"})
     assert exc.value.data["errors"][0]["field"] == "expires_at"
+
+
+async def test_an_expiring_key_cannot_make_a_key_that_outlives_it(server, rpc):
+    user, _ = await new_user(rpc)
+    expiry = datetime.now(timezone.utc) + timedelta(hours=1)
+    expiring = (await rpc.call("create_api_key", {"name": "expiring", "user_id": user["id"],
+                                                  "expires_at": expiry.isoformat()}))["secret"]
+    later = (expiry + timedelta(seconds=1)).isoformat()
+    async with FlexDBClient(server.url, api_key=expiring) as c:
+        for params in ({}, {"expires_at": later}):  # never expiring; expiring after it
+            with pytest.raises(InvalidParams) as exc:
+                await c.call("create_api_key", {"name": "escape", **params})
+            assert exc.value.code == -32602
+            assert [e["field"] for e in exc.value.data["errors"]] == ["expires_at"]
+            assert "no later than" in exc.value.data["errors"][0]["message"]
+            assert datetime.fromisoformat(exc.value.data["max_expires_at"]) == expiry
+        sooner = (expiry - timedelta(minutes=1)).isoformat()
+        made = await c.call("create_api_key", {"name": "shorter", "expires_at": sooner})
+        assert datetime.fromisoformat(made["api_key"]["expires_at"]) \
+            == datetime.fromisoformat(sooner)
+        same = await c.call("create_api_key", {"name": "as long", "expires_at":
+                                               expiry.isoformat()})
+        assert same["secret"].startswith("fdb_")
+        names = {k["name"] for k in (await c.call("list_api_keys", {}))["api_keys"]}
+    assert "escape" not in names and {"shorter", "as long"} <= names
 
 
 async def test_keys_are_stored_only_as_keyed_hashes(rpc, database_url):

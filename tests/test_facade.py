@@ -21,7 +21,8 @@ from rest_facade.app import create_app
 from rpc_server.client import FlexDBClient, RpcError
 from rpc_server.config import Settings
 
-from .conftest import free_port, missing_id, own_user_id, running_facade, unique
+from .conftest import (free_port, missing_id, own_user_id, running_facade, running_server,
+                       unique)
 from .test_auth import new_user
 
 ECHO = "def run(input, db):\n    return input\n"
@@ -1248,6 +1249,46 @@ async def test_one_caller_cannot_take_every_connection():
     error(refused, 429, -32005, "too_many_in_flight")
     assert refused.headers["retry-after"] == "1"
     assert answers[4].status_code == 200  # other credentials are not held up
+
+
+SPELLINGS = ("bearer", "BEARER", "BeArEr", "Bearer ")  # (the last: two spaces before the key)
+
+
+async def test_the_in_flight_cap_counts_one_key_whatever_the_scheme_spelling():
+    """The scheme is case-insensitive (RFC 7235): respelling it does not make a new caller."""
+    with StubRpc() as stub, running_facade(stub.url, FLEXDB_FACADE_MAX_IN_FLIGHT_PER_CALLER="2",
+                                           FLEXDB_FACADE_RPC_TIMEOUT_S="10") as capped:
+        async with httpx.AsyncClient(base_url=capped.base, timeout=30) as client:
+            path = "/tenants/{tenant_id}/pipelines"
+            t = missing_id()
+            answers = await asyncio.gather(*(
+                call(client, "GET", path, tenant_id=t,
+                     headers={"Authorization": f"{scheme} fdb_greedy"})
+                for scheme in SPELLINGS))
+    statuses = sorted(r.status_code for r in answers)
+    assert statuses == [200, 200, 429, 429], statuses
+    for refused in (r for r in answers if r.status_code == 429):
+        error(refused, 429, -32005, "too_many_in_flight")
+
+
+async def test_every_scheme_spelling_authenticates_and_shares_the_key_rate_limit(
+        database_url):
+    env = {"FLEXDB_DATABASE_URL": database_url, "FLEXDB_RATE_LIMIT_KEY_PER_S": "0.01",
+           "FLEXDB_RATE_LIMIT_KEY_BURST": "3"}
+    with running_server(env) as srv, running_facade(srv.url) as limited:
+        async with FlexDBClient(srv.url, api_key=srv.admin_key) as admin:
+            _, key = await new_user(admin)
+        async with httpx.AsyncClient(base_url=limited.base, timeout=30) as client:
+            answers = [await call(client, "GET", "/tenants",
+                                  headers={"Authorization": f"{scheme} {key}"})
+                       for scheme in SPELLINGS + SPELLINGS[:2]]
+            wrong_scheme = await call(client, "GET", "/tenants",
+                                      headers={"Authorization": f"Basic {key}"})
+    assert [r.status_code for r in answers] == [200, 200, 200, 429, 429, 429], \
+        [r.text for r in answers]
+    for refused in answers[3:]:
+        assert error(refused, 429, -32005, "rate_limited")["details"]["scope"] == "key"
+    error(wrong_scheme, 401, -32002, "unauthenticated")
 
 
 @pytest.mark.parametrize("depth", [300, 1000])

@@ -256,3 +256,99 @@ async def test_a_stale_node_type_is_never_used_to_validate_without_redis(databas
             with pytest.raises(RpcError) as gone:
                 await on_b.call("create_node", {**node, "data": {"b": "y"}})
             assert gone.value.code == -32001 and gone.value.data["kind"] == "node_type"
+
+
+# Ways a Redis answers reads but refuses writes: (make it refuse, make it accept again).
+WRITE_REFUSALS = {
+    "no good replicas": (("CONFIG", "SET", "min-replicas-to-write", "1"),
+                         ("CONFIG", "SET", "min-replicas-to-write", "0")),
+    "read-only replica": (("REPLICAOF", "127.0.0.1", "1"), ("REPLICAOF", "NO", "ONE")),
+    "paused writers": (("CLIENT", "PAUSE", "60000", "WRITE"), ("CLIENT", "UNPAUSE")),
+}
+AUTH_TTL_S = 2.0
+
+
+async def refused_now(url: str, revoked_key: str, removed_key: str, tenant_id: str) -> bool:
+    """Whether both old credentials are refused, each for the right reason; False when
+    both still work (one refused and the other not is a failure of its own)."""
+    async with FlexDBClient(url, api_key=revoked_key) as revoked, \
+            FlexDBClient(url, api_key=removed_key) as removed:
+        try:
+            await revoked.call("list_tenants", {})
+            key_refused = False
+        except Unauthenticated as exc:
+            assert exc.code == -32002 and "revoked" in exc.message, exc.message
+            key_refused = True
+        try:
+            await removed.call("get_tenant", {"id": tenant_id})
+            member_refused = False
+        except RpcError as exc:  # not a member: answered like a missing tenant
+            assert exc.code == -32001 and exc.data["kind"] == "tenant", exc.data
+            member_refused = True
+    return key_refused and member_refused
+
+
+@pytest.mark.parametrize("refusal", list(WRITE_REFUSALS))
+async def test_revocation_holds_while_redis_refuses_writes(database_url, refusal):
+    """A revoked key and a removed member stop at once on the instance that made the change
+    and within FLEXDB_AUTH_CACHE_TTL_S on the other, though the shared cache could not be
+    invalidated; once Redis takes writes again, the shared cache is used again."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    import redis
+    refuse, accept = WRITE_REFUSALS[refusal]
+    with own_redis() as (url, _, _), two_servers(
+            database_url, FLEXDB_REDIS_URL=url, FLEXDB_AUTH_CACHE_TTL_S=str(AUTH_TTL_S)) as (a, b):
+        control = redis.Redis.from_url(url, socket_timeout=0.5)
+        async with FlexDBClient(a.url, api_key=a.admin_key) as admin:
+            user = (await admin.call("create_user", {"email": f"{unique('w')}@example.com",
+                                                     "display_name": "W"}))["user"]
+            tenant = (await admin.call("create_tenant", {"slug": unique("w"),
+                                                         "name": "W"}))["tenant"]
+            await admin.call("add_user_to_tenant", {"tenant_id": tenant["id"],
+                                                    "user_id": user["id"], "role": "viewer"})
+            doomed, removed = [(await admin.call("create_api_key", {
+                "name": name, "user_id": user["id"]})) for name in ("doomed", "removed")]
+            for server in (a, b):  # trusted on both, in each one's cache and in Redis
+                assert not await refused_now(server.url, doomed["secret"], removed["secret"],
+                                             tenant["id"])
+            control.execute_command(*refuse)
+            with pytest.raises(redis.RedisError):  # the refusal is real
+                control.incr("flexdb:auth:generation")
+            try:
+                await admin.call("revoke_api_key", {"id": doomed["api_key"]["id"]})
+                await admin.call("remove_user_from_tenant", {"tenant_id": tenant["id"],
+                                                             "user_id": user["id"]})
+                changed = time.monotonic()
+                old = (doomed["secret"], removed["secret"], tenant["id"])
+                # a, at once and on every call, also after its Redis link was retried.
+                while time.monotonic() < changed + 2.5:
+                    assert await refused_now(a.url, *old), "a accepts the old credentials"
+                    await asyncio.sleep(0.1)
+                # b within the bound, then for good.
+                while not await refused_now(b.url, *old):
+                    assert time.monotonic() < changed + AUTH_TTL_S + 1.0, \
+                        "b accepts the old credentials past FLEXDB_AUTH_CACHE_TTL_S"
+                    await asyncio.sleep(0.1)
+                for _ in range(10):
+                    assert await refused_now(b.url, *old)
+                    await asyncio.sleep(0.1)
+            finally:
+                control.execute_command(*accept)
+            # Writes are back: the shared cache is trusted and filled again (a fresh key
+            # looked up on a is a shared hit on b), and the old credentials stay refused.
+            for _ in range(30):
+                fresh = (await admin.call("create_api_key", {"name": "fresh"}))["secret"]
+                before = shared_hits(b.base)
+                async with FlexDBClient(a.url, api_key=fresh) as on_a, \
+                        FlexDBClient(b.url, api_key=fresh) as on_b:
+                    await on_a.call("list_tenants", {})
+                    await on_b.call("list_tenants", {})
+                if shared_hits(b.base) > before:
+                    break
+                await asyncio.sleep(0.2)
+            else:
+                pytest.fail("the shared cache was not used again after Redis took writes")
+            for server in (a, b):
+                assert await refused_now(server.url, *old)
+        control.close()

@@ -43,12 +43,24 @@ async def _owner_of_request(ctx, user_id):
     return user_id
 
 
+def _refuse_outliving_the_caller(principal, expires_at: datetime | None) -> None:
+    """A key that expires cannot make a key that lives on after it (or never expires):
+    otherwise an expiry would be escaped by making a fresh key before it."""
+    limit = principal.expires_at
+    if limit is not None and (expires_at is None or expires_at > limit):
+        raise InvalidParams(errors=[{
+            "field": "expires_at",
+            "message": f"must be given and no later than {limit.isoformat()}, when the "
+                       "calling key expires"}], max_expires_at=limit.isoformat())
+
+
 @rpc_method(CreateApiKey, AUTHENTICATED, result=results.ApiKeyCreated)
 async def create_api_key(ctx, p: CreateApiKey) -> dict:
     """Create an API key; the `secret` in the result is shown only this once."""
     user_id = await _owner_of_request(ctx, p.user_id)
     if p.expires_at is not None and p.expires_at <= datetime.now(timezone.utc):
         raise InvalidParams.field("expires_at", "must be in the future")
+    _refuse_outliving_the_caller(await ctx.principal(), p.expires_at)
     secret = new_api_key()
     async with ctx.transaction() as conn:
         row = await ApiKeyRepository(conn).create(

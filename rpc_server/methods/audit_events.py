@@ -1,16 +1,18 @@
 """Reading the audit trail: list_audit_events and verify_audit_chain (tenant admins; the
-platform's own chain is tenant 00000000-0000-0000-0000-000000000000, for platform admins)."""
+platform's own chain is tenant 00000000-0000-0000-0000-000000000000, for platform admins),
+and list_denied_calls (platform admins): the counts of refused calls."""
 from __future__ import annotations
 
 import orjson
 from pydantic import Field
 
-from ..auth import tenant_role
+from ..auth import PLATFORM_ADMIN, tenant_role
 from ..params import Moment, Id, PaginationParam, Params
 from .. import results
 from ..registry import rpc_method
 from .. import audit
 from ..repositories.audit import AuditRepository
+from ..repositories.denied_calls import DeniedCallRepository
 from .common import require_tenant
 
 
@@ -26,6 +28,31 @@ class ListAuditEvents(Params):
 
 class VerifyAuditChain(Params):
     tenant_id: Id
+
+
+class ListDeniedCalls(Params):
+    source: str | None = Field(None, max_length=100)
+    method: str | None = Field(None, max_length=100)
+    since: Moment | None = None
+    until: Moment | None = None
+    pagination: PaginationParam
+
+
+@rpc_method(ListDeniedCalls, PLATFORM_ADMIN, result=results.DeniedCallList)
+async def list_denied_calls(ctx, p: ListDeniedCalls) -> dict:
+    """List the counts of refused calls per interval, source, method and outcome, oldest
+    first, filtered by source, method or time (this server's latest counts included; other
+    servers write theirs every few seconds)."""
+    await ctx.state.denied.flush()
+    filters = (p.source, p.method, p.since, p.until)
+    async with ctx.list_connection(any(f is not None for f in filters)) as conn:
+        page = await DeniedCallRepository(conn).list(p.pagination, source=p.source,
+                                                     method=p.method, since=p.since,
+                                                     until=p.until)
+    result = ctx.shaper.page("denied_calls", page)
+    for count in result["denied_calls"]:
+        del count["created_at"]  # (the page's sort key: interval_start)
+    return result
 
 
 @rpc_method(ListAuditEvents, tenant_role("admin"), result=results.AuditEventList)
