@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 from pydantic import Field
 
-from rpc_server.params import JsonObject, Params, RelationshipType, Version
+from rpc_server.api.params import JsonObject, Params, RelationshipType, Version
 
 
 class NodePatch(Params):

@@ -20,8 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from rpc_server.client import RpcError
-from rpc_server.json_codec import JSONTooDeep
-from rpc_server.params import error_message
+from rpc_server.transport.json_codec import JSONTooDeep
+from rpc_server.api.params import error_message
 
 log = logging.getLogger(__name__)
 

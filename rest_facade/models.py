@@ -9,8 +9,8 @@ from fastapi import Query
 from pydantic import BaseModel, create_model
 
 from rpc_server import methods  # noqa: F401  (registers every method)
-from rpc_server.params import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_PAGE_TOKEN, Params
-from rpc_server.registry import REGISTRY
+from rpc_server.api.params import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_PAGE_TOKEN, Params
+from rpc_server.api.registry import REGISTRY
 
 
 def _camel(name: str) -> str:

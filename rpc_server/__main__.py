@@ -1,3 +1,3 @@
-from .cli import main
+from rpc_server.cli import main
 
 raise SystemExit(main())

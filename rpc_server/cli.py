@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from .config import (CREATE_KEY, FACADE, MIGRATE, SANDBOX, SERVE, ConfigError, Settings,
+from rpc_server.config import (CREATE_KEY, FACADE, MIGRATE, SANDBOX, SERVE, ConfigError, Settings,
                      env_var, load_settings, settings_read_by, shown_default)
-from .logs import configure_logging
-from .migrations import MigrationError
+from rpc_server.ops.logs import configure_logging
+from rpc_server.storage.migrations import MigrationError
 
 UP = "up"
 # The common settings that are flags too: flag -> the settings it sets, per command.
@@ -127,11 +127,11 @@ def warn_if_anonymous(settings: Settings, process: str) -> None:
 
 
 def _serve(settings: Settings, args) -> int:
-    from .bootstrap import prepare_database
-    from .db import database_url
-    from .local_instances import registered
-    from .server_secret import server_secret
-    from .workers import serve_one, serve_workers
+    from rpc_server.security.bootstrap import prepare_database
+    from rpc_server.storage.db import database_url
+    from rpc_server.ops.local_instances import registered
+    from rpc_server.security.server_secret import server_secret
+    from rpc_server.workers import serve_one, serve_workers
 
     warn_if_anonymous(settings, "JSON-RPC server")
     secret = server_secret(settings)
@@ -149,15 +149,15 @@ def _serve(settings: Settings, args) -> int:
 
 
 def _up(settings: Settings, args) -> int:
-    from .stack import run_stack
+    from rpc_server.stack import run_stack
 
     return run_stack(settings, {name: value for name, (_, value) in
                                 overrides_from(UP, args).items() if value is not None})
 
 
 def _migrate(settings: Settings, args) -> int:
-    from .db import connect, database_url
-    from .migrations import migrate
+    from rpc_server.storage.db import connect, database_url
+    from rpc_server.storage.migrations import migrate
 
     async def run(url: str) -> list[str]:
         conn = await connect(url, settings)
@@ -173,10 +173,10 @@ def _migrate(settings: Settings, args) -> int:
 
 
 def _create_key(settings: Settings, args) -> int:
-    from .bootstrap import new_admin_key
-    from .db import connect, database_url
-    from .migrations import migrate
-    from .server_secret import server_secret
+    from rpc_server.security.bootstrap import new_admin_key
+    from rpc_server.storage.db import connect, database_url
+    from rpc_server.storage.migrations import migrate
+    from rpc_server.security.server_secret import server_secret
 
     settings = admin_target(settings, args)
     secret = server_secret(settings, create=False)
@@ -199,7 +199,7 @@ def admin_target(settings: Settings, args) -> Settings:
     """The settings create-key uses. It never creates a database or a secret: with a
     database URL it uses that; otherwise a data dir that holds a cluster already (the
     one given, else ./.flexdb, else the one running quick start on this machine)."""
-    from .local_instances import holds_cluster, running_instances
+    from rpc_server.ops.local_instances import holds_cluster, running_instances
 
     if settings.database_url:
         return settings
@@ -274,7 +274,7 @@ def _facade(settings: Settings, args) -> int:
 
 def _encrypt_value(args) -> int:
     """Read a value on stdin (not argv: no shell history, no ps), print ENC(...)."""
-    from .secrets import SecretError, encrypt_value, master_key, new_master_key
+    from rpc_server.security.secrets import SecretError, encrypt_value, master_key, new_master_key
 
     if args.new_key:
         print(new_master_key())

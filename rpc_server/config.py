@@ -12,7 +12,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from .secrets import SecretError, decrypt_setting, is_encrypted, master_key
+from rpc_server.security.secrets import SecretError, decrypt_setting, is_encrypted, master_key
 
 ENV_PREFIX = "FLEXDB_"
 

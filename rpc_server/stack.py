@@ -18,8 +18,8 @@ from typing import Any
 
 import httpx
 
-from .config import Settings, env_var
-from .local_instances import registered
+from rpc_server.config import Settings, env_var
+from rpc_server.ops.local_instances import registered
 
 START_TIMEOUT_S = 90
 STOP_TIMEOUT_S = 40
@@ -107,9 +107,9 @@ def summary(settings: Settings, admin_key: str | None) -> str:
 
 def run_stack(settings: Settings, overrides: dict[str, Any]) -> int:
     """`overrides`: {setting name: value} given as flags, passed on to the children."""
-    from .bootstrap import prepare_database
-    from .db import database_url
-    from .server_secret import server_secret
+    from rpc_server.security.bootstrap import prepare_database
+    from rpc_server.storage.db import database_url
+    from rpc_server.security.server_secret import server_secret
 
     stopping = {"signal": None}
 

@@ -12,15 +12,15 @@ import signal
 import sys
 from multiprocessing.connection import wait
 
-from .config import Settings
-from .logs import configure_logging
+from rpc_server.config import Settings
+from rpc_server.ops.logs import configure_logging
 
 
 def serve_one(settings: Settings, database_url: str, reuse_port: bool, banner: bool,
               admin_key: str | None = None) -> None:
     from aiohttp import web
 
-    from .app import create_app
+    from rpc_server.app import create_app
 
     try:  # a faster event loop where it installs (it is a dependency, but optional here)
         import uvloop

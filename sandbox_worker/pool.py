@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from rpc_server.audit import summarize  # the audit trail's redaction, for verbose runs
+from rpc_server.audit.events import summarize  # the audit trail's redaction, for verbose runs
 
 from .child import storable_text
 

@@ -47,12 +47,12 @@ import uvloop
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rpc_server.db import _init_connection  # noqa: E402
+from rpc_server.storage.db import _init_connection  # noqa: E402
 from scripts.bench_core import token_at_depth  # noqa: E402
 from scripts.bench_query import GROUPS, group_statements  # noqa: E402
 from scripts.lean_http import LeanHttp  # noqa: E402
-from rpc_server.repositories.graph import traverse_sql  # noqa: E402
-from rpc_server.repositories.nodes import NodeRepository  # noqa: E402
+from rpc_server.storage.repositories.graph import traverse_sql  # noqa: E402
+from rpc_server.storage.repositories.nodes import NodeRepository  # noqa: E402
 from tests.conftest import (fresh_database, free_port, running_facade,  # noqa: E402
                             running_sandbox, running_server, TEST_SANDBOX_SECRET)
 
@@ -463,7 +463,7 @@ async def measure(bench: Bench, watch: MemoryWatch) -> None:
                                                     "label": f"bulk {i}"}} for i in range(BATCH)]
         bulk_body = encode("create_nodes", {"tenant_id": tid, "nodes": batch})
         datas = [n["data"] for n in batch]
-        from rpc_server.ids import uuid7_sequence
+        from rpc_server.storage.ids import uuid7_sequence
         await bench.scenario(
             "create_nodes", "create_nodes, batches of 1,000 (nodes/s)",
             lambda _: rpc.post(bulk_body),

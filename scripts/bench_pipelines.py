@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rpc_server.client import FlexDBClient  # noqa: E402
-from rpc_server.db import _init_connection  # noqa: E402
+from rpc_server.storage.db import _init_connection  # noqa: E402
 from scripts.bench_core import load, row  # noqa: E402
 from tests.conftest import fresh_database, server_with_sandbox  # noqa: E402
 

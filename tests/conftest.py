@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from rpc_server.client import FlexDBClient
-from rpc_server.db import with_database
+from rpc_server.storage.db import with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET = "flexdb-test-secret-0123456789abcdef0123456789"

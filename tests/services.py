@@ -12,7 +12,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from rpc_server.db import EMBEDDED_DATABASE, ensure_database, with_database
+from rpc_server.storage.db import EMBEDDED_DATABASE, ensure_database, with_database
 
 from .conftest import free_port
 

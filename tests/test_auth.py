@@ -15,7 +15,7 @@ import pytest
 from rpc_server.client import (Conflict, FlexDBClient, Forbidden, InvalidParams, NotFound,
                                RpcError, Unauthenticated)
 import rpc_server.methods  # noqa: F401  (registers every method)
-from rpc_server.registry import REGISTRY
+from rpc_server.api.registry import REGISTRY
 
 from .conftest import missing_id, running_facade, running_server, unique
 
@@ -221,8 +221,8 @@ def test_every_registered_method_is_in_the_matrix():
 
 
 def test_a_method_without_a_permission_cannot_register():
-    from rpc_server.params import Params
-    from rpc_server.registry import rpc_method
+    from rpc_server.api.params import Params
+    from rpc_server.api.registry import rpc_method
 
     class P(Params):
         tenant_id: str

@@ -317,7 +317,7 @@ def test_create_key_with_a_database_url_needs_the_servers_secret(scratch_db, tmp
 
 
 def test_create_key_refuses_to_guess_between_two_running_quick_starts(tmp_path):
-    from rpc_server.local_instances import registered
+    from rpc_server.ops.local_instances import registered
     state = tmp_path / "state"
     first, second = tmp_path / "one", tmp_path / "two"
     for data_dir in (first, second):

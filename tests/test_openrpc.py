@@ -7,7 +7,7 @@ import pytest
 from jsonschema import Draft202012Validator
 
 import rpc_server.methods  # noqa: F401  (registers every method)
-from rpc_server.registry import REGISTRY
+from rpc_server.api.registry import REGISTRY
 
 from .conftest import unique
 

@@ -18,8 +18,8 @@ import pytest
 
 from rpc_server.client import (Conflict, FlexDBClient, Forbidden, InvalidParams, NotFound,
                                PipelineFailed, Unauthenticated)
-from rpc_server.execution_tokens import ALLOWED_METHODS, ExecutionClaims, mint, verify
-from rpc_server.pipeline_runner import PipelineRunner, token_role
+from rpc_server.security.execution_tokens import ALLOWED_METHODS, ExecutionClaims, mint, verify
+from rpc_server.pipelines.runner import PipelineRunner, token_role
 
 from .conftest import (TEST_SECRET, fresh_database, missing_id, own_user_id,
                        server_with_sandbox, unique)

@@ -245,7 +245,7 @@ async def test_batched_get_node_members_each_get_their_own_answer(server, rpc):
 
 
 async def test_concurrent_get_node_calls_are_coalesced_yet_each_gets_its_own_answer(server, rpc):
-    """Single get_node calls in flight together are read with one query (batch_reads.py);
+    """Single get_node calls in flight together are read with one query (caching/batch_reads.py);
     callers of two tenants, interleaved, must each get exactly their own node, their own
     not-found or their own refusal."""
     import asyncio

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from rpc_server.migrations import migrate
-from rpc_server.repositories.tenant_sql import setup_problems
+from rpc_server.storage.migrations import migrate
+from rpc_server.storage.repositories.tenant_sql import setup_problems
 
 from .conftest import fresh_database
 from .test_query_sql import make_world, query, query_pool, rejected, run_direct  # noqa: F401

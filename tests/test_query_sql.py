@@ -14,8 +14,8 @@ import pytest
 
 from rpc_server.client import InvalidParams, QueryRejected
 from rpc_server.config import Settings
-from rpc_server.db import create_query_pool
-from rpc_server.repositories.tenant_sql import TenantSqlRepository
+from rpc_server.storage.db import create_query_pool
+from rpc_server.storage.repositories.tenant_sql import TenantSqlRepository
 
 from .conftest import unique
 

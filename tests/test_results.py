@@ -1,4 +1,4 @@
-"""Every method's result matches its declared result model (rpc_server/results.py), end to
+"""Every method's result matches its declared result model (rpc_server/api/results.py), end to
 end through the real JSON-RPC server: no key missing, none extra, every value of its type.
 The variants that change a result's shape are driven too (totals on and off, bulk creates,
 the secret of a new key, paths found and not found, runs that fail, broken audit chains,
@@ -16,11 +16,11 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 import rpc_server.methods  # noqa: F401 - registers every method
-from rpc_server import results
-from rpc_server.auth import AUTHENTICATED
+from rpc_server.api import results
+from rpc_server.security.auth import AUTHENTICATED
 from rpc_server.client import FlexDBClient, PipelineFailed
-from rpc_server.params import Params
-from rpc_server.registry import REGISTRY, rpc_method
+from rpc_server.api.params import Params
+from rpc_server.api.registry import REGISTRY, rpc_method
 
 from .conftest import running_server, unique
 

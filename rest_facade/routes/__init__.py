@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPBearer
 
-from rpc_server.json_codec import JSONError, JSONTooDeep, loads
+from rpc_server.transport.json_codec import JSONError, JSONTooDeep, loads
 
 from ..errors import ERROR_RESPONSES, INVALID_REQUEST, ApiError
 

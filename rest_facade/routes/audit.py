@@ -10,7 +10,7 @@ from uuid import UUID
 from fastapi import Depends, Query, Request
 from pydantic import BeforeValidator
 
-from rpc_server.params import Moment
+from rpc_server.api.params import Moment
 
 from .. import forward
 from ..models import paging, result_of

@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 
-from ..auth import AUTHENTICATED, KEY_PREFIX, hash_key, new_api_key
-from ..errors import Forbidden, InvalidParams, NotFound
-from ..params import Moment, Id, Name, PaginationParam, Params
-from .. import results
-from ..registry import rpc_method
-from ..repositories.api_keys import ApiKeyRepository
+from rpc_server.security.auth import AUTHENTICATED, KEY_PREFIX, hash_key, new_api_key
+from rpc_server.api.errors import Forbidden, InvalidParams, NotFound
+from rpc_server.api.params import Moment, Id, Name, PaginationParam, Params
+from rpc_server.api import results
+from rpc_server.api.registry import rpc_method
+from rpc_server.storage.repositories.api_keys import ApiKeyRepository
 
 PREFIX_SHOWN = len(KEY_PREFIX) + 6
 

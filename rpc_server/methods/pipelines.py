@@ -1,7 +1,7 @@
 """Pipeline group: stored Python pipelines (tenant admins manage them) and their runs
 (members start and cancel them). Code is compiled with RestrictedPython when saved, and what
 a run would refuse for certain is refused then too (sandbox_worker.policy.save_time_problems);
-runs execute in the sandbox worker (see pipeline_runner.py and sandbox_worker/)."""
+runs execute in the sandbox worker (see pipelines/runner.py and sandbox_worker/)."""
 from __future__ import annotations
 
 from typing import Annotated, Literal
@@ -10,14 +10,14 @@ from pydantic import Field, StrictBool, StrictInt
 
 from sandbox_worker.policy import MAX_CODE_LENGTH, compile_pipeline
 
-from ..auth import tenant_role
-from ..errors import Busy, Conflict, InvalidParams, PipelineFailed
-from ..params import (MAX_DESCRIPTION, Description, Document, Id, Name, OptionalId,
+from rpc_server.security.auth import tenant_role
+from rpc_server.api.errors import Busy, Conflict, InvalidParams, PipelineFailed
+from rpc_server.api.params import (MAX_DESCRIPTION, Description, Document, Id, Name, OptionalId,
                       PaginationParam, Params, Version, zero_means)
-from .. import results
-from ..registry import rpc_method
-from ..repositories.pipelines import RUN_FIELDS, PipelineRepository, PipelineRunRepository
-from .common import DELETED, changes_of, json_size, read_one, read_page, require_changes, require_tenant
+from rpc_server.api import results
+from rpc_server.api.registry import rpc_method
+from rpc_server.storage.repositories.pipelines import RUN_FIELDS, PipelineRepository, PipelineRunRepository
+from rpc_server.methods.common import DELETED, changes_of, json_size, read_one, read_page, require_changes, require_tenant
 
 UPDATABLE = ("name", "description", "code", "timeout_ms", "memory_mb")
 MAX_TIMEOUT_MS = 60_000

@@ -1,0 +1,398 @@
+"""What a method handler gets: the shared app state plus the request's own id."""
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+from datetime import datetime, timezone
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from rpc_server.audit import events as audit
+from rpc_server.audit.chainer import AuditChainer
+from rpc_server.caching.batch_reads import NodeReads, prefetch_batch_nodes
+from rpc_server.security.auth import Authenticator, Principal
+from rpc_server.config import Settings
+from rpc_server.audit.denied_calls import DeniedCalls
+from rpc_server.ops.metrics import Metrics
+from rpc_server.caching.node_type_cache import NodeTypeCache
+from rpc_server.security.rate_limits import RateLimiter
+from rpc_server.caching.redis_link import RedisLink
+from rpc_server.pipelines.runner import PipelineRunner
+from rpc_server.storage.repositories.audit import AuditRepository, with_event
+from rpc_server.validation.schemas import ValidatorCache
+from rpc_server.api.shaping import Shaper
+from rpc_server.api.errors import Busy, QueryRejected
+from rpc_server.api.params import LIST_TIMEOUT_MS
+from rpc_server.api.response_budget import ResponseBudget, ResponseMemory
+from rpc_server.security.tenant_limits import TenantLimiter
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    pool: asyncpg.Pool
+    shaper: Shaper
+    validators: ValidatorCache
+    auth: Authenticator
+    denied: DeniedCalls
+    query: "QueryEnvironment"
+    pipelines: PipelineRunner
+    node_types: NodeTypeCache
+    chainer: AuditChainer
+    metrics: Metrics = field(default_factory=Metrics)
+    limits: RateLimiter = field(default_factory=lambda: RateLimiter(None, None))
+    redis: RedisLink | None = None
+    node_reads: NodeReads = field(init=False)
+    pool_shares: TenantLimiter = field(init=False)
+    response_memory: ResponseMemory = field(init=False)
+
+    def __post_init__(self):
+        self.node_reads = NodeReads(lambda: pooled_connection(self))
+        self.response_memory = ResponseMemory(self.settings.response_memory_bytes,
+                                              self.settings.db_connect_timeout_s)
+        # One tenant's calls wait for their own share of the pool, not in front of others'.
+        self.pool_shares = TenantLimiter(
+            tenant_pool_share(self.settings), self.settings.db_connect_timeout_s,
+            "pooled database connections", "FLEXDB_TENANT_POOL_MAX")
+
+
+def tenant_pool_share(settings: Settings) -> int:
+    return settings.tenant_pool_max or max(1, settings.db_pool_max * 3 // 4)
+
+
+@asynccontextmanager
+async def pooled_connection(state: AppState) -> AsyncIterator[asyncpg.Connection]:
+    pool = state.pool
+    # With a connection idle, taking it cannot wait (a reconnect is bounded by the
+    # pool's connect timeout): skip the costly timeout machinery on the hot path.
+    timeout = None if pool.get_idle_size() else state.settings.db_connect_timeout_s
+    async with pool.acquire(timeout=timeout) as conn:
+        yield conn
+
+
+class TimedConnection:
+    """A pooled connection whose statements must all end by a deadline: each is sent with
+    what is left of it as asyncpg's timeout (asyncpg then cancels it in the server). A
+    statement timeout that costs no transaction and no extra round trip."""
+
+    def __init__(self, conn: asyncpg.Connection, seconds: float):
+        self._conn = conn
+        self._deadline = time.monotonic() + seconds
+
+    def _timeout(self, asked: float | None) -> float:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError()
+        return left if asked is None else min(asked, left)
+
+    def __getattr__(self, name: str):
+        return getattr(self._conn, name)
+
+    async def fetch(self, query: str, *args, timeout: float | None = None, **kwargs):
+        return await self._conn.fetch(query, *args, timeout=self._timeout(timeout), **kwargs)
+
+    async def fetchrow(self, query: str, *args, timeout: float | None = None, **kwargs):
+        return await self._conn.fetchrow(query, *args, timeout=self._timeout(timeout),
+                                         **kwargs)
+
+    async def fetchval(self, query: str, *args, timeout: float | None = None, **kwargs):
+        return await self._conn.fetchval(query, *args, timeout=self._timeout(timeout),
+                                         **kwargs)
+
+    async def execute(self, query: str, *args, timeout: float | None = None, **kwargs):
+        return await self._conn.execute(query, *args, timeout=self._timeout(timeout),
+                                        **kwargs)
+
+
+@dataclass
+class QueryEnvironment:
+    """What heavy calls run on: execute_query its own pool, the others (graph walks,
+    filtered queries, bulk writes) at most half the main pool, all within a per-tenant
+    limit; whether the database is set up to run tenant SQL safely (`problems` empty) and
+    lets us cap temp files (superuser only)."""
+    pool: asyncpg.Pool
+    problems: list[str]
+    limit_temp_files: bool
+    per_tenant: TenantLimiter
+    heavy: asyncio.Semaphore  # heavy calls on the main pool at once: half of it
+
+
+@dataclass
+class RequestContext:
+    """One per HTTP request (shared by the members of a batch)."""
+    state: AppState
+    request_id: str
+    authorization: str | None = None
+    client_address: str | None = None  # the peer's IP address
+    _principal: Principal | None = None
+    # (method, outcome: None or error code, tenant id or None) per call, for the access log
+    calls: list = field(default_factory=list)
+    batch: bool = False  # set by the dispatcher for a batch request
+    # (tenant_id, id) -> node or None, read for a batch's get_node members up front
+    prefetched_nodes: dict = field(default_factory=dict)
+    prefetched_keys: set = field(default_factory=set)  # (tenant_id, id) texts read ahead
+    _principal_lookup: asyncio.Future | None = None
+    _budget: ResponseBudget | None = None
+
+    @property
+    def budget(self) -> ResponseBudget:
+        """The response's byte budget (made when a call first reads documents)."""
+        if self._budget is None:
+            self._budget = ResponseBudget(self.state.response_memory,
+                                          self.state.settings.max_response_bytes)
+        return self._budget
+
+    @property
+    def holds_documents(self) -> bool:
+        return self._budget is not None and bool(self._budget.held)
+
+    def close(self) -> None:
+        """The response has been written: what it held of the worker's memory is free."""
+        if self._budget is not None:
+            self._budget.close()
+
+    @property
+    def known_principal(self) -> Principal | None:
+        """The caller if already authenticated in this request, else None (never raises)."""
+        return self._principal
+
+    async def principal(self) -> Principal:
+        """The authenticated caller; raises Unauthenticated."""
+        if self._principal is None:
+            if not self.batch:
+                self._principal = await self.state.auth.principal(self.state.pool,
+                                                                  self.authorization)
+            else:  # the members ask at once: one lookup for all of them
+                if self._principal_lookup is None:
+                    self._principal_lookup = asyncio.ensure_future(
+                        self.state.auth.principal(self.state.pool, self.authorization))
+                self._principal = await self._principal_lookup
+        return self._principal
+
+    async def prepare_batch(self, members: list) -> None:
+        """Called once before a batch's members run: authenticate the caller (the members
+        then find the caller, or the failure each of them reports, without waiting) and
+        read ahead the nodes its get_node members ask for. Failures here are left for the
+        members to meet and report."""
+        try:
+            await self.principal()
+            await prefetch_batch_nodes(self, members)
+        except Exception:  # noqa: BLE001 - each member meets it again and reports it
+            self.prefetched_nodes, self.prefetched_keys = {}, set()
+
+    def answers_at_once(self, member: Any) -> bool:
+        """Whether a batch member will most likely answer without waiting (a get_node whose
+        node was read ahead): the dispatcher then runs it in the request's own task instead
+        of a Task of its own. (Were it to wait after all, it is still correct, only not
+        concurrent with the other members.)"""
+        if not self.prefetched_keys or type(member) is not dict \
+                or member.get("method") != "get_node":
+            return False
+        params = member.get("params")
+        return type(params) is dict and (params.get("tenant_id"), params.get("id")) \
+            in self.prefetched_keys
+
+    async def role_in(self, tenant_id) -> str | None:
+        """The caller's role in a tenant ("owner" for platform admins), None if none."""
+        principal = self._principal or await self.principal()
+        if principal.run is not None:  # an execution token: its own tenant, its capped role
+            return principal.run.role if principal.run.tenant_id == tenant_id else None
+        if principal.is_platform_admin:
+            return "owner"
+        return await self.state.auth.role_in(self.state.pool, principal.user_id, tenant_id)
+
+    @property
+    def shaper(self) -> Shaper:
+        return self.state.shaper
+
+    @property
+    def validators(self) -> ValidatorCache:
+        return self.state.validators
+
+    def connection(self):
+        return pooled_connection(self.state)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.connection() as conn:
+            async with conn.transaction():
+                yield conn
+
+
+@dataclass
+class Call:
+    """One method call (a batch member): what a handler gets as `ctx`. Its transaction()
+    appends the call's audit event just before commit, so every committed change has its
+    event and a rolled-back one has none."""
+    request: RequestContext
+    method: str
+    params: Any
+    tenant_param: str | None = None
+    target_kind: str | None = None
+    target_id: Any = None
+    audit_tenant: UUID | None = None
+
+    def __post_init__(self):
+        self.target_kind = self.method.split("_", 1)[-1]
+        self.target_id = getattr(self.params, "id", None)
+
+    @property
+    def state(self) -> AppState:
+        return self.request.state
+
+    @property
+    def request_id(self) -> str:
+        return self.request.request_id
+
+    @property
+    def shaper(self) -> Shaper:
+        return self.request.state.shaper
+
+    @property
+    def validators(self) -> ValidatorCache:
+        return self.request.state.validators
+
+    async def principal(self) -> Principal:
+        return await self.request.principal()
+
+    async def role_in(self, tenant_id) -> str | None:
+        return await self.request.role_in(tenant_id)
+
+    async def reserve(self, worst_case: int) -> int:
+        """Bytes this call may read for its answer (see api/response_budget.py): at most
+        `worst_case`, cut to what is left of the response's budget."""
+        return await self.request.budget.reserve(self.tenant_id, worst_case)
+
+    async def settle(self, granted: int, used: int) -> None:
+        """After reading: keep `used` bytes of the `granted` (more, if it fits what is left
+        of the response's budget; else the call fails: response_too_large)."""
+        await self.request.budget.settle(self.tenant_id, granted, used)
+
+    def set_target(self, kind: str, target_id: Any, tenant: UUID | None = None) -> None:
+        self.target_kind, self.target_id = kind, target_id
+        if tenant is not None:
+            self.audit_tenant = tenant
+
+    def chain(self) -> UUID:
+        """Which tenant's chain the call's events go to (the platform's for users and keys)."""
+        if self.audit_tenant is not None:
+            return self.audit_tenant
+        if self.tenant_param:
+            return getattr(self.params, self.tenant_param)
+        return audit.PLATFORM_TENANT
+
+    @property
+    def tenant_id(self) -> UUID | None:
+        """The tenant the call is scoped to (its permission's tenant param), if any."""
+        return getattr(self.params, self.tenant_param) if self.tenant_param else None
+
+    def connection(self):
+        """A pooled connection; a tenant-scoped call takes one of its tenant's share."""
+        tenant_id = self.tenant_id
+        if tenant_id is None:
+            return self.request.connection()
+        return self._tenant_connection(tenant_id)
+
+    @asynccontextmanager
+    async def _tenant_connection(self, tenant_id: UUID) -> AsyncIterator[asyncpg.Connection]:
+        shares = self.state.pool_shares
+        await shares.acquire(tenant_id)
+        try:
+            async with pooled_connection(self.state) as conn:
+                yield conn
+        finally:
+            shares.release(tenant_id)
+
+    @asynccontextmanager
+    async def heavy(self, timeout_ms: int, what: str = "The query"
+                    ) -> AsyncIterator[asyncpg.Connection]:
+        """A connection for work whose cost the caller shapes (filters, walks, bulk
+        writes): one of the tenant's heavy-call slots, at most half the main pool for all
+        such calls, and statements that end after `timeout_ms` in all (asyncpg cancels one
+        running past it in the server). Past it: -32006 `timeout`."""
+        env = self.state.query
+        async with env.per_tenant.slot(self.tenant_id):
+            if env.heavy.locked():
+                try:
+                    await asyncio.wait_for(env.heavy.acquire(),
+                                           self.state.settings.db_connect_timeout_s)
+                except asyncio.TimeoutError:
+                    raise Busy("Too many heavy calls are running on this server; retry "
+                               "shortly") from None
+            else:
+                await env.heavy.acquire()  # free: no timer, no task
+            try:
+                async with self.connection() as conn:
+                    try:
+                        yield TimedConnection(conn, timeout_ms / 1000)
+                    except (TimeoutError, asyncpg.QueryCanceledError):
+                        raise QueryRejected(
+                            f"{what} ran longer than {timeout_ms} ms and was cancelled",
+                            type="timeout", timeout_ms=timeout_ms) from None
+            finally:
+                env.heavy.release()
+
+    def list_connection(self, scans: bool):
+        """A connection for a list page: a heavy call (heavy()) when its filters are more
+        than one index answers, so that reading it may scan the tenant's rows."""
+        return self.heavy(LIST_TIMEOUT_MS, "The list (narrow its filters)") if scans \
+            else self.connection()
+
+    @asynccontextmanager
+    async def heavy_transaction(self, timeout_ms: int, what: str
+                                ) -> AsyncIterator[asyncpg.Connection]:
+        """heavy() for a change, in a transaction with its audit event."""
+        async with self.heavy(timeout_ms, what) as conn:
+            async with conn.transaction():
+                yield conn
+                await self.record(conn, "ok")
+        self.state.chainer.kick(self.chain())
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self.connection() as conn:
+            async with conn.transaction():
+                yield conn
+                await self.record(conn, "ok")
+        self.state.chainer.kick(self.chain())
+
+    async def log_event(self, outcome: str, **extra) -> None:
+        """Append the call's audit event in a transaction of its own (for calls whose work
+        is not a write of ours: refusals, tenant queries)."""
+        async with self.request.connection() as conn:  # not the tenant's: it may be busy
+            async with conn.transaction():
+                await self.record(conn, outcome, **extra)
+        self.state.chainer.kick(self.chain())
+
+    async def record(self, conn: asyncpg.Connection, outcome: str, **extra) -> None:
+        await AuditRepository(conn).append(self.event(outcome, **extra))
+
+    def event(self, outcome: str, **extra) -> tuple:
+        """The call's audit event, in PENDING_COLUMNS order."""
+        principal = self.request.known_principal
+        summary = audit.params_of(self.params)
+        return (self.chain(), uuid4(), datetime.now(timezone.utc),
+                principal.user_id if principal else None,
+                principal.key_id if principal else None, self.method, self.target_kind,
+                None if self.target_id is None else str(self.target_id), outcome,
+                self.request_id, audit.summarize({**summary, **extra}))
+
+    async def write(self, change_sql: str, *args, conn: asyncpg.Connection | None = None
+                    ) -> asyncpg.Record | None:
+        """Run one change (an INSERT/UPDATE/DELETE … RETURNING over `args`) together with
+        its audit event in a single statement: one round trip, one transaction, no event
+        without the change. None when the change touched no row (then nothing is recorded).
+        Set the target first: the event names it."""
+        sql = with_event(change_sql, len(args) + 1)
+        if conn is None:
+            async with self.connection() as own:
+                row = await own.fetchrow(sql, *args, *self.event("ok"))
+        else:
+            row = await conn.fetchrow(sql, *args, *self.event("ok"))
+        if row is not None:
+            self.state.chainer.kick(self.chain())
+        return row

@@ -1,0 +1,270 @@
+"""The method registry: each handler declares its params model; the wrapper turns raw
+JSON-RPC params (by name or by position) into that model and maps failures to RPC errors."""
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
+
+import asyncpg
+from jsonrpcserver import Success
+from jsonrpcserver.exceptions import JsonRpcError
+from pydantic import BaseModel, ValidationError
+
+from rpc_server.security.auth import ROLE_RANK, Permission
+from rpc_server.api.context import Call
+from rpc_server.audit.denied_calls import source_of
+from rpc_server.security.execution_tokens import ALLOWED_METHODS as EXECUTION_METHODS
+from rpc_server.api.errors import (INTERNAL_ERROR, INVALID_PARAMS, Conflict, Forbidden, InvalidParams, NotFound, RpcError,
+                     StatementTimeout, Unauthenticated, Unavailable)
+from rpc_server.api.params import Params, error_message
+
+log = logging.getLogger(__name__)
+_ABSENT = object()
+
+Handler = Callable[[Any, Any], Awaitable[dict]]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    params_model: type[Params]
+    permission: Permission
+    handler: Handler
+    summary: str
+    result_model: type[BaseModel]
+
+
+REGISTRY: dict[str, MethodSpec] = {}
+
+# Constraint name -> how a violation reads to the caller.
+UNIQUE_CONFLICTS = {
+    "tenants_slug_key": ("slug", "a tenant with this slug already exists"),
+    "users_email_key": ("email", "a user with this email already exists"),
+    "node_types_name_key": ("name", "a node type with this name already exists in the tenant"),
+    "tenant_users_pkey": ("user_id", "the user is already a member of this tenant"),
+    "pipelines_name_key": ("name", "a pipeline with this name already exists in the tenant"),
+}
+MISSING_REFERENCES = {
+    "node_types_tenant_id_fkey": "tenant",
+    "tenant_users_tenant_id_fkey": "tenant",
+    "tenant_users_user_id_fkey": "user",
+    "nodes_node_type_fkey": "node_type",
+    "relationships_source_fkey": "source_node",
+    "relationships_target_fkey": "target_node",
+    "api_keys_user_id_fkey": "user",
+    "pipelines_tenant_id_fkey": "tenant",
+    "pipeline_runs_pipeline_fkey": "pipeline",
+}
+UNAVAILABLE_ERRORS = (
+    asyncpg.AdminShutdownError,  # the server is shutting down or restarting (57P01)
+    asyncpg.CrashShutdownError,  # the server is recovering from a crash (57P02)
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.ConnectionFailureError,
+    asyncpg.TooManyConnectionsError,
+    ConnectionError,
+    TimeoutError,
+    OSError,
+)
+
+
+def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict]:
+    errors = []
+    for err in exc.errors(include_url=False):  # (the input only tells error_message apart)
+        path = ".".join(str(p) for p in err["loc"])
+        field = f"{prefix}.{path}" if prefix and path else (prefix or path)
+        message = error_message(err)
+        item = {"field": field or "params", "message": message}
+        if len(err["loc"]) > 1 and isinstance(err["loc"][1], int):
+            item["index"] = err["loc"][1]  # position in a bulk list
+        errors.append(item)
+    return errors
+
+
+def translate_database_error(exc: Exception) -> RpcError | None:
+    """The RPC error for a database failure, looking through wrapping exceptions (e.g. a
+    rollback failing because the server is shutting down, raised from the real cause)."""
+    seen = 0
+    while exc is not None and seen < 5:
+        mapped = _translate_one(exc)
+        if mapped is not None:
+            return mapped
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def _translate_one(exc: BaseException) -> RpcError | None:
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        field, message = UNIQUE_CONFLICTS.get(exc.constraint_name, (None, "already exists"))
+        return Conflict(message, field=field)
+    if isinstance(exc, asyncpg.ForeignKeyViolationError):
+        kind = MISSING_REFERENCES.get(exc.constraint_name)
+        if kind:
+            return NotFound(kind)
+    if isinstance(exc, (asyncpg.UntranslatableCharacterError,
+                        asyncpg.CharacterNotInRepertoireError)):
+        # Backstop for text PostgreSQL cannot store (params validation refuses U+0000).
+        return InvalidParams.field("params", "contains a character the database cannot store")
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        return StatementTimeout()
+    if isinstance(exc, UNAVAILABLE_ERRORS) or _connection_closed(exc):
+        return Unavailable()
+    return None
+
+
+def _connection_closed(exc: BaseException) -> bool:
+    """asyncpg's InterfaceError for a connection the server closed under a call (e.g. a
+    transaction ending while PostgreSQL restarts), and its protocol state error when the
+    connection was lost between two steps of a call ("cannot switch to state N", seen while
+    PostgreSQL shuts down); other InterfaceErrors and InternalClientErrors are our bugs."""
+    if isinstance(exc, asyncpg.InternalClientError):
+        return "cannot switch to state" in str(exc)
+    return isinstance(exc, asyncpg.InterfaceError) and (
+        "connection is closed" in str(exc) or "connection was closed" in str(exc))
+
+
+def rpc_method(params: type[Params], permission: Permission, name: str | None = None, *,
+               result: type[BaseModel]):
+    """Register `async def handler(ctx, params) -> dict` as a JSON-RPC method. Every method
+    declares who may call it (there is no default) and the model of its result (see
+    api/results.py)."""
+    if not isinstance(permission, Permission):
+        raise TypeError("rpc_method needs a Permission (AUTHENTICATED, PLATFORM_ADMIN, "
+                        "tenant_role(...))")
+    if not (isinstance(result, type) and issubclass(result, BaseModel)):
+        raise TypeError("rpc_method needs result=<a pydantic model of the result>")
+    if permission.kind == "tenant" and permission.tenant_param not in params.model_fields:
+        raise TypeError(f"{params.__name__} has no {permission.tenant_param} for the tenant check")
+
+    def decorate(handler: Handler) -> Handler:
+        method_name = name or handler.__name__
+        if method_name in REGISTRY:
+            raise RuntimeError(f"method registered twice: {method_name}")
+        summary = (inspect.getdoc(handler) or "").split("\n")[0]
+        REGISTRY[method_name] = MethodSpec(method_name, params, permission, handler, summary,
+                                           result)
+        return handler
+
+    return decorate
+
+
+def record_denied(call: Call, denied: RpcError) -> None:
+    """A refused call is counted per interval, source, method and outcome (audit/denied_calls.py),
+    never by the tenant it names."""
+    call.state.denied.note(source_of(call.request.known_principal, call.request.client_address),
+                           call.method, denied.data["type"])
+
+
+async def authorize(ctx, method: str, permission: Permission, params: Params) -> None:
+    """Raise unless the caller may call a method with this permission on these params.
+    A tenant the caller has no role in answers exactly like a missing tenant."""
+    principal = ctx.known_principal or await ctx.principal()  # (no coroutine once known)
+    if principal.run is not None and method not in EXECUTION_METHODS:
+        raise Forbidden(f"A pipeline run's db object cannot call {method}",
+                        required_role="api_key")
+    if permission.kind == "authenticated" or principal.is_platform_admin:
+        return
+    if permission.kind == "platform_admin":
+        raise Forbidden("This method needs a platform admin", required_role="platform_admin")
+    tenant_id = getattr(params, permission.tenant_param)
+    role = await ctx.role_in(tenant_id)
+    if role is None:
+        raise NotFound("tenant", tenant_id)
+    if ROLE_RANK[role] < ROLE_RANK[permission.role]:
+        raise Forbidden(f"This method needs the {permission.role} role or higher in the tenant "
+                        f"(yours: {role})", required_role=permission.role, role=role)
+
+
+def tenant_params() -> dict[str, str]:
+    """Method -> the param naming its tenant (tenant-scoped methods), for the access log."""
+    return {name: spec.permission.tenant_param for name, spec in REGISTRY.items()
+            if spec.permission.kind == "tenant"}
+
+
+def _wire_names(model: type[Params]) -> list[str]:
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def build_dispatch_table() -> dict[str, Callable]:
+    """Callables in the shape jsonrpcserver expects: (context, *args, **kwargs) -> Result,
+    with a signature listing the wire names so it can reject unknown or extra params."""
+    return {name: _make_callable(spec) for name, spec in REGISTRY.items()}
+
+
+def _make_callable(spec: MethodSpec) -> Callable:
+    names = _wire_names(spec.params_model)
+
+    tenant_param = spec.permission.tenant_param if spec.permission.kind == "tenant" else None
+    name_set = frozenset(names)
+
+    def binding_error(args: tuple, kwargs: dict) -> str | None:
+        """What inspect.Signature.bind would say about these arguments (checked here, once,
+        instead of by jsonrpcserver building a signature for every call)."""
+        if len(args) > len(names):
+            return "too many positional arguments"
+        for key in kwargs:
+            if key not in name_set:
+                return f"got an unexpected keyword argument '{key}'"
+        for key in names[:len(args)]:
+            if key in kwargs:
+                return f"multiple values for argument '{key}'"
+        return None
+
+    async def call(ctx, /, *args, **kwargs):
+        started = time.perf_counter()
+        problem = binding_error(args, kwargs)
+        if problem is not None:  # transport/protocol.py turns the text into per-field errors
+            ctx.state.metrics.observe(spec.name, INVALID_PARAMS, time.perf_counter() - started)
+            raise JsonRpcError(INVALID_PARAMS, "Invalid params", problem)
+        if args:  # by position (kwargs from JSON never hold _ABSENT, a default only)
+            raw = {k: v for k, v in zip(names, args) if v is not _ABSENT}
+            raw.update(kwargs)
+        else:
+            raw = kwargs  # a fresh dict of this call's own
+        outcome = None
+        try:  # (one coroutine for the whole call: each level costs on every call)
+            try:
+                params = spec.params_model.model_validate(raw)
+            except ValidationError as exc:
+                raise InvalidParams(errors=validation_errors(exc)) from None
+            this_call = Call(ctx, spec.name, params, tenant_param)
+            try:
+                try:
+                    await authorize(ctx, spec.name, spec.permission, params)
+                except (Unauthenticated, Forbidden, NotFound) as denied:
+                    record_denied(this_call, denied)
+                    raise
+                if ctx.state.limits.enabled:
+                    await ctx.state.limits.admit_call(
+                        await ctx.principal(),
+                        getattr(params, tenant_param) if tenant_param else None)
+                return Success(await spec.handler(this_call, params))
+            except RpcError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - everything else must not leak
+                mapped = translate_database_error(exc)
+                if mapped is not None:
+                    if mapped.code == INTERNAL_ERROR:  # unavailable, timeout: findable in the log
+                        log.warning("%s in %s (request_id=%s): %r", mapped.data["type"],
+                                    spec.name, ctx.request_id, exc)
+                        mapped.data["request_id"] = ctx.request_id
+                    raise mapped from None
+                log.exception("unexpected error in %s (request_id=%s)", spec.name,
+                              ctx.request_id)
+                raise RpcError("Internal error", request_id=ctx.request_id) from None
+        except JsonRpcError as exc:
+            outcome = exc.code
+            raise
+        finally:
+            ctx.state.metrics.observe(spec.name, outcome, time.perf_counter() - started)
+
+    parameters = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_ONLY)]
+    parameters += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=_ABSENT)
+                   for n in names]
+    call.__signature__ = inspect.Signature(parameters)
+    call.__name__ = spec.name
+    call.checks_own_arguments = True  # transport/protocol.py then skips jsonrpcserver's validate_args
+    return call

@@ -1,0 +1,113 @@
+"""Bounds on what responses hold: one response (a single call or a whole batch) at most
+FLEXDB_MAX_RESPONSE_BYTES, and one worker at most FLEXDB_RESPONSE_MEMORY_BYTES of documents
+read for responses not yet written (one tenant at most half of it).
+
+A call that reads documents asks first for what it may read: its worst case, cut to what is
+left of its response's budget (a list page of 1,000 rows must not read 1,000 MB to find that
+out). That ask also waits while the worker's or the tenant's memory for responses is full,
+until responses are written, up to FLEXDB_DB_CONNECT_TIMEOUT_S, then the call answers
+-32005 busy. Reading is capped by what was granted (a page stops early, with a
+next_page_token for the rest); what was actually read is then held until the response has
+been written. Reads in flight are not held in advance: each is capped, and there are at most
+as many as pooled connections, so what they add beyond the limit is bounded too. A call
+whose response has no budget left answers -32006 `response_too_large`, and the batch's
+other members still answer."""
+from __future__ import annotations
+
+import asyncio
+from uuid import UUID
+
+from rpc_server.api.errors import Busy, QueryRejected
+
+# What a row costs in a response beside its documents (ids, timestamps, keys).
+ROW_OVERHEAD = 256
+
+
+def response_too_large(limit: int) -> QueryRejected:
+    return QueryRejected(f"The response would be larger than {limit} bytes "
+                         "(FLEXDB_MAX_RESPONSE_BYTES): ask for fewer or smaller items per "
+                         "call or per batch", type="response_too_large", max_bytes=limit)
+
+
+class ResponseMemory:
+    """One worker's account of document bytes read for responses not yet written."""
+
+    def __init__(self, limit: int, wait_s: float):
+        self.limit, self.tenant_limit, self.wait_s = limit, limit // 2, wait_s
+        self.held = 0
+        self.by_tenant: dict[UUID | None, int] = {}
+        self._freed = asyncio.Event()
+
+    def _room(self, tenant_id: UUID | None) -> bool:
+        return self.held < self.limit and self.by_tenant.get(tenant_id, 0) < self.tenant_limit
+
+    async def admit(self, tenant_id: UUID | None) -> None:
+        """Return once the worker and the tenant hold less than their limits (at once,
+        almost always), or raise Busy after the wait."""
+        if self._room(tenant_id):
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_s
+        while not self._room(tenant_id):
+            self._freed.clear()
+            try:
+                await asyncio.wait_for(self._freed.wait(), deadline - loop.time())
+            except asyncio.TimeoutError:
+                raise Busy("Responses being sent hold this server's memory for them "
+                           "(FLEXDB_RESPONSE_MEMORY_BYTES); retry shortly") from None
+
+    def hold(self, tenant_id: UUID | None, size: int) -> None:
+        self.held += size
+        self.by_tenant[tenant_id] = self.by_tenant.get(tenant_id, 0) + size
+
+    def give_back(self, tenant_id: UUID | None, size: int) -> None:
+        if not size:
+            return
+        self.held -= size
+        left = self.by_tenant[tenant_id] - size
+        if left:
+            self.by_tenant[tenant_id] = left
+        else:
+            del self.by_tenant[tenant_id]
+        self._freed.set()
+
+
+class ResponseBudget:
+    """One HTTP request's share: what its response may still take, and what it holds of the
+    worker's memory until it is written (close())."""
+
+    def __init__(self, memory: ResponseMemory, limit: int):
+        self.memory, self.limit = memory, limit
+        self.committed = 0  # bytes granted or used by the request's calls
+        self.held: dict[UUID | None, int] = {}
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.committed)
+
+    async def reserve(self, tenant_id: UUID | None, worst_case: int) -> int:
+        """Grant up to `worst_case` bytes of what is left of the response (settle() it after
+        reading), once the worker's and the tenant's memory for responses has room."""
+        granted = min(worst_case, self.remaining)
+        if granted < worst_case and granted < ROW_OVERHEAD:
+            raise response_too_large(self.limit)
+        await self.memory.admit(tenant_id)
+        self.committed += granted
+        return granted
+
+    async def settle(self, tenant_id: UUID | None, granted: int, used: int) -> None:
+        """What was read is held until the response is written; the rest of the grant goes
+        back to the response. Read past the grant (a document stored before a limit was
+        lowered): the call fails with response_too_large if the response cannot take it."""
+        self.committed += used - granted
+        if used:
+            self.memory.hold(tenant_id, used)
+            self.held[tenant_id] = self.held.get(tenant_id, 0) + used
+        if used > granted and self.committed > self.limit:
+            raise response_too_large(self.limit)
+
+    def close(self) -> None:
+        """The response has been written: give back everything held."""
+        for tenant_id, size in self.held.items():
+            self.memory.give_back(tenant_id, size)
+        self.held.clear()

@@ -1,0 +1,50 @@
+"""Turn database rows into the flex-db result shapes.
+
+UUIDs and timestamps stay Python objects here; the response serializer (orjson) writes
+them as strings (RFC 3339 for timestamps). Documents read as JSON text (`data::text`, see
+Repository.read_columns) go into the response as they are (orjson.Fragment), without
+being parsed and encoded again; in the string mode they are compacted as before."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import asyncpg
+import orjson
+
+from rpc_server.storage.pagination import BUDGET_COLUMNS, TOTAL_COLUMN, Page
+
+JSON_FIELDS = ("data", "schema")
+
+
+class Shaper:
+    """Knows the configured JSON-fields mode: objects, or strings for older flex-db clients."""
+
+    def __init__(self, json_fields: str = "object"):
+        self.as_strings = json_fields == "string"
+
+    def one(self, row: asyncpg.Record) -> dict:
+        item = dict(row)
+        item.pop(TOTAL_COLUMN, None)  # a page's total rides on each row
+        if "_through" in item:  # a page read within a byte budget
+            for column in BUDGET_COLUMNS:
+                del item[column]
+        for key in JSON_FIELDS:
+            if key not in item:
+                continue
+            value = item[key]
+            if self.as_strings:
+                if isinstance(value, str):  # JSON text from the database
+                    value = orjson.loads(value)
+                item[key] = "" if value is None else orjson.dumps(value).decode()
+            elif isinstance(value, str):
+                item[key] = orjson.Fragment(value)
+        return item
+
+    def many(self, rows: Iterable[asyncpg.Record]) -> list[dict]:
+        return [self.one(r) for r in rows]
+
+    def page(self, key: str, page: Page) -> dict:
+        pagination = {"next_page_token": page.next_page_token}
+        if page.total_count is not None:
+            pagination["total_count"] = page.total_count
+        return {key: self.many(page.rows), "pagination": pagination}

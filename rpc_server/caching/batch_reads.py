@@ -1,0 +1,135 @@
+"""Point reads of nodes, coalesced across the calls in flight (a DataLoader).
+
+Every get_node call — single, or a member of a batch — has passed its own authorization
+when it asks here. The asks made in one turn of the event loop are answered by one query
+(one pooled connection, one round trip) for all of them, keyed by (tenant, id) pairs, so
+coalescing never widens what a call can read: each gets only the row with its own tenant
+and id. A fetch starts on the next turn, so a call waits for no later one; asks made while
+a fetch is in flight go into the next fetch, which runs alongside it (on another pooled
+connection). A read that arrives after a write was acknowledged is fetched after it, so it
+sees that write."""
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any, Callable
+from uuid import UUID
+
+import asyncpg
+
+from rpc_server.storage.repositories import NodeRepository
+from rpc_server.api.response_budget import ROW_OVERHEAD
+
+
+class NodeReads:
+    def __init__(self, connection: Callable):
+        self.connection = connection  # () -> async context manager of a pooled connection
+        # each caller its own future: one caller cancelled (a client gone) cancels no other
+        self._pending: dict[tuple[UUID, UUID], list[asyncio.Future]] = {}
+        self._fetches: set[asyncio.Task] = set()  # held: the loop keeps only weak references
+
+    async def fetch(self, tenant_ids: list, node_ids: list) -> list[asyncpg.Record | None]:
+        """The node of each (tenant id, node id) pair, or None: one query, now."""
+        async with self.connection() as conn:
+            return await NodeRepository(conn).get_pairs(tenant_ids, node_ids)
+
+    async def get(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record | None:
+        loop = asyncio.get_running_loop()
+        if not self._pending:  # the first ask of this turn: fetch after the others ask
+            loop.call_soon(self._start_fetch)
+        future = loop.create_future()
+        waiting = self._pending.get((tenant_id, node_id))
+        if waiting is None:
+            self._pending[(tenant_id, node_id)] = [future]
+        else:
+            waiting.append(future)
+        return await future
+
+    def _start_fetch(self) -> None:
+        task = asyncio.get_running_loop().create_task(self._fetch())
+        self._fetches.add(task)
+        task.add_done_callback(self._fetches.discard)
+
+    async def _fetch(self) -> None:
+        pending, self._pending = self._pending, {}
+        try:
+            rows = await self.fetch([k[0] for k in pending], [k[1] for k in pending])
+            for futures, row in zip(pending.values(), rows):
+                for future in futures:
+                    if not future.done():
+                        future.set_result(row)
+        except BaseException as exc:  # every waiting call gets the failure
+            for futures in pending.values():
+                for future in futures:
+                    if not future.done():
+                        future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+
+_UUID_TEXT = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                        r"[0-9a-fA-F]{12}")
+
+
+def get_node_keys(members: list) -> list[tuple[str, str]]:
+    """The (tenant_id, id) texts of a batch's get_node members (the others are looked up
+    when they run, or report their own errors)."""
+    keys = []
+    for member in members:
+        if type(member) is dict and member.get("method") == "get_node":
+            params = member.get("params")
+            if type(params) is dict:
+                tenant_id, node_id = params.get("tenant_id"), params.get("id")
+                if type(tenant_id) is str and type(node_id) is str:
+                    keys.append((tenant_id, node_id))
+    return keys
+
+
+async def prefetch_batch_nodes(context: Any, members: list) -> None:
+    """Read the nodes a batch's get_node members ask for, before they run, in one query;
+    each member then finds its row, or None (not found), in context.prefetched_nodes under
+    its (tenant_id, id) without waiting (it still authorizes itself first). Only tenants
+    the caller may read are read. A row is filed under its own tenant and id as the
+    database returns them, so a member can only ever find the node it names."""
+    keys = get_node_keys(members)
+    if len(keys) < 2:
+        return
+    tenants = {}
+    for tenant_text in {t for t, _ in keys}:
+        try:
+            tenants[tenant_text] = UUID(tenant_text)
+        except ValueError:
+            pass  # those members report invalid params
+    roles = await asyncio.gather(*(context.role_in(t) for t in tenants.values()))
+    readable = {text for text, role in zip(tenants, roles) if role is not None}
+    keys = [k for k in keys if k[0] in readable]
+    if not keys:
+        return
+    # Read ahead at most a page's worth of documents, within what the response may still
+    # take (held under the batch's first tenant); members past it read their own node.
+    budget, settings = context.budget, context.state.settings
+    tenant = tenants[keys[0][0]]
+    granted = await budget.reserve(tenant, min(
+        len(keys) * (settings.max_body_bytes + ROW_OVERHEAD), settings.max_page_bytes))
+    rows: list = []
+    try:
+        # One malformed id fails the query (DataError): the members are then read one by one.
+        async with context.state.node_reads.connection() as conn:
+            rows = await NodeRepository(conn).get_pairs_within(
+                [t for t, _ in keys], [i for _, i in keys], granted)
+    finally:
+        await budget.settle(tenant, granted, sum(
+            len(row["data"]) + ROW_OVERHEAD for row, _ in rows
+            if row is not None and row["data"] is not None))
+    found, answered = {}, set()
+    for (tenant_text, id_text), (row, cut) in zip(keys, rows):
+        if cut:
+            continue  # not read ahead: the member reads it, within its own budget
+        answered.add((tenant_text, id_text))
+        if row is not None:
+            found[(row["tenant_id"], row["id"])] = row
+        elif _UUID_TEXT.fullmatch(tenant_text) and _UUID_TEXT.fullmatch(id_text):
+            # not found: filed under the ids only in the spelling parsed alike everywhere
+            found[(UUID(tenant_text), UUID(id_text))] = None
+    context.prefetched_nodes = found
+    context.prefetched_keys = answered

@@ -1,0 +1,153 @@
+"""Keyset pagination on (created_at, id) with opaque, validated page tokens.
+
+A page costs the same at any depth: the token carries the last row's sort key and the
+query seeks past it through a (tenant, ..., created_at, id) index."""
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from rpc_server.api.errors import InvalidParams
+from rpc_server.api.params import Pagination
+from rpc_server.api.response_budget import ROW_OVERHEAD, response_too_large
+
+TOKEN_FIELD = "pagination.page_token"
+TOTAL_COLUMN = "_total_count"
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list  # of asyncpg.Record or dict
+    next_page_token: str
+    total_count: int | None
+    bytes: int = 0  # of documents, when read within a byte budget
+
+
+def encode_token(scope: str, sort_value: datetime | str, key: UUID) -> str:
+    """The last row's sort key; a datetime, or any other sort value already as text."""
+    value = sort_value.isoformat() if isinstance(sort_value, datetime) else sort_value
+    raw = orjson.dumps([scope, value, str(key)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def invalid_token() -> InvalidParams:
+    return InvalidParams.field(
+        TOKEN_FIELD, "is not a valid page token for this list "
+        "(use the next_page_token of a previous page, or \"\" for the first page)")
+
+
+def decode_token_text(token: str, scope: str) -> tuple[str, UUID]:
+    """Tokens are not secret (they hold a sort value and an id the caller has seen) but they
+    come from callers, so every part is checked."""
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        decoded = orjson.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        if not isinstance(decoded, list) or len(decoded) != 3 \
+                or not all(isinstance(part, str) for part in decoded):
+            raise ValueError
+        token_scope, value, key = decoded
+        if token_scope != scope:
+            raise ValueError
+        return value, UUID(key)
+    except (ValueError, TypeError, OverflowError, binascii.Error, UnicodeEncodeError):
+        raise invalid_token() from None
+
+
+def parse_token_time(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+        if parsed.tzinfo is None:
+            raise ValueError
+        return parsed.astimezone(timezone.utc)
+    except (ValueError, OverflowError):
+        raise invalid_token() from None
+
+
+def decode_token(token: str, scope: str) -> tuple[datetime, UUID]:
+    value, key = decode_token_text(token, scope)
+    return parse_token_time(value), key
+
+
+# The column a page read within a byte budget carries besides the row's own (the shaper
+# leaves it out of the items).
+BUDGET_COLUMNS = ("_through",)
+
+
+def within_bytes(page_sql: str, size_sql: str, max_arg: str) -> str:
+    """`page_sql` (an ordered page, with LIMIT) cut to the rows that start within `max_arg`
+    bytes: the running total of `size_sql` (over the page's own columns, plus ROW_OVERHEAD
+    each) is `_through`, and a row comes when the bytes before it are at most the budget.
+    So the database sends at most one row past the budget, which tells that the page was
+    cut (see cut_to_budget). One window over the rows as the page orders them: no sort."""
+    size = f"{size_sql} + {ROW_OVERHEAD}"
+    return (f"SELECT * FROM (SELECT page.*, sum({size}) OVER (ROWS UNBOUNDED PRECEDING) "
+            f"AS _through FROM ({page_sql}) AS page) AS sized "
+            f"WHERE _through - ({size}) <= {max_arg}")
+
+
+def cut_to_budget(rows: list, max_bytes: int) -> tuple[list, bool, int]:
+    """(the rows within the budget, whether the page was cut for it, bytes they take);
+    raises response_too_large when not even the first row fits."""
+    if not rows:
+        return rows, False, 0
+    if rows[0]["_through"] > max_bytes:
+        raise response_too_large(max_bytes)
+    if rows[-1]["_through"] > max_bytes:  # the row past the budget: not this page's
+        return rows[:-1], True, rows[-2]["_through"]
+    return rows, False, rows[-1]["_through"]
+
+
+async def fetch_page(conn: asyncpg.Connection, *, scope: str, select: str, table: str,
+                     where: list[str], args: list, pagination: Pagination,
+                     key_column: str = "id", count_sql: str | None = None,
+                     size_sql: str | None = None, max_bytes: int | None = None) -> Page:
+    """`select`, `table`, `where`, `key_column`, `count_sql` and `size_sql` are code
+    constants; values go in `args` and are referenced from `where` as $1..$n. `count_sql`
+    (a statement over the same args giving the total) replaces counting the rows, e.g. with
+    a maintained count. With `size_sql` (the bytes of a row's documents, over `select`'s
+    columns) and `max_bytes`, the page stops early once its rows would take more than that
+    (Page.cut, with a next_page_token for the rest)."""
+    filters = list(where)
+    query_args = list(args)
+    if pagination.page_token:
+        created_at, key = decode_token(pagination.page_token, scope)
+        n = len(query_args)
+        filters.append(f"(created_at, {key_column}) > (${n + 1}, ${n + 2})")
+        query_args += [created_at, key]
+    where_sql = " AND ".join(filters) or "TRUE"
+    base_where = " AND ".join(where) or "TRUE"
+    count_sql = count_sql or f"SELECT count(*) FROM {table} WHERE {base_where}"
+    # The count rides along as an uncorrelated subquery: one round trip, and the same
+    # snapshot as the page, so the total agrees with the rows returned.
+    counted = f", ({count_sql}) AS {TOTAL_COLUMN}" if pagination.include_total else ""
+    limit_arg = len(query_args) + 1
+    order = f"created_at, {key_column}"
+    sql = (f"SELECT {select}{counted} FROM {table} WHERE {where_sql} "
+           f"ORDER BY {order} LIMIT ${limit_arg}")
+    query_args.append(pagination.page_size + 1)
+    cut, used = False, 0
+    if size_sql is not None and max_bytes is not None:
+        query_args.append(max_bytes)
+        rows, cut, used = cut_to_budget(
+            await conn.fetch(within_bytes(sql, size_sql, f"${len(query_args)}"),
+                             *query_args), max_bytes)
+    else:
+        rows = await conn.fetch(sql, *query_args)
+    next_token = ""
+    if len(rows) > pagination.page_size or cut:
+        rows = rows[:pagination.page_size]
+        last = rows[-1]
+        next_token = encode_token(scope, last["created_at"], last[key_column])
+    total = None
+    if pagination.include_total:
+        if rows:  # (the shaper leaves the column out of the items)
+            total = rows[0][TOTAL_COLUMN]
+        else:  # past the end: no row carried the count
+            total = await conn.fetchval(count_sql, *args)
+    return Page(rows, next_token, total, used)

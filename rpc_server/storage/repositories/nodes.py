@@ -1,0 +1,186 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+import orjson
+
+from rpc_server.query.node_filter import NodeSort, SqlArgs
+from rpc_server.storage.pagination import (BUDGET_COLUMNS, TOTAL_COLUMN, Page, cut_to_budget,
+                          decode_token_text, encode_token, fetch_page, invalid_token,
+                          parse_token_time, within_bytes)
+from rpc_server.api.params import Pagination
+from rpc_server.api.response_budget import ROW_OVERHEAD
+from rpc_server.storage.repositories.base import Repository
+
+
+@dataclass(frozen=True)
+class PageStatement:
+    sql: str
+    args: list
+    count_sql: str
+    count_args: list
+
+
+class NodeRepository(Repository):
+    table = "nodes"
+    kind = "node"
+    key_columns = ("tenant_id", "id")
+    columns = "id, tenant_id, node_type_id, data, created_at, updated_at, version"
+    read_columns = "id, tenant_id, node_type_id, data::text AS data, created_at, updated_at, version"
+    size_sql = "octet_length(data)"
+
+    # Writes checked against the node type version the data was validated against: they
+    # touch no row when the node type has changed since (or is gone). The node type stays
+    # share-locked until commit, so an update_node_type that commits in between waits for
+    # it instead of leaving a node checked against a version no longer current. For
+    # Call.write.
+    # $1 tenant, $2 node id, $3 node type, $4 data, $5 node type version.
+    INSERT_CHECKED = (
+        "INSERT INTO nodes (tenant_id, id, node_type_id, data) "
+        "SELECT $1::uuid, $2::uuid, $3::uuid, $4::jsonb WHERE EXISTS (SELECT 1 FROM node_types "
+        "WHERE tenant_id = $1 AND id = $3 AND version = $5::int FOR SHARE) "
+        "RETURNING " + read_columns)
+    # ... and $6 the expected node version (NULL: any).
+    UPDATE_CHECKED = (
+        "UPDATE nodes SET data = $4::jsonb, updated_at = now(), version = version + 1 "
+        "WHERE tenant_id = $1::uuid AND id = $2::uuid AND node_type_id = $3::uuid "
+        "AND ($6::int IS NULL OR version = $6::int) AND EXISTS (SELECT 1 FROM node_types "
+        "WHERE tenant_id = $1 AND id = $3 AND version = $5::int FOR SHARE) "
+        "RETURNING " + read_columns)
+
+    async def create_many(self, tenant_id: UUID, ids: list[UUID], node_type_ids: list[UUID],
+                          datas: list[dict]) -> list[asyncpg.Record]:
+        """One set-based INSERT; rows come back in input order."""
+        rows = await self.conn.fetch(
+            "INSERT INTO nodes (tenant_id, id, node_type_id, data) "
+            "SELECT $1, i.id, i.node_type_id, i.data "
+            "FROM unnest($2::uuid[], $3::uuid[], $4::jsonb[]) AS i (id, node_type_id, data) "
+            f"RETURNING {self.read_columns}", tenant_id, ids, node_type_ids, datas)
+        by_id = {r["id"]: r for r in rows}
+        return [by_id[i] for i in ids]
+
+    async def get(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record:
+        return await self._require(tenant_id, node_id)
+
+    async def get_pairs(self, tenant_ids: list, node_ids: list
+                        ) -> list[asyncpg.Record | None]:
+        """The node of each (tenant_ids[i], node_ids[i]) pair (UUIDs or their text), or
+        None, in that order: one index probe each."""
+        rows = await self.conn.fetch(
+            f"SELECT {self.read_columns} FROM unnest($1::uuid[], $2::uuid[]) "
+            "WITH ORDINALITY AS k (t, i, n) LEFT JOIN nodes ON tenant_id = k.t AND id = k.i "
+            "ORDER BY k.n", tenant_ids, node_ids)
+        return [row if row[0] is not None else None for row in rows]
+
+    async def get_pairs_within(self, tenant_ids: list, node_ids: list, max_bytes: int
+                               ) -> list[tuple[asyncpg.Record | None, bool]]:
+        """get_pairs, reading documents only while their running total (each with
+        ROW_OVERHEAD) stays within `max_bytes`: (row or None, whether it was left out)."""
+        columns = self.columns.replace("data", "CASE WHEN _through <= $3 THEN data END AS data")
+        rows = await self.conn.fetch(
+            f"SELECT {columns} FROM ("
+            "  SELECT found.*, sum(coalesce(octet_length(data), 0) + $4) OVER (ORDER BY n) "
+            "  AS _through FROM ("
+            f"    SELECT k.n, {self.read_columns} FROM unnest($1::uuid[], $2::uuid[]) "
+            "    WITH ORDINALITY AS k (t, i, n) LEFT JOIN nodes ON tenant_id = k.t AND id = k.i"
+            "  ) AS found) AS sized ORDER BY n", tenant_ids, node_ids, max_bytes, ROW_OVERHEAD)
+        # A node's data is never NULL: NULL data is a document left out.
+        return [(row, row["data"] is None) if row[0] is not None else (None, False)
+                for row in rows]
+
+    async def versions_of(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record | None:
+        """The node's version and node_type_id, and that node type's current version
+        (type_version)."""
+        return await self.conn.fetchrow(
+            "SELECT n.version, n.node_type_id, t.version AS type_version "
+            "FROM nodes n JOIN node_types t "
+            "ON t.tenant_id = n.tenant_id AND t.id = n.node_type_id "
+            "WHERE n.tenant_id = $1 AND n.id = $2", tenant_id, node_id)
+
+    async def existing_ids(self, tenant_id: UUID, ids: list[UUID]) -> set[UUID]:
+        rows = await self.conn.fetch(
+            "SELECT id FROM nodes WHERE tenant_id = $1 AND id = ANY($2::uuid[])", tenant_id, ids)
+        return {r["id"] for r in rows}
+
+    async def update(self, tenant_id: UUID, node_id: UUID, changes: dict,
+                     expected_version: int | None) -> asyncpg.Record:
+        return await self._update((tenant_id, node_id), changes, expected_version)
+
+    async def delete(self, tenant_id: UUID, node_id: UUID) -> None:
+        await self._delete(tenant_id, node_id)
+
+    async def list(self, tenant_id: UUID, node_type_id: UUID | None,
+                   pagination: Pagination, max_bytes: int | None = None) -> Page:
+        where, args = ["tenant_id = $1"], [tenant_id]
+        if node_type_id is not None:
+            where.append("node_type_id = $2")
+            args.append(node_type_id)
+        # The total comes from the counts maintained by triggers (sql/0006_counts.sql): a few
+        # rows per node type, whatever the tenant's size.
+        count_sql = f"SELECT coalesce(sum(n), 0)::bigint FROM node_counts WHERE {' AND '.join(where)}"
+        return await fetch_page(self.conn, scope="nodes", select=self.read_columns, table="nodes",
+                                where=where, args=args, pagination=pagination,
+                                count_sql=count_sql, size_sql=self.size_sql,
+                                max_bytes=max_bytes)
+
+    @classmethod
+    def query_statement(cls, tenant_id: UUID, node_type_id: UUID | None, condition: str,
+                        args: SqlArgs, sort: NodeSort, pagination: Pagination,
+                        max_bytes: int | None = None) -> PageStatement:
+        """The SQL of one query_nodes page: nodes matching `condition` (SQL from node_filter,
+        whose values are already in `args`), sorted by a timestamp column through its index
+        or by a data path (missing values sort as JSON null), after the page token's key."""
+        where = [f"tenant_id = {args.add(tenant_id, 'uuid')}"]
+        if node_type_id is not None:
+            where.append(f"node_type_id = {args.add(node_type_id, 'uuid')}")
+        where.append(f"({condition})")
+        count_sql = f"SELECT count(*) FROM nodes WHERE {' AND '.join(where)}"
+        count_args = list(args.values)
+        key = sort.column or f"COALESCE(data #> {args.add(sort.path, 'text[]')}, 'null'::jsonb)"
+        if pagination.page_token:
+            text, last_id = decode_token_text(pagination.page_token, sort.scope)
+            if sort.column:
+                last = args.add(parse_token_time(text), "timestamptz")
+            else:
+                try:  # re-written by orjson: a value PostgreSQL cannot hold is refused here
+                    text = orjson.dumps(orjson.loads(text)).decode()
+                except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+                    raise invalid_token() from None
+                if "\\u0000" in text:
+                    raise invalid_token()
+                last = args.add_json(text)
+            where.append(f"({key}, id) {'<' if sort.descending else '>'} "
+                         f"({last}, {args.add(last_id, 'uuid')})")
+        counted = f", ({count_sql}) AS {TOTAL_COLUMN}" if pagination.include_total else ""
+        order = " DESC" if sort.descending else ""
+        limit = args.add(pagination.page_size + 1, "int4")
+        sql = (f"SELECT {cls.read_columns}, {key} AS _sort_key{counted} FROM nodes "
+               f"WHERE {' AND '.join(where)} ORDER BY {key}{order}, id{order} LIMIT {limit}")
+        if max_bytes is not None:
+            sql = within_bytes(sql, cls.size_sql, args.add(max_bytes, "int8"))
+        return PageStatement(sql, args.values, count_sql, count_args)
+
+    async def query(self, tenant_id: UUID, node_type_id: UUID | None, condition: str,
+                    args: SqlArgs, sort: NodeSort, pagination: Pagination,
+                    max_bytes: int | None = None) -> Page:
+        statement = self.query_statement(tenant_id, node_type_id, condition, args, sort,
+                                         pagination, max_bytes)
+        rows = await self.conn.fetch(statement.sql, *statement.args)
+        cut, used = False, 0
+        if max_bytes is not None:
+            rows, cut, used = cut_to_budget(rows, max_bytes)
+        next_token = ""
+        if len(rows) > pagination.page_size or cut:
+            rows = rows[:pagination.page_size]
+            last_row = rows[-1]
+            value = last_row["_sort_key"]
+            next_token = encode_token(sort.scope, value if sort.column else
+                                      orjson.dumps(value).decode(), last_row["id"])
+        total = rows[0][TOTAL_COLUMN] if pagination.include_total and rows else None
+        if pagination.include_total and not rows:
+            total = await self.conn.fetchval(statement.count_sql, *statement.count_args)
+        hidden = ("_sort_key", TOTAL_COLUMN, *BUDGET_COLUMNS)
+        return Page([{k: v for k, v in r.items() if k not in hidden} for r in rows],
+                    next_token, total, used)

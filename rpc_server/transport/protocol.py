@@ -1,0 +1,248 @@
+"""JSON-RPC 2.0 framing: parse, enforce limits, validate each batch member on its own,
+run members concurrently, and serialize responses in order.
+
+jsonrpcserver dispatches each valid member (method lookup, argument binding, JsonRpcError
+mapping). Its own validator rejects a whole batch for one bad member, so members are
+validated here instead."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any, Callable
+
+from jsonrpcserver.async_dispatcher import dispatch_request
+from jsonrpcserver.dispatcher import to_response, validate_result
+from jsonrpcserver.exceptions import JsonRpcError
+from jsonrpcserver.request import Request
+from jsonrpcserver.response import to_serializable_one
+from jsonrpcserver.sentinels import NOID
+from jsonrpcserver.result import (ErrorResult, InternalErrorResult, Left,
+                                  Right)  # Success() makes a Right (oslash, via jsonrpcserver)
+
+from rpc_server.api.errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
+                     PARSE_ERROR)
+from rpc_server.api.response_budget import response_too_large
+from rpc_server.transport.json_codec import JSONError, JSONTooDeep, OutOfRange, dumps, loads
+
+log = logging.getLogger(__name__)
+UNKNOWN_NAME = re.compile(r"unexpected keyword argument '([^']+)'")
+
+
+def error_response(code: int, message: str, id: Any = None, data: Any = None) -> dict:
+    error = {"code": code, "message": message}
+    if data is not None:
+        error["data"] = data
+    return {"jsonrpc": "2.0", "error": error, "id": id}
+
+
+def invalid_request(reason: str, id: Any = None, **details) -> dict:
+    return error_response(INVALID_REQUEST, "Invalid Request", id,
+                          {"type": "invalid_request", "reason": reason, **details})
+
+
+def internal_error(request_id: str, id: Any = None) -> dict:
+    return error_response(INTERNAL_ERROR, "Internal error", id,
+                          {"type": "internal", "request_id": request_id})
+
+
+def note(context: Any, method: str, code: int | None, tenant: str | None = None) -> None:
+    """Record a call (method, error code or None, tenant id or None) for the access log."""
+    calls = getattr(context, "calls", None)
+    if calls is not None:
+        calls.append((method[:100], code, tenant[:40] if tenant else None))
+
+
+async def _prepare_batch(context: Any, members: list) -> None:
+    """Before a batch's members run: authenticate the caller once, so the members find it
+    (or the failure, which each member reports) without waiting, and let the context read
+    ahead what the members will ask for (see RequestContext.prepare_batch)."""
+    prepare = getattr(context, "prepare_batch", None)
+    if prepare is not None:
+        await prepare(members)
+
+
+def _valid_id(value: Any) -> bool:
+    return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
+
+
+def _binding_error(message: str) -> dict:
+    """Readable form of jsonrpcserver's signature-binding errors."""
+    unknown = UNKNOWN_NAME.search(message)
+    if unknown:
+        error = {"field": unknown.group(1), "message": "is not a parameter of this method"}
+    else:
+        error = {"field": "params", "message": message}
+    return {"type": "invalid_params", "errors": [error]}
+
+
+class Dispatcher:
+    def __init__(self, methods: dict[str, Callable], *, max_batch: int,
+                 max_response_bytes: int, tenant_params: dict[str, str] | None = None):
+        self.methods = methods
+        self.tenant_params = tenant_params or {}
+        self.max_batch = max_batch
+        self.max_response_bytes = max_response_bytes
+
+    async def handle(self, body: bytes, context: Any) -> bytes | None:
+        """The response body for a request body, or None when nothing is to be sent back
+        (only notifications). Nesting is not limited here: each document param limits its
+        own (params.Documents), so one too deep is invalid params naming it."""
+        try:
+            payload = loads(body)
+        except JSONTooDeep as exc:
+            note(context, "-", INVALID_REQUEST)
+            return dumps(invalid_request(f"JSON {exc}"))
+        except JSONError as exc:
+            note(context, "-", PARSE_ERROR)
+            return dumps(error_response(PARSE_ERROR, "Parse error", None,
+                                        {"type": "parse_error", "reason": str(exc)}))
+        if isinstance(payload, list):
+            if not payload:
+                note(context, "-", INVALID_REQUEST)
+                return dumps(invalid_request("empty batch"))
+            if len(payload) > self.max_batch:
+                note(context, "-", INVALID_REQUEST)
+                return dumps(invalid_request(
+                    f"batch of {len(payload)} requests exceeds the limit of {self.max_batch}",
+                    max_batch=self.max_batch))
+            context.batch = len(payload) > 1
+            if context.batch:
+                await _prepare_batch(context, payload)
+            answers = await self._run_members(payload, context)
+            replies = self._within_budget(payload, answers)
+            return b"[" + b",".join(replies) + b"]" if replies else None
+        reply = await self.handle_one(payload, context)
+        return self._within_budget([payload], [reply])[0] if reply is not None else None
+
+    def _within_budget(self, members: list, answers: list) -> list[bytes]:
+        """The replies, in order, with each one that would take the response past its byte
+        budget replaced by a response_too_large error of its own (the backstop: calls that
+        read documents stop within the budget before reading them)."""
+        replies, size = [], 2
+        for member, reply in zip(members, answers):
+            if reply is None:
+                continue
+            size += len(reply) + 1
+            if size > self.max_response_bytes:
+                size -= len(reply)
+                error = response_too_large(self.max_response_bytes)
+                reply = dumps(error_response(error.code, error.message,
+                                             member.get("id") if type(member) is dict else None,
+                                             error.data))
+                size += len(reply)
+            replies.append(reply)
+        return replies
+
+    async def _run_members(self, members: list, context: Any) -> list:
+        """A batch's answers, in order. Members run concurrently, each in a Task, except
+        those the context expects to answer at once (read ahead): they run one after the
+        other in this task, which saves a Task, a scheduling round and a wake-up each."""
+        at_once = getattr(context, "answers_at_once", None)
+        answers: list = [None] * len(members)
+        tasks = {i: asyncio.ensure_future(self.handle_one(m, context))
+                 for i, m in enumerate(members) if at_once is None or not at_once(m)}
+        try:
+            for i, member in enumerate(members):
+                if i not in tasks:
+                    answers[i] = await self.handle_one(member, context)
+            if tasks:
+                for i, answer in zip(tasks, await asyncio.gather(*tasks.values())):
+                    answers[i] = answer
+        except BaseException:
+            for task in tasks.values():
+                task.cancel()
+            raise
+        return answers
+
+    async def handle_one(self, member: Any, context: Any) -> bytes | None:
+        """One request object in, its serialized response (or None for a notification) out;
+        the call is noted for the access log. (One coroutine per member: each level costs
+        on every call of a batch.)"""
+        reply = self._refusal(member)
+        if reply is None:
+            id = member.get("id")
+            method = member["method"]
+            is_notification = "id" not in member
+            request = Request(method, member.get("params", []), NOID if is_notification else id)
+            handler = self.methods.get(method)
+            if handler is not None and getattr(handler, "checks_own_arguments", False):
+                # jsonrpcserver's call(), inlined: one coroutine less on every call
+                params = request.params
+                try:
+                    result = await (handler(context, **params) if type(params) is dict
+                                    else handler(context, *params))
+                    validate_result(result)
+                except JsonRpcError as exc:
+                    result = Left(ErrorResult(code=exc.code, message=exc.message, data=exc.data))
+                except Exception as exc:  # noqa: BLE001 - as jsonrpcserver: internal error
+                    log.exception(exc)
+                    result = Left(InternalErrorResult(str(exc)))
+            else:  # unknown methods, and callables that leave argument checks to jsonrpcserver
+                _, result = await dispatch_request(self.methods, context, request)
+            if not is_notification:
+                reply = self._serialize(request, result, context)
+        self._note(member, reply, context)
+        return reply
+
+    def _refusal(self, member: Any) -> bytes | None:
+        """The Invalid Request answer for a malformed request object, else None."""
+        if not isinstance(member, dict):
+            return dumps(invalid_request("a request must be a JSON object"))
+        id = member.get("id")
+        if isinstance(id, OutOfRange):
+            return dumps(invalid_request("id is a number out of range: integers must fit "
+                                         "in 64 bits"))
+        if not _valid_id(id):
+            return dumps(invalid_request("id must be a string, a number or null"))
+        if member.get("jsonrpc") != "2.0":
+            return dumps(invalid_request('"jsonrpc" must be exactly "2.0"', id))
+        if not isinstance(member.get("method"), str):
+            return dumps(invalid_request('"method" must be a string', id))
+        if not isinstance(member.get("params", []), (list, dict)):
+            return dumps(invalid_request('"params" must be an array or an object', id))
+        return None
+
+    def _serialize(self, request: Request, result: Any, context: Any) -> bytes:
+        if isinstance(result, Right):  # success: jsonrpcserver's response, built directly
+            wire = {"jsonrpc": "2.0", "result": result._value.result, "id": request.id}
+        else:
+            wire = self._to_wire(to_serializable_one(to_response(request, result)),
+                                 request.method, context)
+        try:
+            return dumps(wire)
+        except (TypeError, ValueError):  # e.g. nesting orjson cannot write
+            log.exception("cannot serialize the result of %s (request_id=%s)",
+                          request.method, context.request_id)
+            return dumps(internal_error(context.request_id, request.id))
+
+    def _note(self, member: Any, reply: bytes | None, context: Any) -> None:
+        if not isinstance(member, dict):
+            note(context, "-", INVALID_REQUEST)
+            return
+        method = member.get("method") if isinstance(member.get("method"), str) else "-"
+        params = member.get("params")
+        tenant = None
+        if isinstance(params, dict) and method in self.tenant_params:
+            tenant = params.get(self.tenant_params[method])
+        code = None
+        if reply is not None and reply.startswith(b'{"jsonrpc":"2.0","error"'):
+            code = loads(reply)["error"]["code"]
+        note(context, method, code, tenant if isinstance(tenant, str) else None)
+
+    @staticmethod
+    def _to_wire(response: dict, method: str, context: Any) -> dict:
+        error = response.get("error")
+        if error is None:
+            return response
+        data = error.get("data")
+        if error["code"] == METHOD_NOT_FOUND:
+            error["data"] = {"type": "method_not_found", "method": method}
+        elif error["code"] == INVALID_PARAMS and isinstance(data, str):
+            error["data"] = _binding_error(data)
+            first = error["data"]["errors"][0]
+            error["message"] = f"Invalid params: {first['field']}: {first['message']}"
+        elif error["code"] == INTERNAL_ERROR and not isinstance(data, dict):
+            # Never pass an exception text through; the log has the detail.
+            error["data"] = {"type": "internal", "request_id": context.request_id}
+        return response
