@@ -7,9 +7,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
+from rpc_server.api.params import set_max_document_depth
 from rpc_server.client import FlexDBClient
 from rpc_server.config import Settings
-from rpc_server.api.params import set_max_document_depth
 
 from . import docs, errors
 from .callers import CallerGuard

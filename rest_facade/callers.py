@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 
-from rpc_server.security.credentials import bearer_credential
 from rpc_server.api.errors import Unauthenticated
+from rpc_server.security.credentials import bearer_credential
 
 from . import docs
 from .errors import STATUS_BY_CODE, error_for

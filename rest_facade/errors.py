@@ -19,9 +19,9 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from rpc_server.api.params import error_message
 from rpc_server.client import RpcError
 from rpc_server.transport.json_codec import JSONTooDeep
-from rpc_server.api.params import error_message
 
 log = logging.getLogger(__name__)
 

@@ -12,33 +12,33 @@ import zlib
 from aiohttp import web
 
 from rpc_server import methods  # noqa: F401  (registers every method)
-from rpc_server.config import Settings
-from rpc_server.audit.denied_calls import DeniedCalls
-from rpc_server.security.auth import Authenticator
 from rpc_server.api.context import AppState, QueryEnvironment, RequestContext
-from rpc_server.storage.db import connect, create_pool, create_query_pool
-from rpc_server.transport.json_codec import dumps
 from rpc_server.api.errors import INVALID_REQUEST
-from rpc_server.transport.protocol import Dispatcher, internal_error, invalid_request, note
-from rpc_server.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from rpc_server.caching.invalidation import Invalidation
 from rpc_server.api.openrpc import rpc_discover
-from rpc_server.security.rate_limits import RateLimiter
-from rpc_server.caching.redis_link import RedisLink
+from rpc_server.api.params import set_max_document_depth
+from rpc_server.api.registry import build_dispatch_table, tenant_params
+from rpc_server.api.shaping import Shaper
 from rpc_server.audit.chainer import AuditChainer
+from rpc_server.audit.denied_calls import DeniedCalls
+from rpc_server.caching.invalidation import Invalidation
 from rpc_server.caching.node_type_cache import NodeTypeCache
+from rpc_server.caching.redis_link import RedisLink
 from rpc_server.caching.shared_cache import SharedCache
+from rpc_server.config import Settings
+from rpc_server.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rpc_server.ops.readiness import readiness
 from rpc_server.pipelines.runner import PipelineRunner
-from rpc_server.api.registry import build_dispatch_table, tenant_params
 from rpc_server.pipelines.sandbox_client import SandboxClient
-from rpc_server.security.tenant_limits import TenantLimiter
-from rpc_server.storage.repositories.tenant_sql import is_superuser, setup_problems
-from rpc_server.validation.schemas import ValidatorCache, validation_limits
+from rpc_server.security.auth import Authenticator
+from rpc_server.security.rate_limits import RateLimiter
 from rpc_server.security.server_secret import server_secret
-from rpc_server.api.shaping import Shaper
+from rpc_server.security.tenant_limits import TenantLimiter
+from rpc_server.storage.db import connect, create_pool, create_query_pool
+from rpc_server.storage.repositories.tenant_sql import is_superuser, setup_problems
+from rpc_server.transport.json_codec import dumps
+from rpc_server.transport.protocol import Dispatcher, internal_error, invalid_request, note
 from rpc_server.validation import safe_regex
-from rpc_server.api.params import set_max_document_depth
+from rpc_server.validation.schemas import ValidatorCache, validation_limits
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("flexdb.access")

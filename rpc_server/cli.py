@@ -19,8 +19,19 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-from rpc_server.config import (CREATE_KEY, FACADE, MIGRATE, SANDBOX, SERVE, ConfigError, Settings,
-                     env_var, load_settings, settings_read_by, shown_default)
+from rpc_server.config import (
+    CREATE_KEY,
+    FACADE,
+    MIGRATE,
+    SANDBOX,
+    SERVE,
+    ConfigError,
+    Settings,
+    env_var,
+    load_settings,
+    settings_read_by,
+    shown_default,
+)
 from rpc_server.ops.logs import configure_logging
 from rpc_server.storage.migrations import MigrationError
 
@@ -127,10 +138,10 @@ def warn_if_anonymous(settings: Settings, process: str) -> None:
 
 
 def _serve(settings: Settings, args) -> int:
-    from rpc_server.security.bootstrap import prepare_database
-    from rpc_server.storage.db import database_url
     from rpc_server.ops.local_instances import registered
+    from rpc_server.security.bootstrap import prepare_database
     from rpc_server.security.server_secret import server_secret
+    from rpc_server.storage.db import database_url
     from rpc_server.workers import serve_one, serve_workers
 
     warn_if_anonymous(settings, "JSON-RPC server")
@@ -174,9 +185,9 @@ def _migrate(settings: Settings, args) -> int:
 
 def _create_key(settings: Settings, args) -> int:
     from rpc_server.security.bootstrap import new_admin_key
+    from rpc_server.security.server_secret import server_secret
     from rpc_server.storage.db import connect, database_url
     from rpc_server.storage.migrations import migrate
-    from rpc_server.security.server_secret import server_secret
 
     settings = admin_target(settings, args)
     secret = server_secret(settings, create=False)

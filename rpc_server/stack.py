@@ -108,8 +108,8 @@ def summary(settings: Settings, admin_key: str | None) -> str:
 def run_stack(settings: Settings, overrides: dict[str, Any]) -> int:
     """`overrides`: {setting name: value} given as flags, passed on to the children."""
     from rpc_server.security.bootstrap import prepare_database
-    from rpc_server.storage.db import database_url
     from rpc_server.security.server_secret import server_secret
+    from rpc_server.storage.db import database_url
 
     stopping = {"signal": None}
 

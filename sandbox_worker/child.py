@@ -17,12 +17,12 @@ import encodings.idna  # noqa: F401 - codecs user code may ask for, loaded befor
 import encodings.latin_1  # noqa: F401
 import encodings.utf_16  # noqa: F401
 import encodings.utf_32  # noqa: F401
-import unicodedata  # noqa: F401
 import json
 import os
 import resource
 import sys
 import traceback
+import unicodedata  # noqa: F401
 
 from sandbox_worker.policy import BoundedPrinter, DbError, compile_pipeline, make_globals
 

@@ -33,8 +33,12 @@ from types import SimpleNamespace
 
 from RestrictedPython import compile_restricted_exec, safe_builtins
 from RestrictedPython.Eval import default_guarded_getitem, default_guarded_getiter
-from RestrictedPython.Guards import (full_write_guard, guarded_iter_unpack_sequence,
-                                     guarded_unpack_sequence, safer_getattr_raise)
+from RestrictedPython.Guards import (
+    full_write_guard,
+    guarded_iter_unpack_sequence,
+    guarded_unpack_sequence,
+    safer_getattr_raise,
+)
 from RestrictedPython.transformer import ALLOWED_FUNC_NAMES, RestrictingNodeTransformer
 
 MAX_CODE_LENGTH = 100_000

@@ -48,13 +48,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rpc_server.storage.db import _init_connection  # noqa: E402
+from rpc_server.storage.repositories.graph import traverse_sql  # noqa: E402
+from rpc_server.storage.repositories.nodes import NodeRepository  # noqa: E402
 from scripts.bench_core import token_at_depth  # noqa: E402
 from scripts.bench_query import GROUPS, group_statements  # noqa: E402
 from scripts.lean_http import LeanHttp  # noqa: E402
-from rpc_server.storage.repositories.graph import traverse_sql  # noqa: E402
-from rpc_server.storage.repositories.nodes import NodeRepository  # noqa: E402
-from tests.conftest import (fresh_database, free_port, running_facade,  # noqa: E402
-                            running_sandbox, running_server, TEST_SANDBOX_SECRET)
+from tests.conftest import (  # noqa: E402
+    TEST_SANDBOX_SECRET,
+    free_port,
+    fresh_database,
+    running_facade,
+    running_sandbox,
+    running_server,
+)
 
 NODE_COLUMNS = NodeRepository.columns
 REL_COLUMNS = ("id, tenant_id, source_node_id, target_node_id, relationship_type, data, "

@@ -36,8 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.bench import MemoryWatch, Rpc, database, encode, percentile  # noqa: E402
-from tests.conftest import (TEST_SANDBOX_SECRET, free_port, running_sandbox,  # noqa: E402
-                            running_server, unique)
+from tests.conftest import TEST_SANDBOX_SECRET, free_port, running_sandbox, running_server, unique  # noqa: E402
 
 VICTIM_CALLERS = 4
 CLASSES = ("schemas", "filters", "responses", "pipelines", "tenants")

@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 import asyncpg
 import pytest
 
-from rpc_server.client import Conflict, FlexDBClient, Forbidden, InvalidParams, NotFound
+from rpc_server.client import Conflict, FlexDBClient, InvalidParams, NotFound
 
 from .conftest import running_server
 from .test_auth import World, new_user

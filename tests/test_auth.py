@@ -12,10 +12,17 @@ import asyncpg
 import httpx
 import pytest
 
-from rpc_server.client import (Conflict, FlexDBClient, Forbidden, InvalidParams, NotFound,
-                               RpcError, Unauthenticated)
 import rpc_server.methods  # noqa: F401  (registers every method)
 from rpc_server.api.registry import REGISTRY
+from rpc_server.client import (
+    Conflict,
+    FlexDBClient,
+    Forbidden,
+    InvalidParams,
+    NotFound,
+    RpcError,
+    Unauthenticated,
+)
 
 from .conftest import missing_id, running_facade, running_server, unique
 

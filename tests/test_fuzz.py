@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from rpc_server.methods import tenants  # noqa: F401  (registers methods)
 from rpc_server.api.registry import REGISTRY
+from rpc_server.methods import tenants  # noqa: F401  (registers methods)
 
 NASTY = [
     None, True, False, 0, -1, 1, 2**31, 2**63 - 1, -(2**63), 1.5, -0.0, 1e308,

@@ -12,8 +12,14 @@ from collections import deque
 
 import pytest
 
-from rpc_server.client import (FlexDBClient, InternalError, InvalidParams, NotFound,
-                               QueryRejected, RpcError)
+from rpc_server.client import (
+    FlexDBClient,
+    InternalError,
+    InvalidParams,
+    NotFound,
+    QueryRejected,
+    RpcError,
+)
 
 from .conftest import make_tenant, missing_id, unique
 

@@ -11,6 +11,7 @@ from rpc_server.api.registry import REGISTRY
 
 from .conftest import unique
 
+
 @pytest.fixture(scope="module")
 def document(server):
     # Public: a caller without credentials may read it.

@@ -11,8 +11,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from rpc_server.client import FlexDBClient, NotFound
 
-from .conftest import (TEST_SANDBOX_SECRET, database_name, free_port, fresh_database,
-                       missing_id, running_server, unique)
+from .conftest import (
+    TEST_SANDBOX_SECRET,
+    database_name,
+    free_port,
+    fresh_database,
+    missing_id,
+    running_server,
+    unique,
+)
 
 
 def samples(metrics_text: str) -> dict[tuple, float]:

@@ -16,13 +16,26 @@ import asyncpg
 import httpx
 import pytest
 
-from rpc_server.client import (Conflict, FlexDBClient, Forbidden, InvalidParams, NotFound,
-                               PipelineFailed, Unauthenticated)
-from rpc_server.security.execution_tokens import ALLOWED_METHODS, ExecutionClaims, mint, verify
+from rpc_server.client import (
+    Conflict,
+    FlexDBClient,
+    Forbidden,
+    InvalidParams,
+    NotFound,
+    PipelineFailed,
+    Unauthenticated,
+)
 from rpc_server.pipelines.runner import PipelineRunner, token_role
+from rpc_server.security.execution_tokens import ALLOWED_METHODS, ExecutionClaims, mint, verify
 
-from .conftest import (TEST_SECRET, fresh_database, missing_id, own_user_id,
-                       server_with_sandbox, unique)
+from .conftest import (
+    TEST_SECRET,
+    fresh_database,
+    missing_id,
+    own_user_id,
+    server_with_sandbox,
+    unique,
+)
 from .test_auth import World, new_user
 
 ECHO = "def run(input, db):\n    return input\n"

@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from .conftest import ROOT, free_port
+from .conftest import free_port
 
 BLOCK_END = re.compile(r"  admin key  .*\n(?:\s+shown once: keep it safe\n)?")
 TEXT_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} (DEBUG|INFO|WARNING|ERROR)\s+[\w.]+: ")

@@ -11,7 +11,6 @@ from rpc_server.client import Conflict, InvalidParams, NotFound
 
 from .conftest import error_fields, make_tenant, missing_id, unique
 
-
 # ---------------------------------------------------------------- helpers
 
 async def make_nodes(rpc, tenant_id, count) -> list[str]:

@@ -17,10 +17,10 @@ from pydantic import BaseModel, ValidationError
 
 import rpc_server.methods  # noqa: F401 - registers every method
 from rpc_server.api import results
-from rpc_server.security.auth import AUTHENTICATED
-from rpc_server.client import FlexDBClient, PipelineFailed
 from rpc_server.api.params import Params
 from rpc_server.api.registry import REGISTRY, rpc_method
+from rpc_server.client import FlexDBClient, PipelineFailed
+from rpc_server.security.auth import AUTHENTICATED
 
 from .conftest import running_server, unique
 

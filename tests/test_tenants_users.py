@@ -13,7 +13,6 @@ from rpc_server.client import Conflict, FlexDBClient, Forbidden, InvalidParams, 
 from .conftest import error_fields, missing_id, own_user_id, unique
 from .test_auth import World
 
-
 # ---------------------------------------------------------------- helpers
 
 def email() -> str:

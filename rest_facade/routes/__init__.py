@@ -93,8 +93,17 @@ def make_router(tag: str) -> APIRouter:
 
 
 def all_routers() -> list[APIRouter]:
-    from . import (api_keys, audit, node_types, nodes, pipelines, query, relationships,
-                   tenants, users)
+    from . import (
+        api_keys,
+        audit,
+        node_types,
+        nodes,
+        pipelines,
+        query,
+        relationships,
+        tenants,
+        users,
+    )
     return [tenants.router, users.router, node_types.router, nodes.router,
             relationships.router, query.router, pipelines.router, api_keys.router,
             audit.router]

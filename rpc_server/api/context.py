@@ -5,30 +5,30 @@ import asyncio
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
 from datetime import datetime, timezone
+from typing import Any, AsyncIterator
 from uuid import UUID, uuid4
 
 import asyncpg
 
-from rpc_server.audit import events as audit
-from rpc_server.audit.chainer import AuditChainer
-from rpc_server.caching.batch_reads import NodeReads, prefetch_batch_nodes
-from rpc_server.security.auth import Authenticator, Principal
-from rpc_server.config import Settings
-from rpc_server.audit.denied_calls import DeniedCalls
-from rpc_server.ops.metrics import Metrics
-from rpc_server.caching.node_type_cache import NodeTypeCache
-from rpc_server.security.rate_limits import RateLimiter
-from rpc_server.caching.redis_link import RedisLink
-from rpc_server.pipelines.runner import PipelineRunner
-from rpc_server.storage.repositories.audit import AuditRepository, with_event
-from rpc_server.validation.schemas import ValidatorCache
-from rpc_server.api.shaping import Shaper
 from rpc_server.api.errors import Busy, QueryRejected
 from rpc_server.api.params import LIST_TIMEOUT_MS
 from rpc_server.api.response_budget import ResponseBudget, ResponseMemory
+from rpc_server.api.shaping import Shaper
+from rpc_server.audit import events as audit
+from rpc_server.audit.chainer import AuditChainer
+from rpc_server.audit.denied_calls import DeniedCalls
+from rpc_server.caching.batch_reads import NodeReads, prefetch_batch_nodes
+from rpc_server.caching.node_type_cache import NodeTypeCache
+from rpc_server.caching.redis_link import RedisLink
+from rpc_server.config import Settings
+from rpc_server.ops.metrics import Metrics
+from rpc_server.pipelines.runner import PipelineRunner
+from rpc_server.security.auth import Authenticator, Principal
+from rpc_server.security.rate_limits import RateLimiter
 from rpc_server.security.tenant_limits import TenantLimiter
+from rpc_server.storage.repositories.audit import AuditRepository, with_event
+from rpc_server.validation.schemas import ValidatorCache
 
 
 @dataclass

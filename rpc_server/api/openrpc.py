@@ -9,8 +9,8 @@ from jsonrpcserver import Success
 from pydantic.json_schema import models_json_schema
 
 from rpc_server import methods  # noqa: F401  (registers every method)
-from rpc_server.security.auth import Permission
 from rpc_server.api.registry import REGISTRY
+from rpc_server.security.auth import Permission
 
 OPENRPC_VERSION = "1.3.2"
 REF = "#/components/schemas/{model}"

@@ -7,13 +7,31 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import orjson
-from pydantic import (AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field,
-                      GetCoreSchemaHandler, GetJsonSchemaHandler, StrictBool, StrictInt)
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    StrictBool,
+    StrictInt,
+)
 from pydantic_core import core_schema
 
 from rpc_server.config import Settings
-from rpc_server.transport.json_codec import (OUT_OF_RANGE, JSONError, JSONTooDeep, OutOfRange, holds_out_of_range,
-                         json_depth_exceeds, json_text_depth_exceeds, loads)
+from rpc_server.transport.json_codec import (
+    OUT_OF_RANGE,
+    JSONError,
+    JSONTooDeep,
+    OutOfRange,
+    holds_out_of_range,
+    json_depth_exceeds,
+    json_text_depth_exceeds,
+    loads,
+)
 
 MAX_NAME = 200
 MAX_DESCRIPTION = 2000

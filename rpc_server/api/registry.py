@@ -13,13 +13,23 @@ from jsonrpcserver import Success
 from jsonrpcserver.exceptions import JsonRpcError
 from pydantic import BaseModel, ValidationError
 
-from rpc_server.security.auth import ROLE_RANK, Permission
 from rpc_server.api.context import Call
-from rpc_server.audit.denied_calls import source_of
-from rpc_server.security.execution_tokens import ALLOWED_METHODS as EXECUTION_METHODS
-from rpc_server.api.errors import (INTERNAL_ERROR, INVALID_PARAMS, Conflict, Forbidden, InvalidParams, NotFound, RpcError,
-                     StatementTimeout, Unauthenticated, Unavailable)
+from rpc_server.api.errors import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    Conflict,
+    Forbidden,
+    InvalidParams,
+    NotFound,
+    RpcError,
+    StatementTimeout,
+    Unauthenticated,
+    Unavailable,
+)
 from rpc_server.api.params import Params, error_message
+from rpc_server.audit.denied_calls import source_of
+from rpc_server.security.auth import ROLE_RANK, Permission
+from rpc_server.security.execution_tokens import ALLOWED_METHODS as EXECUTION_METHODS
 
 log = logging.getLogger(__name__)
 _ABSENT = object()

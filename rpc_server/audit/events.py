@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 import uuid
 from datetime import timezone
 from typing import Any

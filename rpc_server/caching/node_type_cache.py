@@ -11,9 +11,9 @@ from uuid import UUID
 
 import asyncpg
 
-from rpc_server.storage.repositories import NodeTypeRepository
 from rpc_server.caching.shared_cache import MISSING, SharedCache
 from rpc_server.caching.ttl_cache import TTLCache
+from rpc_server.storage.repositories import NodeTypeRepository
 
 SIZE = 4096
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import orjson
 from pydantic import Field
 
-from rpc_server.security.auth import PLATFORM_ADMIN, tenant_role
-from rpc_server.api.params import Moment, Id, PaginationParam, Params
 from rpc_server.api import results
+from rpc_server.api.params import Id, Moment, PaginationParam, Params
 from rpc_server.api.registry import rpc_method
 from rpc_server.audit import events as audit
+from rpc_server.methods.common import require_tenant
+from rpc_server.security.auth import PLATFORM_ADMIN, tenant_role
 from rpc_server.storage.repositories.audit import AuditRepository
 from rpc_server.storage.repositories.denied_calls import DeniedCallRepository
-from rpc_server.methods.common import require_tenant
 
 
 class ListAuditEvents(Params):

@@ -7,10 +7,10 @@ import asyncpg
 import orjson
 
 from rpc_server.api.errors import InvalidParams, NotFound, QuotaExceeded
-from rpc_server.storage.pagination import Page
 from rpc_server.api.params import Params
-from rpc_server.storage.repositories import TenantRepository
 from rpc_server.api.response_budget import ROW_OVERHEAD
+from rpc_server.storage.pagination import Page
+from rpc_server.storage.repositories import TenantRepository
 
 DELETED = {"success": True}
 

@@ -4,12 +4,29 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from rpc_server.api.params import MAX_DESCRIPTION, Description, Id, JsonSchemaDoc, Name, PaginationParam, Params, Version
-from rpc_server.security.auth import tenant_role
 from rpc_server.api import results
+from rpc_server.api.params import (
+    MAX_DESCRIPTION,
+    Description,
+    Id,
+    JsonSchemaDoc,
+    Name,
+    PaginationParam,
+    Params,
+    Version,
+)
 from rpc_server.api.registry import rpc_method
+from rpc_server.methods.common import (
+    DELETED,
+    changes_of,
+    json_size,
+    read_one,
+    read_page,
+    require_changes,
+    require_tenant,
+)
+from rpc_server.security.auth import tenant_role
 from rpc_server.storage.repositories import NodeTypeRepository
-from rpc_server.methods.common import DELETED, changes_of, json_size, read_one, read_page, require_changes, require_tenant
 
 UPDATABLE = ("name", "description", "schema")
 

@@ -8,16 +8,37 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StrictBool, StrictInt
 
-from sandbox_worker.policy import MAX_CODE_LENGTH, compile_pipeline
-
-from rpc_server.security.auth import tenant_role
-from rpc_server.api.errors import Busy, Conflict, InvalidParams, PipelineFailed
-from rpc_server.api.params import (MAX_DESCRIPTION, Description, Document, Id, Name, OptionalId,
-                      PaginationParam, Params, Version, zero_means)
 from rpc_server.api import results
+from rpc_server.api.errors import Busy, Conflict, InvalidParams, PipelineFailed
+from rpc_server.api.params import (
+    MAX_DESCRIPTION,
+    Description,
+    Document,
+    Id,
+    Name,
+    OptionalId,
+    PaginationParam,
+    Params,
+    Version,
+    zero_means,
+)
 from rpc_server.api.registry import rpc_method
-from rpc_server.storage.repositories.pipelines import RUN_FIELDS, PipelineRepository, PipelineRunRepository
-from rpc_server.methods.common import DELETED, changes_of, json_size, read_one, read_page, require_changes, require_tenant
+from rpc_server.methods.common import (
+    DELETED,
+    changes_of,
+    json_size,
+    read_one,
+    read_page,
+    require_changes,
+    require_tenant,
+)
+from rpc_server.security.auth import tenant_role
+from rpc_server.storage.repositories.pipelines import (
+    RUN_FIELDS,
+    PipelineRepository,
+    PipelineRunRepository,
+)
+from sandbox_worker.policy import MAX_CODE_LENGTH, compile_pipeline
 
 UPDATABLE = ("name", "description", "code", "timeout_ms", "memory_mb")
 MAX_TIMEOUT_MS = 60_000

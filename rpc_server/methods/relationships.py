@@ -5,14 +5,34 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, Field
 
-from rpc_server.storage.ids import uuid7_sequence
-from rpc_server.api.errors import NotFound
-from rpc_server.api.params import BULK_TIMEOUT_MS, EMPTY_MEANS_NONE, MAX_BULK, Id, JsonObject, OptionalId, PaginationParam, Params, RelationshipType, Version
-from rpc_server.security.auth import tenant_role
 from rpc_server.api import results
+from rpc_server.api.errors import NotFound
+from rpc_server.api.params import (
+    BULK_TIMEOUT_MS,
+    EMPTY_MEANS_NONE,
+    MAX_BULK,
+    Id,
+    JsonObject,
+    OptionalId,
+    PaginationParam,
+    Params,
+    RelationshipType,
+    Version,
+)
 from rpc_server.api.registry import rpc_method
+from rpc_server.methods.common import (
+    DELETED,
+    changes_of,
+    check_quota,
+    json_size,
+    read_one,
+    read_page,
+    require_changes,
+    require_tenant,
+)
+from rpc_server.security.auth import tenant_role
+from rpc_server.storage.ids import uuid7_sequence
 from rpc_server.storage.repositories import NodeRepository, RelationshipRepository
-from rpc_server.methods.common import DELETED, changes_of, check_quota, json_size, read_one, read_page, require_changes, require_tenant
 
 UPDATABLE = ("relationship_type", "data")
 

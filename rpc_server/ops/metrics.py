@@ -2,16 +2,18 @@
 read at scrape time, the database pools, cache hits and misses and sandbox runs by status."""
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
-import os
-
-from prometheus_client import (CollectorRegistry, ProcessCollector, disable_created_metrics,
-                               generate_latest)
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
-                                    HistogramMetricFamily)
+from prometheus_client import (
+    CollectorRegistry,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:

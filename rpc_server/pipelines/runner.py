@@ -11,10 +11,15 @@ from collections import Counter
 
 import asyncpg
 
+from rpc_server.pipelines.sandbox_client import (
+    GRACE_S,
+    SandboxBusy,
+    SandboxClient,
+    SandboxUnavailable,
+)
 from rpc_server.security.auth import ROLE_RANK
 from rpc_server.security.execution_tokens import ExecutionClaims, mint
 from rpc_server.storage.repositories.pipelines import PipelineRunRepository
-from rpc_server.pipelines.sandbox_client import GRACE_S, SandboxBusy, SandboxClient, SandboxUnavailable
 
 log = logging.getLogger(__name__)
 TOKEN_ROLE_CEILING = "member"  # a run's db object reads and writes data, nothing more

@@ -18,12 +18,18 @@ from uuid import UUID
 
 import asyncpg
 
-from rpc_server.security.credentials import bearer_credential
 from rpc_server.api.errors import Unauthenticated
-from rpc_server.caching.shared_cache import (MISSING, SharedCache, UNTRUSTED as UNSHARED, principal_from_json,
-                           principal_to_json)
+from rpc_server.caching.shared_cache import (
+    MISSING,
+    SharedCache,
+    principal_from_json,
+    principal_to_json,
+)
+from rpc_server.caching.shared_cache import UNTRUSTED as UNSHARED
 from rpc_server.caching.ttl_cache import TTLCache
-from rpc_server.security.execution_tokens import PREFIX as EXECUTION_PREFIX, ExecutionClaims, InvalidToken
+from rpc_server.security.credentials import bearer_credential
+from rpc_server.security.execution_tokens import PREFIX as EXECUTION_PREFIX
+from rpc_server.security.execution_tokens import ExecutionClaims, InvalidToken
 from rpc_server.security.execution_tokens import verify as verify_execution_token
 
 KEY_PREFIX = "fdb_"

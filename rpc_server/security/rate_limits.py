@@ -7,7 +7,7 @@ import math
 import time
 from dataclasses import dataclass
 
-from rpc_server.api.errors import RpcError, RATE_LIMITED
+from rpc_server.api.errors import RATE_LIMITED, RpcError
 from rpc_server.caching.redis_link import RedisDown, RedisLink
 
 # KEYS[1]: the bucket; ARGV: emission interval (µs per request), tolerance (µs of burst).

@@ -16,12 +16,21 @@ from jsonrpcserver.dispatcher import to_response, validate_result
 from jsonrpcserver.exceptions import JsonRpcError
 from jsonrpcserver.request import Request
 from jsonrpcserver.response import to_serializable_one
+from jsonrpcserver.result import (
+    ErrorResult,
+    InternalErrorResult,
+    Left,
+    Right,  # Success() makes a Right (oslash, via jsonrpcserver)
+)
 from jsonrpcserver.sentinels import NOID
-from jsonrpcserver.result import (ErrorResult, InternalErrorResult, Left,
-                                  Right)  # Success() makes a Right (oslash, via jsonrpcserver)
 
-from rpc_server.api.errors import (INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND,
-                     PARSE_ERROR)
+from rpc_server.api.errors import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    METHOD_NOT_FOUND,
+    PARSE_ERROR,
+)
 from rpc_server.api.response_budget import response_too_large
 from rpc_server.transport.json_codec import JSONError, JSONTooDeep, OutOfRange, dumps, loads
 

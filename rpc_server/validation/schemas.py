@@ -27,12 +27,17 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-from rpc_server.validation import safe_regex
 from rpc_server.api.errors import InvalidParams, QueryRejected
-from rpc_server.validation.schema_cost import (DATA_KEYWORDS, MAX_PATTERN_LENGTH, SchemaLimits, SchemaTooCostly,
-                          measure)
-from rpc_server.validation.schema_fast_path import fast_check
 from rpc_server.security.tenant_limits import TenantLimiter
+from rpc_server.validation import safe_regex
+from rpc_server.validation.schema_cost import (
+    DATA_KEYWORDS,
+    MAX_PATTERN_LENGTH,
+    SchemaLimits,
+    SchemaTooCostly,
+    measure,
+)
+from rpc_server.validation.schema_fast_path import fast_check
 
 MAX_REPORTED_ERRORS = 10  # per document
 MAX_REPORTED_ERRORS_PER_CALL = 50

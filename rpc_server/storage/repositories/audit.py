@@ -2,14 +2,19 @@ from __future__ import annotations
 
 import re
 import uuid
-from functools import lru_cache
 from datetime import datetime
+from functools import lru_cache
 from uuid import UUID
 
-from rpc_server.audit import events as audit
-from rpc_server.storage.pagination import (TOTAL_COLUMN, Page, decode_token_text, encode_token,
-                          invalid_token)
 from rpc_server.api.params import Pagination
+from rpc_server.audit import events as audit
+from rpc_server.storage.pagination import (
+    TOTAL_COLUMN,
+    Page,
+    decode_token_text,
+    encode_token,
+    invalid_token,
+)
 from rpc_server.storage.repositories.base import Repository
 
 CHAIN_BATCH = 1000  # events chained per transaction

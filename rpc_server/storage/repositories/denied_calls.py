@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from rpc_server.storage.pagination import Page, fetch_page
 from rpc_server.api.params import Pagination
+from rpc_server.storage.pagination import Page, fetch_page
 from rpc_server.storage.repositories.base import Repository
 
 

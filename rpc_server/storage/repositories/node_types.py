@@ -4,8 +4,8 @@ from uuid import UUID
 
 import asyncpg
 
-from rpc_server.storage.pagination import Page, fetch_page
 from rpc_server.api.params import Pagination
+from rpc_server.storage.pagination import Page, fetch_page
 from rpc_server.storage.repositories.base import Repository
 
 

@@ -6,12 +6,21 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from rpc_server.query.node_filter import NodeSort, SqlArgs
-from rpc_server.storage.pagination import (BUDGET_COLUMNS, TOTAL_COLUMN, Page, cut_to_budget,
-                          decode_token_text, encode_token, fetch_page, invalid_token,
-                          parse_token_time, within_bytes)
 from rpc_server.api.params import Pagination
 from rpc_server.api.response_budget import ROW_OVERHEAD
+from rpc_server.query.node_filter import NodeSort, SqlArgs
+from rpc_server.storage.pagination import (
+    BUDGET_COLUMNS,
+    TOTAL_COLUMN,
+    Page,
+    cut_to_budget,
+    decode_token_text,
+    encode_token,
+    fetch_page,
+    invalid_token,
+    parse_token_time,
+    within_bytes,
+)
 from rpc_server.storage.repositories.base import Repository
 
 

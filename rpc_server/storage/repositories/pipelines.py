@@ -4,8 +4,8 @@ from uuid import UUID
 
 import asyncpg
 
-from rpc_server.storage.pagination import Page, fetch_page
 from rpc_server.api.params import Pagination
+from rpc_server.storage.pagination import Page, fetch_page
 from rpc_server.storage.repositories.base import Repository
 
 RUN_COLUMNS = ("id, tenant_id, pipeline_id, status, input, result, error, output, debug_level, "

@@ -4,10 +4,9 @@ from uuid import UUID
 
 import asyncpg
 
-from rpc_server.storage.pagination import Page, fetch_page
 from rpc_server.api.params import Pagination
+from rpc_server.storage.pagination import Page, fetch_page
 from rpc_server.storage.repositories.base import Repository
-
 
 OWNER_LOCK_KEY = 0x6F776E73  # "owns": advisory locks serialising one user's tenant creation
 
