@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
-from rpc_server.api.errors import Unauthenticated
+from rpc_server.errors import Unauthenticated
 from rpc_server.security.credentials import bearer_credential
 
 from . import docs

@@ -8,12 +8,13 @@ import re
 import time
 import uuid
 import zlib
+from functools import partial
+from typing import Any
 
 from aiohttp import web
 
 from rpc_server import methods  # noqa: F401  (registers every method)
 from rpc_server.api.context import AppState, QueryEnvironment, RequestContext
-from rpc_server.api.errors import INVALID_REQUEST
 from rpc_server.api.openrpc import rpc_discover
 from rpc_server.api.params import set_max_document_depth
 from rpc_server.api.registry import build_dispatch_table, tenant_params
@@ -25,15 +26,18 @@ from rpc_server.caching.node_type_cache import NodeTypeCache
 from rpc_server.caching.redis_link import RedisLink
 from rpc_server.caching.shared_cache import SharedCache
 from rpc_server.config import Settings
+from rpc_server.errors import INVALID_REQUEST
 from rpc_server.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from rpc_server.ops.readiness import readiness
+from rpc_server.ops.metrics import Readings
+from rpc_server.ops.readiness import CHECK_TIMEOUT_S, readiness
 from rpc_server.pipelines.runner import PipelineRunner
 from rpc_server.pipelines.sandbox_client import SandboxClient
 from rpc_server.security.auth import Authenticator
+from rpc_server.security.execution_tokens import run_token
 from rpc_server.security.rate_limits import RateLimiter
 from rpc_server.security.server_secret import server_secret
 from rpc_server.security.tenant_limits import TenantLimiter
-from rpc_server.storage.db import connect, create_pool, create_query_pool
+from rpc_server.storage.db import connect, create_pool, create_query_pool, ping
 from rpc_server.storage.repositories.tenant_sql import is_superuser, setup_problems
 from rpc_server.transport.json_codec import dumps
 from rpc_server.transport.protocol import Dispatcher, internal_error, invalid_request, note
@@ -163,12 +167,33 @@ def log_access(context: RequestContext, seconds: float) -> None:
         })
 
 
+def readings_of(state: AppState) -> Readings:
+    """What /metrics reads of the app's parts when scraped."""
+    def caches() -> list[tuple[str, Any]]:
+        here = [("api_keys", state.auth._keys), ("memberships", state.auth._roles),
+                ("validators", state.validators), ("node_types", state.node_types.local)]
+        if state.auth.shared is not None:
+            here.append(("shared_auth", state.auth.shared))
+        if state.node_types.shared is not None:
+            here.append(("shared_node_types", state.node_types.shared))
+        return here
+
+    return Readings(
+        pools=lambda: {"main": state.pool, "query": state.query.pool}, caches=caches,
+        redis_failures=lambda: state.redis.failures if state.redis else 0,
+        runs_finished=lambda: state.pipelines.finished)
+
+
 async def handle_health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
 async def handle_ready(request: web.Request) -> web.Response:
-    status, body = await readiness(request.app[STATE])
+    state = request.app[STATE]
+    sandbox = state.pipelines.sandbox
+    status, body = await readiness(partial(ping, state.pool, CHECK_TIMEOUT_S),
+                                   sandbox.health if sandbox else None,
+                                   state.redis.ping if state.redis else None)
     return web.Response(body=dumps(body), status=status, content_type="application/json")
 
 
@@ -204,11 +229,12 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         query_pool = await create_query_pool(database_url, settings)
         sandbox = (SandboxClient(settings.sandbox_url, settings.sandbox_secret.encode())
                    if settings.sandbox_secret else None)
-        runner = PipelineRunner(pool, sandbox, secret, settings.pipeline_queue_concurrency,
+        runner = PipelineRunner(pool, sandbox, partial(run_token, secret),
+                                settings.pipeline_queue_concurrency,
                                 settings.pipeline_tenant_running)
         app[STATE] = AppState(settings, pool, Shaper(settings.json_fields),
-                              ValidatorCache(validation_limits(settings),
-                                             settings.db_connect_timeout_s),
+                              ValidatorCache(validation_limits(settings), TenantLimiter(
+                                  1, settings.db_connect_timeout_s, "schema checks in a thread")),
                               Authenticator(secret, settings.anonymous_role,
                                             settings.auth_cache_ttl_s),
                               DeniedCalls(pool, settings.db_connect_timeout_s),
@@ -228,7 +254,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
             invalidation = Invalidation(state.redis, state.auth, state.node_types)
             invalidation.start()
         state.limits = RateLimiter.from_settings(settings, state.redis)
-        state.metrics.watch(state)
+        state.metrics.watch(readings_of(state))
         runner.start()
         state.chainer.start()
         state.denied.start()

@@ -19,7 +19,7 @@ from rpc_server.audit import events as audit
 from rpc_server.config import Settings, env_var, shown_default  # noqa: E402
 from rpc_server.methods import graph, pipelines, query  # noqa: E402
 from rpc_server.query import guard as query_guard
-from rpc_server.query import node_filter
+from rpc_server.storage import node_filter
 from rpc_server.validation.schema_cost import MAX_PATTERN_LENGTH  # noqa: E402
 from sandbox_worker.app import MAX_OUTPUT, MAX_RESULT  # noqa: E402
 from sandbox_worker.policy import MAX_CODE_LENGTH  # noqa: E402

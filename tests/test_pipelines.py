@@ -11,6 +11,7 @@ import signal
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
+from functools import partial
 
 import asyncpg
 import httpx
@@ -25,8 +26,15 @@ from rpc_server.client import (
     PipelineFailed,
     Unauthenticated,
 )
-from rpc_server.pipelines.runner import PipelineRunner, token_role
-from rpc_server.security.execution_tokens import ALLOWED_METHODS, ExecutionClaims, mint, verify
+from rpc_server.pipelines.runner import PipelineRunner
+from rpc_server.security.execution_tokens import (
+    ALLOWED_METHODS,
+    ExecutionClaims,
+    mint,
+    run_token,
+    token_role,
+    verify,
+)
 
 from .conftest import (
     TEST_SECRET,
@@ -1206,7 +1214,7 @@ def test_the_runner_caps_the_tokens_role_at_member():
               "actor_key_id": key_id, "actor_role": "owner", "deadline": deadline,
               "code": ECHO, "input": {"a": 1}, "timeout_ms": 30_000, "memory_mb": 64,
               "request_id": "r-1", "debug_level": "basic"}
-    job = PipelineRunner(None, None, TEST_SECRET.encode(), 0, 1).job(record)
+    job = PipelineRunner(None, None, partial(run_token, TEST_SECRET.encode()), 0, 1).job(record)
     claims = verify(TEST_SECRET.encode(), job["token"])
     assert claims == ExecutionClaims(tenant_id, user_id, key_id, run_id, "member",
                                      claims.expires_at)

@@ -16,8 +16,8 @@ import pytest
 
 from rpc_server.api.params import Pagination
 from rpc_server.client import FlexDBClient, InvalidParams, NotFound, RpcError
-from rpc_server.query.node_filter import SqlArgs, compile_filter, parse_sort
 from rpc_server.storage.db import _init_connection
+from rpc_server.storage.node_filter import SqlArgs, compile_filter, parse_sort
 from rpc_server.storage.pagination import encode_token
 from rpc_server.storage.repositories.nodes import NodeRepository
 

@@ -11,9 +11,7 @@ from uuid import UUID, uuid4
 
 import asyncpg
 
-from rpc_server.api.errors import Busy, QueryRejected
 from rpc_server.api.params import LIST_TIMEOUT_MS
-from rpc_server.api.response_budget import ResponseBudget, ResponseMemory
 from rpc_server.api.shaping import Shaper
 from rpc_server.audit import events as audit
 from rpc_server.audit.chainer import AuditChainer
@@ -22,12 +20,14 @@ from rpc_server.caching.batch_reads import NodeReads, prefetch_batch_nodes
 from rpc_server.caching.node_type_cache import NodeTypeCache
 from rpc_server.caching.redis_link import RedisLink
 from rpc_server.config import Settings
+from rpc_server.errors import Busy, QueryRejected
 from rpc_server.ops.metrics import Metrics
 from rpc_server.pipelines.runner import PipelineRunner
 from rpc_server.security.auth import Authenticator, Principal
 from rpc_server.security.rate_limits import RateLimiter
 from rpc_server.security.tenant_limits import TenantLimiter
 from rpc_server.storage.repositories.audit import AuditRepository, with_event
+from rpc_server.storage.response_budget import ResponseBudget, ResponseMemory
 from rpc_server.validation.schemas import ValidatorCache
 
 

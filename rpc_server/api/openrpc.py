@@ -8,7 +8,6 @@ from importlib.metadata import PackageNotFoundError, version
 from jsonrpcserver import Success
 from pydantic.json_schema import models_json_schema
 
-from rpc_server import methods  # noqa: F401  (registers every method)
 from rpc_server.api.registry import REGISTRY
 from rpc_server.security.auth import Permission
 

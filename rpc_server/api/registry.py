@@ -14,7 +14,9 @@ from jsonrpcserver.exceptions import JsonRpcError
 from pydantic import BaseModel, ValidationError
 
 from rpc_server.api.context import Call
-from rpc_server.api.errors import (
+from rpc_server.api.params import Params, error_message
+from rpc_server.audit.denied_calls import source_of
+from rpc_server.errors import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     Conflict,
@@ -26,8 +28,6 @@ from rpc_server.api.errors import (
     Unauthenticated,
     Unavailable,
 )
-from rpc_server.api.params import Params, error_message
-from rpc_server.audit.denied_calls import source_of
 from rpc_server.security.auth import ROLE_RANK, Permission
 from rpc_server.security.execution_tokens import ALLOWED_METHODS as EXECUTION_METHODS
 

@@ -1,22 +1,16 @@
-"""The audit trail's rules: what an event's hash covers, how params are redacted, and the
-interval refused calls are counted over (audit/denied_calls.py). The SQL is in
-storage/repositories/audit.py.
-
-hash = sha256(prev_hash || canonical JSON of the event), where the event includes its
-tenant, sequence number, time, actor, method, target, outcome, request id and the redacted
-params summary (stored as the exact canonical text that was hashed)."""
+"""The audit trail's rules: how params are redacted into an event's summary (stored as the
+exact canonical text its hash covers: storage/audit_chain.py) and the platform tenant that
+platform events belong to. Refused calls are counted apart (audit/denied_calls.py). The SQL
+is in storage/repositories/audit.py."""
 from __future__ import annotations
 
-import hashlib
 import re
 import uuid
-from datetime import timezone
 from typing import Any
 
-import orjson
+from rpc_server.storage.audit_chain import canonical
 
 PLATFORM_TENANT = uuid.UUID(int=0)
-GENESIS = b"\x00" * 32
 # Matched in a key folded to lower case letters and digits ("key" covers api_key,
 # private_key and X-Api-Key; "token" covers access_token and refresh-token).
 SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "authorization", "cookie",
@@ -126,24 +120,3 @@ def _sized(value: Any, room: Room) -> Any:
     kept = size_of(value)
     room.take(len(canonical(kept)))
     return kept
-
-
-def canonical(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str).decode()
-
-
-def event_hash(prev_hash: bytes, event: dict) -> bytes:
-    return hashlib.sha256(prev_hash + canonical(event).encode()).digest()
-
-
-def hashed_fields(row: Any) -> dict:
-    """The fields the hash covers, from a row or a new event, in one canonical form."""
-    created = row["created_at"].astimezone(timezone.utc).isoformat()
-    return {"tenant_id": str(row["tenant_id"]), "seq": row["seq"], "id": str(row["id"]),
-            "created_at": created,
-            "actor_user_id": None if row["actor_user_id"] is None else str(row["actor_user_id"]),
-            "actor_key_id": None if row["actor_key_id"] is None else str(row["actor_key_id"]),
-            "method": row["method"], "target_kind": row["target_kind"],
-            "target_id": row["target_id"], "outcome": row["outcome"],
-            "request_id": row["request_id"], "summary": row["summary"]}
-

@@ -17,8 +17,8 @@ from uuid import UUID
 
 import asyncpg
 
-from rpc_server.api.response_budget import ROW_OVERHEAD
 from rpc_server.storage.repositories import NodeRepository
+from rpc_server.storage.response_budget import ROW_OVERHEAD
 
 
 class NodeReads:

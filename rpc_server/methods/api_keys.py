@@ -5,13 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from rpc_server.api import results
-from rpc_server.api.errors import Forbidden, InvalidParams, NotFound
 from rpc_server.api.params import Id, Moment, Name, PaginationParam, Params
 from rpc_server.api.registry import rpc_method
-from rpc_server.security.auth import AUTHENTICATED, KEY_PREFIX, hash_key, new_api_key
+from rpc_server.errors import Forbidden, InvalidParams, NotFound
+from rpc_server.security.auth import AUTHENTICATED, PREFIX_SHOWN, hash_key, new_api_key
 from rpc_server.storage.repositories.api_keys import ApiKeyRepository
-
-PREFIX_SHOWN = len(KEY_PREFIX) + 6
 
 
 class CreateApiKey(Params):

@@ -6,11 +6,11 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from rpc_server.api.errors import InvalidParams, NotFound, QuotaExceeded
 from rpc_server.api.params import Params
-from rpc_server.api.response_budget import ROW_OVERHEAD
+from rpc_server.errors import InvalidParams, NotFound, QuotaExceeded
 from rpc_server.storage.pagination import Page
 from rpc_server.storage.repositories import TenantRepository
+from rpc_server.storage.response_budget import ROW_OVERHEAD
 
 DELETED = {"success": True}
 

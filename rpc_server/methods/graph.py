@@ -7,14 +7,14 @@ import asyncpg
 from pydantic import BeforeValidator, Field, StrictInt
 
 from rpc_server.api import results
-from rpc_server.api.errors import QueryRejected
 from rpc_server.api.params import Id, Params, RelationshipType, zero_means
 from rpc_server.api.registry import rpc_method
-from rpc_server.api.response_budget import ROW_OVERHEAD
+from rpc_server.errors import QueryRejected
 from rpc_server.security.auth import tenant_role
 from rpc_server.storage.pagination import BUDGET_COLUMNS
 from rpc_server.storage.repositories import NodeRepository
 from rpc_server.storage.repositories.graph import GraphRepository
+from rpc_server.storage.response_budget import ROW_OVERHEAD
 
 MAX_DEPTH = 10
 MAX_LIMIT = 10_000

@@ -4,7 +4,6 @@ from __future__ import annotations
 from pydantic import Field
 
 from rpc_server.api import results
-from rpc_server.api.errors import Conflict, InvalidParams, NotFound, VersionConflict
 from rpc_server.api.params import (
     BULK_TIMEOUT_MS,
     MAX_BULK,
@@ -16,11 +15,12 @@ from rpc_server.api.params import (
     Version,
 )
 from rpc_server.api.registry import rpc_method
-from rpc_server.api.response_budget import ROW_OVERHEAD
+from rpc_server.errors import Conflict, InvalidParams, NotFound, VersionConflict
 from rpc_server.methods.common import DELETED, check_quota, read_page, require_tenant
 from rpc_server.security.auth import tenant_role
 from rpc_server.storage.ids import uuid7_sequence
 from rpc_server.storage.repositories import NodeRepository, NodeTypeRepository
+from rpc_server.storage.response_budget import ROW_OVERHEAD
 
 NOT_READ = object()
 WRITE_ATTEMPTS = 3  # validations against a node or node type that changes meanwhile

@@ -9,7 +9,6 @@ from typing import Annotated, Literal
 from pydantic import Field, StrictBool, StrictInt
 
 from rpc_server.api import results
-from rpc_server.api.errors import Busy, Conflict, InvalidParams, PipelineFailed
 from rpc_server.api.params import (
     MAX_DESCRIPTION,
     Description,
@@ -23,6 +22,7 @@ from rpc_server.api.params import (
     zero_means,
 )
 from rpc_server.api.registry import rpc_method
+from rpc_server.errors import Busy, Conflict, InvalidParams, PipelineFailed
 from rpc_server.methods.common import (
     DELETED,
     changes_of,

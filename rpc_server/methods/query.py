@@ -10,7 +10,6 @@ from asyncpg.exceptions import _base as asyncpg_base
 from pydantic import AfterValidator, BeforeValidator, Field, StrictInt
 
 from rpc_server.api import results
-from rpc_server.api.errors import Busy, InvalidParams, QueryRejected, Unavailable
 from rpc_server.api.params import (
     Document,
     Id,
@@ -21,11 +20,11 @@ from rpc_server.api.params import (
     zero_means,
 )
 from rpc_server.api.registry import UNAVAILABLE_ERRORS, rpc_method
+from rpc_server.errors import Busy, InvalidParams, QueryRejected, Unavailable
 from rpc_server.methods.common import read_page, require_tenant
 from rpc_server.query import guard as query_guard
-from rpc_server.query.node_filter import SqlArgs, compile_filter, parse_sort
-from rpc_server.query.values import ParamError
 from rpc_server.security.auth import tenant_role
+from rpc_server.storage.node_filter import SqlArgs, compile_filter, parse_sort
 from rpc_server.storage.repositories import NodeRepository
 from rpc_server.storage.repositories.tenant_sql import (
     RESULT_LIMIT_MESSAGE,
@@ -33,6 +32,7 @@ from rpc_server.storage.repositories.tenant_sql import (
     ResultTooLarge,
     TenantSqlRepository,
 )
+from rpc_server.storage.tenant_values import ParamError
 
 MAX_QUERY_PARAMS = 100
 # The gate's parsing threads, apart from the default executor (and bounded by the per-tenant

@@ -6,7 +6,6 @@ from typing import Annotated
 from pydantic import BeforeValidator, Field
 
 from rpc_server.api import results
-from rpc_server.api.errors import NotFound
 from rpc_server.api.params import (
     BULK_TIMEOUT_MS,
     EMPTY_MEANS_NONE,
@@ -20,6 +19,7 @@ from rpc_server.api.params import (
     Version,
 )
 from rpc_server.api.registry import rpc_method
+from rpc_server.errors import NotFound
 from rpc_server.methods.common import (
     DELETED,
     changes_of,

@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from rpc_server.api import results
-from rpc_server.api.errors import QuotaExceeded
 from rpc_server.api.params import Id, Name, PaginationParam, Params, Slug, Status, Version
 from rpc_server.api.registry import rpc_method
+from rpc_server.errors import QuotaExceeded
 from rpc_server.methods.common import DELETED, changes_of, require_changes, require_tenant
 from rpc_server.security.auth import AUTHENTICATED, tenant_role
 from rpc_server.storage.repositories import TenantRepository

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Literal
 
 from rpc_server.api import results
-from rpc_server.api.errors import Conflict, Forbidden, NotFound
 from rpc_server.api.params import Email, Id, Name, PaginationParam, Params, Version
 from rpc_server.api.registry import rpc_method
+from rpc_server.errors import Conflict, Forbidden, NotFound
 from rpc_server.methods.common import DELETED, changes_of, require_changes, require_tenant
 from rpc_server.security.auth import AUTHENTICATED, PLATFORM_ADMIN, ROLE_RANK, tenant_role
 from rpc_server.storage.repositories import UserRepository

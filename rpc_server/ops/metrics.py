@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from bisect import bisect_left
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -15,9 +16,6 @@ from prometheus_client import (
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
-
-if TYPE_CHECKING:
-    from rpc_server.api.context import AppState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -37,8 +35,8 @@ class Metrics:
     def observe(self, method: str, outcome: int | None, seconds: float) -> None:
         self.calls.observe(method, outcome, seconds)
 
-    def watch(self, state: "AppState") -> None:
-        self.registry.register(StateCollector(state))
+    def watch(self, readings: "Readings") -> None:
+        self.registry.register(StateCollector(readings))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -88,11 +86,20 @@ class CallCollector:
         yield limited
 
 
+@dataclass(frozen=True)
+class Readings:
+    """Where the values other objects keep are read when scraped (the app supplies them)."""
+    pools: Callable[[], dict[str, Any]]  # name -> asyncpg pool
+    caches: Callable[[], list[tuple[str, Any]]]  # (name, object with hits and misses)
+    redis_failures: Callable[[], int]
+    runs_finished: Callable[[], Mapping[str, int]]  # by final status
+
+
 class StateCollector:
     """Values other objects keep (pool sizes, cache and run counts), read when scraped."""
 
-    def __init__(self, state: "AppState"):
-        self.state = state
+    def __init__(self, readings: Readings):
+        self.readings = readings
 
     def collect(self):
         worker = GaugeMetricFamily("flexdb_worker", "This server process (with FLEXDB_WORKERS, "
@@ -101,7 +108,7 @@ class StateCollector:
         yield worker
         pools = GaugeMetricFamily("flexdb_db_pool_connections", "Database connections by "
                                   "pool and state", labels=["pool", "state"])
-        for name, pool in (("main", self.state.pool), ("query", self.state.query.pool)):
+        for name, pool in self.readings.pools().items():
             size, idle = pool.get_size(), pool.get_idle_size()
             pools.add_metric([name, "in_use"], size - idle)
             pools.add_metric([name, "free"], idle)
@@ -109,24 +116,16 @@ class StateCollector:
         yield pools
         caches = CounterMetricFamily("flexdb_cache_lookups", "Cache lookups by cache and "
                                      "result", labels=["cache", "result"])
-        caches_here = [("api_keys", self.state.auth._keys),
-                       ("memberships", self.state.auth._roles),
-                       ("validators", self.state.validators),
-                       ("node_types", self.state.node_types.local)]
-        if self.state.auth.shared is not None:
-            caches_here.append(("shared_auth", self.state.auth.shared))
-        if self.state.node_types.shared is not None:
-            caches_here.append(("shared_node_types", self.state.node_types.shared))
-        for name, cache in caches_here:
+        for name, cache in self.readings.caches():
             caches.add_metric([name, "hit"], cache.hits)
             caches.add_metric([name, "miss"], cache.misses)
         yield caches
         redis = CounterMetricFamily("flexdb_redis_failures", "Redis operations that failed "
                                     "(the instance then falls back to in-process state)")
-        redis.add_metric([], self.state.redis.failures if self.state.redis else 0)
+        redis.add_metric([], self.readings.redis_failures())
         yield redis
         runs = CounterMetricFamily("flexdb_sandbox_runs", "Pipeline runs finished by this "
                                    "server, by status", labels=["status"])
-        for status, count in sorted(self.state.pipelines.finished.items()):
+        for status, count in sorted(self.readings.runs_finished().items()):
             runs.add_metric([status], count)
         yield runs

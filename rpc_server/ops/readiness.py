@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable
 
-if TYPE_CHECKING:
-    from rpc_server.api.context import AppState
+Check = Callable[[], Awaitable[bool]]
 
 CHECK_TIMEOUT_S = 2.0
 
@@ -26,22 +25,19 @@ async def _timed(check: Callable[[], Awaitable[bool]]) -> dict:
             "latency_ms": round((time.perf_counter() - started) * 1000, 2)}
 
 
-async def readiness(state: "AppState") -> tuple[int, dict]:
-    async def database() -> bool:
-        async with state.pool.acquire(timeout=CHECK_TIMEOUT_S) as conn:
-            return await conn.fetchval("SELECT 1") == 1
-
-    sandbox = state.pipelines.sandbox
+async def readiness(database: Check, sandbox: Check | None,
+                    redis: Check | None) -> tuple[int, dict]:
+    """Each dependency's check (None: not configured)."""
     checks: dict[str, Awaitable[dict]] = {"database": _timed(database)}
     if sandbox is not None:
-        checks["sandbox"] = _timed(sandbox.health)
-    if state.redis is not None:
-        checks["redis"] = _timed(state.redis.ping)
+        checks["sandbox"] = _timed(sandbox)
+    if redis is not None:
+        checks["redis"] = _timed(redis)
     results = dict(zip(checks, await asyncio.gather(*checks.values())))
     if sandbox is None:
         results["sandbox"] = {"status": "disabled", "latency_ms": None,
                               "error": "FLEXDB_SANDBOX_SECRET is not set: pipelines cannot run"}
-    if state.redis is None:
+    if redis is None:
         results["redis"] = {"status": "disabled", "latency_ms": None,
                             "error": "FLEXDB_REDIS_URL is not set: limits and caches are "
                                      "per instance"}

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from typing import Any, Callable, Mapping
 
 import asyncpg
 
@@ -17,27 +18,21 @@ from rpc_server.pipelines.sandbox_client import (
     SandboxClient,
     SandboxUnavailable,
 )
-from rpc_server.security.auth import ROLE_RANK
-from rpc_server.security.execution_tokens import ExecutionClaims, mint
 from rpc_server.storage.repositories.pipelines import PipelineRunRepository
 
 log = logging.getLogger(__name__)
-TOKEN_ROLE_CEILING = "member"  # a run's db object reads and writes data, nothing more
 IDLE_POLL_S = 0.5
 SWEEP_EVERY_S = 5.0
 INTERRUPTED_GRACE_S = GRACE_S
-TOKEN_GRACE_S = 2.0  # clock skew between starting the run and the worker's first call
-
-
-def token_role(caller_role: str) -> str:
-    """The caller's role, capped: a token never carries more than a run needs."""
-    return min(caller_role, TOKEN_ROLE_CEILING, key=ROLE_RANK.__getitem__)
 
 
 class PipelineRunner:
-    def __init__(self, pool: asyncpg.Pool, sandbox: SandboxClient | None, secret: bytes,
-                 concurrency: int, running_per_tenant: int):
-        self.pool, self.sandbox, self.secret = pool, sandbox, secret
+    def __init__(self, pool: asyncpg.Pool, sandbox: SandboxClient | None,
+                 run_token: Callable[[Mapping[str, Any]], str], concurrency: int,
+                 running_per_tenant: int):
+        """run_token: the execution token for a run (security.execution_tokens.run_token
+        with the server's secret)."""
+        self.pool, self.sandbox, self.run_token = pool, sandbox, run_token
         self.concurrency = concurrency
         self.running_per_tenant = running_per_tenant
         self.wake = asyncio.Event()
@@ -48,12 +43,9 @@ class PipelineRunner:
     def enabled(self) -> bool:
         return self.sandbox is not None
 
-    def job(self, run: asyncpg.Record) -> dict:
-        claims = ExecutionClaims(run["tenant_id"], run["actor_user_id"], run["actor_key_id"],
-                                 run["id"], token_role(run["actor_role"]),
-                                 run["deadline"].timestamp() + TOKEN_GRACE_S)
+    def job(self, run: Mapping[str, Any]) -> dict:
         return {"run_id": str(run["id"]), "tenant_id": str(run["tenant_id"]),
-                "token": mint(self.secret, claims), "code": run["code"], "input": run["input"],
+                "token": self.run_token(run), "code": run["code"], "input": run["input"],
                 "timeout_ms": run["timeout_ms"], "memory_mb": run["memory_mb"],
                 "request_id": run["request_id"], "verbose": run["debug_level"] == "verbose"}
 

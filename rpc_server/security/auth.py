@@ -18,7 +18,6 @@ from uuid import UUID
 
 import asyncpg
 
-from rpc_server.api.errors import Unauthenticated
 from rpc_server.caching.shared_cache import (
     MISSING,
     SharedCache,
@@ -27,14 +26,16 @@ from rpc_server.caching.shared_cache import (
 )
 from rpc_server.caching.shared_cache import UNTRUSTED as UNSHARED
 from rpc_server.caching.ttl_cache import TTLCache
+from rpc_server.errors import Unauthenticated
 from rpc_server.security.credentials import bearer_credential
 from rpc_server.security.execution_tokens import PREFIX as EXECUTION_PREFIX
 from rpc_server.security.execution_tokens import ExecutionClaims, InvalidToken
 from rpc_server.security.execution_tokens import verify as verify_execution_token
+from rpc_server.security.roles import ROLE_RANK
 
 KEY_PREFIX = "fdb_"
+PREFIX_SHOWN = len(KEY_PREFIX) + 6  # what lists show of a key
 MAX_KEY_LENGTH = 200
-ROLE_RANK = {"viewer": 1, "member": 2, "admin": 3, "owner": 4}
 
 
 def new_api_key() -> str:

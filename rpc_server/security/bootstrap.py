@@ -8,8 +8,7 @@ from uuid import UUID
 import asyncpg
 
 from rpc_server.config import Settings
-from rpc_server.methods.api_keys import PREFIX_SHOWN
-from rpc_server.security.auth import hash_key, new_api_key
+from rpc_server.security.auth import PREFIX_SHOWN, hash_key, new_api_key
 from rpc_server.storage.db import connect
 from rpc_server.storage.migrations import MIGRATION_LOCK_KEY, migrate
 from rpc_server.storage.repositories.api_keys import ApiKeyRepository

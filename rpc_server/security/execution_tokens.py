@@ -15,9 +15,12 @@ import hashlib
 import hmac
 import time
 from dataclasses import dataclass
+from typing import Any, Mapping
 from uuid import UUID
 
 import orjson
+
+from rpc_server.security.roles import ROLE_RANK
 
 PREFIX = "fdbx_"
 MAX_LENGTH = 1024
@@ -84,3 +87,21 @@ def verify(secret: bytes, token: str, now: float | None = None) -> ExecutionClai
     if claims.expires_at <= (time.time() if now is None else now):
         raise InvalidToken("execution token expired")
     return claims
+
+
+# A run's db object reads and writes data, nothing more.
+TOKEN_ROLE_CEILING = "member"
+TOKEN_GRACE_S = 2.0  # clock skew between starting the run and the worker's first call
+
+
+def token_role(caller_role: str) -> str:
+    """The caller's role, capped: a token never carries more than a run needs."""
+    return min(caller_role, TOKEN_ROLE_CEILING, key=ROLE_RANK.__getitem__)
+
+
+def run_token(secret: bytes, run: Mapping[str, Any]) -> str:
+    """The token a pipeline run's db calls carry (a pipeline_runs row): its tenant, actor
+    and run, the actor's role capped, valid until the run's deadline."""
+    return mint(secret, ExecutionClaims(
+        run["tenant_id"], run["actor_user_id"], run["actor_key_id"], run["id"],
+        token_role(run["actor_role"]), run["deadline"].timestamp() + TOKEN_GRACE_S))

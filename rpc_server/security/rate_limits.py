@@ -7,8 +7,8 @@ import math
 import time
 from dataclasses import dataclass
 
-from rpc_server.api.errors import RATE_LIMITED, RpcError
 from rpc_server.caching.redis_link import RedisDown, RedisLink
+from rpc_server.errors import RATE_LIMITED, RpcError
 
 # KEYS[1]: the bucket; ARGV: emission interval (µs per request), tolerance (µs of burst).
 # Returns 0 when admitted, else the µs to wait. Server time, so instances agree.

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 from uuid import UUID
 
-from rpc_server.api.errors import Busy
+from rpc_server.errors import Busy
 
 
 class TenantLimiter:

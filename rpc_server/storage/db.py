@@ -71,6 +71,12 @@ async def create_query_pool(url: str, settings: Settings) -> asyncpg.Pool:
     )
 
 
+async def ping(pool: asyncpg.Pool, timeout: float) -> bool:
+    """The database answers a trivial statement (GET /ready)."""
+    async with pool.acquire(timeout=timeout) as conn:
+        return await conn.fetchval("SELECT 1") == 1
+
+
 def with_database(url: str, database: str) -> str:
     """The same server URL pointing at another database (keeps host/query, e.g. a socket dir)."""
     parts = urlsplit(url)

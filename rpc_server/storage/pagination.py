@@ -8,17 +8,24 @@ import base64
 import binascii
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Protocol
 from uuid import UUID
 
 import asyncpg
 import orjson
 
-from rpc_server.api.errors import InvalidParams
-from rpc_server.api.params import Pagination
-from rpc_server.api.response_budget import ROW_OVERHEAD, response_too_large
+from rpc_server.errors import InvalidParams
+from rpc_server.storage.response_budget import ROW_OVERHEAD, response_too_large
 
 TOKEN_FIELD = "pagination.page_token"
 TOTAL_COLUMN = "_total_count"
+
+
+class PageRequest(Protocol):
+    """What a list asks for (the API's `pagination` param is one)."""
+    page_size: int
+    page_token: str
+    include_total: bool
 
 
 @dataclass(frozen=True)
@@ -104,7 +111,7 @@ def cut_to_budget(rows: list, max_bytes: int) -> tuple[list, bool, int]:
 
 
 async def fetch_page(conn: asyncpg.Connection, *, scope: str, select: str, table: str,
-                     where: list[str], args: list, pagination: Pagination,
+                     where: list[str], args: list, pagination: PageRequest,
                      key_column: str = "id", count_sql: str | None = None,
                      size_sql: str | None = None, max_bytes: int | None = None) -> Page:
     """`select`, `table`, `where`, `key_column`, `count_sql` and `size_sql` are code

@@ -24,14 +24,14 @@ from jsonrpcserver.result import (
 )
 from jsonrpcserver.sentinels import NOID
 
-from rpc_server.api.errors import (
+from rpc_server.errors import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     PARSE_ERROR,
 )
-from rpc_server.api.response_budget import response_too_large
+from rpc_server.storage.response_budget import response_too_large
 from rpc_server.transport.json_codec import JSONError, JSONTooDeep, OutOfRange, dumps, loads
 
 log = logging.getLogger(__name__)

@@ -15,9 +15,9 @@ import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Protocol
 from uuid import UUID
 
 import orjson
@@ -27,8 +27,7 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
-from rpc_server.api.errors import InvalidParams, QueryRejected
-from rpc_server.security.tenant_limits import TenantLimiter
+from rpc_server.errors import InvalidParams, QueryRejected
 from rpc_server.validation import safe_regex
 from rpc_server.validation.schema_cost import (
     DATA_KEYWORDS,
@@ -268,19 +267,24 @@ def validation_limits(settings) -> ValidationLimits:
         cpu_ms=settings.validation_cpu_ms, cache_bytes=settings.validator_cache_bytes)
 
 
+class TenantSlots(Protocol):
+    def slot(self, tenant_id: UUID) -> AbstractAsyncContextManager[None]: ...
+
+
 class ValidatorCache:
     """Compiled validators keyed by (tenant, node type, version), least recently used out
     first once their estimated size passes the budget: a schema change bumps the version, so
     stale validators are never used and need no invalidation."""
 
-    def __init__(self, limits: ValidationLimits, tenant_wait_s: float = 5.0):
+    def __init__(self, limits: ValidationLimits, threads: TenantSlots):
+        """threads: a tenant's costly checks run one at a time, so another tenant always
+        finds a thread (a security.tenant_limits.TenantLimiter of 1 per tenant)."""
         self.limits = limits
         # (tenant, node type, version) -> (compiled validator, fast yes or None, bytes)
         self._items: OrderedDict[tuple, tuple] = OrderedDict()
         self._bytes = 0
         self.hits = self.misses = 0  # read by /metrics
-        # A tenant's costly checks run one at a time: another tenant always finds a thread.
-        self.threads = TenantLimiter(1, tenant_wait_s, "schema checks in a thread")
+        self.threads = threads
 
     def get(self, tenant_id: UUID, node_type_id: UUID, version: int, schema: Any) -> tuple:
         key = (tenant_id, node_type_id, version)

@@ -5,9 +5,8 @@ from uuid import UUID
 
 import asyncpg
 
-from rpc_server.api.errors import NotFound
-from rpc_server.api.params import Pagination
-from rpc_server.storage.pagination import Page, fetch_page
+from rpc_server.errors import NotFound
+from rpc_server.storage.pagination import Page, PageRequest, fetch_page
 from rpc_server.storage.repositories.base import Repository
 
 
@@ -36,7 +35,7 @@ class ApiKeyRepository(Repository):
             raise NotFound(self.kind, key_id)
         return row
 
-    async def list(self, user_id: UUID | None, pagination: Pagination) -> Page:
+    async def list(self, user_id: UUID | None, pagination: PageRequest) -> Page:
         where, args = ([], []) if user_id is None else (["user_id = $1"], [user_id])
         return await fetch_page(self.conn, scope="api_keys", select=self.columns,
                                 table="api_keys", where=where, args=args, pagination=pagination)

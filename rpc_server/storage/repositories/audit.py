@@ -6,11 +6,11 @@ from datetime import datetime
 from functools import lru_cache
 from uuid import UUID
 
-from rpc_server.api.params import Pagination
-from rpc_server.audit import events as audit
+from rpc_server.storage import audit_chain as audit
 from rpc_server.storage.pagination import (
     TOTAL_COLUMN,
     Page,
+    PageRequest,
     decode_token_text,
     encode_token,
     invalid_token,
@@ -44,7 +44,7 @@ class AuditRepository(Repository):
     columns = ("id, tenant_id, seq, created_at, actor_user_id, actor_key_id, method, "
                "target_kind, target_id, outcome, request_id, summary, encode(hash, 'hex') AS hash")
 
-    async def list(self, tenant_id: UUID, pagination: Pagination, *, actor: UUID | None,
+    async def list(self, tenant_id: UUID, pagination: PageRequest, *, actor: UUID | None,
                    method: str | None, target_id: str | None, since: datetime | None,
                    until: datetime | None) -> Page:
         """Events in chain order (seq), filtered; keyset pagination on seq."""

@@ -5,7 +5,7 @@ from typing import Any
 
 import asyncpg
 
-from rpc_server.api.errors import NotFound, VersionConflict
+from rpc_server.errors import NotFound, VersionConflict
 
 
 class Repository:

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from rpc_server.api.params import Pagination
-from rpc_server.storage.pagination import Page, fetch_page
+from rpc_server.storage.pagination import Page, PageRequest, fetch_page
 from rpc_server.storage.repositories.base import Repository
 
 
@@ -27,7 +26,7 @@ class DeniedCallRepository(Repository):
             "SET count = denied_calls.count + EXCLUDED.count, "
             "last_at = greatest(denied_calls.last_at, EXCLUDED.last_at)", *columns)
 
-    async def list(self, pagination: Pagination, *, source: str | None, method: str | None,
+    async def list(self, pagination: PageRequest, *, source: str | None, method: str | None,
                    since: datetime | None, until: datetime | None) -> Page:
         """Counts oldest interval first, filtered; keyset pagination on (interval, id)."""
         where, args = [], []

@@ -4,8 +4,7 @@ from uuid import UUID
 
 import asyncpg
 
-from rpc_server.api.params import Pagination
-from rpc_server.storage.pagination import Page, fetch_page
+from rpc_server.storage.pagination import Page, PageRequest, fetch_page
 from rpc_server.storage.repositories.base import Repository
 
 
@@ -50,7 +49,7 @@ class NodeTypeRepository(Repository):
         await self.conn.execute("DELETE FROM node_counts WHERE tenant_id = $1 AND "
                                 "node_type_id = $2", tenant_id, node_type_id)
 
-    async def list(self, tenant_id: UUID, pagination: Pagination,
+    async def list(self, tenant_id: UUID, pagination: PageRequest,
                    max_bytes: int | None = None) -> Page:
         return await fetch_page(self.conn, scope="node_types", select=self.columns,
                                 table="node_types", where=["tenant_id = $1"], args=[tenant_id],

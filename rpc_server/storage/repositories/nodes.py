@@ -6,13 +6,12 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from rpc_server.api.params import Pagination
-from rpc_server.api.response_budget import ROW_OVERHEAD
-from rpc_server.query.node_filter import NodeSort, SqlArgs
+from rpc_server.storage.node_filter import NodeSort, SqlArgs
 from rpc_server.storage.pagination import (
     BUDGET_COLUMNS,
     TOTAL_COLUMN,
     Page,
+    PageRequest,
     cut_to_budget,
     decode_token_text,
     encode_token,
@@ -22,6 +21,7 @@ from rpc_server.storage.pagination import (
     within_bytes,
 )
 from rpc_server.storage.repositories.base import Repository
+from rpc_server.storage.response_budget import ROW_OVERHEAD
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class NodeRepository(Repository):
         await self._delete(tenant_id, node_id)
 
     async def list(self, tenant_id: UUID, node_type_id: UUID | None,
-                   pagination: Pagination, max_bytes: int | None = None) -> Page:
+                   pagination: PageRequest, max_bytes: int | None = None) -> Page:
         where, args = ["tenant_id = $1"], [tenant_id]
         if node_type_id is not None:
             where.append("node_type_id = $2")
@@ -136,7 +136,7 @@ class NodeRepository(Repository):
 
     @classmethod
     def query_statement(cls, tenant_id: UUID, node_type_id: UUID | None, condition: str,
-                        args: SqlArgs, sort: NodeSort, pagination: Pagination,
+                        args: SqlArgs, sort: NodeSort, pagination: PageRequest,
                         max_bytes: int | None = None) -> PageStatement:
         """The SQL of one query_nodes page: nodes matching `condition` (SQL from node_filter,
         whose values are already in `args`), sorted by a timestamp column through its index
@@ -172,7 +172,7 @@ class NodeRepository(Repository):
         return PageStatement(sql, args.values, count_sql, count_args)
 
     async def query(self, tenant_id: UUID, node_type_id: UUID | None, condition: str,
-                    args: SqlArgs, sort: NodeSort, pagination: Pagination,
+                    args: SqlArgs, sort: NodeSort, pagination: PageRequest,
                     max_bytes: int | None = None) -> Page:
         statement = self.query_statement(tenant_id, node_type_id, condition, args, sort,
                                          pagination, max_bytes)

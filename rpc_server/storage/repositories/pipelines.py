@@ -4,8 +4,7 @@ from uuid import UUID
 
 import asyncpg
 
-from rpc_server.api.params import Pagination
-from rpc_server.storage.pagination import Page, fetch_page
+from rpc_server.storage.pagination import Page, PageRequest, fetch_page
 from rpc_server.storage.repositories.base import Repository
 
 RUN_COLUMNS = ("id, tenant_id, pipeline_id, status, input, result, error, output, debug_level, "
@@ -40,7 +39,7 @@ class PipelineRepository(Repository):
     async def delete(self, tenant_id: UUID, pipeline_id: UUID) -> None:
         await self._delete(tenant_id, pipeline_id)
 
-    async def list(self, tenant_id: UUID, pagination: Pagination,
+    async def list(self, tenant_id: UUID, pagination: PageRequest,
                    max_bytes: int | None = None) -> Page:
         return await fetch_page(self.conn, scope="pipelines", select=self.columns,
                                 table="pipelines", where=["tenant_id = $1"], args=[tenant_id],
@@ -148,7 +147,7 @@ class PipelineRunRepository(Repository):
             grace_s)
         return int(result.split()[-1])
 
-    async def list(self, tenant_id: UUID, pagination: Pagination, status: str | None = None,
+    async def list(self, tenant_id: UUID, pagination: PageRequest, status: str | None = None,
                    pipeline_id: UUID | None = None, max_bytes: int | None = None) -> Page:
         where, args = ["tenant_id = $1"], [tenant_id]
         for column, value in (("status", status), ("pipeline_id", pipeline_id)):

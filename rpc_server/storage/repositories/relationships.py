@@ -4,8 +4,7 @@ from uuid import UUID
 
 import asyncpg
 
-from rpc_server.api.params import Pagination
-from rpc_server.storage.pagination import Page, fetch_page
+from rpc_server.storage.pagination import Page, PageRequest, fetch_page
 from rpc_server.storage.repositories.base import Repository
 
 
@@ -47,7 +46,7 @@ class RelationshipRepository(Repository):
     async def delete(self, tenant_id: UUID, relationship_id: UUID) -> None:
         await self._delete(tenant_id, relationship_id)
 
-    async def list(self, tenant_id: UUID, pagination: Pagination,
+    async def list(self, tenant_id: UUID, pagination: PageRequest,
                    source_node_id: UUID | None = None, target_node_id: UUID | None = None,
                    relationship_type: str | None = None, max_bytes: int | None = None) -> Page:
         where, args = ["tenant_id = $1"], [tenant_id]

@@ -18,7 +18,7 @@ import asyncpg
 import orjson
 
 from rpc_server.query import guard as query_guard
-from rpc_server.query.values import coerce_params, json_safe, type_name
+from rpc_server.storage.tenant_values import coerce_params, json_safe, type_name
 
 QUERY_ROLE = "flexdb_query"
 SEARCH_PATH = "pg_catalog, flexdb_query, pg_temp"

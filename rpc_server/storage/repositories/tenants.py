@@ -4,8 +4,7 @@ from uuid import UUID
 
 import asyncpg
 
-from rpc_server.api.params import Pagination
-from rpc_server.storage.pagination import Page, fetch_page
+from rpc_server.storage.pagination import Page, PageRequest, fetch_page
 from rpc_server.storage.repositories.base import Repository
 
 OWNER_LOCK_KEY = 0x6F776E73  # "owns": advisory locks serialising one user's tenant creation
@@ -53,7 +52,7 @@ class TenantRepository(Repository):
         return await self.conn.fetchval(
             "SELECT count(*) FROM tenant_users WHERE user_id = $1 AND role = 'owner'", user_id)
 
-    async def list(self, pagination: Pagination, member_of: UUID | None = None) -> Page:
+    async def list(self, pagination: PageRequest, member_of: UUID | None = None) -> Page:
         """All tenants, or those `member_of` (a user id) belongs to."""
         where, args = [], []
         if member_of is not None:

@@ -4,8 +4,7 @@ from uuid import UUID
 
 import asyncpg
 
-from rpc_server.api.params import Pagination
-from rpc_server.storage.pagination import Page, fetch_page
+from rpc_server.storage.pagination import Page, PageRequest, fetch_page
 from rpc_server.storage.repositories.base import Repository
 
 MEMBER_COLUMNS = "tenant_id, user_id, role, status, created_at, updated_at"
@@ -32,7 +31,7 @@ class UserRepository(Repository):
     async def delete(self, user_id: UUID) -> None:
         await self._delete(user_id)
 
-    async def list(self, pagination: Pagination) -> Page:
+    async def list(self, pagination: PageRequest) -> Page:
         return await fetch_page(self.conn, scope="users", select=self.columns, table="users",
                                 where=[], args=[], pagination=pagination)
 
@@ -80,7 +79,7 @@ class MembershipRepository(Repository):
             f"WHERE tenant_id = $1 AND user_id = $2 RETURNING {self.columns}",
             tenant_id, user_id, role)
 
-    async def list(self, tenant_id: UUID, pagination: Pagination) -> Page:
+    async def list(self, tenant_id: UUID, pagination: PageRequest) -> Page:
         return await fetch_page(self.conn, scope="tenant_users", select=self.columns,
                                 table="tenant_users", where=["tenant_id = $1"],
                                 args=[tenant_id], pagination=pagination, key_column="user_id")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from uuid import UUID
 
-from rpc_server.api.errors import Busy, QueryRejected
+from rpc_server.errors import Busy, QueryRejected
 
 # What a row costs in a response beside its documents (ids, timestamps, keys).
 ROW_OVERHEAD = 256

@@ -22,7 +22,7 @@ from uuid import UUID
 
 import orjson
 
-from rpc_server.api.errors import InvalidParams
+from rpc_server.errors import InvalidParams
 
 MAX_DEPTH = 8
 MAX_CLAUSES = 50
