@@ -307,6 +307,7 @@ async def test_every_method_result_matches_its_model(server, rpc, database_url):
         "ok": True, "events_checked": len(trail["audit_events"])}
     await call("list_audit_events", {"tenant_id": "00000000-0000-0000-0000-000000000000",
                                      "pagination": {"page_size": 5}})
+    await call("list_denied_calls", {"pagination": {"page_size": 5}})
 
     # deletes
     await call("delete_relationship", {"tenant_id": t, "id": ab["id"]})
