@@ -26,7 +26,7 @@ from rpc_server.pipelines.runner import PipelineRunner
 from rpc_server.security.auth import Authenticator, Principal
 from rpc_server.security.rate_limits import RateLimiter
 from rpc_server.security.tenant_limits import TenantLimiter
-from rpc_server.storage.repositories.audit import AuditRepository, with_event
+from rpc_server.storage.repositories.audit import AuditRepository, PendingEvent, with_event
 from rpc_server.storage.response_budget import ResponseBudget, ResponseMemory
 from rpc_server.validation.schemas import ValidatorCache
 
@@ -371,15 +371,18 @@ class Call:
     async def record(self, conn: asyncpg.Connection, outcome: str, **extra) -> None:
         await AuditRepository(conn).append(self.event(outcome, **extra))
 
-    def event(self, outcome: str, **extra) -> tuple:
-        """The call's audit event, in PENDING_COLUMNS order."""
+    def event(self, outcome: str, **extra) -> PendingEvent:
+        """The call's audit event."""
         principal = self.request.known_principal
         summary = audit.params_of(self.params)
-        return (self.chain(), uuid4(), datetime.now(timezone.utc),
-                principal.user_id if principal else None,
-                principal.key_id if principal else None, self.method, self.target_kind,
-                None if self.target_id is None else str(self.target_id), outcome,
-                self.request_id, audit.summarize({**summary, **extra}))
+        return PendingEvent(
+            tenant_id=self.chain(), id=uuid4(), created_at=datetime.now(timezone.utc),
+            actor_user_id=principal.user_id if principal else None,
+            actor_key_id=principal.key_id if principal else None, method=self.method,
+            target_kind=self.target_kind,
+            target_id=None if self.target_id is None else str(self.target_id),
+            outcome=outcome, request_id=self.request_id,
+            summary=audit.summarize({**summary, **extra}))
 
     async def write(self, change_sql: str, *args, conn: asyncpg.Connection | None = None
                     ) -> asyncpg.Record | None:

@@ -32,6 +32,7 @@ from rpc_server.security.execution_tokens import PREFIX as EXECUTION_PREFIX
 from rpc_server.security.execution_tokens import ExecutionClaims, InvalidToken
 from rpc_server.security.execution_tokens import verify as verify_execution_token
 from rpc_server.security.roles import ROLE_RANK
+from rpc_server.storage.repositories import credentials
 
 KEY_PREFIX = "fdb_"
 PREFIX_SHOWN = len(KEY_PREFIX) + 6  # what lists show of a key
@@ -123,15 +124,8 @@ class Authenticator:
             raise Unauthenticated(f"Invalid execution token: {exc}") from None
         # The run must still be running, and the caller still hold the key and the role:
         # a key revoked or a member removed mid-run stops the run's access at once.
-        row = await pool.fetchrow(
-            "SELECT r.status, "
-            "  (SELECT k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now()) "
-            "   FROM api_keys k WHERE k.id = $3) AS key_ok, "
-            "  (SELECT u.is_platform_admin FROM users u WHERE u.id = $4) AS is_admin, "
-            "  (SELECT m.role FROM tenant_users m WHERE m.tenant_id = $1 AND m.user_id = $4 "
-            "   AND m.status = 'active') AS role "
-            "FROM pipeline_runs r WHERE r.tenant_id = $1 AND r.id = $2",
-            claims.tenant_id, claims.run_id, claims.key_id, claims.user_id)
+        row = await credentials.run_standing(pool, claims.tenant_id, claims.run_id,
+                                             claims.key_id, claims.user_id)
         if row is None or row["status"] != "running":
             raise Unauthenticated("Execution token refused: its run is not running")
         if claims.key_id is not None and not row["key_ok"]:
@@ -149,10 +143,7 @@ class Authenticator:
 
     @staticmethod
     async def _lookup(pool: asyncpg.Pool, digest: bytes) -> Principal | None:
-        row = await pool.fetchrow(
-            "SELECT k.id, k.user_id, k.key_hash, k.expires_at, u.is_platform_admin "
-            "FROM api_keys k JOIN users u ON u.id = k.user_id "
-            "WHERE k.key_hash = $1 AND k.revoked_at IS NULL", digest)
+        row = await credentials.key_holder(pool, digest)
         if row is None or not hmac.compare_digest(row["key_hash"], digest):
             return None
         return Principal(row["user_id"], row["is_platform_admin"], row["id"], row["expires_at"])
@@ -178,9 +169,7 @@ class Authenticator:
         shared = await self.shared.get("role", ident) if self.shared else UNSHARED
         role = shared.value
         if role is MISSING:
-            role = await pool.fetchval(
-                "SELECT role FROM tenant_users WHERE tenant_id = $1 AND user_id = $2 "
-                "AND status = 'active'", tenant_id, user_id)
+            role = await credentials.active_role(pool, tenant_id, user_id)
             if self.shared:
                 await self.shared.put("role", ident, role, shared.generation)
         if forgets == self._forgets:

@@ -9,24 +9,18 @@ import asyncpg
 
 from rpc_server.config import Settings
 from rpc_server.security.auth import PREFIX_SHOWN, hash_key, new_api_key
-from rpc_server.storage.db import connect
+from rpc_server.storage.db import connect, transaction_lock
 from rpc_server.storage.migrations import MIGRATION_LOCK_KEY, migrate
 from rpc_server.storage.repositories.api_keys import ApiKeyRepository
+from rpc_server.storage.repositories.credentials import create_internal_admin, first_platform_admin
 
 BOOTSTRAP_LOCK_KEY = MIGRATION_LOCK_KEY + 1
 
 
-async def _first_admin(conn: asyncpg.Connection) -> UUID | None:
-    return await conn.fetchval(
-        "SELECT id FROM users WHERE is_platform_admin ORDER BY created_at, id LIMIT 1")
-
-
 async def _create_admin(conn: asyncpg.Connection) -> UUID:
     # A unique address in a reserved domain: it cannot collide with a real user.
-    email = f"platform-admin-{secrets.token_hex(4)}@flexdb.invalid"
-    return await conn.fetchval(
-        "INSERT INTO users (email, display_name, is_platform_admin, is_internal) "
-        "VALUES ($1, 'Platform admin', true, true) RETURNING id", email)
+    return await create_internal_admin(
+        conn, f"platform-admin-{secrets.token_hex(4)}@flexdb.invalid")
 
 
 async def _issue_key(conn: asyncpg.Connection, secret: bytes, user_id: UUID, name: str) -> str:
@@ -39,8 +33,8 @@ async def _issue_key(conn: asyncpg.Connection, secret: bytes, user_id: UUID, nam
 async def ensure_platform_admin(conn: asyncpg.Connection, secret: bytes) -> str | None:
     """At start: when no platform admin exists, create one and return its new key."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", BOOTSTRAP_LOCK_KEY)
-        if await _first_admin(conn) is not None:
+        await transaction_lock(conn, BOOTSTRAP_LOCK_KEY)
+        if await first_platform_admin(conn) is not None:
             return None
         return await _issue_key(conn, secret, await _create_admin(conn), "bootstrap")
 
@@ -48,8 +42,8 @@ async def ensure_platform_admin(conn: asyncpg.Connection, secret: bytes) -> str 
 async def new_admin_key(conn: asyncpg.Connection, secret: bytes, name: str) -> str:
     """A new key for the first platform admin (created if there is none)."""
     async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", BOOTSTRAP_LOCK_KEY)
-        user_id = await _first_admin(conn) or await _create_admin(conn)
+        await transaction_lock(conn, BOOTSTRAP_LOCK_KEY)
+        user_id = await first_platform_admin(conn) or await _create_admin(conn)
         return await _issue_key(conn, secret, user_id, name)
 
 

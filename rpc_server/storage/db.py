@@ -71,6 +71,11 @@ async def create_query_pool(url: str, settings: Settings) -> asyncpg.Pool:
     )
 
 
+async def transaction_lock(conn: asyncpg.Connection, key: int) -> None:
+    """An advisory lock held until the transaction ends (one start's setup at a time)."""
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", key)
+
+
 async def ping(pool: asyncpg.Pool, timeout: float) -> bool:
     """The database answers a trivial statement (GET /ready)."""
     async with pool.acquire(timeout=timeout) as conn:

@@ -4,6 +4,7 @@ import re
 import uuid
 from datetime import datetime
 from functools import lru_cache
+from typing import NamedTuple, get_args, get_type_hints
 from uuid import UUID
 
 from rpc_server.storage import audit_chain as audit
@@ -19,10 +20,27 @@ from rpc_server.storage.repositories.base import Repository
 
 CHAIN_BATCH = 1000  # events chained per transaction
 SEQ_TEXT = re.compile(r"[0-9]{1,18}")  # a page token's seq: ASCII digits, within bigint
-PENDING_COLUMNS = ("tenant_id", "id", "created_at", "actor_user_id", "actor_key_id", "method",
-                   "target_kind", "target_id", "outcome", "request_id", "summary")
-PENDING_TYPES = ("uuid", "uuid", "timestamptz", "uuid", "uuid", "text", "text", "text", "text",
-                 "text", "text")
+class PendingEvent(NamedTuple):
+    """One audit event as audit_pending stores it (the fields are its columns, in order;
+    a tuple, so it is passed as the statement's parameters as it is)."""
+    tenant_id: uuid.UUID
+    id: uuid.UUID
+    created_at: datetime
+    actor_user_id: uuid.UUID | None
+    actor_key_id: uuid.UUID | None
+    method: str
+    target_kind: str | None
+    target_id: str | None
+    outcome: str
+    request_id: str | None
+    summary: str
+
+
+PENDING_COLUMNS = PendingEvent._fields
+# Each column's SQL type (from its annotation), for the parameters of with_event's INSERT.
+PENDING_TYPES = tuple(
+    {UUID: "uuid", datetime: "timestamptz"}.get((get_args(hint) or (hint,))[0], "text")
+    for hint in get_type_hints(PendingEvent).values())
 
 
 @lru_cache(maxsize=256)
@@ -77,8 +95,8 @@ class AuditRepository(Repository):
             total = rows[0][TOTAL_COLUMN] if rows else await self.conn.fetchval(count_sql, *args)
         return Page(rows, next_token, total)
 
-    async def append(self, event: tuple) -> None:
-        """Record one event (values in PENDING_COLUMNS order); call inside the change's
+    async def append(self, event: PendingEvent) -> None:
+        """Record one event; call inside the change's
         transaction. It waits in audit_pending (no lock) until chain_pending puts it on the
         tenant's chain, right after commit."""
         await self.conn.execute(
