@@ -11,16 +11,24 @@ import zlib
 from functools import partial
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 from rpc_server import methods  # noqa: F401  (registers every method)
-from rpc_server.api.context import AppState, QueryEnvironment, RequestContext
+from rpc_server.api.context import (
+    AppState,
+    QueryEnvironment,
+    RequestContext,
+    pooled_connection,
+    tenant_pool_share,
+)
 from rpc_server.api.openrpc import rpc_discover
 from rpc_server.api.params import set_max_document_depth
 from rpc_server.api.registry import build_dispatch_table, tenant_params
 from rpc_server.api.shaping import Shaper
 from rpc_server.audit.chainer import AuditChainer
 from rpc_server.audit.denied_calls import DeniedCalls
+from rpc_server.caching.batch_reads import NodeReads
 from rpc_server.caching.invalidation import Invalidation
 from rpc_server.caching.node_type_cache import NodeTypeCache
 from rpc_server.caching.redis_link import RedisLink
@@ -28,7 +36,7 @@ from rpc_server.caching.shared_cache import SharedCache
 from rpc_server.config import Settings
 from rpc_server.errors import INVALID_REQUEST
 from rpc_server.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from rpc_server.ops.metrics import Readings
+from rpc_server.ops.metrics import Metrics, Readings
 from rpc_server.ops.readiness import CHECK_TIMEOUT_S, readiness
 from rpc_server.pipelines.runner import PipelineRunner
 from rpc_server.pipelines.sandbox_client import SandboxClient
@@ -39,6 +47,7 @@ from rpc_server.security.server_secret import server_secret
 from rpc_server.security.tenant_limits import TenantLimiter
 from rpc_server.storage.db import connect, create_pool, create_query_pool, ping
 from rpc_server.storage.repositories.tenant_sql import is_superuser, setup_problems
+from rpc_server.storage.response_budget import ResponseMemory
 from rpc_server.transport.json_codec import dumps
 from rpc_server.transport.protocol import Dispatcher, internal_error, invalid_request, note
 from rpc_server.validation import safe_regex
@@ -167,6 +176,29 @@ def log_access(context: RequestContext, seconds: float) -> None:
         })
 
 
+def build_state(settings: Settings, secret: bytes, pool: asyncpg.Pool, query: QueryEnvironment,
+                runner: PipelineRunner, redis: RedisLink | None) -> AppState:
+    wait_s = settings.db_connect_timeout_s
+    auth = Authenticator(secret, settings.anonymous_role, settings.auth_cache_ttl_s)
+    node_types = NodeTypeCache(settings.shared_cache_ttl_s)
+    if redis is not None:
+        # Auth entries live no longer than a verified key is trusted: with a Redis that
+        # refuses writes, nothing can then serve a revoked key longer than that.
+        auth.shared = SharedCache(redis, settings.auth_cache_ttl_s, "auth")
+        node_types.shared = SharedCache(redis, settings.shared_cache_ttl_s, "node_types")
+    return AppState(
+        settings=settings, pool=pool, shaper=Shaper(settings.json_fields),
+        validators=ValidatorCache(validation_limits(settings),
+                                  TenantLimiter(1, wait_s, "schema checks in a thread")),
+        auth=auth, denied=DeniedCalls(pool, wait_s), query=query, pipelines=runner,
+        node_types=node_types, chainer=AuditChainer(pool, wait_s), metrics=Metrics(),
+        limits=RateLimiter.from_settings(settings, redis), redis=redis,
+        node_reads=NodeReads(partial(pooled_connection, pool, wait_s)),
+        pool_shares=TenantLimiter(tenant_pool_share(settings), wait_s,
+                                  "pooled database connections", "FLEXDB_TENANT_POOL_MAX"),
+        response_memory=ResponseMemory(settings.response_memory_bytes, wait_s))
+
+
 def readings_of(state: AppState) -> Readings:
     """What /metrics reads of the app's parts when scraped."""
     def caches() -> list[tuple[str, Any]]:
@@ -232,28 +264,15 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         runner = PipelineRunner(pool, sandbox, partial(run_token, secret),
                                 settings.pipeline_queue_concurrency,
                                 settings.pipeline_tenant_running)
-        app[STATE] = AppState(settings, pool, Shaper(settings.json_fields),
-                              ValidatorCache(validation_limits(settings), TenantLimiter(
-                                  1, settings.db_connect_timeout_s, "schema checks in a thread")),
-                              Authenticator(secret, settings.anonymous_role,
-                                            settings.auth_cache_ttl_s),
-                              DeniedCalls(pool, settings.db_connect_timeout_s),
-                              QueryEnvironment(query_pool, query_problems, superuser,
-                                               TenantLimiter(settings.query_tenant_concurrency,
-                                                             settings.db_connect_timeout_s),
-                                               asyncio.Semaphore(max(1, settings.db_pool_max // 2))), runner,
-                              NodeTypeCache(settings.shared_cache_ttl_s), AuditChainer(pool, settings.db_connect_timeout_s))
-        state = app[STATE]
-        if settings.redis_url:
-            state.redis = RedisLink(settings.redis_url)
-            # Auth entries live no longer than a verified key is trusted: with a Redis that
-            # refuses writes, nothing can then serve a revoked key longer than that.
-            state.auth.shared = SharedCache(state.redis, settings.auth_cache_ttl_s, "auth")
-            state.node_types.shared = SharedCache(state.redis, settings.shared_cache_ttl_s,
-                                                  "node_types")
-            invalidation = Invalidation(state.redis, state.auth, state.node_types)
+        redis = RedisLink(settings.redis_url) if settings.redis_url else None
+        query = QueryEnvironment(
+            query_pool, query_problems, superuser,
+            TenantLimiter(settings.query_tenant_concurrency, settings.db_connect_timeout_s),
+            asyncio.Semaphore(max(1, settings.db_pool_max // 2)))
+        app[STATE] = state = build_state(settings, secret, pool, query, runner, redis)
+        if redis is not None:
+            invalidation = Invalidation(redis, state.auth, state.node_types)
             invalidation.start()
-        state.limits = RateLimiter.from_settings(settings, state.redis)
         state.metrics.watch(readings_of(state))
         runner.start()
         state.chainer.start()

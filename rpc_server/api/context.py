@@ -31,8 +31,10 @@ from rpc_server.storage.response_budget import ResponseBudget, ResponseMemory
 from rpc_server.validation.schemas import ValidatorCache
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class AppState:
+    """Everything a call reaches beyond its request: built once when the app starts
+    (app.py, build_state) and never changed after."""
     settings: Settings
     pool: asyncpg.Pool
     shaper: Shaper
@@ -43,21 +45,12 @@ class AppState:
     pipelines: PipelineRunner
     node_types: NodeTypeCache
     chainer: AuditChainer
-    metrics: Metrics = field(default_factory=Metrics)
-    limits: RateLimiter = field(default_factory=lambda: RateLimiter(None, None))
-    redis: RedisLink | None = None
-    node_reads: NodeReads = field(init=False)
-    pool_shares: TenantLimiter = field(init=False)
-    response_memory: ResponseMemory = field(init=False)
-
-    def __post_init__(self):
-        self.node_reads = NodeReads(lambda: pooled_connection(self))
-        self.response_memory = ResponseMemory(self.settings.response_memory_bytes,
-                                              self.settings.db_connect_timeout_s)
-        # One tenant's calls wait for their own share of the pool, not in front of others'.
-        self.pool_shares = TenantLimiter(
-            tenant_pool_share(self.settings), self.settings.db_connect_timeout_s,
-            "pooled database connections", "FLEXDB_TENANT_POOL_MAX")
+    metrics: Metrics
+    limits: RateLimiter
+    redis: RedisLink | None
+    node_reads: NodeReads
+    pool_shares: TenantLimiter  # one tenant's calls wait for their own share of the pool
+    response_memory: ResponseMemory
 
 
 def tenant_pool_share(settings: Settings) -> int:
@@ -65,11 +58,11 @@ def tenant_pool_share(settings: Settings) -> int:
 
 
 @asynccontextmanager
-async def pooled_connection(state: AppState) -> AsyncIterator[asyncpg.Connection]:
-    pool = state.pool
+async def pooled_connection(pool: asyncpg.Pool,
+                            wait_s: float) -> AsyncIterator[asyncpg.Connection]:
     # With a connection idle, taking it cannot wait (a reconnect is bounded by the
     # pool's connect timeout): skip the costly timeout machinery on the hot path.
-    timeout = None if pool.get_idle_size() else state.settings.db_connect_timeout_s
+    timeout = None if pool.get_idle_size() else wait_s
     async with pool.acquire(timeout=timeout) as conn:
         yield conn
 
@@ -214,7 +207,7 @@ class RequestContext:
         return self.state.validators
 
     def connection(self):
-        return pooled_connection(self.state)
+        return pooled_connection(self.state.pool, self.state.settings.db_connect_timeout_s)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
@@ -302,7 +295,8 @@ class Call:
         shares = self.state.pool_shares
         await shares.acquire(tenant_id)
         try:
-            async with pooled_connection(self.state) as conn:
+            async with pooled_connection(self.state.pool,
+                                         self.state.settings.db_connect_timeout_s) as conn:
                 yield conn
         finally:
             shares.release(tenant_id)
