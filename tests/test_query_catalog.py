@@ -243,7 +243,7 @@ async def test_name_lookup_types_are_the_gates_alone(rpc, query_pool):
     w = await make_world(rpc)
     for sql, leaked in (("SELECT '{10}'::_regrole::text", "postgres"),
                         ("SELECT '{1259}'::_regclass::text", "pg_class"),
-                        ("SELECT array_append(ARRAY[pg_typeof(1)], '1259')::text", "pg_class")):
+                        ("SELECT array_append(ARRAY[pg_typeof(1)], '83')::text", "pg_class")):
         result = await run_direct(query_pool, w["a"]["tenant"], sql)
         assert leaked in result.rows[0][0]
         exc = await rejected(rpc, w["a"]["tenant"], sql)
@@ -323,7 +323,7 @@ BENIGN = {
     # age of a timestamp (not of a transaction id), array casts of ordinary types, pg_typeof
     # cast to text, sequences of numbers, functions whose names start like refused ones
     "SELECT age(timestamp '2024-03-01', timestamp '2024-01-01')::text, "
-    "age(now()) < interval '1 minute'": [["1 mon 29 days", True]],
+    "age(now()) < interval '1 minute'": [["2 mons", True]],
     "SELECT '{1,2}'::_int4, '{a}'::text[], ARRAY['2024-01-01']::date[]::text":
         [[[1, 2], ["a"], "{2024-01-01}"]],
     "SELECT pg_typeof(data)::text, pg_typeof(ARRAY[id])::text, pg_typeof(1) :: TEXT "
@@ -380,7 +380,7 @@ def migrated_scratch_database(pg_server_url):
     # not on any list of the gate's: found by the allowlist of migration 0014
     "GRANT EXECUTE ON FUNCTION pg_catalog.age(xid) TO flexdb_query",
     "GRANT EXECUTE ON FUNCTION pg_catalog.getdatabaseencoding() TO PUBLIC",
-    "GRANT EXECUTE ON FUNCTION pg_catalog.textout(text) TO PUBLIC",
+    "GRANT EXECUTE ON FUNCTION pg_catalog.array_in(cstring, oid, integer) TO PUBLIC",
 ])
 async def test_tenant_sql_is_disabled_while_the_query_role_can_read_the_server(
         migrated_scratch_database, grant):
