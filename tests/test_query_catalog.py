@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
+from rpc_server.query import guard as query_guard
 from rpc_server.storage.migrations import migrate
 from rpc_server.storage.repositories.tenant_sql import setup_problems
 
@@ -75,6 +76,43 @@ GATE_REFUSES = {
     "SELECT prosrc FROM pg_proc": "pg_proc",
     "SELECT view_definition FROM information_schema.views": "information_schema",
     "SELECT definition FROM pg_rules": "pg_rules",
+    # issue 19 review, F1: array forms and spellings of the name-lookup types
+    "SELECT '{10}'::_regrole::text": "'_regrole'",
+    "SELECT '{10}'::regrole[]::text": "'regrole'",
+    "SELECT string_agg(x::text, ',') FROM unnest((SELECT array_agg(o)::text::_regclass "
+    "FROM generate_series(1, 20000) o)) x WHERE x::text !~ '^[0-9]+$'": "'_regclass'",
+    "SELECT '{1}'::_regprocedure::text": "'_regprocedure'",
+    "SELECT '{11}'::_regnamespace::text, '{16}'::_regtype::text": "'_regnamespace'",
+    "SELECT CAST('{10}' AS \"_regrole\")::text": "'_regrole'",
+    "SELECT '10'::\"RegRole\"": "'regrole'",
+    "SELECT '10'::/* c */regrole": "'regrole'",
+    "SELECT regrole '10'": "'regrole'",
+    "SELECT to_json('{1259}'::_regclass)": "'_regclass'",
+    # pg_typeof's regtype takes any oid from a literal beside it
+    "SELECT COALESCE(pg_typeof(1), '1259')::text": "pg_typeof() is allowed only cast to text",
+    "SELECT array_append(ARRAY[pg_typeof(1)], '1259')::text":
+        "pg_typeof() is allowed only cast to text",
+    "SELECT format('%s', pg_typeof(1))": "pg_typeof() is allowed only cast to text",
+    # F2: access control lists name roles
+    "SELECT acldefault('r', 10)::text": "acldefault()",
+    "SELECT makeaclitem(10, 10, 'SELECT', false)::text": "makeaclitem()",
+    "SELECT * FROM aclexplode('{}')": "aclexplode()",
+    "SELECT 'postgres=r/postgres'::aclitem": "'aclitem'",
+    "SELECT '{}'::_aclitem": "'_aclitem'",
+    # F3: the role keywords called as quoted functions
+    "SELECT \"session_user\"()::text": "session_user()",
+    "SELECT \"current_user\"()::text": "current_user()",
+    "SELECT \"current_schema\"()::text": "current_schema()",
+    "SELECT \"current_schemas\"(true)::text": "current_schemas()",
+    "SELECT \"system_user\"()": "system_user()",
+    "SELECT getpgusername()": "getpgusername()",
+    # F4: the transaction and multixact counters
+    "SELECT age('3'::xid)": "'xid'",
+    "SELECT age(CAST('3' AS xid8))": "'xid8'",
+    "SELECT mxid_age('1')": "mxid_age()",
+    # sequences name any relation by oid in their errors
+    "SELECT nextval('1259')": "nextval()",
+    "SELECT currval('1259')": "currval()",
 }
 
 
@@ -139,6 +177,20 @@ DATABASE_REFUSES = {
     "SELECT pg_get_functiondef(1)": "function pg_get_functiondef",
     "SELECT view_definition FROM information_schema.views": "schema information_schema",
     "SELECT definition FROM pg_rules": "view pg_rules",
+    # issue 19 review: functions nobody had listed (migration 0014's allowlist revokes them)
+    "SELECT acldefault('r', 10)::text": "function acldefault",
+    "SELECT makeaclitem(10, 10, 'SELECT', false)::text": "function makeaclitem",
+    "SELECT * FROM aclexplode(acldefault('r', 10))": "function acldefault",
+    "SELECT \"session_user\"()::text": "function session_user",
+    "SELECT \"current_user\"()::text": "function current_user",
+    "SELECT \"current_schema\"()::text": "function current_schema",
+    "SELECT getpgusername()": "function getpgusername",
+    "SELECT age('3'::xid)": "function age",
+    "SELECT mxid_age('1'::xid)": "function mxid_age",
+    "SELECT nextval('1259')": "function nextval",
+    "SELECT lastval()": "function lastval",
+    "SELECT getdatabaseencoding()": "function getdatabaseencoding",
+    "SELECT setseed(0.5)": "function setseed",
 }
 
 
@@ -184,6 +236,77 @@ async def test_role_keywords_are_the_gates_alone(rpc, query_pool):
         assert exc.data["layer"] == "gate" and keyword.upper() in exc.message
 
 
+async def test_name_lookup_types_are_the_gates_alone(rpc, query_pool):
+    """PostgreSQL checks no privilege on a type's input and output, so '{10}'::_regrole
+    prints role names even for the query role: only the gate stands in front of these (if
+    this ever fails, PostgreSQL started refusing them: move them to DATABASE_REFUSES)."""
+    w = await make_world(rpc)
+    for sql, leaked in (("SELECT '{10}'::_regrole::text", "postgres"),
+                        ("SELECT '{1259}'::_regclass::text", "pg_class"),
+                        ("SELECT array_append(ARRAY[pg_typeof(1)], '83')::text", "pg_class")):
+        result = await run_direct(query_pool, w["a"]["tenant"], sql)
+        assert leaked in result.rows[0][0]
+        exc = await rejected(rpc, w["a"]["tenant"], sql)
+        assert exc.data["layer"] == "gate", exc.message
+
+
+# The types PostgreSQL itself treats as oids (binary casts from oid) look their value up in the
+# catalog; regconfig and regdictionary (text search configurations) are harmless.
+OID_ALIAS_TYPES = """
+    SELECT t.typname, a.typname FROM pg_cast c
+    JOIN pg_type t ON t.oid = c.castsource JOIN pg_type a ON a.oid = t.typarray
+    WHERE c.casttarget = 'oid'::regtype AND c.castmethod = 'b'
+      AND t.typname NOT IN ('int4', 'regconfig', 'regdictionary')"""
+
+
+async def test_the_gate_refuses_every_type_that_looks_names_up(rpc, database_url):
+    """Every OID alias type this PostgreSQL has, and its array, is refused by the gate: a new
+    one in a newer PostgreSQL fails here until the gate lists it."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        types = await conn.fetch(OID_ALIAS_TYPES)
+    finally:
+        await conn.close()
+    assert {"regrole", "regclass", "regtype", "regprocedure"} <= {t[0] for t in types}
+    w = await make_world(rpc)
+    for type_name in sorted({name for row in types for name in row} | {"aclitem", "_aclitem"}):
+        exc = await rejected(rpc, w["a"]["tenant"], f"SELECT NULL::{type_name}")
+        assert exc.data["layer"] == "gate" and f"type '{type_name}'" in exc.message
+
+
+# Functions of pg_catalog the query role can execute that are not on the reviewed allowlist.
+UNREVIEWED_FUNCTIONS = """
+    SELECT p.oid::regprocedure::text FROM pg_proc p
+    WHERE p.pronamespace = 'pg_catalog'::regnamespace
+      AND has_function_privilege('flexdb_query', p.oid, 'EXECUTE')
+      AND NOT EXISTS (SELECT 1 FROM flexdb_private.query_functions a
+                      WHERE a.entry IN (p.proname, p.oid::regprocedure::text))"""
+
+
+async def test_the_query_role_executes_only_reviewed_functions(rpc, database_url):
+    """Not a list of what to refuse: every function of pg_catalog the query role can execute
+    must be on the allowlist of migration 0014 (a new or forgotten one fails here), and that
+    list holds nothing the gate refuses by name."""
+    await make_world(rpc)  # the server has migrated the database
+    conn = await asyncpg.connect(database_url)
+    try:
+        assert [r[0] for r in await conn.fetch(UNREVIEWED_FUNCTIONS)] == []
+        allowed = {r[0] for r in await conn.fetch(
+            "SELECT entry FROM flexdb_private.query_functions")}
+        executable = await conn.fetchval(
+            "SELECT count(*) FROM pg_proc p WHERE has_function_privilege('flexdb_query', "
+            "p.oid, 'EXECUTE') AND p.pronamespace = 'pg_catalog'::regnamespace")
+    finally:
+        await conn.close()
+    assert executable > 1000  # the test looks at something: operators, casts, aggregates
+    refused_by_gate = {name for name in allowed
+                       if name in query_guard.DENIED_FUNCTIONS
+                       or name.startswith(query_guard.DENIED_PREFIXES)
+                       or (name.startswith(query_guard.SYSTEM_PREFIX)
+                           and name not in query_guard.ALLOWED_SYSTEM_FUNCTIONS)}
+    assert refused_by_gate == set()
+
+
 # statement -> its rows: what a tenant writes over its views must keep working
 BENIGN = {
     "SELECT version, pg_typeof(version)::text FROM nodes WHERE (data->>'n')::int = 0":
@@ -197,6 +320,19 @@ BENIGN = {
     "FROM nodes WHERE (data->>'n')::int = 0": [[None, "pg_catalog.pg_settings"]],
     "SELECT count(*) FROM nodes n JOIN node_types t ON t.id = n.node_type_id "
     "LEFT JOIN relationships r ON r.source_node_id = n.id": [[5]],
+    # age of a timestamp (not of a transaction id), array casts of ordinary types, pg_typeof
+    # cast to text, sequences of numbers, functions whose names start like refused ones
+    "SELECT age(timestamp '2024-03-01', timestamp '2024-01-01')::text, "
+    "age(now()) < interval '1 minute'": [["2 mons", True]],
+    "SELECT '{1,2}'::_int4, '{a}'::text[], ARRAY['2024-01-01']::date[]::text":
+        [[[1, 2], ["a"], "{2024-01-01}"]],
+    "SELECT pg_typeof(data)::text, pg_typeof(ARRAY[id])::text, pg_typeof(1) :: TEXT "
+    "FROM nodes WHERE (data->>'n')::int = 0": [["jsonb", "uuid[]", "integer"]],
+    "SELECT count(*), max(x), string_agg(x::text, ',' ORDER BY x) "
+    "FROM generate_series(1, 3) x": [[3, 3, "1,2,3"]],
+    "SELECT regexp_replace('region', 'g', 'x') AS region, upper('user') AS \"user_name\", "
+    "round(2.5), md5('a') = md5('a'), gen_random_uuid() IS NOT NULL":
+        [["rexion", "USER", 3, True, True]],
 }
 
 
@@ -241,6 +377,10 @@ def migrated_scratch_database(pg_server_url):
     "GRANT EXECUTE ON FUNCTION pg_catalog.version() TO PUBLIC",
     "GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_get_live_tuples(oid) TO flexdb_query",
     "GRANT USAGE ON SCHEMA information_schema TO PUBLIC",
+    # not on any list of the gate's: found by the allowlist of migration 0014
+    "GRANT EXECUTE ON FUNCTION pg_catalog.age(xid) TO flexdb_query",
+    "GRANT EXECUTE ON FUNCTION pg_catalog.getdatabaseencoding() TO PUBLIC",
+    "GRANT EXECUTE ON FUNCTION pg_catalog.array_in(cstring, oid, integer) TO PUBLIC",
 ])
 async def test_tenant_sql_is_disabled_while_the_query_role_can_read_the_server(
         migrated_scratch_database, grant):

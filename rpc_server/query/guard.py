@@ -6,7 +6,8 @@ reach files, large objects, other databases, settings, other backends, locks or 
 SQL names only the three views, ordinary functions and operators: any name of the server's own
 (its catalogs, statistics views, settings, roles, schemas and introspection functions) is
 refused wherever it stands, quoted or not (sql/0011_query_catalog.sql removes the same from the
-query role in the database).
+query role in the database, and sql/0014_query_function_allowlist.sql every function of
+pg_catalog not reviewed as harmless).
 
 It is not the security boundary (the database is: see sql/0004_query.sql and
 storage/repositories/tenant_sql.py); it exists to give a clear early answer and to stop what the
@@ -50,10 +51,20 @@ SERVER_SCHEMAS = {"information_schema", "public", "flexdb_private"}
 # Keywords that name the server's roles and database (session_user: the server's login).
 SERVER_KEYWORDS = {"user", "current_user", "session_user", "current_role", "system_user",
                    "current_catalog", "current_schema"}
-# Types whose input looks a name up in the catalog: 'api_keys'::regclass answers whether a
-# table exists and its oid. (regconfig and regdictionary, for text search, stay.)
+# Types whose input or output looks a name up in the catalog: '{10}'::regrole[] prints role
+# names, 'api_keys'::regclass answers whether a table exists. PostgreSQL does not check
+# privileges on a type's input and output, so this rests on the gate alone. Refused with their
+# array forms (_regrole): the OID alias types (regconfig and regdictionary, for text search,
+# stay), aclitem (role names) and xid/xid8 (age(xid) reads the transaction counter; the gate
+# cannot tell age's overloads apart). oid, cid, tid and pg_lsn stay: they are numbers, and the
+# functions that would interpret them are revoked (sql/0014_query_function_allowlist.sql).
 NAME_LOOKUP_TYPES = {"regclass", "regtype", "regproc", "regprocedure", "regoper",
-                     "regoperator", "regnamespace", "regrole", "regcollation"}
+                     "regoperator", "regnamespace", "regrole", "regcollation", "aclitem",
+                     "xid", "xid8"}
+ARRAY_TYPE_PREFIX = "_"
+# pg_typeof returns a regtype, which takes any oid from a literal beside it
+# (COALESCE(pg_typeof(1), '1259') names a table): it is let through only cast to text.
+TYPE_OF_FUNCTION = "pg_typeof"
 # Functions refused when called, besides the pg_ ones.
 DENIED_FUNCTIONS = {
     "set_config", "loread", "lowrite",
@@ -63,6 +74,15 @@ DENIED_FUNCTIONS = {
     "current_setting", "version", "current_database", "current_schemas", "current_query",
     "obj_description", "col_description", "shobj_description", "format_type",
     "row_security_active",
+    # roles, schemas and the database, called as functions ("session_user"())
+    "user", "current_user", "session_user", "current_role", "system_user", "current_catalog",
+    "current_schema", "getpgusername",
+    # access control lists name roles: acldefault('r', 10) -> {postgres=arwdDxt/postgres}
+    "acldefault", "makeaclitem", "aclexplode", "aclinsert", "aclremove", "aclcontains",
+    # the transaction and multixact counters
+    "mxid_age",
+    # sequences: writes, and their errors name any relation by oid
+    "nextval", "currval", "setval", "lastval",
 }
 DENIED_PREFIXES = (
     "lo_",                                  # large objects
@@ -170,8 +190,8 @@ def _server_name(token) -> str | None:
     if name in SERVER_SCHEMAS:
         return f"schema {name!r} is not readable: queries see the views nodes, " \
                "node_types and relationships"
-    if name in NAME_LOOKUP_TYPES:
-        return f"type {name!r} looks names up in the server's catalog"
+    if name in NAME_LOOKUP_TYPES or name.removeprefix(ARRAY_TYPE_PREFIX) in NAME_LOOKUP_TYPES:
+        return f"type {name!r} reads the server's catalog or counters"
     if name in SERVER_KEYWORDS and token.ttype not in T.String.Symbol:
         return f"{name.upper()} names the server's roles or database"
     return None
@@ -186,6 +206,24 @@ def _check_names(tokens) -> None:
             raise GateRejection(reason)
 
 
+def _closing_paren(tokens, open_index: int) -> int:
+    depth = 0
+    for i in range(open_index, len(tokens)):
+        if _is_punct(tokens[i], "("):
+            depth += 1
+        elif _is_punct(tokens[i], ")"):
+            depth -= 1
+            if depth == 0:
+                return i
+    return len(tokens)
+
+
+def _cast_to_text(tokens, close_index: int) -> bool:
+    following = tokens[close_index + 1:close_index + 3]
+    return (len(following) == 2 and _is_punct(following[0], "::")
+            and following[1].value.lower() == "text")
+
+
 def _check_functions(tokens) -> None:
     for i, token in enumerate(tokens):
         if not _is_punct(token, "(") or i == 0:
@@ -196,6 +234,8 @@ def _check_functions(tokens) -> None:
         name = _name(prev)
         if name in DENIED_FUNCTIONS or name.startswith(DENIED_PREFIXES):
             raise GateRejection(f"function {name}() is not allowed in queries")
+        if name == TYPE_OF_FUNCTION and not _cast_to_text(tokens, _closing_paren(tokens, i)):
+            raise GateRejection(f"{name}() is allowed only cast to text: {name}(x)::text")
 
 
 def _check_clauses(tokens) -> None:

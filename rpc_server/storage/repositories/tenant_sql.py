@@ -36,8 +36,10 @@ FETCH_BATCH = 100
 # together run too long, or a server that does not answer.
 CLIENT_GRACE_S = 2.0
 # What the query role can still reach of what the gate refuses: catalog tables and views, the
-# server's schemas, functions refused by name. Migrations 0004 and 0011 revoke them from
-# PUBLIC; the server refuses to run tenant SQL while any is left.
+# server's schemas, functions refused by name, and any function of pg_catalog that is not on
+# the reviewed allowlist flexdb_private.query_functions (a name, or one signature).
+# Migrations 0004, 0011 and 0014 revoke them from PUBLIC; the server refuses to run tenant SQL
+# while any is left (a function a newer PostgreSQL adds, until a migration reviews it).
 REACHABLE_SERVER_OBJECTS = """
     SELECT c.oid::regclass::text FROM pg_catalog.pg_class c
     WHERE c.relnamespace IN ('pg_catalog'::regnamespace, 'information_schema'::regnamespace)
@@ -53,6 +55,12 @@ REACHABLE_SERVER_OBJECTS = """
       AND (p.proname = ANY($3::text[]) OR p.proname LIKE ANY($4::text[]))
       AND p.proname <> ALL($5::text[])
       AND has_function_privilege($1, p.oid, 'EXECUTE')
+    UNION
+    SELECT p.oid::regprocedure::text FROM pg_catalog.pg_proc p
+    WHERE p.pronamespace = 'pg_catalog'::regnamespace
+      AND has_function_privilege($1, p.oid, 'EXECUTE')
+      AND NOT EXISTS (SELECT 1 FROM flexdb_private.query_functions a
+                      WHERE a.entry IN (p.proname, p.oid::regprocedure::text))
     ORDER BY 1 LIMIT 5"""
 
 
@@ -104,7 +112,7 @@ async def setup_problems(conn: asyncpg.Connection) -> list[str]:
         sorted(query_guard.ALLOWED_SYSTEM_FUNCTIONS))
     if reachable:
         problems.append(f"{QUERY_ROLE} can still reach {', '.join(r[0] for r in reachable)} "
-                        "and maybe more (run migrations 0004 and 0011 as a superuser)")
+                        "and maybe more (run migrations 0004, 0011 and 0014 as a superuser)")
     return problems
 
 
