@@ -48,6 +48,7 @@ from rpc_server.security.tenant_limits import TenantLimiter
 from rpc_server.storage.db import connect, create_pool, create_query_pool, ping
 from rpc_server.storage.repositories.tenant_sql import is_superuser, setup_problems
 from rpc_server.storage.response_budget import ResponseMemory
+from rpc_server.transport.client_address import client_address, trusted_networks
 from rpc_server.transport.json_codec import dumps
 from rpc_server.transport.protocol import Dispatcher, internal_error, invalid_request, note
 from rpc_server.validation import safe_regex
@@ -57,6 +58,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("flexdb.access")
 STATE = web.AppKey("state", AppState)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+TRUSTED_PROXIES = web.AppKey("trusted_proxies", tuple)
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -120,8 +122,9 @@ async def handle_jsonrpc(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     request_id = request_id_of(request)
     started = time.perf_counter()
-    context = RequestContext(state, request_id, request.headers.get("Authorization"),
-                             request.remote)
+    address = client_address(request.remote, request.headers.getall("X-Forwarded-For", ()),
+                             request.app[TRUSTED_PROXIES])
+    context = RequestContext(state, request_id, request.headers.get("Authorization"), address)
     try:
         response = await _answer(request, state, context)
         if context.holds_documents:
@@ -190,7 +193,8 @@ def build_state(settings: Settings, secret: bytes, pool: asyncpg.Pool, query: Qu
         settings=settings, pool=pool, shaper=Shaper(settings.json_fields),
         validators=ValidatorCache(validation_limits(settings),
                                   TenantLimiter(1, wait_s, "schema checks in a thread")),
-        auth=auth, denied=DeniedCalls(pool, wait_s), query=query, pipelines=runner,
+        auth=auth, denied=DeniedCalls(pool, wait_s, settings.denied_calls_max_sources,
+                                              settings.denied_calls_retention_days), query=query, pipelines=runner,
         node_types=node_types, chainer=AuditChainer(pool, wait_s), metrics=Metrics(),
         limits=RateLimiter.from_settings(settings, redis), redis=redis,
         node_reads=NodeReads(partial(pooled_connection, pool, wait_s)),
@@ -242,6 +246,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
                                  max_response_bytes=settings.max_response_bytes,
                                  tenant_params=tenant_params())
     set_max_document_depth(settings.max_json_depth)
+    app[TRUSTED_PROXIES] = trusted_networks(settings.trusted_proxies)
 
     secret = server_secret(settings)
     safe_regex.set_cache_budget(settings.pattern_cache_bytes)

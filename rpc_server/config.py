@@ -13,6 +13,7 @@ from typing import Any, Literal, Mapping
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from rpc_server.security.secrets import SecretError, decrypt_setting, is_encrypted, master_key
+from rpc_server.transport.client_address import trusted_networks
 
 ENV_PREFIX = "FLEXDB_"
 
@@ -249,6 +250,18 @@ class Settings(BaseModel):
         read_by=(SERVE,), ge=0, le=1_000_000)
     rate_limit_tenant_burst: int = setting(200, "calls into a tenant at once above its rate",
                                            read_by=(SERVE,), ge=1, le=1_000_000)
+    trusted_proxies: str = setting(
+        "", "comma-separated addresses or networks of proxies in front of the server: a "
+        "request from one of them is taken to come from the address it forwards in "
+        "`X-Forwarded-For` (the nearest hop not itself trusted); empty = the peer's address, "
+        "and `X-Forwarded-For` is ignored", read_by=(SERVE,))
+    denied_calls_retention_days: int = setting(
+        30, "days counts of refused calls (`list_denied_calls`) are kept; older ones are "
+        "deleted by the servers, a bounded batch at a time", read_by=(SERVE,), ge=1, le=36_500)
+    denied_calls_max_sources: int = setting(
+        1000, "distinct sources without valid credentials (client addresses) whose refused "
+        "calls are counted apart in one interval, across all servers; beyond, they are "
+        "counted together as `others`", read_by=(SERVE,), ge=1, le=1_000_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting(
         "INFO", "`DEBUG`, `INFO`, `WARNING`, `ERROR`", read_by=EVERY)
     log_format: Literal["auto", "json", "text"] = setting(
@@ -271,6 +284,12 @@ class Settings(BaseModel):
         if v is not None and not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return v or None
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v):
+        trusted_networks(v)
+        return v
 
     @field_validator("database_url")
     @classmethod

@@ -15,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 
 from rest_facade.callers import MAX_AUTHORIZATION  # noqa: E402
 from rpc_server.api import params  # noqa: E402
+from rpc_server.audit import denied_calls  # noqa: E402
 from rpc_server.audit import events as audit
 from rpc_server.config import Settings, env_var, shown_default  # noqa: E402
 from rpc_server.methods import graph, pipelines, query  # noqa: E402
@@ -157,6 +158,12 @@ SECTIONS: dict[str, list[Limit]] = {
         Limit("refused calls (unauthenticated, forbidden, not found): counted, not recorded "
               "one by one", "one count per interval, source (key or client address), method "
               "and outcome (`list_denied_calls`)", value=f"{audit.DENIED_WINDOW_S:g} s"),
+        Limit("client addresses without valid credentials counted apart in one interval, "
+              "all servers together", "further ones are counted as `others`",
+              "denied_calls_max_sources"),
+        Limit("days counts of refused calls are kept", "older counts are deleted, at most "
+              f"{n(denied_calls.PRUNE_BATCH)} per server and pass",
+              "denied_calls_retention_days"),
     ],
 }
 

@@ -110,6 +110,63 @@ async def test_nested_secrets_in_pipeline_input_never_reach_the_trail(rpc, datab
     assert summary["Credentials"] == "[redacted]"
 
 
+
+async def summary_of_run(rpc, database_url, run_input) -> tuple[dict, str]:
+    """The run's audit summary as listed, and every summary text stored for its tenant."""
+    world = await World.build(rpc)
+    pipeline = await make_pipeline(rpc, world.tid)
+    await run(rpc, world.tid, pipeline["id"], run_input)
+    [event] = await events(rpc, world.tid, method="run_pipeline")
+    stored = await stored_summaries(database_url, world.tid)
+    return event, stored
+
+
+def base64url_json(value) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+def fake_jwt() -> str:
+    part = base64url_json
+    return f"{part({'alg': 'HS256'})}.{part({'sub': uuid.uuid4().hex})}.{uuid.uuid4().hex}"
+
+
+@pytest.mark.parametrize("shape", ["name_value_pair", "header_list", "basic", "api_key",
+                                   "url_password", "jwt", "json_string", "fullwidth_key"])
+async def test_secrets_in_values_pairs_json_text_and_folded_keys_never_reach_the_trail(
+        rpc, database_url, shape):
+    secret = f"s3cret{uuid.uuid4().hex}"
+    jwt = fake_jwt()
+    basic = base64.b64encode(f"app:{secret}".encode()).decode()
+    run_input = {
+        "name_value_pair": {"env": [{"name": "DB_PASSWORD", "value": secret}]},
+        "header_list": {"headers": [["Authorization", f"Bearer fdb_{secret}"]]},
+        "basic": {"sent": [f"Basic {basic}"]},
+        "api_key": {"note": f"use fdb_{secret} for this"},
+        "url_password": {"dsn": f"postgresql://app:{secret}@db.internal:5432/prod"},
+        "jwt": {"session": jwt},
+        "json_string": json.dumps({"password": secret, "n": 1}),
+        "fullwidth_key": {"ｐａｓｓｗｏｒｄ": secret},
+    }[shape]
+    event, stored = await summary_of_run(rpc, database_url, run_input)
+    secret = {"jwt": jwt, "basic": basic}.get(shape, secret)
+    assert secret not in json.dumps(event, ensure_ascii=False) and secret not in stored
+    assert "[redacted]" in stored  # redacted, not dropped by some other rule
+    if shape == "url_password":  # the URL stays readable without its password
+        assert event["summary"]["input"]["dsn"] == \
+            "postgresql://app:[redacted]@db.internal:5432/prod"
+    if shape == "json_string":  # parsed and summarised like an object
+        assert event["summary"]["input"] == {"password": "[redacted]", "n": 1}
+
+
+async def test_ordinary_values_stay_readable(rpc, database_url):
+    run_input = {"env": [{"name": "LOG_LEVEL", "value": "debug"}],
+                 "headers": [["Accept", "application/json"]],
+                 "links": ["https://example.com/docs?page=2", "postgresql://app@db:5432/x"],
+                 "sentence": "Basically, a token of thanks: basic courtesy.",
+                 "version": "1.2.3", "text": "{not json", "ｎａｍｅ": "kept"}
+    event, _ = await summary_of_run(rpc, database_url, run_input)
+    assert event["summary"]["input"] == run_input
+
 async def test_large_params_are_kept_as_their_size(rpc, database_url):
     world = await World.build(rpc)
     pipeline = await make_pipeline(rpc, world.tid)

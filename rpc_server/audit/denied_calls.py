@@ -4,13 +4,18 @@ few seconds in one statement (storage/repositories/denied_calls.py). So neither 
 work grows with the attempts: a flood of calls with no valid credentials, batched and aimed
 at random tenant ids, is one count per interval. The source is what the caller cannot vary
 freely (never the tenant it claims): its API key, or without valid credentials its client
-address, an IPv6 address by its /64 (one host is given a whole /64)."""
+address, an IPv6 address by its /64 (one host is given a whole /64).
+
+Neither may the table grow without bound: past FLEXDB_DENIED_CALLS_MAX_SOURCES client
+addresses in one interval (across all servers, counted by the database), further ones are
+counted as OTHERS, and counts older than FLEXDB_DENIED_CALLS_RETENTION_DAYS are deleted, a
+bounded batch per pass (sooner again while batches come back full)."""
 from __future__ import annotations
 
 import asyncio
 import ipaddress
 import logging
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 import asyncpg
 
@@ -21,6 +26,9 @@ log = logging.getLogger(__name__)
 FLUSH_S = 5.0
 MAX_COUNTS = 10_000  # counts held between writes; past it new sources count as OTHERS
 OTHERS = "others"
+ADDRESS = "address:"  # the sources of callers without valid credentials
+PRUNE_S = 60.0  # between passes deleting expired counts (FLUSH_S while batches are full)
+PRUNE_BATCH = 10_000  # counts deleted at most per pass
 
 
 def source_of(principal, client_address: str | None) -> str:
@@ -34,12 +42,12 @@ def source_of(principal, client_address: str | None) -> str:
     try:
         address = ipaddress.ip_address(client_address or "")
     except ValueError:
-        return "address:unknown"
+        return f"{ADDRESS}unknown"
     if address.version == 6:
         if address.ipv4_mapped is None:
-            return f"address:{ipaddress.ip_network((address, 64), strict=False)}"
+            return f"{ADDRESS}{ipaddress.ip_network((address, 64), strict=False)}"
         address = address.ipv4_mapped
-    return f"address:{address}"
+    return f"{ADDRESS}{address}"
 
 
 def interval_start(moment: datetime) -> datetime:
@@ -48,8 +56,10 @@ def interval_start(moment: datetime) -> datetime:
 
 
 class DeniedCalls:
-    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float):
+    def __init__(self, pool: asyncpg.Pool, acquire_timeout_s: float, max_sources: int,
+                 retention_days: int):
         self.pool, self.acquire_timeout_s = pool, acquire_timeout_s
+        self.max_sources, self.retention = max_sources, timedelta(days=retention_days)
         # (interval start, source, method, outcome) -> [count, last attempt]
         self._counts: dict[tuple, list] = {}
         self._task: asyncio.Task | None = None
@@ -72,7 +82,8 @@ class DeniedCalls:
         try:
             async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
                 await DeniedCallRepository(conn).add(
-                    [(*key, count, last) for key, (count, last) in counts.items()])
+                    [(*key, count, last) for key, (count, last) in counts.items()],
+                    capped_prefix=ADDRESS, max_sources=self.max_sources, others=OTHERS)
         except BaseException:
             for key, (count, last) in counts.items():
                 entry = self._counts.setdefault(key, [0, last])
@@ -80,7 +91,15 @@ class DeniedCalls:
                 entry[1] = max(entry[1], last)
             raise
 
+    async def prune(self) -> int:
+        """Delete one batch of counts older than the retention; how many were deleted."""
+        before = datetime.now(timezone.utc) - self.retention
+        async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+            return await DeniedCallRepository(conn).prune(before, PRUNE_BATCH)
+
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time()
         while True:
             await asyncio.sleep(FLUSH_S)
             try:
@@ -90,6 +109,16 @@ class DeniedCalls:
             except Exception as exc:  # noqa: BLE001 - kept, written next time
                 log.warning("could not write the counts of refused calls (will retry): %r",
                             exc)
+            if loop.time() < next_prune:
+                continue
+            next_prune = loop.time() + PRUNE_S
+            try:
+                if await self.prune() == PRUNE_BATCH:  # more to delete: next tick again
+                    next_prune = loop.time()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - tried again next pass
+                log.warning("could not delete expired counts of refused calls: %r", exc)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())

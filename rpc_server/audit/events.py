@@ -4,11 +4,15 @@ platform events belong to. Refused calls are counted apart (audit/denied_calls.p
 is in storage/repositories/audit.py."""
 from __future__ import annotations
 
+import base64
 import re
+import unicodedata
 import uuid
 from typing import Any
 
 from rpc_server.storage.audit_chain import canonical
+
+from rpc_server.ops.logs import SECRET_PATTERNS as KEYS_AND_BEARERS
 
 PLATFORM_TENANT = uuid.UUID(int=0)
 # Matched in a key folded to lower case letters and digits ("key" covers api_key,
@@ -16,6 +20,19 @@ PLATFORM_TENANT = uuid.UUID(int=0)
 SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "authorization", "cookie",
                 "credential")
 REDACTED = "[redacted]"
+# A pair like {"name": "DB_PASSWORD", "value": "…"}: the value is secret when the name is.
+PAIR_NAMES = ("name", "key", "header")
+PAIR_VALUES = ("value", "val")
+# Values that are credentials whatever their key: flexdb keys and bearer tokens (as the logs
+# mask them), JWTs (three base64url parts), Basic credentials (base64 of user:password) and
+# a URL's password.
+CREDENTIAL_VALUES = (
+    KEYS_AND_BEARERS,
+    re.compile(r"\beyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"),
+)
+BASIC = re.compile(r"(?i:basic)\s+(?P<token>[A-Za-z0-9+/]{4,}={0,2})")
+URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:\s]*:)[^/?#@\s]*(?=@)")
+MAX_PARSED = 65_536  # a string this long or shorter holding a JSON object or array is parsed
 DOCUMENT_FIELDS = ("data", "schema", "schema_")
 MAX_TEXT = 200  # longer strings are kept as their length
 MAX_KEY = 100  # characters of a key name kept
@@ -60,11 +77,53 @@ class Room:
         return self.chars >= 0
 
 
+def folded(name: Any) -> str:
+    """A name as letters and digits only, compatibility-folded (fullwidth ｐａｓｓ is pass)."""
+    return re.sub(r"[^a-z0-9]", "", unicodedata.normalize("NFKC", str(name)).casefold())
+
+
 def is_secret(name: Any) -> bool:
     """A key that names a secret, in any case and spelling: db_password, X-Api-Key,
     refresh-token, privateKey …"""
-    folded = re.sub(r"[^a-z0-9]", "", str(name).lower())
-    return any(word in folded for word in SECRET_WORDS)
+    name = folded(name)
+    return any(word in name for word in SECRET_WORDS)
+
+
+def masked(text: str) -> str:
+    """`text` with every credential-looking part replaced (a URL keeps all but its
+    password)."""
+    text = URL_PASSWORD.sub(lambda m: m["head"] + REDACTED, text)
+    text = BASIC.sub(lambda m: REDACTED if is_basic_credential(m["token"]) else m[0], text)
+    for pattern in CREDENTIAL_VALUES:
+        text = pattern.sub(REDACTED, text)
+    return text
+
+
+def is_basic_credential(token: str) -> bool:
+    try:
+        return b":" in base64.b64decode(token, validate=True)
+    except ValueError:  # binascii.Error: not base64 (just a word after "basic")
+        return False
+
+
+def secret_pair_value(value: dict) -> str | None:
+    """In a name/value pair whose name is secret-like, the key holding the value."""
+    names = [item for key, item in value.items() if folded(key) in PAIR_NAMES]
+    if not any(isinstance(name, str) and is_secret(name) for name in names):
+        return None
+    return next((key for key in value if folded(key) in PAIR_VALUES), None)
+
+
+def parsed_json(text: str) -> Any:
+    """A string holding a JSON object or array (not too long to parse), as that value;
+    else None."""
+    if len(text) > MAX_PARSED or not text.lstrip().startswith(("{", "[")):
+        return None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, (dict, list)) else None
 
 
 def size_of(value: Any) -> Any:
@@ -80,12 +139,13 @@ def size_of(value: Any) -> Any:
 
 def _mapping(value: dict, depth: int, room: Room, top: bool = False) -> dict:
     out: dict[str, Any] = {}
+    secret_value = secret_pair_value(value)
     for index, (name, item) in enumerate(value.items()):
-        key = str(name)[:MAX_KEY]
+        key = masked(str(name)[:MAX_KEY])
         if not room.take(len(key) + 4):
             out["…"] = f"<{len(value) - index:,} more keys>"
             break
-        if is_secret(name):
+        if is_secret(name) or name == secret_value:
             out[key] = REDACTED
         elif top and (name in DOCUMENT_FIELDS or isinstance(item, list)):
             out[key] = _sized(item, room)  # documents and bulk calls: never item by item
@@ -96,23 +156,28 @@ def _mapping(value: dict, depth: int, room: Room, top: bool = False) -> dict:
 
 def _sequence(value: list, depth: int, room: Room) -> list:
     out: list[Any] = []
+    # A pair like ["X-Api-Key", "…"] (headers as a list of lists): its value is secret.
+    secret_pair = len(value) == 2 and isinstance(value[0], str) and is_secret(value[0])
     for index, item in enumerate(value):
         if room.chars <= 0:
             out.append(f"<{len(value) - index:,} more items>")
             break
-        out.append(_kept(item, depth + 1, room))
+        out.append(REDACTED if secret_pair and index == 1 else _kept(item, depth + 1, room))
     return out
 
 
 def _kept(value: Any, depth: int, room: Room) -> Any:
-    """`value` with every secret-named entry redacted, at any depth and inside lists;
-    what is too long, too deep or past the summary's room kept as its size."""
+    """`value` with every secret-named entry and credential-looking text redacted, at any
+    depth and inside lists (and inside strings holding JSON); what is too long, too deep or
+    past the summary's room kept as its size."""
+    if isinstance(value, str) and (inner := parsed_json(value)) is not None:
+        value = inner
     if isinstance(value, (dict, list)) and depth <= MAX_DEPTH and len(value) <= MAX_ITEMS \
             and room.take(2):
         return _mapping(value, depth, room) if isinstance(value, dict) \
             else _sequence(value, depth, room)
     if isinstance(value, str) and len(value) <= MAX_TEXT and room.take(len(value) + 2):
-        return value
+        return masked(value)
     return _sized(value, room)
 
 
