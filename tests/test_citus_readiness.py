@@ -36,6 +36,9 @@ NOT_SINGLE_TENANT = {
         "that waited longest first",
     "WHERE status = 'running' AND deadline < now()":
         "the pipeline runner's sweep: marks runs of any tenant whose server died as failed",
+    "SELECT count(*) FROM tenant_users WHERE user_id = $1 AND role = 'owner'":
+        "the tenants-per-user quota on create_tenant: counts the tenants a user owns, "
+        "across tenants",
     "WITH ORDINALITY AS k (t, i, n) LEFT JOIN nodes ON tenant_id = k.t":
         "the read-ahead of a JSON-RPC batch's get_node calls: one statement for all of "
         "them, and a batch may name nodes of several tenants",
@@ -113,6 +116,8 @@ async def call_every_method(rpc: RecordingClient) -> None:
     await rpc.call("list_api_keys", {"user_id": user["id"], **page})
     async with FlexDBClient(rpc.url, api_key=key["secret"]) as member:
         await member.call("get_tenant", {"id": t})  # a non-admin caller's membership check
+        own = (await member.call("create_tenant", {"slug": unique("o"), "name": "O"}))
+        await member.call("delete_tenant", {"id": own["tenant"]["id"]})
     await rpc.call("revoke_api_key", {"id": key["api_key"]["id"]})
 
     schema = {"type": "object", "properties": {"name": {"type": "string"}}}
