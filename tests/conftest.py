@@ -260,6 +260,34 @@ async def make_tenant(rpc) -> dict:
     return (await rpc.call("create_tenant", {"slug": unique("t"), "name": "T"}))["tenant"]
 
 
+async def make_node_type(rpc, tenant_id, name=None, **extra) -> dict:
+    params = {"tenant_id": tenant_id, "name": unique("Type") if name is None else name, **extra}
+    return (await rpc.call("create_node_type", params))["node_type"]
+
+
+async def make_node(rpc, tenant_id, node_type_id, data=None) -> dict:
+    params = {"tenant_id": tenant_id, "node_type_id": node_type_id}
+    if data is not None:
+        params["data"] = data
+    return (await rpc.call("create_node", params))["node"]
+
+
+async def get_node(rpc, tenant_id, node_id) -> dict:
+    return (await rpc.call("get_node", {"tenant_id": tenant_id, "id": node_id}))["node"]
+
+
+async def count_nodes(rpc, tenant_id, node_type_id=None) -> int:
+    params = {"tenant_id": tenant_id, "pagination": {"page_size": 1}}
+    if node_type_id:
+        params["node_type_id"] = node_type_id
+    return (await rpc.call("list_nodes", params))["pagination"]["total_count"]
+
+
+def people(node_type_id, count, start=0) -> list[dict]:
+    return [{"node_type_id": node_type_id, "data": {"name": f"p{i}", "age": i}}
+            for i in range(start, start + count)]
+
+
 @pytest.fixture
 async def tenant(rpc):
     return (await rpc.call("create_tenant", {"slug": unique("t"), "name": "Test tenant"}))["tenant"]
