@@ -256,8 +256,64 @@ async def own_user_id(rpc) -> str:
     return _own_user_ids[key]
 
 
-async def make_tenant(rpc) -> dict:
-    return (await rpc.call("create_tenant", {"slug": unique("t"), "name": "T"}))["tenant"]
+async def make_tenant(rpc, slug=None, name="T") -> dict:
+    return (await rpc.call("create_tenant", {"slug": slug or unique("t"), "name": name}))["tenant"]
+
+
+def email() -> str:
+    return f"{unique('u')}@example.com"
+
+
+async def make_user(rpc, address=None, display_name="Ada") -> dict:
+    return (await rpc.call("create_user", {"email": address or email(),
+                                           "display_name": display_name}))["user"]
+
+
+async def list_all(rpc, method, key, params=None) -> list[dict]:
+    """Every item of a paginated list, walking all pages."""
+    items, token = [], ""
+    while True:
+        page = await rpc.call(method, {**(params or {}),
+                                       "pagination": {"page_size": 1000, "page_token": token}})
+        items += page[key]
+        token = page["pagination"]["next_page_token"]
+        if not token:
+            return items
+
+
+async def members(rpc, tenant_id) -> dict[str, str]:
+    """user_id -> role of a tenant's members, other than its creator (the caller, owner)."""
+    listed = await list_all(rpc, "list_tenant_users", "tenant_users", {"tenant_id": tenant_id})
+    me = await own_user_id(rpc)
+    return {m["user_id"]: m["role"] for m in listed if m["user_id"] != me}
+
+
+async def make_node_type(rpc, tenant_id, name=None, **extra) -> dict:
+    params = {"tenant_id": tenant_id, "name": unique("Type") if name is None else name, **extra}
+    return (await rpc.call("create_node_type", params))["node_type"]
+
+
+async def make_node(rpc, tenant_id, node_type_id, data=None) -> dict:
+    params = {"tenant_id": tenant_id, "node_type_id": node_type_id}
+    if data is not None:
+        params["data"] = data
+    return (await rpc.call("create_node", params))["node"]
+
+
+async def get_node(rpc, tenant_id, node_id) -> dict:
+    return (await rpc.call("get_node", {"tenant_id": tenant_id, "id": node_id}))["node"]
+
+
+async def count_nodes(rpc, tenant_id, node_type_id=None) -> int:
+    params = {"tenant_id": tenant_id, "pagination": {"page_size": 1}}
+    if node_type_id:
+        params["node_type_id"] = node_type_id
+    return (await rpc.call("list_nodes", params))["pagination"]["total_count"]
+
+
+def people(node_type_id, count, start=0) -> list[dict]:
+    return [{"node_type_id": node_type_id, "data": {"name": f"p{i}", "age": i}}
+            for i in range(start, start + count)]
 
 
 @pytest.fixture

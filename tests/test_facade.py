@@ -953,6 +953,9 @@ async def test_an_unpaired_surrogate_is_refused_like_rpc(rest, rpc):
                      headers={"Content-Type": "application/json"}), 400, -32700)
 
 
+@pytest.mark.xfail(strict=True, reason="known defect: the facade's body limit equals "
+                   "rpc_server's, and the JSON-RPC envelope it adds pushes a body near the "
+                   "limit over it (rpc_server answers 413 invalid_request)")
 async def test_a_body_the_facade_accepts_is_not_refused_upstream(rest, rpc):
     t = await make_tenant(rpc)
     nt = await make_node_type(rpc, t)
@@ -961,7 +964,7 @@ async def test_a_body_the_facade_accepts_is_not_refused_upstream(rest, rpc):
     empty = len(httpx.Request("POST", "/", json={"node_type_id": nt, "data": {"p": ""}}).content)
     body = {"node_type_id": nt, "data": {"p": "x" * (limit - 10 - empty)}}
     resp = await call(rest, "POST", N, tenant_id=t, json=body)
-    assert resp.status_code in (201, 413), resp.text[:300]
+    assert resp.status_code == 201, resp.text[:300]
 
 
 async def test_a_viewer_patch_is_403_like_rpc(facade, rpc, server):
@@ -1338,13 +1341,15 @@ async def test_a_non_ascii_authorization_header_is_401_not_500(facade):
 
 
 async def test_an_oversized_request_head_is_refused(facade):
-    # h11 bounds the request head; the connection is refused, nothing is buffered.
+    # h11 bounds the request head: the facade closes the connection without an answer and
+    # buffers nothing. (Not any transport error: one that never connected proves nothing.)
+    closed_by_the_server = (httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
     async with httpx.AsyncClient(base_url=facade.base, timeout=30) as client:
-        try:
-            resp = await client.get("/tenants", headers={"X-Big": "a" * 200_000})
-        except httpx.HTTPError:
-            return  # closed without an answer: refused
-    assert resp.status_code in (400, 431)
+        with pytest.raises(closed_by_the_server):
+            await client.get("/tenants", headers={"X-Big": "a" * 200_000})
+        # A head within the bound is still answered (401: no key).
+        resp = await client.get("/tenants", headers={"X-Big": "a" * 1_000})
+        assert resp.status_code == 401
 
 
 # ---------------------------------------------------------------- last: coverage

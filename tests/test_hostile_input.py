@@ -63,9 +63,12 @@ async def test_catastrophic_pattern_does_not_stall_the_server(rpc, tenant, http)
 async def test_pattern_properties_and_additional_properties_use_linear_matching(rpc, tenant):
     nt = await make_type(rpc, tenant, {"patternProperties": {"^(a+)+$": {"type": "integer"}},
                                        "additionalProperties": False})
-    with pytest.raises(InvalidParams):
+    with pytest.raises(InvalidParams) as exc:
         await rpc.call("create_node", {"tenant_id": tenant["id"], "node_type_id": nt["id"],
                                        "data": {"a" * 5000 + "!": 1}})
+    # The key matched no pattern, so it is not allowed: the message quotes it (cut short).
+    assert error_fields(exc) == ["data"]
+    assert exc.value.data["errors"][0]["message"].startswith("'" + "a" * 200)
     await rpc.call("create_node", {"tenant_id": tenant["id"], "node_type_id": nt["id"],
                                    "data": {"aaa": 1}})
 
@@ -84,9 +87,11 @@ async def test_unique_items_is_linear_and_follows_json_equality(rpc, tenant):
     await rpc.call("create_node", {"tenant_id": tenant["id"], "node_type_id": nt["id"],
                                    "data": {"x": distinct}})
     for dupes in ([1, 1.0], [{"a": [1]}, {"a": [1.0]}], [{"a": 1, "b": 2}, {"b": 2, "a": 1}]):
-        with pytest.raises(InvalidParams):
+        with pytest.raises(InvalidParams) as exc:
             await rpc.call("create_node", {"tenant_id": tenant["id"], "node_type_id": nt["id"],
                                            "data": {"x": dupes}})
+        assert error_fields(exc) == ["data.x"]
+        assert "non-unique" in exc.value.data["errors"][0]["message"]
     # true and 1 are different JSON values
     await rpc.call("create_node", {"tenant_id": tenant["id"], "node_type_id": nt["id"],
                                    "data": {"x": [True, 1, "1", None, 0, False]}})
@@ -145,9 +150,10 @@ async def test_expected_version_beyond_the_column_is_invalid_params(rpc, tenant,
 
 
 async def test_largest_expected_version_is_a_plain_conflict(rpc, tenant):
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict) as exc:
         await rpc.call("update_tenant", {"id": tenant["id"], "name": "x",
                                          "expected_version": 2**31 - 1})
+    assert exc.value.type == "version_conflict"
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd", "bogus"])
@@ -165,7 +171,9 @@ async def test_compressed_body_is_limited_after_decompression(http):
                          + b" " * 50_000_000 + b'"}')
     assert len(bomb) < 100_000
     r = await http.post("/jsonrpc", content=bomb, headers={"Content-Encoding": "gzip"})
-    assert r.status_code == 200 and r.json()["error"]["data"]["max_bytes"] == 1_048_576
+    assert r.status_code == 200
+    error = r.json()["error"]
+    assert error["code"] == -32600 and error["data"]["max_bytes"] == 1_048_576
 
 
 async def test_gzip_body_that_is_really_gzip_works(http):
@@ -201,8 +209,10 @@ async def test_big_integers_are_refused_not_rounded(rpc, tenant, http):
 
 async def test_bulk_with_no_items_still_checks_the_tenant(rpc):
     for method, key in (("create_nodes", "nodes"), ("create_relationships", "relationships")):
-        with pytest.raises(NotFound):
-            await rpc.call(method, {"tenant_id": missing_id(), key: []})
+        tenant_id = missing_id()
+        with pytest.raises(NotFound) as exc:
+            await rpc.call(method, {"tenant_id": tenant_id, key: []})
+        assert (exc.value.data["kind"], exc.value.data["id"]) == ("tenant", tenant_id)
 
 
 async def test_unknown_param_is_named(rpc):

@@ -8,7 +8,7 @@ import json
 import httpx
 import pytest
 
-from rpc_server.client import FlexDBClient, Unauthenticated
+from rpc_server.client import FlexDBClient, PipelineFailed, Unauthenticated
 
 from .conftest import fresh_database, running_facade, server_with_sandbox, unique
 
@@ -34,9 +34,10 @@ async def test_requests_leave_json_access_lines_without_secrets(stack):
         pipeline = (await admin.call("create_pipeline", {
             "tenant_id": tenant["id"], "name": "talk",
             "code": "def run(input, db):\n    print(input)\n    return db.get_node(input)\n"}))
-        with pytest.raises(Exception):  # fails inside: the id is not a node
+        with pytest.raises(PipelineFailed) as exc:  # fails inside: the id is not a node
             await admin.call("run_pipeline", {"tenant_id": tenant["id"], "input": secret,
                                               "pipeline_id": pipeline["pipeline"]["id"]})
+        assert exc.value.type == "pipeline_failed"
     async with FlexDBClient(server.url, api_key=secret,
                             headers={"X-Request-ID": "log-test-1"}) as user:
         await user.call("list_tenants", {})

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from rpc_server.client import FlexDBClient, NotFound
+from rpc_server.client import FlexDBClient, NotFound, Unauthenticated
 
 from .conftest import (
     TEST_SANDBOX_SECRET,
@@ -110,7 +110,7 @@ async def test_metrics_count_calls_latency_pools_caches_and_runs(server, rpc):
         "code": "def run(input, db):\n    return 1\n"}))["pipeline"]
     await rpc.call("run_pipeline", {"tenant_id": tenant["id"], "pipeline_id": pipeline["id"]})
     async with FlexDBClient(server.url) as anonymous:
-        with pytest.raises(Exception):
+        with pytest.raises(Unauthenticated):  # counted as an error below
             await anonymous.call("list_tenants", {})
 
     response = httpx.get(server.base + "/metrics", timeout=10)

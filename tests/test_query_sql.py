@@ -508,7 +508,9 @@ async def test_one_tenant_cannot_hold_up_another(rpc):
     started = time.monotonic()
     assert (await query(rpc, b, "SELECT count(*) FROM nodes"))["rows"] == [[3]]
     assert time.monotonic() - started < 2.5  # B ran while A's statements were still running
-    await asyncio.gather(*slow, return_exceptions=True)
+    outcomes = await asyncio.gather(*slow, return_exceptions=True)
+    for outcome in outcomes:  # timed out, or refused for A's share of connections
+        assert getattr(outcome, "code", None) in (-32006, -32005), outcome
 
 
 async def test_slow_queries_do_not_starve_other_calls(rpc):
