@@ -33,13 +33,14 @@ from rpc_server.caching.invalidation import Invalidation
 from rpc_server.caching.node_type_cache import NodeTypeCache
 from rpc_server.caching.redis_link import RedisLink
 from rpc_server.caching.shared_cache import SharedCache
-from rpc_server.config import Settings
+from rpc_server.config import Settings, trusted_networks
 from rpc_server.errors import INVALID_REQUEST
 from rpc_server.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rpc_server.ops.metrics import Metrics, Readings
 from rpc_server.ops.readiness import CHECK_TIMEOUT_S, readiness
 from rpc_server.pipelines.runner import PipelineRunner
 from rpc_server.pipelines.sandbox_client import SandboxClient
+from rpc_server.query import guard as query_guard
 from rpc_server.security.auth import Authenticator
 from rpc_server.security.execution_tokens import run_token
 from rpc_server.security.rate_limits import RateLimiter
@@ -48,7 +49,7 @@ from rpc_server.security.tenant_limits import TenantLimiter
 from rpc_server.storage.db import connect, create_pool, create_query_pool, ping
 from rpc_server.storage.repositories.tenant_sql import is_superuser, setup_problems
 from rpc_server.storage.response_budget import ResponseMemory
-from rpc_server.transport.client_address import client_address, trusted_networks
+from rpc_server.transport.client_address import client_address
 from rpc_server.transport.json_codec import dumps
 from rpc_server.transport.protocol import Dispatcher, internal_error, invalid_request, note
 from rpc_server.validation import safe_regex
@@ -256,7 +257,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         # run once per start by `flexdb serve` before its workers).
         conn = await connect(database_url, settings)
         try:
-            query_problems = await setup_problems(conn)
+            query_problems = await setup_problems(conn, **query_guard.server_names())
             superuser = await is_superuser(conn)
         finally:
             await conn.close()

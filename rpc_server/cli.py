@@ -285,7 +285,7 @@ def _facade(settings: Settings, args) -> int:
 
 def _encrypt_value(args) -> int:
     """Read a value on stdin (not argv: no shell history, no ps), print ENC(...)."""
-    from rpc_server.security.secrets import SecretError, encrypt_value, master_key, new_master_key
+    from rpc_server.config_secrets import SecretError, encrypt_value, master_key, new_master_key
 
     if args.new_key:
         print(new_master_key())

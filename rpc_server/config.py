@@ -4,6 +4,7 @@ bounds, meaning and the commands that read it; `flexdb <command> --help` and the
 settings table are made from these declarations."""
 from __future__ import annotations
 
+import ipaddress
 import os
 import socket
 import sys
@@ -12,8 +13,7 @@ from typing import Any, Literal, Mapping
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from rpc_server.security.secrets import SecretError, decrypt_setting, is_encrypted, master_key
-from rpc_server.transport.client_address import trusted_networks
+from rpc_server.config_secrets import SecretError, decrypt_setting, is_encrypted, master_key
 
 ENV_PREFIX = "FLEXDB_"
 
@@ -56,6 +56,21 @@ def setting(default: Any = None, description: str = "", *, read_by: tuple[str, .
         return Field(default_factory=default, description=description,
                      json_schema_extra=extra, **constraints)
     return Field(default, description=description, json_schema_extra=extra, **constraints)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def trusted_networks(spec: str) -> tuple[Network, ...]:
+    """Comma-separated addresses or networks (`10.0.0.5, 192.0.2.0/24, fd00::/8`);
+    ValueError names the entry that is neither."""
+    networks = []
+    for entry in filter(None, (part.strip() for part in spec.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            raise ValueError(f"{entry[:60]!r} is not an IP address or network") from None
+    return tuple(networks)
 
 
 class Settings(BaseModel):

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rpc_server.config import Settings, env_var, shown_default  # noqa: E402
-from rpc_server.security.secrets import MASTER_KEY_FILE_VAR, MASTER_KEY_VAR  # noqa: E402
+from rpc_server.config_secrets import MASTER_KEY_FILE_VAR, MASTER_KEY_VAR
 
 MARKERS = re.compile(r"(<!-- settings:start -->\n)(.*?)(<!-- settings:end -->)", re.S)
 

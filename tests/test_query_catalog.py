@@ -389,9 +389,9 @@ async def test_tenant_sql_is_disabled_while_the_query_role_can_read_the_server(
     conn = await asyncpg.connect(migrated_scratch_database)
     try:
         await migrate(conn)
-        assert await setup_problems(conn) == []
+        assert await setup_problems(conn, **query_guard.server_names()) == []
         await conn.execute(grant)
-        problems = await setup_problems(conn)
+        problems = await setup_problems(conn, **query_guard.server_names())
         assert len(problems) == 1 and "flexdb_query can still reach" in problems[0]
     finally:
         await conn.close()

@@ -10,9 +10,8 @@ import unicodedata
 import uuid
 from typing import Any
 
-from rpc_server.storage.audit_chain import canonical
-
 from rpc_server.ops.logs import SECRET_PATTERNS as KEYS_AND_BEARERS
+from rpc_server.storage.audit_chain import canonical
 
 PLATFORM_TENANT = uuid.UUID(int=0)
 # Matched in a key folded to lower case letters and digits ("key" covers api_key,

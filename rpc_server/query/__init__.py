@@ -1,1 +1,3 @@
-"""query"""
+"""The gate in front of tenant SQL (execute_query): one read-only statement, no
+server names. It reads text only; running it is storage's job. May import validation and
+everything below it."""

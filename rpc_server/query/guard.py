@@ -296,3 +296,10 @@ def check(sql: str) -> CheckedStatement:
     while text.endswith(";"):
         text = text[:-1].rstrip()
     return CheckedStatement(text)
+
+
+def server_names() -> dict:
+    """What the gate refuses, for the start-up check that the query role can reach none of
+    it at the database either (storage.repositories.tenant_sql.setup_problems)."""
+    return {"schemas": SERVER_SCHEMAS, "functions": DENIED_FUNCTIONS,
+            "prefixes": (SYSTEM_PREFIX, *DENIED_PREFIXES), "allowed": ALLOWED_SYSTEM_FUNCTIONS}

@@ -1,1 +1,4 @@
-"""storage"""
+"""The database: pools, the embedded PostgreSQL, migrations, pagination, the
+node filter compiled to SQL, the response byte budget of reads, the audit chain's hash and
+one repository per entity. The only package that writes SQL. May import only ops and the
+foundation (config, errors)."""

@@ -6,19 +6,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def trusted_networks(spec: str) -> tuple[Network, ...]:
-    """Comma-separated addresses or networks (`10.0.0.5, 192.0.2.0/24, fd00::/8`);
-    ValueError names the entry that is neither."""
-    networks = []
-    for entry in filter(None, (part.strip() for part in spec.split(","))):
-        try:
-            networks.append(ipaddress.ip_network(entry, strict=False))
-        except ValueError:
-            raise ValueError(f"{entry[:60]!r} is not an IP address or network") from None
-    return tuple(networks)
+from rpc_server.config import Network
 
 
 def is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:

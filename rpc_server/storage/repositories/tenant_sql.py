@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Iterable
 from uuid import UUID
 
 import asyncpg
 import orjson
 
-from rpc_server.query import guard as query_guard
 from rpc_server.storage.tenant_values import coerce_params, json_safe, type_name
 
 QUERY_ROLE = "flexdb_query"
@@ -97,8 +97,12 @@ def wrap(sql: str, max_rows: int, max_bytes: int) -> str:
             f"LIMIT {int(max_rows) + 1}")
 
 
-async def setup_problems(conn: asyncpg.Connection) -> list[str]:
-    """Why tenant SQL cannot be run safely on this database (empty when it can)."""
+async def setup_problems(conn: asyncpg.Connection, *, schemas: Iterable[str],
+                         functions: Iterable[str], prefixes: Iterable[str],
+                         allowed: Iterable[str]) -> list[str]:
+    """Why tenant SQL cannot be run safely on this database (empty when it can). The names
+    are what the gate refuses (query.guard.server_names()): the query role must reach none
+    of them, so each layer holds alone."""
     problems = []
     can_switch = await conn.fetchval(
         "SELECT rolsuper OR pg_has_role(current_user, $1, 'MEMBER') FROM pg_roles "
@@ -106,10 +110,8 @@ async def setup_problems(conn: asyncpg.Connection) -> list[str]:
     if not can_switch:
         problems.append(f"the server's role cannot SET ROLE {QUERY_ROLE}")
     reachable = await conn.fetch(
-        REACHABLE_SERVER_OBJECTS, QUERY_ROLE, sorted(query_guard.SERVER_SCHEMAS),
-        sorted(query_guard.DENIED_FUNCTIONS),
-        [_like_prefix(p) for p in (query_guard.SYSTEM_PREFIX, *query_guard.DENIED_PREFIXES)],
-        sorted(query_guard.ALLOWED_SYSTEM_FUNCTIONS))
+        REACHABLE_SERVER_OBJECTS, QUERY_ROLE, sorted(schemas), sorted(functions),
+        [_like_prefix(p) for p in prefixes], sorted(allowed))
     if reachable:
         problems.append(f"{QUERY_ROLE} can still reach {', '.join(r[0] for r in reachable)} "
                         "and maybe more (run migrations 0004, 0011 and 0014 as a superuser)")
