@@ -10,6 +10,8 @@ import unicodedata
 import uuid
 from typing import Any
 
+import orjson
+
 from rpc_server.ops.logs import SECRET_PATTERNS as KEYS_AND_BEARERS
 from rpc_server.storage.audit_chain import canonical
 
