@@ -65,5 +65,5 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(CallerGuard, anonymous_allowed=settings.anonymous_role != "none",
                        max_in_flight=settings.facade_max_in_flight_per_caller)
     # Outermost: request ids, security headers and the body limit apply to every answer.
-    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.facade_max_body_bytes)
+    app.add_middleware(EdgeMiddleware, max_body_bytes=settings.facade_body_limit)
     return app

@@ -19,6 +19,8 @@ ENV_PREFIX = "FLEXDB_"
 
 # The commands that read settings (`flexdb up` runs the first three and reads them all).
 SERVE, FACADE, SANDBOX, MIGRATE, CREATE_KEY = "serve", "facade", "sandbox", "migrate", "create-key"
+# What the REST facade's JSON-RPC envelope (method, id, path params) may add to a body.
+ENVELOPE_ROOM = 4096
 DATABASE = (SERVE, MIGRATE, CREATE_KEY)
 EVERY = (SERVE, FACADE, SANDBOX, MIGRATE, CREATE_KEY)
 # Most worker processes the default starts: each has its own pools, and the embedded
@@ -106,7 +108,7 @@ class Settings(BaseModel):
     statement_timeout_ms: int = setting(30000, "server-side statement timeout (0 = none)",
                                         read_by=(SERVE,), ge=0, le=3_600_000)
     max_body_bytes: int = setting(1_048_576, "largest accepted request body",
-                                  read_by=(SERVE,), ge=1024, le=64 * 1_048_576)
+                                  read_by=(SERVE, FACADE), ge=1024, le=64 * 1_048_576)
     max_batch: int = setting(100, "most members in one batch", read_by=(SERVE,),
                              ge=1, le=10_000)
     max_response_bytes: int = setting(
@@ -226,9 +228,12 @@ class Settings(BaseModel):
     facade_rpc_timeout_s: float = setting(
         70.0, "seconds the facade waits for rpc_server before answering 504 (above the "
         "longest pipeline run a caller can wait for)", read_by=(FACADE,), gt=0, le=3600)
-    facade_max_body_bytes: int = setting(1_048_576, "largest request body the facade accepts "
-                                         "(413 beyond)", read_by=(FACADE,), ge=1024,
-                                         le=64 * 1_048_576)
+    facade_max_body_bytes: int = setting(
+        0, "largest request body the facade accepts (413 beyond); at most "
+        "`FLEXDB_MAX_BODY_BYTES` less the room of the JSON-RPC envelope the facade wraps it in, "
+        "so a body it accepts is never refused by rpc_server", read_by=(FACADE,),
+        shown_default=f"0 = `FLEXDB_MAX_BODY_BYTES` less {ENVELOPE_ROOM // 1024} KiB", ge=0,
+        le=64 * 1_048_576)
     facade_max_connections: int = setting(100, "pooled connections from the facade to "
                                           "rpc_server", read_by=(FACADE,), ge=1, le=10_000)
     facade_http: Literal["h11", "httptools"] = setting(
@@ -312,6 +317,12 @@ class Settings(BaseModel):
         if v is not None and not v.startswith(("postgresql://", "postgres://")):
             raise ValueError("must start with postgresql:// or postgres://")
         return v or None
+
+    @property
+    def facade_body_limit(self) -> int:
+        """What the facade accepts: its setting, within what rpc_server takes once wrapped."""
+        upstream = self.max_body_bytes - ENVELOPE_ROOM
+        return min(self.facade_max_body_bytes or upstream, upstream)
 
     @model_validator(mode="after")
     def _bounds(self):
