@@ -16,7 +16,7 @@ from rpc_server.api.context import AppState, QueryEnvironment, RequestContext
 from rpc_server.api.errors import INVALID_REQUEST
 from rpc_server.api.openrpc import rpc_discover
 from rpc_server.api.params import set_max_document_depth
-from rpc_server.api.registry import build_dispatch_table, tenant_params
+from rpc_server.api.registry import build_dispatch_table, run_db_methods, tenant_params
 from rpc_server.api.shaping import Shaper
 from rpc_server.audit.chainer import AuditChainer
 from rpc_server.audit.denied_calls import DeniedCalls
@@ -205,7 +205,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         sandbox = (SandboxClient(settings.sandbox_url, settings.sandbox_secret.encode())
                    if settings.sandbox_secret else None)
         runner = PipelineRunner(pool, sandbox, secret, settings.pipeline_queue_concurrency,
-                                settings.pipeline_tenant_running)
+                                settings.pipeline_tenant_running, db_methods=run_db_methods())
         app[STATE] = AppState(settings, pool, Shaper(settings.json_fields),
                               ValidatorCache(validation_limits(settings),
                                              settings.db_connect_timeout_s),

@@ -29,7 +29,6 @@ from rpc_server.api.errors import (
 from rpc_server.api.params import Params, error_message
 from rpc_server.audit.denied_calls import source_of
 from rpc_server.security.auth import ROLE_RANK, Permission
-from rpc_server.security.execution_tokens import ALLOWED_METHODS as EXECUTION_METHODS
 
 log = logging.getLogger(__name__)
 _ABSENT = object()
@@ -38,10 +37,28 @@ Handler = Callable[[Any, Any], Awaitable[dict]]
 
 
 @dataclass(frozen=True)
+class DbMethod:
+    """A pipeline run's `db` object offers this method (its calls carry the run's execution
+    token); `positional` names the params that its Python call takes by position, in order."""
+    positional: tuple[str, ...] = ()
+
+
+def db_method(*positional: str) -> DbMethod:
+    return DbMethod(positional)
+
+
+@dataclass(frozen=True)
 class MethodSpec:
+    """Everything about a method, declared once at its registration: who may call it
+    (`permission`), whether a pipeline run's execution token may (`run_db`: None = no), and
+    whether it answers not found for a tenant that does not exist even to a platform admin,
+    who skips the membership check that proves it for everyone else (`tenant_must_exist`:
+    see methods/common.require_tenant)."""
     name: str
     params_model: type[Params]
     permission: Permission
+    run_db: DbMethod | None
+    tenant_must_exist: bool
     handler: Handler
     summary: str
     result_model: type[BaseModel]
@@ -137,28 +154,57 @@ def _connection_closed(exc: BaseException) -> bool:
 
 
 def rpc_method(params: type[Params], permission: Permission, name: str | None = None, *,
-               result: type[BaseModel]):
+               run_db: DbMethod | None, tenant_must_exist: bool, result: type[BaseModel]):
     """Register `async def handler(ctx, params) -> dict` as a JSON-RPC method. Every method
-    declares who may call it (there is no default) and the model of its result (see
-    api/results.py)."""
-    if not isinstance(permission, Permission):
-        raise TypeError("rpc_method needs a Permission (AUTHENTICATED, PLATFORM_ADMIN, "
-                        "tenant_role(...))")
-    if not (isinstance(result, type) and issubclass(result, BaseModel)):
-        raise TypeError("rpc_method needs result=<a pydantic model of the result>")
-    if permission.kind == "tenant" and permission.tenant_param not in params.model_fields:
-        raise TypeError(f"{params.__name__} has no {permission.tenant_param} for the tenant check")
+    declares who may call it (`permission`), whether a pipeline run's `db` may (`run_db`),
+    whether a missing tenant must answer not found (`tenant_must_exist`) and the model of its
+    result (see api/results.py); none has a default, and a declaration that cannot hold is
+    refused here, at import."""
+    _check_declaration(params, permission, run_db, tenant_must_exist, result)
 
     def decorate(handler: Handler) -> Handler:
         method_name = name or handler.__name__
         if method_name in REGISTRY:
             raise RuntimeError(f"method registered twice: {method_name}")
         summary = (inspect.getdoc(handler) or "").split("\n")[0]
-        REGISTRY[method_name] = MethodSpec(method_name, params, permission, handler, summary,
-                                           result)
+        REGISTRY[method_name] = MethodSpec(method_name, params, permission, run_db,
+                                           tenant_must_exist, handler, summary, result)
         return handler
 
     return decorate
+
+
+def _check_declaration(params: type[Params], permission: Permission, run_db: DbMethod | None,
+                       tenant_must_exist: bool, result: type[BaseModel]) -> None:
+    if not isinstance(permission, Permission):
+        raise TypeError("rpc_method needs a Permission (AUTHENTICATED, PLATFORM_ADMIN, "
+                        "tenant_role(...))")
+    if not (isinstance(result, type) and issubclass(result, BaseModel)):
+        raise TypeError("rpc_method needs result=<a pydantic model of the result>")
+    if not (run_db is None or isinstance(run_db, DbMethod)):
+        raise TypeError("rpc_method needs run_db=None or run_db=db_method(<positional params>)")
+    if not isinstance(tenant_must_exist, bool):
+        raise TypeError("rpc_method needs tenant_must_exist=True or False")
+    scoped = permission.kind == "tenant"
+    if scoped and permission.tenant_param not in params.model_fields:
+        raise TypeError(f"{params.__name__} has no {permission.tenant_param} for the tenant check")
+    if tenant_must_exist and not scoped:
+        raise TypeError("tenant_must_exist needs a tenant-scoped permission (tenant_role)")
+    if run_db is not None:  # the sandbox worker fills in tenant_id: the run's own tenant
+        if not scoped or permission.tenant_param != "tenant_id":
+            raise TypeError("run_db needs a tenant_role permission on tenant_id")
+        positional = set(run_db.positional)
+        unknown = (positional - set(_wire_names(params))) | (positional & {"tenant_id"})
+        if unknown:
+            raise TypeError(f"run_db names params {params.__name__} cannot take by position: "
+                            f"{sorted(unknown)}")
+
+
+def run_db_methods() -> dict[str, list[str]]:
+    """What a pipeline run's `db` offers: method -> params taken by position. Sent to the
+    sandbox worker with every run (runner.PipelineRunner.job), so it never keeps a copy."""
+    return {name: list(spec.run_db.positional) for name, spec in REGISTRY.items()
+            if spec.run_db is not None}
 
 
 def record_denied(call: Call, denied: RpcError) -> None:
@@ -168,13 +214,14 @@ def record_denied(call: Call, denied: RpcError) -> None:
                            call.method, denied.data["type"])
 
 
-async def authorize(ctx, method: str, permission: Permission, params: Params) -> None:
-    """Raise unless the caller may call a method with this permission on these params.
-    A tenant the caller has no role in answers exactly like a missing tenant."""
+async def authorize(ctx, spec: MethodSpec, params: Params) -> None:
+    """Raise unless the caller may call this method on these params, as its registration
+    declares. A tenant the caller has no role in answers exactly like a missing tenant."""
     principal = ctx.known_principal or await ctx.principal()  # (no coroutine once known)
-    if principal.run is not None and method not in EXECUTION_METHODS:
-        raise Forbidden(f"A pipeline run's db object cannot call {method}",
+    if principal.run is not None and spec.run_db is None:
+        raise Forbidden(f"A pipeline run's db object cannot call {spec.name}",
                         required_role="api_key")
+    permission = spec.permission
     if permission.kind == "authenticated" or principal.is_platform_admin:
         return
     if permission.kind == "platform_admin":
@@ -243,7 +290,7 @@ def _make_callable(spec: MethodSpec) -> Callable:
             this_call = Call(ctx, spec.name, params, tenant_param)
             try:
                 try:
-                    await authorize(ctx, spec.name, spec.permission, params)
+                    await authorize(ctx, spec, params)
                 except (Unauthenticated, Forbidden, NotFound) as denied:
                     record_denied(this_call, denied)
                     raise
@@ -276,5 +323,5 @@ def _make_callable(spec: MethodSpec) -> Callable:
                    for n in names]
     call.__signature__ = inspect.Signature(parameters)
     call.__name__ = spec.name
-    call.checks_own_arguments = True  # transport/protocol.py then skips jsonrpcserver's validate_args
+    call.checks_own_arguments = True  # protocol.py then skips jsonrpcserver's validate_args
     return call

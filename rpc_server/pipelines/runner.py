@@ -36,8 +36,11 @@ def token_role(caller_role: str) -> str:
 
 class PipelineRunner:
     def __init__(self, pool: asyncpg.Pool, sandbox: SandboxClient | None, secret: bytes,
-                 concurrency: int, running_per_tenant: int):
+                 concurrency: int, running_per_tenant: int, *, db_methods: dict[str, list[str]]):
         self.pool, self.sandbox, self.secret = pool, sandbox, secret
+        # What a run's `db` offers (method -> params by position), from the registry
+        # (api/registry.run_db_methods): sent with every job, the worker keeps no list.
+        self.db_methods = db_methods
         self.concurrency = concurrency
         self.running_per_tenant = running_per_tenant
         self.wake = asyncio.Event()
@@ -55,7 +58,8 @@ class PipelineRunner:
         return {"run_id": str(run["id"]), "tenant_id": str(run["tenant_id"]),
                 "token": mint(self.secret, claims), "code": run["code"], "input": run["input"],
                 "timeout_ms": run["timeout_ms"], "memory_mb": run["memory_mb"],
-                "request_id": run["request_id"], "verbose": run["debug_level"] == "verbose"}
+                "request_id": run["request_id"], "verbose": run["debug_level"] == "verbose",
+                "db_methods": self.db_methods}
 
     async def execute(self, run: asyncpg.Record,
                       requeue_when_busy: bool = False) -> tuple[asyncpg.Record | None, bool]:
