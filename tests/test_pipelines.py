@@ -16,6 +16,8 @@ import asyncpg
 import httpx
 import pytest
 
+import rpc_server.methods  # noqa: F401  (registers every method)
+from rpc_server.api.registry import REGISTRY, run_db_methods
 from rpc_server.client import (
     Conflict,
     FlexDBClient,
@@ -25,8 +27,6 @@ from rpc_server.client import (
     PipelineFailed,
     Unauthenticated,
 )
-import rpc_server.methods  # noqa: F401  (registers every method)
-from rpc_server.api.registry import REGISTRY, run_db_methods
 from rpc_server.pipelines.runner import PipelineRunner, token_role
 from rpc_server.security.execution_tokens import ExecutionClaims, mint, verify
 
