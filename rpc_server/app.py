@@ -16,7 +16,12 @@ from rpc_server.api.context import AppState, QueryEnvironment, RequestContext
 from rpc_server.api.errors import INVALID_REQUEST
 from rpc_server.api.openrpc import rpc_discover
 from rpc_server.api.params import set_max_document_depth
-from rpc_server.api.registry import build_dispatch_table, run_db_methods, tenant_params
+from rpc_server.api.registry import (
+    build_dispatch_table,
+    run_db_methods,
+    tenant_params,
+    without_params,
+)
 from rpc_server.api.shaping import Shaper
 from rpc_server.audit.chainer import AuditChainer
 from rpc_server.audit.denied_calls import DeniedCalls
@@ -180,7 +185,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
 def create_app(settings: Settings, database_url: str) -> web.Application:
     # auto_decompress off: read_limited decodes bodies itself, within the size limit.
     app = web.Application(handler_args={"auto_decompress": False})
-    table = {**build_dispatch_table(), "rpc.discover": rpc_discover}
+    table = {**build_dispatch_table(), "rpc.discover": without_params(rpc_discover)}
     app[DISPATCHER] = Dispatcher(table, max_batch=settings.max_batch,
                                  max_response_bytes=settings.max_response_bytes,
                                  tenant_params=tenant_params())

@@ -1,5 +1,7 @@
-"""The method registry: each handler declares its params model; the wrapper turns raw
-JSON-RPC params (by name or by position) into that model and maps failures to RPC errors."""
+"""The method registry: each handler's registration declares its params model, who may call
+it (role, pipeline runs' tokens, whether its tenant must exist) and its result model; the
+wrapper turns raw JSON-RPC params (by name or by position) into that model, authorizes as
+declared and maps failures to RPC errors (database ones by storage/constraint_errors.py)."""
 from __future__ import annotations
 
 import inspect
@@ -9,8 +11,6 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import asyncpg
-from jsonrpcserver import Success
-from jsonrpcserver.exceptions import JsonRpcError
 from pydantic import BaseModel, ValidationError
 
 from rpc_server.api.context import Call
@@ -29,9 +29,14 @@ from rpc_server.api.errors import (
 from rpc_server.api.params import Params, error_message
 from rpc_server.audit.denied_calls import source_of
 from rpc_server.security.auth import ROLE_RANK, Permission
+from rpc_server.storage.constraint_errors import (
+    MISSING_REFERENCES,
+    UNAVAILABLE_ERRORS,
+    UNIQUE_CONFLICTS,
+    connection_closed,
+)
 
 log = logging.getLogger(__name__)
-_ABSENT = object()
 
 Handler = Callable[[Any, Any], Awaitable[dict]]
 
@@ -65,38 +70,6 @@ class MethodSpec:
 
 
 REGISTRY: dict[str, MethodSpec] = {}
-
-# Constraint name -> how a violation reads to the caller.
-UNIQUE_CONFLICTS = {
-    "tenants_slug_key": ("slug", "a tenant with this slug already exists"),
-    "users_email_key": ("email", "a user with this email already exists"),
-    "node_types_name_key": ("name", "a node type with this name already exists in the tenant"),
-    "tenant_users_pkey": ("user_id", "the user is already a member of this tenant"),
-    "pipelines_name_key": ("name", "a pipeline with this name already exists in the tenant"),
-}
-MISSING_REFERENCES = {
-    "node_types_tenant_id_fkey": "tenant",
-    "tenant_users_tenant_id_fkey": "tenant",
-    "tenant_users_user_id_fkey": "user",
-    "nodes_node_type_fkey": "node_type",
-    "relationships_source_fkey": "source_node",
-    "relationships_target_fkey": "target_node",
-    "api_keys_user_id_fkey": "user",
-    "pipelines_tenant_id_fkey": "tenant",
-    "pipeline_runs_pipeline_fkey": "pipeline",
-}
-UNAVAILABLE_ERRORS = (
-    asyncpg.AdminShutdownError,  # the server is shutting down or restarting (57P01)
-    asyncpg.CrashShutdownError,  # the server is recovering from a crash (57P02)
-    asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.ConnectionFailureError,
-    asyncpg.TooManyConnectionsError,
-    ConnectionError,
-    TimeoutError,
-    OSError,
-)
-
 
 def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict]:
     errors = []
@@ -137,20 +110,9 @@ def _translate_one(exc: BaseException) -> RpcError | None:
         return InvalidParams.field("params", "contains a character the database cannot store")
     if isinstance(exc, asyncpg.QueryCanceledError):
         return StatementTimeout()
-    if isinstance(exc, UNAVAILABLE_ERRORS) or _connection_closed(exc):
+    if isinstance(exc, UNAVAILABLE_ERRORS) or connection_closed(exc):
         return Unavailable()
     return None
-
-
-def _connection_closed(exc: BaseException) -> bool:
-    """asyncpg's InterfaceError for a connection the server closed under a call (e.g. a
-    transaction ending while PostgreSQL restarts), and its protocol state error when the
-    connection was lost between two steps of a call ("cannot switch to state N", seen while
-    PostgreSQL shuts down); other InterfaceErrors and InternalClientErrors are our bugs."""
-    if isinstance(exc, asyncpg.InternalClientError):
-        return "cannot switch to state" in str(exc)
-    return isinstance(exc, asyncpg.InterfaceError) and (
-        "connection is closed" in str(exc) or "connection was closed" in str(exc))
 
 
 def rpc_method(params: type[Params], permission: Permission, name: str | None = None, *,
@@ -246,38 +208,49 @@ def _wire_names(model: type[Params]) -> list[str]:
 
 
 def build_dispatch_table() -> dict[str, Callable]:
-    """Callables in the shape jsonrpcserver expects: (context, *args, **kwargs) -> Result,
-    with a signature listing the wire names so it can reject unknown or extra params."""
+    """What transport/protocol.py dispatches to: `await call(context, *args, **kwargs)`
+    answers the result or raises an RpcError (never anything else)."""
     return {name: _make_callable(spec) for name, spec in REGISTRY.items()}
+
+
+def binding_error(names: list[str], args: tuple, kwargs: dict) -> InvalidParams | None:
+    """The error for params a method with these wire names cannot take (by position beyond
+    its names, a name it does not have, a name also given by position), else None."""
+    if len(args) > len(names):
+        return InvalidParams.field("params", "too many positional arguments")
+    for key in kwargs:
+        if key not in names:
+            return InvalidParams.field(key, "is not a parameter of this method")
+    for key in names[:len(args)]:
+        if key in kwargs:
+            return InvalidParams.field("params", f"multiple values for argument '{key}'")
+    return None
+
+
+def without_params(method: Callable[[Any], Awaitable[dict]]) -> Callable:
+    """A dispatch-table callable for a method that takes no params (rpc.discover)."""
+    async def call(ctx, /, *args, **kwargs):
+        problem = binding_error([], args, kwargs)
+        if problem is not None:
+            raise problem
+        return await method(ctx)
+    return call
 
 
 def _make_callable(spec: MethodSpec) -> Callable:
     names = _wire_names(spec.params_model)
-
     tenant_param = spec.permission.tenant_param if spec.permission.kind == "tenant" else None
     name_set = frozenset(names)
 
-    def binding_error(args: tuple, kwargs: dict) -> str | None:
-        """What inspect.Signature.bind would say about these arguments (checked here, once,
-        instead of by jsonrpcserver building a signature for every call)."""
-        if len(args) > len(names):
-            return "too many positional arguments"
-        for key in kwargs:
-            if key not in name_set:
-                return f"got an unexpected keyword argument '{key}'"
-        for key in names[:len(args)]:
-            if key in kwargs:
-                return f"multiple values for argument '{key}'"
-        return None
-
     async def call(ctx, /, *args, **kwargs):
         started = time.perf_counter()
-        problem = binding_error(args, kwargs)
-        if problem is not None:  # transport/protocol.py turns the text into per-field errors
+        problem = binding_error(names, args, kwargs) if args or not name_set.issuperset(kwargs) \
+            else None
+        if problem is not None:
             ctx.state.metrics.observe(spec.name, INVALID_PARAMS, time.perf_counter() - started)
-            raise JsonRpcError(INVALID_PARAMS, "Invalid params", problem)
-        if args:  # by position (kwargs from JSON never hold _ABSENT, a default only)
-            raw = {k: v for k, v in zip(names, args) if v is not _ABSENT}
+            raise problem
+        if args:  # by position
+            raw = dict(zip(names, args))
             raw.update(kwargs)
         else:
             raw = kwargs  # a fresh dict of this call's own
@@ -298,7 +271,7 @@ def _make_callable(spec: MethodSpec) -> Callable:
                     await ctx.state.limits.admit_call(
                         await ctx.principal(),
                         getattr(params, tenant_param) if tenant_param else None)
-                return Success(await spec.handler(this_call, params))
+                return await spec.handler(this_call, params)
             except RpcError:
                 raise
             except Exception as exc:  # noqa: BLE001 - everything else must not leak
@@ -312,16 +285,11 @@ def _make_callable(spec: MethodSpec) -> Callable:
                 log.exception("unexpected error in %s (request_id=%s)", spec.name,
                               ctx.request_id)
                 raise RpcError("Internal error", request_id=ctx.request_id) from None
-        except JsonRpcError as exc:
+        except RpcError as exc:
             outcome = exc.code
             raise
         finally:
             ctx.state.metrics.observe(spec.name, outcome, time.perf_counter() - started)
 
-    parameters = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_ONLY)]
-    parameters += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=_ABSENT)
-                   for n in names]
-    call.__signature__ = inspect.Signature(parameters)
     call.__name__ = spec.name
-    call.checks_own_arguments = True  # protocol.py then skips jsonrpcserver's validate_args
     return call

@@ -20,12 +20,13 @@ from rpc_server.api.params import (
     document_text,
     zero_means,
 )
-from rpc_server.api.registry import UNAVAILABLE_ERRORS, db_method, rpc_method
+from rpc_server.api.registry import db_method, rpc_method
 from rpc_server.methods.common import read_page, require_tenant
 from rpc_server.query import guard as query_guard
 from rpc_server.query.node_filter import SqlArgs, compile_filter, parse_sort
 from rpc_server.query.values import ParamError
 from rpc_server.security.auth import tenant_role
+from rpc_server.storage.constraint_errors import UNAVAILABLE_ERRORS
 from rpc_server.storage.repositories import NodeRepository
 from rpc_server.storage.repositories.tenant_sql import (
     RESULT_LIMIT_MESSAGE,
