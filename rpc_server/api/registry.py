@@ -213,24 +213,22 @@ def build_dispatch_table() -> dict[str, Callable]:
     return {name: _make_callable(spec) for name, spec in REGISTRY.items()}
 
 
-def binding_error(names: list[str], args: tuple, kwargs: dict) -> InvalidParams | None:
-    """The error for params a method with these wire names cannot take (by position beyond
-    its names, a name it does not have, a name also given by position), else None."""
+def binding_error(names: frozenset | tuple, args: tuple, kwargs: dict) -> InvalidParams | None:
+    """The error for params a method with these wire names cannot take (more by position
+    than it has, a name it does not have), else None. (JSON-RPC params come either by
+    position or by name, never both.)"""
     if len(args) > len(names):
         return InvalidParams.field("params", "too many positional arguments")
     for key in kwargs:
         if key not in names:
             return InvalidParams.field(key, "is not a parameter of this method")
-    for key in names[:len(args)]:
-        if key in kwargs:
-            return InvalidParams.field("params", f"multiple values for argument '{key}'")
     return None
 
 
 def without_params(method: Callable[[Any], Awaitable[dict]]) -> Callable:
     """A dispatch-table callable for a method that takes no params (rpc.discover)."""
     async def call(ctx, /, *args, **kwargs):
-        problem = binding_error([], args, kwargs)
+        problem = binding_error((), args, kwargs)
         if problem is not None:
             raise problem
         return await method(ctx)
@@ -244,8 +242,7 @@ def _make_callable(spec: MethodSpec) -> Callable:
 
     async def call(ctx, /, *args, **kwargs):
         started = time.perf_counter()
-        problem = binding_error(names, args, kwargs) if args or not name_set.issuperset(kwargs) \
-            else None
+        problem = binding_error(name_set, args, kwargs)
         if problem is not None:
             ctx.state.metrics.observe(spec.name, INVALID_PARAMS, time.perf_counter() - started)
             raise problem
