@@ -24,7 +24,12 @@ from rpc_server.api.context import (
 )
 from rpc_server.api.openrpc import rpc_discover
 from rpc_server.api.params import set_max_document_depth
-from rpc_server.api.registry import build_dispatch_table, tenant_params
+from rpc_server.api.registry import (
+    build_dispatch_table,
+    run_db_methods,
+    tenant_params,
+    without_params,
+)
 from rpc_server.api.shaping import Shaper
 from rpc_server.audit.chainer import AuditChainer
 from rpc_server.audit.denied_calls import DeniedCalls
@@ -242,7 +247,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
 def create_app(settings: Settings, database_url: str) -> web.Application:
     # auto_decompress off: read_limited decodes bodies itself, within the size limit.
     app = web.Application(handler_args={"auto_decompress": False})
-    table = {**build_dispatch_table(), "rpc.discover": rpc_discover}
+    table = {**build_dispatch_table(), "rpc.discover": without_params(rpc_discover)}
     app[DISPATCHER] = Dispatcher(table, max_batch=settings.max_batch,
                                  max_response_bytes=settings.max_response_bytes,
                                  tenant_params=tenant_params())
@@ -269,7 +274,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
                    if settings.sandbox_secret else None)
         runner = PipelineRunner(pool, sandbox, partial(run_token, secret),
                                 settings.pipeline_queue_concurrency,
-                                settings.pipeline_tenant_running)
+                                settings.pipeline_tenant_running, db_methods=run_db_methods())
         redis = RedisLink(settings.redis_url) if settings.redis_url else None
         query = QueryEnvironment(
             query_pool, query_problems, superuser,

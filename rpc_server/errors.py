@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from jsonrpcserver.exceptions import JsonRpcError
-
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
@@ -21,14 +19,16 @@ QUERY_REJECTED = -32006
 PIPELINE_FAILED = -32007
 
 
-class RpcError(JsonRpcError):
+class RpcError(Exception):
+    """An error answer: the JSON-RPC error's code, message and data ({"type", ...})."""
     code = INTERNAL_ERROR
     type = "internal"
     default_message = "Internal error"
 
     def __init__(self, message: str | None = None, **details: Any):
-        data = {"type": self.type, **details}
-        super().__init__(self.code, message or self.default_message, data)
+        self.message = message or self.default_message
+        self.data = {"type": self.type, **details}
+        super().__init__(self.code, self.message, self.data)
 
 
 class InvalidParams(RpcError):

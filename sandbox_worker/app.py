@@ -17,7 +17,6 @@ from aiohttp import web
 from rpc_server.client import FlexDBClient, RpcError, TransportError
 from rpc_server.config import Settings
 
-from .child import DB_METHODS
 from .pool import Busy, WarmPool, run_job
 from .signing import NonceCache, SignatureError, verify
 
@@ -63,9 +62,23 @@ def _job_from(body: bytes) -> dict:
                 "token": str(job["token"]), "code": str(job["code"]), "input": job.get("input"),
                 "timeout_ms": int(job["timeout_ms"]), "memory_mb": int(job["memory_mb"]),
                 "request_id": str(job.get("request_id", ""))[:128],
-                "verbose": bool(job.get("verbose", False))}
+                "verbose": bool(job.get("verbose", False)),
+                "db_methods": _db_methods_from(job["db_methods"])}
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         raise web.HTTPBadRequest(text="bad job") from None
+
+
+def _db_methods_from(declared) -> dict[str, list[str]]:
+    """What the run's `db` offers (method -> params taken by position), as rpc_server's
+    registry declares it (api/registry.run_db_methods): the worker keeps no list of its own."""
+    if not isinstance(declared, dict):
+        raise TypeError("db_methods must be an object")
+    methods = {}
+    for name, positional in declared.items():
+        if not (isinstance(positional, list) and all(isinstance(p, str) for p in positional)):
+            raise TypeError("db_methods values must be lists of param names")
+        methods[str(name)] = positional
+    return methods
 
 
 def other_tenant_refusal(method: str, params: dict, run_tenant: str) -> dict | None:
@@ -96,7 +109,7 @@ async def handle_run(request: web.Request) -> web.Response:
         headers["X-Request-ID"] = job["request_id"]
 
     async def db_call(method: str, params: dict):
-        if method not in DB_METHODS:
+        if method not in job["db_methods"]:
             return False, {"code": -32601, "message": f"db has no method {method!r}",
                            "data": {"type": "method_not_found"}}
         refusal = other_tenant_refusal(method, params, job["tenant_id"])
@@ -123,7 +136,7 @@ async def handle_run(request: web.Request) -> web.Response:
         return _json({"error": "busy", "message": "every sandbox slot is in use"}, 503)
     try:
         timeout_s = job["timeout_ms"] / 1000
-        child_job = {"code": job["code"], "input": job["input"],
+        child_job = {"code": job["code"], "input": job["input"], "db_methods": job["db_methods"],
                      "cpu_s": max(1, int(timeout_s + 0.999)), "memory_mb": job["memory_mb"],
                      "max_output": MAX_OUTPUT, "max_result": MAX_RESULT}
         outcome = await run_job(child, child_job, db_call, timeout_s, cancelled,

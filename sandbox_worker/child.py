@@ -2,7 +2,8 @@
 
 Protocol with the worker, JSON lines over the child's own socket:
   child -> worker  {"ready": true}                         once imports are done
-  worker -> child  {"code", "input", "cpu_s", "memory_mb", "max_output", "max_result"}
+  worker -> child  {"code", "input", "db_methods", "cpu_s", "memory_mb", "max_output",
+                    "max_result"}
   child -> worker  {"call": method, "params": {...}}        a db call ...
   worker -> child  {"result": ...} | {"error": {...}}        ... and its answer
   child -> worker  {"done": {"status", "result", "error", "output", "cpu_ms", "peak_memory_kb"}}
@@ -27,20 +28,13 @@ import unicodedata  # noqa: F401
 from sandbox_worker.policy import BoundedPrinter, DbError, compile_pipeline, make_globals
 
 PIPELINE_FILE = "<pipeline>"
-DB_METHODS = {
-    "get_node": ("id",), "list_nodes": (), "create_node": ("node_type_id", "data"),
-    "create_nodes": ("nodes",), "update_node": ("id", "data"), "delete_node": ("id",),
-    "get_relationship": ("id",), "list_relationships": (),
-    "create_relationship": ("source_node_id", "target_node_id", "relationship_type", "data"),
-    "update_relationship": ("id",), "delete_relationship": ("id",),
-    "query_nodes": ("filter",), "traverse": ("start_node_id",),
-    "shortest_path": ("source_node_id", "target_node_id"), "execute_query": ("sql", "params"),
-}
 
 
-def make_db(call):
+def make_db(call, methods: dict[str, list[str]]):
     """The `db` object: public methods only; the channel lives in a closure, out of reach
-    (RestrictedPython refuses every `_` name, so __closure__ and friends too)."""
+    (RestrictedPython refuses every `_` name, so __closure__ and friends too). `methods`
+    (name -> params taken by position) comes with the job: rpc_server's registry declares
+    what a run's db may call (api/registry.run_db_methods), never a list kept here."""
 
     class Db:
         __slots__ = ()
@@ -56,8 +50,9 @@ def make_db(call):
         method.__name__ = name
         return method
 
-    for name, positional in DB_METHODS.items():
-        setattr(Db, name, bind(name, positional))
+    for name, positional in methods.items():
+        if name.isidentifier() and not name.startswith("_"):
+            setattr(Db, name, bind(name, tuple(positional)))
     return Db()
 
 
@@ -130,7 +125,7 @@ def execute(job: dict, channel: Channel) -> dict:
     if errors:
         return {"status": "failed", "error": {"type": "compile_error",
                                               "message": errors[0].message}}
-    db = make_db(channel.call)
+    db = make_db(channel.call, job["db_methods"])
     env = make_globals(printer)
     try:
         exec(code, env)  # noqa: S102 - restricted code object, restricted globals

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 import rpc_server.methods  # noqa: F401  (registers every method)
-from rpc_server.api.registry import REGISTRY
+from rpc_server.api.registry import REGISTRY, DbMethod, MethodSpec
 from rpc_server.client import (
     Conflict,
     FlexDBClient,
@@ -29,8 +29,9 @@ from .conftest import missing_id, running_facade, running_server, unique
 ROLES = ["viewer", "member", "admin", "owner"]
 RANK = {r: i for i, r in enumerate(ROLES)}
 
-# What each method needs. Written out by hand so that the test checks the code, and keyed
-# by the registry so that a new method without an entry here fails the test.
+# What each method needs: a reviewed copy of the registrations' roles, so that a change to
+# who may call a method must change this table too (the server reads only the registry; the
+# matrix below derives what it expects from the registry, and this table checks the registry).
 EXPECTED = {
     "create_tenant": "authenticated", "list_tenants": "authenticated",
     "get_user": "authenticated", "create_api_key": "authenticated",
@@ -221,23 +222,143 @@ def expected_outcome(required: str, caller: str) -> str:
     return "allowed" if RANK[caller] >= RANK[required] else "forbidden"
 
 
-def test_every_registered_method_is_in_the_matrix():
-    assert set(REGISTRY) == set(EXPECTED)
+# Reviewed like EXPECTED: the methods a pipeline run's db may call (data of its tenant).
+EXPECTED_TOKEN_CALLABLE = {
+    "get_node", "list_nodes", "create_node", "create_nodes", "update_node", "delete_node",
+    "get_relationship", "list_relationships", "create_relationship", "update_relationship",
+    "delete_relationship", "query_nodes", "traverse", "shortest_path", "execute_query"}
+
+
+def required_of(spec: MethodSpec) -> str:
+    """What the registry says a method needs, in EXPECTED's terms."""
+    return spec.permission.role if spec.permission.kind == "tenant" else spec.permission.kind
+
+
+def test_every_registered_method_declares_who_may_call_it():
+    """Walks the registry: every method declares its role, whether a run's token may call it
+    and whether a missing tenant must answer not found, and the declarations agree with the
+    reviewed tables."""
     for name, spec in REGISTRY.items():
-        assert spec.permission is not None, name
+        tenant_scoped = spec.permission.kind == "tenant"
+        assert spec.permission.kind in ("authenticated", "platform_admin", "tenant"), name
+        assert not tenant_scoped or spec.permission.role in ROLES, name
+        assert spec.run_db is None or isinstance(spec.run_db, DbMethod), name
+        assert isinstance(spec.tenant_must_exist, bool), name
+        assert tenant_scoped or (spec.run_db is None and not spec.tenant_must_exist), name
+    assert {name: required_of(spec) for name, spec in REGISTRY.items()} == EXPECTED
+    assert {name for name, spec in REGISTRY.items() if spec.run_db} == EXPECTED_TOKEN_CALLABLE
 
 
-def test_a_method_without_a_permission_cannot_register():
-    from rpc_server.api.params import Params
-    from rpc_server.api.registry import rpc_method
+MODULE_HEAD = """
+from pydantic import BaseModel
+from rpc_server.api.params import Params
+from rpc_server.api.registry import db_method, rpc_method
+from rpc_server.security.auth import AUTHENTICATED, PLATFORM_ADMIN, tenant_role
 
-    class P(Params):
-        tenant_id: str
+class P(Params):
+    tenant_id: str
+    id: str
 
-    with pytest.raises(TypeError):
-        rpc_method(P)(lambda ctx, p: None)  # type: ignore[call-arg]
-    with pytest.raises(TypeError):
-        rpc_method(P, None)(lambda ctx, p: None)  # type: ignore[arg-type]
+class R(BaseModel):
+    pass
+
+"""
+# case -> (the registration, what the refusal names)
+UNDECLARED = {
+    "no permission": ("@rpc_method(P, result=R, run_db=None, tenant_must_exist=False)",
+                      "permission"),
+    "permission None": (
+        "@rpc_method(P, None, result=R, run_db=None, tenant_must_exist=False)", "Permission"),
+    "no run_db": ("@rpc_method(P, tenant_role('viewer'), result=R, tenant_must_exist=False)",
+                  "run_db"),
+    "no tenant_must_exist": ("@rpc_method(P, tenant_role('viewer'), result=R, run_db=None)",
+                             "tenant_must_exist"),
+    "no result": ("@rpc_method(P, tenant_role('viewer'), run_db=None, tenant_must_exist=False)",
+                  "result"),
+    "run_db not declared with db_method": (
+        "@rpc_method(P, tenant_role('viewer'), result=R, run_db=True, tenant_must_exist=False)",
+        "run_db=db_method"),
+    "tenant_must_exist not a bool": (
+        "@rpc_method(P, tenant_role('viewer'), result=R, run_db=None, tenant_must_exist=1)",
+        "tenant_must_exist=True or False"),
+    "a token outside a tenant": (
+        "@rpc_method(P, PLATFORM_ADMIN, result=R, run_db=db_method(), tenant_must_exist=False)",
+        "run_db needs a tenant_role"),
+    "a tenant check without a tenant": (
+        "@rpc_method(P, AUTHENTICATED, result=R, run_db=None, tenant_must_exist=True)",
+        "tenant_must_exist needs a tenant-scoped permission"),
+    "a positional param the model lacks": (
+        "@rpc_method(P, tenant_role('viewer'), result=R, run_db=db_method('idd'), "
+        "tenant_must_exist=False)", "['idd']"),
+    "tenant_id by position": (
+        "@rpc_method(P, tenant_role('viewer'), result=R, run_db=db_method('tenant_id'), "
+        "tenant_must_exist=False)", "['tenant_id']"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNDECLARED))
+def test_a_method_without_a_full_declaration_fails_at_import(tmp_path, monkeypatch, case):
+    """Registration refuses it, so the module that registers it does not import (and the
+    server does not start)."""
+    import importlib
+
+    registration, named = UNDECLARED[case]
+    name = f"undeclared_{abs(hash(case))}"
+    (tmp_path / f"{name}.py").write_text(
+        f"{MODULE_HEAD}{registration}\nasync def {name}(ctx, p):\n    return {{}}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TypeError) as exc:
+        importlib.import_module(name)
+    assert named in str(exc.value)
+    assert name not in REGISTRY
+
+
+def test_a_fully_declared_method_registers(tmp_path, monkeypatch):
+    """The benign counterpart of the refusals above (removed again from the registry)."""
+    import importlib
+
+    (tmp_path / "declared_ok.py").write_text(
+        MODULE_HEAD + "@rpc_method(P, tenant_role('viewer'), result=R, "
+        "run_db=db_method('id'), tenant_must_exist=True)\n"
+        "async def declared_ok(ctx, p):\n    return {}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        importlib.import_module("declared_ok")
+        spec = REGISTRY["declared_ok"]
+        assert (spec.run_db, spec.tenant_must_exist) == (DbMethod(("id",)), True)
+    finally:
+        REGISTRY.pop("declared_ok", None)
+
+
+async def test_require_tenant_only_in_methods_that_declare_it():
+    """A handler cannot check its tenant's existence behind the registry's back."""
+    from types import SimpleNamespace
+
+    from rpc_server.methods.common import require_tenant
+
+    with pytest.raises(RuntimeError, match="tenant_must_exist=True"):
+        await require_tenant(SimpleNamespace(method="get_node"), None, None)
+
+
+async def test_a_missing_tenant_is_not_found_even_for_a_platform_admin(rpc):
+    """Every method declared tenant_must_exist answers not found (kind tenant) when a
+    platform admin, whom no membership check stops, names a tenant that does not exist."""
+    world = await World.build(rpc)
+    declared = sorted(n for n, s in REGISTRY.items() if s.tenant_must_exist)
+    assert declared, "no method declares tenant_must_exist"
+    nothing_to_create = {"create_nodes": {"nodes": []},  # else an item answers first
+                         "create_relationships": {"relationships": []}}
+    failures = []
+    for method in declared:
+        params = {**await world.params(method, None), "tenant_id": missing_id(),
+                  **nothing_to_create.get(method, {})}
+        try:
+            await rpc.call(method, params)
+            failures.append(f"{method}: answered")
+        except NotFound as exc:
+            if exc.code != -32001 or exc.data.get("kind") != "tenant":
+                failures.append(f"{method}: {exc.data}")
+    assert not failures, "\n".join(failures)
 
 
 @pytest.mark.parametrize("caller", ["anonymous", "outsider", *ROLES])
@@ -254,10 +375,10 @@ async def test_permission_matrix(server, rpc, caller):
     failures = []
     async with FlexDBClient(server.url, api_key=key) as client:
         # delete_tenant last: it removes the world.
-        for method in sorted(EXPECTED, key=lambda m: m == "delete_tenant"):
+        for method in sorted(REGISTRY, key=lambda m: m == "delete_tenant"):
             params = await world.params(method, caller if caller in ROLES else None)
             got = await outcome(client, method, params)
-            want = expected_outcome(EXPECTED[method], caller)
+            want = expected_outcome(required_of(REGISTRY[method]), caller)
             if got != want:
                 failures.append(f"{method}: expected {want}, got {got}")
     assert not failures, "\n".join(failures)

@@ -17,6 +17,8 @@ import asyncpg
 import httpx
 import pytest
 
+import rpc_server.methods  # noqa: F401  (registers every method)
+from rpc_server.api.registry import REGISTRY, run_db_methods
 from rpc_server.client import (
     Conflict,
     FlexDBClient,
@@ -28,7 +30,6 @@ from rpc_server.client import (
 )
 from rpc_server.pipelines.runner import PipelineRunner
 from rpc_server.security.execution_tokens import (
-    ALLOWED_METHODS,
     ExecutionClaims,
     mint,
     run_token,
@@ -1150,7 +1151,7 @@ async def test_every_db_method_refuses_another_tenant_at_the_server(scene):
     the token is bound to its tenant, whatever the params say."""
     token = token_for(_claims(scene.a, scene.run, scene.user_id))
     calls = another_tenants_params(scene)
-    assert set(calls) == ALLOWED_METHODS
+    assert set(calls) == set(run_db_methods())
     for method, params in calls.items():
         with pytest.raises(NotFound) as exc:
             await token_call(scene, token, method, {"tenant_id": scene.b, **params})
@@ -1187,13 +1188,71 @@ OUTSIDE_METHODS = [
 async def test_a_token_calls_only_the_db_methods(scene, role):
     token = token_for(_claims(scene.a, scene.run, scene.user_id, role=role))
     for method, params in OUTSIDE_METHODS:
-        assert method not in ALLOWED_METHODS
+        assert REGISTRY[method].run_db is None
         with pytest.raises(Forbidden) as exc:
             await token_call(scene, token, method, params(scene))
         assert exc.value.code == -32003, method
+        assert exc.value.data["required_role"] == "api_key", method
     async with FlexDBClient(scene.server.url, api_key=scene.server.admin_key) as c:
         assert (await c.call("get_tenant", {"id": scene.a}))["tenant"]["name"] == "A"
         assert (await get_run(c, scene.a, scene.queued))["status"] == "queued"
+
+
+async def test_a_token_calls_exactly_the_methods_registered_for_it(idle):
+    """Walks the registry with a running run's token: every method registered without
+    run_db is refused for that reason (forbidden, required_role api_key, before any role or
+    tenant check), and every method registered with it is let through."""
+    async with FlexDBClient(idle.url, api_key=idle.admin_key) as admin:
+        world = await World.build(admin)
+        pipeline = await make_pipeline(admin, world.tid)
+        run_id = (await run(admin, world.tid, pipeline["id"], wait=False))["id"]
+        await sql(idle.database_url, "UPDATE pipeline_runs SET status = 'running', started_at "
+                  "= now(), deadline = now() + interval '10 minutes' WHERE id = $1",
+                  uuid.UUID(run_id))
+        token = token_for(_claims(world.tid, run_id, await own_user_id(admin)))
+        refused, failures = [], []
+        async with FlexDBClient(idle.url, api_key=token) as c:
+            for method, spec in sorted(REGISTRY.items()):
+                params = await world.params(method, None)
+                try:
+                    await c.call(method, params)
+                    if spec.run_db is None:
+                        failures.append(f"{method}: answered a token")
+                except Forbidden as exc:
+                    if spec.run_db is not None:
+                        failures.append(f"{method}: refused ({exc.message})")
+                    elif exc.code != -32003 or exc.data.get("required_role") != "api_key" \
+                            or exc.message != f"A pipeline run's db object cannot call {method}":
+                        failures.append(f"{method}: refused for another reason: {exc.data}")
+                    else:
+                        refused.append(method)
+    assert not failures, "\n".join(failures)
+    assert set(refused) == {n for n, s in REGISTRY.items() if s.run_db is None}
+
+
+DB_SURFACE = """
+def run(input, db):
+    offered = {}
+    for name in input:
+        if hasattr(db, name):
+            try:
+                getattr(db, name)(1, 2, 3, 4, 5, 6, 7, 8, 9)
+            except TypeError as e:
+                offered[name] = str(e)
+    return offered
+"""
+
+
+async def test_the_sandbox_db_offers_exactly_the_registry_token_methods(rpc, tenant):
+    """What a run's `db` object has (methods, and how many params each takes by position)
+    is what the registry declares token-callable: the sandbox worker keeps no list."""
+    pipeline = await make_pipeline(rpc, tenant["id"], DB_SURFACE)
+    asked = sorted(REGISTRY) + ["call", "channel", "send", "rpc.discover"]
+    done = await run(rpc, tenant["id"], pipeline["id"], asked)
+    assert done["status"] == "succeeded" and done["db_operations"] == []
+    assert done["result"] == {
+        name: f"{name}() takes at most {len(positional)} positional arguments"
+        for name, positional in run_db_methods().items()}
 
 
 async def test_a_tokens_role_is_enforced(scene):
@@ -1214,7 +1273,9 @@ def test_the_runner_caps_the_tokens_role_at_member():
               "actor_key_id": key_id, "actor_role": "owner", "deadline": deadline,
               "code": ECHO, "input": {"a": 1}, "timeout_ms": 30_000, "memory_mb": 64,
               "request_id": "r-1", "debug_level": "basic"}
-    job = PipelineRunner(None, None, partial(run_token, TEST_SECRET.encode()), 0, 1).job(record)
+    job = PipelineRunner(None, None, partial(run_token, TEST_SECRET.encode()), 0, 1,
+                         db_methods=run_db_methods()).job(record)
+    assert job["db_methods"] == run_db_methods()
     claims = verify(TEST_SECRET.encode(), job["token"])
     assert claims == ExecutionClaims(tenant_id, user_id, key_id, run_id, "member",
                                      claims.expires_at)

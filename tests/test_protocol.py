@@ -325,3 +325,44 @@ async def test_a_batch_with_bad_credentials_is_refused_member_by_member(server):
             "Authorization": "Bearer fdb_" + "x" * 43})).json()
     assert sorted(r["id"] for r in reply) == list(range(20))
     assert all(r["error"]["code"] == -32002 for r in reply)
+
+
+# The dispatcher's answers, byte for byte (as they were when jsonrpcserver dispatched).
+EXACT_ANSWERS = [
+    (req("no_such_method", {"a": 1}, id=1),
+     b'{"jsonrpc":"2.0","error":{"code":-32601,"message":"Method not found","data":'
+     b'{"type":"method_not_found","method":"no_such_method"}},"id":1}'),
+    (req("get_tenant", {"id": "x", "extra": 1}, id="s"),
+     b'{"jsonrpc":"2.0","error":{"code":-32602,"message":"Invalid params: extra: is not a '
+     b'parameter of this method","data":{"type":"invalid_params","errors":[{"field":"extra",'
+     b'"message":"is not a parameter of this method"}]}},"id":"s"}'),
+    (req("get_tenant", ["a", "b"], id=2),
+     b'{"jsonrpc":"2.0","error":{"code":-32602,"message":"Invalid params: params: too many '
+     b'positional arguments","data":{"type":"invalid_params","errors":[{"field":"params",'
+     b'"message":"too many positional arguments"}]}},"id":2}'),
+    (req("rpc.discover", [1], id=3),
+     b'{"jsonrpc":"2.0","error":{"code":-32602,"message":"Invalid params: params: too many '
+     b'positional arguments","data":{"type":"invalid_params","errors":[{"field":"params",'
+     b'"message":"too many positional arguments"}]}},"id":3}'),
+    (req("rpc.discover", {"verbose": True}, id=None),
+     b'{"jsonrpc":"2.0","error":{"code":-32602,"message":"Invalid params: verbose: is not a '
+     b'parameter of this method","data":{"type":"invalid_params","errors":[{"field":"verbose",'
+     b'"message":"is not a parameter of this method"}]}},"id":null}'),
+    (req("get_tenant", {"id": "00000000-0000-0000-0000-000000000000"}, id=4.5),
+     b'{"jsonrpc":"2.0","error":{"code":-32001,"message":"tenant not found","data":'
+     b'{"type":"not_found","kind":"tenant","id":"00000000-0000-0000-0000-000000000000"}},'
+     b'"id":4.5}'),
+]
+
+
+@pytest.mark.parametrize("request_object,answer", EXACT_ANSWERS)
+async def test_dispatch_answers_byte_for_byte(http, request_object, answer):
+    r = await post(http, request_object)
+    assert r.content == answer
+    batch = await post(http, [request_object, req("no_such_method", id=..., jsonrpc="2.0")])
+    assert batch.content == b"[" + answer + b"]"  # the notification answers nothing
+
+
+async def test_unknown_notifications_answer_nothing(http):
+    r = await post(http, [req("no_such_method", id=...), req("get_tenant", ["a", "b"], id=...)])
+    assert r.status_code == 204 and r.content == b""

@@ -30,6 +30,8 @@ import asyncpg
 import httpx
 import pytest
 
+import rpc_server.methods  # noqa: F401  (registers every method)
+from rpc_server.api.registry import run_db_methods
 from rpc_server.client import PipelineFailed, RpcError
 from sandbox_worker import signing
 
@@ -1118,10 +1120,11 @@ async def test_compile_bombs_are_refused_quickly(rpc, tenant, body):
 
 # ---------------------------------------------------------------- 7. the worker's HTTP API
 
-def _job(code: str = "def run(input, db):\n    return 7\n") -> bytes:
-    return json.dumps({"run_id": str(uuid.uuid4()), "tenant_id": str(uuid.uuid4()),
-                       "token": "fdbx_not-a-real-token", "code": code, "input": None,
-                       "timeout_ms": 2000, "memory_mb": 64}).encode()
+def _job(code: str = "def run(input, db):\n    return 7\n", **fields) -> bytes:
+    job = {"run_id": str(uuid.uuid4()), "tenant_id": str(uuid.uuid4()),
+           "token": "fdbx_not-a-real-token", "code": code, "input": None,
+           "timeout_ms": 2000, "memory_mb": 64, "db_methods": run_db_methods(), **fields}
+    return json.dumps({k: v for k, v in job.items() if v is not None}).encode()
 
 
 def _headers(body: bytes, secret: str = TEST_SANDBOX_SECRET, path: str = "/runs",
@@ -1146,6 +1149,16 @@ async def test_worker_runs_a_properly_signed_job_once(worker):
     assert first.status_code == 200 and first.json()["result"] == 7
     replay = await worker.post("/runs", content=body, headers=headers)
     assert replay.status_code == 401 and replay.text == "replayed request"
+
+
+@pytest.mark.parametrize("db_methods", [None, ["get_node"], {"get_node": "id"},
+                                        {"get_node": [1]}])
+async def test_worker_refuses_a_job_without_its_db_methods(worker, db_methods):
+    """The worker keeps no list of db methods: a signed job that does not say which the
+    run's db offers (method -> params by position) is a bad job, not a run with a guess."""
+    body = _job(db_methods=db_methods)
+    refused = await worker.post("/runs", content=body, headers=_headers(body))
+    assert refused.status_code == 400 and refused.text == "bad job"
 
 
 UNSIGNED = [

@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
 
-from jsonrpcserver import Success
 from pydantic.json_schema import models_json_schema
 
 from rpc_server.api.registry import REGISTRY
@@ -100,6 +99,6 @@ def openrpc_document() -> dict:
     }
 
 
-async def rpc_discover(ctx) -> Success:
+async def rpc_discover(ctx) -> dict:
     """The OpenRPC document (public, like the method list in the README)."""
-    return Success(openrpc_document())
+    return openrpc_document()

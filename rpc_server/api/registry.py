@@ -1,5 +1,7 @@
-"""The method registry: each handler declares its params model; the wrapper turns raw
-JSON-RPC params (by name or by position) into that model and maps failures to RPC errors."""
+"""The method registry: each handler's registration declares its params model, who may call
+it (role, pipeline runs' tokens, whether its tenant must exist) and its result model; the
+wrapper turns raw JSON-RPC params (by name or by position) into that model, authorizes as
+declared and maps failures to RPC errors (database ones by storage/constraint_errors.py)."""
 from __future__ import annotations
 
 import inspect
@@ -9,8 +11,6 @@ from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 import asyncpg
-from jsonrpcserver import Success
-from jsonrpcserver.exceptions import JsonRpcError
 from pydantic import BaseModel, ValidationError
 
 from rpc_server.api.context import Call
@@ -29,57 +29,47 @@ from rpc_server.errors import (
     Unavailable,
 )
 from rpc_server.security.auth import ROLE_RANK, Permission
-from rpc_server.security.execution_tokens import ALLOWED_METHODS as EXECUTION_METHODS
+from rpc_server.storage.constraint_errors import (
+    MISSING_REFERENCES,
+    UNAVAILABLE_ERRORS,
+    UNIQUE_CONFLICTS,
+    connection_closed,
+)
 
 log = logging.getLogger(__name__)
-_ABSENT = object()
 
 Handler = Callable[[Any, Any], Awaitable[dict]]
 
 
 @dataclass(frozen=True)
+class DbMethod:
+    """A pipeline run's `db` object offers this method (its calls carry the run's execution
+    token); `positional` names the params that its Python call takes by position, in order."""
+    positional: tuple[str, ...] = ()
+
+
+def db_method(*positional: str) -> DbMethod:
+    return DbMethod(positional)
+
+
+@dataclass(frozen=True)
 class MethodSpec:
+    """Everything about a method, declared once at its registration: who may call it
+    (`permission`), whether a pipeline run's execution token may (`run_db`: None = no), and
+    whether it answers not found for a tenant that does not exist even to a platform admin,
+    who skips the membership check that proves it for everyone else (`tenant_must_exist`:
+    see methods/common.require_tenant)."""
     name: str
     params_model: type[Params]
     permission: Permission
+    run_db: DbMethod | None
+    tenant_must_exist: bool
     handler: Handler
     summary: str
     result_model: type[BaseModel]
 
 
 REGISTRY: dict[str, MethodSpec] = {}
-
-# Constraint name -> how a violation reads to the caller.
-UNIQUE_CONFLICTS = {
-    "tenants_slug_key": ("slug", "a tenant with this slug already exists"),
-    "users_email_key": ("email", "a user with this email already exists"),
-    "node_types_name_key": ("name", "a node type with this name already exists in the tenant"),
-    "tenant_users_pkey": ("user_id", "the user is already a member of this tenant"),
-    "pipelines_name_key": ("name", "a pipeline with this name already exists in the tenant"),
-}
-MISSING_REFERENCES = {
-    "node_types_tenant_id_fkey": "tenant",
-    "tenant_users_tenant_id_fkey": "tenant",
-    "tenant_users_user_id_fkey": "user",
-    "nodes_node_type_fkey": "node_type",
-    "relationships_source_fkey": "source_node",
-    "relationships_target_fkey": "target_node",
-    "api_keys_user_id_fkey": "user",
-    "pipelines_tenant_id_fkey": "tenant",
-    "pipeline_runs_pipeline_fkey": "pipeline",
-}
-UNAVAILABLE_ERRORS = (
-    asyncpg.AdminShutdownError,  # the server is shutting down or restarting (57P01)
-    asyncpg.CrashShutdownError,  # the server is recovering from a crash (57P02)
-    asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.ConnectionFailureError,
-    asyncpg.TooManyConnectionsError,
-    ConnectionError,
-    TimeoutError,
-    OSError,
-)
-
 
 def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict]:
     errors = []
@@ -120,45 +110,63 @@ def _translate_one(exc: BaseException) -> RpcError | None:
         return InvalidParams.field("params", "contains a character the database cannot store")
     if isinstance(exc, asyncpg.QueryCanceledError):
         return StatementTimeout()
-    if isinstance(exc, UNAVAILABLE_ERRORS) or _connection_closed(exc):
+    if isinstance(exc, UNAVAILABLE_ERRORS) or connection_closed(exc):
         return Unavailable()
     return None
 
 
-def _connection_closed(exc: BaseException) -> bool:
-    """asyncpg's InterfaceError for a connection the server closed under a call (e.g. a
-    transaction ending while PostgreSQL restarts), and its protocol state error when the
-    connection was lost between two steps of a call ("cannot switch to state N", seen while
-    PostgreSQL shuts down); other InterfaceErrors and InternalClientErrors are our bugs."""
-    if isinstance(exc, asyncpg.InternalClientError):
-        return "cannot switch to state" in str(exc)
-    return isinstance(exc, asyncpg.InterfaceError) and (
-        "connection is closed" in str(exc) or "connection was closed" in str(exc))
-
-
 def rpc_method(params: type[Params], permission: Permission, name: str | None = None, *,
-               result: type[BaseModel]):
+               run_db: DbMethod | None, tenant_must_exist: bool, result: type[BaseModel]):
     """Register `async def handler(ctx, params) -> dict` as a JSON-RPC method. Every method
-    declares who may call it (there is no default) and the model of its result (see
-    api/results.py)."""
-    if not isinstance(permission, Permission):
-        raise TypeError("rpc_method needs a Permission (AUTHENTICATED, PLATFORM_ADMIN, "
-                        "tenant_role(...))")
-    if not (isinstance(result, type) and issubclass(result, BaseModel)):
-        raise TypeError("rpc_method needs result=<a pydantic model of the result>")
-    if permission.kind == "tenant" and permission.tenant_param not in params.model_fields:
-        raise TypeError(f"{params.__name__} has no {permission.tenant_param} for the tenant check")
+    declares who may call it (`permission`), whether a pipeline run's `db` may (`run_db`),
+    whether a missing tenant must answer not found (`tenant_must_exist`) and the model of its
+    result (see api/results.py); none has a default, and a declaration that cannot hold is
+    refused here, at import."""
+    _check_declaration(params, permission, run_db, tenant_must_exist, result)
 
     def decorate(handler: Handler) -> Handler:
         method_name = name or handler.__name__
         if method_name in REGISTRY:
             raise RuntimeError(f"method registered twice: {method_name}")
         summary = (inspect.getdoc(handler) or "").split("\n")[0]
-        REGISTRY[method_name] = MethodSpec(method_name, params, permission, handler, summary,
-                                           result)
+        REGISTRY[method_name] = MethodSpec(method_name, params, permission, run_db,
+                                           tenant_must_exist, handler, summary, result)
         return handler
 
     return decorate
+
+
+def _check_declaration(params: type[Params], permission: Permission, run_db: DbMethod | None,
+                       tenant_must_exist: bool, result: type[BaseModel]) -> None:
+    if not isinstance(permission, Permission):
+        raise TypeError("rpc_method needs a Permission (AUTHENTICATED, PLATFORM_ADMIN, "
+                        "tenant_role(...))")
+    if not (isinstance(result, type) and issubclass(result, BaseModel)):
+        raise TypeError("rpc_method needs result=<a pydantic model of the result>")
+    if not (run_db is None or isinstance(run_db, DbMethod)):
+        raise TypeError("rpc_method needs run_db=None or run_db=db_method(<positional params>)")
+    if not isinstance(tenant_must_exist, bool):
+        raise TypeError("rpc_method needs tenant_must_exist=True or False")
+    scoped = permission.kind == "tenant"
+    if scoped and permission.tenant_param not in params.model_fields:
+        raise TypeError(f"{params.__name__} has no {permission.tenant_param} for the tenant check")
+    if tenant_must_exist and not scoped:
+        raise TypeError("tenant_must_exist needs a tenant-scoped permission (tenant_role)")
+    if run_db is not None:  # the sandbox worker fills in tenant_id: the run's own tenant
+        if not scoped or permission.tenant_param != "tenant_id":
+            raise TypeError("run_db needs a tenant_role permission on tenant_id")
+        positional = set(run_db.positional)
+        unknown = (positional - set(_wire_names(params))) | (positional & {"tenant_id"})
+        if unknown:
+            raise TypeError(f"run_db names params {params.__name__} cannot take by position: "
+                            f"{sorted(unknown)}")
+
+
+def run_db_methods() -> dict[str, list[str]]:
+    """What a pipeline run's `db` offers: method -> params taken by position. Sent to the
+    sandbox worker with every run (runner.PipelineRunner.job), so it never keeps a copy."""
+    return {name: list(spec.run_db.positional) for name, spec in REGISTRY.items()
+            if spec.run_db is not None}
 
 
 def record_denied(call: Call, denied: RpcError) -> None:
@@ -168,13 +176,14 @@ def record_denied(call: Call, denied: RpcError) -> None:
                            call.method, denied.data["type"])
 
 
-async def authorize(ctx, method: str, permission: Permission, params: Params) -> None:
-    """Raise unless the caller may call a method with this permission on these params.
-    A tenant the caller has no role in answers exactly like a missing tenant."""
+async def authorize(ctx, spec: MethodSpec, params: Params) -> None:
+    """Raise unless the caller may call this method on these params, as its registration
+    declares. A tenant the caller has no role in answers exactly like a missing tenant."""
     principal = ctx.known_principal or await ctx.principal()  # (no coroutine once known)
-    if principal.run is not None and method not in EXECUTION_METHODS:
-        raise Forbidden(f"A pipeline run's db object cannot call {method}",
+    if principal.run is not None and spec.run_db is None:
+        raise Forbidden(f"A pipeline run's db object cannot call {spec.name}",
                         required_role="api_key")
+    permission = spec.permission
     if permission.kind == "authenticated" or principal.is_platform_admin:
         return
     if permission.kind == "platform_admin":
@@ -199,38 +208,46 @@ def _wire_names(model: type[Params]) -> list[str]:
 
 
 def build_dispatch_table() -> dict[str, Callable]:
-    """Callables in the shape jsonrpcserver expects: (context, *args, **kwargs) -> Result,
-    with a signature listing the wire names so it can reject unknown or extra params."""
+    """What transport/protocol.py dispatches to: `await call(context, *args, **kwargs)`
+    answers the result or raises an RpcError (never anything else)."""
     return {name: _make_callable(spec) for name, spec in REGISTRY.items()}
+
+
+def binding_error(names: frozenset | tuple, args: tuple, kwargs: dict) -> InvalidParams | None:
+    """The error for params a method with these wire names cannot take (more by position
+    than it has, a name it does not have), else None. (JSON-RPC params come either by
+    position or by name, never both.)"""
+    if len(args) > len(names):
+        return InvalidParams.field("params", "too many positional arguments")
+    for key in kwargs:
+        if key not in names:
+            return InvalidParams.field(key, "is not a parameter of this method")
+    return None
+
+
+def without_params(method: Callable[[Any], Awaitable[dict]]) -> Callable:
+    """A dispatch-table callable for a method that takes no params (rpc.discover)."""
+    async def call(ctx, /, *args, **kwargs):
+        problem = binding_error((), args, kwargs)
+        if problem is not None:
+            raise problem
+        return await method(ctx)
+    return call
 
 
 def _make_callable(spec: MethodSpec) -> Callable:
     names = _wire_names(spec.params_model)
-
     tenant_param = spec.permission.tenant_param if spec.permission.kind == "tenant" else None
     name_set = frozenset(names)
 
-    def binding_error(args: tuple, kwargs: dict) -> str | None:
-        """What inspect.Signature.bind would say about these arguments (checked here, once,
-        instead of by jsonrpcserver building a signature for every call)."""
-        if len(args) > len(names):
-            return "too many positional arguments"
-        for key in kwargs:
-            if key not in name_set:
-                return f"got an unexpected keyword argument '{key}'"
-        for key in names[:len(args)]:
-            if key in kwargs:
-                return f"multiple values for argument '{key}'"
-        return None
-
     async def call(ctx, /, *args, **kwargs):
         started = time.perf_counter()
-        problem = binding_error(args, kwargs)
-        if problem is not None:  # transport/protocol.py turns the text into per-field errors
+        problem = binding_error(name_set, args, kwargs)
+        if problem is not None:
             ctx.state.metrics.observe(spec.name, INVALID_PARAMS, time.perf_counter() - started)
-            raise JsonRpcError(INVALID_PARAMS, "Invalid params", problem)
-        if args:  # by position (kwargs from JSON never hold _ABSENT, a default only)
-            raw = {k: v for k, v in zip(names, args) if v is not _ABSENT}
+            raise problem
+        if args:  # by position
+            raw = dict(zip(names, args))
             raw.update(kwargs)
         else:
             raw = kwargs  # a fresh dict of this call's own
@@ -243,7 +260,7 @@ def _make_callable(spec: MethodSpec) -> Callable:
             this_call = Call(ctx, spec.name, params, tenant_param)
             try:
                 try:
-                    await authorize(ctx, spec.name, spec.permission, params)
+                    await authorize(ctx, spec, params)
                 except (Unauthenticated, Forbidden, NotFound) as denied:
                     record_denied(this_call, denied)
                     raise
@@ -251,7 +268,7 @@ def _make_callable(spec: MethodSpec) -> Callable:
                     await ctx.state.limits.admit_call(
                         await ctx.principal(),
                         getattr(params, tenant_param) if tenant_param else None)
-                return Success(await spec.handler(this_call, params))
+                return await spec.handler(this_call, params)
             except RpcError:
                 raise
             except Exception as exc:  # noqa: BLE001 - everything else must not leak
@@ -265,16 +282,11 @@ def _make_callable(spec: MethodSpec) -> Callable:
                 log.exception("unexpected error in %s (request_id=%s)", spec.name,
                               ctx.request_id)
                 raise RpcError("Internal error", request_id=ctx.request_id) from None
-        except JsonRpcError as exc:
+        except RpcError as exc:
             outcome = exc.code
             raise
         finally:
             ctx.state.metrics.observe(spec.name, outcome, time.perf_counter() - started)
 
-    parameters = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_ONLY)]
-    parameters += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=_ABSENT)
-                   for n in names]
-    call.__signature__ = inspect.Signature(parameters)
     call.__name__ = spec.name
-    call.checks_own_arguments = True  # transport/protocol.py then skips jsonrpcserver's validate_args
     return call

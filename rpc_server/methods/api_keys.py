@@ -51,7 +51,8 @@ def _refuse_outliving_the_caller(principal, expires_at: datetime | None) -> None
                        "calling key expires"}], max_expires_at=limit.isoformat())
 
 
-@rpc_method(CreateApiKey, AUTHENTICATED, result=results.ApiKeyCreated)
+@rpc_method(CreateApiKey, AUTHENTICATED, result=results.ApiKeyCreated,
+             run_db=None, tenant_must_exist=False)
 async def create_api_key(ctx, p: CreateApiKey) -> dict:
     """Create an API key; the `secret` in the result is shown only this once."""
     user_id = await _owner_of_request(ctx, p.user_id)
@@ -67,7 +68,8 @@ async def create_api_key(ctx, p: CreateApiKey) -> dict:
     return {"api_key": ctx.shaper.one(row), "secret": secret}
 
 
-@rpc_method(ListApiKeys, AUTHENTICATED, result=results.ApiKeyList)
+@rpc_method(ListApiKeys, AUTHENTICATED, result=results.ApiKeyList,
+             run_db=None, tenant_must_exist=False)
 async def list_api_keys(ctx, p: ListApiKeys) -> dict:
     """List API keys (never their secrets): your own, or a platform admin's choice."""
     principal = await ctx.principal()
@@ -77,7 +79,8 @@ async def list_api_keys(ctx, p: ListApiKeys) -> dict:
     return ctx.shaper.page("api_keys", page)
 
 
-@rpc_method(ApiKeyId, AUTHENTICATED, result=results.ApiKeyResult)
+@rpc_method(ApiKeyId, AUTHENTICATED, result=results.ApiKeyResult,
+             run_db=None, tenant_must_exist=False)
 async def revoke_api_key(ctx, p: ApiKeyId) -> dict:
     """Revoke an API key; it stops working at once on this instance and within the auth
     cache time (FLEXDB_AUTH_CACHE_TTL_S) on others."""

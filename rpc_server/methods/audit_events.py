@@ -38,7 +38,8 @@ class ListDeniedCalls(Params):
     pagination: PaginationParam
 
 
-@rpc_method(ListDeniedCalls, PLATFORM_ADMIN, result=results.DeniedCallList)
+@rpc_method(ListDeniedCalls, PLATFORM_ADMIN, result=results.DeniedCallList,
+             run_db=None, tenant_must_exist=False)
 async def list_denied_calls(ctx, p: ListDeniedCalls) -> dict:
     """List the counts of refused calls per interval, source, method and outcome, oldest
     first, filtered by source, method or time (this server's latest counts included; other
@@ -55,7 +56,8 @@ async def list_denied_calls(ctx, p: ListDeniedCalls) -> dict:
     return result
 
 
-@rpc_method(ListAuditEvents, tenant_role("admin"), result=results.AuditEventList)
+@rpc_method(ListAuditEvents, tenant_role("admin"), result=results.AuditEventList,
+             run_db=None, tenant_must_exist=True)
 async def list_audit_events(ctx, p: ListAuditEvents) -> dict:
     """List a tenant's audit events in chain order (seq), filtered by actor, method, target
     or time."""
@@ -72,7 +74,8 @@ async def list_audit_events(ctx, p: ListAuditEvents) -> dict:
     return result
 
 
-@rpc_method(VerifyAuditChain, tenant_role("admin"), result=results.AuditChainVerification)
+@rpc_method(VerifyAuditChain, tenant_role("admin"), result=results.AuditChainVerification,
+             run_db=None, tenant_must_exist=True)
 async def verify_audit_chain(ctx, p: VerifyAuditChain) -> dict:
     """Recompute the tenant's hash chain: ok, or the first event where it breaks."""
     await ctx.state.chainer.flush(p.tenant_id)

@@ -7,6 +7,7 @@ import asyncpg
 import orjson
 
 from rpc_server.api.params import Params
+from rpc_server.api.registry import REGISTRY
 from rpc_server.errors import InvalidParams, NotFound, QuotaExceeded
 from rpc_server.storage.pagination import Page
 from rpc_server.storage.repositories import TenantRepository
@@ -28,8 +29,13 @@ def require_changes(changes: dict, fields: tuple[str, ...]) -> None:
 
 
 async def require_tenant(ctx, conn: asyncpg.Connection, tenant_id: UUID) -> None:
-    """Not found unless the tenant exists. A member's role already proves it (authorize
-    checked it); only platform admins, who skip the membership check, need the query."""
+    """Not found unless the tenant exists, for the methods registered tenant_must_exist=True
+    (only they may call this, so the registry says which methods check). A member's role
+    already proves it (authorize checked it); only platform admins, who skip the membership
+    check, need the query, and the handler runs it only where its data does not prove it."""
+    if not REGISTRY[ctx.method].tenant_must_exist:
+        raise RuntimeError(f"{ctx.method} checks that its tenant exists: register it with "
+                           "tenant_must_exist=True")
     if not (await ctx.principal()).is_platform_admin:
         return
     if not await TenantRepository(conn).exists(tenant_id):

@@ -8,7 +8,7 @@ from pydantic import BeforeValidator, Field, StrictInt
 
 from rpc_server.api import results
 from rpc_server.api.params import Id, Params, RelationshipType, zero_means
-from rpc_server.api.registry import rpc_method
+from rpc_server.api.registry import db_method, rpc_method
 from rpc_server.errors import QueryRejected
 from rpc_server.security.auth import tenant_role
 from rpc_server.storage.pagination import BUDGET_COLUMNS
@@ -68,7 +68,8 @@ def _path_to(node_id, parents: dict) -> list[str]:
     return path[::-1]
 
 
-@rpc_method(Traverse, tenant_role("viewer"), result=results.TraverseResult)
+@rpc_method(Traverse, tenant_role("viewer"), result=results.TraverseResult,
+             run_db=db_method("start_node_id"), tenant_must_exist=False)
 async def traverse(ctx, p: Traverse) -> dict:
     """Nodes reachable from a start node within max_depth hops, nearest first, each with its
     depth and one shortest path of relationship ids."""
@@ -97,7 +98,8 @@ async def traverse(ctx, p: Traverse) -> dict:
             "truncated": truncated}
 
 
-@rpc_method(ShortestPath, tenant_role("viewer"), result=results.ShortestPathResult)
+@rpc_method(ShortestPath, tenant_role("viewer"), result=results.ShortestPathResult,
+             run_db=db_method("source_node_id", "target_node_id"), tenant_must_exist=False)
 async def shortest_path(ctx, p: ShortestPath) -> dict:
     """One shortest path between two nodes within max_depth hops, or null."""
     try:

@@ -57,7 +57,8 @@ class ListNodeTypes(Params):
     pagination: PaginationParam
 
 
-@rpc_method(CreateNodeType, tenant_role("admin"), result=results.NodeTypeResult)
+@rpc_method(CreateNodeType, tenant_role("admin"), result=results.NodeTypeResult,
+             run_db=None, tenant_must_exist=False)
 async def create_node_type(ctx, p: CreateNodeType) -> dict:
     """Create a node type; `schema` (object or JSON string) validates its nodes' data."""
     await ctx.validators.check_schema(p.tenant_id, p.schema_)
@@ -67,7 +68,8 @@ async def create_node_type(ctx, p: CreateNodeType) -> dict:
     return {"node_type": ctx.shaper.one(row)}
 
 
-@rpc_method(NodeTypeId, tenant_role("viewer"), result=results.NodeTypeResult)
+@rpc_method(NodeTypeId, tenant_role("viewer"), result=results.NodeTypeResult,
+             run_db=None, tenant_must_exist=False)
 async def get_node_type(ctx, p: NodeTypeId) -> dict:
     """Get a node type by id."""
     async with ctx.connection() as conn:
@@ -77,7 +79,8 @@ async def get_node_type(ctx, p: NodeTypeId) -> dict:
     return {"node_type": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdateNodeType, tenant_role("admin"), result=results.NodeTypeResult)
+@rpc_method(UpdateNodeType, tenant_role("admin"), result=results.NodeTypeResult,
+             run_db=None, tenant_must_exist=False)
 async def update_node_type(ctx, p: UpdateNodeType) -> dict:
     """Update a node type. `schema` null or "" removes the schema. Existing nodes are not
     re-validated; later creates and updates are."""
@@ -93,7 +96,8 @@ async def update_node_type(ctx, p: UpdateNodeType) -> dict:
     return {"node_type": ctx.shaper.one(row)}
 
 
-@rpc_method(NodeTypeId, tenant_role("admin"), result=results.Deleted)
+@rpc_method(NodeTypeId, tenant_role("admin"), result=results.Deleted,
+             run_db=None, tenant_must_exist=False)
 async def delete_node_type(ctx, p: NodeTypeId) -> dict:
     """Delete a node type, its nodes and their relationships."""
     async with ctx.transaction() as conn:
@@ -102,7 +106,8 @@ async def delete_node_type(ctx, p: NodeTypeId) -> dict:
     return DELETED
 
 
-@rpc_method(ListNodeTypes, tenant_role("viewer"), result=results.NodeTypeList)
+@rpc_method(ListNodeTypes, tenant_role("viewer"), result=results.NodeTypeList,
+             run_db=None, tenant_must_exist=True)
 async def list_node_types(ctx, p: ListNodeTypes) -> dict:
     """List a tenant's node types."""
     async with ctx.connection() as conn:

@@ -14,7 +14,7 @@ from rpc_server.api.params import (
     Params,
     Version,
 )
-from rpc_server.api.registry import rpc_method
+from rpc_server.api.registry import db_method, rpc_method
 from rpc_server.errors import Conflict, InvalidParams, NotFound, VersionConflict
 from rpc_server.methods.common import DELETED, check_quota, read_page, require_tenant
 from rpc_server.security.auth import tenant_role
@@ -60,7 +60,8 @@ class CreateNodes(Params):
     nodes: list[NodeInput] = Field(max_length=MAX_BULK)
 
 
-@rpc_method(CreateNode, tenant_role("member"), result=results.NodeResult)
+@rpc_method(CreateNode, tenant_role("member"), result=results.NodeResult,
+             run_db=db_method("node_type_id", "data"), tenant_must_exist=False)
 async def create_node(ctx, p: CreateNode) -> dict:
     """Create a node; its data must satisfy the node type's schema."""
     node_id = uuid7_sequence(1)[0]
@@ -80,7 +81,8 @@ async def create_node(ctx, p: CreateNode) -> dict:
     raise node_type_kept_changing(p.node_type_id)
 
 
-@rpc_method(NodeId, tenant_role("viewer"), result=results.NodeResult)
+@rpc_method(NodeId, tenant_role("viewer"), result=results.NodeResult,
+             run_db=db_method("id"), tenant_must_exist=False)
 async def get_node(ctx, p: NodeId) -> dict:
     """Get a node by id."""
     row = ctx.request.prefetched_nodes.get((p.tenant_id, p.id), NOT_READ)
@@ -93,7 +95,8 @@ async def get_node(ctx, p: NodeId) -> dict:
     return {"node": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdateNode, tenant_role("member"), result=results.NodeResult)
+@rpc_method(UpdateNode, tenant_role("member"), result=results.NodeResult,
+             run_db=db_method("id", "data"), tenant_must_exist=False)
 async def update_node(ctx, p: UpdateNode) -> dict:
     """Replace a node's data (validated); `expected_version` guards against lost updates.
     Without `data` nothing changes: the node is answered as it is."""
@@ -155,7 +158,8 @@ def node_type_kept_changing(node_type_id) -> Conflict:
                     kind="node_type", id=str(node_type_id))
 
 
-@rpc_method(NodeId, tenant_role("member"), result=results.Deleted)
+@rpc_method(NodeId, tenant_role("member"), result=results.Deleted,
+             run_db=db_method("id"), tenant_must_exist=False)
 async def delete_node(ctx, p: NodeId) -> dict:
     """Delete a node and its relationships."""
     async with ctx.transaction() as conn:
@@ -163,7 +167,8 @@ async def delete_node(ctx, p: NodeId) -> dict:
     return DELETED
 
 
-@rpc_method(ListNodes, tenant_role("viewer"), result=results.NodeList)
+@rpc_method(ListNodes, tenant_role("viewer"), result=results.NodeList,
+             run_db=db_method(), tenant_must_exist=True)
 async def list_nodes(ctx, p: ListNodes) -> dict:
     """List a tenant's nodes, optionally of one node type."""
     async with ctx.connection() as conn:
@@ -175,7 +180,8 @@ async def list_nodes(ctx, p: ListNodes) -> dict:
     return ctx.shaper.page("nodes", page)
 
 
-@rpc_method(CreateNodes, tenant_role("member"), result=results.NodesCreated)
+@rpc_method(CreateNodes, tenant_role("member"), result=results.NodesCreated,
+             run_db=db_method("nodes"), tenant_must_exist=True)
 async def create_nodes(ctx, p: CreateNodes) -> dict:
     """Create up to 1,000 nodes in one transaction: all are created or none."""
     async with ctx.heavy_transaction(BULK_TIMEOUT_MS, "The bulk create") as conn:

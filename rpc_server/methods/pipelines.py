@@ -129,7 +129,8 @@ def run_worst_case(ctx) -> int:
     return ctx.state.settings.max_body_bytes + RUN_RECORD_EXTRA
 
 
-@rpc_method(CreatePipeline, tenant_role("admin"), result=results.PipelineResult)
+@rpc_method(CreatePipeline, tenant_role("admin"), result=results.PipelineResult,
+             run_db=None, tenant_must_exist=False)
 async def create_pipeline(ctx, p: CreatePipeline) -> dict:
     """Save a pipeline: Python code defining run(input, db), checked when saved."""
     _compiles(p.code)
@@ -140,7 +141,8 @@ async def create_pipeline(ctx, p: CreatePipeline) -> dict:
     return {"pipeline": ctx.shaper.one(row)}
 
 
-@rpc_method(PipelineId, tenant_role("viewer"), result=results.PipelineResult)
+@rpc_method(PipelineId, tenant_role("viewer"), result=results.PipelineResult,
+             run_db=None, tenant_must_exist=False)
 async def get_pipeline(ctx, p: PipelineId) -> dict:
     """Get a pipeline with its code."""
     async with ctx.connection() as conn:
@@ -150,7 +152,8 @@ async def get_pipeline(ctx, p: PipelineId) -> dict:
     return {"pipeline": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdatePipeline, tenant_role("admin"), result=results.PipelineResult)
+@rpc_method(UpdatePipeline, tenant_role("admin"), result=results.PipelineResult,
+             run_db=None, tenant_must_exist=False)
 async def update_pipeline(ctx, p: UpdatePipeline) -> dict:
     """Change a pipeline's name, description, code or limits (code is checked again)."""
     changes = changes_of(p, UPDATABLE)
@@ -163,7 +166,8 @@ async def update_pipeline(ctx, p: UpdatePipeline) -> dict:
     return {"pipeline": ctx.shaper.one(row)}
 
 
-@rpc_method(PipelineId, tenant_role("admin"), result=results.Deleted)
+@rpc_method(PipelineId, tenant_role("admin"), result=results.Deleted,
+             run_db=None, tenant_must_exist=False)
 async def delete_pipeline(ctx, p: PipelineId) -> dict:
     """Delete a pipeline and its runs."""
     async with ctx.transaction() as conn:
@@ -171,7 +175,8 @@ async def delete_pipeline(ctx, p: PipelineId) -> dict:
     return DELETED
 
 
-@rpc_method(ListPipelines, tenant_role("viewer"), result=results.PipelineList)
+@rpc_method(ListPipelines, tenant_role("viewer"), result=results.PipelineList,
+             run_db=None, tenant_must_exist=True)
 async def list_pipelines(ctx, p: ListPipelines) -> dict:
     """List a tenant's pipelines."""
     async with ctx.connection() as conn:
@@ -182,7 +187,8 @@ async def list_pipelines(ctx, p: ListPipelines) -> dict:
     return ctx.shaper.page("pipelines", page)
 
 
-@rpc_method(RunPipeline, tenant_role("member"), result=results.PipelineRunResult)
+@rpc_method(RunPipeline, tenant_role("member"), result=results.PipelineRunResult,
+             run_db=None, tenant_must_exist=False)
 async def run_pipeline(ctx, p: RunPipeline) -> dict:
     """Run a pipeline: wait for its outcome (wait: true), or queue it and return at once."""
     runner = ctx.state.pipelines
@@ -225,7 +231,8 @@ async def run_pipeline(ctx, p: RunPipeline) -> dict:
     return {"run": shaped}
 
 
-@rpc_method(RunId, tenant_role("viewer"), result=results.PipelineRunResult)
+@rpc_method(RunId, tenant_role("viewer"), result=results.PipelineRunResult,
+             run_db=None, tenant_must_exist=False)
 async def get_pipeline_run(ctx, p: RunId) -> dict:
     """Get a run: status, input, result, error, output, timings and db operations."""
     async with ctx.connection() as conn:
@@ -236,7 +243,8 @@ async def get_pipeline_run(ctx, p: RunId) -> dict:
     return {"run": _run(ctx, row)}
 
 
-@rpc_method(ListPipelineRuns, tenant_role("viewer"), result=results.PipelineRunList)
+@rpc_method(ListPipelineRuns, tenant_role("viewer"), result=results.PipelineRunList,
+             run_db=None, tenant_must_exist=True)
 async def list_pipeline_runs(ctx, p: ListPipelineRuns) -> dict:
     """List a tenant's runs, newest last, by status or pipeline."""
     async with ctx.list_connection(p.status is not None) as conn:
@@ -248,7 +256,8 @@ async def list_pipeline_runs(ctx, p: ListPipelineRuns) -> dict:
     return ctx.shaper.page("runs", page)
 
 
-@rpc_method(RunId, tenant_role("member"), result=results.PipelineRunResult)
+@rpc_method(RunId, tenant_role("member"), result=results.PipelineRunResult,
+             run_db=None, tenant_must_exist=False)
 async def cancel_pipeline_run(ctx, p: RunId) -> dict:
     """Cancel a queued or running run (a finished one is left as it is: conflict)."""
     async with ctx.transaction() as conn:

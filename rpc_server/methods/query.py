@@ -19,11 +19,12 @@ from rpc_server.api.params import (
     document_text,
     zero_means,
 )
-from rpc_server.api.registry import UNAVAILABLE_ERRORS, rpc_method
+from rpc_server.api.registry import db_method, rpc_method
 from rpc_server.errors import Busy, InvalidParams, QueryRejected, Unavailable
 from rpc_server.methods.common import read_page, require_tenant
 from rpc_server.query import guard as query_guard
 from rpc_server.security.auth import tenant_role
+from rpc_server.storage.constraint_errors import UNAVAILABLE_ERRORS
 from rpc_server.storage.node_filter import SqlArgs, compile_filter, parse_sort
 from rpc_server.storage.repositories import NodeRepository
 from rpc_server.storage.repositories.tenant_sql import (
@@ -141,7 +142,8 @@ async def _run_within(ctx, p: ExecuteQuery, statement, max_bytes: int) -> tuple[
                           "duration_ms": result.duration_ms}
 
 
-@rpc_method(ExecuteQuery, tenant_role("viewer"), result=results.QueryResult)
+@rpc_method(ExecuteQuery, tenant_role("viewer"), result=results.QueryResult,
+             run_db=db_method("sql", "params"), tenant_must_exist=False)
 async def execute_query(ctx, p: ExecuteQuery) -> dict:
     """Run one read-only SQL statement over the tenant's nodes, node_types and
     relationships views."""
@@ -155,7 +157,8 @@ async def execute_query(ctx, p: ExecuteQuery) -> dict:
     return result
 
 
-@rpc_method(QueryNodes, tenant_role("viewer"), result=results.NodeList)
+@rpc_method(QueryNodes, tenant_role("viewer"), result=results.NodeList,
+             run_db=db_method("filter"), tenant_must_exist=True)
 async def query_nodes(ctx, p: QueryNodes) -> dict:
     """Find nodes with a JSON filter over data paths and node columns, keyset-paginated."""
     args = SqlArgs()

@@ -18,7 +18,7 @@ from rpc_server.api.params import (
     RelationshipType,
     Version,
 )
-from rpc_server.api.registry import rpc_method
+from rpc_server.api.registry import db_method, rpc_method
 from rpc_server.errors import NotFound
 from rpc_server.methods.common import (
     DELETED,
@@ -80,7 +80,9 @@ class CreateRelationships(Params):
     relationships: list[RelationshipInput] = Field(max_length=MAX_BULK)
 
 
-@rpc_method(CreateRelationship, tenant_role("member"), result=results.RelationshipResult)
+@rpc_method(CreateRelationship, tenant_role("member"), result=results.RelationshipResult,
+             run_db=db_method("source_node_id", "target_node_id", "relationship_type", "data"),
+             tenant_must_exist=False)
 async def create_relationship(ctx, p: CreateRelationship) -> dict:
     """Link two nodes of the same tenant."""
     relationship_id = uuid7_sequence(1)[0]
@@ -93,7 +95,8 @@ async def create_relationship(ctx, p: CreateRelationship) -> dict:
     return {"relationship": ctx.shaper.one(row)}
 
 
-@rpc_method(RelationshipId, tenant_role("viewer"), result=results.RelationshipResult)
+@rpc_method(RelationshipId, tenant_role("viewer"), result=results.RelationshipResult,
+             run_db=db_method("id"), tenant_must_exist=False)
 async def get_relationship(ctx, p: RelationshipId) -> dict:
     """Get a relationship by id."""
     async with ctx.connection() as conn:
@@ -103,7 +106,8 @@ async def get_relationship(ctx, p: RelationshipId) -> dict:
     return {"relationship": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdateRelationship, tenant_role("member"), result=results.RelationshipResult)
+@rpc_method(UpdateRelationship, tenant_role("member"), result=results.RelationshipResult,
+             run_db=db_method("id"), tenant_must_exist=False)
 async def update_relationship(ctx, p: UpdateRelationship) -> dict:
     """Change a relationship's type or replace its data."""
     changes = changes_of(p, UPDATABLE)
@@ -116,7 +120,8 @@ async def update_relationship(ctx, p: UpdateRelationship) -> dict:
     return {"relationship": ctx.shaper.one(row)}
 
 
-@rpc_method(RelationshipId, tenant_role("member"), result=results.Deleted)
+@rpc_method(RelationshipId, tenant_role("member"), result=results.Deleted,
+             run_db=db_method("id"), tenant_must_exist=False)
 async def delete_relationship(ctx, p: RelationshipId) -> dict:
     """Delete a relationship."""
     async with ctx.transaction() as conn:
@@ -124,7 +129,8 @@ async def delete_relationship(ctx, p: RelationshipId) -> dict:
     return DELETED
 
 
-@rpc_method(ListRelationships, tenant_role("viewer"), result=results.RelationshipList)
+@rpc_method(ListRelationships, tenant_role("viewer"), result=results.RelationshipList,
+             run_db=db_method(), tenant_must_exist=True)
 async def list_relationships(ctx, p: ListRelationships) -> dict:
     """List a tenant's relationships, filtered by source, target or type."""
     filters = (p.source_node_id, p.target_node_id, p.relationship_type)
@@ -138,7 +144,8 @@ async def list_relationships(ctx, p: ListRelationships) -> dict:
     return ctx.shaper.page("relationships", page)
 
 
-@rpc_method(CreateRelationships, tenant_role("member"), result=results.RelationshipsCreated)
+@rpc_method(CreateRelationships, tenant_role("member"), result=results.RelationshipsCreated,
+             run_db=None, tenant_must_exist=True)
 async def create_relationships(ctx, p: CreateRelationships) -> dict:
     """Create up to 1,000 relationships in one transaction: all are created or none."""
     items = p.relationships

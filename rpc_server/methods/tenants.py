@@ -34,7 +34,8 @@ class ListTenants(Params):
     pagination: PaginationParam
 
 
-@rpc_method(CreateTenant, AUTHENTICATED, result=results.TenantResult)
+@rpc_method(CreateTenant, AUTHENTICATED, result=results.TenantResult,
+             run_db=None, tenant_must_exist=False)
 async def create_tenant(ctx, p: CreateTenant) -> dict:
     """Create a tenant with a unique slug; the caller becomes its owner."""
     principal = await ctx.principal()
@@ -53,7 +54,8 @@ async def create_tenant(ctx, p: CreateTenant) -> dict:
     return {"tenant": ctx.shaper.one(row)}
 
 
-@rpc_method(TenantId, tenant_role("viewer", "id"), result=results.TenantResult)
+@rpc_method(TenantId, tenant_role("viewer", "id"), result=results.TenantResult,
+             run_db=None, tenant_must_exist=False)
 async def get_tenant(ctx, p: TenantId) -> dict:
     """Get a tenant by id."""
     async with ctx.connection() as conn:
@@ -65,7 +67,8 @@ class TenantUsageParams(Params):
     tenant_id: Id
 
 
-@rpc_method(TenantUsageParams, tenant_role("admin"), result=results.TenantUsageResult)
+@rpc_method(TenantUsageParams, tenant_role("admin"), result=results.TenantUsageResult,
+             run_db=None, tenant_must_exist=True)
 async def get_tenant_usage(ctx, p: TenantUsageParams) -> dict:
     """What a tenant stores (nodes, bytes of documents) against its caps."""
     async with ctx.connection() as conn:
@@ -77,7 +80,8 @@ async def get_tenant_usage(ctx, p: TenantUsageParams) -> dict:
                       "max_bytes": settings.tenant_max_bytes or None}}
 
 
-@rpc_method(UpdateTenant, tenant_role("owner", "id"), result=results.TenantResult)
+@rpc_method(UpdateTenant, tenant_role("owner", "id"), result=results.TenantResult,
+             run_db=None, tenant_must_exist=False)
 async def update_tenant(ctx, p: UpdateTenant) -> dict:
     """Update a tenant's slug, name or status."""
     changes = changes_of(p, UPDATABLE)
@@ -87,7 +91,8 @@ async def update_tenant(ctx, p: UpdateTenant) -> dict:
     return {"tenant": ctx.shaper.one(row)}
 
 
-@rpc_method(TenantId, tenant_role("owner", "id"), result=results.Deleted)
+@rpc_method(TenantId, tenant_role("owner", "id"), result=results.Deleted,
+             run_db=None, tenant_must_exist=False)
 async def delete_tenant(ctx, p: TenantId) -> dict:
     """Delete a tenant and everything it owns."""
     async with ctx.transaction() as conn:
@@ -96,7 +101,8 @@ async def delete_tenant(ctx, p: TenantId) -> dict:
     return DELETED
 
 
-@rpc_method(ListTenants, AUTHENTICATED, result=results.TenantList)
+@rpc_method(ListTenants, AUTHENTICATED, result=results.TenantList,
+             run_db=None, tenant_must_exist=False)
 async def list_tenants(ctx, p: ListTenants) -> dict:
     """List the caller's tenants (all of them for a platform admin), oldest first."""
     principal = await ctx.principal()

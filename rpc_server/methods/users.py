@@ -81,7 +81,8 @@ async def keep_an_owner(members: MembershipRepository, tenant_id, current_role: 
         raise Conflict("a tenant must keep at least one owner", field="user_id")
 
 
-@rpc_method(CreateUser, PLATFORM_ADMIN, result=results.UserResult)
+@rpc_method(CreateUser, PLATFORM_ADMIN, result=results.UserResult,
+             run_db=None, tenant_must_exist=False)
 async def create_user(ctx, p: CreateUser) -> dict:
     """Create a user with a unique email."""
     async with ctx.transaction() as conn:
@@ -90,7 +91,8 @@ async def create_user(ctx, p: CreateUser) -> dict:
     return {"user": ctx.shaper.one(row)}
 
 
-@rpc_method(UserId, AUTHENTICATED, result=results.UserResult)
+@rpc_method(UserId, AUTHENTICATED, result=results.UserResult,
+             run_db=None, tenant_must_exist=False)
 async def get_user(ctx, p: UserId) -> dict:
     """Get a user by id (yourself, or anyone for a platform admin)."""
     principal = await ctx.principal()
@@ -101,7 +103,8 @@ async def get_user(ctx, p: UserId) -> dict:
     return {"user": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdateUser, PLATFORM_ADMIN, result=results.UserResult)
+@rpc_method(UpdateUser, PLATFORM_ADMIN, result=results.UserResult,
+             run_db=None, tenant_must_exist=False)
 async def update_user(ctx, p: UpdateUser) -> dict:
     """Update a user's email or display name."""
     changes = changes_of(p, UPDATABLE)
@@ -111,7 +114,8 @@ async def update_user(ctx, p: UpdateUser) -> dict:
     return {"user": ctx.shaper.one(row)}
 
 
-@rpc_method(UserId, PLATFORM_ADMIN, result=results.Deleted)
+@rpc_method(UserId, PLATFORM_ADMIN, result=results.Deleted,
+             run_db=None, tenant_must_exist=False)
 async def delete_user(ctx, p: UserId) -> dict:
     """Delete a user, their API keys and their tenant memberships."""
     async with ctx.transaction() as conn:
@@ -120,7 +124,8 @@ async def delete_user(ctx, p: UserId) -> dict:
     return DELETED
 
 
-@rpc_method(ListUsers, PLATFORM_ADMIN, result=results.UserList)
+@rpc_method(ListUsers, PLATFORM_ADMIN, result=results.UserList,
+             run_db=None, tenant_must_exist=False)
 async def list_users(ctx, p: ListUsers) -> dict:
     """List users, oldest first."""
     async with ctx.connection() as conn:
@@ -128,7 +133,8 @@ async def list_users(ctx, p: ListUsers) -> dict:
     return ctx.shaper.page("users", page)
 
 
-@rpc_method(AddUserToTenant, tenant_role("admin"), result=results.TenantUserResult)
+@rpc_method(AddUserToTenant, tenant_role("admin"), result=results.TenantUserResult,
+             run_db=None, tenant_must_exist=False)
 async def add_user_to_tenant(ctx, p: AddUserToTenant) -> dict:
     """Make a user a member of a tenant with a role (owner, admin, member, viewer); for a
     member already, change the role as update_tenant_user_role does (flex-db upserts)."""
@@ -143,7 +149,8 @@ async def add_user_to_tenant(ctx, p: AddUserToTenant) -> dict:
     return {"tenant_user": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdateTenantUserRole, tenant_role("admin"), result=results.TenantUserResult)
+@rpc_method(UpdateTenantUserRole, tenant_role("admin"), result=results.TenantUserResult,
+             run_db=None, tenant_must_exist=False)
 async def update_tenant_user_role(ctx, p: UpdateTenantUserRole) -> dict:
     """Change a member's role; nobody grants above their own role, and the last owner
     stays an owner."""
@@ -164,7 +171,8 @@ async def change_role(ctx, members: MembershipRepository, tenant_id, user_id, ro
     return await members.set_role(tenant_id, user_id, role)
 
 
-@rpc_method(TenantUserId, tenant_role("admin"), result=results.Deleted)
+@rpc_method(TenantUserId, tenant_role("admin"), result=results.Deleted,
+             run_db=None, tenant_must_exist=False)
 async def remove_user_from_tenant(ctx, p: TenantUserId) -> dict:
     """Remove a user's membership of a tenant (never the last owner)."""
     ctx.set_target("tenant_user", p.user_id)
@@ -177,7 +185,8 @@ async def remove_user_from_tenant(ctx, p: TenantUserId) -> dict:
     return DELETED
 
 
-@rpc_method(TenantUserId, tenant_role("viewer"), result=results.TenantUserResult)
+@rpc_method(TenantUserId, tenant_role("viewer"), result=results.TenantUserResult,
+             run_db=None, tenant_must_exist=False)
 async def get_tenant_user(ctx, p: TenantUserId) -> dict:
     """Get one member of a tenant: the user id and role."""
     async with ctx.connection() as conn:
@@ -185,7 +194,8 @@ async def get_tenant_user(ctx, p: TenantUserId) -> dict:
     return {"tenant_user": ctx.shaper.one(row)}
 
 
-@rpc_method(ListTenantUsers, tenant_role("viewer"), result=results.TenantUserList)
+@rpc_method(ListTenantUsers, tenant_role("viewer"), result=results.TenantUserList,
+             run_db=None, tenant_must_exist=True)
 async def list_tenant_users(ctx, p: ListTenantUsers) -> dict:
     """List a tenant's members."""
     async with ctx.connection() as conn:

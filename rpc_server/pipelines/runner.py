@@ -29,10 +29,13 @@ INTERRUPTED_GRACE_S = GRACE_S
 class PipelineRunner:
     def __init__(self, pool: asyncpg.Pool, sandbox: SandboxClient | None,
                  run_token: Callable[[Mapping[str, Any]], str], concurrency: int,
-                 running_per_tenant: int):
+                 running_per_tenant: int, *, db_methods: dict[str, list[str]]):
         """run_token: the execution token for a run (security.execution_tokens.run_token
-        with the server's secret)."""
+        with the server's secret). db_methods: what a run's `db` offers (method -> params
+        by position), from the registry (api/registry.run_db_methods): sent with every job,
+        the worker keeps no list."""
         self.pool, self.sandbox, self.run_token = pool, sandbox, run_token
+        self.db_methods = db_methods
         self.concurrency = concurrency
         self.running_per_tenant = running_per_tenant
         self.wake = asyncio.Event()
@@ -47,7 +50,8 @@ class PipelineRunner:
         return {"run_id": str(run["id"]), "tenant_id": str(run["tenant_id"]),
                 "token": self.run_token(run), "code": run["code"], "input": run["input"],
                 "timeout_ms": run["timeout_ms"], "memory_mb": run["memory_mb"],
-                "request_id": run["request_id"], "verbose": run["debug_level"] == "verbose"}
+                "request_id": run["request_id"], "verbose": run["debug_level"] == "verbose",
+                "db_methods": self.db_methods}
 
     async def execute(self, run: asyncpg.Record,
                       requeue_when_busy: bool = False) -> tuple[asyncpg.Record | None, bool]:

@@ -6,7 +6,9 @@ worker, never by user code).
 The claims bind the token to one tenant, the caller (user and key), one run, a role no higher
 than the caller's, and an expiry at the run's deadline. The key is derived from the server
 secret, so every instance sharing FLEXDB_SECRET_KEY accepts the tokens of the others. The
-token is also refused once its run is no longer running (checked on every call)."""
+token is also refused once its run is no longer running (checked on every call). Which
+methods a token may call is declared at each method's registration (`run_db`, see
+api/registry.py)."""
 from __future__ import annotations
 
 import base64
@@ -24,11 +26,6 @@ from rpc_server.security.roles import ROLE_RANK
 
 PREFIX = "fdbx_"
 MAX_LENGTH = 1024
-# What a run's `db` object may call: data reads and writes of the run's tenant.
-ALLOWED_METHODS = frozenset({
-    "get_node", "list_nodes", "create_node", "create_nodes", "update_node", "delete_node",
-    "get_relationship", "list_relationships", "create_relationship", "update_relationship",
-    "delete_relationship", "query_nodes", "traverse", "shortest_path", "execute_query"})
 
 
 class InvalidToken(ValueError):

@@ -1,41 +1,26 @@
-"""JSON-RPC 2.0 framing: parse, enforce limits, validate each batch member on its own,
-run members concurrently, and serialize responses in order.
+"""JSON-RPC 2.0 framing and dispatch: parse, enforce limits, validate each batch member on
+its own, run members concurrently, and serialize responses in order.
 
-jsonrpcserver dispatches each valid member (method lookup, argument binding, JsonRpcError
-mapping). Its own validator rejects a whole batch for one bad member, so members are
-validated here instead."""
+Dispatch is a table lookup: `await methods[name](context, *args, **kwargs)` answers the
+result or raises an RpcError (api/registry.py builds the table; each callable checks its own
+params). Anything else raised is a bug: logged, answered -32603 with the request id."""
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import Any, Callable
-
-from jsonrpcserver.async_dispatcher import dispatch_request
-from jsonrpcserver.dispatcher import to_response, validate_result
-from jsonrpcserver.exceptions import JsonRpcError
-from jsonrpcserver.request import Request
-from jsonrpcserver.response import to_serializable_one
-from jsonrpcserver.result import (
-    ErrorResult,
-    InternalErrorResult,
-    Left,
-    Right,  # Success() makes a Right (oslash, via jsonrpcserver)
-)
-from jsonrpcserver.sentinels import NOID
 
 from rpc_server.errors import (
     INTERNAL_ERROR,
-    INVALID_PARAMS,
     INVALID_REQUEST,
     METHOD_NOT_FOUND,
     PARSE_ERROR,
+    RpcError,
 )
 from rpc_server.storage.response_budget import response_too_large
 from rpc_server.transport.json_codec import JSONError, JSONTooDeep, OutOfRange, dumps, loads
 
 log = logging.getLogger(__name__)
-UNKNOWN_NAME = re.compile(r"unexpected keyword argument '([^']+)'")
 
 
 def error_response(code: int, message: str, id: Any = None, data: Any = None) -> dict:
@@ -73,16 +58,6 @@ async def _prepare_batch(context: Any, members: list) -> None:
 
 def _valid_id(value: Any) -> bool:
     return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
-
-
-def _binding_error(message: str) -> dict:
-    """Readable form of jsonrpcserver's signature-binding errors."""
-    unknown = UNKNOWN_NAME.search(message)
-    if unknown:
-        error = {"field": unknown.group(1), "message": "is not a parameter of this method"}
-    else:
-        error = {"field": "params", "message": message}
-    return {"type": "invalid_params", "errors": [error]}
 
 
 class Dispatcher:
@@ -170,27 +145,25 @@ class Dispatcher:
         on every call of a batch.)"""
         reply = self._refusal(member)
         if reply is None:
-            id = member.get("id")
-            method = member["method"]
-            is_notification = "id" not in member
-            request = Request(method, member.get("params", []), NOID if is_notification else id)
+            method, params = member["method"], member.get("params", [])
             handler = self.methods.get(method)
-            if handler is not None and getattr(handler, "checks_own_arguments", False):
-                # jsonrpcserver's call(), inlined: one coroutine less on every call
-                params = request.params
+            if handler is None:
+                wire = error_response(METHOD_NOT_FOUND, "Method not found", None,
+                                      {"type": "method_not_found", "method": method})
+            else:  # (inline, not a coroutine of its own: each level costs on every call)
                 try:
                     result = await (handler(context, **params) if type(params) is dict
                                     else handler(context, *params))
-                    validate_result(result)
-                except JsonRpcError as exc:
-                    result = Left(ErrorResult(code=exc.code, message=exc.message, data=exc.data))
-                except Exception as exc:  # noqa: BLE001 - as jsonrpcserver: internal error
-                    log.exception(exc)
-                    result = Left(InternalErrorResult(str(exc)))
-            else:  # unknown methods, and callables that leave argument checks to jsonrpcserver
-                _, result = await dispatch_request(self.methods, context, request)
-            if not is_notification:
-                reply = self._serialize(request, result, context)
+                    wire = {"jsonrpc": "2.0", "result": result, "id": None}
+                except RpcError as exc:
+                    wire = error_response(exc.code, exc.message, None, exc.data)
+                except Exception:  # noqa: BLE001 - a bug: logged; the caller gets a request id
+                    log.exception("unexpected error in %s (request_id=%s)", method,
+                                  context.request_id)
+                    wire = internal_error(context.request_id)
+            if "id" in member:  # else a notification: nothing is sent back
+                wire["id"] = member["id"]
+                reply = self._serialize(wire, method, context)
         self._note(member, reply, context)
         return reply
 
@@ -212,18 +185,13 @@ class Dispatcher:
             return dumps(invalid_request('"params" must be an array or an object', id))
         return None
 
-    def _serialize(self, request: Request, result: Any, context: Any) -> bytes:
-        if isinstance(result, Right):  # success: jsonrpcserver's response, built directly
-            wire = {"jsonrpc": "2.0", "result": result._value.result, "id": request.id}
-        else:
-            wire = self._to_wire(to_serializable_one(to_response(request, result)),
-                                 request.method, context)
+    def _serialize(self, wire: dict, method: str, context: Any) -> bytes:
         try:
             return dumps(wire)
         except (TypeError, ValueError):  # e.g. nesting orjson cannot write
             log.exception("cannot serialize the result of %s (request_id=%s)",
-                          request.method, context.request_id)
-            return dumps(internal_error(context.request_id, request.id))
+                          method, context.request_id)
+            return dumps(internal_error(context.request_id, wire["id"]))
 
     def _note(self, member: Any, reply: bytes | None, context: Any) -> None:
         if not isinstance(member, dict):
@@ -238,20 +206,3 @@ class Dispatcher:
         if reply is not None and reply.startswith(b'{"jsonrpc":"2.0","error"'):
             code = loads(reply)["error"]["code"]
         note(context, method, code, tenant if isinstance(tenant, str) else None)
-
-    @staticmethod
-    def _to_wire(response: dict, method: str, context: Any) -> dict:
-        error = response.get("error")
-        if error is None:
-            return response
-        data = error.get("data")
-        if error["code"] == METHOD_NOT_FOUND:
-            error["data"] = {"type": "method_not_found", "method": method}
-        elif error["code"] == INVALID_PARAMS and isinstance(data, str):
-            error["data"] = _binding_error(data)
-            first = error["data"]["errors"][0]
-            error["message"] = f"Invalid params: {first['field']}: {first['message']}"
-        elif error["code"] == INTERNAL_ERROR and not isinstance(data, dict):
-            # Never pass an exception text through; the log has the detail.
-            error["data"] = {"type": "internal", "request_id": context.request_id}
-        return response
