@@ -45,6 +45,8 @@ import psutil
 import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a file, the repository root is not on sys.path: the imports after this line need
+# it first (hence their noqa: E402).
 sys.path.insert(0, str(ROOT))
 
 from rpc_server.storage.db import _init_connection  # noqa: E402

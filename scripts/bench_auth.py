@@ -18,6 +18,8 @@ from pathlib import Path
 import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a file, the repository root is not on sys.path: the imports after this line need
+# it first (hence their noqa: E402).
 sys.path.insert(0, str(ROOT))
 
 from rpc_server.client import FlexDBClient  # noqa: E402
@@ -53,8 +55,9 @@ async def measure(keyed_url: str, open_url: str, key: str, db_url: str, args) ->
                                                     "id": ids[next(counter) % len(ids)]})
 
         async def raw():
-            await pool.fetchrow(f"SELECT {NODE_COLUMNS} FROM nodes WHERE tenant_id = $1 AND id = $2",
-                                tid, uids[next(counter) % len(uids)])
+            await pool.fetchrow(
+                f"SELECT {NODE_COLUMNS} FROM nodes WHERE tenant_id = $1 AND id = $2",
+                tid, uids[next(counter) % len(uids)])
 
         member._http.headers["Authorization"] = f"Bearer {member_key}"
         results = {"platform admin key": [], "tenant member key (role check)": [],

@@ -20,6 +20,8 @@ from pathlib import Path
 import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a file, the repository root is not on sys.path: the imports after this line need
+# it first (hence their noqa: E402).
 sys.path.insert(0, str(ROOT))
 
 from rpc_server.client import FlexDBClient  # noqa: E402
@@ -137,7 +139,8 @@ async def measure(rpc: FlexDBClient, db_url: str, args) -> None:
                                          "AND (created_at, id) > ($2, $3) ORDER BY created_at, id "
                                          "LIMIT 51", tid_u, after["created_at"], after["id"])
                     if include_total:
-                        await conn.fetchval("SELECT count(*) FROM nodes WHERE tenant_id = $1", tid_u)
+                        await conn.fetchval(
+                            "SELECT count(*) FROM nodes WHERE tenant_id = $1", tid_u)
             return call
 
         results = []

@@ -24,12 +24,14 @@ from pathlib import Path
 import asyncpg
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a file, the repository root is not on sys.path: the imports after this line need
+# it first (hence their noqa: E402).
 sys.path.insert(0, str(ROOT))
 
 from rpc_server.api.params import Pagination  # noqa: E402
 from rpc_server.client import FlexDBClient  # noqa: E402
 from rpc_server.storage.db import _init_connection, _reset_on_release  # noqa: E402
-from rpc_server.storage.node_filter import SqlArgs, compile_filter, parse_sort
+from rpc_server.storage.node_filter import SqlArgs, compile_filter, parse_sort  # noqa: E402
 from rpc_server.storage.repositories.graph import traverse_sql  # noqa: E402
 from rpc_server.storage.repositories.nodes import NodeRepository  # noqa: E402
 from scripts.bench_core import load  # noqa: E402

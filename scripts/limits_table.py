@@ -11,16 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a file, the repository root is not on sys.path: the imports after this line need
+# it first (hence their noqa: E402).
 sys.path.insert(0, str(ROOT))
 
 from rest_facade.callers import MAX_AUTHORIZATION  # noqa: E402
 from rpc_server.api import params  # noqa: E402
 from rpc_server.audit import denied_calls  # noqa: E402
-from rpc_server.audit import events as audit
+from rpc_server.audit import events as audit  # noqa: E402
 from rpc_server.config import Settings, env_var, shown_default  # noqa: E402
 from rpc_server.methods import graph, pipelines, query  # noqa: E402
-from rpc_server.query import guard as query_guard
-from rpc_server.storage import node_filter
+from rpc_server.query import guard as query_guard  # noqa: E402
+from rpc_server.storage import node_filter  # noqa: E402
 from rpc_server.validation.schema_cost import MAX_PATTERN_LENGTH  # noqa: E402
 from sandbox_worker.app import MAX_OUTPUT, MAX_RESULT  # noqa: E402
 from sandbox_worker.policy import MAX_CODE_LENGTH  # noqa: E402

@@ -33,6 +33,8 @@ import orjson
 import uvloop
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a file, the repository root is not on sys.path: the imports after this line need
+# it first (hence their noqa: E402).
 sys.path.insert(0, str(ROOT))
 
 from scripts.bench import MemoryWatch, Rpc, database, encode, percentile  # noqa: E402
@@ -45,7 +47,8 @@ SPIN = ("def run(input, db):\n    total = 0\n    for i in range(input):\n"
         "        total += i\n    return total\n")
 # Answers are parsed only when small; in large ones the outcomes are counted by pattern.
 PARSE_BELOW = 65_536
-ERROR_TYPE = re.compile(rb'"error":\{"code":-?\d+,"message":"(?:[^"\\]|\\.)*","data":\{"type":"(\w+)"')
+ERROR_TYPE = re.compile(rb'"error":\{"code":-?\d+,"message":"(?:[^"\\]|\\.)*",'
+                        rb'"data":\{"type":"(\w+)"')
 
 
 # ---------------------------------------------------------------- the victim

@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# Run as a file, the repository root is not on sys.path: the imports after this line need
+# it first (hence their noqa: E402).
 sys.path.insert(0, str(ROOT))
 
 from rpc_server.config import Settings, env_var, shown_default  # noqa: E402
-from rpc_server.config_secrets import MASTER_KEY_FILE_VAR, MASTER_KEY_VAR
+from rpc_server.config_secrets import MASTER_KEY_FILE_VAR, MASTER_KEY_VAR  # noqa: E402
 
 MARKERS = re.compile(r"(<!-- settings:start -->\n)(.*?)(<!-- settings:end -->)", re.S)
 

@@ -22,7 +22,8 @@ import httpx
 import pytest
 
 from rpc_server.client import FlexDBClient
-from rpc_server.storage.db import with_database
+from rpc_server.config import Settings
+from rpc_server.storage.db import create_query_pool, with_database
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_SECRET = "flexdb-test-secret-0123456789abcdef0123456789"
@@ -329,3 +330,13 @@ async def node_type(rpc, tenant):
     result = await rpc.call("create_node_type", {"tenant_id": tenant["id"], "name": "Person",
                                                  "schema": schema})
     return result["node_type"]
+
+
+@pytest.fixture
+async def query_pool(database_url):
+    """The pool execute_query runs on (one connection), for calling the database layer
+    directly (tests/query_helpers.py's run_direct)."""
+    pool = await create_query_pool(database_url, Settings(database_url=database_url,
+                                                          query_pool_max=1))
+    yield pool
+    await pool.close()

@@ -5,6 +5,7 @@ import asyncio
 import os
 import stat
 import tempfile
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -83,7 +84,8 @@ class World:
             await admin.call("add_user_to_tenant", {"tenant_id": w.tid, "user_id": user["id"],
                                                     "role": role})
             w.users[role], w.keys[role] = user, key
-        w.nt = (await admin.call("create_node_type", {"tenant_id": w.tid, "name": "N"}))["node_type"]
+        created = await admin.call("create_node_type", {"tenant_id": w.tid, "name": "N"})
+        w.nt = created["node_type"]
         return w
 
     async def node(self) -> dict:
@@ -147,7 +149,8 @@ class World:
             return {"tenant_id": t, "id": self.nt["id"], "description": "d"}
         if method in ("get_node", "update_node", "delete_node"):
             node = await self.node()
-            return {"tenant_id": t, "id": node["id"], **({"data": {"x": 1}} if method == "update_node" else {})}
+            data = {"data": {"x": 1}} if method == "update_node" else {}
+            return {"tenant_id": t, "id": node["id"], **data}
         if method == "list_nodes":
             return {"tenant_id": t}
         if method == "create_node":
@@ -403,7 +406,8 @@ async def test_missing_malformed_expired_and_revoked_keys(server, rpc):
              "Basic dXNlcjpwYXNz": "expected Authorization", "Bearer": "expected",
              "Bearer sk_live_abc": "expected", "Bearer fdb_" + "x" * 500: "expected"}
     for header, words in cases.items():
-        async with FlexDBClient(server.url, headers={"Authorization": header} if header else None) as c:
+        headers = {"Authorization": header} if header else None
+        async with FlexDBClient(server.url, headers=headers) as c:
             with pytest.raises(Unauthenticated) as exc:
                 await c.call("list_tenants", {})
             assert exc.value.code == -32002 and words in exc.value.message
@@ -468,7 +472,8 @@ async def test_keys_are_stored_only_as_keyed_hashes(rpc, database_url):
     assert key not in str(listed) and "key_hash" not in str(listed)
     conn = await asyncpg.connect(database_url)
     try:
-        rows = await conn.fetch("SELECT * FROM api_keys WHERE user_id = $1", __import__("uuid").UUID(user["id"]))
+        rows = await conn.fetch("SELECT * FROM api_keys WHERE user_id = $1",
+                                uuid.UUID(user["id"]))
     finally:
         await conn.close()
     assert len(rows) == 1 and key not in str(dict(rows[0])) and len(rows[0]["key_hash"]) == 32
@@ -564,8 +569,10 @@ async def test_last_owner_cannot_leave_or_be_demoted(server, rpc):
     async with FlexDBClient(server.url, api_key=world.keys["owner"]) as a, \
             FlexDBClient(server.url, api_key=world.keys["admin"]) as b:
         results = await asyncio.gather(
-            a.call("update_tenant_user_role", {"tenant_id": world.tid, "user_id": second, "role": "viewer"}),
-            b.call("update_tenant_user_role", {"tenant_id": world.tid, "user_id": owner, "role": "viewer"}),
+            a.call("update_tenant_user_role",
+                   {"tenant_id": world.tid, "user_id": second, "role": "viewer"}),
+            b.call("update_tenant_user_role",
+                   {"tenant_id": world.tid, "user_id": owner, "role": "viewer"}),
             return_exceptions=True)
     winners = [r for r in results if isinstance(r, dict)]
     losers = [r for r in results if not isinstance(r, dict)]
@@ -601,7 +608,8 @@ def open_server(database_url):
 
 async def test_anonymous_role_platform_admin(open_server, server):
     async with FlexDBClient(open_server.url) as anonymous:
-        tenant = (await anonymous.call("create_tenant", {"slug": unique("anon"), "name": "A"}))["tenant"]
+        created = await anonymous.call("create_tenant", {"slug": unique("anon"), "name": "A"})
+        tenant = created["tenant"]
         await anonymous.call("list_users", {})
         with pytest.raises(InvalidParams):  # no user to own a key
             await anonymous.call("create_api_key", {"name": "x"})

@@ -42,8 +42,8 @@ async def test_random_params_never_cause_internal_errors(http, seed):
     rng = random.Random(seed)
     batch = []
     for i, name in enumerate(sorted(REGISTRY) * 3):
-        batch.append({"jsonrpc": "2.0", "method": name, "params": random_params(rng, REGISTRY[name]),
-                      "id": i})
+        batch.append({"jsonrpc": "2.0", "method": name,
+                      "params": random_params(rng, REGISTRY[name]), "id": i})
     for start in range(0, len(batch), 100):
         chunk = batch[start:start + 100]
         r = await http.post("/jsonrpc", json=chunk)

@@ -32,7 +32,8 @@ async def test_deep_document_as_json_string_is_refused_and_nothing_is_stored(rpc
     with pytest.raises(InvalidParams) as exc:
         await rpc.call("create_node", {"tenant_id": tenant["id"], "node_type_id": nt["id"],
                                        "data": data})
-    assert error_fields(exc) == ["data"] and "nested deeper" in exc.value.data["errors"][0]["message"]
+    assert error_fields(exc) == ["data"]
+    assert "nested deeper" in exc.value.data["errors"][0]["message"]
     assert await node_count(rpc, tenant) == 0
     listed = await rpc.call("list_nodes", {"tenant_id": tenant["id"]})
     assert listed["nodes"] == []
@@ -44,11 +45,13 @@ async def test_document_at_the_depth_limit_round_trips(rpc, tenant):
     node = (await rpc.call("create_node", {"tenant_id": tenant["id"], "node_type_id": nt["id"],
                                            "data": data}))["node"]
     assert node["data"] == json.loads(data)
-    assert (await rpc.call("list_nodes", {"tenant_id": tenant["id"]}))["nodes"][0]["id"] == node["id"]
+    listed = await rpc.call("list_nodes", {"tenant_id": tenant["id"]})
+    assert listed["nodes"][0]["id"] == node["id"]
 
 
 async def test_catastrophic_pattern_does_not_stall_the_server(rpc, tenant, http):
-    nt = await make_type(rpc, tenant, {"properties": {"x": {"type": "string", "pattern": "^(a+)+$"}}})
+    nt = await make_type(rpc, tenant,
+                         {"properties": {"x": {"type": "string", "pattern": "^(a+)+$"}}})
     started = time.monotonic()
     with pytest.raises(InvalidParams) as exc:
         await rpc.call("create_node", {"tenant_id": tenant["id"], "node_type_id": nt["id"],
@@ -75,7 +78,8 @@ async def test_pattern_properties_and_additional_properties_use_linear_matching(
 
 @pytest.mark.parametrize("pattern", ["(a)\\1", "(?=a)b", "(?<!x)y"])
 async def test_patterns_outside_re2_are_refused_when_saved(rpc, tenant, pattern):
-    for schema in ({"properties": {"x": {"pattern": pattern}}}, {"patternProperties": {pattern: {}}}):
+    for schema in ({"properties": {"x": {"pattern": pattern}}},
+                   {"patternProperties": {pattern: {}}}):
         with pytest.raises(InvalidParams) as exc:
             await make_type(rpc, tenant, schema, name=f"P{hash(json.dumps(schema))}")
         assert error_fields(exc) == ["schema"] and "RE2" in exc.value.message
@@ -131,13 +135,16 @@ def forged_token(*parts) -> str:
 ])
 async def test_forged_page_tokens_are_invalid_params(rpc, tenant, token):
     with pytest.raises(InvalidParams) as exc:
-        await rpc.call("list_nodes", {"tenant_id": tenant["id"], "pagination": {"page_token": token}})
+        await rpc.call("list_nodes",
+                       {"tenant_id": tenant["id"], "pagination": {"page_token": token}})
     assert error_fields(exc) == ["pagination.page_token"]
 
 
 async def test_well_formed_token_from_far_future_just_ends_the_list(rpc, tenant):
-    token = forged_token("nodes", "9999-12-31T00:00:00+00:00", "ffffffff-ffff-ffff-ffff-ffffffffffff")
-    page = await rpc.call("list_nodes", {"tenant_id": tenant["id"], "pagination": {"page_token": token}})
+    token = forged_token("nodes", "9999-12-31T00:00:00+00:00",
+                         "ffffffff-ffff-ffff-ffff-ffffffffffff")
+    page = await rpc.call("list_nodes",
+                          {"tenant_id": tenant["id"], "pagination": {"page_token": token}})
     assert page["nodes"] == [] and page["pagination"]["next_page_token"] == ""
 
 
@@ -178,7 +185,8 @@ async def test_compressed_body_is_limited_after_decompression(http):
 
 async def test_gzip_body_that_is_really_gzip_works(http):
     import gzip
-    r = await http.post("/jsonrpc", content=gzip.compress(b'{"jsonrpc":"2.0","method":"list_tenants","id":1}'),
+    body = gzip.compress(b'{"jsonrpc":"2.0","method":"list_tenants","id":1}')
+    r = await http.post("/jsonrpc", content=body,
                         headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
     assert r.status_code == 200 and "result" in r.json()
 

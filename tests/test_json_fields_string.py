@@ -29,7 +29,8 @@ async def test_documents_are_strings(string_server):
             "schema": '{"type": "object", "required": ["x"]}'}))["node_type"]
         assert json.loads(typed["schema"]) == {"type": "object", "required": ["x"]}
 
-        node = (await rpc.call("create_node", {"tenant_id": tenant["id"], "node_type_id": typed["id"],
+        node = (await rpc.call("create_node", {"tenant_id": tenant["id"],
+                                               "node_type_id": typed["id"],
                                                "data": '{"x": 1, "y": [true, null]}'}))["node"]
         assert isinstance(node["data"], str)
         assert json.loads(node["data"]) == {"x": 1, "y": [True, None]}

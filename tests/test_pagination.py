@@ -13,7 +13,8 @@ async def make_nodes(rpc, tenant, node_type, count, prefix="n"):
     for start in range(0, count, 1000):
         batch = [{"node_type_id": node_type["id"], "data": {"name": f"{prefix}{i}"}}
                  for i in range(start, min(start + 1000, count))]
-        created += (await rpc.call("create_nodes", {"tenant_id": tenant["id"], "nodes": batch}))["nodes"]
+        answer = await rpc.call("create_nodes", {"tenant_id": tenant["id"], "nodes": batch})
+        created += answer["nodes"]
     return created
 
 
@@ -45,7 +46,8 @@ async def test_walk_while_rows_are_inserted(rpc, tenant, node_type):
     async def writer():
         i = 0
         while not stop.is_set():
-            await rpc.call("create_node", {"tenant_id": tenant["id"], "node_type_id": node_type["id"],
+            await rpc.call("create_node", {"tenant_id": tenant["id"],
+                                           "node_type_id": node_type["id"],
                                            "data": {"name": f"during{i}"}})
             i += 1
 
@@ -61,7 +63,8 @@ async def test_walk_while_rows_are_inserted(rpc, tenant, node_type):
 
 
 async def test_filtered_walk(rpc, tenant, node_type):
-    other = (await rpc.call("create_node_type", {"tenant_id": tenant["id"], "name": "Other"}))["node_type"]
+    created = await rpc.call("create_node_type", {"tenant_id": tenant["id"], "name": "Other"})
+    other = created["node_type"]
     await make_nodes(rpc, tenant, node_type, 30)
     wanted = await make_nodes(rpc, tenant, other, 25)
     seen, _, last = await walk(rpc, "list_nodes", {"tenant_id": tenant["id"],
@@ -99,7 +102,8 @@ async def test_page_size_bounds(rpc, tenant, size):
                                    "WyJub2RlcyIsIm5vdCBhIGRhdGUiLCJ4Il0"])
 async def test_invalid_page_tokens_are_rejected(rpc, tenant, token):
     with pytest.raises(InvalidParams) as exc:
-        await rpc.call("list_nodes", {"tenant_id": tenant["id"], "pagination": {"page_token": token}})
+        await rpc.call("list_nodes",
+                       {"tenant_id": tenant["id"], "pagination": {"page_token": token}})
     assert exc.value.data["errors"][0]["field"] == "pagination.page_token"
 
 

@@ -1,9 +1,9 @@
 """Pipeline code is checked when saved (create_pipeline, update_pipeline) for what a run
 would refuse for certain: imports that are not allowed, names the run does not provide and
 the code does not define, str.format on a literal with fields a run refuses, names an allowed
-module does not provide, and classes that are more than plain records. Each refusal with its exact place and message; benign code, and the
-README's example, saves and runs. (That runs still refuse such code when it is already stored
-is in test_sandbox_escapes.py.)"""
+module does not provide, and classes that are more than plain records. Each refusal with its
+exact place and message; benign code, and the README's example, saves and runs. (That runs
+still refuse such code when it is already stored is in test_sandbox_escapes.py.)"""
 from __future__ import annotations
 
 import re

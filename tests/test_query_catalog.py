@@ -14,7 +14,7 @@ from rpc_server.storage.migrations import migrate
 from rpc_server.storage.repositories.tenant_sql import setup_problems
 
 from .conftest import fresh_database
-from .test_query_sql import make_world, query, query_pool, rejected, run_direct  # noqa: F401
+from .query_helpers import make_world, query, rejected, run_direct
 
 # attack -> what the gate's reason names
 GATE_REFUSES = {

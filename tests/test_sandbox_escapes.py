@@ -782,7 +782,8 @@ except DbError as e:
 
 async def test_the_runs_own_tenant_named_or_left_out_works(rpc, two_tenants):
     t = two_tenants
-    run = await attack(rpc, t["A"], """own = db.get_node(input['na'], tenant_id=input['A'])['node']['data']
+    run = await attack(rpc, t["A"], """\
+own = db.get_node(input['na'], tenant_id=input['A'])['node']['data']
 spelled = db.get_node(input['na'], tenant_id=input['A'].upper())['node']['data']
 left_out = db.get_node(input['na'])['node']['data']
 return [own, spelled, left_out]""", input=t)

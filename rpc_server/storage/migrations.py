@@ -73,7 +73,8 @@ async def migrate(conn: asyncpg.Connection, directory: Path | None = None) -> li
                 if applied[f.name] != f.checksum:
                     raise MigrationError(
                         f"migration {f.name} was changed after it was applied "
-                        f"(recorded checksum {applied[f.name][:12]}…, file now {f.checksum[:12]}…); "
+                        f"(recorded checksum {applied[f.name][:12]}…, "
+                        f"file now {f.checksum[:12]}…); "
                         "applied migrations must never be edited: add a new numbered file instead")
                 continue
             async with conn.transaction():

@@ -1,8 +1,8 @@
 """JSON Schema (Draft 2020-12) checks for node types and node data, with compiled
 validators cached per node type version, under a memory budget.
 
-A schema's cost is measured when it is saved (validation/schema_cost.py) and refused over the limits.
-Validating one document has a bounded cost whatever the schema: every keyword jsonschema
+A schema's cost is measured when it is saved (validation/schema_cost.py) and refused over the
+limits. Validating one document has a bounded cost whatever the schema: every keyword jsonschema
 applies is counted, and validation stops once it has used FLEXDB_VALIDATION_CPU_MS of CPU.
 It never holds the event loop for long: a document is first checked on the loop with a
 budget of a couple of milliseconds (enough for almost every document); one that needs more
@@ -171,7 +171,8 @@ def check_schema(schema: dict | bool | None, limits: SchemaLimits, probe_budget_
     except SchemaError as exc:
         path = "/".join(str(p) for p in exc.absolute_path)
         where = f" at /{path}" if path else ""
-        raise InvalidParams.field(field, f"is not a valid JSON Schema{where}: {exc.message}") from None
+        raise InvalidParams.field(
+            field, f"is not a valid JSON Schema{where}: {exc.message}") from None
     except RecursionError:  # the meta-schema's check recurses ~8 frames per level
         raise InvalidParams.field(field, "is nested too deeply to be checked as a JSON "
                                   "Schema") from None
@@ -210,7 +211,8 @@ def check_schema(schema: dict | bool | None, limits: SchemaLimits, probe_budget_
             raise InvalidParams.field(field, "the schema refers to itself without end "
                                       "(a $ref loop)") from None
         except OutOfBudget:
-            raise InvalidParams.field(field, f"checking even the document {orjson.dumps(probe).decode()} "
+            probe_text = orjson.dumps(probe).decode()
+            raise InvalidParams.field(field, f"checking even the document {probe_text} "
                                       f"against it takes more than {probe_budget_ms:g} ms of "
                                       "CPU (FLEXDB_VALIDATION_CPU_MS)") from None
 
@@ -330,7 +332,8 @@ class ValidatorCache:
             validator, fast, _ = self.get(node_type["tenant_id"], node_type["id"],
                                           node_type["version"], schema)
             if fast is not None and fast(data):
-                continue  # valid: jsonschema would find nothing (see validation/schema_fast_path.py)
+                # valid: jsonschema would find nothing (see validation/schema_fast_path.py)
+                continue
             pending.append((validator, data, field, extra))
         if not pending:
             return []
@@ -374,4 +377,5 @@ def _errors_of(validator, data: Any, field: str) -> list[dict]:
     except RecursionError:
         return [{"field": "schema", "message": "node type schema refers to itself without end"}]
     except safe_regex.UnsupportedPattern as exc:
-        return [{"field": "schema", "message": f"node type schema has an unsupported pattern: {exc}"}]
+        return [{"field": "schema",
+                 "message": f"node type schema has an unsupported pattern: {exc}"}]

@@ -152,7 +152,8 @@ class AuditRepository(Repository):
         prev, expected_seq, last_seq = audit.GENESIS, 1, 0
         while True:
             rows = await self.conn.fetch(
-                "SELECT * FROM audit_events WHERE tenant_id = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                "SELECT * FROM audit_events WHERE tenant_id = $1 AND seq >= $2"
+                " ORDER BY seq LIMIT $3",
                 tenant_id, expected_seq, batch)
             for row in rows:
                 reason = None
@@ -169,8 +170,8 @@ class AuditRepository(Repository):
                 prev, expected_seq, last_seq = row["hash"], expected_seq + 1, row["seq"]
             if len(rows) < batch:
                 break
-        head = await self.conn.fetchrow("SELECT seq, hash FROM audit_chain_heads WHERE tenant_id = $1",
-                                   tenant_id)
+        head = await self.conn.fetchrow(
+            "SELECT seq, hash FROM audit_chain_heads WHERE tenant_id = $1", tenant_id)
         if head is not None and (head["seq"] != last_seq or head["hash"] != prev):
             return {"ok": False, "events_checked": last_seq, "first_broken_seq": last_seq + 1,
                     "event_id": None, "reason": "events at the end of the chain are missing"}

@@ -37,7 +37,8 @@ class NodeRepository(Repository):
     kind = "node"
     key_columns = ("tenant_id", "id")
     columns = "id, tenant_id, node_type_id, data, created_at, updated_at, version"
-    read_columns = "id, tenant_id, node_type_id, data::text AS data, created_at, updated_at, version"
+    read_columns = ("id, tenant_id, node_type_id, data::text AS data, created_at, updated_at,"
+                    " version")
     size_sql = "octet_length(data)"
 
     # Writes checked against the node type version the data was validated against: they
@@ -128,7 +129,8 @@ class NodeRepository(Repository):
             args.append(node_type_id)
         # The total comes from the counts maintained by triggers (sql/0006_counts.sql): a few
         # rows per node type, whatever the tenant's size.
-        count_sql = f"SELECT coalesce(sum(n), 0)::bigint FROM node_counts WHERE {' AND '.join(where)}"
+        count_sql = ("SELECT coalesce(sum(n), 0)::bigint FROM node_counts"
+                     f" WHERE {' AND '.join(where)}")
         return await fetch_page(self.conn, scope="nodes", select=self.read_columns, table="nodes",
                                 where=where, args=args, pagination=pagination,
                                 count_sql=count_sql, size_sql=self.size_sql,

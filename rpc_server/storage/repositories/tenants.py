@@ -56,6 +56,7 @@ class TenantRepository(Repository):
         """All tenants, or those `member_of` (a user id) belongs to."""
         where, args = [], []
         if member_of is not None:
-            where, args = ["id IN (SELECT tenant_id FROM tenant_users WHERE user_id = $1)"], [member_of]
+            where = ["id IN (SELECT tenant_id FROM tenant_users WHERE user_id = $1)"]
+            args = [member_of]
         return await fetch_page(self.conn, scope="tenants", select=self.columns, table="tenants",
                                 where=where, args=args, pagination=pagination)
