@@ -38,7 +38,7 @@ from rpc_server.storage.constraint_errors import (
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Any, Any], Awaitable[dict]]
+Handler = Callable[[Call, Any], Awaitable[dict]]
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from rpc_server.api import results
+from rpc_server.api.context import Call
 from rpc_server.api.params import Id, Moment, Name, PaginationParam, Params
 from rpc_server.api.registry import rpc_method
 from rpc_server.errors import Forbidden, InvalidParams, NotFound
@@ -27,7 +28,7 @@ class ListApiKeys(Params):
     pagination: PaginationParam
 
 
-async def _owner_of_request(ctx, user_id):
+async def _owner_of_request(ctx: Call, user_id):
     """The user whose keys a call is about: yourself, or (platform admins) anyone."""
     principal = await ctx.principal()
     if user_id is None or user_id == principal.user_id:
@@ -53,7 +54,7 @@ def _refuse_outliving_the_caller(principal, expires_at: datetime | None) -> None
 
 @rpc_method(CreateApiKey, AUTHENTICATED, result=results.ApiKeyCreated,
              run_db=None, tenant_must_exist=False)
-async def create_api_key(ctx, p: CreateApiKey) -> dict:
+async def create_api_key(ctx: Call, p: CreateApiKey) -> dict:
     """Create an API key; the `secret` in the result is shown only this once."""
     user_id = await _owner_of_request(ctx, p.user_id)
     if p.expires_at is not None and p.expires_at <= datetime.now(timezone.utc):
@@ -70,7 +71,7 @@ async def create_api_key(ctx, p: CreateApiKey) -> dict:
 
 @rpc_method(ListApiKeys, AUTHENTICATED, result=results.ApiKeyList,
              run_db=None, tenant_must_exist=False)
-async def list_api_keys(ctx, p: ListApiKeys) -> dict:
+async def list_api_keys(ctx: Call, p: ListApiKeys) -> dict:
     """List API keys (never their secrets): your own, or a platform admin's choice."""
     principal = await ctx.principal()
     user_id = p.user_id if principal.is_platform_admin else await _owner_of_request(ctx, p.user_id)
@@ -81,7 +82,7 @@ async def list_api_keys(ctx, p: ListApiKeys) -> dict:
 
 @rpc_method(ApiKeyId, AUTHENTICATED, result=results.ApiKeyResult,
              run_db=None, tenant_must_exist=False)
-async def revoke_api_key(ctx, p: ApiKeyId) -> dict:
+async def revoke_api_key(ctx: Call, p: ApiKeyId) -> dict:
     """Revoke an API key; it stops working at once on this instance and within the auth
     cache time (FLEXDB_AUTH_CACHE_TTL_S) on others."""
     principal = await ctx.principal()

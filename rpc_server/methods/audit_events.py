@@ -7,6 +7,7 @@ import orjson
 from pydantic import Field
 
 from rpc_server.api import results
+from rpc_server.api.context import Call
 from rpc_server.api.params import Id, Moment, PaginationParam, Params
 from rpc_server.api.registry import rpc_method
 from rpc_server.audit import events as audit
@@ -40,7 +41,7 @@ class ListDeniedCalls(Params):
 
 @rpc_method(ListDeniedCalls, PLATFORM_ADMIN, result=results.DeniedCallList,
              run_db=None, tenant_must_exist=False)
-async def list_denied_calls(ctx, p: ListDeniedCalls) -> dict:
+async def list_denied_calls(ctx: Call, p: ListDeniedCalls) -> dict:
     """List the counts of refused calls per interval, source, method and outcome, oldest
     first, filtered by source, method or time (this server's latest counts included; other
     servers write theirs every few seconds)."""
@@ -58,7 +59,7 @@ async def list_denied_calls(ctx, p: ListDeniedCalls) -> dict:
 
 @rpc_method(ListAuditEvents, tenant_role("admin"), result=results.AuditEventList,
              run_db=None, tenant_must_exist=True)
-async def list_audit_events(ctx, p: ListAuditEvents) -> dict:
+async def list_audit_events(ctx: Call, p: ListAuditEvents) -> dict:
     """List a tenant's audit events in chain order (seq), filtered by actor, method, target
     or time."""
     await ctx.state.chainer.flush(p.tenant_id)
@@ -76,7 +77,7 @@ async def list_audit_events(ctx, p: ListAuditEvents) -> dict:
 
 @rpc_method(VerifyAuditChain, tenant_role("admin"), result=results.AuditChainVerification,
              run_db=None, tenant_must_exist=True)
-async def verify_audit_chain(ctx, p: VerifyAuditChain) -> dict:
+async def verify_audit_chain(ctx: Call, p: VerifyAuditChain) -> dict:
     """Recompute the tenant's hash chain: ok, or the first event where it breaks."""
     await ctx.state.chainer.flush(p.tenant_id)
     async with ctx.connection() as conn:
@@ -86,7 +87,7 @@ async def verify_audit_chain(ctx, p: VerifyAuditChain) -> dict:
             return await AuditRepository(conn).verify(p.tenant_id)
 
 
-async def require_live_tenant(ctx, conn, tenant_id) -> None:
+async def require_live_tenant(ctx: Call, conn, tenant_id) -> None:
     """A deleted tenant's trail stays in the database (append-only), but like every
     tenant-scoped read it answers not-found once the tenant is gone. The platform's own
     chain has no tenant row."""

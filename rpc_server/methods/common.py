@@ -6,6 +6,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from rpc_server.api.context import Call
 from rpc_server.api.params import Params
 from rpc_server.api.registry import REGISTRY
 from rpc_server.errors import InvalidParams, NotFound, QuotaExceeded
@@ -28,7 +29,7 @@ def require_changes(changes: dict, fields: tuple[str, ...]) -> None:
                                   + ", ".join(fields))
 
 
-async def require_tenant(ctx, conn: asyncpg.Connection, tenant_id: UUID) -> None:
+async def require_tenant(ctx: Call, conn: asyncpg.Connection, tenant_id: UUID) -> None:
     """Not found unless the tenant exists, for the methods registered tenant_must_exist=True
     (only they may call this, so the registry says which methods check). A member's role
     already proves it (authorize checked it); only platform admins, who skip the membership
@@ -42,7 +43,7 @@ async def require_tenant(ctx, conn: asyncpg.Connection, tenant_id: UUID) -> None
         raise NotFound("tenant", tenant_id)
 
 
-async def check_quota(ctx, conn: asyncpg.Connection, tenant_id: UUID, nodes: int,
+async def check_quota(ctx: Call, conn: asyncpg.Connection, tenant_id: UUID, nodes: int,
                       documents: list) -> None:
     """Refuse a write that would take the tenant past its caps on nodes or stored bytes
     (when set: FLEXDB_TENANT_MAX_NODES, FLEXDB_TENANT_MAX_BYTES). The documents count at
@@ -66,7 +67,7 @@ async def check_quota(ctx, conn: asyncpg.Connection, tenant_id: UUID, nodes: int
                                 usage=usage["bytes"], setting="FLEXDB_TENANT_MAX_BYTES")
 
 
-async def read_page(ctx, pagination, row_worst_case: int, read) -> Page:
+async def read_page(ctx: Call, pagination, row_worst_case: int, read) -> Page:
     """A list page read within what the call may read: at most FLEXDB_MAX_PAGE_BYTES and
     what is left of the response's budget. `read(max_bytes)` reads the page (it stops early
     once its rows' documents would take more; see pagination.within_bytes)."""
@@ -81,7 +82,7 @@ async def read_page(ctx, pagination, row_worst_case: int, read) -> Page:
     return page
 
 
-async def read_one(ctx, worst_case: int, read, size_of):
+async def read_one(ctx: Call, worst_case: int, read, size_of):
     """One row whose documents may be large (up to `worst_case` bytes), read within what the
     response may still take; `size_of(row)` is what it takes."""
     granted = await ctx.reserve(worst_case + ROW_OVERHEAD)

@@ -7,6 +7,7 @@ import asyncpg
 from pydantic import BeforeValidator, Field, StrictInt
 
 from rpc_server.api import results
+from rpc_server.api.context import Call
 from rpc_server.api.params import Id, Params, RelationshipType, zero_means
 from rpc_server.api.registry import db_method, rpc_method
 from rpc_server.errors import QueryRejected
@@ -70,7 +71,7 @@ def _path_to(node_id, parents: dict) -> list[str]:
 
 @rpc_method(Traverse, tenant_role("viewer"), result=results.TraverseResult,
              run_db=db_method("start_node_id"), tenant_must_exist=False)
-async def traverse(ctx, p: Traverse) -> dict:
+async def traverse(ctx: Call, p: Traverse) -> dict:
     """Nodes reachable from a start node within max_depth hops, nearest first, each with its
     depth and one shortest path of relationship ids."""
     try:
@@ -100,7 +101,7 @@ async def traverse(ctx, p: Traverse) -> dict:
 
 @rpc_method(ShortestPath, tenant_role("viewer"), result=results.ShortestPathResult,
              run_db=db_method("source_node_id", "target_node_id"), tenant_must_exist=False)
-async def shortest_path(ctx, p: ShortestPath) -> dict:
+async def shortest_path(ctx: Call, p: ShortestPath) -> dict:
     """One shortest path between two nodes within max_depth hops, or null."""
     try:
         async with ctx.heavy(p.timeout_ms, WHAT) as conn:

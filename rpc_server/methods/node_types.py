@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from rpc_server.api import results
+from rpc_server.api.context import Call
 from rpc_server.api.params import (
     MAX_DESCRIPTION,
     Description,
@@ -59,7 +60,7 @@ class ListNodeTypes(Params):
 
 @rpc_method(CreateNodeType, tenant_role("admin"), result=results.NodeTypeResult,
              run_db=None, tenant_must_exist=False)
-async def create_node_type(ctx, p: CreateNodeType) -> dict:
+async def create_node_type(ctx: Call, p: CreateNodeType) -> dict:
     """Create a node type; `schema` (object or JSON string) validates its nodes' data."""
     await ctx.validators.check_schema(p.tenant_id, p.schema_)
     async with ctx.transaction() as conn:
@@ -70,7 +71,7 @@ async def create_node_type(ctx, p: CreateNodeType) -> dict:
 
 @rpc_method(NodeTypeId, tenant_role("viewer"), result=results.NodeTypeResult,
              run_db=None, tenant_must_exist=False)
-async def get_node_type(ctx, p: NodeTypeId) -> dict:
+async def get_node_type(ctx: Call, p: NodeTypeId) -> dict:
     """Get a node type by id."""
     async with ctx.connection() as conn:
         row = await read_one(ctx, ctx.state.settings.max_schema_bytes + MAX_DESCRIPTION,
@@ -81,7 +82,7 @@ async def get_node_type(ctx, p: NodeTypeId) -> dict:
 
 @rpc_method(UpdateNodeType, tenant_role("admin"), result=results.NodeTypeResult,
              run_db=None, tenant_must_exist=False)
-async def update_node_type(ctx, p: UpdateNodeType) -> dict:
+async def update_node_type(ctx: Call, p: UpdateNodeType) -> dict:
     """Update a node type. `schema` null or "" removes the schema. Existing nodes are not
     re-validated; later creates and updates are."""
     changes = changes_of(p, ("name", "description"))
@@ -98,7 +99,7 @@ async def update_node_type(ctx, p: UpdateNodeType) -> dict:
 
 @rpc_method(NodeTypeId, tenant_role("admin"), result=results.Deleted,
              run_db=None, tenant_must_exist=False)
-async def delete_node_type(ctx, p: NodeTypeId) -> dict:
+async def delete_node_type(ctx: Call, p: NodeTypeId) -> dict:
     """Delete a node type, its nodes and their relationships."""
     async with ctx.transaction() as conn:
         await NodeTypeRepository(conn).delete(p.tenant_id, p.id)
@@ -108,7 +109,7 @@ async def delete_node_type(ctx, p: NodeTypeId) -> dict:
 
 @rpc_method(ListNodeTypes, tenant_role("viewer"), result=results.NodeTypeList,
              run_db=None, tenant_must_exist=True)
-async def list_node_types(ctx, p: ListNodeTypes) -> dict:
+async def list_node_types(ctx: Call, p: ListNodeTypes) -> dict:
     """List a tenant's node types."""
     async with ctx.connection() as conn:
         await require_tenant(ctx, conn, p.tenant_id)

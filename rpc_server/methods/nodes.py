@@ -4,6 +4,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from rpc_server.api import results
+from rpc_server.api.context import Call
 from rpc_server.api.params import (
     BULK_TIMEOUT_MS,
     MAX_BULK,
@@ -62,7 +63,7 @@ class CreateNodes(Params):
 
 @rpc_method(CreateNode, tenant_role("member"), result=results.NodeResult,
              run_db=db_method("node_type_id", "data"), tenant_must_exist=False)
-async def create_node(ctx, p: CreateNode) -> dict:
+async def create_node(ctx: Call, p: CreateNode) -> dict:
     """Create a node; its data must satisfy the node type's schema."""
     node_id = uuid7_sequence(1)[0]
     ctx.set_target("node", node_id)
@@ -83,7 +84,7 @@ async def create_node(ctx, p: CreateNode) -> dict:
 
 @rpc_method(NodeId, tenant_role("viewer"), result=results.NodeResult,
              run_db=db_method("id"), tenant_must_exist=False)
-async def get_node(ctx, p: NodeId) -> dict:
+async def get_node(ctx: Call, p: NodeId) -> dict:
     """Get a node by id."""
     row = ctx.request.prefetched_nodes.get((p.tenant_id, p.id), NOT_READ)
     if row is NOT_READ:
@@ -97,7 +98,7 @@ async def get_node(ctx, p: NodeId) -> dict:
 
 @rpc_method(UpdateNode, tenant_role("member"), result=results.NodeResult,
              run_db=db_method("id", "data"), tenant_must_exist=False)
-async def update_node(ctx, p: UpdateNode) -> dict:
+async def update_node(ctx: Call, p: UpdateNode) -> dict:
     """Replace a node's data (validated); `expected_version` guards against lost updates.
     Without `data` nothing changes: the node is answered as it is."""
     if p.data is None:
@@ -123,7 +124,7 @@ async def update_node(ctx, p: UpdateNode) -> dict:
     raise node_type_kept_changing(current["node_type_id"])
 
 
-async def unchanged_node(ctx, p: UpdateNode) -> dict:
+async def unchanged_node(ctx: Call, p: UpdateNode) -> dict:
     """update_node without data: no write and no audit event, but the same answers (the
     node, NotFound, or a version conflict)."""
     async with ctx.connection() as conn:
@@ -133,7 +134,7 @@ async def unchanged_node(ctx, p: UpdateNode) -> dict:
     return {"node": ctx.shaper.one(row)}
 
 
-async def check_nodes(ctx, nodes: list[NodeInput], node_types: dict) -> None:
+async def check_nodes(ctx: Call, nodes: list[NodeInput], node_types: dict) -> None:
     """Each node's type exists and its data satisfies that type's schema."""
     checks = []
     for index, node in enumerate(nodes):
@@ -147,7 +148,7 @@ async def check_nodes(ctx, nodes: list[NodeInput], node_types: dict) -> None:
         raise InvalidParams(errors=errors)
 
 
-async def check_data(ctx, node_type, data: dict) -> None:
+async def check_data(ctx: Call, node_type, data: dict) -> None:
     errors = await ctx.validators.errors(node_type, data)
     if errors:
         raise InvalidParams(errors=errors)
@@ -160,7 +161,7 @@ def node_type_kept_changing(node_type_id) -> Conflict:
 
 @rpc_method(NodeId, tenant_role("member"), result=results.Deleted,
              run_db=db_method("id"), tenant_must_exist=False)
-async def delete_node(ctx, p: NodeId) -> dict:
+async def delete_node(ctx: Call, p: NodeId) -> dict:
     """Delete a node and its relationships."""
     async with ctx.transaction() as conn:
         await NodeRepository(conn).delete(p.tenant_id, p.id)
@@ -169,7 +170,7 @@ async def delete_node(ctx, p: NodeId) -> dict:
 
 @rpc_method(ListNodes, tenant_role("viewer"), result=results.NodeList,
              run_db=db_method(), tenant_must_exist=True)
-async def list_nodes(ctx, p: ListNodes) -> dict:
+async def list_nodes(ctx: Call, p: ListNodes) -> dict:
     """List a tenant's nodes, optionally of one node type."""
     async with ctx.connection() as conn:
         page = await read_page(ctx, p.pagination, ctx.state.settings.max_body_bytes,
@@ -182,7 +183,7 @@ async def list_nodes(ctx, p: ListNodes) -> dict:
 
 @rpc_method(CreateNodes, tenant_role("member"), result=results.NodesCreated,
              run_db=db_method("nodes"), tenant_must_exist=True)
-async def create_nodes(ctx, p: CreateNodes) -> dict:
+async def create_nodes(ctx: Call, p: CreateNodes) -> dict:
     """Create up to 1,000 nodes in one transaction: all are created or none."""
     async with ctx.heavy_transaction(BULK_TIMEOUT_MS, "The bulk create") as conn:
         if not p.nodes:

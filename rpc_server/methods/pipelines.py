@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field, StrictBool, StrictInt
 
 from rpc_server.api import results
+from rpc_server.api.context import Call
 from rpc_server.api.params import (
     MAX_DESCRIPTION,
     Description,
@@ -115,7 +116,7 @@ class ListPipelineRuns(Params):
     pagination: PaginationParam
 
 
-def _run(ctx, row) -> dict:
+def _run(ctx: Call, row) -> dict:
     """A run as every method shows it (rows from create/claim carry internal columns)."""
     return ctx.shaper.one({k: row[k] for k in RUN_FIELDS})
 
@@ -125,13 +126,13 @@ def _run(ctx, row) -> dict:
 RUN_RECORD_EXTRA = 3 * 1_048_576
 
 
-def run_worst_case(ctx) -> int:
+def run_worst_case(ctx: Call) -> int:
     return ctx.state.settings.max_body_bytes + RUN_RECORD_EXTRA
 
 
 @rpc_method(CreatePipeline, tenant_role("admin"), result=results.PipelineResult,
              run_db=None, tenant_must_exist=False)
-async def create_pipeline(ctx, p: CreatePipeline) -> dict:
+async def create_pipeline(ctx: Call, p: CreatePipeline) -> dict:
     """Save a pipeline: Python code defining run(input, db), checked when saved."""
     _compiles(p.code)
     async with ctx.transaction() as conn:
@@ -143,7 +144,7 @@ async def create_pipeline(ctx, p: CreatePipeline) -> dict:
 
 @rpc_method(PipelineId, tenant_role("viewer"), result=results.PipelineResult,
              run_db=None, tenant_must_exist=False)
-async def get_pipeline(ctx, p: PipelineId) -> dict:
+async def get_pipeline(ctx: Call, p: PipelineId) -> dict:
     """Get a pipeline with its code."""
     async with ctx.connection() as conn:
         row = await read_one(ctx, MAX_CODE_LENGTH + MAX_DESCRIPTION,
@@ -154,7 +155,7 @@ async def get_pipeline(ctx, p: PipelineId) -> dict:
 
 @rpc_method(UpdatePipeline, tenant_role("admin"), result=results.PipelineResult,
              run_db=None, tenant_must_exist=False)
-async def update_pipeline(ctx, p: UpdatePipeline) -> dict:
+async def update_pipeline(ctx: Call, p: UpdatePipeline) -> dict:
     """Change a pipeline's name, description, code or limits (code is checked again)."""
     changes = changes_of(p, UPDATABLE)
     require_changes(changes, UPDATABLE)
@@ -168,7 +169,7 @@ async def update_pipeline(ctx, p: UpdatePipeline) -> dict:
 
 @rpc_method(PipelineId, tenant_role("admin"), result=results.Deleted,
              run_db=None, tenant_must_exist=False)
-async def delete_pipeline(ctx, p: PipelineId) -> dict:
+async def delete_pipeline(ctx: Call, p: PipelineId) -> dict:
     """Delete a pipeline and its runs."""
     async with ctx.transaction() as conn:
         await PipelineRepository(conn).delete(p.tenant_id, p.id)
@@ -177,7 +178,7 @@ async def delete_pipeline(ctx, p: PipelineId) -> dict:
 
 @rpc_method(ListPipelines, tenant_role("viewer"), result=results.PipelineList,
              run_db=None, tenant_must_exist=True)
-async def list_pipelines(ctx, p: ListPipelines) -> dict:
+async def list_pipelines(ctx: Call, p: ListPipelines) -> dict:
     """List a tenant's pipelines."""
     async with ctx.connection() as conn:
         await require_tenant(ctx, conn, p.tenant_id)
@@ -189,7 +190,7 @@ async def list_pipelines(ctx, p: ListPipelines) -> dict:
 
 @rpc_method(RunPipeline, tenant_role("member"), result=results.PipelineRunResult,
              run_db=None, tenant_must_exist=False)
-async def run_pipeline(ctx, p: RunPipeline) -> dict:
+async def run_pipeline(ctx: Call, p: RunPipeline) -> dict:
     """Run a pipeline: wait for its outcome (wait: true), or queue it and return at once."""
     runner = ctx.state.pipelines
     if not runner.enabled:
@@ -233,7 +234,7 @@ async def run_pipeline(ctx, p: RunPipeline) -> dict:
 
 @rpc_method(RunId, tenant_role("viewer"), result=results.PipelineRunResult,
              run_db=None, tenant_must_exist=False)
-async def get_pipeline_run(ctx, p: RunId) -> dict:
+async def get_pipeline_run(ctx: Call, p: RunId) -> dict:
     """Get a run: status, input, result, error, output, timings and db operations."""
     async with ctx.connection() as conn:
         row = await read_one(ctx, run_worst_case(ctx),
@@ -245,7 +246,7 @@ async def get_pipeline_run(ctx, p: RunId) -> dict:
 
 @rpc_method(ListPipelineRuns, tenant_role("viewer"), result=results.PipelineRunList,
              run_db=None, tenant_must_exist=True)
-async def list_pipeline_runs(ctx, p: ListPipelineRuns) -> dict:
+async def list_pipeline_runs(ctx: Call, p: ListPipelineRuns) -> dict:
     """List a tenant's runs, newest last, by status or pipeline."""
     async with ctx.list_connection(p.status is not None) as conn:
         await require_tenant(ctx, conn, p.tenant_id)
@@ -258,7 +259,7 @@ async def list_pipeline_runs(ctx, p: ListPipelineRuns) -> dict:
 
 @rpc_method(RunId, tenant_role("member"), result=results.PipelineRunResult,
              run_db=None, tenant_must_exist=False)
-async def cancel_pipeline_run(ctx, p: RunId) -> dict:
+async def cancel_pipeline_run(ctx: Call, p: RunId) -> dict:
     """Cancel a queued or running run (a finished one is left as it is: conflict)."""
     async with ctx.transaction() as conn:
         runs = PipelineRunRepository(conn)

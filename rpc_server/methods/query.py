@@ -10,6 +10,7 @@ from asyncpg.exceptions import _base as asyncpg_base
 from pydantic import AfterValidator, BeforeValidator, Field, StrictInt
 
 from rpc_server.api import results
+from rpc_server.api.context import Call
 from rpc_server.api.params import (
     Document,
     Id,
@@ -79,7 +80,7 @@ def _too_large(limit: int) -> QueryRejected:
                          "columns", type="too_many_rows", max_bytes=limit)
 
 
-async def _run(ctx, p: ExecuteQuery) -> dict:
+async def _run(ctx: Call, p: ExecuteQuery) -> dict:
     env = ctx.state.query
     if env.problems:
         raise QueryRejected("execute_query is disabled on this server: the database is not "
@@ -101,7 +102,7 @@ async def _run(ctx, p: ExecuteQuery) -> dict:
     return result
 
 
-async def _run_within(ctx, p: ExecuteQuery, statement, max_bytes: int) -> tuple[int, dict]:
+async def _run_within(ctx: Call, p: ExecuteQuery, statement, max_bytes: int) -> tuple[int, dict]:
     env, settings = ctx.state.query, ctx.state.settings
     try:
         conn = await env.pool.acquire(timeout=settings.db_connect_timeout_s)
@@ -144,7 +145,7 @@ async def _run_within(ctx, p: ExecuteQuery, statement, max_bytes: int) -> tuple[
 
 @rpc_method(ExecuteQuery, tenant_role("viewer"), result=results.QueryResult,
              run_db=db_method("sql", "params"), tenant_must_exist=False)
-async def execute_query(ctx, p: ExecuteQuery) -> dict:
+async def execute_query(ctx: Call, p: ExecuteQuery) -> dict:
     """Run one read-only SQL statement over the tenant's nodes, node_types and
     relationships views."""
     try:
@@ -159,7 +160,7 @@ async def execute_query(ctx, p: ExecuteQuery) -> dict:
 
 @rpc_method(QueryNodes, tenant_role("viewer"), result=results.NodeList,
              run_db=db_method("filter"), tenant_must_exist=True)
-async def query_nodes(ctx, p: QueryNodes) -> dict:
+async def query_nodes(ctx: Call, p: QueryNodes) -> dict:
     """Find nodes with a JSON filter over data paths and node columns, keyset-paginated."""
     args = SqlArgs()
     condition = compile_filter(p.filter, args)

@@ -6,6 +6,7 @@ from typing import Annotated
 from pydantic import BeforeValidator, Field
 
 from rpc_server.api import results
+from rpc_server.api.context import Call
 from rpc_server.api.params import (
     BULK_TIMEOUT_MS,
     EMPTY_MEANS_NONE,
@@ -83,7 +84,7 @@ class CreateRelationships(Params):
 @rpc_method(CreateRelationship, tenant_role("member"), result=results.RelationshipResult,
              run_db=db_method("source_node_id", "target_node_id", "relationship_type", "data"),
              tenant_must_exist=False)
-async def create_relationship(ctx, p: CreateRelationship) -> dict:
+async def create_relationship(ctx: Call, p: CreateRelationship) -> dict:
     """Link two nodes of the same tenant."""
     relationship_id = uuid7_sequence(1)[0]
     ctx.set_target("relationship", relationship_id)
@@ -97,7 +98,7 @@ async def create_relationship(ctx, p: CreateRelationship) -> dict:
 
 @rpc_method(RelationshipId, tenant_role("viewer"), result=results.RelationshipResult,
              run_db=db_method("id"), tenant_must_exist=False)
-async def get_relationship(ctx, p: RelationshipId) -> dict:
+async def get_relationship(ctx: Call, p: RelationshipId) -> dict:
     """Get a relationship by id."""
     async with ctx.connection() as conn:
         row = await read_one(ctx, ctx.state.settings.max_body_bytes,
@@ -108,7 +109,7 @@ async def get_relationship(ctx, p: RelationshipId) -> dict:
 
 @rpc_method(UpdateRelationship, tenant_role("member"), result=results.RelationshipResult,
              run_db=db_method("id"), tenant_must_exist=False)
-async def update_relationship(ctx, p: UpdateRelationship) -> dict:
+async def update_relationship(ctx: Call, p: UpdateRelationship) -> dict:
     """Change a relationship's type or replace its data."""
     changes = changes_of(p, UPDATABLE)
     require_changes(changes, UPDATABLE)
@@ -122,7 +123,7 @@ async def update_relationship(ctx, p: UpdateRelationship) -> dict:
 
 @rpc_method(RelationshipId, tenant_role("member"), result=results.Deleted,
              run_db=db_method("id"), tenant_must_exist=False)
-async def delete_relationship(ctx, p: RelationshipId) -> dict:
+async def delete_relationship(ctx: Call, p: RelationshipId) -> dict:
     """Delete a relationship."""
     async with ctx.transaction() as conn:
         await RelationshipRepository(conn).delete(p.tenant_id, p.id)
@@ -131,7 +132,7 @@ async def delete_relationship(ctx, p: RelationshipId) -> dict:
 
 @rpc_method(ListRelationships, tenant_role("viewer"), result=results.RelationshipList,
              run_db=db_method(), tenant_must_exist=True)
-async def list_relationships(ctx, p: ListRelationships) -> dict:
+async def list_relationships(ctx: Call, p: ListRelationships) -> dict:
     """List a tenant's relationships, filtered by source, target or type."""
     filters = (p.source_node_id, p.target_node_id, p.relationship_type)
     async with ctx.list_connection(sum(f is not None for f in filters) > 1) as conn:
@@ -146,7 +147,7 @@ async def list_relationships(ctx, p: ListRelationships) -> dict:
 
 @rpc_method(CreateRelationships, tenant_role("member"), result=results.RelationshipsCreated,
              run_db=None, tenant_must_exist=True)
-async def create_relationships(ctx, p: CreateRelationships) -> dict:
+async def create_relationships(ctx: Call, p: CreateRelationships) -> dict:
     """Create up to 1,000 relationships in one transaction: all are created or none."""
     items = p.relationships
     async with ctx.heavy_transaction(BULK_TIMEOUT_MS, "The bulk create") as conn:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from rpc_server.api import results
+from rpc_server.api.context import Call
 from rpc_server.api.params import Id, Name, PaginationParam, Params, Slug, Status, Version
 from rpc_server.api.registry import rpc_method
 from rpc_server.errors import QuotaExceeded
@@ -36,7 +37,7 @@ class ListTenants(Params):
 
 @rpc_method(CreateTenant, AUTHENTICATED, result=results.TenantResult,
              run_db=None, tenant_must_exist=False)
-async def create_tenant(ctx, p: CreateTenant) -> dict:
+async def create_tenant(ctx: Call, p: CreateTenant) -> dict:
     """Create a tenant with a unique slug; the caller becomes its owner."""
     principal = await ctx.principal()
     cap = ctx.state.settings.max_tenants_per_user
@@ -56,7 +57,7 @@ async def create_tenant(ctx, p: CreateTenant) -> dict:
 
 @rpc_method(TenantId, tenant_role("viewer", "id"), result=results.TenantResult,
              run_db=None, tenant_must_exist=False)
-async def get_tenant(ctx, p: TenantId) -> dict:
+async def get_tenant(ctx: Call, p: TenantId) -> dict:
     """Get a tenant by id."""
     async with ctx.connection() as conn:
         row = await TenantRepository(conn).get(p.id)
@@ -69,7 +70,7 @@ class TenantUsageParams(Params):
 
 @rpc_method(TenantUsageParams, tenant_role("admin"), result=results.TenantUsageResult,
              run_db=None, tenant_must_exist=True)
-async def get_tenant_usage(ctx, p: TenantUsageParams) -> dict:
+async def get_tenant_usage(ctx: Call, p: TenantUsageParams) -> dict:
     """What a tenant stores (nodes, bytes of documents) against its caps."""
     async with ctx.connection() as conn:
         await require_tenant(ctx, conn, p.tenant_id)
@@ -82,7 +83,7 @@ async def get_tenant_usage(ctx, p: TenantUsageParams) -> dict:
 
 @rpc_method(UpdateTenant, tenant_role("owner", "id"), result=results.TenantResult,
              run_db=None, tenant_must_exist=False)
-async def update_tenant(ctx, p: UpdateTenant) -> dict:
+async def update_tenant(ctx: Call, p: UpdateTenant) -> dict:
     """Update a tenant's slug, name or status."""
     changes = changes_of(p, UPDATABLE)
     require_changes(changes, UPDATABLE)
@@ -93,7 +94,7 @@ async def update_tenant(ctx, p: UpdateTenant) -> dict:
 
 @rpc_method(TenantId, tenant_role("owner", "id"), result=results.Deleted,
              run_db=None, tenant_must_exist=False)
-async def delete_tenant(ctx, p: TenantId) -> dict:
+async def delete_tenant(ctx: Call, p: TenantId) -> dict:
     """Delete a tenant and everything it owns."""
     async with ctx.transaction() as conn:
         await TenantRepository(conn).delete(p.id)
@@ -103,7 +104,7 @@ async def delete_tenant(ctx, p: TenantId) -> dict:
 
 @rpc_method(ListTenants, AUTHENTICATED, result=results.TenantList,
              run_db=None, tenant_must_exist=False)
-async def list_tenants(ctx, p: ListTenants) -> dict:
+async def list_tenants(ctx: Call, p: ListTenants) -> dict:
     """List the caller's tenants (all of them for a platform admin), oldest first."""
     principal = await ctx.principal()
     member_of = None if principal.is_platform_admin else principal.user_id

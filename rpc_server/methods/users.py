@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from rpc_server.api import results
+from rpc_server.api.context import Call
 from rpc_server.api.params import Email, Id, Name, PaginationParam, Params, Version
 from rpc_server.api.registry import rpc_method
 from rpc_server.errors import Conflict, Forbidden, NotFound
@@ -59,7 +60,7 @@ class ListTenantUsers(Params):
     pagination: PaginationParam
 
 
-async def require_rank(ctx, tenant_id, role: str, what: str) -> None:
+async def require_rank(ctx: Call, tenant_id, role: str, what: str) -> None:
     """Nobody grants, or acts on a member holding, a role above their own."""
     mine = await ctx.role_in(tenant_id)
     if ROLE_RANK[role] > ROLE_RANK[mine]:
@@ -67,7 +68,8 @@ async def require_rank(ctx, tenant_id, role: str, what: str) -> None:
                         role=mine, required_role=role)
 
 
-async def lock_member(ctx, members: MembershipRepository, tenant_id, user_id, what: str) -> str:
+async def lock_member(ctx: Call, members: MembershipRepository, tenant_id, user_id,
+                      what: str) -> str:
     """Lock a membership for a change and return its role, if the caller may act on it."""
     current = await members.role_for_update(tenant_id, user_id)
     if current is None:
@@ -83,7 +85,7 @@ async def keep_an_owner(members: MembershipRepository, tenant_id, current_role: 
 
 @rpc_method(CreateUser, PLATFORM_ADMIN, result=results.UserResult,
              run_db=None, tenant_must_exist=False)
-async def create_user(ctx, p: CreateUser) -> dict:
+async def create_user(ctx: Call, p: CreateUser) -> dict:
     """Create a user with a unique email."""
     async with ctx.transaction() as conn:
         row = await UserRepository(conn).create(p.email, p.display_name)
@@ -93,7 +95,7 @@ async def create_user(ctx, p: CreateUser) -> dict:
 
 @rpc_method(UserId, AUTHENTICATED, result=results.UserResult,
              run_db=None, tenant_must_exist=False)
-async def get_user(ctx, p: UserId) -> dict:
+async def get_user(ctx: Call, p: UserId) -> dict:
     """Get a user by id (yourself, or anyone for a platform admin)."""
     principal = await ctx.principal()
     if not principal.is_platform_admin and principal.user_id != p.id:
@@ -105,7 +107,7 @@ async def get_user(ctx, p: UserId) -> dict:
 
 @rpc_method(UpdateUser, PLATFORM_ADMIN, result=results.UserResult,
              run_db=None, tenant_must_exist=False)
-async def update_user(ctx, p: UpdateUser) -> dict:
+async def update_user(ctx: Call, p: UpdateUser) -> dict:
     """Update a user's email or display name."""
     changes = changes_of(p, UPDATABLE)
     require_changes(changes, UPDATABLE)
@@ -116,7 +118,7 @@ async def update_user(ctx, p: UpdateUser) -> dict:
 
 @rpc_method(UserId, PLATFORM_ADMIN, result=results.Deleted,
              run_db=None, tenant_must_exist=False)
-async def delete_user(ctx, p: UserId) -> dict:
+async def delete_user(ctx: Call, p: UserId) -> dict:
     """Delete a user, their API keys and their tenant memberships."""
     async with ctx.transaction() as conn:
         await UserRepository(conn).delete(p.id)
@@ -126,7 +128,7 @@ async def delete_user(ctx, p: UserId) -> dict:
 
 @rpc_method(ListUsers, PLATFORM_ADMIN, result=results.UserList,
              run_db=None, tenant_must_exist=False)
-async def list_users(ctx, p: ListUsers) -> dict:
+async def list_users(ctx: Call, p: ListUsers) -> dict:
     """List users, oldest first."""
     async with ctx.connection() as conn:
         page = await UserRepository(conn).list(p.pagination)
@@ -135,7 +137,7 @@ async def list_users(ctx, p: ListUsers) -> dict:
 
 @rpc_method(AddUserToTenant, tenant_role("admin"), result=results.TenantUserResult,
              run_db=None, tenant_must_exist=False)
-async def add_user_to_tenant(ctx, p: AddUserToTenant) -> dict:
+async def add_user_to_tenant(ctx: Call, p: AddUserToTenant) -> dict:
     """Make a user a member of a tenant with a role (owner, admin, member, viewer); for a
     member already, change the role as update_tenant_user_role does (flex-db upserts)."""
     await require_rank(ctx, p.tenant_id, p.role, "grant")
@@ -151,7 +153,7 @@ async def add_user_to_tenant(ctx, p: AddUserToTenant) -> dict:
 
 @rpc_method(UpdateTenantUserRole, tenant_role("admin"), result=results.TenantUserResult,
              run_db=None, tenant_must_exist=False)
-async def update_tenant_user_role(ctx, p: UpdateTenantUserRole) -> dict:
+async def update_tenant_user_role(ctx: Call, p: UpdateTenantUserRole) -> dict:
     """Change a member's role; nobody grants above their own role, and the last owner
     stays an owner."""
     await require_rank(ctx, p.tenant_id, p.role, "grant")
@@ -162,7 +164,7 @@ async def update_tenant_user_role(ctx, p: UpdateTenantUserRole) -> dict:
     return {"tenant_user": ctx.shaper.one(row)}
 
 
-async def change_role(ctx, members: MembershipRepository, tenant_id, user_id, role: str):
+async def change_role(ctx: Call, members: MembershipRepository, tenant_id, user_id, role: str):
     """Set a member's role, if the caller may act on the member's current one and the
     tenant keeps an owner (the caller's right to grant `role` is checked already)."""
     current = await lock_member(ctx, members, tenant_id, user_id, "change a member with")
@@ -173,7 +175,7 @@ async def change_role(ctx, members: MembershipRepository, tenant_id, user_id, ro
 
 @rpc_method(TenantUserId, tenant_role("admin"), result=results.Deleted,
              run_db=None, tenant_must_exist=False)
-async def remove_user_from_tenant(ctx, p: TenantUserId) -> dict:
+async def remove_user_from_tenant(ctx: Call, p: TenantUserId) -> dict:
     """Remove a user's membership of a tenant (never the last owner)."""
     ctx.set_target("tenant_user", p.user_id)
     async with ctx.transaction() as conn:
@@ -187,7 +189,7 @@ async def remove_user_from_tenant(ctx, p: TenantUserId) -> dict:
 
 @rpc_method(TenantUserId, tenant_role("viewer"), result=results.TenantUserResult,
              run_db=None, tenant_must_exist=False)
-async def get_tenant_user(ctx, p: TenantUserId) -> dict:
+async def get_tenant_user(ctx: Call, p: TenantUserId) -> dict:
     """Get one member of a tenant: the user id and role."""
     async with ctx.connection() as conn:
         row = await MembershipRepository(conn).get(p.tenant_id, p.user_id)
@@ -196,7 +198,7 @@ async def get_tenant_user(ctx, p: TenantUserId) -> dict:
 
 @rpc_method(ListTenantUsers, tenant_role("viewer"), result=results.TenantUserList,
              run_db=None, tenant_must_exist=True)
-async def list_tenant_users(ctx, p: ListTenantUsers) -> dict:
+async def list_tenant_users(ctx: Call, p: ListTenantUsers) -> dict:
     """List a tenant's members."""
     async with ctx.connection() as conn:
         await require_tenant(ctx, conn, p.tenant_id)
