@@ -6,7 +6,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, cast
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -26,6 +26,7 @@ from rpc_server.pipelines.runner import PipelineRunner
 from rpc_server.security.auth import Authenticator, Principal
 from rpc_server.security.rate_limits import RateLimiter
 from rpc_server.security.tenant_limits import TenantLimiter
+from rpc_server.storage.db import Connection
 from rpc_server.storage.repositories.audit import AuditRepository, PendingEvent, with_event
 from rpc_server.storage.response_budget import ResponseBudget, ResponseMemory
 from rpc_server.validation.schemas import ValidatorCache
@@ -59,7 +60,7 @@ def tenant_pool_share(settings: Settings) -> int:
 
 @asynccontextmanager
 async def pooled_connection(pool: asyncpg.Pool,
-                            wait_s: float) -> AsyncIterator[asyncpg.Connection]:
+                            wait_s: float) -> AsyncIterator[Connection]:
     # With a connection idle, taking it cannot wait (a reconnect is bounded by the
     # pool's connect timeout): skip the costly timeout machinery on the hot path.
     timeout = None if pool.get_idle_size() else wait_s
@@ -72,7 +73,7 @@ class TimedConnection:
     what is left of it as asyncpg's timeout (asyncpg then cancels it in the server). A
     statement timeout that costs no transaction and no extra round trip."""
 
-    def __init__(self, conn: asyncpg.Connection, seconds: float):
+    def __init__(self, conn: Connection, seconds: float):
         self._conn = conn
         self._deadline = time.monotonic() + seconds
 
@@ -210,7 +211,7 @@ class RequestContext:
         return pooled_connection(self.state.pool, self.state.settings.db_connect_timeout_s)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+    async def transaction(self) -> AsyncIterator[Connection]:
         async with self.connection() as conn:
             async with conn.transaction():
                 yield conn
@@ -291,7 +292,7 @@ class Call:
         return self._tenant_connection(tenant_id)
 
     @asynccontextmanager
-    async def _tenant_connection(self, tenant_id: UUID) -> AsyncIterator[asyncpg.Connection]:
+    async def _tenant_connection(self, tenant_id: UUID) -> AsyncIterator[Connection]:
         shares = self.state.pool_shares
         await shares.acquire(tenant_id)
         try:
@@ -303,7 +304,7 @@ class Call:
 
     @asynccontextmanager
     async def heavy(self, timeout_ms: int, what: str = "The query"
-                    ) -> AsyncIterator[asyncpg.Connection]:
+                    ) -> AsyncIterator[Connection]:
         """A connection for work whose cost the caller shapes (filters, walks, bulk
         writes): one of the tenant's heavy-call slots, at most half the main pool for all
         such calls, and statements that end after `timeout_ms` in all (asyncpg cancels one
@@ -322,7 +323,8 @@ class Call:
             try:
                 async with self.connection() as conn:
                     try:
-                        yield TimedConnection(conn, timeout_ms / 1000)
+                        # cast: TimedConnection forwards every call to conn (with a timeout)
+                        yield cast(Connection, TimedConnection(conn, timeout_ms / 1000))
                     except (TimeoutError, asyncpg.QueryCanceledError):
                         raise QueryRejected(
                             f"{what} ran longer than {timeout_ms} ms and was cancelled",
@@ -338,7 +340,7 @@ class Call:
 
     @asynccontextmanager
     async def heavy_transaction(self, timeout_ms: int, what: str
-                                ) -> AsyncIterator[asyncpg.Connection]:
+                                ) -> AsyncIterator[Connection]:
         """heavy() for a change, in a transaction with its audit event."""
         async with self.heavy(timeout_ms, what) as conn:
             async with conn.transaction():
@@ -347,7 +349,7 @@ class Call:
         self.state.chainer.kick(self.chain())
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+    async def transaction(self) -> AsyncIterator[Connection]:
         async with self.connection() as conn:
             async with conn.transaction():
                 yield conn
@@ -362,7 +364,7 @@ class Call:
                 await self.record(conn, outcome, **extra)
         self.state.chainer.kick(self.chain())
 
-    async def record(self, conn: asyncpg.Connection, outcome: str, **extra) -> None:
+    async def record(self, conn: Connection, outcome: str, **extra) -> None:
         await AuditRepository(conn).append(self.event(outcome, **extra))
 
     def event(self, outcome: str, **extra) -> PendingEvent:
@@ -378,7 +380,7 @@ class Call:
             outcome=outcome, request_id=self.request_id,
             summary=audit.summarize({**summary, **extra}))
 
-    async def write(self, change_sql: str, *args, conn: asyncpg.Connection | None = None
+    async def write(self, change_sql: str, *args, conn: Connection | None = None
                     ) -> asyncpg.Record | None:
         """Run one change (an INSERT/UPDATE/DELETE … RETURNING over `args`) together with
         its audit event in a single statement: one round trip, one transaction, no event

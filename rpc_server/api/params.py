@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import orjson
@@ -254,6 +254,9 @@ class Pagination(Params):
 
 
 # null means the defaults (never None once validated; the union documents that null is taken).
-PaginationParam = Annotated[Pagination | None,
-                            BeforeValidator(lambda v: {} if v is None else v),
-                            Field(default_factory=Pagination)]
+if TYPE_CHECKING:  # what a handler gets: the validator has turned null into the defaults
+    PaginationParam = Pagination
+else:
+    PaginationParam = Annotated[Pagination | None,
+                                BeforeValidator(lambda v: {} if v is None else v),
+                                Field(default_factory=Pagination)]

@@ -13,6 +13,7 @@ from uuid import UUID
 
 import asyncpg
 
+from rpc_server.storage.db import Connection
 from rpc_server.storage.repositories.audit import CHAIN_BATCH, AuditRepository
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class AuditChainer:
         async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
             await self._chain_all(conn, tenant_id)
 
-    async def _chain_all(self, conn: asyncpg.Connection, tenant_id: UUID) -> None:
+    async def _chain_all(self, conn: Connection, tenant_id: UUID) -> None:
         if not await AuditRepository(conn).has_pending(tenant_id):
             return  # chained already (by a reader, or by another server): no head lock
         while True:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from uuid import UUID
 
-import asyncpg
-
 from rpc_server.caching.shared_cache import MISSING, SharedCache
 from rpc_server.caching.ttl_cache import TTLCache
+from rpc_server.storage.db import Connection
 from rpc_server.storage.repositories import NodeTypeRepository
 
 SIZE = 4096
@@ -26,7 +25,7 @@ class NodeTypeCache:
         self.local = TTLCache(ttl_s, SIZE)
         self.shared: SharedCache | None = None  # set when Redis is configured
 
-    async def get(self, conn: asyncpg.Connection, tenant_id: UUID, node_type_id: UUID,
+    async def get(self, conn: Connection, tenant_id: UUID, node_type_id: UUID,
                   version: int | None = None) -> dict:
         """The node type (NotFound if it does not exist). With `version` (read from the
         database in the caller's transaction), an entry of another version is not used."""
@@ -44,7 +43,7 @@ class NodeTypeCache:
                 return entry
         return await self.read(conn, tenant_id, node_type_id, generation)
 
-    async def read(self, conn: asyncpg.Connection, tenant_id: UUID, node_type_id: UUID,
+    async def read(self, conn: Connection, tenant_id: UUID, node_type_id: UUID,
                    generation: int | None = None) -> dict:
         """The node type as the database has it now, which then replaces the cached one."""
         row = await NodeTypeRepository(conn).get(tenant_id, node_type_id)

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from uuid import UUID
 
-import asyncpg
 import orjson
 
 from rpc_server.api.context import Call
 from rpc_server.api.params import Params
 from rpc_server.api.registry import REGISTRY
 from rpc_server.errors import InvalidParams, NotFound, QuotaExceeded
+from rpc_server.storage.db import Connection
 from rpc_server.storage.pagination import Page
 from rpc_server.storage.repositories import TenantRepository
 from rpc_server.storage.response_budget import ROW_OVERHEAD
@@ -29,7 +29,7 @@ def require_changes(changes: dict, fields: tuple[str, ...]) -> None:
                                   + ", ".join(fields))
 
 
-async def require_tenant(ctx: Call, conn: asyncpg.Connection, tenant_id: UUID) -> None:
+async def require_tenant(ctx: Call, conn: Connection, tenant_id: UUID) -> None:
     """Not found unless the tenant exists, for the methods registered tenant_must_exist=True
     (only they may call this, so the registry says which methods check). A member's role
     already proves it (authorize checked it); only platform admins, who skip the membership
@@ -43,7 +43,7 @@ async def require_tenant(ctx: Call, conn: asyncpg.Connection, tenant_id: UUID) -
         raise NotFound("tenant", tenant_id)
 
 
-async def check_quota(ctx: Call, conn: asyncpg.Connection, tenant_id: UUID, nodes: int,
+async def check_quota(ctx: Call, conn: Connection, tenant_id: UUID, nodes: int,
                       documents: list) -> None:
     """Refuse a write that would take the tenant past its caps on nodes or stored bytes
     (when set: FLEXDB_TENANT_MAX_NODES, FLEXDB_TENANT_MAX_BYTES). The documents count at

@@ -5,11 +5,9 @@ from __future__ import annotations
 import secrets
 from uuid import UUID
 
-import asyncpg
-
 from rpc_server.config import Settings
 from rpc_server.security.auth import PREFIX_SHOWN, hash_key, new_api_key
-from rpc_server.storage.db import connect, transaction_lock
+from rpc_server.storage.db import Connection, connect, transaction_lock
 from rpc_server.storage.migrations import MIGRATION_LOCK_KEY, migrate
 from rpc_server.storage.repositories.api_keys import ApiKeyRepository
 from rpc_server.storage.repositories.credentials import create_internal_admin, first_platform_admin
@@ -17,20 +15,20 @@ from rpc_server.storage.repositories.credentials import create_internal_admin, f
 BOOTSTRAP_LOCK_KEY = MIGRATION_LOCK_KEY + 1
 
 
-async def _create_admin(conn: asyncpg.Connection) -> UUID:
+async def _create_admin(conn: Connection) -> UUID:
     # A unique address in a reserved domain: it cannot collide with a real user.
     return await create_internal_admin(
         conn, f"platform-admin-{secrets.token_hex(4)}@flexdb.invalid")
 
 
-async def _issue_key(conn: asyncpg.Connection, secret: bytes, user_id: UUID, name: str) -> str:
+async def _issue_key(conn: Connection, secret: bytes, user_id: UUID, name: str) -> str:
     key = new_api_key()
     await ApiKeyRepository(conn).create(user_id, name, key[:PREFIX_SHOWN], hash_key(secret, key),
                                         None)
     return key
 
 
-async def ensure_platform_admin(conn: asyncpg.Connection, secret: bytes) -> str | None:
+async def ensure_platform_admin(conn: Connection, secret: bytes) -> str | None:
     """At start: when no platform admin exists, create one and return its new key."""
     async with conn.transaction():
         await transaction_lock(conn, BOOTSTRAP_LOCK_KEY)
@@ -39,7 +37,7 @@ async def ensure_platform_admin(conn: asyncpg.Connection, secret: bytes) -> str 
         return await _issue_key(conn, secret, await _create_admin(conn), "bootstrap")
 
 
-async def new_admin_key(conn: asyncpg.Connection, secret: bytes, name: str) -> str:
+async def new_admin_key(conn: Connection, secret: bytes, name: str) -> str:
     """A new key for the first platform admin (created if there is none)."""
     async with conn.transaction():
         await transaction_lock(conn, BOOTSTRAP_LOCK_KEY)

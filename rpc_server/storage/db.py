@@ -8,11 +8,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 from rpc_server.config import Settings
 
 log = logging.getLogger(__name__)
 EMBEDDED_DATABASE = "flexdb"
+
+# What code that runs statements takes: a connection, or the pool's proxy of one (which
+# forwards every call to its connection).
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 
 def _dumps(value) -> str:
@@ -71,7 +76,7 @@ async def create_query_pool(url: str, settings: Settings) -> asyncpg.Pool:
     )
 
 
-async def transaction_lock(conn: asyncpg.Connection, key: int) -> None:
+async def transaction_lock(conn: Connection, key: int) -> None:
     """An advisory lock held until the transaction ends (one start's setup at a time)."""
     await conn.execute("SELECT pg_advisory_xact_lock($1)", key)
 

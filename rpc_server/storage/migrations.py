@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
+from rpc_server.storage.db import Connection
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def discover(directory: Path) -> list[MigrationFile]:
     return result
 
 
-async def migrate(conn: asyncpg.Connection, directory: Path | None = None) -> list[str]:
+async def migrate(conn: Connection, directory: Path | None = None) -> list[str]:
     """Apply pending migrations; returns the names applied. Safe to run concurrently."""
     files = discover(directory or DEFAULT_DIR)
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)

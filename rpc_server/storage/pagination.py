@@ -11,10 +11,10 @@ from datetime import datetime, timezone
 from typing import Protocol
 from uuid import UUID
 
-import asyncpg
 import orjson
 
 from rpc_server.errors import InvalidParams
+from rpc_server.storage.db import Connection
 from rpc_server.storage.response_budget import ROW_OVERHEAD, response_too_large
 
 TOKEN_FIELD = "pagination.page_token"
@@ -110,7 +110,7 @@ def cut_to_budget(rows: list, max_bytes: int) -> tuple[list, bool, int]:
     return rows, False, rows[-1]["_through"]
 
 
-async def fetch_page(conn: asyncpg.Connection, *, scope: str, select: str, table: str,
+async def fetch_page(conn: Connection, *, scope: str, select: str, table: str,
                      where: list[str], args: list, pagination: PageRequest,
                      key_column: str = "id", count_sql: str | None = None,
                      size_sql: str | None = None, max_bytes: int | None = None) -> Page:

@@ -6,6 +6,7 @@ from typing import Any
 import asyncpg
 
 from rpc_server.errors import NotFound, VersionConflict
+from rpc_server.storage.db import Connection
 
 
 class Repository:
@@ -21,7 +22,7 @@ class Repository:
     kind: str
     key_columns: tuple[str, ...]
 
-    def __init__(self, conn: asyncpg.Connection):
+    def __init__(self, conn: Connection):
         self.conn = conn
 
     def _key_where(self, start: int = 1) -> str:

@@ -7,6 +7,8 @@ from uuid import UUID
 
 import asyncpg
 
+from rpc_server.storage.db import Connection
+
 
 async def key_holder(pool: asyncpg.Pool, digest: bytes) -> asyncpg.Record | None:
     """The unrevoked key with this hash and its user (id, user_id, key_hash, expires_at,
@@ -38,12 +40,12 @@ async def run_standing(pool: asyncpg.Pool, tenant_id: UUID, run_id: UUID,
         tenant_id, run_id, key_id, user_id)
 
 
-async def first_platform_admin(conn: asyncpg.Connection) -> UUID | None:
+async def first_platform_admin(conn: Connection) -> UUID | None:
     return await conn.fetchval(
         "SELECT id FROM users WHERE is_platform_admin ORDER BY created_at, id LIMIT 1")
 
 
-async def create_internal_admin(conn: asyncpg.Connection, email: str) -> UUID:
+async def create_internal_admin(conn: Connection, email: str) -> UUID:
     """A platform admin made by flexdb itself (marked internal in user results)."""
     return await conn.fetchval(
         "INSERT INTO users (email, display_name, is_platform_admin, is_internal) "

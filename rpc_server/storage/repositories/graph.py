@@ -14,6 +14,7 @@ from uuid import UUID
 
 import asyncpg
 
+from rpc_server.storage.db import Connection
 from rpc_server.storage.pagination import cut_to_budget, within_bytes
 from rpc_server.storage.repositories.nodes import NodeRepository
 
@@ -125,7 +126,7 @@ def path_sql(direction: str, typed: bool) -> str:
 
 
 class GraphRepository:
-    def __init__(self, conn: asyncpg.Connection):
+    def __init__(self, conn: Connection):
         self.conn = conn
 
     @staticmethod

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import Iterable
 from uuid import UUID
 
-import asyncpg
 import orjson
 
+from rpc_server.storage.db import Connection
 from rpc_server.storage.tenant_values import coerce_params, json_safe, type_name
 
 QUERY_ROLE = "flexdb_query"
@@ -97,7 +97,7 @@ def wrap(sql: str, max_rows: int, max_bytes: int) -> str:
             f"LIMIT {int(max_rows) + 1}")
 
 
-async def setup_problems(conn: asyncpg.Connection, *, schemas: Iterable[str],
+async def setup_problems(conn: Connection, *, schemas: Iterable[str],
                          functions: Iterable[str], prefixes: Iterable[str],
                          allowed: Iterable[str]) -> list[str]:
     """Why tenant SQL cannot be run safely on this database (empty when it can). The names
@@ -118,12 +118,12 @@ async def setup_problems(conn: asyncpg.Connection, *, schemas: Iterable[str],
     return problems
 
 
-async def is_superuser(conn: asyncpg.Connection) -> bool:
+async def is_superuser(conn: Connection) -> bool:
     return await conn.fetchval("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
 
 
 class TenantSqlRepository:
-    def __init__(self, conn: asyncpg.Connection, limit_temp_files: bool):
+    def __init__(self, conn: Connection, limit_temp_files: bool):
         self.conn = conn
         self.limit_temp_files = limit_temp_files
 
