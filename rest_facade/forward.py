@@ -18,12 +18,13 @@ def rpc_client(request: Request) -> FlexDBClient:
 
 
 async def call(request: Request, method: str, params: dict[str, Any]) -> Any:
-    headers: dict[str, str | bytes] = {"X-Request-ID": request.state.request_id}
+    # As bytes: Authorization is forwarded as received (headers are latin-1), since httpx
+    # would refuse non-ASCII text and rpc_server is the one to judge credentials. The
+    # request id is ASCII (edge.REQUEST_ID_RE).
+    headers = {b"X-Request-ID": request.state.request_id.encode()}
     authorization = (request.headers.get("authorization") or "").strip()
     if authorization:  # blank is absent: never let rpc_server read it as "anonymous"
-        # The bytes as received (headers are latin-1): httpx would refuse non-ASCII text,
-        # and rpc_server is the one to judge credentials.
-        headers["Authorization"] = authorization.encode("latin-1")
+        headers[b"Authorization"] = authorization.encode("latin-1")
     try:
         return await rpc_client(request).call(method, params, headers=headers)
     except RpcError as exc:

@@ -19,7 +19,12 @@ def _camel(name: str) -> str:
 
 def body_of(method: str, *, exclude: tuple[str, ...] = (), name: str | None = None
             ) -> type[Params]:
-    """The params model of `method` without the fields the URL carries."""
+    """The params model of `method` without the fields the URL carries.
+
+    A route module binds each to a name twice: the real model for FastAPI (which reads the
+    annotation at run time to validate and document the body), and, under TYPE_CHECKING,
+    Params for mypy, which cannot use a class made at run time as a type. Declaring the
+    models as classes would copy every method's fields here, to drift from the RPC's."""
     source = REGISTRY[method].params_model
     fields: dict[str, Any] = {n: (info.annotation, info)
                               for n, info in source.model_fields.items() if n not in exclude}

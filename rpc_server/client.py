@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import aiohttp
 import httpx
@@ -44,6 +44,8 @@ class RateLimited(RpcError): code = -32005  # noqa: E701
 class QueryRejected(RpcError): code = -32006  # noqa: E701
 class PipelineFailed(RpcError): code = -32007  # noqa: E701
 
+# Headers as text, or as bytes (the facade forwards Authorization as the bytes received).
+RequestHeaders = Mapping[str, str] | Mapping[bytes, bytes]
 
 ERROR_CLASSES = {cls.code: cls for cls in (
     ParseError, InvalidRequest, MethodNotFound, InvalidParams, InternalError, NotFound,
@@ -122,7 +124,7 @@ class FlexDBClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def post(self, payload: Any, headers: dict[str, str] | None = None) -> httpx.Response:
+    async def post(self, payload: Any, headers: RequestHeaders | None = None) -> httpx.Response:
         """Send any JSON payload (used for protocol-level tests and tools)."""
         try:
             return await self._http.post(self.url, json=payload, headers=headers)
@@ -131,7 +133,7 @@ class FlexDBClient:
                 raise TransportTimeout(f"no answer from {self.url} in time") from exc
             raise TransportError(f"cannot reach {self.url}: {exc!r}") from exc
 
-    async def _send(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
+    async def _send(self, payload: Any, headers: RequestHeaders | None = None) -> Any:
         response = await self.post(payload, headers)
         if response.status_code == 204:
             return None
@@ -147,7 +149,7 @@ class FlexDBClient:
         return reply
 
     async def call(self, method: str, params: dict | list | None = None, *,
-                   headers: dict[str, str] | None = None) -> Any:
+                   headers: RequestHeaders | None = None) -> Any:
         """Call one method; returns its result or raises an RpcError subclass. `headers`
         are added to this request only (e.g. another Authorization)."""
         request = {"jsonrpc": "2.0", "method": method, "id": next(self._ids)}
@@ -161,13 +163,14 @@ class FlexDBClient:
         return reply["result"]
 
     async def notify(self, method: str, params: dict | list | None = None) -> None:
-        request = {"jsonrpc": "2.0", "method": method}
+        request: dict[str, Any] = {"jsonrpc": "2.0", "method": method}
         if params is not None:
             request["params"] = params
         await self._send(request)
 
     async def batch(self, calls: Iterable[tuple[str, dict | list | None]]) -> list[Any]:
-        """Send calls in one request; returns, in order, each result or RpcError instance."""
+        """Send calls in one request; returns, in order, each result, or an RpcError instance
+        for a call that failed, or a TransportError for one the server did not answer."""
         requests, ids = [], []
         for method, params in calls:
             rid = next(self._ids)
@@ -182,7 +185,7 @@ class FlexDBClient:
         if isinstance(reply, dict):  # the whole batch was refused
             raise error_from(reply)
         by_id = {r.get("id"): r for r in reply or []}
-        results = []
+        results: list[Any] = []
         for rid in ids:
             r = by_id.get(rid)
             if r is None:

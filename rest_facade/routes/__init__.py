@@ -46,7 +46,8 @@ def _is_json(content_type: str | None) -> bool:
 
 def _query_names(dependant) -> frozenset[str]:
     """The query parameters a route declares, its dependencies' (paging) included."""
-    names, stack = set(), [dependant]
+    names: set[str] = set()
+    stack = [dependant]
     while stack:
         current = stack.pop()
         names.update(param.alias for param in current.query_params)

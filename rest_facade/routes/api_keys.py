@@ -1,17 +1,22 @@
 """/api-keys: the caller's own keys (platform admins: anyone's, with user_id)."""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from uuid import UUID
 
 from fastapi import Depends, Query, Request
+
+from rpc_server.api.params import Params
 
 from .. import forward
 from ..models import body_of, paging, result_of, wire
 from . import make_router
 
 router = make_router("api keys")
-CreateApiKeyBody = body_of("create_api_key")
+if TYPE_CHECKING:  # a model made at run time is no type to mypy: see models.body_of
+    CreateApiKeyBody = Params
+else:
+    CreateApiKeyBody = body_of("create_api_key")
 
 
 @router.post("/api-keys", status_code=201, response_model=result_of("create_api_key"))
@@ -26,7 +31,7 @@ async def list_api_keys(request: Request, pagination: Annotated[dict, Depends(pa
                         user_id: Annotated[UUID | None, Query()] = None):
     """Keys without secrets: the caller's own; a platform admin sees every user's keys, or
     one user's with `user_id`."""
-    params = {"pagination": pagination}
+    params: dict[str, object] = {"pagination": pagination}
     if user_id is not None:
         params["user_id"] = str(user_id)
     return forward.json(await forward.call(request, "list_api_keys", params))

@@ -1,19 +1,28 @@
 """Queries: read-only SQL, node search, graph traversal."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 from fastapi import Request
+
+from rpc_server.api.params import Params
 
 from .. import forward
 from ..models import body_of, result_of, wire
 from . import make_router
 
 router = make_router("queries")
-ExecuteQueryBody = body_of("execute_query", exclude=("tenant_id",))
-SearchNodesBody = body_of("query_nodes", exclude=("tenant_id",), name="SearchNodesBody")
-TraverseBody = body_of("traverse", exclude=("tenant_id",))
-ShortestPathBody = body_of("shortest_path", exclude=("tenant_id",))
+if TYPE_CHECKING:  # a model made at run time is no type to mypy: see models.body_of
+    ExecuteQueryBody = Params
+    SearchNodesBody = Params
+    TraverseBody = Params
+    ShortestPathBody = Params
+else:
+    ExecuteQueryBody = body_of("execute_query", exclude=("tenant_id",))
+    SearchNodesBody = body_of("query_nodes", exclude=("tenant_id",), name="SearchNodesBody")
+    TraverseBody = body_of("traverse", exclude=("tenant_id",))
+    ShortestPathBody = body_of("shortest_path", exclude=("tenant_id",))
 
 
 async def _forward(request: Request, method: str, tenant_id: UUID, body) -> object:

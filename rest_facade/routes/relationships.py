@@ -1,10 +1,12 @@
 """/tenants/{tenant_id}/relationships"""
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from uuid import UUID
 
 from fastapi import Depends, Query, Request
+
+from rpc_server.api.params import Params
 
 from .. import forward
 from ..documents import RelationshipPatch, document_of, merge_patch
@@ -12,9 +14,14 @@ from ..models import body_of, paging, result_of, wire
 from . import make_router
 
 router = make_router("relationships")
-CreateRelationshipBody = body_of("create_relationship", exclude=("tenant_id",))
-UpdateRelationshipBody = body_of("update_relationship", exclude=("tenant_id", "id"))
-CreateRelationshipsBody = body_of("create_relationships", exclude=("tenant_id",))
+if TYPE_CHECKING:  # a model made at run time is no type to mypy: see models.body_of
+    CreateRelationshipBody = Params
+    UpdateRelationshipBody = Params
+    CreateRelationshipsBody = Params
+else:
+    CreateRelationshipBody = body_of("create_relationship", exclude=("tenant_id",))
+    UpdateRelationshipBody = body_of("update_relationship", exclude=("tenant_id", "id"))
+    CreateRelationshipsBody = body_of("create_relationships", exclude=("tenant_id",))
 RelationshipTypeQuery = Annotated[str | None, Query(min_length=1, max_length=100)]
 
 
