@@ -89,7 +89,7 @@ class Conflict(RpcError):
 class VersionConflict(Conflict):
     type = "version_conflict"
 
-    def __init__(self, kind: str, id: Any, expected: int, actual: int):
+    def __init__(self, kind: str, id: Any, expected: int | None, actual: int):
         super().__init__(f"{kind} version mismatch: expected {expected}, current is {actual}",
                          kind=kind, id=str(id), expected_version=expected, current_version=actual)
 

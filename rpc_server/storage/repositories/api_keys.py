@@ -19,7 +19,7 @@ class ApiKeyRepository(Repository):
 
     async def create(self, user_id: UUID, name: str, prefix: str, key_hash: bytes,
                      expires_at: datetime | None) -> asyncpg.Record:
-        return await self.conn.fetchrow(
+        return await self._fetch_one(
             "INSERT INTO api_keys (user_id, name, prefix, key_hash, expires_at) "
             f"VALUES ($1, $2, $3, $4, $5) RETURNING {self.columns}",
             user_id, name, prefix, key_hash, expires_at)

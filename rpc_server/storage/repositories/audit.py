@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import builtins  # `list` in AuditRepository names its method
 import re
 import uuid
 from datetime import datetime
@@ -66,7 +67,8 @@ class AuditRepository(Repository):
                    method: str | None, target_id: str | None, since: datetime | None,
                    until: datetime | None) -> Page:
         """Events in chain order (seq), filtered; keyset pagination on seq."""
-        where, args = ["tenant_id = $1"], [tenant_id]
+        where = ["tenant_id = $1"]
+        args: list[object] = [tenant_id]
         for condition, value in (("actor_user_id = ${}", actor), ("method = ${}", method),
                                  ("target_id = ${}", target_id), ("created_at >= ${}", since),
                                  ("created_at < ${}", until)):
@@ -108,7 +110,7 @@ class AuditRepository(Repository):
         """Move up to `limit` of the tenant's pending events onto its chain, in the order
         they were recorded; call inside a transaction. Locks the chain head until commit,
         so two servers never chain one tenant at once. Returns how many were chained."""
-        head = await self.conn.fetchrow(
+        head = await self._fetch_one(
             "INSERT INTO audit_chain_heads (tenant_id, seq, hash) VALUES ($1, 0, $2) "
             "ON CONFLICT (tenant_id) DO UPDATE SET seq = audit_chain_heads.seq "
             "RETURNING seq, hash", tenant_id, audit.GENESIS)
@@ -137,7 +139,7 @@ class AuditRepository(Repository):
                                 "WHERE tenant_id = $1", tenant_id, seq, prev)
         return len(rows)
 
-    async def pending_tenants(self, limit: int = 1000) -> list[uuid.UUID]:
+    async def pending_tenants(self, limit: int = 1000) -> builtins.list[uuid.UUID]:
         """Tenants with events waiting to be chained."""
         rows = await self.conn.fetch(
             "SELECT DISTINCT tenant_id FROM audit_pending LIMIT $1", limit)

@@ -28,6 +28,14 @@ class Repository:
     def _key_where(self, start: int = 1) -> str:
         return " AND ".join(f"{c} = ${i}" for i, c in enumerate(self.key_columns, start))
 
+    async def _fetch_one(self, query: str, *args: Any) -> asyncpg.Record:
+        """fetchrow for a statement that always returns a row (INSERT ... RETURNING, an
+        aggregate, an UPDATE of a row the caller locked): the row, never None."""
+        row = await self.conn.fetchrow(query, *args)
+        if row is None:
+            raise RuntimeError(f"{self.table}: the statement returned no row")
+        return row
+
     async def _get(self, *key: Any) -> asyncpg.Record | None:
         return await self.conn.fetchrow(
             f"SELECT {self.read_columns or self.columns} FROM {self.table} "

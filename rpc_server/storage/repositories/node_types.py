@@ -17,7 +17,7 @@ class NodeTypeRepository(Repository):
 
     async def create(self, tenant_id: UUID, name: str, description: str,
                      schema: dict | None) -> asyncpg.Record:
-        return await self.conn.fetchrow(
+        return await self._fetch_one(
             "INSERT INTO node_types (tenant_id, name, description, schema) "
             f"VALUES ($1, $2, $3, $4) RETURNING {self.columns}",
             tenant_id, name, description, schema)

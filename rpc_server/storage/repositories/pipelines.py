@@ -24,7 +24,7 @@ class PipelineRepository(Repository):
 
     async def create(self, tenant_id: UUID, name: str, description: str, code: str,
                      timeout_ms: int, memory_mb: int) -> asyncpg.Record:
-        return await self.conn.fetchrow(
+        return await self._fetch_one(
             "INSERT INTO pipelines (tenant_id, name, description, code, timeout_ms, memory_mb) "
             f"VALUES ($1, $2, $3, $4, $5, $6) RETURNING {self.columns}",
             tenant_id, name, description, code, timeout_ms, memory_mb)
@@ -61,7 +61,7 @@ class PipelineRunRepository(Repository):
                      request_id: str) -> asyncpg.Record:
         """A new run with a copy of the pipeline's code and limits; a 'running' one gets
         its start time and deadline at once."""
-        return await self.conn.fetchrow(
+        return await self._fetch_one(
             "INSERT INTO pipeline_runs (tenant_id, pipeline_id, status, input, debug_level, "
             "code, timeout_ms, memory_mb, actor_user_id, actor_key_id, actor_role, request_id, "
             "started_at, deadline) "
@@ -104,7 +104,7 @@ class PipelineRunRepository(Repository):
         concurrent calls) and count its (queued, running) runs."""
         await self.conn.execute("SELECT pg_advisory_xact_lock($1::bigint)",
                                 RUNS_LOCK_KEY ^ (tenant_id.int & 0x7FFFFFFFFFFFFFFF))
-        row = await self.conn.fetchrow(
+        row = await self._fetch_one(
             "SELECT count(*) FILTER (WHERE status = 'queued') AS queued, "
             "count(*) FILTER (WHERE status = 'running') AS running FROM pipeline_runs "
             "WHERE tenant_id = $1 AND status IN ('queued', 'running')", tenant_id)
@@ -149,7 +149,8 @@ class PipelineRunRepository(Repository):
 
     async def list(self, tenant_id: UUID, pagination: PageRequest, status: str | None = None,
                    pipeline_id: UUID | None = None, max_bytes: int | None = None) -> Page:
-        where, args = ["tenant_id = $1"], [tenant_id]
+        where = ["tenant_id = $1"]
+        args: list[object] = [tenant_id]
         for column, value in (("status", status), ("pipeline_id", pipeline_id)):
             if value is not None:
                 args.append(value)

@@ -49,7 +49,8 @@ class RelationshipRepository(Repository):
     async def list(self, tenant_id: UUID, pagination: PageRequest,
                    source_node_id: UUID | None = None, target_node_id: UUID | None = None,
                    relationship_type: str | None = None, max_bytes: int | None = None) -> Page:
-        where, args = ["tenant_id = $1"], [tenant_id]
+        where = ["tenant_id = $1"]
+        args: list[object] = [tenant_id]
         for column, value in (("source_node_id", source_node_id),
                               ("target_node_id", target_node_id),
                               ("relationship_type", relationship_type)):

@@ -17,7 +17,7 @@ class TenantRepository(Repository):
     columns = "id, slug, name, status, created_at, updated_at, version"
 
     async def create(self, slug: str, name: str) -> asyncpg.Record:
-        return await self.conn.fetchrow(
+        return await self._fetch_one(
             f"INSERT INTO tenants (slug, name) VALUES ($1, $2) RETURNING {self.columns}",
             slug, name)
 
@@ -39,7 +39,7 @@ class TenantRepository(Repository):
 
     async def usage(self, tenant_id: UUID) -> asyncpg.Record:
         """What the tenant stores: nodes, and bytes of node and relationship documents."""
-        return await self.conn.fetchrow(
+        return await self._fetch_one(
             "SELECT (SELECT coalesce(sum(n), 0) FROM node_counts WHERE tenant_id = $1)::bigint "
             "AS nodes, (SELECT coalesce(sum(bytes), 0) FROM tenant_usage WHERE tenant_id = $1)"
             "::bigint AS bytes", tenant_id)

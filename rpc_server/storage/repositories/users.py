@@ -17,7 +17,7 @@ class UserRepository(Repository):
     columns = "id, email, display_name, is_internal AS internal, created_at, updated_at, version"
 
     async def create(self, email: str, display_name: str) -> asyncpg.Record:
-        return await self.conn.fetchrow(
+        return await self._fetch_one(
             f"INSERT INTO users (email, display_name) VALUES ($1, $2) RETURNING {self.columns}",
             email, display_name)
 
@@ -43,7 +43,7 @@ class MembershipRepository(Repository):
     columns = MEMBER_COLUMNS
 
     async def add(self, tenant_id: UUID, user_id: UUID, role: str) -> asyncpg.Record:
-        return await self.conn.fetchrow(
+        return await self._fetch_one(
             f"INSERT INTO tenant_users (tenant_id, user_id, role) VALUES ($1, $2, $3) "
             f"RETURNING {self.columns}", tenant_id, user_id, role)
 
@@ -74,7 +74,7 @@ class MembershipRepository(Repository):
         return len(rows)
 
     async def set_role(self, tenant_id: UUID, user_id: UUID, role: str) -> asyncpg.Record:
-        return await self.conn.fetchrow(
+        return await self._fetch_one(
             f"UPDATE tenant_users SET role = $3, updated_at = now() "
             f"WHERE tenant_id = $1 AND user_id = $2 RETURNING {self.columns}",
             tenant_id, user_id, role)
