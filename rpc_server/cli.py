@@ -271,10 +271,11 @@ def _facade(settings: Settings, args) -> int:
               f"{base}/redoc  {base}/openapi.json\n  forwards to: {settings.rpc_url}",
               flush=True)
     # h11 refuses request heads over 64 KiB; httptools would read any size into memory.
-    parser = {"h11_max_incomplete_event_size": 65536} if settings.facade_http == "h11" else {}
+    # (None: uvicorn's default, for httptools which has no such setting.)
+    max_head = 65536 if settings.facade_http == "h11" else None
     uvicorn.run(create_app(settings), host=settings.facade_host, port=settings.facade_port,
                 loop="uvloop", http=settings.facade_http, access_log=False, server_header=False,
-                **parser,
+                h11_max_incomplete_event_size=max_head,
                 # uvicorn's start-up lines are routine: kept only when debugging.
                 log_level="debug" if settings.log_level == "DEBUG" else "warning",
                 # In-flight calls may wait for rpc_server up to its timeout: let them finish.

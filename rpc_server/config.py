@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, JsonValue, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from rpc_server.config_secrets import SecretError, decrypt_setting, is_encrypted, master_key
 
@@ -51,7 +52,7 @@ def setting(default: Any = None, description: str = "", *, read_by: tuple[str, .
             shown_default: str | None = None, **constraints: Any) -> Any:
     """A Settings field: its meaning, the commands that read it, and (for defaults that
     are computed) how the default reads in the docs."""
-    extra = {"read_by": list(read_by)}
+    extra: dict[str, JsonValue] = {"read_by": list(read_by)}
     if shown_default is not None:
         extra["shown_default"] = shown_default
     if callable(default):
@@ -341,13 +342,20 @@ def env_var(name: str) -> str:
 def settings_read_by(command: str) -> list[str]:
     """The names of the settings a command reads, in declaration order."""
     return [name for name, field in Settings.model_fields.items()
-            if command in (field.json_schema_extra or {}).get("read_by", ())]
+            if command in _extra(field).get("read_by", ())]
+
+
+def _extra(field: FieldInfo) -> dict[str, Any]:
+    """What setting() put in a field's json_schema_extra (a dict: setting() never passes
+    the callable form)."""
+    extra = field.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
 
 
 def shown_default(name: str) -> str:
     """A setting's default as the docs show it."""
     field = Settings.model_fields[name]
-    extra = field.json_schema_extra or {}
+    extra = _extra(field)
     if "shown_default" in extra:
         return extra["shown_default"]
     if field.default is None:
