@@ -199,7 +199,8 @@ class BoundedPrinter:
     """print() output, kept up to a size; the rest is counted and dropped."""
 
     def __init__(self, limit: int):
-        self.limit, self.parts, self.size, self.dropped = limit, [], 0, 0
+        self.limit, self.size, self.dropped = limit, 0, 0
+        self.parts: list[str] = []
 
     def write(self, text: str) -> None:
         text = str(text)
@@ -273,7 +274,7 @@ def format_field_problem(text: str) -> str | None:
 def _format_fields(text: str):
     """(field, format spec) of each replacement field, in order, up to where the text is
     malformed: str.format formats the fields before that place, then stops with its error."""
-    parts = string.Formatter().parse(text)
+    parts = iter(string.Formatter().parse(text))
     while True:
         try:
             _, field, spec, _ = next(parts)
@@ -525,7 +526,8 @@ def save_time_problems(source: str) -> list[CodeError]:
                 and not node.attr.startswith("_"):  # RestrictedPython refuses those itself
             # at the attribute's name: what follows the last "." up to the node's end (not
             # len(attr): the parser folds fullwidth letters, the source keeps them)
-            text = lines[node.end_lineno - 1].encode()[:node.end_col_offset]
+            # (ast.parse sets end_lineno; it is optional only for nodes built by hand)
+            text = lines[(node.end_lineno or node.lineno) - 1].encode()[:node.end_col_offset]
             name = text[text.rfind(b".") + 1:].lstrip()
             where = {"line": node.end_lineno, "column": len(text) - len(name)}
             module = module_of.get(node.value.id) if isinstance(node.value, ast.Name) else None

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from rpc_server.audit.events import summarize  # the audit trail's redaction, for verbose runs
 
@@ -70,9 +70,10 @@ class Child:
 
     async def wait(self) -> int:
         # Shielded: a waiter that is cancelled must not cancel the exit status for others.
-        self.returncode = await asyncio.shield(self._exited)
+        returncode: int = await asyncio.shield(self._exited)
+        self.returncode = returncode
         self.writer.close()
-        return self.returncode
+        return returncode
 
 
 class Zygote:
@@ -112,13 +113,13 @@ class Zygote:
         return self._exits[pid]
 
     def _on_message(self) -> None:
-        while self._sock is not None:
+        while (sock := self._sock) is not None:
             try:
-                message, fds, _, _ = socket.recv_fds(self._sock, 4096, 1)
+                message, fds, _, _ = socket.recv_fds(sock, 4096, 1)
             except BlockingIOError:
                 return
             if not message:
-                self._gone()
+                self._gone(sock)
                 return
             data = json.loads(message)
             if "forked" in data and self._forks:
@@ -131,15 +132,15 @@ class Zygote:
                 self._children.discard(data["exited"])
                 if not self._children:
                     self._idle.set()
-                future = self._exits.pop(data["exited"], None)
-                if future is None:  # exited before anyone asked: keep the status
-                    future = self._exit_future(data["exited"])
+                pid = data["exited"]
+                # Exited before anyone asked: keep the status in a new future.
+                future = self._exits.pop(pid) if pid in self._exits else self._exit_future(pid)
                 if not future.done():
                     future.set_result(data["status"])
 
-    def _gone(self) -> None:
-        asyncio.get_running_loop().remove_reader(self._sock.fileno())
-        self._sock.close()
+    def _gone(self, sock: socket.socket) -> None:
+        asyncio.get_running_loop().remove_reader(sock.fileno())
+        sock.close()
         self._sock = None
         for future in [*self._forks, *self._exits.values()]:
             if not future.done():
@@ -148,11 +149,12 @@ class Zygote:
         self._forks.clear()
 
     async def fork(self) -> Child:
-        if not self.alive:
+        sock = self._sock
+        if sock is None or not self.alive:
             raise ZygoteGone()
         future = asyncio.get_running_loop().create_future()
         self._forks.append(future)
-        self._sock.send(b"fork")
+        sock.send(b"fork")
         pid, fd = await asyncio.wait_for(future, 10)
         self.forked += 1
         self._children.add(pid)
@@ -178,7 +180,7 @@ class Zygote:
 
     async def close(self) -> None:
         if self._sock is not None:
-            self._gone()
+            self._gone(self._sock)
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
             await self.process.wait()
@@ -294,11 +296,14 @@ async def run_job(child: Child, job: dict, db_call: DbCall, timeout_s: float,
             calls += 1
             method, params = message.get("call"), message.get("params")
             began = time.perf_counter()
+            answer: Any  # the call's result when ok, else its JSON-RPC error (a dict)
             if calls > MAX_DB_CALLS:
                 ok, answer = False, {"code": -32005, "message": f"more than {MAX_DB_CALLS} "
                                      "db calls in one run", "data": {"type": "too_many_calls"}}
             else:
-                ok, answer = await db_call(method, params if isinstance(params, dict) else {})
+                # str(): the child's message is untrusted; db_call refuses unknown names.
+                ok, answer = await db_call(str(method),
+                                           params if isinstance(params, dict) else {})
             if len(operations) < MAX_RECORDED_OPERATIONS:
                 operation = {"method": str(method)[:100],
                              "duration_ms": round((time.perf_counter() - began) * 1000, 3),

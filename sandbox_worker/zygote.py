@@ -15,13 +15,14 @@ import select
 import signal
 import socket
 import sys
+from typing import Sequence
 
 from sandbox_worker import child
 
 CHANNEL_FD = 3
 
 
-def _send(control: socket.socket, message: dict, fds: list[int] = ()) -> None:
+def _send(control: socket.socket, message: dict, fds: Sequence[int] = ()) -> None:
     socket.send_fds(control, [json.dumps(message).encode()], list(fds))
 
 
@@ -64,7 +65,8 @@ def main() -> None:
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     while True:
-        readable, _, _ = select.select([control, wake_r], [], [])
+        watched: list[socket.socket | int] = [control, wake_r]
+        readable, _, _ = select.select(watched, [], [])
         if wake_r in readable:
             os.read(wake_r, 4096)
             _reap(control)
