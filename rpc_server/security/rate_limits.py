@@ -104,9 +104,10 @@ class RateLimiter:
             return
         bucket = f"flexdb:rl:{scope}:{ident}"
         wait = None
-        if self.link is not None:
+        script = self._script  # set exactly when link is
+        if self.link is not None and script is not None:
             try:
-                wait = int(await self.link.run(lambda _: self._script(
+                wait = int(await self.link.run(lambda _: script(
                     keys=[bucket], args=[limit.interval_us, limit.tolerance_us])))
             except RedisDown:
                 wait = None

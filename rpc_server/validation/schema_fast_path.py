@@ -94,10 +94,10 @@ def fast_check(schema: Any) -> Callable[[dict], bool] | None:
         return None
     checks = {}
     for name, subschema in properties.items():
-        check = _property_check(subschema)
-        if check is None:
+        property_check = _property_check(subschema)
+        if property_check is None:
             return None
-        checks[name] = check
+        checks[name] = property_check
     required = tuple(required)
     allowed = frozenset(properties)
     items = tuple(checks.items())

@@ -42,7 +42,7 @@ MAX_REPORTED_ERRORS = 10  # per document
 MAX_REPORTED_ERRORS_PER_CALL = 50
 MAX_MESSAGE = 300  # jsonschema messages quote the whole offending value
 # Instances tried once when a schema is saved, to catch references that loop on themselves.
-PROBE_INSTANCES = (None, True, 0, "", [], {})
+PROBE_INSTANCES: tuple[object, ...] = (None, True, 0, "", [], {})
 # CPU a document may use on the event loop before it is checked again in a thread.
 INLINE_BUDGET_MS = 2.0
 # Bytes a cached validator is counted as, per byte of its schema's JSON (the schema as
