@@ -41,6 +41,12 @@ class NodeTypeRepository(Repository):
 
     async def update(self, tenant_id: UUID, node_type_id: UUID, changes: dict,
                      expected_version: int | None) -> asyncpg.Record:
+        """Call in a transaction. The row is locked FOR UPDATE first, which waits for
+        node inserts in flight (they hold it key-share-locked: NodeRepository.INSERT_CHECKED)
+        and bulk creates (lock_versions), so none commits against the version replaced."""
+        await self.conn.execute(
+            "SELECT 1 FROM node_types WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+            tenant_id, node_type_id)
         return await self._update((tenant_id, node_type_id), changes, expected_version)
 
     async def delete(self, tenant_id: UUID, node_type_id: UUID) -> None:
