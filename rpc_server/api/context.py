@@ -197,6 +197,8 @@ class RequestContext:
             return principal.run.role if principal.run.tenant_id == tenant_id else None
         if principal.is_platform_admin:
             return "owner"
+        if principal.user_id is None:  # an anonymous caller that is not an admin
+            return None
         return await self.state.auth.role_in(self.state.pool, principal.user_id, tenant_id)
 
     @property
@@ -310,6 +312,7 @@ class Call:
         such calls, and statements that end after `timeout_ms` in all (asyncpg cancels one
         running past it in the server). Past it: -32006 `timeout`."""
         env = self.state.query
+        assert self.tenant_id is not None  # heavy calls are tenant calls
         async with env.per_tenant.slot(self.tenant_id):
             if env.heavy.locked():
                 try:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib.metadata import PackageNotFoundError, version
+from typing import Literal
 
+from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from rpc_server.api.registry import REGISTRY
@@ -72,7 +74,8 @@ def _method(spec, params_schema: dict, result_schema: dict) -> dict:
 @lru_cache(maxsize=1)
 def openrpc_document() -> dict:
     specs = sorted(REGISTRY.values(), key=lambda s: s.name)
-    keys = [(s.params_model, "validation") for s in specs]
+    keys: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = [
+        (s.params_model, "validation") for s in specs]
     keys += [(s.result_model, "serialization") for s in specs]
     schemas, definitions = models_json_schema(keys, ref_template=REF)
     components = dict(definitions.get("$defs", {}))

@@ -76,15 +76,15 @@ def validation_errors(exc: ValidationError, prefix: str = "") -> list[dict]:
     for err in exc.errors(include_url=False):  # (the input only tells error_message apart)
         path = ".".join(str(p) for p in err["loc"])
         field = f"{prefix}.{path}" if prefix and path else (prefix or path)
-        message = error_message(err)
-        item = {"field": field or "params", "message": message}
+        message = error_message(dict(err))
+        item: dict[str, Any] = {"field": field or "params", "message": message}
         if len(err["loc"]) > 1 and isinstance(err["loc"][1], int):
             item["index"] = err["loc"][1]  # position in a bulk list
         errors.append(item)
     return errors
 
 
-def translate_database_error(exc: Exception) -> RpcError | None:
+def translate_database_error(exc: BaseException | None) -> RpcError | None:
     """The RPC error for a database failure, looking through wrapping exceptions (e.g. a
     rollback failing because the server is shutting down, raised from the real cause)."""
     seen = 0
@@ -98,10 +98,10 @@ def translate_database_error(exc: Exception) -> RpcError | None:
 
 def _translate_one(exc: BaseException) -> RpcError | None:
     if isinstance(exc, asyncpg.UniqueViolationError):
-        field, message = UNIQUE_CONFLICTS.get(exc.constraint_name, (None, "already exists"))
+        field, message = UNIQUE_CONFLICTS.get(exc.constraint_name or "", (None, "already exists"))
         return Conflict(message, field=field)
     if isinstance(exc, asyncpg.ForeignKeyViolationError):
-        kind = MISSING_REFERENCES.get(exc.constraint_name)
+        kind = MISSING_REFERENCES.get(exc.constraint_name or "")
         if kind:
             return NotFound(kind)
     if isinstance(exc, (asyncpg.UntranslatableCharacterError,
@@ -192,7 +192,7 @@ async def authorize(ctx, spec: MethodSpec, params: Params) -> None:
     role = await ctx.role_in(tenant_id)
     if role is None:
         raise NotFound("tenant", tenant_id)
-    if ROLE_RANK[role] < ROLE_RANK[permission.role]:
+    if ROLE_RANK[role] < ROLE_RANK[permission.role or "viewer"]:
         raise Forbidden(f"This method needs the {permission.role} role or higher in the tenant "
                         f"(yours: {role})", required_role=permission.role, role=role)
 

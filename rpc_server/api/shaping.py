@@ -6,7 +6,7 @@ Repository.read_columns) go into the response as they are (orjson.Fragment), wit
 being parsed and encoded again; in the string mode they are compacted as before."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 import asyncpg
 import orjson
@@ -22,7 +22,7 @@ class Shaper:
     def __init__(self, json_fields: str = "object"):
         self.as_strings = json_fields == "string"
 
-    def one(self, row: asyncpg.Record) -> dict:
+    def one(self, row: asyncpg.Record | Mapping[str, Any]) -> dict:
         item = dict(row)
         item.pop(TOTAL_COLUMN, None)  # a page's total rides on each row
         if "_through" in item:  # a page read within a byte budget
@@ -44,7 +44,7 @@ class Shaper:
         return [self.one(r) for r in rows]
 
     def page(self, key: str, page: Page) -> dict:
-        pagination = {"next_page_token": page.next_page_token}
+        pagination: dict[str, Any] = {"next_page_token": page.next_page_token}
         if page.total_count is not None:
             pagination["total_count"] = page.total_count
         return {key: self.many(page.rows), "pagination": pagination}

@@ -121,7 +121,8 @@ async def prefetch_batch_nodes(context: Any, members: list) -> None:
         await budget.settle(tenant, granted, sum(
             len(row["data"]) + ROW_OVERHEAD for row, _ in rows
             if row is not None and row["data"] is not None))
-    found, answered = {}, set()
+    found: dict[tuple, asyncpg.Record | None] = {}
+    answered: set[tuple[str, str]] = set()
     for (tenant_text, id_text), (row, cut) in zip(keys, rows):
         if cut:
             continue  # not read ahead: the member reads it, within its own budget

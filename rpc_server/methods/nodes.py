@@ -109,6 +109,7 @@ async def update_node(ctx: Call, p: UpdateNode) -> dict:
             current = await NodeRepository(conn).versions_of(p.tenant_id, p.id)
             if current is None:
                 raise NotFound("node", p.id)
+            node_type_id = current["node_type_id"]
             if p.expected_version is not None and current["version"] != p.expected_version:
                 raise VersionConflict("node", p.id, p.expected_version, current["version"])
             node_type = await ctx.state.node_types.get(
@@ -121,7 +122,7 @@ async def update_node(ctx: Call, p: UpdateNode) -> dict:
                 return {"node": ctx.shaper.one(row)}
             # Something changed in between (the node, its version, or its node type's
             # schema): look again.
-    raise node_type_kept_changing(current["node_type_id"])
+    raise node_type_kept_changing(node_type_id)
 
 
 async def unchanged_node(ctx: Call, p: UpdateNode) -> dict:

@@ -198,6 +198,7 @@ async def run_pipeline(ctx: Call, p: RunPipeline) -> dict:
                              "configured: FLEXDB_SANDBOX_SECRET)", reason="disabled")
     principal = await ctx.principal()
     role = await ctx.role_in(p.tenant_id)
+    assert role is not None  # authorized for the tenant already
     status = "running" if p.wait else "queued"
     settings = ctx.state.settings
     async with ctx.transaction() as conn:

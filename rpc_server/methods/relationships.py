@@ -93,6 +93,7 @@ async def create_relationship(ctx: Call, p: CreateRelationship) -> dict:
         row = await ctx.write(RelationshipRepository.INSERT, p.tenant_id, relationship_id,
                               p.source_node_id, p.target_node_id, p.relationship_type, p.data,
                               conn=conn)
+    assert row is not None  # an INSERT returns its row (or raises)
     return {"relationship": ctx.shaper.one(row)}
 
 

@@ -63,7 +63,7 @@ class ListTenantUsers(Params):
 async def require_rank(ctx: Call, tenant_id, role: str, what: str) -> None:
     """Nobody grants, or acts on a member holding, a role above their own."""
     mine = await ctx.role_in(tenant_id)
-    if ROLE_RANK[role] > ROLE_RANK[mine]:
+    if mine is None or ROLE_RANK[role] > ROLE_RANK[mine]:
         raise Forbidden(f"cannot {what} the {role} role: it is above yours ({mine})",
                         role=mine, required_role=role)
 

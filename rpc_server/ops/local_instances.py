@@ -49,11 +49,12 @@ def registered(data_dir: Path, rpc_url: str) -> Iterator[None]:
     """Announce a running server for the duration of the block (best effort: a registry
     that cannot be written only means other directories cannot find this server)."""
     data_dir = data_dir.expanduser().resolve()
-    entry = _entry(data_dir)
+    path = _entry(data_dir)
+    entry: Path | None = path
     try:
-        entry.parent.mkdir(parents=True, exist_ok=True)
-        entry.write_text(json.dumps({"data_dir": str(data_dir), "pid": os.getpid(),
-                                     "rpc_url": rpc_url}))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"data_dir": str(data_dir), "pid": os.getpid(),
+                                    "rpc_url": rpc_url}))
     except OSError:
         entry = None
     try:

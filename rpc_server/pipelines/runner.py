@@ -28,7 +28,7 @@ INTERRUPTED_GRACE_S = GRACE_S
 
 class PipelineRunner:
     def __init__(self, pool: asyncpg.Pool, sandbox: SandboxClient | None,
-                 run_token: Callable[[Mapping[str, Any]], str], concurrency: int,
+                 run_token: Callable[[Mapping[str, Any] | asyncpg.Record], str], concurrency: int,
                  running_per_tenant: int, *, db_methods: dict[str, list[str]]):
         """run_token: the execution token for a run (security.execution_tokens.run_token
         with the server's secret). db_methods: what a run's `db` offers (method -> params
@@ -46,7 +46,7 @@ class PipelineRunner:
     def enabled(self) -> bool:
         return self.sandbox is not None
 
-    def job(self, run: Mapping[str, Any]) -> dict:
+    def job(self, run: Mapping[str, Any] | asyncpg.Record) -> dict:
         return {"run_id": str(run["id"]), "tenant_id": str(run["tenant_id"]),
                 "token": self.run_token(run), "code": run["code"], "input": run["input"],
                 "timeout_ms": run["timeout_ms"], "memory_mb": run["memory_mb"],
@@ -57,6 +57,7 @@ class PipelineRunner:
                       requeue_when_busy: bool = False) -> tuple[asyncpg.Record | None, bool]:
         """Run it and record the outcome: (the finished run, or None if it was cancelled
         meanwhile or put back in the queue; whether the sandbox was busy)."""
+        assert self.sandbox is not None  # runs are executed only when enabled
         busy = False
         try:
             outcome = await self.sandbox.run(self.job(run))

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 from uuid import UUID
 
 import orjson
+from asyncpg import Record
 
 from rpc_server.security.roles import ROLE_RANK
 
@@ -96,7 +97,7 @@ def token_role(caller_role: str) -> str:
     return min(caller_role, TOKEN_ROLE_CEILING, key=ROLE_RANK.__getitem__)
 
 
-def run_token(secret: bytes, run: Mapping[str, Any]) -> str:
+def run_token(secret: bytes, run: Mapping[str, Any] | Record) -> str:
     """The token a pipeline run's db calls carry (a pipeline_runs row): its tenant, actor
     and run, the actor's role capped, valid until the run's deadline."""
     return mint(secret, ExecutionClaims(

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncpg
 
 # Unique constraint -> (the param it is about, how a duplicate reads to the caller).
-UNIQUE_CONFLICTS = {
+UNIQUE_CONFLICTS: dict[str, tuple[str | None, str]] = {
     "tenants_slug_key": ("slug", "a tenant with this slug already exists"),
     "users_email_key": ("email", "a user with this email already exists"),
     "node_types_name_key": ("name", "a node type with this name already exists in the tenant"),

@@ -197,7 +197,9 @@ class Dispatcher:
         if not isinstance(member, dict):
             note(context, "-", INVALID_REQUEST)
             return
-        method = member.get("method") if isinstance(member.get("method"), str) else "-"
+        method = member.get("method")
+        if not isinstance(method, str):
+            method = "-"
         params = member.get("params")
         tenant = None
         if isinstance(params, dict) and method in self.tenant_params:

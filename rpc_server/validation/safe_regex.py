@@ -101,5 +101,6 @@ class _RE2Search:
 
 
 def install() -> None:
-    jsonschema._keywords.re = _RE2Search()
-    jsonschema._utils.re = _RE2Search()
+    # jsonschema's private modules import re; the stubs do not declare it.
+    jsonschema._keywords.re = _RE2Search()  # type: ignore[attr-defined]
+    jsonschema._utils.re = _RE2Search()  # type: ignore[attr-defined]

@@ -16,7 +16,7 @@ class NodeTypeRepository(Repository):
     size_sql = "coalesce(octet_length(schema::text), 0) + octet_length(description)"
 
     async def create(self, tenant_id: UUID, name: str, description: str,
-                     schema: dict | None) -> asyncpg.Record:
+                     schema: dict | bool | None) -> asyncpg.Record:
         return await self._fetch_one(
             "INSERT INTO node_types (tenant_id, name, description, schema) "
             f"VALUES ($1, $2, $3, $4) RETURNING {self.columns}",
