@@ -312,7 +312,6 @@ class Call:
         such calls, and statements that end after `timeout_ms` in all (asyncpg cancels one
         running past it in the server). Past it: -32006 `timeout`."""
         env = self.state.query
-        assert self.tenant_id is not None  # heavy calls are tenant calls
         async with env.per_tenant.slot(self.tenant_id):
             if env.heavy.locked():
                 try:

@@ -2,7 +2,7 @@
 (tenant SQL, graph walks, filtered queries, bulk writes), schema checks in threads, pooled
 database connections. A tenant's further calls wait for one of its own slots (other tenants
 are not held up, and never queue behind it); one that waits longer than `wait_s` answers
--32005 busy."""
+-32005 busy. Calls outside any tenant (the platform's own, tenant None) share one set."""
 from __future__ import annotations
 
 import asyncio
@@ -18,9 +18,9 @@ class TenantLimiter:
                  what: str = "concurrent queries or graph walks", setting: str | None = None):
         self.per_tenant, self.wait_s = per_tenant, wait_s
         self.what, self.setting = what, setting
-        self._slots: dict[UUID, list] = {}  # tenant -> [semaphore, holders and waiters]
+        self._slots: dict[UUID | None, list] = {}  # tenant -> [semaphore, holders and waiters]
 
-    async def acquire(self, tenant_id: UUID) -> None:
+    async def acquire(self, tenant_id: UUID | None) -> None:
         """Take one of the tenant's slots (release() gives it back, also after a Busy)."""
         entry = self._slots.get(tenant_id)
         if entry is None:
@@ -41,18 +41,18 @@ class TenantLimiter:
             self._forget(tenant_id, entry)
             raise
 
-    def release(self, tenant_id: UUID) -> None:
+    def release(self, tenant_id: UUID | None) -> None:
         entry = self._slots[tenant_id]
         entry[0].release()
         self._forget(tenant_id, entry)
 
-    def _forget(self, tenant_id: UUID, entry: list) -> None:
+    def _forget(self, tenant_id: UUID | None, entry: list) -> None:
         entry[1] -= 1
         if not entry[1]:  # nobody holds or waits: forget the tenant
             del self._slots[tenant_id]
 
     @asynccontextmanager
-    async def slot(self, tenant_id: UUID) -> AsyncIterator[None]:
+    async def slot(self, tenant_id: UUID | None) -> AsyncIterator[None]:
         await self.acquire(tenant_id)
         try:
             yield
