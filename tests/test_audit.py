@@ -14,9 +14,9 @@ import pytest
 
 from rpc_server.client import Conflict, FlexDBClient, InvalidParams, NotFound
 
+from .auth_helpers import World, new_user
 from .conftest import running_server
-from .test_auth import World, new_user
-from .test_pipelines import make_pipeline, run
+from .pipeline_helpers import make_pipeline, run
 
 PLATFORM = "00000000-0000-0000-0000-000000000000"
 

@@ -5,7 +5,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -14,15 +13,8 @@ import httpx
 import psutil
 import pytest
 
+from .cli_helpers import flexdb
 from .conftest import ROOT, free_port, fresh_database
-
-
-def flexdb(*args, env=None, timeout=60):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLEXDB_")}
-    full_env["FLEXDB_DATA_DIR"] = tempfile.mkdtemp(prefix="flexdb-cli-test-")
-    full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "rpc_server", *args], env=full_env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize("var,value,expected", [

@@ -15,8 +15,8 @@ import pytest
 from rpc_server.audit.denied_calls import PRUNE_BATCH
 from rpc_server.client import FlexDBClient, Forbidden, NotFound, Unauthenticated
 
+from .auth_helpers import World
 from .conftest import fresh_database, running_server
-from .test_auth import World
 
 LOCAL = "address:127.0.0.1"  # the tests' client address
 

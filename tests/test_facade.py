@@ -21,8 +21,8 @@ from rest_facade.app import create_app
 from rpc_server.client import FlexDBClient, RpcError
 from rpc_server.config import Settings
 
+from .auth_helpers import new_user
 from .conftest import free_port, missing_id, own_user_id, running_facade, running_server, unique
-from .test_auth import new_user
 
 ECHO = "def run(input, db):\n    return input\n"
 FAIL = "def run(input, db):\n    raise ValueError('boom')\n"

@@ -37,6 +37,7 @@ from rpc_server.security.execution_tokens import (
     verify,
 )
 
+from .auth_helpers import World, new_user
 from .conftest import (
     TEST_SECRET,
     fresh_database,
@@ -45,9 +46,8 @@ from .conftest import (
     server_with_sandbox,
     unique,
 )
-from .test_auth import World, new_user
+from .pipeline_helpers import ECHO, make_pipeline, run
 
-ECHO = "def run(input, db):\n    return input\n"
 SPIN = "def run(input, db):\n    n = 0\n    while True:\n        n += 1\n"
 RUN_KEYS = {"id", "tenant_id", "pipeline_id", "status", "input", "result", "error", "output",
             "debug_level", "timeout_ms", "memory_mb", "actor_user_id", "actor_key_id",
@@ -58,18 +58,6 @@ PIPELINE_KEYS = {"id", "tenant_id", "name", "description", "code", "timeout_ms",
 
 
 # ---------------------------------------------------------------- helpers
-
-async def make_pipeline(client, tenant_id: str, code: str = ECHO, **extra) -> dict:
-    return (await client.call("create_pipeline", {"tenant_id": tenant_id, "name": unique("p"),
-                                                  "code": code, **extra}))["pipeline"]
-
-
-async def run(client, tenant_id: str, pipeline_id: str, input=None, **extra) -> dict:
-    params = {"tenant_id": tenant_id, "pipeline_id": pipeline_id, **extra}
-    if input is not None:
-        params["input"] = input
-    return (await client.call("run_pipeline", params))["run"]
-
 
 async def failed_run(client, tenant_id: str, pipeline_id: str, input=None, **extra) -> dict:
     """A wait: true run that does not succeed: -32007 with the run record in data.run."""

@@ -6,8 +6,8 @@ import pytest
 
 from rpc_server.client import InvalidParams
 
+from .auth_helpers import World
 from .conftest import unique
-from .test_auth import World
 
 
 async def post(http, payload=None, *, content=None):

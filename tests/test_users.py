@@ -8,6 +8,7 @@ import pytest
 
 from rpc_server.client import Conflict, FlexDBClient, Forbidden, InvalidParams, NotFound
 
+from .auth_helpers import World
 from .conftest import (
     email,
     error_fields,
@@ -19,7 +20,6 @@ from .conftest import (
     own_user_id,
     unique,
 )
-from .test_auth import World
 
 # ---------------------------------------------------------------- users
 
