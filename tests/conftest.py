@@ -229,6 +229,30 @@ async def http(server):
         yield client
 
 
+# ---------------------------------------------------------------- the REST facade (test_facade_*)
+
+@pytest.fixture(scope="session")
+def facade(server):
+    with running_facade(server.url) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def edge_facade(server):
+    """A facade with a small body limit and one allowed CORS origin."""
+    from .facade_helpers import ALLOWED_ORIGIN, SMALL_BODY_LIMIT
+    with running_facade(server.url, FLEXDB_FACADE_MAX_BODY_BYTES=str(SMALL_BODY_LIMIT),
+                        FLEXDB_CORS_ORIGINS=ALLOWED_ORIGIN) as proc:
+        yield proc
+
+
+@pytest.fixture
+async def rest(facade, server):
+    from .facade_helpers import as_caller
+    async with as_caller(facade, server.admin_key) as client:
+        yield client
+
+
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
