@@ -364,3 +364,12 @@ async def query_pool(database_url):
                                                           query_pool_max=1))
     yield pool
     await pool.close()
+
+
+# ---------------------------------------------------------------- query_nodes (test_query_nodes*)
+
+@pytest.fixture(scope="module")
+def ds(server):
+    """Built once per module on its own event loop (tests use their own `rpc` clients)."""
+    from .query_nodes_helpers import _build_dataset
+    return asyncio.run(_build_dataset(server))
