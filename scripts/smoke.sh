@@ -10,6 +10,7 @@ PORT="${SMOKE_PORT:-5077}"
 SANDBOX_PORT="${SMOKE_SANDBOX_PORT:-5078}"
 FACADE_PORT="${SMOKE_FACADE_PORT:-5079}"
 LOG="$DATA_DIR/serve.log"
+: >"$LOG"
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null || true; rm -rf "$DATA_DIR"; }
 trap cleanup EXIT
@@ -20,12 +21,19 @@ start() {
         FLEXDB_FACADE_PORT="$FACADE_PORT" \
         "$ROOT/scripts/run.sh" >>"$LOG" 2>&1 &
     pid=$!
+    # Up means its closing block is printed (after every part answers), not only that the
+    # server's /health does: the block, with the admin key, comes a moment later.
+    local blocks_before
+    blocks_before=$(grep -c "^flexdb is running" "$LOG" || true)
     for _ in $(seq 1 120); do
-        curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && return 0
+        if curl -fsS "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 &&
+           [ "$(grep -c "^flexdb is running" "$LOG" || true)" -gt "$blocks_before" ]; then
+            return 0
+        fi
         kill -0 "$pid" 2>/dev/null || { echo "smoke: server exited"; cat "$LOG"; exit 1; }
         sleep 0.5
     done
-    echo "smoke: server did not become healthy"; cat "$LOG"; exit 1
+    echo "smoke: the quick start did not come up"; cat "$LOG"; exit 1
 }
 
 stop() {
