@@ -373,3 +373,17 @@ def ds(server):
     """Built once per module on its own event loop (tests use their own `rpc` clients)."""
     from .query_nodes_helpers import _build_dataset
     return asyncio.run(_build_dataset(server))
+
+
+# ---------------------------------------------------------------- pipelines (test_pipeline*)
+
+@pytest.fixture(scope="module")
+def idle(pg_server_url):
+    """A server pair whose queue takes no runs (concurrency 0): wait: false runs stay queued.
+    On a database of its own, so that no other server's queue takes them either. One per
+    module that uses it (test_pipelines.py, test_pipeline_cancel.py,
+    test_pipeline_tokens.py)."""
+    with fresh_database(pg_server_url) as url:
+        with server_with_sandbox(url, FLEXDB_PIPELINE_QUEUE_CONCURRENCY="0") as srv:
+            srv.database_url = url
+            yield srv

@@ -756,7 +756,7 @@ NAMING_ANOTHER_TENANT = [
                          ids=[f"{i}_{c[0]}" for i, c in enumerate(NAMING_ANOTHER_TENANT)])
 async def test_a_db_call_naming_another_tenant_is_refused(rpc, two_tenants, method, call):
     """Refused by the worker with a clear error (it was quietly rewritten to the run's
-    tenant); the server refuses such a call too: see test_pipelines.py
+    tenant); the server refuses such a call too: see test_pipeline_tokens.py
     test_a_token_is_confined_to_its_tenant."""
     t = two_tenants
     run = await attack(rpc, t["A"], f"return {call}", input=t)
