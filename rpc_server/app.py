@@ -22,6 +22,7 @@ from rpc_server.api.context import (
     pooled_connection,
     tenant_pool_share,
 )
+from rpc_server.api.event_stream import stream_changes
 from rpc_server.api.openrpc import rpc_discover
 from rpc_server.api.params import set_max_document_depth
 from rpc_server.api.registry import (
@@ -38,6 +39,9 @@ from rpc_server.caching.invalidation import Invalidation
 from rpc_server.caching.node_type_cache import NodeTypeCache
 from rpc_server.caching.redis_link import RedisLink
 from rpc_server.caching.shared_cache import SharedCache
+from rpc_server.changes.hub import FeedHub
+from rpc_server.changes.sequencer import FeedSequencer
+from rpc_server.changes.stream_caps import StreamCaps
 from rpc_server.config import Settings, trusted_networks
 from rpc_server.errors import INVALID_REQUEST
 from rpc_server.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -186,7 +190,7 @@ def log_access(context: RequestContext, seconds: float) -> None:
 
 
 def build_state(settings: Settings, secret: bytes, pool: asyncpg.Pool, query: QueryEnvironment,
-                runner: PipelineRunner, redis: RedisLink | None) -> AppState:
+                runner: PipelineRunner, redis: RedisLink | None, feed: FeedHub) -> AppState:
     wait_s = settings.db_connect_timeout_s
     auth = Authenticator(secret, settings.anonymous_role, settings.auth_cache_ttl_s)
     node_types = NodeTypeCache(settings.shared_cache_ttl_s)
@@ -208,7 +212,13 @@ def build_state(settings: Settings, secret: bytes, pool: asyncpg.Pool, query: Qu
         node_reads=NodeReads(partial(pooled_connection, pool, wait_s)),
         pool_shares=TenantLimiter(tenant_pool_share(settings), wait_s,
                                   "pooled database connections", "FLEXDB_TENANT_POOL_MAX"),
-        response_memory=ResponseMemory(settings.response_memory_bytes, wait_s))
+        response_memory=ResponseMemory(settings.response_memory_bytes, wait_s),
+        sequencer=FeedSequencer(pool, wait_s, keep_events=settings.feed_retention_events,
+                                keep_days=settings.feed_retention_days,
+                                trim_every_s=settings.feed_trim_interval_s),
+        feed=feed, streams=StreamCaps(settings.feed_streams_per_key,
+                                      settings.feed_streams_per_tenant,
+                                      settings.feed_streams_max))
 
 
 def readings_of(state: AppState) -> Readings:
@@ -226,6 +236,15 @@ def readings_of(state: AppState) -> Readings:
         pools=lambda: {"main": state.pool, "query": state.query.pool}, caches=caches,
         redis_failures=lambda: state.redis.failures if state.redis else 0,
         runs_finished=lambda: state.pipelines.finished)
+
+
+async def handle_events(request: web.Request) -> web.StreamResponse:
+    """GET /events: a tenant's change feed as Server-Sent Events (api/event_stream.py)."""
+    address = client_address(request.remote, request.headers.getall("X-Forwarded-For", ()),
+                             request.app[TRUSTED_PROXIES])
+    context = RequestContext(request.app[STATE], request_id_of(request),
+                             request.headers.get("Authorization"), address)
+    return await stream_changes(request, context)
 
 
 async def handle_health(request: web.Request) -> web.Response:
@@ -282,17 +301,22 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
             query_pool, query_problems, superuser,
             TenantLimiter(settings.query_tenant_concurrency, settings.db_connect_timeout_s),
             asyncio.Semaphore(max(1, settings.db_pool_max // 2)))
-        app[STATE] = state = build_state(settings, secret, pool, query, runner, redis)
+        feed = FeedHub(pool, partial(connect, database_url, settings),
+                       settings.db_connect_timeout_s)
+        app[STATE] = state = build_state(settings, secret, pool, query, runner, redis, feed)
         if redis is not None:
             invalidation = Invalidation(redis, state.auth, state.node_types)
             invalidation.start()
         state.metrics.watch(readings_of(state))
         runner.start()
         state.chainer.start()
+        state.sequencer.start()
+        feed.start()
         state.denied.start()
         yield
         await runner.stop()
         await state.chainer.stop()
+        await state.sequencer.stop()
         await state.denied.stop()
         if state.redis is not None:
             await invalidation.stop()
@@ -303,8 +327,16 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         await pool.close()
 
     app.cleanup_ctx.append(database)
+
+    async def end_streams(app: web.Application) -> None:
+        # Before the server waits for open requests: change streams would never end.
+        if STATE in app:
+            await app[STATE].feed.stop()
+
+    app.on_shutdown.append(end_streams)
     app.router.add_post("/jsonrpc", handle_jsonrpc)
     app.router.add_get("/health", handle_health)
     app.router.add_get("/ready", handle_ready)
     app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/events", handle_events)
     return app

@@ -276,6 +276,36 @@ class Settings(BaseModel):
         "request from one of them is taken to come from the address it forwards in "
         "`X-Forwarded-For` (the nearest hop not itself trusted); empty = the peer's address, "
         "and `X-Forwarded-For` is ignored", read_by=(SERVE,))
+    change_feed: bool = setting(
+        True, "record an event for every change to a node, relationship, node type, "
+        "pipeline or membership (the change feed: `list_changes`, `GET /events`); false: "
+        "nothing is recorded and the feed stays silent", read_by=(SERVE,))
+    feed_max_object_bytes: int = setting(
+        65_536, "the largest object (as stored JSON) a change event carries; a larger one's "
+        "event has its id and version, `object` null and `object_omitted` true",
+        read_by=(SERVE,), ge=0, le=16 * 1024 * 1024)
+    feed_retention_events: int = setting(
+        1_000_000, "change events kept per tenant (older ones are dropped; reading after a "
+        "dropped position: -32602 `position_expired`)", read_by=(SERVE,), ge=1,
+        le=1_000_000_000)
+    feed_retention_days: float = setting(
+        7.0, "days change events are kept (older ones are dropped, as above)",
+        read_by=(SERVE,), gt=0, le=36_500)
+    feed_trim_interval_s: float = setting(
+        60.0, "how often each server drops change events past retention", read_by=(SERVE,),
+        ge=0.05, le=86_400)
+    feed_heartbeat_s: float = setting(
+        15.0, "seconds between heartbeats (`: keep-alive` comments) on an idle change stream",
+        read_by=(SERVE,), ge=0.05, le=300)
+    feed_streams_per_key: int = setting(
+        20, "change streams (`GET /events`) one API key (or user) may have open on one server "
+        "process; beyond: HTTP 429 (-32005)", read_by=(SERVE,), ge=1, le=100_000)
+    feed_streams_per_tenant: int = setting(
+        500, "change streams of one tenant open on one server process; beyond: HTTP 429 "
+        "(-32005)", read_by=(SERVE,), ge=1, le=100_000)
+    feed_streams_max: int = setting(
+        5_000, "change streams one server process holds open; beyond: HTTP 503 (-32005)",
+        read_by=(SERVE,), ge=1, le=1_000_000)
     denied_calls_retention_days: int = setting(
         30, "days counts of refused calls (`list_denied_calls`) are kept; older ones are "
         "deleted by the servers, a bounded batch at a time", read_by=(SERVE,), ge=1, le=36_500)

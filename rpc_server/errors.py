@@ -56,6 +56,30 @@ def _summary(errors: list[dict]) -> str:
     return f"Invalid params: {prefix}{where}: {first['message']}{more}"
 
 
+class PositionExpired(RpcError):
+    """A change feed position older than what retention keeps: the events after it are
+    partly gone, so the reader must resynchronise from the lists."""
+    code = INVALID_PARAMS
+    type = "position_expired"
+
+    def __init__(self, after: int, trimmed_through: int, head: int):
+        super().__init__(
+            f"The changes after position {after} are no longer kept (retention dropped them "
+            f"through position {trimmed_through}): resynchronise by reading the current "
+            f"objects with the list methods, then follow the feed after position {head}",
+            after=after, trimmed_through=trimmed_through, head=head)
+
+
+class PositionAhead(RpcError):
+    """A change feed position past the tenant's last one (from another database?)."""
+    code = INVALID_PARAMS
+    type = "position_ahead"
+
+    def __init__(self, after: int, head: int):
+        super().__init__(f"Position {after} is past the tenant's last change ({head})",
+                         after=after, head=head)
+
+
 class NotFound(RpcError):
     code = NOT_FOUND
     type = "not_found"

@@ -19,6 +19,9 @@ from rpc_server.audit.denied_calls import DeniedCalls
 from rpc_server.caching.batch_reads import NodeReads, prefetch_batch_nodes
 from rpc_server.caching.node_type_cache import NodeTypeCache
 from rpc_server.caching.redis_link import RedisLink
+from rpc_server.changes.hub import FeedHub
+from rpc_server.changes.sequencer import FeedSequencer
+from rpc_server.changes.stream_caps import StreamCaps
 from rpc_server.config import Settings
 from rpc_server.errors import Busy, QueryRejected
 from rpc_server.ops.metrics import Metrics
@@ -28,6 +31,7 @@ from rpc_server.security.rate_limits import RateLimiter
 from rpc_server.security.tenant_limits import TenantLimiter
 from rpc_server.storage.db import Connection
 from rpc_server.storage.repositories.audit import AuditRepository, PendingEvent, with_event
+from rpc_server.storage.repositories.changes import ChangeRepository
 from rpc_server.storage.response_budget import ResponseBudget, ResponseMemory
 from rpc_server.validation.schemas import ValidatorCache
 
@@ -52,6 +56,9 @@ class AppState:
     node_reads: NodeReads
     pool_shares: TenantLimiter  # one tenant's calls wait for their own share of the pool
     response_memory: ResponseMemory
+    sequencer: FeedSequencer  # numbers each tenant's change events after commit
+    feed: FeedHub  # this process's reader of new change events, for its streams
+    streams: StreamCaps  # open change streams, per key and per tenant
 
 
 def tenant_pool_share(settings: Settings) -> int:
@@ -346,17 +353,19 @@ class Call:
         """heavy() for a change, in a transaction with its audit event."""
         async with self.heavy(timeout_ms, what) as conn:
             async with conn.transaction():
+                await self._note_actor(conn)
                 yield conn
                 await self.record(conn, "ok")
-        self.state.chainer.kick(self.chain())
+        self._committed()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
         async with self.connection() as conn:
             async with conn.transaction():
+                await self._note_actor(conn)
                 yield conn
                 await self.record(conn, "ok")
-        self.state.chainer.kick(self.chain())
+        self._committed()
 
     async def log_event(self, outcome: str, **extra) -> None:
         """Append the call's audit event in a transaction of its own (for calls whose work
@@ -395,5 +404,21 @@ class Call:
         else:
             row = await conn.fetchrow(sql, *args, *self.event("ok"))
         if row is not None:
-            self.state.chainer.kick(self.chain())
+            self._committed()
         return row
+
+    async def _note_actor(self, conn: Connection) -> None:
+        """Name the caller on the change events of the transaction begun on `conn`
+        (write() does it in its one statement)."""
+        if self.state.settings.change_feed:
+            principal = self.request.known_principal
+            await ChangeRepository(conn).note_actor(
+                principal.user_id if principal else None,
+                principal.key_id if principal else None)
+
+    def _committed(self) -> None:
+        """The call's change has committed: chain its audit event, number its feed events."""
+        chain = self.chain()
+        self.state.chainer.kick(chain)
+        if chain != audit.PLATFORM_TENANT:
+            self.state.sequencer.kick(chain)

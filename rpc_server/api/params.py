@@ -21,7 +21,9 @@ from pydantic import (
 )
 from pydantic_core import core_schema
 
+from rpc_server.changes.events import KINDS, OPERATIONS, Kind, Operation
 from rpc_server.config import Settings
+from rpc_server.storage.repositories.changes import EventFilter
 from rpc_server.transport.json_codec import (
     OUT_OF_RANGE,
     JSONError,
@@ -260,3 +262,19 @@ else:
     PaginationParam = Annotated[Pagination | None,
                                 BeforeValidator(lambda v: {} if v is None else v),
                                 Field(default_factory=Pagination)]
+
+
+class ChangeFilter(Params):
+    """Which change events a reader wants (list_changes `filter`, GET /events query): all
+    of the given conditions; an absent one matches any event."""
+    kinds: list[Kind] | None = Field(None, min_length=1, max_length=len(KINDS))
+    operations: list[Operation] | None = Field(None, min_length=1, max_length=len(OPERATIONS))
+    node_type_id: Id | None = None
+    relationship_type: RelationshipType | None = None
+
+    def condition(self) -> EventFilter:
+        return EventFilter(kinds=None if self.kinds is None else list(self.kinds),
+                           operations=None if self.operations is None else list(self.operations),
+                           node_type_id=self.node_type_id,
+                           relationship_type=self.relationship_type)
+

@@ -467,3 +467,40 @@ class PipelineRunList(ResultModel):
     """A page of pipeline runs, oldest first."""
     runs: list[PipelineRun]
     pagination: Pagination
+
+
+class ChangeActor(ResultModel):
+    user_id: UUID | None = Field(description="The user who made the change (None: the "
+                                             "server itself).")
+    key_id: UUID | None = Field(description="The API key it was made with.")
+
+
+class ChangeEvent(ResultModel):
+    """One committed change, as the feed delivers it."""
+    position: int = Field(description="The event's place in its tenant's feed: 1, 2, 3 … "
+                                      "in commit order, never reused, never skipped.")
+    time: AwareDatetime = Field(description="When the changing transaction began.")
+    operation: Literal["create", "update", "delete"]
+    kind: Literal["node", "relationship", "node_type", "pipeline", "membership"]
+    id: str = Field(description="The object's id (a membership's: its user's id).")
+    version: int | None = Field(description="The object's version after the change (before "
+                                            "it, for a delete; None for memberships).")
+    actor: ChangeActor
+    node_type_id: UUID | None = Field(description="A node's node type.")
+    relationship_type: str | None = Field(description="A relationship's type.")
+    object: dict[str, Any] | None = Field(
+        description="The object after the change, as its get method answers it; None after "
+                    "a delete or when `object_omitted`.")
+    object_omitted: bool = Field(description="The object was larger than "
+                                             "FLEXDB_FEED_MAX_OBJECT_BYTES: read it with its "
+                                             "get method.")
+    object_bytes: int = Field(description="The object's size as stored (0 after a delete).")
+
+
+class ChangeList(ResultModel):
+    """Change events after a position, oldest first."""
+    changes: list[ChangeEvent]
+    last_position: int = Field(description="Pass as `after` to read on: the position through "
+                                           "which this read looked (filtered-out events "
+                                           "included).")
+    head: int = Field(description="The tenant's last position when this was read.")

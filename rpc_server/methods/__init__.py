@@ -1,10 +1,11 @@
 """The JSON-RPC methods, one module per group (tenants, users, api keys, node types, nodes,
-relationships, graph walks, queries, pipelines, audit): each method's params model, its
-handler and its registration, which says who may call it. Importing this package registers
-every method. Handlers are thin: they may import every layer below."""
+relationships, graph walks, queries, pipelines, audit, the change feed): each method's
+params model, its handler and its registration, which says who may call it. Importing this
+package registers every method. Handlers are thin: they may import every layer below."""
 from rpc_server.methods import (  # noqa: F401  (importing registers)
     api_keys,
     audit_events,
+    changes,
     graph,
     node_types,
     nodes,

@@ -47,7 +47,10 @@ async def connect(url: str, settings: Settings) -> asyncpg.Connection:
 
 
 async def create_pool(url: str, settings: Settings) -> asyncpg.Pool:
-    server_settings = {"application_name": "flexdb"}
+    server_settings = {"application_name": "flexdb",
+                       # read by the change feed's triggers (sql/0015_change_feed.sql)
+                       "flexdb.change_feed": "on" if settings.change_feed else "off",
+                       "flexdb.feed_max_object_bytes": str(settings.feed_max_object_bytes)}
     if settings.statement_timeout_ms:
         server_settings["statement_timeout"] = str(settings.statement_timeout_ms)
     return await asyncpg.create_pool(

@@ -6,6 +6,7 @@ import asyncpg
 
 from rpc_server.storage.pagination import Page, PageRequest, fetch_page
 from rpc_server.storage.repositories.base import Repository
+from rpc_server.storage.repositories.changes import ChangeRepository
 
 OWNER_LOCK_KEY = 0x6F776E73  # "owns": advisory locks serialising one user's tenant creation
 
@@ -36,6 +37,7 @@ class TenantRepository(Repository):
         # Its nodes went with it, so its counts add up to zero: drop them.
         await self.conn.execute("DELETE FROM node_counts WHERE tenant_id = $1", tenant_id)
         await self.conn.execute("DELETE FROM tenant_usage WHERE tenant_id = $1", tenant_id)
+        await ChangeRepository(self.conn).forget_tenant(tenant_id)
 
     async def usage(self, tenant_id: UUID) -> asyncpg.Record:
         """What the tenant stores: nodes, and bytes of node and relationship documents."""

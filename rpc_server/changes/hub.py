@@ -1,0 +1,169 @@
+"""One per server process: hears (LISTEN) each tenant's new last position, reads the new events
+once, and keeps the recent ones of tenants that have open streams here in memory, so a hundred
+streams of one tenant cost one read per numbering round, not a hundred.
+
+A stream asks `events_after(cursor)`: the events after its position from memory, or None when
+its position is older than what memory holds (it then reads the database, and comes back once
+it has caught up). Memory per tenant is bounded (TAIL_EVENTS, TAIL_BYTES). Notifications lost
+while the listening connection was down are made up for by re-reading every tail's head when it
+is back, and every POLL_S in any case."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Awaitable, Callable
+from uuid import UUID
+
+import asyncpg
+
+from rpc_server.changes.events import FeedEvent
+from rpc_server.storage.repositories.changes import CHANNEL, ChangeRepository
+
+log = logging.getLogger(__name__)
+TAIL_EVENTS = 4096
+TAIL_BYTES = 8 * 1024 * 1024
+READ_BATCH = 1000
+POLL_S = 5.0
+RECONNECT_S = 1.0
+
+
+class Tail:
+    """A tenant's recent events, dense from `start` + 1 through `last`."""
+
+    def __init__(self, tenant_id: UUID):
+        self.tenant_id = tenant_id
+        self.events: deque[FeedEvent] = deque()
+        self.bytes = 0
+        self.start = -1  # -1: not read yet (every stream reads the database meanwhile)
+        self.last = -1
+        self.streams = 0
+        self.arrived = asyncio.Event()  # set (and replaced) when events arrive
+        self.wanted = asyncio.Event()  # set when a position past `last` is announced
+        self.task: asyncio.Task | None = None
+
+    def events_after(self, position: int, limit: int) -> list[FeedEvent] | None:
+        if self.start < 0 or position < self.start:
+            return None
+        skip = position - self.start
+        if skip >= len(self.events):
+            return []
+        return [self.events[i] for i in range(skip, min(len(self.events), skip + limit))]
+
+    def add(self, events: list[FeedEvent]) -> None:
+        for event in events:
+            self.events.append(event)
+            self.bytes += len(event.payload)
+        if events:
+            self.last = events[-1].position
+        while self.events and (len(self.events) > TAIL_EVENTS or self.bytes > TAIL_BYTES):
+            dropped = self.events.popleft()
+            self.bytes -= len(dropped.payload)
+            self.start = dropped.position
+        arrived, self.arrived = self.arrived, asyncio.Event()
+        arrived.set()
+
+
+class FeedHub:
+    def __init__(self, pool: asyncpg.Pool, connect: Callable[[], Awaitable[asyncpg.Connection]],
+                 acquire_timeout_s: float):
+        self.pool, self.connect, self.acquire_timeout_s = pool, connect, acquire_timeout_s
+        self.tails: dict[UUID, Tail] = {}
+        self._listener: asyncio.Task | None = None
+        self.closing = asyncio.Event()  # set when the server stops: streams end
+
+    def open(self, tenant_id: UUID) -> Tail:
+        """A stream of `tenant_id` starts: its tail (made and filled from now on if new)."""
+        tail = self.tails.get(tenant_id)
+        if tail is None:
+            tail = self.tails[tenant_id] = Tail(tenant_id)
+            tail.task = asyncio.get_running_loop().create_task(self._follow(tail))
+        tail.streams += 1
+        return tail
+
+    def close(self, tail: Tail) -> None:
+        tail.streams -= 1
+        if tail.streams == 0 and self.tails.get(tail.tenant_id) is tail:
+            del self.tails[tail.tenant_id]
+            if tail.task is not None:
+                tail.task.cancel()
+
+    async def _follow(self, tail: Tail) -> None:
+        """Read the tenant's new events into memory whenever its last position moves (and
+        every POLL_S: a notification lost is late, never missed)."""
+        while True:
+            tail.wanted.clear()  # before reading: a notification during the read counts
+            try:
+                async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+                    repo = ChangeRepository(conn)
+                    if tail.start < 0:
+                        head, _ = await repo.head(tail.tenant_id)
+                        tail.start = tail.last = head
+                        tail.add([])
+                    while True:
+                        window = await repo.read(tail.tenant_id, tail.last, READ_BATCH,
+                                                 READ_BATCH)
+                        if tail.last < window.trimmed_through:  # retention passed us: restart
+                            tail.events.clear()
+                            tail.bytes = 0
+                            tail.start = tail.last = window.head
+                            tail.add([])
+                            continue
+                        tail.add([FeedEvent.of(r) for r in window.rows])
+                        if len(window.rows) < READ_BATCH:  # up to that read's last position
+                            break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried; streams wait meanwhile
+                log.warning("could not read change events of %s (will retry): %r",
+                            tail.tenant_id, exc)
+                await asyncio.sleep(RECONNECT_S)
+                continue
+            if not tail.wanted.is_set():
+                try:
+                    await asyncio.wait_for(tail.wanted.wait(), POLL_S)
+                except asyncio.TimeoutError:
+                    pass
+
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        tenant, _, last = str(payload).partition(":")
+        try:
+            tenant_id, position = UUID(tenant), int(last)
+        except ValueError:
+            log.warning("ignored a malformed change notification %r", str(payload)[:100])
+            return
+        tail = self.tails.get(tenant_id)
+        if tail is not None and position > tail.last:
+            tail.wanted.set()
+
+    async def _listen(self) -> None:
+        while True:
+            conn = None
+            try:
+                conn = await self.connect()
+                await conn.add_listener(CHANNEL, self._on_notify)
+                for tail in self.tails.values():  # what was announced while we were away
+                    tail.wanted.set()
+                while not conn.is_closed():
+                    await asyncio.sleep(RECONNECT_S)
+                    await conn.execute("SELECT 1", timeout=self.acquire_timeout_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reconnected
+                log.warning("change notifications interrupted (reconnecting): %r", exc)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            await asyncio.sleep(RECONNECT_S)
+
+    def start(self) -> None:
+        self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def stop(self) -> None:
+        self.closing.set()
+        tasks = [t.task for t in self.tails.values() if t.task is not None]
+        if self._listener is not None:
+            tasks.append(self._listener)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

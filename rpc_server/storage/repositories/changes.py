@@ -1,0 +1,148 @@
+"""The change feed's SQL (sql/0015_change_feed.sql records the events): numbering committed
+events, reading a tenant's events after a position, dropping old ones."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+
+from rpc_server.storage.repositories.base import Repository
+
+# Notified (payload "<tenant id>:<last position>") each time a tenant's events are numbered.
+CHANNEL = "flexdb_changes"
+# An event's columns but its object (read within a byte budget, see read()).
+EVENT_FIELDS = ("position, occurred_at, operation, kind, object_id, version, actor_user_id, "
+                "actor_key_id, node_type_id, relationship_type, object_bytes")
+# What an event costs in a response beside its object (ids, times, names).
+EVENT_OVERHEAD = 512
+
+
+@dataclass(frozen=True)
+class ChangeWindow:
+    """What one read saw, in one snapshot: the tenant's last position, the position through
+    which retention dropped events, the events read, and the position through which the read
+    looked (`after` of the next read)."""
+    head: int
+    trimmed_through: int
+    rows: list[asyncpg.Record]
+    scanned_to: int
+
+
+@dataclass(frozen=True)
+class EventFilter:
+    """Which events a read returns (None: any)."""
+    kinds: list[str] | None = None
+    operations: list[str] | None = None
+    node_type_id: UUID | None = None
+    relationship_type: str | None = None
+
+
+class ChangeRepository(Repository):
+    table = "change_events"
+    kind = "change"
+    key_columns = ("tenant_id", "position")
+
+    async def note_actor(self, user_id: UUID | None, key_id: UUID | None) -> None:
+        """Name the caller on the events of this transaction's changes."""
+        await self.conn.execute("SELECT flexdb_note_actor($1::uuid, $2::uuid)", user_id, key_id)
+
+    async def sequence(self, tenant_id: UUID, batch: int) -> int:
+        """Number up to `batch` of the tenant's committed events; how many it numbered."""
+        return await self.conn.fetchval("SELECT flexdb_sequence_changes($1, $2)",
+                                        tenant_id, batch)
+
+    async def has_pending(self, tenant_id: UUID) -> bool:
+        """Whether the tenant has committed events not numbered yet."""
+        return bool(await self.conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM change_events WHERE tenant_id = $1 "
+            "AND position IS NULL)", tenant_id))
+
+    async def pending_tenants(self) -> list[UUID]:
+        rows = await self.conn.fetch(
+            "SELECT DISTINCT tenant_id FROM change_events WHERE position IS NULL")
+        return [r["tenant_id"] for r in rows]
+
+    async def head(self, tenant_id: UUID) -> tuple[int, int]:
+        """(last position, trimmed through) of the tenant: (0, 0) before its first event."""
+        row = await self.conn.fetchrow(
+            "SELECT last_position, trimmed_through FROM change_heads WHERE tenant_id = $1",
+            tenant_id)
+        return (row["last_position"], row["trimmed_through"]) if row else (0, 0)
+
+    async def read(self, tenant_id: UUID, after: int | None, limit: int, scan: int,
+                   only: EventFilter | None = None, max_bytes: int = 2**62) -> ChangeWindow:
+        """Events after position `after` (None: after the last one dropped by retention),
+        at most `limit` of those matching `only`, looking at no more than `scan` positions
+        (a filter that matches little costs a bounded read), and stopping before the objects
+        would pass `max_bytes` (each counted with EVENT_OVERHEAD; the first event always comes
+        whole). One statement, so the head, the trimmed mark and the events come from one
+        snapshot."""
+        only = only or EventFilter()
+        rows = await self.conn.fetch(
+            "SELECT h.last_position AS _head, h.trimmed_through AS _trimmed, "
+            "least(h.last_position, coalesce($2, h.trimmed_through) + $4) AS _scan_end, e.* "
+            "FROM change_heads h LEFT JOIN LATERAL ("
+            f"  SELECT {EVENT_FIELDS}, "
+            "  CASE WHEN sum(object_bytes + $10) OVER w <= $9 OR row_number() OVER w = 1 "
+            "  THEN object::text END AS object, "
+            "  sum(object_bytes + $10) OVER w > $9 AND row_number() OVER w > 1 AS _cut "
+            "  FROM change_events "
+            "  WHERE tenant_id = h.tenant_id AND position > coalesce($2, h.trimmed_through) "
+            "  AND position <= least(h.last_position, coalesce($2, h.trimmed_through) + $4) "
+            "  AND ($5::text[] IS NULL OR kind = ANY($5)) "
+            "  AND ($6::text[] IS NULL OR operation = ANY($6)) "
+            "  AND ($7::uuid IS NULL OR node_type_id = $7) "
+            "  AND ($8::text IS NULL OR relationship_type = $8) "
+            "  WINDOW w AS (ORDER BY position) ORDER BY position LIMIT $3) AS e ON true "
+            "WHERE h.tenant_id = $1",
+            tenant_id, after, limit, scan, only.kinds, only.operations, only.node_type_id,
+            only.relationship_type, max_bytes, EVENT_OVERHEAD)
+        if not rows:  # no event yet
+            return ChangeWindow(0, 0, [], 0 if after is None else after)
+        first = rows[0]
+        events = [r for r in rows if r["position"] is not None]
+        scanned_to = first["_scan_end"]
+        kept = [r for r in events if not r["_cut"]]
+        if len(kept) < len(events) or len(events) == limit:
+            # stopped by size or by the limit: the next read goes on after the last one kept
+            scanned_to = kept[-1]["position"]
+        start = first["_trimmed"] if after is None else after
+        return ChangeWindow(first["_head"], first["_trimmed"], kept, max(scanned_to, start))
+
+    async def trim(self, tenant_id: UUID, keep: int, before: datetime, batch: int) -> int:
+        """Drop up to `batch` of the tenant's oldest events that are beyond the last `keep` or
+        older than `before`; how many it dropped. The trimmed mark moves in the same
+        transaction, so a reader sees either the events or the mark past them."""
+        async with self.conn.transaction():
+            row = await self.conn.fetchrow(
+                "SELECT last_position, trimmed_through FROM change_heads "
+                "WHERE tenant_id = $1 FOR UPDATE", tenant_id)
+            if row is None:
+                return 0
+            # Positions are dense: the oldest events are the `batch` after the mark; the cut
+            # is the last of them that is beyond the count or too old.
+            cut = await self.conn.fetchval(
+                "SELECT max(position) FROM (SELECT position, occurred_at FROM change_events "
+                "WHERE tenant_id = $1 AND position > $2 ORDER BY position LIMIT $3) AS oldest "
+                "WHERE position <= $4 OR occurred_at < $5",
+                tenant_id, row["trimmed_through"], batch, row["last_position"] - keep, before)
+            if cut is None:
+                return 0
+            await self.conn.execute(
+                "UPDATE change_heads SET trimmed_through = $2 WHERE tenant_id = $1",
+                tenant_id, cut)
+            status = await self.conn.execute(
+                "DELETE FROM change_events WHERE tenant_id = $1 AND position > $2 "
+                "AND position <= $3", tenant_id, row["trimmed_through"], cut)
+            return int(status.split()[-1])
+
+    async def tenants(self) -> list[UUID]:
+        """Tenants that have had events."""
+        return [r["tenant_id"] for r in await self.conn.fetch("SELECT tenant_id FROM change_heads")]
+
+    async def forget_tenant(self, tenant_id: UUID) -> None:
+        """A deleted tenant's feed goes with it."""
+        await self.conn.execute("DELETE FROM change_events WHERE tenant_id = $1", tenant_id)
+        await self.conn.execute("DELETE FROM change_heads WHERE tenant_id = $1", tenant_id)

@@ -1,0 +1,148 @@
+-- The change feed (issue 21): every change to a node, relationship, node type, pipeline or
+-- membership records an event in the writing transaction, by the statement triggers below,
+-- so a rolled-back change has none, a committed one always has it, and a delete that cascades
+-- records one event for every row it removed (the cascade's own DELETE fires the triggers).
+--
+-- Positions: an event is inserted without one. After the change commits, the sequencer
+-- (rpc_server/changes/sequencer.py, calling flexdb_sequence_changes) numbers the tenant's
+-- committed, unnumbered events 1, 2, 3 … in insertion order, holding the tenant's
+-- change_heads row locked while it does. A transaction still open has inserted nothing a
+-- sequencer can see, so it cannot take a position below one already handed out: its events
+-- are numbered after it commits, above every position a reader may have passed. Positions per
+-- tenant are dense and only grow, and a reader's statement sees a prefix of them.
+CREATE TABLE change_events (
+    tenant_id         uuid        NOT NULL,
+    seq               bigint      NOT NULL GENERATED ALWAYS AS IDENTITY,
+    position          bigint,
+    occurred_at       timestamptz NOT NULL DEFAULT now(),
+    operation         text        NOT NULL,
+    kind              text        NOT NULL,
+    object_id         text        NOT NULL,
+    version           integer,
+    actor_user_id     uuid,
+    actor_key_id      uuid,
+    node_type_id      uuid,
+    relationship_type text,
+    object_bytes      integer     NOT NULL,
+    object            jsonb,
+    PRIMARY KEY (tenant_id, seq)
+);
+CREATE UNIQUE INDEX change_events_position_key ON change_events (tenant_id, position);
+CREATE INDEX change_events_pending_idx ON change_events (tenant_id, seq) WHERE position IS NULL;
+REVOKE ALL ON change_events FROM PUBLIC;
+
+-- Per tenant: the last position handed out, and the position through which events were
+-- dropped by retention (a reader asking for changes after an earlier one has missed some).
+CREATE TABLE change_heads (
+    tenant_id       uuid   NOT NULL PRIMARY KEY,
+    last_position   bigint NOT NULL DEFAULT 0,
+    trimmed_through bigint NOT NULL DEFAULT 0
+);
+REVOKE ALL ON change_heads FROM PUBLIC;
+
+-- Who made the changes of this transaction, for their events: set (transaction-local) by the
+-- server before its first change (storage/repositories/changes.py, ACTOR_SQL).
+CREATE FUNCTION flexdb_note_actor(user_id uuid, key_id uuid) RETURNS boolean
+LANGUAGE sql VOLATILE AS $$
+    SELECT set_config('flexdb.actor_user_id', coalesce(user_id::text, ''), true) IS NOT NULL
+       AND set_config('flexdb.actor_key_id', coalesce(key_id::text, ''), true) IS NOT NULL
+$$;
+REVOKE ALL ON FUNCTION flexdb_note_actor(uuid, uuid) FROM PUBLIC;
+
+-- One trigger function for every table and operation; TG_ARGV[0] is the kind, TG_ARGV[1]
+-- the column holding the object's id. The object is the row as JSON, or NULL when it is larger
+-- than flexdb.feed_max_object_bytes (a pool setting; 65536 where unset) or was deleted.
+-- flexdb.change_feed = 'off' (FLEXDB_CHANGE_FEED=false) records nothing.
+CREATE FUNCTION change_events_record() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    max_bytes integer := coalesce(nullif(current_setting('flexdb.feed_max_object_bytes', true),
+                                         '')::integer, 65536);
+    actor_user uuid := nullif(current_setting('flexdb.actor_user_id', true), '')::uuid;
+    actor_key uuid := nullif(current_setting('flexdb.actor_key_id', true), '')::uuid;
+BEGIN
+    IF current_setting('flexdb.change_feed', true) = 'off' THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        -- A tenant deleted with everything it owns leaves no events (nobody may read them).
+        INSERT INTO change_events (tenant_id, operation, kind, object_id, version,
+                                   actor_user_id, actor_key_id, node_type_id,
+                                   relationship_type, object_bytes, object)
+        SELECT o.tenant_id, 'delete', TG_ARGV[0], j ->> TG_ARGV[1], (j ->> 'version')::integer,
+               actor_user, actor_key, (j ->> 'node_type_id')::uuid, j ->> 'relationship_type',
+               0, NULL
+        FROM old_rows o CROSS JOIN LATERAL to_jsonb(o) AS j
+        WHERE EXISTS (SELECT 1 FROM tenants t WHERE t.id = o.tenant_id);
+    ELSE
+        INSERT INTO change_events (tenant_id, operation, kind, object_id, version,
+                                   actor_user_id, actor_key_id, node_type_id,
+                                   relationship_type, object_bytes, object)
+        SELECT n.tenant_id, CASE TG_OP WHEN 'INSERT' THEN 'create' ELSE 'update' END, TG_ARGV[0], j ->> TG_ARGV[1],
+               (j ->> 'version')::integer, actor_user, actor_key,
+               (j ->> 'node_type_id')::uuid, j ->> 'relationship_type', pg_column_size(j),
+               CASE WHEN pg_column_size(j) <= max_bytes THEN j END
+        FROM new_rows n CROSS JOIN LATERAL to_jsonb(n) AS j;
+    END IF;
+    RETURN NULL;
+END
+$$;
+REVOKE ALL ON FUNCTION change_events_record() FROM PUBLIC;
+
+DO $$
+DECLARE
+    t record;
+BEGIN
+    FOR t IN SELECT * FROM (VALUES ('nodes', 'node', 'id'),
+                                   ('relationships', 'relationship', 'id'),
+                                   ('node_types', 'node_type', 'id'),
+                                   ('pipelines', 'pipeline', 'id'),
+                                   ('tenant_users', 'membership', 'user_id'))
+                           AS v (tbl, kind, id_column) LOOP
+        EXECUTE format('CREATE TRIGGER %1$s_feed_inserts AFTER INSERT ON %1$I '
+                       'REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT '
+                       'EXECUTE FUNCTION change_events_record(%2$L, %3$L)',
+                       t.tbl, t.kind, t.id_column);
+        EXECUTE format('CREATE TRIGGER %1$s_feed_updates AFTER UPDATE ON %1$I '
+                       'REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT '
+                       'EXECUTE FUNCTION change_events_record(%2$L, %3$L)',
+                       t.tbl, t.kind, t.id_column);
+        EXECUTE format('CREATE TRIGGER %1$s_feed_deletes AFTER DELETE ON %1$I '
+                       'REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT '
+                       'EXECUTE FUNCTION change_events_record(%2$L, %3$L)',
+                       t.tbl, t.kind, t.id_column);
+    END LOOP;
+END
+$$;
+
+-- Number the tenant's committed, unnumbered events (at most `batch`, oldest first) after its
+-- last position, under the lock of its change_heads row; tell listeners the new last position.
+-- Returns how many it numbered.
+CREATE FUNCTION flexdb_sequence_changes(tenant uuid, batch integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    head bigint;
+    numbered integer;
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM change_events WHERE tenant_id = tenant
+                   AND position IS NULL) THEN
+        RETURN 0;  -- (and no head row for a tenant deleted meanwhile)
+    END IF;
+    INSERT INTO change_heads (tenant_id) VALUES (tenant) ON CONFLICT DO NOTHING;
+    SELECT last_position INTO head FROM change_heads WHERE tenant_id = tenant FOR UPDATE;
+    -- A new statement: its snapshot is taken after the lock, so it sees what the sequencer
+    -- that held it last has numbered.
+    WITH pending AS (
+        SELECT seq, head + row_number() OVER (ORDER BY seq) AS position
+        FROM (SELECT seq FROM change_events WHERE tenant_id = tenant AND position IS NULL
+              ORDER BY seq LIMIT batch) AS oldest)
+    UPDATE change_events e SET position = p.position FROM pending p
+    WHERE e.tenant_id = tenant AND e.seq = p.seq;
+    GET DIAGNOSTICS numbered = ROW_COUNT;
+    IF numbered > 0 THEN
+        UPDATE change_heads SET last_position = head + numbered WHERE tenant_id = tenant;
+        PERFORM pg_notify('flexdb_changes', tenant::text || ':' || (head + numbered)::text);
+    END IF;
+    RETURN numbered;
+END
+$$;
+REVOKE ALL ON FUNCTION flexdb_sequence_changes(uuid, integer) FROM PUBLIC;
