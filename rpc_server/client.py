@@ -4,12 +4,20 @@
         tenant = (await db.call("create_tenant", {"slug": "acme", "name": "Acme"}))["tenant"]
         results = await db.batch([("get_tenant", {"id": tenant["id"]}), ("list_tenants", {})])
 
-Errors come back as typed exceptions carrying the JSON-RPC code, message and data."""
+Errors come back as typed exceptions carrying the JSON-RPC code, message and data.
+
+    async for event in db.changes(tenant_id, after=last_seen):   # the change feed
+        ...   # resumes by itself after a dropped connection
+
+"""
 from __future__ import annotations
 
+import asyncio
 import itertools
+import random
+from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
-from typing import Any, Iterable, Mapping
+from typing import Any, AsyncIterator, Iterable, Mapping
 
 import aiohttp
 import httpx
@@ -86,6 +94,36 @@ def _is_error_reply(reply: Any) -> bool:
             and isinstance(error.get("message"), str))
 
 
+@dataclass
+class ServerSentEvent:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+
+
+async def server_sent_events(lines: AsyncIterator[str]) -> AsyncIterator[ServerSentEvent]:
+    """The messages of a text/event-stream (comments skipped; a message with only an `id`
+    is passed on too: it moves the resume point)."""
+    message, data = ServerSentEvent(), list[str]()
+    async for line in lines:
+        if not line:
+            if data or message.id is not None:
+                message.data = "\n".join(data)
+                yield message
+            message, data = ServerSentEvent(), list[str]()
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data.append(value)
+        elif name == "event":
+            message.event = value
+        elif name == "id":
+            message.id = value
+
+
 def error_from(payload: dict) -> RpcError:
     error = payload.get("error") or {}
     code = error.get("code", 0)
@@ -101,6 +139,7 @@ class FlexDBClient:
         if api_key:
             all_headers["Authorization"] = f"Bearer {api_key}"
         self.url = url
+        self.timeout = timeout
         self._ids = itertools.count(1)
         limits = httpx.Limits(max_connections=max_connections,
                               max_keepalive_connections=max_connections)
@@ -195,3 +234,63 @@ class FlexDBClient:
             else:
                 results.append(r.get("result"))
         return results
+
+    async def changes(self, tenant_id: str, *, after: int | None = None,
+                      kinds: Iterable[str] | None = None, operations: Iterable[str] | None = None,
+                      node_type_id: str | None = None, relationship_type: str | None = None,
+                      idle_timeout: float = 60.0, retry_delay: float = 0.5,
+                      max_retry_delay: float = 30.0) -> AsyncIterator[dict]:
+        """The tenant's change events (as list_changes gives them), from the server's
+        GET /events, after position `after` (None: from now on), without end. A dropped
+        connection, a server restart or an answer 5xx is retried (with backoff and jitter) from
+        the last position received, so no event is missed or repeated. Errors the caller must
+        act on are raised: a position retention has passed (InvalidParams, `data.type`
+        `position_expired`: resynchronise from the lists), a revoked key (Unauthenticated),
+        a removed membership (NotFound), too many streams (RateLimited)."""
+        events_url = self.url.rsplit("/", 1)[0] + "/events"
+        query: dict[str, str] = {"tenant_id": str(tenant_id)}
+        for name, value in (("kinds", kinds), ("operations", operations)):
+            if value is not None:
+                query[name] = ",".join(value)
+        for name, one in (("node_type_id", node_type_id),
+                          ("relationship_type", relationship_type)):
+            if one is not None:
+                query[name] = str(one)
+        delay = retry_delay
+        while True:
+            headers = {"Accept": "text/event-stream"}
+            if after is not None:
+                headers["Last-Event-ID"] = str(after)
+            try:
+                async with self._http.stream(
+                        "GET", events_url, params=query, headers=headers,
+                        timeout=httpx.Timeout(self.timeout, read=idle_timeout)) as response:
+                    if response.status_code != 200:
+                        body = await response.aread()
+                        try:
+                            reply = orjson.loads(body)
+                        except orjson.JSONDecodeError:
+                            reply = None
+                        if response.status_code < 500 and _is_error_reply(reply):
+                            raise error_from(reply)
+                        raise TransportError(f"HTTP {response.status_code} from {events_url}",
+                                             response.status_code)
+                    async for message in server_sent_events(response.aiter_lines()):
+                        delay = retry_delay
+                        if message.id is not None and message.id.isdigit():
+                            after = int(message.id)
+                        if message.event == "change":
+                            yield orjson.loads(message.data)
+                        elif message.event == "error":
+                            raise error_from({"error": orjson.loads(message.data)})
+                        elif message.event == "end":
+                            ended = orjson.loads(message.data)
+                            cls = NotFound if ended.get("reason") == "not_found" \
+                                else Unauthenticated
+                            raise cls(cls.code, ended.get("message", "the stream ended"), ended)
+            except (httpx.HTTPError, aiohttp.ClientError, TransportError) as exc:
+                if isinstance(exc, TransportError) and (exc.status or 500) < 500:
+                    raise
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+            delay = min(delay * 2, max_retry_delay)
+

@@ -108,7 +108,8 @@ class World:
             rel = await self.relationship()
             extra = {"relationship_type": "s"} if method == "update_relationship" else {}
             return {"tenant_id": t, "id": rel["id"], **extra}
-        if method in ("list_relationships", "list_audit_events", "verify_audit_chain"):
+        if method in ("list_relationships", "list_audit_events", "verify_audit_chain",
+                      "list_changes"):
             return {"tenant_id": t}
         if method in ("create_relationship", "create_relationships"):
             a, b = await self.node(), await self.node()

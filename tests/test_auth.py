@@ -48,7 +48,7 @@ EXPECTED = {
     "get_relationship": "viewer", "list_relationships": "viewer",
     "create_relationship": "member", "update_relationship": "member",
     "delete_relationship": "member", "create_relationships": "member",
-    "list_audit_events": "admin", "verify_audit_chain": "admin",
+    "list_audit_events": "admin", "verify_audit_chain": "admin", "list_changes": "viewer",
     "list_denied_calls": "platform_admin",
     "execute_query": "viewer", "query_nodes": "viewer", "traverse": "viewer",
     "shortest_path": "viewer",

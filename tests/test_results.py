@@ -309,8 +309,14 @@ async def test_every_method_result_matches_its_model(server, rpc, database_url):
                                      "pagination": {"page_size": 5}})
     await call("list_denied_calls", {"pagination": {"page_size": 5}})
 
-    # deletes
+    # the change feed: every kind of object, with and without objects (deletes)
     await call("delete_relationship", {"tenant_id": t, "id": ab["id"]})
+    feed = await call("list_changes", {"tenant_id": t, "limit": 1000})
+    assert {e["kind"] for e in feed["changes"]} == {"membership", "node_type", "node",
+                                                    "relationship", "pipeline"}
+    assert any(e["object"] is None for e in feed["changes"])
+
+    # deletes
     await call("delete_node", {"tenant_id": t, "id": d["id"]})
     await call("delete_node_type", {"tenant_id": t, "id": plain["id"]})
     await call("delete_pipeline", {"tenant_id": t, "id": failing["id"]})

@@ -1,6 +1,7 @@
 """GET /events?tenant_id=…: a tenant's change feed as Server-Sent Events.
 
-Each event is `id: <position>`, `event: change`, `data: <the event as list_changes gives it>`.
+Each event is `id: <position>`, `event: change`, `data: <the event as list_changes gives it>`;
+a message with only `id:` (first, and after events a filter left out) moves the resume point.
 A client resumes with `Last-Event-ID` (browsers send it when they reconnect) or `after=`;
 without either the stream starts at the tenant's current last position (new changes only).
 Filters as list_changes' `filter`: `kinds` and `operations` (comma-separated),
@@ -111,6 +112,7 @@ async def stream_changes(request: web.Request, context: RequestContext) -> web.S
             setting, limit = refusal
             raise Busy(f"Too many change streams are open ({setting}: {limit}); close one "
                        "or retry later", retry_after=5.0, setting=setting, limit=limit)
+        await state.sequencer.flush(p.tenant_id)  # "from now" includes the caller's writes
         async with context.connection() as conn:
             window = await read_after(conn, p.tenant_id, p.after, 1)
     except RpcError as exc:
@@ -121,7 +123,9 @@ async def stream_changes(request: web.Request, context: RequestContext) -> web.S
     try:
         response = web.StreamResponse(headers={**HEADERS, "X-Request-ID": context.request_id})
         await response.prepare(request)
-        await response.write(b"retry: 2000\n\n")
+        # The position the stream starts after, so that a client that loses the connection
+        # before the first event resumes from here (browsers keep it as lastEventId too).
+        await response.write(b"retry: 2000\nid: %d\n\n" % cursor)
         await follow(request, response, context, p, tail, cursor)
         return response
     finally:
@@ -163,6 +167,8 @@ async def follow(request: web.Request, response: web.StreamResponse, context: Re
             if events:
                 cursor = events[-1].position
         now = loop.time()
+        if moved and not out:  # all filtered out: move the client's resume point on
+            out = [b"id: %d\n\n" % cursor]
         if out:
             await response.write(b"".join(out))
             last_write = now

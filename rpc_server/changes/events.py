@@ -18,6 +18,11 @@ KINDS: tuple[str, ...] = get_args(Kind)
 OPERATIONS: tuple[str, ...] = get_args(Operation)
 
 
+def text(value: Any) -> str | None:
+    """An id as text (asyncpg's UUIDs are not orjson's)."""
+    return None if value is None else str(value)
+
+
 def event_of(row: asyncpg.Record) -> dict[str, Any]:
     """One event in the API's shape. `object` is the object after the change (None after a
     delete); `object_omitted` says it was left out for its size (see FLEXDB_FEED_MAX_OBJECT_BYTES
@@ -26,8 +31,8 @@ def event_of(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "position": row["position"], "time": row["occurred_at"], "operation": row["operation"],
         "kind": row["kind"], "id": row["object_id"], "version": row["version"],
-        "actor": {"user_id": row["actor_user_id"], "key_id": row["actor_key_id"]},
-        "node_type_id": row["node_type_id"], "relationship_type": row["relationship_type"],
+        "actor": {"user_id": text(row["actor_user_id"]), "key_id": text(row["actor_key_id"])},
+        "node_type_id": text(row["node_type_id"]), "relationship_type": row["relationship_type"],
         "object": None if obj is None else orjson.Fragment(obj),
         "object_omitted": obj is None and row["operation"] != "delete",
         "object_bytes": row["object_bytes"]}
