@@ -235,6 +235,23 @@ class FlexDBClient:
                 results.append(r.get("result"))
         return results
 
+    @property
+    def events_url(self) -> str:
+        """The server's GET /events, beside its /jsonrpc."""
+        return self.url.rsplit("/", 1)[0] + "/events"
+
+    async def open_events(self, params: Mapping[str, str],
+                          headers: RequestHeaders | None = None) -> httpx.Response:
+        """GET /events as it answers, its body not read yet (for relays such as the REST
+        facade): the caller reads the stream and closes the response."""
+        request = self._http.build_request("GET", self.events_url, params=params,
+                                           headers=headers,
+                                           timeout=httpx.Timeout(self.timeout, read=None))
+        try:
+            return await self._http.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"cannot reach {self.events_url}: {exc!r}") from exc
+
     async def changes(self, tenant_id: str, *, after: int | None = None,
                       kinds: Iterable[str] | None = None, operations: Iterable[str] | None = None,
                       node_type_id: str | None = None, relationship_type: str | None = None,
@@ -247,7 +264,7 @@ class FlexDBClient:
         act on are raised: a position retention has passed (InvalidParams, `data.type`
         `position_expired`: resynchronise from the lists), a revoked key (Unauthenticated),
         a removed membership (NotFound), too many streams (RateLimited)."""
-        events_url = self.url.rsplit("/", 1)[0] + "/events"
+        events_url = self.events_url
         query: dict[str, str] = {"tenant_id": str(tenant_id)}
         for name, value in (("kinds", kinds), ("operations", operations)):
             if value is not None:

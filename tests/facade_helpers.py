@@ -50,6 +50,7 @@ ROUTES = {
     ("POST", T + "/runs/{run_id}/cancel"),
     ("POST", "/api-keys"), ("GET", "/api-keys"), ("DELETE", "/api-keys/{key_id}"),
     ("GET", T + "/audit-events"), ("GET", T + "/audit-events/verify"),
+    ("GET", T + "/changes"), ("GET", T + "/events"),
 }
 NOT_API = {"/", "/docs", "/docs/assets/{name}", "/redoc", "/openapi.json", "/health"}
 EXERCISED: set[tuple[str, str]] = set()

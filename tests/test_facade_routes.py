@@ -497,6 +497,35 @@ async def test_api_keys_and_a_revoked_key_gets_401(rest, rpc, facade):
         same_error(revoked.json()["error"], await rpc_error(direct, "get_tenant", {"id": t}))
 
 
+# ---------------------------------------------------------------- the change feed
+
+async def test_changes_and_the_event_stream(rest, rpc):
+    t = await make_tenant(rpc)
+    nt = await make_node_type(rpc, t)
+    route = T + "/changes"
+    listed = ok(await call(rest, "GET", route, tenant_id=t, params={"kinds": "node_type"}))
+    assert listed == await rpc.call("list_changes", {"tenant_id": t,
+                                                     "filter": {"kinds": ["node_type"]}})
+    assert [e["id"] for e in listed["changes"]] == [nt]
+    error(await call(rest, "GET", route, tenant_id=t, params={"kinds": "nodes"}),
+          422, -32602, "invalid_params")
+    error(await call(rest, "GET", route, tenant_id=t, params={"limit": 0}),
+          422, -32602, "invalid_params")
+    EXERCISED.add(("GET", T + "/events"))
+    lines: list[str] = []
+    async with rest.stream("GET", f"/tenants/{t}/events",
+                           headers={"Last-Event-ID": str(listed["head"] - 1)}) as stream:
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        async for line in stream.aiter_lines():
+            lines.append(line)
+            if line.startswith("data: "):
+                break
+    assert f"id: {listed['head']}" in lines and "event: change" in lines
+    missing = await rest.get(f"/tenants/{missing_id()}/events")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == -32001
+
+
 # ---------------------------------------------------------------- audit events, request ids
 
 async def test_audit_events_and_verify(rest, rpc):

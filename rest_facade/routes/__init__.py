@@ -97,6 +97,7 @@ def all_routers() -> list[APIRouter]:
     from . import (
         api_keys,
         audit,
+        changes,
         node_types,
         nodes,
         pipelines,
@@ -107,4 +108,4 @@ def all_routers() -> list[APIRouter]:
     )
     return [tenants.router, users.router, node_types.router, nodes.router,
             relationships.router, query.router, pipelines.router, api_keys.router,
-            audit.router]
+            audit.router, changes.router]
