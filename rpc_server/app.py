@@ -57,7 +57,7 @@ from rpc_server.security.server_secret import server_secret
 from rpc_server.security.tenant_limits import TenantLimiter
 from rpc_server.storage.db import connect, create_pool, create_query_pool, ping
 from rpc_server.storage.repositories.tenant_sql import is_superuser, setup_problems
-from rpc_server.storage.response_budget import ResponseMemory
+from rpc_server.storage.response_budget import ROW_OVERHEAD, ResponseMemory
 from rpc_server.transport.client_address import client_address
 from rpc_server.transport.json_codec import dumps
 from rpc_server.transport.protocol import Dispatcher, internal_error, invalid_request, note
@@ -212,7 +212,11 @@ def build_state(settings: Settings, secret: bytes, pool: asyncpg.Pool, query: Qu
         node_reads=NodeReads(partial(pooled_connection, pool, wait_s)),
         pool_shares=TenantLimiter(tenant_pool_share(settings), wait_s,
                                   "pooled database connections", "FLEXDB_TENANT_POOL_MAX"),
-        response_memory=ResponseMemory(settings.response_memory_bytes, wait_s),
+        response_memory=ResponseMemory(
+            settings.response_memory_bytes, wait_s,
+            TenantLimiter(settings.tenant_large_responses, wait_s,
+                          "large responses in flight", "FLEXDB_TENANT_LARGE_RESPONSES"),
+            settings.max_body_bytes + ROW_OVERHEAD),
         sequencer=FeedSequencer(pool, wait_s, keep_events=settings.feed_retention_events,
                                 keep_days=settings.feed_retention_days,
                                 trim_every_s=settings.feed_trim_interval_s),

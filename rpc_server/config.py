@@ -126,6 +126,12 @@ class Settings(BaseModel):
         64 * 1_048_576, "documents read for responses not yet written, per worker (one tenant "
         "at most half); reads past it wait up to `FLEXDB_DB_CONNECT_TIMEOUT_S`, then -32005 "
         "busy", read_by=(SERVE,), ge=1_048_576, le=64 * 1_073_741_824)
+    tenant_large_responses: int = setting(
+        1, "large responses (documents read past 1 MiB) one tenant may have in flight at "
+        "once, per worker, from the first read past that size until the response is written; "
+        "while they are all in flight, the tenant's further reads that may be large (a list "
+        "page, a walk, a batch) wait for one, up to `FLEXDB_DB_CONNECT_TIMEOUT_S`, then -32005 "
+        "busy. Other tenants are not held up", read_by=(SERVE,), ge=1, le=1000)
     # At most 100: jsonschema checks a schema ~8 frames a level deep, within Python's 1000.
     max_json_depth: int = setting(
         100, "deepest nesting of a document (`data`, `schema`, a pipeline's `input`, a filter, "

@@ -22,7 +22,7 @@ from rpc_server.audit import events as audit  # noqa: E402
 from rpc_server.config import Settings, env_var, shown_default  # noqa: E402
 from rpc_server.methods import graph, pipelines, query  # noqa: E402
 from rpc_server.query import guard as query_guard  # noqa: E402
-from rpc_server.storage import node_filter  # noqa: E402
+from rpc_server.storage import node_filter, response_budget  # noqa: E402
 from rpc_server.validation.schema_cost import MAX_PATTERN_LENGTH  # noqa: E402
 from sandbox_worker.app import MAX_OUTPUT, MAX_RESULT  # noqa: E402
 from sandbox_worker.policy import MAX_CODE_LENGTH  # noqa: E402
@@ -88,6 +88,10 @@ SECTIONS: dict[str, list[Limit]] = {
         Limit("documents read for responses not yet written, per worker (a tenant: half)",
               f"waits up to `FLEXDB_DB_CONNECT_TIMEOUT_S`, then {BUSY}",
               "response_memory_bytes"),
+        Limit("large responses (documents read past "
+              f"{size(response_budget.LARGE_RESPONSE_BYTES)}) one tenant has in flight, per "
+              "worker, until written", "its further reads that may be large wait up to "
+              f"`FLEXDB_DB_CONNECT_TIMEOUT_S`, then {BUSY}", "tenant_large_responses"),
     ],
     "Node type schemas (checked when saved)": [
         Limit("the schema as JSON", INVALID, "max_schema_bytes"),

@@ -5,12 +5,14 @@ it probes set low enough to reach."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 import uuid
 from contextlib import asynccontextmanager
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 
 from rpc_server.client import FlexDBClient, RpcError
@@ -364,6 +366,105 @@ async def test_a_result_larger_than_what_is_left_is_refused(budget_server, big_n
             "tenant_id": tenant, "sql": "SELECT data FROM nodes"})
     assert error.code == -32006 and error.data["type"] == "too_many_rows"
     assert error.data["max_bytes"] <= 262_144
+
+
+# ---------------------------------------------------------------- large responses
+
+LARGE_DOC = 900_000  # each document alone is past nothing; two are a large response
+
+
+@pytest.fixture(scope="module")
+def large_server(database_url):
+    with running_server({"FLEXDB_DATABASE_URL": database_url,
+                         "FLEXDB_TENANT_LARGE_RESPONSES": "1",
+                         "FLEXDB_DB_CONNECT_TIMEOUT_S": "1",
+                         "FLEXDB_MAX_RESPONSE_BYTES": str(16 * 2**20),
+                         "FLEXDB_MAX_PAGE_BYTES": str(12 * 2**20)}) as srv:
+        yield srv
+
+
+async def tenant_with_large_nodes(admin: FlexDBClient, count: int) -> tuple[str, list[str]]:
+    tenant, node_type = await tenant_with_type(admin)
+    ids = []
+    for i in range(count):
+        ids.append((await admin.call("create_node", {
+            "tenant_id": tenant, "node_type_id": node_type,
+            "data": {"i": i, "blob": "x" * LARGE_DOC}}))["node"]["id"])
+    return tenant, ids
+
+
+def unread_call(server, method: str, params: dict) -> socket.socket:
+    """A call whose answer its caller never reads (a slow reader): with a tiny receive
+    window, an answer of megabytes stays in flight on the server until the socket closes."""
+    body = orjson.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    sock.sendall(b"POST /jsonrpc HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                 b"Authorization: Bearer " + server.admin_key.encode() + b"\r\n"
+                 b"Content-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    return sock
+
+
+async def test_a_tenants_large_responses_in_flight_are_capped_not_others(large_server):
+    """Tenant A's 10 MB page goes to a reader that does not read: A's one large response
+    is in flight. A's next page (it may be large) waits for A's slot and gives up (busy,
+    naming the setting); A's get_node (one document) and tenant B's pages answer at once.
+    Once the slow reader goes, A's pages answer again."""
+    async with FlexDBClient(large_server.url, api_key=large_server.admin_key) as admin:
+        a, a_ids = await tenant_with_large_nodes(admin, 12)
+        b, _ = await tenant_with_large_nodes(admin, 3)
+        page = {"pagination": {"page_size": 100}}
+        slow = unread_call(large_server, "list_nodes", {"tenant_id": a, **page})
+        try:
+            await asyncio.sleep(1.0)  # A's page has been read and is being written
+            waiting = asyncio.ensure_future(admin.call("list_nodes", {"tenant_id": a, **page}))
+            started = time.monotonic()
+            for _ in range(3):
+                got = await admin.call("list_nodes", {"tenant_id": b, **page})
+                assert len(got["nodes"]) == 3
+                got = await admin.call("get_node", {"tenant_id": a, "id": a_ids[0]})
+                assert got["node"]["id"] == a_ids[0]
+            assert time.monotonic() - started < PROMPT_S
+            with pytest.raises(RpcError) as caught:
+                await waiting
+            error = caught.value
+            assert error.code == -32005 and error.data["type"] == "busy"
+            assert "FLEXDB_TENANT_LARGE_RESPONSES" in error.message
+            assert error.data["limit"] == 1
+        finally:
+            slow.close()
+        deadline = time.monotonic() + 10
+        while True:  # the slot comes back once the server sees the reader gone
+            try:
+                got = await admin.call("list_nodes", {"tenant_id": a, **page})
+                break
+            except RpcError as exc:
+                assert exc.code == -32005 and time.monotonic() < deadline
+        assert len(got["nodes"]) == 12
+
+
+async def test_a_batch_of_large_members_answers_without_waiting_for_itself(large_server):
+    """With one large response a tenant: a batch whose every member is large (pages and
+    get_node of large documents, read ahead and one by one) still answers in full, and a
+    second one after it too (the slot was given back when the first was written)."""
+    async with FlexDBClient(large_server.url, api_key=large_server.admin_key) as admin:
+        tenant, ids = await tenant_with_large_nodes(admin, 6)
+    batch = [{"jsonrpc": "2.0", "id": i, "method": "list_nodes",
+              "params": {"tenant_id": tenant, "pagination": {"page_size": 2}}}
+             for i in range(3)]
+    batch += [{"jsonrpc": "2.0", "id": 3 + i, "method": "get_node",
+               "params": {"tenant_id": tenant, "id": node}} for i, node in enumerate(ids)]
+    async with httpx.AsyncClient(timeout=30) as http:
+        for _ in range(2):
+            started = time.monotonic()
+            response = await http.post(large_server.url, json=batch, headers={
+                "Authorization": f"Bearer {large_server.admin_key}"})
+            answers = response.json()
+            assert [a.get("error") for a in answers] == [None] * len(batch)
+            assert [len(a["result"]["nodes"]) for a in answers[:3]] == [2, 2, 2]
+            assert time.monotonic() - started < PROMPT_S
 
 
 # ---------------------------------------------------------------- pipelines

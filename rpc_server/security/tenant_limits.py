@@ -1,8 +1,9 @@
 """How much of a shared resource one tenant may hold at once on one server: heavy calls
 (tenant SQL, graph walks, filtered queries, bulk writes), schema checks in threads, pooled
-database connections. A tenant's further calls wait for one of its own slots (other tenants
-are not held up, and never queue behind it); one that waits longer than `wait_s` answers
--32005 busy. Calls outside any tenant (the platform's own, tenant None) share one set."""
+database connections, large responses in flight. A tenant's further calls wait for one of
+its own slots (other tenants are not held up, and never queue behind it); one that waits
+longer than `wait_s` answers -32005 busy. Calls outside any tenant (the platform's own,
+tenant None) share one set."""
 from __future__ import annotations
 
 import asyncio
@@ -19,6 +20,11 @@ class TenantLimiter:
         self.per_tenant, self.wait_s = per_tenant, wait_s
         self.what, self.setting = what, setting
         self._slots: dict[UUID | None, list] = {}  # tenant -> [semaphore, holders and waiters]
+
+    def full(self, tenant_id: UUID | None) -> bool:
+        """Whether the tenant's slots are all taken (a further acquire() would wait)."""
+        entry = self._slots.get(tenant_id)
+        return entry is not None and entry[0].locked()
 
     async def acquire(self, tenant_id: UUID | None) -> None:
         """Take one of the tenant's slots (release() gives it back, also after a Busy)."""

@@ -11,16 +11,41 @@ next_page_token for the rest); what was actually read is then held until the res
 been written. Reads in flight are not held in advance: each is capped, and there are at most
 as many as pooled connections, so what they add beyond the limit is bounded too. A call
 whose response has no budget left answers -32006 `response_too_large`, and the batch's
-other members still answer."""
+other members still answer.
+
+Large responses (documents read past LARGE_RESPONSE_BYTES) cost the worker and the database
+far more than their count says (reading, then sending megabytes), so one tenant has at most
+FLEXDB_TENANT_LARGE_RESPONSES of them in flight per worker: a response takes one of its
+tenant's slots when it reads past that size (the tenant of the call that does), once per
+response whatever its members do (a batch never waits for itself), and gives it back when it
+has been written. While the tenant's slots are all taken, its further calls that may read
+more than one document (a list page, a walk, a batch's read-ahead, or any read of a response
+that already holds documents) wait for one before they read; past FLEXDB_DB_CONNECT_TIMEOUT_S
+they answer -32005 busy. A call that reads one document into an empty response (get_node)
+never waits for a slot, so small calls pay one comparison for this."""
 from __future__ import annotations
 
 import asyncio
+from typing import Protocol
 from uuid import UUID
 
 from rpc_server.errors import Busy, QueryRejected
 
 # What a row costs in a response beside its documents (ids, timestamps, keys).
 ROW_OVERHEAD = 256
+# A response that reads more documents than this is large: it takes one of its tenant's slots.
+LARGE_RESPONSE_BYTES = 1_048_576
+
+
+class TenantSlots(Protocol):
+    """Per-tenant slots (security.tenant_limits.TenantLimiter): acquire() waits for one or
+    raises Busy naming its setting."""
+
+    def full(self, tenant_id: UUID | None) -> bool: ...
+
+    async def acquire(self, tenant_id: UUID | None) -> None: ...
+
+    def release(self, tenant_id: UUID | None) -> None: ...
 
 
 def response_too_large(limit: int) -> QueryRejected:
@@ -32,8 +57,10 @@ def response_too_large(limit: int) -> QueryRejected:
 class ResponseMemory:
     """One worker's account of document bytes read for responses not yet written."""
 
-    def __init__(self, limit: int, wait_s: float):
+    def __init__(self, limit: int, wait_s: float, large: TenantSlots, one_document: int):
         self.limit, self.tenant_limit, self.wait_s = limit, limit // 2, wait_s
+        self.large = large  # each tenant's slots for large responses in flight
+        self.one_document = one_document  # a grant past this may read a large response
         self.held = 0
         self.by_tenant: dict[UUID | None, int] = {}
         self._freed = asyncio.Event()
@@ -73,13 +100,18 @@ class ResponseMemory:
 
 
 class ResponseBudget:
-    """One HTTP request's share: what its response may still take, and what it holds of the
-    worker's memory until it is written (close())."""
+    """One HTTP request's share: what its response may still take, what it holds of the
+    worker's memory until it is written (close()), and its tenant's large-response slot
+    once it needs one."""
 
     def __init__(self, memory: ResponseMemory, limit: int):
         self.memory, self.limit = memory, limit
         self.committed = 0  # bytes granted or used by the request's calls
+        self.used = 0  # bytes of documents read
         self.held: dict[UUID | None, int] = {}
+        # Taking the tenant's large-response slot (at most once: a batch's members share it)
+        self._slot: asyncio.Future | None = None
+        self._slot_tenant: UUID | None = None
 
     @property
     def remaining(self) -> int:
@@ -87,10 +119,15 @@ class ResponseBudget:
 
     async def reserve(self, tenant_id: UUID | None, worst_case: int) -> int:
         """Grant up to `worst_case` bytes of what is left of the response (settle() it after
-        reading), once the worker's and the tenant's memory for responses has room."""
+        reading), once the worker's and the tenant's memory for responses has room (and,
+        for a read that may be large while the tenant's large responses are all in flight,
+        once the response has one of its slots)."""
         granted = min(worst_case, self.remaining)
         if granted < worst_case and granted < ROW_OVERHEAD:
             raise response_too_large(self.limit)
+        if self._slot is None and (granted > self.memory.one_document or self.used) \
+                and self.memory.large.full(tenant_id):
+            await self._take_slot(tenant_id)
         await self.memory.admit(tenant_id)
         self.committed += granted
         return granted
@@ -98,16 +135,34 @@ class ResponseBudget:
     async def settle(self, tenant_id: UUID | None, granted: int, used: int) -> None:
         """What was read is held until the response is written; the rest of the grant goes
         back to the response. Read past the grant (a document stored before a limit was
-        lowered): the call fails with response_too_large if the response cannot take it."""
+        lowered): the call fails with response_too_large if the response cannot take it.
+        The read that takes the response past LARGE_RESPONSE_BYTES takes a slot for it."""
         self.committed += used - granted
         if used:
+            self.used += used
             self.memory.hold(tenant_id, used)
             self.held[tenant_id] = self.held.get(tenant_id, 0) + used
         if used > granted and self.committed > self.limit:
             raise response_too_large(self.limit)
+        if self.used > LARGE_RESPONSE_BYTES and self._slot is None:
+            await self._take_slot(tenant_id)
+
+    async def _take_slot(self, tenant_id: UUID | None) -> None:
+        """Take a large-response slot of the tenant for this response, or wait for the
+        one being taken (a batch's members ask at once); Busy after the wait."""
+        if self._slot is None:
+            self._slot_tenant = tenant_id
+            self._slot = asyncio.ensure_future(self.memory.large.acquire(tenant_id))
+        await asyncio.shield(self._slot)
 
     def close(self) -> None:
         """The response has been written: give back everything held."""
         for tenant_id, size in self.held.items():
             self.memory.give_back(tenant_id, size)
         self.held.clear()
+        slot, self._slot = self._slot, None
+        if slot is not None:
+            if not slot.done():
+                slot.cancel()  # (a member gave up waiting: the acquire ends holding nothing)
+            elif not slot.cancelled() and slot.exception() is None:
+                self.memory.large.release(self._slot_tenant)
