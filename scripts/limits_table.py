@@ -166,6 +166,8 @@ SECTIONS: dict[str, list[Limit]] = {
               value=size(webhooks.MAX_RESPONSE_BYTES)),
         Limit("the delay between two attempts at one webhook delivery", "—",
               "webhook_retry_max_s"),
+        Limit("webhooks one server process delivers to at once", "the others wait their turn",
+              "webhook_concurrency"),
         Limit("failed attempts in a row at one event", "the webhook is paused (`failing`)",
               "webhook_pause_after_failures"),
     ],
