@@ -41,7 +41,9 @@ from rpc_server.caching.redis_link import RedisLink
 from rpc_server.caching.shared_cache import SharedCache
 from rpc_server.changes.hub import FeedHub
 from rpc_server.changes.sequencer import FeedSequencer
+from rpc_server.changes.signing import SecretBox
 from rpc_server.changes.stream_caps import StreamCaps
+from rpc_server.changes.webhooks import WebhookDeliverer
 from rpc_server.config import Settings, trusted_networks
 from rpc_server.errors import INVALID_REQUEST
 from rpc_server.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -190,7 +192,8 @@ def log_access(context: RequestContext, seconds: float) -> None:
 
 
 def build_state(settings: Settings, secret: bytes, pool: asyncpg.Pool, query: QueryEnvironment,
-                runner: PipelineRunner, redis: RedisLink | None, feed: FeedHub) -> AppState:
+                runner: PipelineRunner, redis: RedisLink | None, feed: FeedHub,
+                webhooks: WebhookDeliverer) -> AppState:
     wait_s = settings.db_connect_timeout_s
     auth = Authenticator(secret, settings.anonymous_role, settings.auth_cache_ttl_s)
     node_types = NodeTypeCache(settings.shared_cache_ttl_s)
@@ -222,7 +225,8 @@ def build_state(settings: Settings, secret: bytes, pool: asyncpg.Pool, query: Qu
                                 trim_every_s=settings.feed_trim_interval_s),
         feed=feed, streams=StreamCaps(settings.feed_streams_per_key,
                                       settings.feed_streams_per_tenant,
-                                      settings.feed_streams_max))
+                                      settings.feed_streams_max),
+        webhooks=webhooks)
 
 
 def readings_of(state: AppState) -> Readings:
@@ -307,7 +311,10 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
             asyncio.Semaphore(max(1, settings.db_pool_max // 2)))
         feed = FeedHub(pool, partial(connect, database_url, settings),
                        settings.db_connect_timeout_s)
-        app[STATE] = state = build_state(settings, secret, pool, query, runner, redis, feed)
+        webhooks = WebhookDeliverer(pool, partial(connect, database_url, settings), settings,
+                                    SecretBox(secret))
+        app[STATE] = state = build_state(settings, secret, pool, query, runner, redis, feed,
+                                         webhooks)
         if redis is not None:
             invalidation = Invalidation(redis, state.auth, state.node_types)
             invalidation.start()
@@ -317,7 +324,9 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         state.sequencer.start()
         feed.start()
         state.denied.start()
+        webhooks.start()
         yield
+        await webhooks.stop()
         await runner.stop()
         await state.chainer.stop()
         await state.sequencer.stop()

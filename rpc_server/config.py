@@ -312,6 +312,38 @@ class Settings(BaseModel):
     feed_streams_max: int = setting(
         5_000, "change streams one server process holds open; beyond: HTTP 503 (-32005)",
         read_by=(SERVE,), ge=1, le=1_000_000)
+    webhooks_max_per_tenant: int = setting(
+        20, "webhooks one tenant may have; beyond: -32005 `quota_exceeded`", read_by=(SERVE,),
+        ge=0, le=10_000)
+    webhook_allow_private: bool = setting(
+        False, "let webhooks reach loopback, private, link-local (cloud metadata), shared, "
+        "multicast and reserved addresses (refused by default when a webhook is saved and "
+        "again at every delivery, after DNS resolution); for tests and trusted networks "
+        "only", read_by=(SERVE,))
+    webhook_connect_timeout_s: float = setting(
+        5.0, "seconds a webhook delivery may take to connect (a failed attempt past it)",
+        read_by=(SERVE,), gt=0, le=60)
+    webhook_timeout_s: float = setting(
+        15.0, "seconds a webhook's receiver may take to answer, once connected (a failed "
+        "attempt past it)", read_by=(SERVE,), gt=0, le=300)
+    webhook_retry_base_s: float = setting(
+        1.0, "a failed webhook delivery is retried after a random delay (full jitter) of up "
+        "to this, doubled with every further failure of the same event", read_by=(SERVE,),
+        gt=0, le=3600)
+    webhook_retry_max_s: float = setting(
+        3600.0, "the longest delay between two attempts at one webhook delivery",
+        read_by=(SERVE,), gt=0, le=86_400)
+    webhook_pause_after_failures: int = setting(
+        20, "consecutive failed attempts at one event after which a webhook is paused "
+        "(`status: paused`, `paused_reason: failing`); `update_webhook` resumes it",
+        read_by=(SERVE,), ge=1, le=1000)
+    webhook_concurrency: int = setting(
+        16, "webhooks one server process delivers to at once (each webhook has one delivery "
+        "in flight, in order)", read_by=(SERVE,), ge=1, le=1000)
+    webhook_lease_s: float = setting(
+        60.0, "how long a server's claim on a webhook lasts without being renewed (each "
+        "delivery renews it); a server that stops leaves its webhooks to others after it",
+        read_by=(SERVE,), ge=1, le=3600)
     denied_calls_retention_days: int = setting(
         30, "days counts of refused calls (`list_denied_calls`) are kept; older ones are "
         "deleted by the servers, a bounded batch at a time", read_by=(SERVE,), ge=1, le=36_500)
@@ -368,6 +400,9 @@ class Settings(BaseModel):
         if self.max_response_bytes < self.max_body_bytes:
             raise ValueError("FLEXDB_MAX_RESPONSE_BYTES must be at least FLEXDB_MAX_BODY_BYTES "
                              "(a stored document must fit in a response)")
+        if self.webhook_lease_s <= self.webhook_connect_timeout_s + self.webhook_timeout_s:
+            raise ValueError("FLEXDB_WEBHOOK_LEASE_S must exceed FLEXDB_WEBHOOK_CONNECT_TIMEOUT_S"
+                             " + FLEXDB_WEBHOOK_TIMEOUT_S (a claim outlives one delivery)")
         return self
 
 

@@ -19,6 +19,7 @@ from rest_facade.callers import MAX_AUTHORIZATION  # noqa: E402
 from rpc_server.api import params  # noqa: E402
 from rpc_server.audit import denied_calls  # noqa: E402
 from rpc_server.audit import events as audit  # noqa: E402
+from rpc_server.changes import address_guard, webhooks  # noqa: E402
 from rpc_server.config import Settings, env_var, shown_default  # noqa: E402
 from rpc_server.methods import graph, pipelines, query  # noqa: E402
 from rpc_server.query import guard as query_guard  # noqa: E402
@@ -153,6 +154,26 @@ SECTIONS: dict[str, list[Limit]] = {
         Limit("runs at once in one sandbox worker", BUSY, "sandbox_max_running"),
         Limit("queued runs one server executes at once", "they wait in the queue",
               "pipeline_queue_concurrency"),
+    ],
+    "Change feed and webhooks": [
+        Limit("an object carried by a change event (as stored JSON)",
+              "the event has `object` null and `object_omitted` true", "feed_max_object_bytes"),
+        Limit("change streams open on one server process", "HTTP 503 (-32005)",
+              "feed_streams_max"),
+        Limit("webhooks of one tenant", "-32005 `quota_exceeded`", "webhooks_max_per_tenant"),
+        Limit("a webhook URL", f"{INVALID} naming `url`", value=n(address_guard.MAX_URL)),
+        Limit("a webhook delivery's connection", "a failed attempt (retried)",
+              "webhook_connect_timeout_s"),
+        Limit("a webhook receiver's answer, once connected", "a failed attempt (retried)",
+              "webhook_timeout_s"),
+        Limit("a webhook receiver's answer read (the rest is not)", "ignored",
+              value=size(webhooks.MAX_RESPONSE_BYTES)),
+        Limit("the delay between two attempts at one webhook delivery", "—",
+              "webhook_retry_max_s"),
+        Limit("webhooks one server process delivers to at once", "the others wait their turn",
+              "webhook_concurrency"),
+        Limit("failed attempts in a row at one event", "the webhook is paused (`failing`)",
+              "webhook_pause_after_failures"),
     ],
     "Quotas": [
         Limit("tenants one user owns (platform admins: any number)",

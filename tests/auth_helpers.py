@@ -7,6 +7,8 @@ from .conftest import unique
 ROLES = ["viewer", "member", "admin", "owner"]
 RANK = {r: i for i, r in enumerate(ROLES)}
 TRIVIAL_PIPELINE = "def run(input, db):\n    return input\n"
+# A webhook URL that never resolves (RFC 2606): accepted, and nothing is ever sent.
+WEBHOOK_URL = "https://webhook.invalid/hook"
 
 
 async def new_user(admin) -> tuple[dict, str]:
@@ -139,7 +141,20 @@ class World:
             run = await self.admin.call("run_pipeline", {
                 "tenant_id": t, "pipeline_id": (await self.pipeline())["id"], "wait": False})
             return {"tenant_id": t, "id": run["run"]["id"]}
+        if method in ("create_webhook", "list_webhooks"):
+            return {"tenant_id": t, **({"url": WEBHOOK_URL} if method == "create_webhook" else {})}
+        if method in ("get_webhook", "update_webhook", "delete_webhook"):
+            extra = {"description": "d"} if method == "update_webhook" else {}
+            return {"tenant_id": t, "id": (await self.webhook())["id"], **extra}
+        if method in ("list_webhook_deliveries", "redeliver"):
+            hook = await self.webhook()
+            extra = {"position": hook["delivered_position"]} if method == "redeliver" else {}
+            return {"tenant_id": t, "webhook_id": hook["id"], **extra}
         raise AssertionError(f"no params for {method}: add it to World.params")
+
+    async def webhook(self) -> dict:
+        return (await self.admin.call("create_webhook", {
+            "tenant_id": self.tid, "url": WEBHOOK_URL}))["webhook"]
 
     async def pipeline(self) -> dict:
         return (await self.admin.call("create_pipeline", {

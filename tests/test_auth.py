@@ -56,6 +56,9 @@ EXPECTED = {
     "delete_pipeline": "admin", "list_pipelines": "viewer", "run_pipeline": "member",
     "get_pipeline_run": "viewer", "list_pipeline_runs": "viewer",
     "cancel_pipeline_run": "member",
+    "create_webhook": "admin", "get_webhook": "admin", "list_webhooks": "admin",
+    "update_webhook": "admin", "delete_webhook": "admin", "list_webhook_deliveries": "admin",
+    "redeliver": "admin",
 }
 
 

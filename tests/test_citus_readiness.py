@@ -18,6 +18,7 @@ import pytest
 from rpc_server.client import FlexDBClient
 from rpc_server.pipelines.runner import SWEEP_EVERY_S
 
+from .auth_helpers import WEBHOOK_URL
 from .conftest import server_with_sandbox, unique
 from .services import own_postgres
 from .single_tenant_sql import logged_statements, tenant_tables, unpinned_tables
@@ -34,6 +35,10 @@ NOT_SINGLE_TENANT = {
     "LEFT JOIN pipeline_queue_turns t ON t.tenant_id = r.tenant_id":
         "the fair pipeline queue: picks the next queued run across all tenants, the tenant "
         "that waited longest first",
+    "FROM webhooks w WHERE w.status = 'active' AND w.next_attempt_at <= now()":
+        "the webhook delivery workers' sweep: claims due webhooks of any tenant (every second "
+        "and on every change notification); each is then delivered on its own tenant's "
+        "statements",
     "WHERE status = 'running' AND deadline < now()":
         "the pipeline runner's sweep: marks runs of any tenant whose server died as failed",
     "SELECT count(*) FROM tenant_users WHERE user_id = $1 AND role = 'owner'":
@@ -168,6 +173,16 @@ async def call_every_method(rpc: RecordingClient) -> None:
     await rpc.call("cancel_pipeline_run", {"tenant_id": t, "id": queued["id"]})
     await rpc.call("get_pipeline_run", {"tenant_id": t, "id": run["id"]})
     await rpc.call("list_pipeline_runs", {"tenant_id": t, **page})
+    await rpc.call("list_changes", {"tenant_id": t, "limit": 10})
+    hook = (await rpc.call("create_webhook", {"tenant_id": t,
+                                              "url": WEBHOOK_URL}))["webhook"]
+    await rpc.call("get_webhook", {"tenant_id": t, "id": hook["id"]})
+    await rpc.call("list_webhooks", {"tenant_id": t, **page})
+    await rpc.call("update_webhook", {"tenant_id": t, "id": hook["id"], "status": "paused"})
+    await rpc.call("redeliver", {"tenant_id": t, "webhook_id": hook["id"],
+                                 "position": hook["delivered_position"]})
+    await rpc.call("list_webhook_deliveries", {"tenant_id": t, "webhook_id": hook["id"], **page})
+    await rpc.call("delete_webhook", {"tenant_id": t, "id": hook["id"]})
 
     await rpc.call("list_audit_events", {"tenant_id": t, **page})
     await rpc.call("verify_audit_chain", {"tenant_id": t})

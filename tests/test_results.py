@@ -22,6 +22,7 @@ from rpc_server.api.registry import REGISTRY, rpc_method
 from rpc_server.client import FlexDBClient, PipelineFailed
 from rpc_server.security.auth import AUTHENTICATED
 
+from .auth_helpers import WEBHOOK_URL
 from .conftest import running_server, unique
 
 PERSON_SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}},
@@ -294,6 +295,23 @@ async def test_every_method_result_matches_its_model(server, rpc, database_url):
     runs = await call("list_pipeline_runs", {"tenant_id": t,
                                              "pagination": {"page_size": 1000}})
     assert {r["status"] for r in runs["runs"]} >= {"succeeded", "failed", "cancelled"}
+
+    # the change feed and webhooks (to a URL that never resolves: nothing is sent)
+    feed = await call("list_changes", {"tenant_id": t, "limit": 5,
+                                       "filter": {"kinds": ["node"]}})
+    assert feed["changes"] and feed["head"] >= feed["last_position"]
+    made = await call("create_webhook", {"tenant_id": t, "url": WEBHOOK_URL,
+                                         "filter": {"kinds": ["node"]}, "description": "r"})
+    hook = made["webhook"]
+    assert made["secret"].startswith("whsec_") and hook["filter"] == {"kinds": ["node"]}
+    await call("get_webhook", {"tenant_id": t, "id": hook["id"]})
+    await call("update_webhook", {"tenant_id": t, "id": hook["id"], "status": "paused"})
+    await call("list_webhooks", {"tenant_id": t, "pagination": {"include_total": True}})
+    queued = await call("redeliver", {"tenant_id": t, "webhook_id": hook["id"],
+                                      "position": hook["delivered_position"]})
+    assert queued["delivery"]["status"] == "pending"
+    await call("list_webhook_deliveries", {"tenant_id": t, "webhook_id": hook["id"]})
+    await call("delete_webhook", {"tenant_id": t, "id": hook["id"]})
 
     # the audit trail, intact and broken
     trail = await call("list_audit_events", {"tenant_id": t,

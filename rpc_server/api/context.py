@@ -22,6 +22,7 @@ from rpc_server.caching.redis_link import RedisLink
 from rpc_server.changes.hub import FeedHub
 from rpc_server.changes.sequencer import FeedSequencer
 from rpc_server.changes.stream_caps import StreamCaps
+from rpc_server.changes.webhooks import WebhookDeliverer
 from rpc_server.config import Settings
 from rpc_server.errors import Busy, QueryRejected
 from rpc_server.ops.metrics import Metrics
@@ -59,6 +60,7 @@ class AppState:
     sequencer: FeedSequencer  # numbers each tenant's change events after commit
     feed: FeedHub  # this process's reader of new change events, for its streams
     streams: StreamCaps  # open change streams, per key and per tenant
+    webhooks: WebhookDeliverer  # this process's webhook delivery worker
 
 
 def tenant_pool_share(settings: Settings) -> int:

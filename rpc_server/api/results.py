@@ -504,3 +504,89 @@ class ChangeList(ResultModel):
                                            "which this read looked (filtered-out events "
                                            "included).")
     head: int = Field(description="The tenant's last position when this was read.")
+
+
+# ---------------------------------------------------------------- webhooks
+
+class WebhookFilter(ResultModel):
+    """Which change events a webhook gets: all of the given conditions."""
+    kinds: list[Literal["node", "relationship", "node_type", "pipeline", "membership"]] = \
+        omittable("Only these kinds of object.")
+    operations: list[Literal["create", "update", "delete"]] = omittable("Only these operations.")
+    node_type_id: UUID = omittable("Only nodes of this node type.")
+    relationship_type: str = omittable("Only relationships of this type.")
+
+
+class Webhook(ResultModel):
+    """A webhook: where a tenant's change events are POSTed, and how its deliveries go. Its
+    secret is never shown again after creation."""
+    id: UUID
+    tenant_id: UUID
+    url: str
+    description: str
+    filter: WebhookFilter | None = Field(description="null: every event.")
+    secret_hint: str = Field(description="The secret's last characters, to tell secrets "
+                                         "apart.")
+    status: Literal["active", "paused"]
+    paused_reason: str | None = Field(description=(
+        "Why it is paused: `failing` (FLEXDB_WEBHOOK_PAUSE_AFTER_FAILURES attempts in a row "
+        "failed), `position_expired` (retention dropped events it had not delivered), "
+        "`paused` (by update_webhook), `secret_unreadable`; null while active."))
+    paused_at: AwareDatetime | None
+    delivered_position: int = Field(description="The last position it is done with "
+                                                "(delivered, or not matching its filter).")
+    failures: int = Field(description="Failed attempts in a row at the next event.")
+    next_attempt_at: AwareDatetime = Field(description="When the next event is tried (no "
+                                                       "earlier).")
+    last_attempt_at: AwareDatetime | None
+    last_http_status: int | None = Field(description="The receiver's answer to the last "
+                                                     "attempt (null: none came).")
+    last_error: str | None = Field(description="Why the last attempt failed; null after a "
+                                               "success.")
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    version: int
+
+
+class WebhookResult(ResultModel):
+    """One webhook (without its secret)."""
+    webhook: Webhook
+
+
+class WebhookCreated(ResultModel):
+    """A new webhook, with its signing secret."""
+    webhook: Webhook
+    secret: str = Field(description="The signing secret (`whsec_…`). Shown only this once.")
+
+
+class WebhookList(ResultModel):
+    """A page of a tenant's webhooks, oldest first."""
+    webhooks: list[Webhook]
+    pagination: Pagination
+
+
+class WebhookDelivery(ResultModel):
+    """An event's delivery to a webhook (with all its attempts), or a redelivery."""
+    id: UUID
+    webhook_id: UUID
+    position: int
+    redelivery: bool = Field(description="Asked for with redeliver (sent once).")
+    status: Literal["pending", "retrying", "delivered", "failed"]
+    attempts: int
+    last_http_status: int | None
+    last_error: str | None
+    next_attempt_at: AwareDatetime | None = Field(description="When a retrying delivery is "
+                                                              "tried again.")
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+
+
+class WebhookDeliveryResult(ResultModel):
+    """The redelivery queued."""
+    delivery: WebhookDelivery
+
+
+class WebhookDeliveryList(ResultModel):
+    """A page of a webhook's deliveries, oldest first."""
+    deliveries: list[WebhookDelivery]
+    pagination: Pagination

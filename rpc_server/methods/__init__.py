@@ -1,5 +1,5 @@
 """The JSON-RPC methods, one module per group (tenants, users, api keys, node types, nodes,
-relationships, graph walks, queries, pipelines, audit, the change feed): each method's
+relationships, graph walks, queries, pipelines, audit, the change feed, webhooks): each method's
 params model, its handler and its registration, which says who may call it. Importing this
 package registers every method. Handlers are thin: they may import every layer below."""
 from rpc_server.methods import (  # noqa: F401  (importing registers)
@@ -14,4 +14,5 @@ from rpc_server.methods import (  # noqa: F401  (importing registers)
     relationships,
     tenants,
     users,
+    webhooks,
 )

@@ -1,0 +1,359 @@
+"""The webhook delivery worker, one per server process: POSTs each active webhook's events
+(its tenant's change events after its position that its filter matches) to its URL, in
+position order, at least once, signed the Standard Webhooks way (changes/signing.py).
+
+Claims: a worker delivers a webhook only while it holds its claim in the database (a lease,
+storage/repositories/webhooks.py), so any number of server processes share the webhooks and
+never deliver one concurrently; one delivery per webhook is in flight at a time, which keeps
+its order. A worker that dies leaves its claims to run out (FLEXDB_WEBHOOK_LEASE_S); the
+next one resumes after the last position recorded as delivered, so the event in flight at
+the crash may come twice (at least once: receivers deduplicate by `webhook-id`).
+
+Wake-up: the worker LISTENs on the feed's channel (a connection of its own) and looks for
+due webhooks when a tenant's events are numbered, when one of its deliveries ends, and every
+SWEEP_S in any case (retries that are due, notifications lost while reconnecting).
+
+Failures (a status other than 2xx, a redirect, a timeout, a refused or failed connection) are
+retried after a random delay of up to FLEXDB_WEBHOOK_RETRY_BASE_S doubled per failure, capped
+at FLEXDB_WEBHOOK_RETRY_MAX_S (full jitter); after FLEXDB_WEBHOOK_PAUSE_AFTER_FAILURES in a
+row the webhook is paused (`failing`). One whose position retention has passed is paused
+(`position_expired`): never a silent gap."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from functools import partial
+from typing import Awaitable, Callable
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+import orjson
+
+from rpc_server.changes.address_guard import (
+    GuardedResolver,
+    RefusedAddress,
+    literal_address,
+    refusal,
+)
+from rpc_server.changes.events import event_of
+from rpc_server.changes.signing import BadSecret, SecretBox, secret_bytes, sign
+from rpc_server.config import Settings
+from rpc_server.storage.repositories.changes import CHANNEL, ChangeRepository, EventFilter
+from rpc_server.storage.repositories.webhooks import WebhookRepository
+
+log = logging.getLogger(__name__)
+SWEEP_S = 1.0
+RECONNECT_S = 1.0
+READ_BATCH = 100  # events read at once for one webhook
+SCAN = 10_000  # positions one read looks at, whatever the filter matches
+MAX_RESPONSE_BYTES = 65_536  # of a receiver's answer read (and ignored)
+INLINE_RETRY_S = 5.0  # a retry due sooner waits in the worker, keeping the claim
+REDELIVERIES = 10  # redeliveries sent per claim
+ERROR_PAUSE_S = 5.0  # a webhook whose delivery failed unexpectedly waits this long
+TRIM_EVERY_S = 600.0
+TRIM_BATCH = 10_000
+USER_AGENT = "flexdb-webhooks/1"
+PAUSED_FAILING, PAUSED_EXPIRED, PAUSED_SECRET = "failing", "position_expired", "secret_unreadable"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    http_status: int | None = None
+    error: str | None = None
+
+
+def filter_of(stored: object) -> EventFilter | None:
+    """A webhook's stored filter (ChangeFilter's JSON) as the feed's reader takes it."""
+    if isinstance(stored, str):
+        stored = orjson.loads(stored)
+    if not isinstance(stored, dict):
+        return None
+    return EventFilter(kinds=stored.get("kinds"), operations=stored.get("operations"),
+                       node_type_id=None if stored.get("node_type_id") is None
+                       else uuid.UUID(str(stored["node_type_id"])),
+                       relationship_type=stored.get("relationship_type"))
+
+
+def _uuid_text(value: object) -> str:
+    if isinstance(value, uuid.UUID):  # asyncpg's own UUID class, which orjson does not know
+        return str(value)
+    raise TypeError(f"cannot serialize {type(value).__name__}")
+
+
+def event_body(row: asyncpg.Record) -> bytes:
+    """The event as a delivery's body: the JSON list_changes has for it."""
+    return orjson.dumps(event_of(row), default=_uuid_text)
+
+
+def backoff(failures: int, base_s: float, max_s: float) -> float:
+    """Full jitter: a random delay up to base * 2^(failures - 1), at most max_s."""
+    return random.uniform(0, min(max_s, base_s * 2 ** min(failures - 1, 40)))
+
+
+def message_id(webhook_id: uuid.UUID, position: int) -> str:
+    """`webhook-id`: one per webhook and event, the same on every retry and redelivery."""
+    return f"{webhook_id}:{position}"
+
+
+class WebhookDeliverer:
+    def __init__(self, pool: asyncpg.Pool, connect: Callable[[], Awaitable[asyncpg.Connection]],
+                 settings: Settings, box: SecretBox):
+        self.pool, self.connect, self.settings, self.box = pool, connect, settings, box
+        self.wait_s = settings.db_connect_timeout_s
+        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.delivered = 0  # attempts that succeeded (read by benchmarks and /metrics)
+        self.active: dict[tuple[uuid.UUID, uuid.UUID], asyncio.Task] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._session: aiohttp.ClientSession | None = None
+
+    # ------------------------------------------------------------ sending one event
+
+    async def send(self, url: str, webhook_id: uuid.UUID, position: int, body: bytes,
+                   key: bytes) -> Outcome:
+        """One attempt: POST the event's JSON, signed; 2xx is success, anything else not."""
+        assert self._session is not None
+        host = urlsplit(url).hostname or ""
+        literal = literal_address(host)
+        if literal is not None:  # (the resolver only sees names)
+            why = refusal(str(literal), self.settings.webhook_allow_private)
+            if why:
+                return Outcome(False, error=f"refused: {host} is {why}")
+        msg_id, timestamp = message_id(webhook_id, position), int(time.time())
+        headers = {"content-type": "application/json", "user-agent": USER_AGENT,
+                   "webhook-id": msg_id, "webhook-timestamp": str(timestamp),
+                   "webhook-signature": sign(key, msg_id, timestamp, body)}
+        connect_s, read_s = self.settings.webhook_connect_timeout_s, self.settings.webhook_timeout_s
+        timeout = aiohttp.ClientTimeout(total=connect_s + read_s, sock_connect=connect_s,
+                                        sock_read=read_s)
+        try:
+            async with self._session.post(url, data=body, headers=headers, timeout=timeout,
+                                          allow_redirects=False) as response:
+                await response.content.read(MAX_RESPONSE_BYTES)  # read, bounded, ignored
+                if not response.content.at_eof():
+                    response.close()  # the rest is not read: the connection goes
+                status = response.status
+        except asyncio.TimeoutError:
+            return Outcome(False, error=f"timed out (connect {connect_s:g} s, answer "
+                                        f"{read_s:g} s)")
+        except aiohttp.ClientConnectorError as exc:
+            cause = exc.os_error
+            if isinstance(cause, RefusedAddress):
+                return Outcome(False, error=f"refused: {cause}")
+            return Outcome(False, error=f"could not connect: {cause or exc}")
+        except RefusedAddress as exc:
+            return Outcome(False, error=f"refused: {exc}")
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            return Outcome(False, error=f"request failed: {type(exc).__name__}: {exc}")
+        if 200 <= status < 300:
+            return Outcome(True, status)
+        if 300 <= status < 400:
+            return Outcome(False, status, f"HTTP {status}: redirects are not followed")
+        return Outcome(False, status, f"HTTP {status}")
+
+    # ------------------------------------------------------------ one claimed webhook
+
+    async def _db(self, work):
+        async with self.pool.acquire(timeout=self.wait_s) as conn:
+            return await work(WebhookRepository(conn), conn)
+
+    async def _serve(self, hook: asyncpg.Record) -> None:
+        """Deliver a claimed webhook's redeliveries, then its events until it has caught up,
+        must wait for a retry, lost its claim or was paused; then let go of it."""
+        tenant_id, webhook_id, worker = hook["tenant_id"], hook["id"], self.worker
+        lease = self.settings.webhook_lease_s
+        pause_s = 0.0
+        try:
+            try:
+                key = secret_bytes(self.box.open(hook["secret_sealed"]))
+            except BadSecret as exc:
+                error = str(exc)
+                await self._db(lambda r, _: r.pause(tenant_id, webhook_id, worker,
+                                                    PAUSED_SECRET, error))
+                return
+            if not await self._redeliver(hook, key):
+                return
+            await self._stream(hook, key, filter_of(hook["filter"]), lease)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the claim runs out; retried then
+            log.warning("webhook %s of %s: delivery interrupted (will retry): %r",
+                        webhook_id, tenant_id, exc)
+            pause_s = ERROR_PAUSE_S
+        finally:
+            try:
+                await asyncio.shield(self._db(
+                    lambda r, _: r.release(tenant_id, webhook_id, worker, pause_s)))
+            except Exception:  # noqa: BLE001 - the lease runs out instead
+                pass
+
+    async def _event_body(self, tenant_id, position: int) -> bytes | None:
+        async def read(_, conn):
+            return await ChangeRepository(conn).read(tenant_id, position - 1, 1, 1)
+        window = await self._db(read)
+        rows = [r for r in window.rows if r["position"] == position]
+        return event_body(rows[0]) if rows else None
+
+    async def _redeliver(self, hook, key: bytes) -> bool:
+        """Send the redeliveries asked for, once each; False when the claim is gone."""
+        tenant_id, webhook_id = hook["tenant_id"], hook["id"]
+        pending = await self._db(lambda r, _: r.pending_redeliveries(tenant_id, webhook_id,
+                                                                     REDELIVERIES))
+        for item in pending:
+            body = await self._event_body(tenant_id, item["position"])
+            if body is None:
+                outcome = Outcome(False, error="position_expired: retention dropped the event")
+            else:
+                outcome = await self.send(hook["url"], webhook_id, item["position"], body, key)
+                self.delivered += outcome.ok
+            await self._db(lambda r, _: r.redelivered(tenant_id, item["id"], outcome.ok,
+                                                      outcome.http_status, outcome.error))
+            if not await self._db(lambda r, _: r.renew(tenant_id, webhook_id, self.worker,
+                                                       self.settings.webhook_lease_s)):
+                return False
+        return True
+
+    async def _stream(self, hook, key: bytes, only: EventFilter | None, lease: float) -> None:
+        tenant_id, webhook_id, worker, url = hook["tenant_id"], hook["id"], self.worker, hook["url"]
+        settings = self.settings
+        position, failures = hook["delivered_position"], hook["failures"]
+        max_bytes = READ_BATCH * (settings.feed_max_object_bytes + 1024)
+        while True:
+            window = await self._db(lambda _, conn: ChangeRepository(conn).read(
+                tenant_id, position, READ_BATCH, SCAN, only, max_bytes))
+            if position < window.trimmed_through:
+                await self._db(lambda r, _: r.pause(
+                    tenant_id, webhook_id, worker, PAUSED_EXPIRED,
+                    f"position_expired: events after {position} were dropped by retention "
+                    f"(through {window.trimmed_through}); update_webhook with a `position` "
+                    "resumes it"))
+                return
+            for row in window.rows:
+                body = event_body(row)
+                while True:  # this event until it is delivered (order: nothing passes it)
+                    outcome = await self.send(url, webhook_id, row["position"], body, key)
+                    if outcome.ok:
+                        self.delivered += 1
+                        failures = 0
+                        if not await self._db(lambda r, _: r.delivered(
+                                tenant_id, webhook_id, worker, lease, row["position"],
+                                outcome.http_status)):
+                            return
+                        position = row["position"]
+                        break
+                    failures += 1
+                    delay = backoff(failures, settings.webhook_retry_base_s,
+                                    settings.webhook_retry_max_s)
+                    pause = (PAUSED_FAILING if failures >= settings.webhook_pause_after_failures
+                             else None)
+                    retry_at = datetime.now(timezone.utc) + timedelta(seconds=delay)
+                    if not await self._db(lambda r, _: r.failed(
+                            tenant_id, webhook_id, worker, lease, row["position"],
+                            outcome.http_status, outcome.error or "failed", retry_at, pause)):
+                        return
+                    if pause or delay > INLINE_RETRY_S:
+                        return  # paused, or the sweep takes it up again when it is due
+                    await asyncio.sleep(delay)
+            if window.scanned_to > position:  # the rest of the read the filter let pass
+                if not await self._db(lambda r, _: r.passed(tenant_id, webhook_id, worker,
+                                                            lease, window.scanned_to)):
+                    return
+                position = window.scanned_to
+            if position >= window.head:
+                return
+
+    # ------------------------------------------------------------ the loop
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
+        self._wake.set()
+
+    def _done(self, key: tuple[uuid.UUID, uuid.UUID], task: asyncio.Task) -> None:
+        self.active.pop(key, None)
+        self._wake.set()  # what arrived meanwhile, and what the slot may now take
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_trim = loop.time() + TRIM_EVERY_S
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), SWEEP_S)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            free = self.settings.webhook_concurrency - len(self.active)
+            if free <= 0:
+                continue
+            try:
+                claimed = await self._db(lambda r, _: r.claim(
+                    self.worker, self.settings.webhook_lease_s, free))
+                if loop.time() >= next_trim:
+                    next_trim = loop.time() + TRIM_EVERY_S
+                    before = datetime.now(timezone.utc) - timedelta(
+                        days=self.settings.feed_retention_days)
+                    await self._db(lambda r, _: r.trim_deliveries(before, TRIM_BATCH))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - retried at the next sweep
+                log.warning("could not claim webhooks (will retry): %r", exc)
+                await asyncio.sleep(SWEEP_S)
+                continue
+            for hook in claimed:
+                key = (hook["tenant_id"], hook["id"])
+                task = loop.create_task(self._serve(hook))
+                self.active[key] = task
+                task.add_done_callback(partial(self._done, key))
+
+    async def _listen(self) -> None:
+        while True:
+            conn = None
+            try:
+                conn = await self.connect()
+                await conn.add_listener(CHANNEL, self._on_notify)
+                self._wake.set()  # what was announced while we were away
+                while not conn.is_closed():
+                    await asyncio.sleep(RECONNECT_S * 5)
+                    await conn.execute("SELECT 1", timeout=self.wait_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - reconnected; the sweep covers the gap
+                log.warning("webhook wake-ups interrupted (reconnecting): %r", exc)
+            finally:
+                if conn is not None and not conn.is_closed():
+                    conn.terminate()
+            await asyncio.sleep(RECONNECT_S)
+
+    def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            resolver=GuardedResolver(self.settings.webhook_allow_private),
+            use_dns_cache=False, limit=self.settings.webhook_concurrency)
+        self._session = aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
+            auto_decompress=False)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run()), loop.create_task(self._listen())]
+
+    async def stop(self) -> None:
+        """Stop delivering and let go of the claims held (an attempt cut short is made
+        again by whoever claims the webhook next)."""
+        tasks = [*self._tasks, *self.active.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            await self._db(lambda r, _: r.release_all(self.worker))
+        except Exception as exc:  # noqa: BLE001 - the leases run out instead
+            log.warning("webhook claims left to expire at stop: %r", exc)
+        if self._session is not None:
+            await self._session.close()
