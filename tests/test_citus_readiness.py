@@ -29,6 +29,12 @@ NOT_SINGLE_TENANT = {
     "SELECT DISTINCT tenant_id FROM audit_pending":
         "the audit chainer's sweep: finds the tenants that have events waiting to be chained "
         "(every second, and on every server's start); it then chains each tenant on its own",
+    "SELECT DISTINCT tenant_id FROM change_events WHERE position IS NULL":
+        "the change feed sequencer's sweep: finds the tenants with committed events not yet "
+        "numbered (every second); it then numbers each tenant on its own",
+    "SELECT tenant_id FROM change_heads":
+        "the change feed's retention pass: lists the tenants that have events (every "
+        "FLEXDB_FEED_TRIM_INTERVAL_S); it then trims each tenant on its own",
     'COPY "audit_events"':
         "the audit chainer's bulk write of one tenant's chained events: COPY has no WHERE, "
         "but every row carries the same tenant_id and Citus routes COPY rows by it",
@@ -73,7 +79,8 @@ async def log_every_statement(url: str) -> Path:
 def logged_server():
     with own_postgres() as (url, _stop, _start):
         log_file = asyncio.run(log_every_statement(url))
-        with server_with_sandbox(url) as srv:
+        # (retention every half second: its statements are logged too)
+        with server_with_sandbox(url, FLEXDB_FEED_TRIM_INTERVAL_S="0.5") as srv:
             yield srv, url, log_file
 
 
