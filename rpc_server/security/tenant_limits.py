@@ -3,10 +3,17 @@
 database connections, large responses in flight. A tenant's further calls wait for one of
 its own slots (other tenants are not held up, and never queue behind it); one that waits
 longer than `wait_s` answers -32005 busy. Calls outside any tenant (the platform's own,
-tenant None) share one set."""
+tenant None) share one set.
+
+Every tenant-scoped call passes through here (the pool share), so both paths are kept cheap:
+a free slot is taken without an await; a call that waits parks on a plain future with one
+timer (asyncio.wait_for would wrap the wait in a Task of its own, on Python 3.11 the
+costliest part of a call that has to queue), and release() hands its slot straight to the
+longest waiter, so a newcomer cannot take it first."""
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 from uuid import UUID
@@ -14,47 +21,86 @@ from uuid import UUID
 from rpc_server.errors import Busy
 
 
+class _Slots:
+    """One tenant's account: slots not held, callers holding or waiting (the entry is
+    dropped when none are left), and the waiters in arrival order."""
+    __slots__ = ("free", "users", "waiters")
+
+    def __init__(self, free: int):
+        self.free, self.users = free, 0
+        self.waiters: deque[asyncio.Future] = deque()
+
+
+def _expire(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(False)  # no slot: the wait is over
+
+
 class TenantLimiter:
     def __init__(self, per_tenant: int, wait_s: float,
                  what: str = "concurrent queries or graph walks", setting: str | None = None):
         self.per_tenant, self.wait_s = per_tenant, wait_s
         self.what, self.setting = what, setting
-        self._slots: dict[UUID | None, list] = {}  # tenant -> [semaphore, holders and waiters]
+        self._slots: dict[UUID | None, _Slots] = {}
 
     def full(self, tenant_id: UUID | None) -> bool:
         """Whether the tenant's slots are all taken (a further acquire() would wait)."""
         entry = self._slots.get(tenant_id)
-        return entry is not None and entry[0].locked()
+        return entry is not None and not entry.free
 
     async def acquire(self, tenant_id: UUID | None) -> None:
         """Take one of the tenant's slots (release() gives it back, also after a Busy)."""
         entry = self._slots.get(tenant_id)
         if entry is None:
-            entry = self._slots[tenant_id] = [asyncio.Semaphore(self.per_tenant), 0]
-        entry[1] += 1
-        semaphore = entry[0]
-        if not semaphore.locked():
-            await semaphore.acquire()  # free: no waiting, no timer
+            entry = self._slots[tenant_id] = _Slots(self.per_tenant)
+        entry.users += 1
+        if entry.free:  # free: no waiting, no timer
+            entry.free -= 1
             return
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()  # True: release() handed us its slot
+        entry.waiters.append(waiter)
+        timer = loop.call_later(self.wait_s, _expire, waiter)
         try:
-            await asyncio.wait_for(semaphore.acquire(), self.wait_s)
-        except asyncio.TimeoutError:
-            self._forget(tenant_id, entry)
+            granted = await waiter
+        except BaseException:  # cancelled; a slot handed over just before is passed on
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self._hand_on(entry)
+            self._give_up(tenant_id, entry, waiter)
+            raise
+        finally:
+            timer.cancel()
+        if not granted:
+            self._give_up(tenant_id, entry, waiter)
             named = f" ({self.setting})" if self.setting else ""
             raise Busy(f"This tenant's {self.per_tenant} {self.what} on this server{named} "
-                       "are all in use; retry shortly", limit=self.per_tenant) from None
-        except BaseException:
-            self._forget(tenant_id, entry)
-            raise
+                       "are all in use; retry shortly", limit=self.per_tenant)
 
     def release(self, tenant_id: UUID | None) -> None:
         entry = self._slots[tenant_id]
-        entry[0].release()
+        self._hand_on(entry)
         self._forget(tenant_id, entry)
 
-    def _forget(self, tenant_id: UUID | None, entry: list) -> None:
-        entry[1] -= 1
-        if not entry[1]:  # nobody holds or waits: forget the tenant
+    @staticmethod
+    def _hand_on(entry: _Slots) -> None:
+        """A slot is given back: to the longest waiter still waiting, else to the free."""
+        while entry.waiters:
+            waiter = entry.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(True)
+                return
+        entry.free += 1
+
+    def _give_up(self, tenant_id: UUID | None, entry: _Slots, waiter: asyncio.Future) -> None:
+        try:
+            entry.waiters.remove(waiter)  # (rare: a timeout or a cancellation)
+        except ValueError:
+            pass  # already taken off by _hand_on
+        self._forget(tenant_id, entry)
+
+    def _forget(self, tenant_id: UUID | None, entry: _Slots) -> None:
+        entry.users -= 1
+        if not entry.users:  # nobody holds or waits: forget the tenant
             del self._slots[tenant_id]
 
     @asynccontextmanager

@@ -10,6 +10,8 @@ from rpc_server.config import Network
 
 
 def is_trusted(address: str, trusted: tuple[Network, ...]) -> bool:
+    if not trusted:  # no proxies (the default): nothing to parse, on every request
+        return False
     try:
         parsed = ipaddress.ip_address(address)
     except ValueError:
