@@ -43,6 +43,7 @@ from rpc_server.storage.repositories.tenants import TenantRepository
 
 RECHECK_S = 1.0  # how often a stream checks its caller's key and membership again
 SEND_BATCH = 500  # events one database read of a catching-up stream takes
+SEND_BYTES = 1024 * 1024  # and at most these bytes of objects (the first whatever its size)
 STATUS = {-32602: 400, -32002: 401, -32003: 403, -32001: 404, -32005: 429}
 HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
            "X-Accel-Buffering": "no"}  # (proxies must not buffer the stream)
@@ -106,6 +107,8 @@ async def stream_changes(request: web.Request, context: RequestContext) -> web.S
         p = StreamParams.of(request.query, request.headers.get("Last-Event-ID"))
         await reader_of(context, p.tenant_id)
         principal = await context.principal()
+        if state.limits.enabled:  # opening a stream is a call like any other
+            await state.limits.admit_call(principal, p.tenant_id)
         caller = principal.key_id or principal.user_id
         refusal = state.streams.refusal(caller, p.tenant_id)
         if refusal is not None:
@@ -153,7 +156,8 @@ async def follow(request: web.Request, response: web.StreamResponse, context: Re
             try:
                 async with pooled_connection(state.pool,
                                              state.settings.db_connect_timeout_s) as conn:
-                    window = await read_after(conn, p.tenant_id, cursor, SEND_BATCH, only)
+                    window = await read_after(conn, p.tenant_id, cursor, SEND_BATCH, only,
+                                              SEND_BYTES)
             except RpcError as exc:  # retention passed a reader this slow
                 await response.write(message("error", {"code": exc.code, "message": exc.message,
                                                        "data": exc.data}))

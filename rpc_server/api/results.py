@@ -489,7 +489,8 @@ class ChangeEvent(ResultModel):
     node_type_id: UUID | None = Field(description="A node's node type.")
     relationship_type: str | None = Field(description="A relationship's type.")
     object: dict[str, Any] | None = Field(
-        description="The object after the change, as its get method answers it; None after "
+        description="The object after the change, as its get method answers it (a "
+                    "membership: tenant_id, user_id, role, status and its times); None after "
                     "a delete or when `object_omitted`.")
     object_omitted: bool = Field(description="The object was larger than "
                                              "FLEXDB_FEED_MAX_OBJECT_BYTES: read it with its "

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 TAIL_EVENTS = 4096
 TAIL_BYTES = 8 * 1024 * 1024
 READ_BATCH = 1000
+READ_BYTES = 1024 * 1024  # what one read holds at most (the first event whatever its size)
 POLL_S = 5.0
 RECONNECT_S = 1.0
 
@@ -102,7 +103,7 @@ class FeedHub:
                         tail.add([])
                     while True:
                         window = await repo.read(tail.tenant_id, tail.last, READ_BATCH,
-                                                 READ_BATCH)
+                                                 READ_BATCH, max_bytes=READ_BYTES)
                         if tail.last < window.trimmed_through:  # retention passed us: restart
                             tail.events.clear()
                             tail.bytes = 0
@@ -110,7 +111,7 @@ class FeedHub:
                             tail.add([])
                             continue
                         tail.add([FeedEvent.of(r) for r in window.rows])
-                        if len(window.rows) < READ_BATCH:  # up to that read's last position
+                        if not window.rows or tail.last >= window.head:  # caught up
                             break
             except asyncio.CancelledError:
                 raise

@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Change feed benchmark: what issue 21 asks to measure, on a fresh database each part.
+
+    .venv/bin/python scripts/bench_changes.py [--only latency,idle,webhooks,create,crash]
+
+- latency: `--rate` changes/s (create_node, paced) while `--subscribers` streams
+  (GET /events) follow the tenant; each event's latency is from the moment its write was
+  sent to the moment a subscriber read it (an upper bound on commit-to-subscriber: the write's
+  own time is in it), p50/p99 over every subscriber's copy.
+- idle: how many idle streams one server process (FLEXDB_WORKERS=1) holds, with its RSS.
+- webhooks: deliveries/s to a local receiver (scripts/bench_webhooks.measure_deliveries).
+- create: create_node req/s at c=32 against a server with the feed on and one with it off
+  (FLEXDB_CHANGE_FEED=false), alternating rounds in the same run, on one database.
+- crash: a writer at full speed and a resuming reader; the server is killed with SIGKILL and
+  started again; counts acknowledged writes whose event never came, and events received twice.
+
+The database server is FLEXDB_BENCH_DATABASE_URL (default the local one)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+# Run as a file, the repository root is not on sys.path: the imports after this line need
+# it first (hence their noqa: E402).
+sys.path.insert(0, str(ROOT))
+
+from rpc_server.client import FlexDBClient  # noqa: E402
+from scripts.bench import Rpc, load, percentile  # noqa: E402
+from scripts.bench_webhooks import measure_deliveries  # noqa: E402
+from tests.conftest import (  # noqa: E402
+    ServerProcess,
+    fresh_database,
+    make_node_type,
+    make_tenant,
+    running_server,
+)
+
+SERVER = os.environ.get("FLEXDB_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+PARTS = ("latency", "idle", "webhooks", "create", "crash")
+SENT_AT = re.compile(rb'"t": ([0-9.]+)')
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def subscriber(session: aiohttp.ClientSession, url: str, key: str, tenant: str,
+                     latencies: list[float], opened: asyncio.Event, counter: list[int]) -> None:
+    """Follow the stream; for each event, note now minus its write's send time."""
+    async with session.get(url, params={"tenant_id": tenant},
+                           headers={"Authorization": f"Bearer {key}"}) as response:
+        assert response.status == 200, await response.text()
+        counter[0] += 1
+        if counter[0] == counter[1]:
+            opened.set()
+        async for chunk in response.content.iter_any():
+            now = time.time()
+            for sent in SENT_AT.findall(chunk):
+                latencies.append((now - float(sent)) * 1000)
+
+
+def part_latency(args) -> dict:
+    with fresh_database(SERVER) as url, running_server({"FLEXDB_DATABASE_URL": url,
+                                                         "FLEXDB_WORKERS": "2"}) as srv:
+        return asyncio.run(latency(args, srv))
+
+
+async def latency(args, srv) -> dict:
+    async with FlexDBClient(srv.url, api_key=srv.admin_key) as admin:
+        t = (await make_tenant(admin))["id"]
+        nt = (await make_node_type(admin, t))["id"]
+    latencies: list[float] = []
+    opened, counter = asyncio.Event(), [0, args.subscribers]
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
+                                    connector=aiohttp.TCPConnector(limit=0))
+    streams = [asyncio.ensure_future(subscriber(session, srv.base + "/events",
+                                                srv.admin_key, t, latencies, opened,
+                                                counter))
+               for _ in range(args.subscribers)]
+    await asyncio.wait_for(opened.wait(), 60)
+    rpc = Rpc(srv.url, srv.admin_key, 64)
+    interval, sent = 1.0 / args.rate, 0
+    start = time.perf_counter()
+    deadline = start + args.seconds
+    in_flight: set[asyncio.Task] = set()
+    errors = 0
+
+    async def write():
+        nonlocal errors
+        try:
+            await rpc.call("create_node", {"tenant_id": t, "node_type_id": nt,
+                                           "data": {"t": time.time()}})
+        except Exception:  # noqa: BLE001 - counted
+            errors += 1
+
+    while time.perf_counter() < deadline:  # paced: the n-th write at start + n/rate
+        sent += 1
+        task = asyncio.ensure_future(write())
+        in_flight.add(task)
+        task.add_done_callback(in_flight.discard)
+        delay = start + sent * interval - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+    elapsed = time.perf_counter() - start
+    await asyncio.gather(*in_flight)
+    expected = sent * args.subscribers
+    for _ in range(100):
+        if len(latencies) >= expected - errors * args.subscribers:
+            break
+        await asyncio.sleep(0.1)
+    for s in streams:
+        s.cancel()
+    await session.close()
+    await rpc.close()
+    return {"part": "latency", "changes/s sent": round(sent / elapsed),
+            "subscribers": args.subscribers, "received": len(latencies),
+            "expected": expected, "write errors": errors,
+            "p50 ms": round(percentile(latencies, 0.5), 1),
+            "p99 ms": round(percentile(latencies, 0.99), 1),
+            "max ms": round(max(latencies, default=0), 1)}
+
+
+def part_idle(args) -> dict:
+    with fresh_database(SERVER) as url, running_server({
+            "FLEXDB_DATABASE_URL": url, "FLEXDB_WORKERS": "1",
+            "FLEXDB_FEED_STREAMS_PER_KEY": str(args.idle),
+            "FLEXDB_FEED_STREAMS_PER_TENANT": str(args.idle),
+            "FLEXDB_FEED_STREAMS_MAX": str(args.idle)}) as srv:
+        return asyncio.run(idle(args, srv))
+
+
+async def idle(args, srv) -> dict:
+    async with FlexDBClient(srv.url, api_key=srv.admin_key) as admin:
+        t = (await make_tenant(admin))["id"]
+    proc = psutil.Process(srv.proc.pid)
+    server_processes = [proc] + proc.children(recursive=True)
+    before = sum(p.memory_info().rss for p in server_processes)
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None),
+                                    connector=aiohttp.TCPConnector(limit=0))
+    latencies: list[float] = []
+    opened, counter = asyncio.Event(), [0, args.idle]
+    streams = []
+    for i in range(args.idle):
+        streams.append(asyncio.ensure_future(subscriber(
+            session, srv.base + "/events", srv.admin_key, t, latencies, opened, counter)))
+        if i % 100 == 99:
+            await asyncio.sleep(0.05)
+    try:
+        await asyncio.wait_for(opened.wait(), 120)
+    except asyncio.TimeoutError:
+        pass
+    await asyncio.sleep(2)
+    held = counter[0]
+    failed = sum(1 for s in streams if s.done() and s.exception() is not None)
+    after = sum(p.memory_info().rss for p in server_processes)
+    for s in streams:
+        s.cancel()
+    await session.close()
+    return {"part": "idle", "streams asked": args.idle, "streams open": held,
+            "refused or failed": failed, "server RSS MB before": round(before / 2**20),
+            "with streams MB": round(after / 2**20),
+            "KB per stream": round((after - before) / max(held, 1) / 1024, 1)}
+
+
+def part_webhooks(args) -> dict:
+    with fresh_database(SERVER) as url, running_server({
+            "FLEXDB_DATABASE_URL": url, "FLEXDB_WORKERS": "1",
+            "FLEXDB_WEBHOOK_ALLOW_PRIVATE": "true"}) as srv:
+        return asyncio.run(webhooks(args, srv))
+
+
+async def webhooks(args, srv) -> dict:
+    async with FlexDBClient(srv.url, api_key=srv.admin_key) as admin:
+        one = await measure_deliveries(admin, args.webhook_events, 1)
+        several = await measure_deliveries(admin, args.webhook_events, 8)
+    return {"part": "webhooks", "events": args.webhook_events,
+            "deliveries/s, 1 webhook": round(one), "deliveries/s, 8 webhooks": round(several)}
+
+
+def part_create(args) -> dict:
+    with fresh_database(SERVER) as url:
+        with running_server({"FLEXDB_DATABASE_URL": url}) as on, \
+                running_server({"FLEXDB_DATABASE_URL": url, "FLEXDB_CHANGE_FEED": "false"}) as off:
+            return asyncio.run(create(args, on, off))
+
+
+async def create(args, on, off) -> dict:
+    figures: dict[str, list[float]] = {"on": [], "off": []}
+    for server in (on, off):
+        async with FlexDBClient(server.url, api_key=on.admin_key) as admin:
+            t = (await make_tenant(admin))["id"]
+            server.target = (t, (await make_node_type(admin, t))["id"])
+    for _ in range(args.rounds):
+        for name, server in (("on", on), ("off", off)):
+            rpc = Rpc(server.url, on.admin_key, 32)
+            t, nt = server.target
+            body = {"tenant_id": t, "node_type_id": nt, "data": {"name": "x", "n": 1}}
+            result = await load(lambda _: rpc.call("create_node", body), 32,
+                                args.seconds)
+            figures[name].append(result["rps"])
+            await rpc.close()
+    on_rps, off_rps = sorted(figures["on"]), sorted(figures["off"])
+    return {"part": "create", "feed on req/s": [round(x) for x in figures["on"]],
+            "feed off req/s": [round(x) for x in figures["off"]],
+            "median on/off": round(on_rps[len(on_rps) // 2] / off_rps[len(off_rps) // 2], 3)}
+
+
+def part_crash(args) -> dict:
+    with fresh_database(SERVER) as url:
+        env = {"FLEXDB_DATABASE_URL": url, "FLEXDB_WORKERS": "1"}
+        with running_server(env) as first:
+            port, key = first.port, first.admin_key
+        return asyncio.run(crash(args, env, port, key))
+
+
+async def crash(args, env, port, key) -> dict:
+    server = ServerProcess(env, ROOT, port=port)
+    server.wait_ready()
+    acknowledged: list[str] = []
+    received: list[dict] = []
+    stop = asyncio.Event()
+    try:
+        async with FlexDBClient(server.url, api_key=key, timeout=5) as client:
+            t = (await make_tenant(client))["id"]
+            nt = (await make_node_type(client, t))["id"]
+            start = (await client.call("list_changes", {"tenant_id": t}))["head"]
+
+            async def follow():
+                async for event in client.changes(t, after=start, retry_delay=0.1,
+                                                  max_retry_delay=0.5):
+                    received.append(event)
+
+            async def write():
+                while not stop.is_set():
+                    try:
+                        node = await client.call("create_node", {
+                            "tenant_id": t, "node_type_id": nt, "data": {}})
+                        acknowledged.append(node["node"]["id"])
+                    except Exception:  # noqa: BLE001 - the server is down: again
+                        await asyncio.sleep(0.05)
+
+            reader = asyncio.ensure_future(follow())
+            writers = [asyncio.ensure_future(write()) for _ in range(8)]
+            await asyncio.sleep(args.seconds)
+            os.kill(server.proc.pid, signal.SIGKILL)
+            server.proc.wait()
+            at_kill = len(acknowledged)
+            server = ServerProcess(env, ROOT, port=port)
+            await asyncio.get_running_loop().run_in_executor(None, server.wait_ready)
+            await asyncio.sleep(args.seconds)
+            stop.set()
+            await asyncio.gather(*writers)
+            head = (await client.call("list_changes", {"tenant_id": t}))["head"]
+            for _ in range(300):
+                if received and received[-1]["position"] >= head:
+                    break
+                await asyncio.sleep(0.05)
+            reader.cancel()
+    finally:
+        server.stop()
+    ids = [e["id"] for e in received]
+    return {"part": "crash", "acknowledged writes": len(acknowledged),
+            "acknowledged before the kill": at_kill, "events received": len(received),
+            "lost": len(set(acknowledged) - set(ids)), "received twice": len(ids) - len(set(ids)),
+            "events of unacknowledged writes": len(set(ids) - set(acknowledged))}
+
+
+def main(args) -> None:
+    for part in args.only:
+        result = globals()[f"part_{part}"](args)
+        print(orjson.dumps(result).decode(), flush=True)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default=",".join(PARTS),
+                        type=lambda v: [p for p in v.split(",") if p])
+    parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--subscribers", type=int, default=100)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--idle", type=int, default=2000)
+    parser.add_argument("--webhook-events", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=3)
+    arguments = parser.parse_args()
+    unknown = set(arguments.only) - set(PARTS)
+    if unknown:
+        parser.error(f"unknown parts: {sorted(unknown)}")
+    raise_fd_limit()
+    main(arguments)
