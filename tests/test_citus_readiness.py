@@ -29,7 +29,7 @@ NOT_SINGLE_TENANT = {
     "SELECT DISTINCT tenant_id FROM audit_pending":
         "the audit chainer's sweep: finds the tenants that have events waiting to be chained "
         "(every second, and on every server's start); it then chains each tenant on its own",
-    "SELECT DISTINCT tenant_id FROM change_events WHERE position IS NULL":
+    "SELECT DISTINCT tenant_id FROM change_pending":
         "the change feed sequencer's sweep: finds the tenants with committed events not yet "
         "numbered (every second); it then numbers each tenant on its own",
     "SELECT tenant_id FROM change_heads":

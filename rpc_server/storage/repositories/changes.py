@@ -12,9 +12,11 @@ from rpc_server.storage.repositories.base import Repository
 
 # Notified (payload "<tenant id>:<last position>") each time a tenant's events are numbered.
 CHANNEL = "flexdb_changes"
-# An event's columns but its object (read within a byte budget, see read()).
-EVENT_FIELDS = ("position, occurred_at, operation, kind, object_id, version, actor_user_id, "
-                "actor_key_id, node_type_id, relationship_type, object_bytes")
+# An event's columns but its object (read within a byte budget, see read()), over
+# change_positions p JOIN change_events e.
+EVENT_FIELDS = ("p.position, e.occurred_at, e.operation, e.kind, e.object_id, e.version, "
+                "e.actor_user_id, e.actor_key_id, e.node_type_id, e.relationship_type, "
+                "e.object_bytes")
 # What an event costs in a response beside its object (ids, times, names).
 EVENT_OVERHEAD = 512
 
@@ -42,7 +44,7 @@ class EventFilter:
 class ChangeRepository(Repository):
     table = "change_events"
     kind = "change"
-    key_columns = ("tenant_id", "position")
+    key_columns = ("tenant_id", "seq")
 
     async def note_actor(self, user_id: UUID | None, key_id: UUID | None) -> None:
         """Name the caller on the events of this transaction's changes."""
@@ -56,12 +58,11 @@ class ChangeRepository(Repository):
     async def has_pending(self, tenant_id: UUID) -> bool:
         """Whether the tenant has committed events not numbered yet."""
         return bool(await self.conn.fetchval(
-            "SELECT EXISTS (SELECT 1 FROM change_events WHERE tenant_id = $1 "
-            "AND position IS NULL)", tenant_id))
+            "SELECT EXISTS (SELECT 1 FROM change_pending WHERE tenant_id = $1)", tenant_id))
 
     async def pending_tenants(self) -> list[UUID]:
         rows = await self.conn.fetch(
-            "SELECT DISTINCT tenant_id FROM change_events WHERE position IS NULL")
+            "SELECT DISTINCT tenant_id FROM change_pending")
         return [r["tenant_id"] for r in rows]
 
     async def head(self, tenant_id: UUID) -> tuple[int, int]:
@@ -85,17 +86,19 @@ class ChangeRepository(Repository):
             "least(h.last_position, coalesce($2, h.trimmed_through) + $4) AS _scan_end, e.* "
             "FROM change_heads h LEFT JOIN LATERAL ("
             f"  SELECT {EVENT_FIELDS}, "
-            "  CASE WHEN sum(object_bytes + $10) OVER w <= $9 OR row_number() OVER w = 1 "
-            "  THEN object::text END AS object, "
-            "  sum(object_bytes + $10) OVER w > $9 AND row_number() OVER w > 1 AS _cut "
-            "  FROM change_events "
-            "  WHERE tenant_id = h.tenant_id AND position > coalesce($2, h.trimmed_through) "
-            "  AND position <= least(h.last_position, coalesce($2, h.trimmed_through) + $4) "
-            "  AND ($5::text[] IS NULL OR kind = ANY($5)) "
-            "  AND ($6::text[] IS NULL OR operation = ANY($6)) "
-            "  AND ($7::uuid IS NULL OR node_type_id = $7) "
-            "  AND ($8::text IS NULL OR relationship_type = $8) "
-            "  WINDOW w AS (ORDER BY position) ORDER BY position LIMIT $3) AS e ON true "
+            "  CASE WHEN sum(e.object_bytes + $10) OVER w <= $9 OR row_number() OVER w = 1 "
+            "  THEN e.object::text END AS object, "
+            "  sum(e.object_bytes + $10) OVER w > $9 AND row_number() OVER w > 1 AS _cut "
+            "  FROM change_positions p JOIN change_events e "
+            "  ON e.tenant_id = p.tenant_id AND e.seq = p.seq "
+            "  WHERE p.tenant_id = h.tenant_id "
+            "  AND p.position > coalesce($2, h.trimmed_through) "
+            "  AND p.position <= least(h.last_position, coalesce($2, h.trimmed_through) + $4) "
+            "  AND ($5::text[] IS NULL OR e.kind = ANY($5)) "
+            "  AND ($6::text[] IS NULL OR e.operation = ANY($6)) "
+            "  AND ($7::uuid IS NULL OR e.node_type_id = $7) "
+            "  AND ($8::text IS NULL OR e.relationship_type = $8) "
+            "  WINDOW w AS (ORDER BY p.position) ORDER BY p.position LIMIT $3) AS e ON true "
             "WHERE h.tenant_id = $1",
             tenant_id, after, limit, scan, only.kinds, only.operations, only.node_type_id,
             only.relationship_type, max_bytes, EVENT_OVERHEAD)
@@ -124,9 +127,11 @@ class ChangeRepository(Repository):
             # Positions are dense: the oldest events are the `batch` after the mark; the cut
             # is the last of them that is beyond the count or too old.
             cut = await self.conn.fetchval(
-                "SELECT max(position) FROM (SELECT position, occurred_at FROM change_events "
-                "WHERE tenant_id = $1 AND position > $2 ORDER BY position LIMIT $3) AS oldest "
-                "WHERE position <= $4 OR occurred_at < $5",
+                "SELECT max(position) FROM (SELECT p.position, e.occurred_at "
+                "FROM change_positions p JOIN change_events e "
+                "ON e.tenant_id = p.tenant_id AND e.seq = p.seq "
+                "WHERE p.tenant_id = $1 AND p.position > $2 ORDER BY p.position LIMIT $3) "
+                "AS oldest WHERE position <= $4 OR occurred_at < $5",
                 tenant_id, row["trimmed_through"], batch, row["last_position"] - keep, before)
             if cut is None:
                 return 0
@@ -134,8 +139,10 @@ class ChangeRepository(Repository):
                 "UPDATE change_heads SET trimmed_through = $2 WHERE tenant_id = $1",
                 tenant_id, cut)
             status = await self.conn.execute(
-                "DELETE FROM change_events WHERE tenant_id = $1 AND position > $2 "
-                "AND position <= $3", tenant_id, row["trimmed_through"], cut)
+                "WITH dropped AS (DELETE FROM change_positions WHERE tenant_id = $1 "
+                "AND position > $2 AND position <= $3 RETURNING seq) "
+                "DELETE FROM change_events WHERE tenant_id = $1 "
+                "AND seq IN (SELECT seq FROM dropped)", tenant_id, row["trimmed_through"], cut)
             return int(status.split()[-1])
 
     async def tenants(self) -> list[UUID]:
@@ -144,5 +151,5 @@ class ChangeRepository(Repository):
 
     async def forget_tenant(self, tenant_id: UUID) -> None:
         """A deleted tenant's feed goes with it."""
-        await self.conn.execute("DELETE FROM change_events WHERE tenant_id = $1", tenant_id)
-        await self.conn.execute("DELETE FROM change_heads WHERE tenant_id = $1", tenant_id)
+        for table in ("change_pending", "change_positions", "change_events", "change_heads"):
+            await self.conn.execute(f"DELETE FROM {table} WHERE tenant_id = $1", tenant_id)
