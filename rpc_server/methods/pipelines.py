@@ -170,7 +170,7 @@ async def update_pipeline(ctx: Call, p: UpdatePipeline) -> dict:
 @rpc_method(PipelineId, tenant_role("admin"), result=results.Deleted,
              run_db=None, tenant_must_exist=False)
 async def delete_pipeline(ctx: Call, p: PipelineId) -> dict:
-    """Delete a pipeline and its runs."""
+    """Delete a pipeline, its runs and its triggers."""
     async with ctx.transaction() as conn:
         await PipelineRepository(conn).delete(p.tenant_id, p.id)
     return DELETED
