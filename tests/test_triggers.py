@@ -14,11 +14,13 @@ from rpc_server.client import FlexDBClient, Forbidden, InvalidParams, NotFound
 
 from .auth_helpers import WEBHOOK_URL, new_user
 from .conftest import (
+    TEST_SANDBOX_SECRET,
     fresh_database,
     make_node,
     make_node_type,
     make_tenant,
     own_user_id,
+    running_server,
     server_with_sandbox,
 )
 from .pipeline_helpers import all_runs, make_pipeline, run, wait_for
@@ -41,6 +43,7 @@ SPIN = "def run(input, db):\n    n = 0\n    while True:\n        n += 1\n"
 @pytest.fixture(scope="module")
 def trigger_server(pg_server_url):
     with fresh_database(pg_server_url) as url, server_with_sandbox(url, **FAST) as srv:
+        srv.database_url = url
         yield srv
 
 
@@ -284,3 +287,32 @@ async def test_create_update_and_redeliver_refuse_what_a_trigger_cannot_be(rpc, 
     await rpc.call("delete_pipeline", {"tenant_id": t, "id": echo["id"]})
     with pytest.raises(NotFound):
         await get_hook(rpc, t, hook["id"])
+
+
+async def test_two_servers_run_each_event_once_in_order(rpc, trigger_server, events: int = 12):
+    t = (await make_tenant(rpc))["id"]
+    nt = await make_node_type(rpc, t)
+    echo = await make_pipeline(rpc, t, ECHO)
+    hooks = [await trigger(rpc, t, echo["id"], filter={"kinds": ["node"]}) for _ in range(2)]
+    start = hooks[0]["delivered_position"]
+    # a second server on the same database (and sandbox worker) shares the triggers' work
+    with running_server({"FLEXDB_DATABASE_URL": trigger_server.database_url,
+                         "FLEXDB_SANDBOX_URL": trigger_server.sandbox.base,
+                         "FLEXDB_SANDBOX_SECRET": TEST_SANDBOX_SECRET, **FAST}) as two:
+        async with FlexDBClient(two.url, api_key=trigger_server.admin_key) as other:
+            await asyncio.gather(*(make_node(client, t, nt["id"], {"i": i})
+                                   for i in range(events) for client in [(rpc, other)[i % 2]]))
+            expected = [e["position"] for e in await changes_after(rpc, t, start)
+                        if e["kind"] == "node"]
+            assert len(expected) == events
+            for hook in hooks:
+                await wait_hook(rpc, t, hook["id"], lambda h: h["run_id"] is None
+                                and h["delivered_position"] >= expected[-1], timeout=40)
+    runs = await all_runs(rpc, t, pipeline_id=echo["id"])
+    assert len(runs) == 2 * events and {r["status"] for r in runs} == {"succeeded"}
+    for hook in hooks:
+        mine = by_creation([r for r in runs if r["id"] in {
+            d["run_id"] for d in await deliveries(rpc, t, hook["id"])}])
+        assert [r["input"]["position"] for r in mine] == expected  # once each, in order
+        for before, after in zip(mine, mine[1:]):
+            assert after["created_at"] >= before["finished_at"]

@@ -134,7 +134,7 @@ class WebhookDeliverer:
         queue (app.py wires both)."""
         self.pool, self.connect, self.settings, self.box = pool, connect, settings, box
         self.run_roles, self.runs_queued = run_roles, runs_queued
-        self.runs_started = 0  # trigger runs queued (read by benchmarks and tests)
+        self.runs_started = 0  # trigger runs this process queued
         self._run_ended = asyncio.Event()
         self.wait_s = settings.db_connect_timeout_s
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
