@@ -27,6 +27,7 @@ from rpc_server.api.openrpc import rpc_discover
 from rpc_server.api.params import set_max_document_depth
 from rpc_server.api.registry import (
     build_dispatch_table,
+    roles_that_may,
     run_db_methods,
     tenant_params,
     without_params,
@@ -312,7 +313,9 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         feed = FeedHub(pool, partial(connect, database_url, settings),
                        settings.db_connect_timeout_s)
         webhooks = WebhookDeliverer(pool, partial(connect, database_url, settings), settings,
-                                    SecretBox(secret))
+                                    SecretBox(secret), run_roles=roles_that_may("run_pipeline"),
+                                    runs_queued=runner.wake.set)
+        runner.on_finished = webhooks.run_ended
         app[STATE] = state = build_state(settings, secret, pool, query, runner, redis, feed,
                                          webhooks)
         if redis is not None:

@@ -162,6 +162,14 @@ def _check_declaration(params: type[Params], permission: Permission, run_db: DbM
                             f"{sorted(unknown)}")
 
 
+def roles_that_may(method: str) -> frozenset[str]:
+    """The tenant roles that may call a tenant-scoped `method` (as declared at its
+    registration): what a trigger's creator must still hold for each run (run_pipeline)."""
+    needed = REGISTRY[method].permission.role
+    assert needed is not None, f"{method} is not tenant-scoped"
+    return frozenset(r for r, rank in ROLE_RANK.items() if rank >= ROLE_RANK[needed])
+
+
 def run_db_methods() -> dict[str, list[str]]:
     """What a pipeline run's `db` offers: method -> params taken by position. Sent to the
     sandbox worker with every run (runner.PipelineRunner.job), so it never keeps a copy."""

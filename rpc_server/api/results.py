@@ -519,20 +519,25 @@ class WebhookFilter(ResultModel):
 
 
 class Webhook(ResultModel):
-    """A webhook: where a tenant's change events are POSTed, and how its deliveries go. Its
-    secret is never shown again after creation."""
+    """A webhook: where a tenant's change events are POSTed (or, for a trigger, which
+    pipeline runs them), and how its deliveries go. Its secret is never shown again after
+    creation."""
     id: UUID
     tenant_id: UUID
-    url: str
+    url: str | None = Field(description="Where events are POSTed; null for a trigger.")
+    pipeline_id: UUID | None = Field(description="A trigger's pipeline, run with each event "
+                                                 "as input; null for a URL webhook.")
     description: str
     filter: WebhookFilter | None = Field(description="null: every event.")
-    secret_hint: str = Field(description="The secret's last characters, to tell secrets "
-                                         "apart.")
+    secret_hint: str | None = Field(description="The secret's last characters, to tell "
+                                                "secrets apart; null for a trigger.")
     status: Literal["active", "paused"]
     paused_reason: str | None = Field(description=(
         "Why it is paused: `failing` (FLEXDB_WEBHOOK_PAUSE_AFTER_FAILURES attempts in a row "
         "failed), `position_expired` (retention dropped events it had not delivered), "
-        "`paused` (by update_webhook), `secret_unreadable`; null while active."))
+        "`paused` (by update_webhook), `secret_unreadable`, `creator_unauthorized` (a "
+        "trigger's creator lost the key, membership or role its runs need); null while "
+        "active."))
     paused_at: AwareDatetime | None
     delivered_position: int = Field(description="The last position it is done with "
                                                 "(delivered, or not matching its filter).")
@@ -544,6 +549,11 @@ class Webhook(ResultModel):
                                                      "attempt (null: none came).")
     last_error: str | None = Field(description="Why the last attempt failed; null after a "
                                                "success.")
+    created_by_user_id: UUID | None = Field(description=(
+        "Who created it (or last resumed a trigger): a trigger's runs run as this user…"))
+    created_by_key_id: UUID | None = Field(description="… with this API key.")
+    run_id: UUID | None = Field(description="A trigger's run in flight (queued or running), "
+                                            "for the event after delivered_position.")
     created_at: AwareDatetime
     updated_at: AwareDatetime
     version: int
@@ -557,7 +567,8 @@ class WebhookResult(ResultModel):
 class WebhookCreated(ResultModel):
     """A new webhook, with its signing secret."""
     webhook: Webhook
-    secret: str = Field(description="The signing secret (`whsec_…`). Shown only this once.")
+    secret: str | None = Field(description="The signing secret (`whsec_…`). Shown only this "
+                                           "once. null for a trigger, which has none.")
 
 
 class WebhookList(ResultModel):
@@ -572,10 +583,13 @@ class WebhookDelivery(ResultModel):
     webhook_id: UUID
     position: int
     redelivery: bool = Field(description="Asked for with redeliver (sent once).")
-    status: Literal["pending", "retrying", "delivered", "failed"]
+    status: Literal["pending", "running", "retrying", "delivered", "failed"] = Field(
+        description="`running`: a trigger's run for it is queued or running.")
     attempts: int
     last_http_status: int | None
     last_error: str | None
+    run_id: UUID | None = Field(description="A trigger's run of the last attempt (see "
+                                            "get_pipeline_run).")
     next_attempt_at: AwareDatetime | None = Field(description="When a retrying delivery is "
                                                               "tried again.")
     created_at: AwareDatetime

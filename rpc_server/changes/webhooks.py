@@ -17,7 +17,19 @@ Failures (a status other than 2xx, a redirect, a timeout, a refused or failed co
 retried after a random delay of up to FLEXDB_WEBHOOK_RETRY_BASE_S doubled per failure, capped
 at FLEXDB_WEBHOOK_RETRY_MAX_S (full jitter); after FLEXDB_WEBHOOK_PAUSE_AFTER_FAILURES in a
 row the webhook is paused (`failing`). One whose position retention has passed is paused
-(`position_expired`): never a silent gap."""
+(`position_expired`): never a silent gap.
+
+Triggers (a webhook with a `pipeline_id` instead of a URL): each matching event becomes a
+queued run of the pipeline with the event's JSON as input, through the fair pipeline queue and
+the tenant's caps like any run_pipeline with wait: false. The run is queued and recorded on the
+trigger in one transaction by the server holding the claim (WebhookRepository.hold and
+run_queued), so a crash never queues an event's run twice: whoever claims the trigger next
+waits for the recorded run. One run per trigger is in flight; the next event waits for it to
+finish. A run that succeeds delivers the event; one that fails, times out, is cancelled or
+interrupted is a failed attempt, retried (a new run) and paused like a failing URL. A tenant at
+its queued cap is not a failure: the trigger waits and tries again. A run runs as the trigger's
+creator, whose key and membership are checked again before each run (`creator_unauthorized`
+pauses the trigger; the run's token is capped as for any run)."""
 from __future__ import annotations
 
 import asyncio
@@ -46,7 +58,10 @@ from rpc_server.changes.address_guard import (
 from rpc_server.changes.events import event_of
 from rpc_server.changes.signing import BadSecret, SecretBox, secret_bytes, sign
 from rpc_server.config import Settings
+from rpc_server.errors import Busy, NotFound
+from rpc_server.storage.repositories.audit import AuditRepository, PendingEvent
 from rpc_server.storage.repositories.changes import CHANNEL, ChangeRepository, EventFilter
+from rpc_server.storage.repositories.pipelines import PipelineRepository, PipelineRunRepository
 from rpc_server.storage.repositories.webhooks import WebhookRepository
 
 log = logging.getLogger(__name__)
@@ -62,6 +77,11 @@ TRIM_EVERY_S = 600.0
 TRIM_BATCH = 10_000
 USER_AGENT = "flexdb-webhooks/1"
 PAUSED_FAILING, PAUSED_EXPIRED, PAUSED_SECRET = "failing", "position_expired", "secret_unreadable"
+PAUSED_CREATOR = "creator_unauthorized"
+RUN_POLL_S = 0.25  # how often a trigger looks at its run in flight (and at once when it ends here)
+RUN_WAIT_S = 30.0  # a run not finished by then: the trigger is let go, and claimed again later
+RUN_RECHECK_S = 1.0  # ... and claimed again after this
+RUN_ENDED = ("succeeded", "failed", "timed_out", "cancelled")
 
 
 @dataclass(frozen=True)
@@ -106,8 +126,16 @@ def message_id(webhook_id: uuid.UUID, position: int) -> str:
 
 class WebhookDeliverer:
     def __init__(self, pool: asyncpg.Pool, connect: Callable[[], Awaitable[asyncpg.Connection]],
-                 settings: Settings, box: SecretBox):
+                 settings: Settings, box: SecretBox, *,
+                 run_roles: frozenset[str] = frozenset({"member", "admin", "owner"}),
+                 runs_queued: Callable[[], None] | None = None):
+        """run_roles: the roles a trigger's creator must still hold one of for each run
+        (those run_pipeline allows, from the registry); runs_queued: wakes the local pipeline
+        queue (app.py wires both)."""
         self.pool, self.connect, self.settings, self.box = pool, connect, settings, box
+        self.run_roles, self.runs_queued = run_roles, runs_queued
+        self.runs_started = 0  # trigger runs this process queued
+        self._run_ended = asyncio.Event()
         self.wait_s = settings.db_connect_timeout_s
         self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.delivered = 0  # attempts that succeeded (read by benchmarks and /metrics)
@@ -173,6 +201,9 @@ class WebhookDeliverer:
         lease = self.settings.webhook_lease_s
         pause_s = 0.0
         try:
+            if hook["pipeline_id"] is not None:
+                pause_s = await self._trigger(hook, filter_of(hook["filter"]), lease)
+                return
             try:
                 key = secret_bytes(self.box.open(hook["secret_sealed"]))
             except BadSecret as exc:
@@ -270,6 +301,175 @@ class WebhookDeliverer:
                 position = window.scanned_to
             if position >= window.head:
                 return
+
+    # ------------------------------------------------------------ one claimed trigger
+
+    def run_ended(self) -> None:
+        """A pipeline run ended in this process (the runner calls it): triggers waiting for
+        one look now rather than at their next poll."""
+        self._run_ended.set()
+
+    async def _trigger(self, hook, only: EventFilter | None, lease: float) -> float:
+        """Run a claimed trigger's events, one run at a time, until it has caught up, must
+        wait (a retry, its run still going, the tenant's queue full), lost its claim or was
+        paused. Returns how long nobody should take it up again."""
+        tenant_id, webhook_id, worker = hook["tenant_id"], hook["id"], self.worker
+        settings = self.settings
+        position, failures = hook["delivered_position"], hook["failures"]
+        run_id, run_position = hook["run_id"], hook["run_position"]
+        max_bytes = READ_BATCH * (settings.feed_max_object_bytes + 1024)
+        rows: list[asyncpg.Record] = []
+        while True:
+            if run_id is None:
+                if not rows:
+                    window = await self._db(lambda _, conn: ChangeRepository(conn).read(
+                        tenant_id, position, READ_BATCH, SCAN, only, max_bytes))
+                    if position < window.trimmed_through:
+                        await self._db(lambda r, _: r.pause(
+                            tenant_id, webhook_id, worker, PAUSED_EXPIRED,
+                            f"position_expired: events after {position} were dropped by "
+                            f"retention (through {window.trimmed_through}); update_webhook "
+                            "with a `position` resumes it"))
+                        return 0.0
+                    rows = list(window.rows)
+                    if not rows:
+                        if window.scanned_to > position:  # none matched: passed
+                            if not await self._db(lambda r, _: r.passed(
+                                    tenant_id, webhook_id, worker, lease, window.scanned_to)):
+                                return 0.0
+                            position = window.scanned_to
+                        if position >= window.head:
+                            return 0.0
+                        continue
+                row = rows[0]
+                queued = await self._queue_run(hook, row, lease)
+                if isinstance(queued, float):
+                    return queued  # not queued: wait this long (or 0: claim lost, paused)
+                run_id, run_position = queued, row["position"]
+            outcome = await self._await_run(tenant_id, webhook_id, run_id, lease)
+            if outcome is None:
+                return RUN_RECHECK_S  # still queued or running: looked at again later
+            if outcome.ok:
+                failures = 0
+                if not await self._db(lambda r, _: r.delivered(
+                        tenant_id, webhook_id, worker, lease, run_position, None)):
+                    return 0.0
+                position = run_position
+                if rows and rows[0]["position"] == run_position:
+                    rows.pop(0)
+                run_id = run_position = None
+                continue
+            failures += 1
+            delay = backoff(failures, settings.webhook_retry_base_s, settings.webhook_retry_max_s)
+            pause = (PAUSED_FAILING if failures >= settings.webhook_pause_after_failures
+                     else None)
+            retry_at = datetime.now(timezone.utc) + timedelta(seconds=delay)
+            if not await self._db(lambda r, _: r.failed(
+                    tenant_id, webhook_id, worker, lease, run_position, None,
+                    outcome.error or "failed", retry_at, pause)):
+                return 0.0
+            run_id = run_position = None
+            if pause or delay > INLINE_RETRY_S:
+                return 0.0  # paused, or the sweep takes it up again when it is due
+            await asyncio.sleep(delay)
+
+    async def _queue_run(self, hook, row: asyncpg.Record, lease: float) -> uuid.UUID | float:
+        """Queue the trigger's run for the event `row` and record it on the trigger, in one
+        transaction, after checking that its creator may still run it. The run's id; or how
+        long to wait before trying again (0.0: the claim is gone, or the trigger paused)."""
+        tenant_id, webhook_id, worker = hook["tenant_id"], hook["id"], self.worker
+        user_id, key_id = hook["created_by_user_id"], hook["created_by_key_id"]
+        position = row["position"]
+        event = orjson.loads(event_body(row))
+        request_id = f"trigger:{webhook_id}:{position}"
+
+        async def queue(repo: WebhookRepository, conn) -> uuid.UUID | float:
+            async with conn.transaction():
+                if not await repo.hold(tenant_id, webhook_id, worker):
+                    return 0.0
+                role, why = self._creator_role(
+                    await repo.creator_standing(tenant_id, user_id, key_id))
+                if role is None:
+                    await repo.pause(tenant_id, webhook_id, worker, PAUSED_CREATOR,
+                                     f"{PAUSED_CREATOR}: {why}; the trigger runs as the user "
+                                     "and key that created it: resuming it (update_webhook "
+                                     "with status: active) makes the caller its creator")
+                    return 0.0
+                pipeline = await PipelineRepository(conn).get(tenant_id, hook["pipeline_id"])
+                run = await PipelineRunRepository(conn).enqueue(
+                    pipeline, event, "basic", user_id, key_id, role, request_id,
+                    self.settings.pipeline_tenant_queued)
+                await repo.run_queued(tenant_id, webhook_id, worker, lease, position,
+                                      run["id"])
+                await AuditRepository(conn).append(PendingEvent(
+                    tenant_id=tenant_id, id=uuid.uuid4(), created_at=datetime.now(timezone.utc),
+                    actor_user_id=user_id, actor_key_id=key_id, method="run_pipeline",
+                    target_kind="pipeline_run", target_id=str(run["id"]), outcome="ok",
+                    request_id=request_id, summary=orjson.dumps(
+                        {"pipeline_id": str(pipeline["id"]), "trigger_id": str(webhook_id),
+                         "position": position, "wait": False},
+                        option=orjson.OPT_SORT_KEYS).decode()))
+                return run["id"]
+
+        try:
+            queued = await self._db(queue)
+        except Busy as exc:  # the tenant's queue is full: not the trigger's failure
+            return min(float(exc.data.get("retry_after", 5.0)), RUN_RECHECK_S)
+        except NotFound:  # its pipeline was deleted (and the trigger with it)
+            return 0.0
+        if not isinstance(queued, float):
+            self.runs_started += 1
+            if self.runs_queued is not None:
+                self.runs_queued()
+        return queued
+
+    def _creator_role(self, standing: asyncpg.Record) -> tuple[str | None, str]:
+        """The role a trigger's run gets from its creator's standing now, or None and why
+        they may not run it."""
+        if standing["is_admin"] is None:
+            return None, "its creator no longer exists"
+        if standing["key_ok"] is not True:
+            return None, "the API key that created it was revoked or has expired"
+        if standing["is_admin"]:
+            return "owner", ""  # (as for any call of a platform admin; the token caps it)
+        role = standing["role"]
+        if role is None:
+            return None, "its creator is no longer a member of the tenant"
+        if role not in self.run_roles:
+            return None, (f"its creator is now a {role}, who may not run pipelines")
+        return role, ""
+
+    async def _await_run(self, tenant_id, webhook_id, run_id,
+                         lease: float) -> Outcome | None:
+        """Wait for the trigger's run to end (keeping the claim): its outcome, or None when it
+        is still queued or running after RUN_WAIT_S."""
+        loop = asyncio.get_running_loop()
+        started = renewed = loop.time()
+        while True:
+            found = await self._db(lambda _, conn: PipelineRunRepository(conn).outcome(
+                tenant_id, run_id))
+            if found is None:
+                return Outcome(False, error=f"run {run_id} no longer exists")
+            if found["status"] in RUN_ENDED:
+                if found["status"] == "succeeded":
+                    return Outcome(True)
+                error = found["error"] if isinstance(found["error"], dict) else {}
+                kind = error.get("type") or found["status"]
+                return Outcome(False, error=f"run {run_id} {found['status']} ({kind}): "
+                                            f"{error.get('message', 'no details')}")
+            now = loop.time()
+            if now - started >= RUN_WAIT_S:
+                return None
+            if now - renewed >= lease / 3:
+                if not await self._db(lambda r, _: r.renew(tenant_id, webhook_id, self.worker,
+                                                           lease)):
+                    return None
+                renewed = now
+            self._run_ended.clear()
+            try:
+                await asyncio.wait_for(self._run_ended.wait(), RUN_POLL_S)
+            except asyncio.TimeoutError:
+                pass
 
     # ------------------------------------------------------------ the loop
 

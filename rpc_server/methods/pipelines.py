@@ -170,7 +170,7 @@ async def update_pipeline(ctx: Call, p: UpdatePipeline) -> dict:
 @rpc_method(PipelineId, tenant_role("admin"), result=results.Deleted,
              run_db=None, tenant_must_exist=False)
 async def delete_pipeline(ctx: Call, p: PipelineId) -> dict:
-    """Delete a pipeline and its runs."""
+    """Delete a pipeline, its runs and its triggers."""
     async with ctx.transaction() as conn:
         await PipelineRepository(conn).delete(p.tenant_id, p.id)
     return DELETED
@@ -199,22 +199,22 @@ async def run_pipeline(ctx: Call, p: RunPipeline) -> dict:
     principal = await ctx.principal()
     role = await ctx.role_in(p.tenant_id)
     assert role is not None  # authorized for the tenant already
-    status = "running" if p.wait else "queued"
     settings = ctx.state.settings
     async with ctx.transaction() as conn:
         pipeline = await PipelineRepository(conn).get(p.tenant_id, p.pipeline_id)
-        queued, running = await PipelineRunRepository(conn).lock_tenant_runs(p.tenant_id)
-        if p.wait and running >= settings.pipeline_tenant_running:
-            raise Busy(f"This tenant already has {running} runs running, its most at once "
-                       "(FLEXDB_PIPELINE_TENANT_RUNNING); retry shortly, or queue the run "
-                       "(wait: false)", limit=settings.pipeline_tenant_running)
-        if not p.wait and queued >= settings.pipeline_tenant_queued:
-            raise Busy(f"This tenant already has {queued} runs queued, its most "
-                       "(FLEXDB_PIPELINE_TENANT_QUEUED); retry once some have started",
-                       limit=settings.pipeline_tenant_queued, retry_after=5.0)
-        run = await PipelineRunRepository(conn).create(
-            pipeline, status, p.input, p.debug_level, principal.user_id, principal.key_id,
-            role, ctx.request_id)
+        runs = PipelineRunRepository(conn)
+        if p.wait:
+            _, running = await runs.lock_tenant_runs(p.tenant_id)
+            if running >= settings.pipeline_tenant_running:
+                raise Busy(f"This tenant already has {running} runs running, its most at "
+                           "once (FLEXDB_PIPELINE_TENANT_RUNNING); retry shortly, or queue "
+                           "the run (wait: false)", limit=settings.pipeline_tenant_running)
+            run = await runs.create(pipeline, "running", p.input, p.debug_level,
+                                    principal.user_id, principal.key_id, role, ctx.request_id)
+        else:  # the queue (triggers queue their runs the same way: changes/webhooks.py)
+            run = await runs.enqueue(pipeline, p.input, p.debug_level, principal.user_id,
+                                     principal.key_id, role, ctx.request_id,
+                                     settings.pipeline_tenant_queued)
         ctx.set_target("pipeline_run", run["id"])
     if not p.wait:
         runner.wake.set()

@@ -41,6 +41,8 @@ class PipelineRunner:
         self.wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self.finished: Counter[str] = Counter()  # runs by final status, read by /metrics
+        # Called after each run this process finishes (app.py: triggers waiting for a run).
+        self.on_finished: Callable[[], None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -79,6 +81,8 @@ class PipelineRunner:
             finished = await PipelineRunRepository(conn).finish(run["tenant_id"], run["id"],
                                                                 outcome)
         self.finished[finished["status"] if finished is not None else "cancelled"] += 1
+        if self.on_finished is not None:
+            self.on_finished()
         return finished, busy
 
     async def cancel(self, run_id) -> None:

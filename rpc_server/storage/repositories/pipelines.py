@@ -4,6 +4,7 @@ from uuid import UUID
 
 import asyncpg
 
+from rpc_server.errors import Busy
 from rpc_server.storage.pagination import Page, PageRequest, fetch_page
 from rpc_server.storage.repositories.base import Repository
 
@@ -109,6 +110,26 @@ class PipelineRunRepository(Repository):
             "count(*) FILTER (WHERE status = 'running') AS running FROM pipeline_runs "
             "WHERE tenant_id = $1 AND status IN ('queued', 'running')", tenant_id)
         return row["queued"], row["running"]
+
+    async def enqueue(self, pipeline: asyncpg.Record, input, debug_level: str, actor_user_id,
+                      actor_key_id, actor_role: str, request_id: str,
+                      queued_cap: int) -> asyncpg.Record:
+        """In a transaction: a new queued run, for the fair queue to start (run_pipeline with
+        wait: false, and triggers); Busy when the tenant already has `queued_cap` runs
+        queued (FLEXDB_PIPELINE_TENANT_QUEUED)."""
+        queued, _ = await self.lock_tenant_runs(pipeline["tenant_id"])
+        if queued >= queued_cap:
+            raise Busy(f"This tenant already has {queued} runs queued, its most "
+                       "(FLEXDB_PIPELINE_TENANT_QUEUED); retry once some have started",
+                       limit=queued_cap, retry_after=5.0)
+        return await self.create(pipeline, "queued", input, debug_level, actor_user_id,
+                                 actor_key_id, actor_role, request_id)
+
+    async def outcome(self, tenant_id: UUID, run_id: UUID) -> asyncpg.Record | None:
+        """A run's status and error (None: no such run)."""
+        return await self.conn.fetchrow(
+            "SELECT status, error FROM pipeline_runs WHERE tenant_id = $1 AND id = $2",
+            tenant_id, run_id)
 
     async def requeue(self, tenant_id: UUID, run_id: UUID) -> None:
         """Put a claimed run back in the queue (the sandbox had no free slot)."""

@@ -15,13 +15,15 @@ from rpc_server.errors import QuotaExceeded
 from rpc_server.storage.pagination import Page, PageRequest, fetch_page
 from rpc_server.storage.repositories.base import Repository
 
-WEBHOOK_COLUMNS = ("id, tenant_id, url, description, filter, secret_hint, status, paused_reason, "
-                   "paused_at, delivered_position, failures, next_attempt_at, last_attempt_at, "
-                   "last_http_status, last_error, created_at, updated_at, version")
+WEBHOOK_COLUMNS = ("id, tenant_id, url, pipeline_id, description, filter, secret_hint, status, "
+                   "paused_reason, paused_at, delivered_position, failures, next_attempt_at, "
+                   "last_attempt_at, last_http_status, last_error, created_by_user_id, "
+                   "created_by_key_id, run_id, created_at, updated_at, version")
 DELIVERY_COLUMNS = ("id, webhook_id, position, redelivery, status, attempts, last_http_status, "
-                    "last_error, next_attempt_at, created_at, updated_at")
+                    "last_error, run_id, next_attempt_at, created_at, updated_at")
 # What a worker reads of a webhook it claimed.
-CLAIMED_COLUMNS = "tenant_id, id, url, filter, secret_sealed, delivered_position, failures"
+CLAIMED_COLUMNS = ("tenant_id, id, url, filter, secret_sealed, delivered_position, failures, "
+                   "pipeline_id, created_by_user_id, created_by_key_id, run_id, run_position")
 LOCK_KEY = 0x77686B73  # "whks": advisory locks serialising one tenant's webhook creation
 LEASE = "now() + $3 * interval '1 second'"
 MAX_ERROR = 1000  # characters of an error kept
@@ -33,11 +35,13 @@ class WebhookRepository(Repository):
     key_columns = ("tenant_id", "id")
     columns = WEBHOOK_COLUMNS
 
-    async def create(self, tenant_id: UUID, url: str, description: str, filter: Any,
-                     sealed: str, hint: str, cap: int) -> asyncpg.Record:
-        """A new webhook that starts after the tenant's last position; QuotaExceeded past
-        `cap` webhooks in the tenant. In a transaction (the count and the insert take turns
-        per tenant)."""
+    async def create(self, tenant_id: UUID, url: str | None, pipeline_id: UUID | None,
+                     description: str, filter: Any, sealed: str | None, hint: str | None,
+                     created_by: tuple[UUID | None, UUID | None], cap: int) -> asyncpg.Record:
+        """A new webhook (a URL and its secret) or trigger (a pipeline), created by
+        `created_by` (user, key), that starts after the tenant's last position;
+        QuotaExceeded past `cap` webhooks in the tenant. In a transaction (the count and the
+        insert take turns per tenant)."""
         await self.conn.execute("SELECT pg_advisory_xact_lock($1::bigint)",
                                 LOCK_KEY ^ (tenant_id.int & 0x7FFFFFFFFFFFFFFF))
         count = await self.conn.fetchval("SELECT count(*) FROM webhooks WHERE tenant_id = $1",
@@ -46,10 +50,12 @@ class WebhookRepository(Repository):
             raise QuotaExceeded(f"The tenant has {count} webhooks; delete one first",
                                 limit=cap, usage=count, setting="FLEXDB_WEBHOOKS_MAX_PER_TENANT")
         return await self._fetch_one(
-            "INSERT INTO webhooks (tenant_id, url, description, filter, secret_sealed, "
-            "secret_hint, delivered_position) VALUES ($1, $2, $3, $4, $5, $6, "
+            "INSERT INTO webhooks (tenant_id, url, pipeline_id, description, filter, "
+            "secret_sealed, secret_hint, created_by_user_id, created_by_key_id, "
+            "delivered_position) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, "
             "coalesce((SELECT last_position FROM change_heads WHERE tenant_id = $1), 0)) "
-            f"RETURNING {self.columns}", tenant_id, url, description, filter, sealed, hint)
+            f"RETURNING {self.columns}", tenant_id, url, pipeline_id, description, filter,
+            sealed, hint, *created_by)
 
     async def get(self, tenant_id: UUID, webhook_id: UUID) -> asyncpg.Record:
         return await self._require(tenant_id, webhook_id)
@@ -113,14 +119,14 @@ class WebhookRepository(Repository):
             worker, limit, lease_s)
 
     async def delivered(self, tenant_id: UUID, webhook_id: UUID, worker: str, lease_s: float,
-                        position: int, http_status: int) -> bool:
+                        position: int, http_status: int | None) -> bool:
         """The event at `position` was delivered: the webhook is done with it (its delivery
         row says so). False when `worker` no longer holds the webhook."""
         return bool(await self.conn.fetchval(
             "WITH w AS ("
             "  UPDATE webhooks SET delivered_position = $4, failures = 0, "
             "  next_attempt_at = now(), last_attempt_at = now(), last_http_status = $5, "
-            f"  last_error = NULL, claimed_until = {LEASE} "
+            f"  last_error = NULL, run_id = NULL, run_position = NULL, claimed_until = {LEASE} "
             "  WHERE tenant_id = $1 AND id = $2 AND claimed_by = $6 AND status = 'active' "
             "  RETURNING tenant_id, id), "
             "d AS ("
@@ -142,6 +148,7 @@ class WebhookRepository(Repository):
             "WITH w AS ("
             "  UPDATE webhooks SET failures = failures + 1, next_attempt_at = $7, "
             "  last_attempt_at = now(), last_http_status = $5, last_error = $6, "
+            "  run_id = NULL, run_position = NULL, "
             "  status = CASE WHEN $8::text IS NULL THEN status ELSE 'paused' END, "
             "  paused_reason = $8, paused_at = CASE WHEN $8::text IS NULL THEN NULL "
             f"  ELSE now() END, claimed_until = {LEASE}, updated_at = now(), "
@@ -168,6 +175,42 @@ class WebhookRepository(Repository):
             f"claimed_until = {LEASE} "
             "WHERE tenant_id = $1 AND id = $2 AND claimed_by = $5 AND status = 'active' "
             "RETURNING true", tenant_id, webhook_id, lease_s, position, worker))
+
+    # ------------------------------------------------------------ triggers (their runs)
+
+    async def hold(self, tenant_id: UUID, webhook_id: UUID, worker: str) -> bool:
+        """In a transaction: lock the trigger while `worker` holds it and no run of it is in
+        flight (it then queues one: see run_queued). False otherwise."""
+        return bool(await self.conn.fetchval(
+            "SELECT true FROM webhooks WHERE tenant_id = $1 AND id = $2 AND claimed_by = $3 "
+            "AND status = 'active' AND run_id IS NULL FOR UPDATE", tenant_id, webhook_id, worker))
+
+    async def run_queued(self, tenant_id: UUID, webhook_id: UUID, worker: str, lease_s: float,
+                         position: int, run_id: UUID) -> None:
+        """In the transaction of hold() and of the run's creation: the trigger's run for the
+        event at `position` is `run_id` (and its delivery record says so)."""
+        await self.conn.execute(
+            "WITH w AS ("
+            "  UPDATE webhooks SET run_id = $5, run_position = $4, last_attempt_at = now(), "
+            f"  claimed_until = {LEASE} "
+            "  WHERE tenant_id = $1 AND id = $2 AND claimed_by = $6 RETURNING tenant_id, id) "
+            "INSERT INTO webhook_deliveries (tenant_id, webhook_id, position, status, run_id) "
+            "SELECT tenant_id, id, $4, 'running', $5 FROM w "
+            "ON CONFLICT (tenant_id, webhook_id, position) WHERE NOT redelivery DO UPDATE SET "
+            "status = 'running', run_id = $5, next_attempt_at = NULL, updated_at = now()",
+            tenant_id, webhook_id, lease_s, position, run_id, worker)
+
+    async def creator_standing(self, tenant_id: UUID, user_id: UUID | None,
+                               key_id: UUID | None) -> asyncpg.Record:
+        """Whether a trigger's creator may still run it: their key is theirs, unrevoked and
+        unexpired (key_ok), whether they are a platform admin (is_admin; null: no such user),
+        and their active role in the tenant (role)."""
+        return await self._fetch_one(
+            "SELECT (SELECT k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > "
+            "  now()) AND k.user_id = $2 FROM api_keys k WHERE k.id = $3) AS key_ok, "
+            "  (SELECT u.is_platform_admin FROM users u WHERE u.id = $2) AS is_admin, "
+            "  (SELECT m.role FROM tenant_users m WHERE m.tenant_id = $1 AND m.user_id = $2 "
+            "   AND m.status = 'active') AS role", tenant_id, user_id, key_id)
 
     async def renew(self, tenant_id: UUID, webhook_id: UUID, worker: str,
                     lease_s: float) -> bool:
