@@ -23,6 +23,7 @@ CREATE TABLE change_events (
     version           integer,
     actor_user_id     uuid,
     actor_key_id      uuid,
+    actor_run_id      uuid,  -- the pipeline run whose token made the change
     node_type_id      uuid,
     relationship_type text,
     object_bytes      integer     NOT NULL,
@@ -59,12 +60,13 @@ REVOKE ALL ON change_heads FROM PUBLIC;
 
 -- Who made the changes of this transaction, for their events: set (transaction-local) by the
 -- server before its first change (storage/repositories/changes.py, ACTOR_SQL).
-CREATE FUNCTION flexdb_note_actor(user_id uuid, key_id uuid) RETURNS boolean
+CREATE FUNCTION flexdb_note_actor(user_id uuid, key_id uuid, run_id uuid) RETURNS boolean
 LANGUAGE sql VOLATILE AS $$
     SELECT set_config('flexdb.actor_user_id', coalesce(user_id::text, ''), true) IS NOT NULL
        AND set_config('flexdb.actor_key_id', coalesce(key_id::text, ''), true) IS NOT NULL
+       AND set_config('flexdb.actor_run_id', coalesce(run_id::text, ''), true) IS NOT NULL
 $$;
-REVOKE ALL ON FUNCTION flexdb_note_actor(uuid, uuid) FROM PUBLIC;
+REVOKE ALL ON FUNCTION flexdb_note_actor(uuid, uuid, uuid) FROM PUBLIC;
 
 -- One trigger function for every table and operation; TG_ARGV[0] is the kind, TG_ARGV[1]
 -- the column holding the object's id. The object is the row as JSON, or NULL when it is larger
@@ -76,6 +78,7 @@ DECLARE
                                          '')::integer, 65536);
     actor_user uuid := nullif(current_setting('flexdb.actor_user_id', true), '')::uuid;
     actor_key uuid := nullif(current_setting('flexdb.actor_key_id', true), '')::uuid;
+    actor_run uuid := nullif(current_setting('flexdb.actor_run_id', true), '')::uuid;
 BEGIN
     IF current_setting('flexdb.change_feed', true) = 'off' THEN
         RETURN NULL;
@@ -84,10 +87,10 @@ BEGIN
         -- A tenant deleted with everything it owns leaves no events (nobody may read them).
         WITH recorded AS (
             INSERT INTO change_events (tenant_id, operation, kind, object_id, version,
-                                       actor_user_id, actor_key_id, node_type_id,
+                                       actor_user_id, actor_key_id, actor_run_id, node_type_id,
                                        relationship_type, object_bytes, object)
             SELECT o.tenant_id, 'delete', TG_ARGV[0], j ->> TG_ARGV[1],
-                   (j ->> 'version')::integer, actor_user, actor_key,
+                   (j ->> 'version')::integer, actor_user, actor_key, actor_run,
                    (j ->> 'node_type_id')::uuid, j ->> 'relationship_type', 0, NULL
             FROM old_rows o CROSS JOIN LATERAL to_jsonb(o) AS j
             WHERE EXISTS (SELECT 1 FROM tenants t WHERE t.id = o.tenant_id)
@@ -96,11 +99,11 @@ BEGIN
     ELSE
         WITH recorded AS (
             INSERT INTO change_events (tenant_id, operation, kind, object_id, version,
-                                       actor_user_id, actor_key_id, node_type_id,
+                                       actor_user_id, actor_key_id, actor_run_id, node_type_id,
                                        relationship_type, object_bytes, object)
             SELECT n.tenant_id, CASE TG_OP WHEN 'INSERT' THEN 'create' ELSE 'update' END,
                    TG_ARGV[0], j ->> TG_ARGV[1], (j ->> 'version')::integer, actor_user,
-                   actor_key, (j ->> 'node_type_id')::uuid, j ->> 'relationship_type',
+                   actor_key, actor_run, (j ->> 'node_type_id')::uuid, j ->> 'relationship_type',
                    pg_column_size(j), CASE WHEN pg_column_size(j) <= max_bytes THEN j END
             FROM new_rows n CROSS JOIN LATERAL to_jsonb(n) AS j
             RETURNING tenant_id, seq)

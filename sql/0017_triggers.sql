@@ -36,3 +36,8 @@ ALTER TABLE webhook_deliveries
     DROP CONSTRAINT webhook_deliveries_status_check,
     ADD CONSTRAINT webhook_deliveries_status_check
         CHECK (status IN ('pending', 'running', 'retrying', 'delivered', 'failed'));
+
+-- Whether a run was started by a trigger: its changes fire no trigger (the change feed's
+-- reads for triggers, storage/repositories/changes.py), so no trigger can loop.
+CREATE INDEX webhook_deliveries_run_idx ON webhook_deliveries (tenant_id, run_id)
+    WHERE run_id IS NOT NULL;

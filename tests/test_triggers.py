@@ -128,6 +128,7 @@ async def test_a_trigger_runs_its_pipeline_once_per_matching_change_in_order(rpc
             and e["node_type_id"] == log["id"]]
     assert [e["object"]["data"]["position"] for e in logs] == [e["position"] for e in expected]
     assert {e["actor"]["key_id"] for e in logs} == {hook["created_by_key_id"]}
+    assert [e["actor"]["run_id"] for e in logs] == [r["id"] for r in runs]
 
     # one delivery record per event, naming its run
     records = await deliveries(rpc, t, hook["id"])
@@ -138,6 +139,33 @@ async def test_a_trigger_runs_its_pipeline_once_per_matching_change_in_order(rpc
         "tenant_id": t, "method": "run_pipeline",
         "pagination": {"page_size": 100}}))["audit_events"]
     assert sorted(e["target_id"] for e in trail) == sorted(r["id"] for r in runs)
+
+
+async def test_changes_made_by_a_trigger_s_runs_fire_no_trigger(rpc):
+    """A trigger that watches every node, whose pipeline writes nodes: without the rule it
+    would run again for each of its own writes, without end (and a second trigger would
+    answer the first's writes, and so on)."""
+    t = (await make_tenant(rpc))["id"]
+    nodes_type = await make_node_type(rpc, t)
+    log = await make_node_type(rpc, t, "log")
+    pipeline = await make_pipeline(rpc, t, LOGGER.format(log=log["id"]))
+    first = await trigger(rpc, t, pipeline["id"], filter={"kinds": ["node"]})
+    second = await trigger(rpc, t, pipeline["id"], filter={"kinds": ["node"]})
+    made = [await make_node(rpc, t, nodes_type["id"], {"n": i}) for i in range(2)]
+    head = (await rpc.call("list_changes", {"tenant_id": t, "limit": 1}))["head"]
+    for hook in (first, second):
+        await wait_hook(rpc, t, hook["id"], lambda h: h["run_id"] is None
+                        and h["delivered_position"] >= head)
+    await asyncio.sleep(1.0)  # time to run again, were the runs' own writes to fire them
+    runs = await all_runs(rpc, t, pipeline_id=pipeline["id"])
+    assert len(runs) == 4  # each trigger, once for each of the two nodes made by hand
+    assert sorted(r["input"]["id"] for r in runs) == sorted([n["id"] for n in made] * 2)
+    logs = [e for e in await changes_after(rpc, t, 0) if e["node_type_id"] == log["id"]]
+    assert len(logs) == 4 and all(e["actor"]["run_id"] for e in logs)
+    # the feed itself, streams and URL webhooks still see the runs' writes
+    for hook in (first, second):
+        assert (await rpc.call("get_webhook", {"tenant_id": t, "id": hook["id"]}))[
+            "webhook"]["status"] == "active"
 
 
 async def test_a_failing_pipeline_is_retried_then_the_trigger_pauses(rpc):

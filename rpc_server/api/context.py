@@ -402,9 +402,9 @@ class Call:
         sql = with_event(change_sql, len(args) + 1)
         if conn is None:
             async with self.connection() as own:
-                row = await own.fetchrow(sql, *args, *self.event("ok"))
+                row = await own.fetchrow(sql, *args, *self.event("ok"), self._run_id())
         else:
-            row = await conn.fetchrow(sql, *args, *self.event("ok"))
+            row = await conn.fetchrow(sql, *args, *self.event("ok"), self._run_id())
         if row is not None:
             self._committed()
         return row
@@ -416,7 +416,12 @@ class Call:
             principal = self.request.known_principal
             await ChangeRepository(conn).note_actor(
                 principal.user_id if principal else None,
-                principal.key_id if principal else None)
+                principal.key_id if principal else None, self._run_id())
+
+    def _run_id(self) -> UUID | None:
+        """The pipeline run whose execution token made this call, if one did."""
+        principal = self.request.known_principal
+        return principal.run.run_id if principal and principal.run else None
 
     def _committed(self) -> None:
         """The call's change has committed: chain its audit event, number its feed events."""

@@ -473,6 +473,8 @@ class ChangeActor(ResultModel):
     user_id: UUID | None = Field(description="The user who made the change (None: the "
                                              "server itself).")
     key_id: UUID | None = Field(description="The API key it was made with.")
+    run_id: UUID | None = Field(description="The pipeline run whose execution token made it "
+                                            "(None: not a run).")
 
 
 class ChangeEvent(ResultModel):

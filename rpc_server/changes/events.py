@@ -31,7 +31,8 @@ def event_of(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "position": row["position"], "time": row["occurred_at"], "operation": row["operation"],
         "kind": row["kind"], "id": row["object_id"], "version": row["version"],
-        "actor": {"user_id": text(row["actor_user_id"]), "key_id": text(row["actor_key_id"])},
+        "actor": {"user_id": text(row["actor_user_id"]), "key_id": text(row["actor_key_id"]),
+                  "run_id": text(row["actor_run_id"])},
         "node_type_id": text(row["node_type_id"]), "relationship_type": row["relationship_type"],
         "object": None if obj is None else orjson.Fragment(obj),
         "object_omitted": obj is None and row["operation"] != "delete",

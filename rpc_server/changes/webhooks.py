@@ -323,7 +323,8 @@ class WebhookDeliverer:
             if run_id is None:
                 if not rows:
                     window = await self._db(lambda _, conn: ChangeRepository(conn).read(
-                        tenant_id, position, READ_BATCH, SCAN, only, max_bytes))
+                        tenant_id, position, READ_BATCH, SCAN, only, max_bytes,
+                        for_trigger=True))
                     if position < window.trimmed_through:
                         await self._db(lambda r, _: r.pause(
                             tenant_id, webhook_id, worker, PAUSED_EXPIRED,

@@ -48,17 +48,19 @@ PENDING_TYPES = tuple(
 def with_event(change_sql: str, first_param: int) -> str:
     """`change_sql` (one INSERT/UPDATE/DELETE … RETURNING) and, in the same statement (so
     one transaction: both or neither), the recording of its audit event, whose values are
-    the parameters from `first_param` on (in PENDING_COLUMNS order). The event is recorded
-    only when the change returned a row; the statement returns the change's rows."""
+    the parameters from `first_param` on (in PENDING_COLUMNS order, then the id of the
+    pipeline run whose token made the change, or NULL). The event is recorded only when the
+    change returned a row; the statement returns the change's rows."""
     values = ", ".join(f"${first_param + i}::{t}" for i, t in enumerate(PENDING_TYPES))
     # The change feed's triggers run after the whole statement (CTEs included), so the
     # actor noted here is on the change's events (sql/0015_change_feed.sql).
     user, key = (f"${first_param + PENDING_COLUMNS.index(c)}::uuid"
                  for c in ("actor_user_id", "actor_key_id"))
+    run = f"${first_param + len(PENDING_COLUMNS)}::uuid"  # the run whose token made it
     return (f"WITH change AS ({change_sql}), event AS ("
             f"INSERT INTO audit_pending ({', '.join(PENDING_COLUMNS)}) "
             f"SELECT {values} WHERE EXISTS (SELECT 1 FROM change) "
-            f"AND flexdb_note_actor({user}, {key})) SELECT * FROM change")
+            f"AND flexdb_note_actor({user}, {key}, {run})) SELECT * FROM change")
 
 
 class AuditRepository(Repository):

@@ -15,7 +15,8 @@ CHANNEL = "flexdb_changes"
 # An event's columns but its object (read within a byte budget, see read()), over
 # change_positions p JOIN change_events e.
 EVENT_FIELDS = ("p.position, e.occurred_at, e.operation, e.kind, e.object_id, e.version, "
-                "e.actor_user_id, e.actor_key_id, e.node_type_id, e.relationship_type, "
+                "e.actor_user_id, e.actor_key_id, e.actor_run_id, e.node_type_id, "
+                "e.relationship_type, "
                 "e.object_bytes")
 # What an event costs in a response beside its object (ids, times, names).
 EVENT_OVERHEAD = 512
@@ -46,9 +47,12 @@ class ChangeRepository(Repository):
     kind = "change"
     key_columns = ("tenant_id", "seq")
 
-    async def note_actor(self, user_id: UUID | None, key_id: UUID | None) -> None:
-        """Name the caller on the events of this transaction's changes."""
-        await self.conn.execute("SELECT flexdb_note_actor($1::uuid, $2::uuid)", user_id, key_id)
+    async def note_actor(self, user_id: UUID | None, key_id: UUID | None,
+                         run_id: UUID | None) -> None:
+        """Name the caller (and the pipeline run whose token it used) on the events of this
+        transaction's changes."""
+        await self.conn.execute("SELECT flexdb_note_actor($1::uuid, $2::uuid, $3::uuid)",
+                                user_id, key_id, run_id)
 
     async def sequence(self, tenant_id: UUID, batch: int) -> int:
         """Number up to `batch` of the tenant's committed events; how many it numbered."""
@@ -73,13 +77,15 @@ class ChangeRepository(Repository):
         return (row["last_position"], row["trimmed_through"]) if row else (0, 0)
 
     async def read(self, tenant_id: UUID, after: int | None, limit: int, scan: int,
-                   only: EventFilter | None = None, max_bytes: int = 2**62) -> ChangeWindow:
+                   only: EventFilter | None = None, max_bytes: int = 2**62,
+                   for_trigger: bool = False) -> ChangeWindow:
         """Events after position `after` (None: after the last one dropped by retention),
         at most `limit` of those matching `only`, looking at no more than `scan` positions
         (a filter that matches little costs a bounded read), and stopping before the objects
         would pass `max_bytes` (each counted with EVENT_OVERHEAD; the first event always comes
         whole). One statement, so the head, the trimmed mark and the events come from one
-        snapshot."""
+        snapshot. `for_trigger`: leave out the changes of runs that triggers started (they
+        fire no trigger: none can loop)."""
         only = only or EventFilter()
         rows = await self.conn.fetch(
             "SELECT h.last_position AS _head, h.trimmed_through AS _trimmed, "
@@ -98,10 +104,13 @@ class ChangeRepository(Repository):
             "  AND ($6::text[] IS NULL OR e.operation = ANY($6)) "
             "  AND ($7::uuid IS NULL OR e.node_type_id = $7) "
             "  AND ($8::text IS NULL OR e.relationship_type = $8) "
+            "  AND NOT ($11 AND e.actor_run_id IS NOT NULL AND EXISTS (SELECT 1 "
+            "    FROM webhook_deliveries d WHERE d.tenant_id = e.tenant_id "
+            "    AND d.run_id = e.actor_run_id)) "
             "  WINDOW w AS (ORDER BY p.position) ORDER BY p.position LIMIT $3) AS e ON true "
             "WHERE h.tenant_id = $1",
             tenant_id, after, limit, scan, only.kinds, only.operations, only.node_type_id,
-            only.relationship_type, max_bytes, EVENT_OVERHEAD)
+            only.relationship_type, max_bytes, EVENT_OVERHEAD, for_trigger)
         if not rows:  # no event yet
             return ChangeWindow(0, 0, [], 0 if after is None else after)
         first = rows[0]
