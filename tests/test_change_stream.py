@@ -329,3 +329,30 @@ async def test_the_rest_facade_lists_and_streams_the_same_events(admin, feed, fe
 
 def missing_tenant() -> str:
     return "00000000-0000-4000-8000-000000000001"
+
+
+@pytest.fixture(scope="module")
+def two_servers(pg_server_url):
+    """Two server instances on one database."""
+    with fresh_database(pg_server_url) as url, \
+            running_server({"FLEXDB_DATABASE_URL": url}) as a, \
+            running_server({"FLEXDB_DATABASE_URL": url}) as b:
+        yield a, b
+
+
+async def test_a_stream_on_one_instance_follows_writes_made_on_another(two_servers):
+    a, b = two_servers
+    async with FlexDBClient(a.url, api_key=a.admin_key) as on_a, \
+            FlexDBClient(b.url, api_key=a.admin_key) as on_b:
+        t = (await make_tenant(on_a))["id"]
+        nt = await make_node_type(on_a, t)
+        stream = on_b.changes(t, kinds=["node"])
+        waiting = asyncio.ensure_future(take(stream, 20))
+        await asyncio.sleep(0.3)
+        made = await asyncio.gather(*(make_node(on_a if i % 2 else on_b, t, nt["id"], {"i": i})
+                                      for i in range(20)))
+        events = await waiting
+        await stream.aclose()
+    assert sorted(e["id"] for e in events) == sorted(n["id"] for n in made)
+    positions = [e["position"] for e in events]
+    assert positions == sorted(positions) and len(set(positions)) == 20
