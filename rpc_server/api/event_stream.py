@@ -27,7 +27,7 @@ from pydantic import Field, ValidationError
 from rpc_server.api.context import RequestContext, pooled_connection
 from rpc_server.api.params import ChangeFilter, Id, Params
 from rpc_server.api.registry import validation_errors
-from rpc_server.changes.events import FeedEvent, matches
+from rpc_server.changes.events import FeedEvent, filters_nothing, matches
 from rpc_server.changes.hub import Tail
 from rpc_server.changes.reading import read_after
 from rpc_server.errors import (
@@ -142,6 +142,7 @@ async def follow(request: web.Request, response: web.StreamResponse, context: Re
     server stops or the caller may no longer read."""
     state = context.state
     only: EventFilter = p.filter.condition()
+    everything = filters_nothing(only)
     loop = asyncio.get_running_loop()
     heartbeat_s = state.settings.feed_heartbeat_s
     last_write = next_check = loop.time()
@@ -163,11 +164,11 @@ async def follow(request: web.Request, response: web.StreamResponse, context: Re
                                                        "data": exc.data}))
                 return
             moved = window.scanned_to > cursor
-            out = [FeedEvent.of(row).sse() for row in window.rows]
+            out = [FeedEvent.of(row).sse for row in window.rows]
             cursor = window.scanned_to
         else:
             moved = bool(events)
-            out = [event.sse() for event in events if matches(only, event)]
+            out = [event.sse for event in events if everything or matches(only, event)]
             if events:
                 cursor = events[-1].position
         now = loop.time()

@@ -48,15 +48,19 @@ class FeedEvent:
     node_type_id: Any
     relationship_type: str | None
     payload: bytes
+    sse: bytes  # the event as a Server-Sent Events message
 
     @classmethod
     def of(cls, row: asyncpg.Record) -> FeedEvent:
+        payload = orjson.dumps(event_of(row))
         return cls(row["position"], row["kind"], row["operation"], row["node_type_id"],
-                   row["relationship_type"], orjson.dumps(event_of(row)))
+                   row["relationship_type"], payload,
+                   b"id: %d\nevent: change\ndata: %s\n\n" % (row["position"], payload))
 
-    def sse(self) -> bytes:
-        """The event as a Server-Sent Events message."""
-        return b"id: %d\nevent: change\ndata: %s\n\n" % (self.position, self.payload)
+
+def filters_nothing(only: EventFilter) -> bool:
+    return (only.kinds is None and only.operations is None and only.node_type_id is None
+            and only.relationship_type is None)
 
 
 def matches(only: EventFilter, event: FeedEvent) -> bool:

@@ -21,8 +21,8 @@ from rpc_server.changes.events import FeedEvent
 from rpc_server.storage.repositories.changes import CHANNEL, ChangeRepository
 
 log = logging.getLogger(__name__)
-TAIL_EVENTS = 4096
-TAIL_BYTES = 8 * 1024 * 1024
+TAIL_EVENTS = 20_000
+TAIL_BYTES = 16 * 1024 * 1024
 READ_BATCH = 1000
 READ_BYTES = 1024 * 1024  # what one read holds at most (the first event whatever its size)
 POLL_S = 5.0
@@ -54,12 +54,12 @@ class Tail:
     def add(self, events: list[FeedEvent]) -> None:
         for event in events:
             self.events.append(event)
-            self.bytes += len(event.payload)
+            self.bytes += len(event.sse)
         if events:
             self.last = events[-1].position
         while self.events and (len(self.events) > TAIL_EVENTS or self.bytes > TAIL_BYTES):
             dropped = self.events.popleft()
-            self.bytes -= len(dropped.payload)
+            self.bytes -= len(dropped.sse)
             self.start = dropped.position
         arrived, self.arrived = self.arrived, asyncio.Event()
         arrived.set()
