@@ -4,14 +4,14 @@ streams of one tenant cost one read per numbering round, not a hundred.
 
 A stream asks `events_after(cursor)`: the events after its position from memory, or None when
 its position is older than what memory holds (it then reads the database, and comes back once
-it has caught up). Memory per tenant is bounded (TAIL_EVENTS, TAIL_BYTES). Notifications lost
+it has caught up). Memory is bounded per tenant (TAIL_EVENTS, TAIL_BYTES) and in all
+(HUB_BYTES, shared out among the tenants followed). Notifications lost
 while the listening connection was down are made up for by re-reading every tail's head when it
 is back, and every POLL_S in any case."""
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from typing import Awaitable, Callable
 from uuid import UUID
 
@@ -23,6 +23,7 @@ from rpc_server.storage.repositories.changes import CHANNEL, ChangeRepository
 log = logging.getLogger(__name__)
 TAIL_EVENTS = 20_000
 TAIL_BYTES = 16 * 1024 * 1024
+HUB_BYTES = 64 * 1024 * 1024  # all tails of one process together
 READ_BATCH = 1000
 READ_BYTES = 1024 * 1024  # what one read holds at most (the first event whatever its size)
 POLL_S = 5.0
@@ -30,11 +31,13 @@ RECONNECT_S = 1.0
 
 
 class Tail:
-    """A tenant's recent events, dense from `start` + 1 through `last`."""
+    """A tenant's recent events, dense from `start` + 1 through `last` (a list whose first
+    `dropped` entries are gone: a slice anywhere in it costs only its own length)."""
 
-    def __init__(self, tenant_id: UUID):
-        self.tenant_id = tenant_id
-        self.events: deque[FeedEvent] = deque()
+    def __init__(self, tenant_id: UUID, max_bytes: Callable[[], int]):
+        self.tenant_id, self.max_bytes = tenant_id, max_bytes
+        self.events: list[FeedEvent] = []
+        self.dropped = 0
         self.bytes = 0
         self.start = -1  # -1: not read yet (every stream reads the database meanwhile)
         self.last = -1
@@ -46,10 +49,12 @@ class Tail:
     def events_after(self, position: int, limit: int) -> list[FeedEvent] | None:
         if self.start < 0 or position < self.start:
             return None
-        skip = position - self.start
-        if skip >= len(self.events):
-            return []
-        return [self.events[i] for i in range(skip, min(len(self.events), skip + limit))]
+        first = self.dropped + position - self.start
+        return self.events[first:first + limit]
+
+    def clear(self, start: int) -> None:
+        self.events, self.dropped, self.bytes = [], 0, 0
+        self.start = self.last = start
 
     def add(self, events: list[FeedEvent]) -> None:
         for event in events:
@@ -57,10 +62,16 @@ class Tail:
             self.bytes += len(event.sse)
         if events:
             self.last = events[-1].position
-        while self.events and (len(self.events) > TAIL_EVENTS or self.bytes > TAIL_BYTES):
-            dropped = self.events.popleft()
-            self.bytes -= len(dropped.sse)
-            self.start = dropped.position
+        max_bytes = self.max_bytes()
+        while len(self.events) > self.dropped and (
+                len(self.events) - self.dropped > TAIL_EVENTS or self.bytes > max_bytes):
+            gone = self.events[self.dropped]
+            self.dropped += 1
+            self.bytes -= len(gone.sse)
+            self.start = gone.position
+        if self.dropped > len(self.events) // 2:  # compact now and then
+            del self.events[:self.dropped]
+            self.dropped = 0
         arrived, self.arrived = self.arrived, asyncio.Event()
         arrived.set()
 
@@ -77,10 +88,15 @@ class FeedHub:
         """A stream of `tenant_id` starts: its tail (made and filled from now on if new)."""
         tail = self.tails.get(tenant_id)
         if tail is None:
-            tail = self.tails[tenant_id] = Tail(tenant_id)
+            tail = self.tails[tenant_id] = Tail(tenant_id, self._share)
             tail.task = asyncio.get_running_loop().create_task(self._follow(tail))
         tail.streams += 1
         return tail
+
+    def _share(self) -> int:
+        """What one tail may hold: TAIL_BYTES, less when many tenants are followed here (all
+        together at most HUB_BYTES)."""
+        return min(TAIL_BYTES, HUB_BYTES // max(1, len(self.tails)))
 
     def close(self, tail: Tail) -> None:
         tail.streams -= 1
@@ -99,15 +115,13 @@ class FeedHub:
                     repo = ChangeRepository(conn)
                     if tail.start < 0:
                         head, _ = await repo.head(tail.tenant_id)
-                        tail.start = tail.last = head
+                        tail.clear(head)
                         tail.add([])
                     while True:
                         window = await repo.read(tail.tenant_id, tail.last, READ_BATCH,
                                                  READ_BATCH, max_bytes=READ_BYTES)
                         if tail.last < window.trimmed_through:  # retention passed us: restart
-                            tail.events.clear()
-                            tail.bytes = 0
-                            tail.start = tail.last = window.head
+                            tail.clear(window.head)
                             tail.add([])
                             continue
                         tail.add([FeedEvent.of(r) for r in window.rows])
