@@ -91,3 +91,51 @@ async def test_unicode_digits_do_not_disguise_a_private_address_when_delivering(
         assert got == [], "the event was POSTed to a loopback address"
         error = got_hook["webhook"]["last_error"]
         assert error and "refused" in error and "loopback" in error, error
+
+
+# ------------------------------------------------------------ triggers
+
+WRITE_THEN_FAIL = ("def run(input, db):\n"
+                   "    db.create_node('{log}', {{'saw': input['id']}})\n"
+                   "    raise ValueError('after writing')\n")
+ECHO = "def run(input, db):\n    return input\n"
+
+
+@pytest.fixture(scope="module")
+def trigger_server(pg_server_url):
+    from .conftest import fresh_database, server_with_sandbox
+    from .test_triggers import FAST
+    with fresh_database(pg_server_url) as url, server_with_sandbox(url, **FAST) as srv:
+        yield srv
+
+
+async def test_the_writes_of_a_trigger_s_retried_runs_fire_no_trigger(trigger_server):
+    """A trigger watching every node whose run writes a node and fails: each retry is a new
+    run, whose id replaced the previous one on the delivery record, which was all that
+    told the feed that a run was a trigger's. Once the trigger succeeds, the writes of its
+    earlier (failed) runs fired it again: a trigger that loops on its own writes."""
+    from rpc_server.client import FlexDBClient
+
+    from .pipeline_helpers import all_runs, make_pipeline
+    from .test_triggers import trigger, wait_hook
+    async with FlexDBClient(trigger_server.url, api_key=trigger_server.admin_key) as rpc:
+        t = (await make_tenant(rpc))["id"]
+        watched = await make_node_type(rpc, t)
+        log = await make_node_type(rpc, t, "log")
+        pipeline = await make_pipeline(rpc, t, WRITE_THEN_FAIL.format(log=log["id"]))
+        hook = await trigger(rpc, t, pipeline["id"], filter={"kinds": ["node"]})
+        node = await make_node(rpc, t, watched["id"])
+        await wait_hook(rpc, t, hook["id"], lambda h: h["status"] == "paused")
+        failed = await all_runs(rpc, t, pipeline_id=pipeline["id"])
+        assert len(failed) == 3 and all(r["status"] == "failed" for r in failed)
+        await rpc.call("update_pipeline", {"tenant_id": t, "id": pipeline["id"], "code": ECHO})
+        await rpc.call("update_webhook", {"tenant_id": t, "id": hook["id"], "status": "active"})
+        head = (await rpc.call("list_changes", {"tenant_id": t, "limit": 1}))["head"]
+        await wait_hook(rpc, t, hook["id"], lambda h: h["run_id"] is None
+                        and h["delivered_position"] >= head)
+        await asyncio.sleep(1.0)
+        runs = await all_runs(rpc, t, pipeline_id=pipeline["id"])
+        inputs = [r["input"]["id"] for r in runs if r["status"] == "succeeded"]
+        assert inputs == [node["id"]], "the trigger ran for its own runs' writes: " + str(
+            [(r["input"]["kind"], r["input"]["node_type_id"] == log["id"]) for r in runs
+             if r["status"] == "succeeded"])
