@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from aiohttp.abc import AbstractResolver
 from aiohttp.resolver import ThreadedResolver
+from yarl import URL
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 SHARED = ipaddress.ip_network("100.64.0.0/10")  # carrier-grade NAT (RFC 6598)
@@ -88,8 +89,29 @@ def literal_address(host: str) -> IPAddress | None:
         return None
 
 
+def looks_like_address(host: str) -> bool:
+    """Whether the HTTP client takes `host` for an IP address and connects to it without
+    resolving it (aiohttp.helpers.is_ip_address: our resolver never sees it)."""
+    return ":" in host or host.replace(".", "").isdigit()
+
+
+def connection_host(url: str) -> str:
+    """The host the HTTP client connects to: yarl's, after its IDNA (UTS 46) mapping, which
+    is not urlsplit's: `http://127.0.0.1\U0001fbf0/` is a name to urlsplit (and to Python's
+    IDNA 2003 codec, so getaddrinfo does not resolve it), but 127.0.0.10 to yarl, which the
+    client then connects to without resolving. Every check looks at this host."""
+    try:
+        host = URL(url).host
+    except (ValueError, TypeError, UnicodeError) as exc:
+        raise RefusedAddress(f"is not a valid URL ({exc})") from None
+    if not host:
+        raise RefusedAddress("has no host")
+    return host
+
+
 def check_url(url: str) -> tuple[str, str]:
-    """The URL's (scheme, host), or RefusedAddress saying what is wrong with its form."""
+    """The URL's (scheme, host the client connects to), or RefusedAddress saying what is
+    wrong with its form."""
     if len(url) > MAX_URL:
         raise RefusedAddress(f"is longer than {MAX_URL} characters")
     if any(ord(c) <= 0x20 or ord(c) == 0x7F for c in url):
@@ -107,7 +129,10 @@ def check_url(url: str) -> tuple[str, str]:
         raise RefusedAddress("must not carry credentials (the receiver checks the signature)")
     if parts.fragment:
         raise RefusedAddress("must not have a fragment (#…)")
-    return parts.scheme, parts.hostname
+    host = connection_host(url)
+    if looks_like_address(host) and literal_address(host) is None:
+        raise RefusedAddress(f"has a host that is not a valid IP address ({host})")
+    return parts.scheme, host
 
 
 async def check_destination(url: str, allow_private: bool) -> None:

@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import Awaitable, Callable
-from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -52,6 +51,7 @@ import orjson
 from rpc_server.changes.address_guard import (
     GuardedResolver,
     RefusedAddress,
+    check_url,
     literal_address,
     refusal,
 )
@@ -150,7 +150,10 @@ class WebhookDeliverer:
                    key: bytes) -> Outcome:
         """One attempt: POST the event's JSON, signed; 2xx is success, anything else not."""
         assert self._session is not None
-        host = urlsplit(url).hostname or ""
+        try:  # the host the client connects to (not urlsplit's: see connection_host)
+            _, host = check_url(url)
+        except RefusedAddress as exc:
+            return Outcome(False, error=f"refused: the URL {exc}")
         literal = literal_address(host)
         if literal is not None:  # (the resolver only sees names)
             why = refusal(str(literal), self.settings.webhook_allow_private)

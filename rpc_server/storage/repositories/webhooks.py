@@ -189,6 +189,11 @@ class WebhookRepository(Repository):
                          position: int, run_id: UUID) -> None:
         """In the transaction of hold() and of the run's creation: the trigger's run for the
         event at `position` is `run_id` (and its delivery record says so)."""
+        # The run is a trigger's (its changes fire no trigger: ChangeRepository.read), for
+        # good: the delivery record below names only the last attempt's run.
+        await self.conn.execute(
+            "UPDATE pipeline_runs SET started_by_trigger = $3 WHERE tenant_id = $1 AND id = $2",
+            tenant_id, run_id, webhook_id)
         await self.conn.execute(
             "WITH w AS ("
             "  UPDATE webhooks SET run_id = $5, run_position = $4, last_attempt_at = now(), "
