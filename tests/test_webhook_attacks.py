@@ -1,5 +1,6 @@
-"""Security review of the change feed, webhooks and triggers (issue 21): attacks a hostile
-tenant admin or member can try through the public API, each refused for the right reason."""
+"""Attacks on webhooks and triggers found in a security review (issue 21), through the public
+API, each refused for the right reason: URLs whose Unicode digits disguise a private address
+(at save and at delivery), and retried trigger runs whose writes would fire triggers again."""
 from __future__ import annotations
 
 import asyncio
