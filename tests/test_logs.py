@@ -3,6 +3,7 @@ actor, duration and outcome, in rpc_server and the REST facade; no API key or to
 appears in them."""
 from __future__ import annotations
 
+import asyncio
 import json
 
 import httpx
@@ -49,8 +50,14 @@ async def test_requests_leave_json_access_lines_without_secrets(stack):
             "Authorization": f"Bearer {secret}", "X-Request-ID": "log-test-2"})
         assert response.status_code == 200
 
+    # The facade logs a request once its answer is sent: under load, a moment after the
+    # client has read it.
+    for _ in range(100):
+        facade_lines = json_lines(facade.output())
+        if any(line.get("request_id") == "log-test-2" for line in facade_lines):
+            break
+        await asyncio.sleep(0.05)
     server_lines = json_lines(server.output())
-    facade_lines = json_lines(facade.output())
     worker_lines = json_lines(server.sandbox.output())
     assert server_lines and facade_lines  # the worker may have nothing to log
 
