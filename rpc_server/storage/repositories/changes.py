@@ -160,5 +160,8 @@ class ChangeRepository(Repository):
 
     async def forget_tenant(self, tenant_id: UUID) -> None:
         """A deleted tenant's feed goes with it."""
-        for table in ("change_pending", "change_positions", "change_events", "change_heads"):
+        # The head row first: the sequencer and retention lock it before the other tables,
+        # and taking the locks in the same order is what keeps this from deadlocking with
+        # them (it waits for a numbering in flight instead).
+        for table in ("change_heads", "change_pending", "change_positions", "change_events"):
             await self.conn.execute(f"DELETE FROM {table} WHERE tenant_id = $1", tenant_id)
