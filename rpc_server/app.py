@@ -312,9 +312,10 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
             asyncio.Semaphore(max(1, settings.db_pool_max // 2)))
         feed = FeedHub(pool, partial(connect, database_url, settings),
                        settings.db_connect_timeout_s)
-        webhooks = WebhookDeliverer(pool, partial(connect, database_url, settings), settings,
-                                    SecretBox(secret), run_roles=roles_that_may("run_pipeline"),
+        webhooks = WebhookDeliverer(pool, settings, SecretBox(secret),
+                                    run_roles=roles_that_may("run_pipeline"),
                                     runs_queued=runner.wake.set)
+        feed.on_change = webhooks.kick
         runner.on_finished = webhooks.run_ended
         app[STATE] = state = build_state(settings, secret, pool, query, runner, redis, feed,
                                          webhooks)

@@ -81,6 +81,9 @@ class FeedHub:
                  acquire_timeout_s: float):
         self.pool, self.connect, self.acquire_timeout_s = pool, connect, acquire_timeout_s
         self.tails: dict[UUID, Tail] = {}
+        # Also told of every new position and of every reconnection (the webhook worker):
+        # one listening connection per process.
+        self.on_change: Callable[[], None] | None = None
         self._listener: asyncio.Task | None = None
         self.closing = asyncio.Event()  # set when the server stops: streams end
 
@@ -142,6 +145,8 @@ class FeedHub:
 
     def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
         tenant, _, last = str(payload).partition(":")
+        if self.on_change is not None:
+            self.on_change()
         try:
             tenant_id, position = UUID(tenant), int(last)
         except ValueError:
@@ -159,6 +164,8 @@ class FeedHub:
                 await conn.add_listener(CHANNEL, self._on_notify)
                 for tail in self.tails.values():  # what was announced while we were away
                     tail.wanted.set()
+                if self.on_change is not None:
+                    self.on_change()
                 while not conn.is_closed():
                     await asyncio.sleep(RECONNECT_S)
                     await conn.execute("SELECT 1", timeout=self.acquire_timeout_s)

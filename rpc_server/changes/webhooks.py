@@ -9,9 +9,9 @@ its order. A worker that dies leaves its claims to run out (FLEXDB_WEBHOOK_LEASE
 next one resumes after the last position recorded as delivered, so the event in flight at
 the crash may come twice (at least once: receivers deduplicate by `webhook-id`).
 
-Wake-up: the worker LISTENs on the feed's channel (a connection of its own) and looks for
-due webhooks when a tenant's events are numbered, when one of its deliveries ends, and every
-SWEEP_S in any case (retries that are due, notifications lost while reconnecting).
+Wake-up: the feed hub's listening connection (changes/hub.py, one per process) kicks it, and
+it looks for due webhooks when a tenant's events are numbered, when one of its deliveries ends,
+and every SWEEP_S in any case (retries that are due, notifications lost while reconnecting).
 
 Failures (a status other than 2xx, a redirect, a timeout, a refused or failed connection) are
 retried after a random delay of up to FLEXDB_WEBHOOK_RETRY_BASE_S doubled per failure, capped
@@ -42,7 +42,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import partial
-from typing import Awaitable, Callable
+from typing import Callable
 
 import aiohttp
 import asyncpg
@@ -60,13 +60,12 @@ from rpc_server.changes.signing import BadSecret, SecretBox, secret_bytes, sign
 from rpc_server.config import Settings
 from rpc_server.errors import Busy, NotFound
 from rpc_server.storage.repositories.audit import AuditRepository, PendingEvent
-from rpc_server.storage.repositories.changes import CHANNEL, ChangeRepository, EventFilter
+from rpc_server.storage.repositories.changes import ChangeRepository, EventFilter
 from rpc_server.storage.repositories.pipelines import PipelineRepository, PipelineRunRepository
 from rpc_server.storage.repositories.webhooks import WebhookRepository
 
 log = logging.getLogger(__name__)
 SWEEP_S = 1.0
-RECONNECT_S = 1.0
 READ_BATCH = 100  # events read at once for one webhook
 SCAN = 10_000  # positions one read looks at, whatever the filter matches
 MAX_RESPONSE_BYTES = 65_536  # of a receiver's answer read (and ignored)
@@ -125,14 +124,14 @@ def message_id(webhook_id: uuid.UUID, position: int) -> str:
 
 
 class WebhookDeliverer:
-    def __init__(self, pool: asyncpg.Pool, connect: Callable[[], Awaitable[asyncpg.Connection]],
-                 settings: Settings, box: SecretBox, *,
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, box: SecretBox, *,
                  run_roles: frozenset[str] = frozenset({"member", "admin", "owner"}),
                  runs_queued: Callable[[], None] | None = None):
         """run_roles: the roles a trigger's creator must still hold one of for each run
         (those run_pipeline allows, from the registry); runs_queued: wakes the local pipeline
-        queue (app.py wires both)."""
-        self.pool, self.connect, self.settings, self.box = pool, connect, settings, box
+        queue (app.py wires both). New positions wake it through the process's one listening
+        connection, the feed hub's (FeedHub.on_change = kick)."""
+        self.pool, self.settings, self.box = pool, settings, box
         self.run_roles, self.runs_queued = run_roles, runs_queued
         self.runs_started = 0  # trigger runs this process queued
         self._run_ended = asyncio.Event()
@@ -480,9 +479,6 @@ class WebhookDeliverer:
     def kick(self) -> None:
         self._wake.set()
 
-    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        self._wake.set()
-
     def _done(self, key: tuple[uuid.UUID, uuid.UUID], task: asyncio.Task) -> None:
         self.active.pop(key, None)
         self._wake.set()  # what arrived meanwhile, and what the slot may now take
@@ -519,25 +515,6 @@ class WebhookDeliverer:
                 self.active[key] = task
                 task.add_done_callback(partial(self._done, key))
 
-    async def _listen(self) -> None:
-        while True:
-            conn = None
-            try:
-                conn = await self.connect()
-                await conn.add_listener(CHANNEL, self._on_notify)
-                self._wake.set()  # what was announced while we were away
-                while not conn.is_closed():
-                    await asyncio.sleep(RECONNECT_S * 5)
-                    await conn.execute("SELECT 1", timeout=self.wait_s)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - reconnected; the sweep covers the gap
-                log.warning("webhook wake-ups interrupted (reconnecting): %r", exc)
-            finally:
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()
-            await asyncio.sleep(RECONNECT_S)
-
     def start(self) -> None:
         connector = aiohttp.TCPConnector(
             resolver=GuardedResolver(self.settings.webhook_allow_private),
@@ -546,7 +523,7 @@ class WebhookDeliverer:
             connector=connector, cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
             auto_decompress=False)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._run()), loop.create_task(self._listen())]
+        self._tasks = [loop.create_task(self._run())]
 
     async def stop(self) -> None:
         """Stop delivering and let go of the claims held (an attempt cut short is made
