@@ -197,6 +197,9 @@ class NodeType(ResultModel):
     updated_at: AwareDatetime
     version: int = Field(description="Incremented by every update; pass as expected_version "
                                      "to guard against lost updates.")
+    schema_version: int = Field(description="The schema's version: 1 at creation, "
+                                            "incremented by every change of the schema "
+                                            "(see list_node_type_versions).")
 
 
 class NodeTypeResult(ResultModel):
@@ -220,6 +223,8 @@ class Node(ResultModel):
     updated_at: AwareDatetime
     version: int = Field(description="Incremented by every update; pass as expected_version "
                                      "to guard against lost updates.")
+    schema_version: int = Field(description="The node type's schema version this node's data "
+                                            "was last validated against.")
 
 
 class NodeResult(ResultModel):

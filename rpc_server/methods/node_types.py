@@ -64,7 +64,9 @@ async def create_node_type(ctx: Call, p: CreateNodeType) -> dict:
     """Create a node type; `schema` (object or JSON string) validates its nodes' data."""
     await ctx.validators.check_schema(p.tenant_id, p.schema_)
     async with ctx.transaction() as conn:
-        row = await NodeTypeRepository(conn).create(p.tenant_id, p.name, p.description, p.schema_)
+        principal = await ctx.principal()
+        row = await NodeTypeRepository(conn).create(p.tenant_id, p.name, p.description, p.schema_,
+                                                    principal.user_id)
         ctx.set_target("node_type", row["id"])
     return {"node_type": ctx.shaper.one(row)}
 

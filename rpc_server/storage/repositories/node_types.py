@@ -12,15 +12,22 @@ class NodeTypeRepository(Repository):
     table = "node_types"
     kind = "node_type"
     key_columns = ("tenant_id", "id")
-    columns = "id, tenant_id, name, description, schema, created_at, updated_at, version"
+    columns = ("id, tenant_id, name, description, schema, created_at, updated_at, version,"
+               " schema_version")
     size_sql = "coalesce(octet_length(schema::text), 0) + octet_length(description)"
 
     async def create(self, tenant_id: UUID, name: str, description: str,
-                     schema: dict | bool | None) -> asyncpg.Record:
-        return await self._fetch_one(
+                     schema: dict | bool | None, user_id: UUID | None) -> asyncpg.Record:
+        """Call in a transaction: the node type and its schema's version 1."""
+        row = await self._fetch_one(
             "INSERT INTO node_types (tenant_id, name, description, schema) "
             f"VALUES ($1, $2, $3, $4) RETURNING {self.columns}",
             tenant_id, name, description, schema)
+        await self.conn.execute(
+            "INSERT INTO node_type_versions (tenant_id, node_type_id, version, schema, "
+            "created_at, created_by_user_id, mode) VALUES ($1, $2, 1, $3, $4, $5, 'create')",
+            tenant_id, row["id"], schema, row["created_at"], user_id)
+        return row
 
     async def get(self, tenant_id: UUID, node_type_id: UUID) -> asyncpg.Record:
         return await self._require(tenant_id, node_type_id)

@@ -36,9 +36,10 @@ class NodeRepository(Repository):
     table = "nodes"
     kind = "node"
     key_columns = ("tenant_id", "id")
-    columns = "id, tenant_id, node_type_id, data, created_at, updated_at, version"
+    columns = ("id, tenant_id, node_type_id, data, created_at, updated_at, version,"
+               " schema_version")
     read_columns = ("id, tenant_id, node_type_id, data::text AS data, created_at, updated_at,"
-                    " version")
+                    " version, schema_version")
     size_sql = "octet_length(data)"
 
     # Writes checked against the node type version the data was validated against: they
@@ -47,31 +48,39 @@ class NodeRepository(Repository):
     # takes that lock anyway, so it costs nothing), and update_node_type locks the row FOR
     # UPDATE before changing it: a schema change waits for inserts in flight instead of
     # leaving a node checked against a version no longer current.
+    # The node records the node type's schema version it was validated against.
     # $1 tenant, $2 node id, $3 node type, $4 data, $5 node type version.
     INSERT_CHECKED = (
-        "INSERT INTO nodes (tenant_id, id, node_type_id, data) "
-        "SELECT $1::uuid, $2::uuid, $3::uuid, $4::jsonb WHERE EXISTS (SELECT 1 FROM node_types "
-        "WHERE tenant_id = $1 AND id = $3 AND version = $5::int FOR KEY SHARE) "
+        "INSERT INTO nodes (tenant_id, id, node_type_id, data, schema_version) "
+        "SELECT $1::uuid, $2::uuid, $3::uuid, $4::jsonb, t.schema_version FROM node_types t "
+        "WHERE t.tenant_id = $1 AND t.id = $3 AND t.version = $5::int FOR KEY SHARE "
         "RETURNING " + read_columns)
     # ... and $6 the expected node version (NULL: any). An update takes no lock on the node
     # type: a lock there is a row lock shared by every concurrent update of the type's nodes
     # (a MultiXact each time), which cost a quarter of update_node's throughput at 32 in
-    # flight. Left: an update whose one statement runs while update_node_type commits may
-    # be checked against the version just replaced.
+    # flight. Instead, a schema change stamps every node it found valid with its new schema
+    # version, row by row, before it commits (SchemaCheck in validation/existing_nodes.py):
+    # an update whose statement began before that commit waits for the stamp's row lock,
+    # and then finds the node's schema_version above the one it validated against and
+    # touches no row, so it is validated again against the new schema.
     UPDATE_CHECKED = (
-        "UPDATE nodes SET data = $4::jsonb, updated_at = now(), version = version + 1 "
-        "WHERE tenant_id = $1::uuid AND id = $2::uuid AND node_type_id = $3::uuid "
-        "AND ($6::int IS NULL OR version = $6::int) AND EXISTS (SELECT 1 FROM node_types "
-        "WHERE tenant_id = $1 AND id = $3 AND version = $5::int) "
-        "RETURNING " + read_columns)
+        "UPDATE nodes n SET data = $4::jsonb, updated_at = now(), version = n.version + 1, "
+        "schema_version = t.schema_version FROM node_types t "
+        "WHERE n.tenant_id = $1::uuid AND n.id = $2::uuid AND n.node_type_id = $3::uuid "
+        "AND ($6::int IS NULL OR n.version = $6::int) AND t.tenant_id = $1 AND t.id = $3 "
+        "AND t.version = $5::int AND n.schema_version <= t.schema_version "
+        "RETURNING " + ", ".join("n." + c.strip() for c in read_columns.split(",")))
 
     async def create_many(self, tenant_id: UUID, ids: list[UUID], node_type_ids: list[UUID],
                           datas: list[dict]) -> list[asyncpg.Record]:
-        """One set-based INSERT; rows come back in input order."""
+        """One set-based INSERT; rows come back in input order. Each node records its node
+        type's current schema version (the caller holds the node types locked: see
+        NodeTypeRepository.lock_versions)."""
         rows = await self.conn.fetch(
-            "INSERT INTO nodes (tenant_id, id, node_type_id, data) "
-            "SELECT $1, i.id, i.node_type_id, i.data "
+            "INSERT INTO nodes (tenant_id, id, node_type_id, data, schema_version) "
+            "SELECT $1, i.id, i.node_type_id, i.data, t.schema_version "
             "FROM unnest($2::uuid[], $3::uuid[], $4::jsonb[]) AS i (id, node_type_id, data) "
+            "JOIN node_types t ON t.tenant_id = $1 AND t.id = i.node_type_id "
             f"RETURNING {self.read_columns}", tenant_id, ids, node_type_ids, datas)
         by_id = {r["id"]: r for r in rows}
         return [by_id[i] for i in ids]
