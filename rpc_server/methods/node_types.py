@@ -162,7 +162,8 @@ async def update_node_type(ctx: Call, p: UpdateNodeType) -> dict:
         else:
             new_version = current["schema_version"] + 1
             await checked(check_nodes(conn, ctx.validators, p.tenant_id, p.id, p.schema_,
-                                      report, stamp_version=new_version))
+                                      report, stamp_version=new_version,
+                                      stamp_after_failures=p.mode == "allow_invalid"))
             outcome = report.as_result(new_version)
             if report.failing and p.mode == "validate":
                 raise NodesInvalid(outcome)
