@@ -61,6 +61,8 @@ from rpc_server.security.tenant_limits import TenantLimiter
 from rpc_server.storage.db import connect, create_pool, create_query_pool, ping
 from rpc_server.storage.repositories.tenant_sql import is_superuser, setup_problems
 from rpc_server.storage.response_budget import ROW_OVERHEAD, ResponseMemory
+from rpc_server.storage.vectors import UNAVAILABLE, IndexPolicy, VectorIndexer, VectorSupport
+from rpc_server.storage.vectors import detect as detect_vectors
 from rpc_server.transport.client_address import client_address
 from rpc_server.transport.json_codec import dumps
 from rpc_server.transport.protocol import Dispatcher, internal_error, invalid_request, note
@@ -194,7 +196,7 @@ def log_access(context: RequestContext, seconds: float) -> None:
 
 def build_state(settings: Settings, secret: bytes, pool: asyncpg.Pool, query: QueryEnvironment,
                 runner: PipelineRunner, redis: RedisLink | None, feed: FeedHub,
-                webhooks: WebhookDeliverer) -> AppState:
+                webhooks: WebhookDeliverer, vectors: VectorSupport = UNAVAILABLE) -> AppState:
     wait_s = settings.db_connect_timeout_s
     auth = Authenticator(secret, settings.anonymous_role, settings.auth_cache_ttl_s)
     node_types = NodeTypeCache(settings.shared_cache_ttl_s)
@@ -227,7 +229,7 @@ def build_state(settings: Settings, secret: bytes, pool: asyncpg.Pool, query: Qu
         feed=feed, streams=StreamCaps(settings.feed_streams_per_key,
                                       settings.feed_streams_per_tenant,
                                       settings.feed_streams_max),
-        webhooks=webhooks)
+        webhooks=webhooks, vectors=vectors)
 
 
 def readings_of(state: AppState) -> Readings:
@@ -265,7 +267,8 @@ async def handle_ready(request: web.Request) -> web.Response:
     sandbox = state.pipelines.sandbox
     status, body = await readiness(partial(ping, state.pool, CHECK_TIMEOUT_S),
                                    sandbox.health if sandbox else None,
-                                   state.redis.ping if state.redis else None)
+                                   state.redis.ping if state.redis else None,
+                                   state.vectors.check())
     return web.Response(body=dumps(body), status=status, content_type="application/json")
 
 
@@ -294,6 +297,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         try:
             query_problems = await setup_problems(conn, **query_guard.server_names())
             superuser = await is_superuser(conn)
+            vectors = await detect_vectors(conn)
         finally:
             await conn.close()
         if query_problems:
@@ -318,7 +322,10 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         feed.on_change = webhooks.kick
         runner.on_finished = webhooks.run_ended
         app[STATE] = state = build_state(settings, secret, pool, query, runner, redis, feed,
-                                         webhooks)
+                                         webhooks, vectors)
+        indexer = VectorIndexer(pool, partial(connect, database_url, settings), IndexPolicy(
+            settings.vector_index_min_nodes, settings.vector_index_interval_s,
+            settings.vector_index_build_memory_mb)) if vectors.available else None
         if redis is not None:
             invalidation = Invalidation(redis, state.auth, state.node_types)
             invalidation.start()
@@ -329,7 +336,11 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         feed.start()
         state.denied.start()
         webhooks.start()
+        if indexer is not None:
+            indexer.start()
         yield
+        if indexer is not None:
+            await indexer.stop()
         await webhooks.stop()
         await runner.stop()
         await state.chainer.stop()

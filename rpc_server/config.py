@@ -354,6 +354,25 @@ class Settings(BaseModel):
         1000, "distinct sources without valid credentials (client addresses) whose refused "
         "calls are counted apart in one interval, across all servers; beyond, they are "
         "counted together as `others`", read_by=(SERVE,), ge=1, le=1_000_000)
+    vector_index_min_nodes: int = setting(
+        10_000, "nodes a node type with an embedding has before it gets an HNSW index "
+        "(per tenant, type and declared metric, built in the background, CONCURRENTLY); "
+        "below, `near` searches are exact scans of the type's embeddings",
+        read_by=(SERVE,), ge=1, le=100_000_000)
+    vector_index_interval_s: float = setting(
+        30.0, "how often each server looks for node types that need an HNSW index built "
+        "(or an old one dropped)", read_by=(SERVE,), ge=0.05, le=86_400)
+    vector_index_build_memory_mb: int = setting(
+        512, "`maintenance_work_mem` of an HNSW index build: builds whose graph fits are "
+        "much faster", read_by=(SERVE,), ge=64, le=65_536)
+    vector_ef_search: int = setting(
+        100, "candidates an HNSW search keeps (`hnsw.ef_search`; at least `k`): more is "
+        "better recall, slower", read_by=(SERVE,), ge=10, le=1000)
+    vector_iterative_scan: Literal["relaxed_order", "strict_order", "off"] = setting(
+        "relaxed_order", "`hnsw.iterative_scan` of a filtered `near` search: go on scanning "
+        "the index past `ef_search` until k nodes pass the filter (up to "
+        "`hnsw.max_scan_tuples`, 20,000 by default); `relaxed_order` results are re-sorted",
+        read_by=(SERVE,))
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting(
         "INFO", "`DEBUG`, `INFO`, `WARNING`, `ERROR`", read_by=EVERY)
     log_format: Literal["auto", "json", "text"] = setting(

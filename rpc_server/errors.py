@@ -122,6 +122,31 @@ class NodesInvalid(Conflict):
             report=report)
 
 
+class EmbeddingsInvalid(Conflict):
+    """An embedding declaration refused because existing nodes do not fit it."""
+    type = "embeddings_invalid"
+
+    def __init__(self, field: str, dimensions: int, count: int, sample: list):
+        super().__init__(
+            f"{count} of the node type's nodes hold at {field} something other than an array "
+            f"of {dimensions} finite numbers (or nothing): the embedding declaration is "
+            "refused. Fix or remove that value in those nodes first (e.g. "
+            f"{', '.join(str(i) for i in sample)})", field=field, dimensions=dimensions,
+            nodes_invalid=count, node_ids=[str(i) for i in sample])
+
+
+class VectorUnavailable(InvalidParams):
+    """Vector search asked of a server whose database has no pgvector."""
+    type = "vector_unavailable"
+
+    def __init__(self, field: str, reason: str | None):
+        super().__init__(
+            f"Invalid params: {field}: vector similarity search is not available on this "
+            f"server: {reason or 'the pgvector extension is not installed'} (see GET /ready, "
+            "checks.vector)", errors=[{"field": field, "message": "vector search is not "
+                                       "available on this server (no pgvector)"}])
+
+
 class VersionConflict(Conflict):
     type = "version_conflict"
 

@@ -34,6 +34,7 @@ from rpc_server.storage.db import Connection
 from rpc_server.storage.repositories.audit import AuditRepository, PendingEvent, with_event
 from rpc_server.storage.repositories.changes import ChangeRepository
 from rpc_server.storage.response_budget import ResponseBudget, ResponseMemory
+from rpc_server.storage.vectors import UNAVAILABLE, VectorSupport
 from rpc_server.validation.schemas import ValidatorCache
 
 
@@ -61,6 +62,7 @@ class AppState:
     feed: FeedHub  # this process's reader of new change events, for its streams
     streams: StreamCaps  # open change streams, per key and per tenant
     webhooks: WebhookDeliverer  # this process's webhook delivery worker
+    vectors: VectorSupport = UNAVAILABLE  # pgvector found at start (storage/vectors.py)
 
 
 def tenant_pool_share(settings: Settings) -> int:

@@ -186,6 +186,15 @@ class ApiKeyList(ResultModel):
 
 # ---------------------------------------------------------------- graph documents
 
+class EmbeddingDeclaration(ResultModel):
+    """A node type's embedding (vector similarity search: query_nodes `near`)."""
+    field: str = Field(description="Where in a node's data its embedding is, e.g. "
+                                   "\"data.embedding\".")
+    dimensions: int
+    metrics: list[Literal["cosine", "l2", "inner"]] = Field(
+        description="The metrics its HNSW indexes are built for.")
+
+
 class NodeType(ResultModel):
     """A node type: names a kind of node, optionally with a JSON Schema for its data."""
     id: UUID
@@ -200,6 +209,9 @@ class NodeType(ResultModel):
     schema_version: int = Field(description="The schema's version: 1 at creation, "
                                             "incremented by every change of the schema "
                                             "(see list_node_type_versions).")
+    embedding: EmbeddingDeclaration | None = Field(
+        None, description="The embedding its nodes carry for vector similarity search "
+                          "(null: none).")
 
 
 class NodeTypeResult(ResultModel):
@@ -280,6 +292,10 @@ class Node(ResultModel):
                                      "to guard against lost updates.")
     schema_version: int = Field(description="The node type's schema version this node's data "
                                             "was last validated against.")
+    distance: float = omittable("query_nodes with `near` only: the node's distance from the "
+                                "query vector by the clause's metric (cosine: 1 - cosine "
+                                "similarity; l2: Euclidean; inner: the negative inner "
+                                "product). Smaller is nearer.")
 
 
 class NodeResult(ResultModel):

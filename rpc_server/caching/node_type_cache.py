@@ -48,12 +48,12 @@ class NodeTypeCache:
         """The node type as the database has it now, which then replaces the cached one."""
         row = await NodeTypeRepository(conn).get(tenant_id, node_type_id)
         entry = {"tenant_id": tenant_id, "id": node_type_id, "version": row["version"],
-                 "schema": row["schema"]}
+                 "schema": row["schema"], "embedding": row["embedding"]}
         self.local.put((tenant_id, node_type_id), entry)
         if self.shared is not None:
             await self.shared.put("node_type", f"{tenant_id}:{node_type_id}",
-                                  {"version": row["version"], "schema": row["schema"]},
-                                  generation)
+                                  {"version": row["version"], "schema": row["schema"],
+                                   "embedding": row["embedding"]}, generation)
         return entry
 
     def forget(self, tenant_id: UUID, node_type_id: UUID) -> None:

@@ -20,7 +20,15 @@ from rpc_server.api.params import (
     Version,
 )
 from rpc_server.api.registry import rpc_method
-from rpc_server.errors import NodesInvalid, NotFound, QueryRejected, VersionConflict
+from rpc_server.api.vector_params import Embedding
+from rpc_server.errors import (
+    EmbeddingsInvalid,
+    NodesInvalid,
+    NotFound,
+    QueryRejected,
+    VectorUnavailable,
+    VersionConflict,
+)
 from rpc_server.methods.common import (
     DELETED,
     changes_of,
@@ -31,10 +39,11 @@ from rpc_server.methods.common import (
     require_tenant,
 )
 from rpc_server.security.auth import tenant_role
-from rpc_server.storage.repositories import NodeTypeRepository
+from rpc_server.storage.repositories import EmbeddingRepository, NodeTypeRepository
+from rpc_server.storage.vectors import embedding_path
 from rpc_server.validation.existing_nodes import KeptChanging, SchemaReport, check_nodes
 
-UPDATABLE = ("name", "description", "schema")
+UPDATABLE = ("name", "description", "schema", "embedding")
 SCHEMA_CHECK_TIMEOUT_MS = 60_000  # default time limit of a check of the existing nodes
 MAX_SCHEMA_CHECK_TIMEOUT_MS = 600_000
 MAX_REPORTED_FAILURES = 100  # errors listed in a check's report
@@ -47,6 +56,7 @@ class CreateNodeType(Params):
     name: Name
     description: Description = ""
     schema_: JsonSchemaDoc = Field(None, alias="schema")
+    embedding: Embedding | None = None  # vector similarity search (needs pgvector)
 
 
 class NodeTypeId(Params):
@@ -64,6 +74,9 @@ class UpdateNodeType(Params):
     name: Name | None = None
     description: Description | None = None
     schema_: JsonSchemaDoc = Field(None, alias="schema")
+    # A new embedding declaration (null removes it) re-indexes the type's nodes, refused
+    # when one of them holds something else at the field (-32004 embeddings_invalid).
+    embedding: Embedding | None = None
     expected_version: Version | None = None
     # With a new schema: refuse the change when existing nodes fail it (validate), or
     # accept it and leave those nodes at the schema version they had (allow_invalid).
@@ -96,10 +109,13 @@ class ListNodeTypeVersions(Params):
 async def create_node_type(ctx: Call, p: CreateNodeType) -> dict:
     """Create a node type; `schema` (object or JSON string) validates its nodes' data."""
     await ctx.validators.check_schema(p.tenant_id, p.schema_)
+    embedding = p.embedding.stored() if p.embedding is not None else None
+    if embedding is not None and not ctx.state.vectors.available:
+        raise VectorUnavailable("embedding", ctx.state.vectors.reason)
     async with ctx.transaction() as conn:
         principal = await ctx.principal()
         row = await NodeTypeRepository(conn).create(p.tenant_id, p.name, p.description, p.schema_,
-                                                    principal.user_id)
+                                                    principal.user_id, embedding)
         ctx.set_target("node_type", row["id"])
     return {"node_type": ctx.shaper.one(row)}
 
@@ -137,8 +153,17 @@ async def update_node_type(ctx: Call, p: UpdateNodeType) -> dict:
     change is refused when any node fails it (-32004 `nodes_invalid`, with the report);
     with "allow_invalid" it is made, and the nodes that fail keep the schema version they
     had (query_nodes: `{"field": "schema_version", "op": "lt", "value": "current"}`). The
-    report says what the check found."""
+    report says what the check found. A new `embedding` declaration (null removes it)
+    re-indexes the type's nodes in the same transaction: refused (-32004
+    `embeddings_invalid`) when any node holds at its field something other than an
+    embedding of its dimensions (or nothing)."""
     changes = changes_of(p, ("name", "description"))
+    if "embedding" in p.model_fields_set:
+        changes["embedding"] = p.embedding.stored() if p.embedding is not None else None
+        if changes["embedding"] is not None and not ctx.state.vectors.available:
+            raise VectorUnavailable("embedding", ctx.state.vectors.reason)
+        if "schema_" not in p.model_fields_set:
+            return await update_embedding(ctx, p, changes)
     if "schema_" not in p.model_fields_set:
         require_changes(changes, UPDATABLE)
         async with ctx.transaction() as conn:
@@ -155,6 +180,8 @@ async def update_node_type(ctx: Call, p: UpdateNodeType) -> dict:
         current = await types.lock(p.tenant_id, p.id)
         if p.expected_version is not None and current["version"] != p.expected_version:
             raise VersionConflict("node_type", p.id, p.expected_version, current["version"])
+        if "embedding" in changes:
+            await reindex_embeddings(ctx, conn, current, changes["embedding"])
         if current["schema"] == p.schema_:  # the same schema: no new version, no check
             row = await types.update(p.tenant_id, p.id, {**changes, "schema": p.schema_},
                                      None)
@@ -175,6 +202,40 @@ async def update_node_type(ctx: Call, p: UpdateNodeType) -> dict:
     if outcome is not None:
         result["report"] = outcome
     return result
+
+
+async def update_embedding(ctx: Call, p: UpdateNodeType, changes: dict) -> dict:
+    """update_node_type of the embedding (and name, description), without a new schema."""
+    async with ctx.heavy_transaction(p.timeout_ms, "The embedding change (it re-indexes every "
+                                     "node of the type: raise timeout_ms)") as conn:
+        types = NodeTypeRepository(conn)
+        current = await types.lock(p.tenant_id, p.id)
+        if p.expected_version is not None and current["version"] != p.expected_version:
+            raise VersionConflict("node_type", p.id, p.expected_version, current["version"])
+        await reindex_embeddings(ctx, conn, current, changes["embedding"])
+        row = await types.update(p.tenant_id, p.id, changes, None)
+    ctx.state.node_types.forget(p.tenant_id, p.id)
+    return {"node_type": ctx.shaper.one(row)}
+
+
+async def reindex_embeddings(ctx: Call, conn, current, embedding: dict | None) -> None:
+    """With the node type locked: its nodes' embeddings stored again for a new field or
+    dimensions (or dropped). The HNSW indexes follow in the background
+    (storage/vectors.py: VectorIndexer)."""
+    before = current["embedding"]
+    if not ctx.state.vectors.available or (
+            before is not None and embedding is not None
+            and (before["field"], before["dimensions"]) == (embedding["field"],
+                                                            embedding["dimensions"])):
+        return
+    embeddings = EmbeddingRepository(conn)
+    path = embedding_path(embedding["field"]) if embedding is not None else None
+    if embedding is not None and path is not None:
+        count, sample = await embeddings.misfits(current["tenant_id"], current["id"], path,
+                                                 embedding["dimensions"])
+        if count:
+            raise EmbeddingsInvalid(embedding["field"], embedding["dimensions"], count, sample)
+    await embeddings.rebuild(current["tenant_id"], current["id"], path)
 
 
 async def checked(check):

@@ -21,13 +21,15 @@ from rpc_server.api.params import (
     zero_means,
 )
 from rpc_server.api.registry import db_method, rpc_method
-from rpc_server.errors import Busy, InvalidParams, QueryRejected, Unavailable
+from rpc_server.api.vector_params import Near
+from rpc_server.errors import Busy, InvalidParams, QueryRejected, Unavailable, VectorUnavailable
 from rpc_server.methods.common import read_page, require_tenant
 from rpc_server.query import guard as query_guard
 from rpc_server.security.auth import tenant_role
 from rpc_server.storage.constraint_errors import UNAVAILABLE_ERRORS
 from rpc_server.storage.node_filter import SqlArgs, compile_filter, parse_sort
-from rpc_server.storage.repositories import NodeRepository
+from rpc_server.storage.pagination import Page
+from rpc_server.storage.repositories import EmbeddingRepository, NodeRepository
 from rpc_server.storage.repositories.tenant_sql import (
     RESULT_LIMIT_MESSAGE,
     WRAP_PREFIX,
@@ -65,6 +67,7 @@ class QueryNodes(Params):
     sort: Annotated[dict[str, Any] | None, AfterValidator(_nesting_and_numbers)] = None
     pagination: PaginationParam
     timeout_ms: Annotated[StrictInt, zero_means(5000)] = Field(5000, ge=1, le=30_000)
+    near: Near | None = None  # k nearest neighbours (pgvector): see query_nodes_near
 
 
 def _database_refusal(exc: asyncpg.PostgresError) -> QueryRejected:
@@ -161,7 +164,11 @@ async def execute_query(ctx: Call, p: ExecuteQuery) -> dict:
 @rpc_method(QueryNodes, tenant_role("viewer"), result=results.NodeList,
              run_db=db_method("filter"), tenant_must_exist=True)
 async def query_nodes(ctx: Call, p: QueryNodes) -> dict:
-    """Find nodes with a JSON filter over data paths and node columns, keyset-paginated."""
+    """Find nodes with a JSON filter over data paths and node columns, keyset-paginated.
+    With `near`: the k nodes of `node_type_id` nearest to a vector by its embedding, among
+    those the filter matches, nearest first, each with its `distance` (one page)."""
+    if p.near is not None:
+        return await query_nodes_near(ctx, p, p.near)
     args = SqlArgs()
     condition = compile_filter(p.filter, args)
     sort = parse_sort(p.sort)
@@ -174,3 +181,61 @@ async def query_nodes(ctx: Call, p: QueryNodes) -> dict:
                                    p.tenant_id, p.node_type_id, condition, args, sort,
                                    p.pagination, max_bytes))
     return ctx.shaper.page("nodes", page)
+
+
+async def query_nodes_near(ctx: Call, p: QueryNodes, near: Near) -> dict:
+    """query_nodes with `near`: filtered k-NN over the node type's embeddings (HNSW index
+    when the type has one, iterative scan so that the filter does not starve it; exact
+    below FLEXDB_VECTOR_INDEX_MIN_NODES nodes)."""
+    vectors, settings = ctx.state.vectors, ctx.state.settings
+    if not vectors.available:
+        raise VectorUnavailable("near", vectors.reason)
+    if p.node_type_id is None:
+        raise InvalidParams.field("node_type_id", "is required with near (the node type "
+                                  "whose embedding is searched)")
+    if p.sort is not None:
+        raise InvalidParams.field("sort", "must be absent with near: nodes come nearest first")
+    if p.pagination.page_token:
+        raise InvalidParams.field("pagination.page_token", "must be absent with near: the "
+                                  "answer is one page of the k nearest nodes (raise k)")
+    args = SqlArgs()
+    condition = compile_filter(p.filter, args)
+    async with ctx.heavy(p.timeout_ms, "The k-NN query (narrow the filter or lower k)") as conn:
+        await require_tenant(ctx, conn, p.tenant_id)
+        node_type = await ctx.state.node_types.get(conn, p.tenant_id, p.node_type_id)
+        embedding = node_type.get("embedding")
+        if not embedding or embedding["field"] != near.field:
+            declared = f"its embedding is {embedding['field']}" if embedding else \
+                "it declares no embedding (update_node_type: embedding)"
+            raise InvalidParams.field("near.field", f"must be the node type's embedding "
+                                      f"field: {declared}")
+        if len(near.vector) != embedding["dimensions"]:
+            raise InvalidParams.field("near.vector", f"must have exactly "
+                                      f"{embedding['dimensions']} numbers (the node type's "
+                                      f"embedding dimensions), not {len(near.vector)}")
+        if near.metric == "cosine" and not any(near.vector):
+            raise InvalidParams.field("near.vector", "must not be all zeros for the cosine "
+                                      "metric (it has no direction)")
+        page = await read_page(ctx, KnnPage(near.k), settings.max_body_bytes,
+                               lambda max_bytes: _nearest(conn, p, near, embedding, condition,
+                                                          args, settings, max_bytes))
+    return ctx.shaper.page("nodes", page)
+
+
+class KnnPage:
+    """What read_page reserves for: k rows."""
+    page_token = ""
+    include_total = False
+
+    def __init__(self, k: int):
+        self.page_size = k
+
+
+async def _nearest(conn, p: QueryNodes, near: Near, embedding: dict, condition: str,
+                   args: SqlArgs, settings, max_bytes: int) -> Page:
+    assert p.node_type_id is not None  # checked by query_nodes_near
+    rows, used = await EmbeddingRepository(conn).nearest(
+        p.tenant_id, p.node_type_id, embedding["dimensions"], near.metric,
+        [float(x) for x in near.vector], near.k, condition, args,
+        max(settings.vector_ef_search, near.k), settings.vector_iterative_scan, max_bytes)
+    return Page(rows, "", None, used)

@@ -26,8 +26,9 @@ async def _timed(check: Callable[[], Awaitable[bool]]) -> dict:
 
 
 async def readiness(database: Check, sandbox: Check | None,
-                    redis: Check | None) -> tuple[int, dict]:
-    """Each dependency's check (None: not configured)."""
+                    redis: Check | None, vector: dict | None = None) -> tuple[int, dict]:
+    """Each dependency's check (None: not configured). `vector` (vector search, found at
+    start: "ok" or "unavailable") is optional: it never makes the server degraded."""
     checks: dict[str, Awaitable[dict]] = {"database": _timed(database)}
     if sandbox is not None:
         checks["sandbox"] = _timed(sandbox)
@@ -41,6 +42,8 @@ async def readiness(database: Check, sandbox: Check | None,
         results["redis"] = {"status": "disabled", "latency_ms": None,
                             "error": "FLEXDB_REDIS_URL is not set: limits and caches are "
                                      "per instance"}
+    if vector is not None:
+        results["vector"] = vector
     if results["database"]["status"] != "ok":
         overall = "down"
     elif any(r["status"] == "failing" for r in results.values()):

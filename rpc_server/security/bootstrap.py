@@ -11,6 +11,7 @@ from rpc_server.storage.db import Connection, connect, transaction_lock
 from rpc_server.storage.migrations import MIGRATION_LOCK_KEY, migrate
 from rpc_server.storage.repositories.api_keys import ApiKeyRepository
 from rpc_server.storage.repositories.credentials import create_internal_admin, first_platform_admin
+from rpc_server.storage.vectors import ensure_vector_storage
 
 BOOTSTRAP_LOCK_KEY = MIGRATION_LOCK_KEY + 1
 
@@ -51,6 +52,7 @@ async def prepare_database(url: str, settings: Settings, secret: bytes) -> str |
     conn = await connect(url, settings)
     try:
         await migrate(conn, settings.migrations_dir)  # logs each file it applies
+        await ensure_vector_storage(conn)  # when pgvector is available (logs which)
         return await ensure_platform_admin(conn, secret)
     finally:
         await conn.close()

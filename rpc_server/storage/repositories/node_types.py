@@ -26,16 +26,17 @@ class NodeTypeRepository(Repository):
     kind = "node_type"
     key_columns = ("tenant_id", "id")
     columns = ("id, tenant_id, name, description, schema, created_at, updated_at, version,"
-               " schema_version")
+               " schema_version, embedding")
     size_sql = "coalesce(octet_length(schema::text), 0) + octet_length(description)"
 
     async def create(self, tenant_id: UUID, name: str, description: str,
-                     schema: dict | bool | None, user_id: UUID | None) -> asyncpg.Record:
+                     schema: dict | bool | None, user_id: UUID | None,
+                     embedding: dict | None = None) -> asyncpg.Record:
         """Call in a transaction: the node type and its schema's version 1."""
         row = await self._fetch_one(
-            "INSERT INTO node_types (tenant_id, name, description, schema) "
-            f"VALUES ($1, $2, $3, $4) RETURNING {self.columns}",
-            tenant_id, name, description, schema)
+            "INSERT INTO node_types (tenant_id, name, description, schema, embedding) "
+            f"VALUES ($1, $2, $3, $4, $5) RETURNING {self.columns}",
+            tenant_id, name, description, schema, embedding)
         await self.conn.execute(
             "INSERT INTO node_type_versions (tenant_id, node_type_id, version, schema, "
             "created_at, created_by_user_id, mode) VALUES ($1, $2, 1, $3, $4, $5, 'create')",

@@ -1,0 +1,97 @@
+"""node_embeddings (storage/vectors.py): k-nearest-neighbour search, and rebuilding a node
+type's embeddings when its declaration changes. Only used when vector search is available."""
+from __future__ import annotations
+
+from uuid import UUID
+
+from rpc_server.storage.node_filter import SqlArgs
+from rpc_server.storage.pagination import cut_to_budget, within_bytes
+from rpc_server.storage.repositories.base import Repository
+from rpc_server.storage.repositories.nodes import NodeRepository
+from rpc_server.storage.response_budget import response_too_large
+from rpc_server.storage.vectors import FLOAT4_MAX, METRICS
+
+# A JSON value `v` that is an embedding of $dims finite numbers within float4's range.
+_FITS = ("(jsonb_typeof(v) = 'array' AND jsonb_array_length(v) = DIMS AND NOT EXISTS ("
+         "SELECT 1 FROM jsonb_array_elements(v) AS e (x) WHERE jsonb_typeof(x) <> 'number' "
+         f"OR abs((x #>> '{{}}')::numeric) > {FLOAT4_MAX:.8e}))")
+
+
+class EmbeddingRepository(Repository):
+    table = "node_embeddings"
+    kind = "node_embedding"
+    key_columns = ("tenant_id", "node_id")
+
+    async def nearest(self, tenant_id: UUID, node_type_id: UUID, dimensions: int, metric: str,
+                      vector: list[float], k: int, condition: str, args: SqlArgs,
+                      ef_search: int, iterative: str, max_bytes: int) -> tuple[list, int]:
+        """The k nodes of the type nearest to `vector` that match `condition` (SQL from
+        node_filter over `nodes`, values already in `args`), nearest first, each with its
+        `distance`; and the bytes their documents take. With the type's HNSW index the
+        search is approximate: an iterative index scan (pgvector 0.8, hnsw.iterative_scan)
+        goes on past ef_search candidates until k rows pass the filter (or
+        hnsw.max_scan_tuples were read). The relaxed order of its results is put right by
+        the outer ORDER BY. Custom plans only: the partial index's predicate (tenant and
+        type) must be proven from the parameters' values."""
+        operator = METRICS[metric][0]
+        d = int(dimensions)
+        query = args.add(vector, "float4[]")
+        tenant = args.add(tenant_id, "uuid")
+        node_type = args.add(node_type_id, "uuid")
+        limit = args.add(k, "int4")
+        nearest = (
+            f"SELECT e.node_id, e.embedding::vector({d}) {operator} {query}::vector({d}) "
+            "AS distance FROM node_embeddings e "
+            f"WHERE e.tenant_id = {tenant} AND e.node_type_id = {node_type} "
+            f"AND vector_dims(e.embedding) = {d} AND EXISTS (SELECT 1 FROM nodes "
+            "WHERE nodes.tenant_id = e.tenant_id AND nodes.id = e.node_id "
+            f"AND ({condition})) ORDER BY distance LIMIT {limit}")
+        columns = ", ".join("n." + c.strip() for c in NodeRepository.read_columns.split(","))
+        page = (f"WITH found AS MATERIALIZED ({nearest}) SELECT {columns}, found.distance "
+                f"FROM found JOIN nodes n ON n.tenant_id = {tenant} AND n.id = found.node_id "
+                "ORDER BY found.distance, n.id")
+        sql = within_bytes(page, "octet_length(data)", args.add(max_bytes, "int8"))
+        async with self.conn.transaction():
+            await self.conn.execute(
+                f"SET LOCAL hnsw.ef_search = {int(ef_search)}; "
+                f"SET LOCAL hnsw.iterative_scan = {iterative}; "
+                "SET LOCAL plan_cache_mode = force_custom_plan")
+            rows = await self.conn.fetch(sql, *args.values)
+        rows, cut, used = cut_to_budget(rows, max_bytes)
+        if cut:  # one page of k: fewer than asked would look like the answer
+            raise response_too_large(max_bytes)
+        return [{key: value for key, value in r.items() if key != "_through"} for r in rows], used
+
+    async def misfits(self, tenant_id: UUID, node_type_id: UUID, path: list[str],
+                      dimensions: int, sample: int = 5) -> tuple[int, list[UUID]]:
+        """How many of the type's nodes hold, at `path`, something other than nothing (absent
+        or null) or an embedding of `dimensions` finite numbers; and the first few of them."""
+        row = await self._fetch_one(
+            "SELECT count(*) AS n, (array_agg(id ORDER BY id))[1:$4] AS ids FROM ("
+            "SELECT id, data #> $3::text[] AS v FROM nodes "
+            "WHERE tenant_id = $1 AND node_type_id = $2) AS s "
+            "WHERE v IS NOT NULL AND v <> 'null'::jsonb AND NOT "
+            + _FITS.replace("DIMS", str(int(dimensions))), tenant_id, node_type_id, path, sample)
+        return row["n"], list(row["ids"] or [])
+
+    async def rebuild(self, tenant_id: UUID, node_type_id: UUID,
+                      path: list[str] | None) -> int:
+        """In a transaction: drop the type's embeddings and (path given) store them again from
+        its nodes' data (checked with misfits first). The count stored."""
+        await self.conn.execute(
+            "DELETE FROM node_embeddings WHERE tenant_id = $1 AND node_type_id = $2",
+            tenant_id, node_type_id)
+        if path is None:
+            return 0
+        status = await self.conn.execute(
+            "INSERT INTO node_embeddings (tenant_id, node_id, node_type_id, embedding) "
+            "SELECT tenant_id, id, node_type_id, (data #> $3::text[])::text::vector FROM nodes "
+            "WHERE tenant_id = $1 AND node_type_id = $2 "
+            "AND jsonb_typeof(data #> $3::text[]) = 'array'", tenant_id, node_type_id, path)
+        return int(status.split()[-1])
+
+    async def count(self, tenant_id: UUID, node_type_id: UUID) -> int:
+        return await self.conn.fetchval(
+            "SELECT count(*) FROM node_embeddings WHERE tenant_id = $1 AND node_type_id = $2",
+            tenant_id, node_type_id)
+
