@@ -4,10 +4,11 @@ SQL in the same run, in one table.
 
     .venv/bin/python scripts/bench.py [--concurrency 32] [--seconds 5] [--nodes 100000]
         [--relationships 100000] [--workers N] [--soak-seconds 300] [--json FILE]
-        [--only get_node,create_node,...]
+        [--only get_node,create_node,...] [--vectors 100000] [--embedded]
 
 It creates a fresh database (on FLEXDB_BENCH_DATABASE_URL, default the local server at
-127.0.0.1:5432, or an embedded PostgreSQL when that is unreachable), starts `flexdb serve`,
+127.0.0.1:5432, or an embedded PostgreSQL when that is unreachable or with --embedded: the
+k-NN rows, `--only knn`, need its pgvector; scripts/bench_vectors.py), starts `flexdb serve`,
 the sandbox worker and the REST facade on it, preloads one tenant with --nodes nodes and
 --relationships relationships through the public API (create_nodes / create_relationships
 in batches of 1,000), then runs each scenario for --seconds at --concurrency, first through
@@ -55,6 +56,7 @@ from rpc_server.storage.repositories.nodes import NodeRepository  # noqa: E402
 from scripts.bench_core import token_at_depth  # noqa: E402
 from scripts.bench_query import GROUPS, group_statements  # noqa: E402
 from scripts.bench_schema import schema_check_rows  # noqa: E402
+from scripts.bench_vectors import knn_rows  # noqa: E402
 from scripts.lean_http import LeanHttp  # noqa: E402
 from tests.conftest import (  # noqa: E402
     TEST_SANDBOX_SECRET,
@@ -146,10 +148,12 @@ def encode(method: str, params: dict, id: int = 1) -> bytes:
 # ---------------------------------------------------------------- services
 
 @contextmanager
-def database():
+def database(embedded: bool = False):
     url = os.environ.get("FLEXDB_BENCH_DATABASE_URL",
                          "postgresql://postgres@127.0.0.1:5432/postgres")
     try:
+        if embedded:
+            raise OSError("--embedded")
         asyncio.run(_ping(url))
     except (OSError, asyncpg.PostgresError):
         from tests.services import own_postgres
@@ -180,7 +184,7 @@ def services(db_url: str, workers: int):
             # one tenant stands for many here: lift the per-tenant limits on heavy calls
             # and on the pool (scripts/noisy_neighbour.py measures them)
             "FLEXDB_QUERY_TENANT_CONCURRENCY": "64", "FLEXDB_TENANT_POOL_MAX": str(POOL),
-            "FLEXDB_PIPELINE_TENANT_RUNNING": "64"},
+            "FLEXDB_PIPELINE_TENANT_RUNNING": "64", "FLEXDB_VECTOR_INDEX_INTERVAL_S": "2"},
             port=server_port))
         facade = stack.enter_context(running_facade(server.url, FLEXDB_LOG_LEVEL="WARNING"))
         yield server, facade
@@ -339,6 +343,10 @@ async def measure(bench: Bench, watch: MemoryWatch) -> None:
     # nodes to it: exactly --nodes nodes)
     if bench.wanted("schema_check"):
         await schema_check_rows(bench, watch, tid, type_id)
+
+    # --- k-NN over --vectors embeddings of 384 dimensions (a tenant of their own)
+    if bench.wanted("knn") and args.vectors:
+        await knn_rows(bench, args.vectors)
 
     # --- get_node
     get_bodies = [encode("get_node", {"tenant_id": tid, "id": i}) for i in ids[:20_000]]
@@ -625,13 +633,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--soak-seconds", type=float, default=300)
     parser.add_argument("--json", default="")
+    parser.add_argument("--vectors", type=int, default=100_000)
+    parser.add_argument("--embedded", action="store_true",
+                        help="use an embedded PostgreSQL (it has pgvector) whatever "
+                             "FLEXDB_BENCH_DATABASE_URL says")
     parser.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
                         default=[])
     args = parser.parse_args()
     out = Path(args.json or ROOT / ".flexdb" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with database() as db_url, services(db_url, args.workers) as (server, facade):
+    with database(args.embedded) as db_url, services(db_url, args.workers) as (server,
+                                                                                facade):
         args.db_url = db_url
         uvloop.install()  # the server's loop, so raw asyncpg runs at its best too
         rows, notes, watch = asyncio.run(run(args, server, facade))

@@ -11,12 +11,14 @@ import asyncio
 import math
 import random
 import time
+import uuid
 
 import asyncpg
 import httpx
 import pytest
 
 from rpc_server.client import Conflict, FlexDBClient, InvalidParams
+from rpc_server.storage.vectors import distance_sql
 
 from .conftest import make_node_type, make_tenant, running_server, unique
 
@@ -222,15 +224,14 @@ async def test_the_index_is_used(indexed, database_url):
     """The statement's shape lets the planner take the partial HNSW index."""
     conn = await asyncpg.connect(database_url)
     try:
-        vector = "[" + ",".join("0.1" for _ in range(DIMS)) + "]"
+        vector = "'[" + ",".join("0.1" for _ in range(DIMS)) + "]'"
         async with conn.transaction():
             await conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
             plan = "\n".join(r[0] for r in await conn.fetch(
                 f"EXPLAIN SELECT e.node_id FROM node_embeddings e WHERE e.tenant_id = $1 AND "
-                f"e.node_type_id = $2 AND vector_dims(e.embedding) = {DIMS} ORDER BY "
-                f"e.embedding::vector({DIMS}) <=> '{vector}'::vector({DIMS}) LIMIT 10",
-                __import__("uuid").UUID(indexed["tenant"]),
-                __import__("uuid").UUID(indexed["type"])))
+                f"e.node_type_id = $2 ORDER BY "
+                f"{distance_sql('e.embedding', DIMS, 'cosine', vector)} LIMIT 10",
+                uuid.UUID(indexed["tenant"]), uuid.UUID(indexed["type"])))
     finally:
         await conn.close()
     assert indexed["indexes"][0] in plan, plan

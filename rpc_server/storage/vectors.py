@@ -26,12 +26,16 @@ embedding gets, once it has FLEXDB_VECTOR_INDEX_MIN_NODES nodes, one HNSW index 
 it declares, a partial expression index built CONCURRENTLY (writes go on meanwhile):
 
     CREATE INDEX CONCURRENTLY node_embeddings_hnsw_<hash>_<D>_<metric> ON node_embeddings
-        USING hnsw ((embedding::vector(D)) vector_cosine_ops)
-        WHERE tenant_id = '<tenant>' AND node_type_id = '<type>' AND vector_dims(embedding) = D
+        USING hnsw ((CASE WHEN vector_dims(embedding) = D THEN embedding::vector(D) END)
+                    vector_cosine_ops)
+        WHERE tenant_id = '<tenant>' AND node_type_id = '<type>'
 
-The dimension in the predicate keeps an old index out of the way of rows of a new
-declaration (it is dropped by the next sweep, as are indexes of deleted types). Below the
-threshold a search is exact (the btree on (tenant_id, node_type_id) finds the type's rows).
+The CASE keeps an index of an older declaration out of the way of rows of a new one (of
+other dimensions: NULL, which HNSW does not index) until the next sweep drops it, as it
+drops the indexes of deleted types; and, unlike a predicate on the dimensions, it leaves
+the planner's row estimates alone (extended statistics tell it that node_type_id implies
+tenant_id). Searches order by the same expression (distance_sql). Below the threshold a
+search is exact (the btree on (tenant_id, node_type_id) finds the type's rows).
 """
 from __future__ import annotations
 
@@ -97,6 +101,8 @@ SETUP = [
     "CREATE INDEX IF NOT EXISTS node_embeddings_type ON node_embeddings "
     "(tenant_id, node_type_id)",
     "REVOKE ALL ON node_embeddings FROM PUBLIC",
+    "CREATE STATISTICS IF NOT EXISTS node_embeddings_keys (dependencies, ndistinct) "
+    "ON tenant_id, node_type_id FROM node_embeddings",
     SYNC_FUNCTION,
 ]
 TRIGGERS = {
@@ -192,15 +198,28 @@ def index_name(tenant_id: UUID | str, node_type_id: UUID | str, dimensions: int,
     return f"{INDEX_PREFIX}{digest}_{dimensions}_{METRICS[metric][2]}"
 
 
+def embedding_sql(column: str, dimensions: int) -> str:
+    """The indexed expression: the embedding as vector(D), NULL when of other dimensions."""
+    d = int(dimensions)
+    return f"(CASE WHEN vector_dims({column}) = {d} THEN {column}::vector({d}) END)"
+
+
+def distance_sql(column: str, dimensions: int, metric: str, query: str) -> str:
+    """The distance a search orders by (the form the index answers); `query` a placeholder
+    or literal of a real[] (or vector)."""
+    d = int(dimensions)
+    return f"{embedding_sql(column, d)} {METRICS[metric][0]} {query}::vector({d})"
+
+
 def index_sql(tenant_id: UUID, node_type_id: UUID, dimensions: int, metric: str) -> str:
     """The partial HNSW index of one tenant's node type and metric (UUIDs and an int: the
     literals are safe; DDL takes no parameters)."""
     ops = METRICS[metric][1]
     return (f"CREATE INDEX CONCURRENTLY IF NOT EXISTS "
             f"{index_name(tenant_id, node_type_id, dimensions, metric)} ON node_embeddings "
-            f"USING hnsw ((embedding::vector({int(dimensions)})) {ops}) "
+            f"USING hnsw ({embedding_sql('embedding', dimensions)} {ops}) "
             f"WHERE tenant_id = '{UUID(str(tenant_id))}'::uuid AND node_type_id = "
-            f"'{UUID(str(node_type_id))}'::uuid AND vector_dims(embedding) = {int(dimensions)}")
+            f"'{UUID(str(node_type_id))}'::uuid")
 
 
 @dataclass

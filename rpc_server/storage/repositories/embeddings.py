@@ -9,7 +9,7 @@ from rpc_server.storage.pagination import cut_to_budget, within_bytes
 from rpc_server.storage.repositories.base import Repository
 from rpc_server.storage.repositories.nodes import NodeRepository
 from rpc_server.storage.response_budget import response_too_large
-from rpc_server.storage.vectors import FLOAT4_MAX, METRICS
+from rpc_server.storage.vectors import FLOAT4_MAX, distance_sql
 
 # A JSON value `v` that is an embedding of $dims finite numbers within float4's range.
 _FITS = ("(jsonb_typeof(v) = 'array' AND jsonb_array_length(v) = DIMS AND NOT EXISTS ("
@@ -33,23 +33,25 @@ class EmbeddingRepository(Repository):
         hnsw.max_scan_tuples were read). The relaxed order of its results is put right by
         the outer ORDER BY. Custom plans only: the partial index's predicate (tenant and
         type) must be proven from the parameters' values."""
-        operator = METRICS[metric][0]
-        d = int(dimensions)
         query = args.add(vector, "float4[]")
         tenant = args.add(tenant_id, "uuid")
         node_type = args.add(node_type_id, "uuid")
         limit = args.add(k, "int4")
+        # Without a filter every embedding's node matches (the foreign key): no join.
+        matching = "" if condition == "TRUE" else (
+            "AND EXISTS (SELECT 1 FROM nodes WHERE nodes.tenant_id = e.tenant_id "
+            f"AND nodes.id = e.node_id AND ({condition})) ")
         nearest = (
-            f"SELECT e.node_id, e.embedding::vector({d}) {operator} {query}::vector({d}) "
+            f"SELECT e.node_id, {distance_sql('e.embedding', dimensions, metric, query)} "
             "AS distance FROM node_embeddings e "
-            f"WHERE e.tenant_id = {tenant} AND e.node_type_id = {node_type} "
-            f"AND vector_dims(e.embedding) = {d} AND EXISTS (SELECT 1 FROM nodes "
-            "WHERE nodes.tenant_id = e.tenant_id AND nodes.id = e.node_id "
-            f"AND ({condition})) ORDER BY distance LIMIT {limit}")
+            f"WHERE e.tenant_id = {tenant} AND e.node_type_id = {node_type} {matching}"
+            f"ORDER BY distance LIMIT {limit}")
         columns = ", ".join("n." + c.strip() for c in NodeRepository.read_columns.split(","))
+        # (a NULL distance: an embedding of other dimensions, left by an older declaration
+        # in a transaction that has not ended yet)
         page = (f"WITH found AS MATERIALIZED ({nearest}) SELECT {columns}, found.distance "
                 f"FROM found JOIN nodes n ON n.tenant_id = {tenant} AND n.id = found.node_id "
-                "ORDER BY found.distance, n.id")
+                "WHERE found.distance IS NOT NULL ORDER BY found.distance, n.id")
         sql = within_bytes(page, "octet_length(data)", args.add(max_bytes, "int8"))
         async with self.conn.transaction():
             await self.conn.execute(
