@@ -26,8 +26,8 @@ embedding gets, once it has FLEXDB_VECTOR_INDEX_MIN_NODES nodes, one HNSW index 
 it declares, a partial expression index built CONCURRENTLY (writes go on meanwhile):
 
     CREATE INDEX CONCURRENTLY node_embeddings_hnsw_<hash>_<D>_<metric> ON node_embeddings
-        USING hnsw ((CASE WHEN vector_dims(embedding) = D THEN embedding::vector(D) END)
-                    vector_cosine_ops)
+        USING hnsw ((CASE WHEN vector_dims(embedding) = D THEN embedding::vector(D)
+                     ELSE NULL::vector(D) END) vector_cosine_ops)
         WHERE tenant_id = '<tenant>' AND node_type_id = '<type>'
 
 The CASE keeps an index of an older declaration out of the way of rows of a new one (of
@@ -201,7 +201,9 @@ def index_name(tenant_id: UUID | str, node_type_id: UUID | str, dimensions: int,
 def embedding_sql(column: str, dimensions: int) -> str:
     """The indexed expression: the embedding as vector(D), NULL when of other dimensions."""
     d = int(dimensions)
-    return f"(CASE WHEN vector_dims({column}) = {d} THEN {column}::vector({d}) END)"
+    # (the typed ELSE keeps the dimensions in the expression's type: HNSW needs them)
+    return (f"(CASE WHEN vector_dims({column}) = {d} THEN {column}::vector({d}) "
+            f"ELSE NULL::vector({d}) END)")
 
 
 def distance_sql(column: str, dimensions: int, metric: str, query: str) -> str:
