@@ -16,14 +16,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rest_facade.callers import MAX_AUTHORIZATION  # noqa: E402
-from rpc_server.api import params  # noqa: E402
+from rpc_server.api import params, vector_params  # noqa: E402
 from rpc_server.audit import denied_calls  # noqa: E402
 from rpc_server.audit import events as audit  # noqa: E402
 from rpc_server.changes import address_guard, webhooks  # noqa: E402
 from rpc_server.config import Settings, env_var, shown_default  # noqa: E402
 from rpc_server.methods import graph, node_types, pipelines, query  # noqa: E402
 from rpc_server.query import guard as query_guard  # noqa: E402
-from rpc_server.storage import node_filter, response_budget  # noqa: E402
+from rpc_server.storage import node_filter, response_budget, vectors  # noqa: E402
 from rpc_server.validation.schema_cost import MAX_PATTERN_LENGTH  # noqa: E402
 from sandbox_worker.app import MAX_OUTPUT, MAX_RESULT  # noqa: E402
 from sandbox_worker.policy import MAX_CODE_LENGTH  # noqa: E402
@@ -149,6 +149,20 @@ SECTIONS: dict[str, list[Limit]] = {
               value=f"{size(node_filter.MAX_VALUE_BYTES)} / {size(node_filter.MAX_FILTER_BYTES)}"),
         Limit("walks: `max_depth` / `limit` / relationship types", INVALID,
               value=f"{graph.MAX_DEPTH} / {n(graph.MAX_LIMIT)} / {graph.MAX_TYPES}"),
+        Limit("`near` (vector search): `k`", f"{INVALID} naming `near.k`",
+              value=f"1–{n(vector_params.MAX_K)}"),
+        Limit("embedding `dimensions` (and so `near.vector`'s length)",
+              f"{INVALID} naming `embedding.dimensions` / `near.vector`",
+              value=f"1–{n(vectors.MAX_DIMENSIONS)}"),
+        Limit("embedding values (in node data and `near.vector`)",
+              f"{INVALID} naming the field (`data.embedding`)",
+              value="finite, within ±3.4e38"),
+        Limit("candidates a `near` search keeps (`hnsw.ef_search`; at least `k`)",
+              "more: slower, better recall", "vector_ef_search"),
+        Limit("nodes a type has before its HNSW index is built (exact scans below)",
+              "built in the background", "vector_index_min_nodes"),
+        Limit("memory of one HNSW index build (`maintenance_work_mem`)",
+              "a slower build past it", "vector_index_build_memory_mb"),
     ],
     "Pipelines": [
         Limit("code", INVALID, value=f"{n(MAX_CODE_LENGTH)} characters"),

@@ -53,6 +53,10 @@ NOT_SINGLE_TENANT = {
     "WITH ORDINALITY AS k (t, i, n) LEFT JOIN nodes ON tenant_id = k.t":
         "the read-ahead of a JSON-RPC batch's get_node calls: one statement for all of "
         "them, and a batch may name nodes of several tenants",
+    "FROM node_types t CROSS JOIN LATERAL jsonb_array_elements_text(t.embedding->'metrics')":
+        "the vector indexer's sweep: lists every declared embedding with its type's node "
+        "count, to build the HNSW indexes types have grown into (every "
+        "FLEXDB_VECTOR_INDEX_INTERVAL_S); each index is then one tenant's",
 }
 
 # The tenant's own SQL (execute_query) carries this comment so the check can tell it apart: it
@@ -80,7 +84,9 @@ def logged_server():
     with own_postgres() as (url, _stop, _start):
         log_file = asyncio.run(log_every_statement(url))
         # (retention every half second: its statements are logged too)
-        with server_with_sandbox(url, FLEXDB_FEED_TRIM_INTERVAL_S="0.5") as srv:
+        with server_with_sandbox(url, FLEXDB_FEED_TRIM_INTERVAL_S="0.5",
+                                 FLEXDB_VECTOR_INDEX_MIN_NODES="1",
+                                 FLEXDB_VECTOR_INDEX_INTERVAL_S="0.5") as srv:
             yield srv, url, log_file
 
 
@@ -169,6 +175,19 @@ async def call_every_method(rpc: RecordingClient) -> None:
     await rpc.call("query_nodes", {"tenant_id": t, "node_type_id": nt["id"],
                                    "filter": {"field": "data.name", "op": "eq", "value": "b"},
                                    **page})
+    # vector search (the test's PostgreSQL is the embedded one, with pgvector)
+    docs = (await rpc.call("create_node_type", {"tenant_id": t, "name": "Doc", "embedding": {
+        "field": "data.embedding", "dimensions": 2}}))["node_type"]
+    await rpc.call("create_node", {"tenant_id": t, "node_type_id": docs["id"],
+                                   "data": {"embedding": [1, 0], "lang": "en"}})
+    await asyncio.sleep(1)  # the indexer builds the type's HNSW index (min nodes: 1)
+    await rpc.call("query_nodes", {"tenant_id": t, "node_type_id": docs["id"], "near": {
+        "field": "data.embedding", "vector": [1, 0.5], "k": 3}, "filter": {
+        "field": "data.lang", "op": "eq", "value": "en"}})
+    await rpc.call("query_nodes", {"tenant_id": t, "node_type_id": docs["id"], "near": {
+        "field": "data.embedding", "vector": [1, 0.5], "k": 3}})
+    await rpc.call("update_node_type", {"tenant_id": t, "id": docs["id"], "embedding": {
+        "field": "data.other", "dimensions": 3}})  # re-stores the embeddings
     await rpc.call("execute_query", {"tenant_id": t, "sql": "SELECT n.id FROM nodes n JOIN "
                                      f"relationships r ON r.source_node_id = n.id "
                                      f"{TENANT_SQL_MARK}"})

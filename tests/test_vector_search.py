@@ -8,8 +8,12 @@ test_without_pgvector, which checks the clear errors and GET /ready there."""
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import os
 import random
+import shutil
+import subprocess
 import time
 import uuid
 
@@ -468,3 +472,18 @@ async def test_without_pgvector(vserver):
         found = (await rpc.call("query_nodes", {"tenant_id": tenant["id"], "filter": {
             "field": "data.x", "op": "eq", "value": 1}}))["nodes"]
         assert [n["id"] for n in found] == [node["id"]] and "distance" not in found[0]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_readme_vector_examples_work(pgvector):
+    from .test_readme import readme_examples
+    script = "set -euo pipefail\n" + readme_examples("vector-examples")
+    env = {**os.environ, "FLEXDB_URL": pgvector.url, "FLEXDB_KEY": pgvector.admin_key}
+    result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    found, refused = [line for line in result.stdout.splitlines() if line.strip()]
+    nodes = json.loads(found)["result"]["nodes"]
+    assert [n["data"]["title"] for n in nodes] == ["cats", "cars"]
+    assert nodes[0]["distance"] < nodes[1]["distance"]
+    assert '"code":-32602' in refused and '"field":"near.vector"' in refused

@@ -87,9 +87,9 @@ class EmbeddingRepository(Repository):
             return 0
         status = await self.conn.execute(
             "INSERT INTO node_embeddings (tenant_id, node_id, node_type_id, embedding) "
-            "SELECT tenant_id, id, node_type_id, (data #> $3::text[])::text::vector FROM nodes "
-            "WHERE tenant_id = $1 AND node_type_id = $2 "
-            "AND jsonb_typeof(data #> $3::text[]) = 'array'", tenant_id, node_type_id, path)
+            "SELECT $1::uuid, n.id, n.node_type_id, (n.data #> $3::text[])::text::vector "
+            "FROM nodes n WHERE n.tenant_id = $1 AND n.node_type_id = $2 "
+            "AND jsonb_typeof(n.data #> $3::text[]) = 'array'", tenant_id, node_type_id, path)
         return int(status.split()[-1])
 
     async def count(self, tenant_id: UUID, node_type_id: UUID) -> int:
