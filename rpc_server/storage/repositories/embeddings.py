@@ -37,28 +37,46 @@ class EmbeddingRepository(Repository):
         tenant = args.add(tenant_id, "uuid")
         node_type = args.add(node_type_id, "uuid")
         limit = args.add(k, "int4")
-        # Without a filter every embedding's node matches (the foreign key): no join.
-        matching = "" if condition == "TRUE" else (
-            "AND EXISTS (SELECT 1 FROM nodes WHERE nodes.tenant_id = e.tenant_id "
-            f"AND nodes.id = e.node_id AND ({condition})) ")
-        nearest = (
-            f"SELECT e.node_id, {distance_sql('e.embedding', dimensions, metric, query)} "
-            "AS distance FROM node_embeddings e "
-            f"WHERE e.tenant_id = {tenant} AND e.node_type_id = {node_type} {matching}"
-            f"ORDER BY distance LIMIT {limit}")
-        columns = ", ".join("n." + c.strip() for c in NodeRepository.read_columns.split(","))
-        # (a NULL distance: an embedding of other dimensions, left by an older declaration
-        # in a transaction that has not ended yet)
-        page = (f"WITH found AS MATERIALIZED ({nearest}) SELECT {columns}, found.distance "
-                f"FROM found JOIN nodes n ON n.tenant_id = {tenant} AND n.id = found.node_id "
-                "WHERE found.distance IS NOT NULL ORDER BY found.distance, n.id")
-        sql = within_bytes(page, "octet_length(data)", args.add(max_bytes, "int8"))
+        budget = args.add(max_bytes, "int8")
+
+        def statement(matching: str) -> str:
+            nearest = (
+                f"SELECT e.node_id, {distance_sql('e.embedding', dimensions, metric, query)} "
+                "AS distance FROM node_embeddings e "
+                f"WHERE e.tenant_id = {tenant} AND e.node_type_id = {node_type} {matching}"
+                f"ORDER BY distance LIMIT {limit}")
+            columns = ", ".join("n." + c.strip()
+                                for c in NodeRepository.read_columns.split(","))
+            # (a NULL distance: an embedding of other dimensions, left by an older
+            # declaration in a transaction that has not ended yet)
+            page = (f"WITH found AS MATERIALIZED ({nearest}) SELECT {columns}, "
+                    f"found.distance FROM found JOIN nodes n ON n.tenant_id = {tenant} "
+                    "AND n.id = found.node_id WHERE found.distance IS NOT NULL "
+                    "ORDER BY found.distance, n.id")
+            return within_bytes(page, "octet_length(data)", budget)
+
+        def matches(fence: str) -> str:  # (the condition may hold braces: no format())
+            return ("AND EXISTS (SELECT 1 FROM nodes WHERE nodes.tenant_id = e.tenant_id "
+                    "AND nodes.id = e.node_id AND (" + condition + ")" + fence + ") ")
         async with self.conn.transaction():
             await self.conn.execute(
                 f"SET LOCAL hnsw.ef_search = {int(ef_search)}; "
                 f"SET LOCAL hnsw.iterative_scan = {iterative}; "
                 "SET LOCAL plan_cache_mode = force_custom_plan")
-            rows = await self.conn.fetch(sql, *args.values)
+            if condition == "TRUE":  # every embedding's node matches (the foreign key)
+                rows = await self.conn.fetch(statement(""), *args.values)
+            else:
+                # First the filter checked on each candidate as the index yields it (the
+                # OFFSET keeps the planner from turning it into a join: its estimates of
+                # JSON filters are guesses, and a join over every matching node costs
+                # what an exact search does). When that finds fewer than k (a selective
+                # filter: the iterative scan gave up after hnsw.max_scan_tuples), the
+                # planner's own plan, which then answers from the filter's index, exactly.
+                rows = await self.conn.fetch(statement(matches(" OFFSET 0")),
+                                             *args.values)
+                if len(rows) < k:
+                    rows = await self.conn.fetch(statement(matches("")),
+                                                 *args.values)
         rows, cut, used = cut_to_budget(rows, max_bytes)
         if cut:  # one page of k: fewer than asked would look like the answer
             raise response_too_large(max_bytes)
