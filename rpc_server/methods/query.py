@@ -29,7 +29,11 @@ from rpc_server.security.auth import tenant_role
 from rpc_server.storage.constraint_errors import UNAVAILABLE_ERRORS
 from rpc_server.storage.node_filter import SqlArgs, compile_filter, parse_sort
 from rpc_server.storage.pagination import Page
-from rpc_server.storage.repositories import EmbeddingRepository, NodeRepository
+from rpc_server.storage.repositories import (
+    EmbeddingRepository,
+    NodeRepository,
+    NodeTypeRepository,
+)
 from rpc_server.storage.repositories.tenant_sql import (
     RESULT_LIMIT_MESSAGE,
     WRAP_PREFIX,
@@ -202,8 +206,10 @@ async def query_nodes_near(ctx: Call, p: QueryNodes, near: Near) -> dict:
     condition = compile_filter(p.filter, args)
     async with ctx.heavy(p.timeout_ms, "The k-NN query (narrow the filter or lower k)") as conn:
         await require_tenant(ctx, conn, p.tenant_id)
-        node_type = await ctx.state.node_types.get(conn, p.tenant_id, p.node_type_id)
-        embedding = node_type.get("embedding")
+        # The declaration as it is now (not a cached one: its field and dimensions shape
+        # the statement); one primary-key read next to the search.
+        embedding = (await NodeTypeRepository(conn).get(p.tenant_id, p.node_type_id))[
+            "embedding"]
         if not embedding or embedding["field"] != near.field:
             declared = f"its embedding is {embedding['field']}" if embedding else \
                 "it declares no embedding (update_node_type: embedding)"
