@@ -46,6 +46,20 @@ class NodeTypeRepository(Repository):
             "ORDER BY id FOR SHARE", tenant_id, ids)
         return {r["id"]: r["version"] for r in rows}
 
+    async def share_lock(self, tenant_id: UUID, node_type_id: UUID) -> asyncpg.Record | None:
+        """In a transaction: the node type, share-locked until it ends (a schema change
+        waits for it: see update); None when it is gone."""
+        return await self.conn.fetchrow(
+            f"SELECT {self.columns} FROM node_types WHERE tenant_id = $1 AND id = $2 FOR SHARE",
+            tenant_id, node_type_id)
+
+    async def schema_versions(self, tenant_id: UUID, ids: list[UUID]) -> dict[UUID, int]:
+        """The current schema version of each of these node types that exists."""
+        rows = await self.conn.fetch(
+            "SELECT id, schema_version FROM node_types WHERE tenant_id = $1 "
+            "AND id = ANY($2::uuid[])", tenant_id, ids)
+        return {r["id"]: r["schema_version"] for r in rows}
+
     async def update(self, tenant_id: UUID, node_type_id: UUID, changes: dict,
                      expected_version: int | None) -> asyncpg.Record:
         """Call in a transaction. The row is locked FOR UPDATE first, which waits for

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -87,6 +89,69 @@ class NodeRepository(Repository):
 
     async def get(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record:
         return await self._require(tenant_id, node_id)
+
+    # ------------------------------------------------------------ migration jobs
+
+    @staticmethod
+    def _migration_where(after: tuple | None, below_version: int | None) -> str:
+        where = ("tenant_id = $1 AND node_type_id = $2 AND created_at <= $3"
+                 " AND ($4::int IS NULL OR schema_version < $4::int)")
+        if after is not None:
+            where += " AND (created_at, id) > ($5, $6)"
+        return where
+
+    async def migration_count(self, tenant_id: UUID, node_type_id: UUID, until: datetime,
+                              below_version: int | None) -> int:
+        """How many nodes of the type a migration job will go through: created by `until`
+        (the job's start), and recording a schema version below `below_version` if given."""
+        return await self.conn.fetchval(
+            f"SELECT count(*) FROM nodes WHERE {self._migration_where(None, below_version)}",
+            tenant_id, node_type_id, until, below_version)
+
+    async def migration_batch(self, tenant_id: UUID, node_type_id: UUID, until: datetime,
+                              below_version: int | None, after: tuple[datetime, UUID] | None,
+                              limit: int) -> list[asyncpg.Record]:
+        """A migration job's next nodes after the keyset `after` ((created_at, id) of the
+        last one done), in that order (nodes_type_keyset_idx): id, created_at, version,
+        data, and the data's size as stored (bytes)."""
+        args: list = [tenant_id, node_type_id, until, below_version]
+        if after is not None:
+            args += list(after)
+        args.append(limit)
+        return await self.conn.fetch(
+            "SELECT id, created_at, version, data, pg_column_size(data) AS bytes FROM nodes "
+            f"WHERE {self._migration_where(after, below_version)} "
+            f"ORDER BY created_at, id LIMIT ${len(args)}", *args)
+
+    async def apply_migration(self, tenant_id: UUID, node_type_id: UUID, to_version: int,
+                              changes: list[tuple[UUID, int, Any]],
+                              stamps: list[tuple[UUID, int]]) -> tuple[set[UUID], set[UUID]]:
+        """A migration batch's writes, for nodes still at the version the batch read
+        (id, version) and not validated against a schema newer than `to_version`: new data
+        (version + 1) for `changes` (id, version, data), only schema_version = to_version
+        for `stamps` (id, version). The caller holds the node type share-locked at
+        to_version. The ids (changed, stamped) written; the others changed or went meanwhile."""
+        changed: set[UUID] = set()
+        stamped: set[UUID] = set()
+        if changes:
+            rows = await self.conn.fetch(
+                "UPDATE nodes n SET data = i.data, version = n.version + 1, updated_at = now(), "
+                "schema_version = $3 FROM unnest($4::uuid[], $5::int[], $6::jsonb[]) "
+                "AS i (id, version, data) WHERE n.tenant_id = $1 AND n.node_type_id = $2 "
+                "AND n.id = i.id AND n.version = i.version AND n.schema_version <= $3 "
+                "RETURNING n.id", tenant_id, node_type_id, to_version,
+                [c[0] for c in changes], [c[1] for c in changes], [c[2] for c in changes])
+            changed = {r["id"] for r in rows}
+        if stamps:
+            rows = await self.conn.fetch(
+                "UPDATE nodes n SET schema_version = $3 "
+                "FROM unnest($4::uuid[], $5::int[]) AS i (id, version) "
+                "WHERE n.tenant_id = $1 AND n.node_type_id = $2 AND n.id = i.id "
+                "AND n.version = i.version AND n.schema_version <= $3 RETURNING n.id",
+                tenant_id, node_type_id, to_version, [s[0] for s in stamps],
+                [s[1] for s in stamps])
+            stamped = {r["id"] for r in rows}
+        return changed, stamped
 
     async def get_pairs(self, tenant_ids: list, node_ids: list
                         ) -> list[asyncpg.Record | None]:
