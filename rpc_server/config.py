@@ -152,6 +152,9 @@ class Settings(BaseModel):
     max_schema_values_bytes: int = setting(
         65_536, "most bytes of `enum` and `const` values in a node type schema, as JSON "
         "(-32602 beyond)", read_by=(SERVE,), ge=0, le=16 * 1_048_576)
+    schema_versions_kept: int = setting(
+        100, "schema versions kept per node type (list_node_type_versions); a schema change "
+        "past it drops the oldest", read_by=(SERVE,), ge=1, le=10_000)
     validation_cpu_ms: float = setting(
         500, "CPU one call may use to validate its documents against their schemas (and to "
         "check a schema when it is saved); past it the call is stopped: -32006 `too_costly`",

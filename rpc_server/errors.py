@@ -110,6 +110,18 @@ class Conflict(RpcError):
     default_message = "Conflict"
 
 
+class NodesInvalid(Conflict):
+    """A schema change refused (mode validate) because existing nodes fail the new schema."""
+    type = "nodes_invalid"
+
+    def __init__(self, report: dict):
+        super().__init__(
+            f"{report['nodes_failing']} of the node type's {report['nodes_checked']} nodes fail "
+            "the new schema: the change is refused (see data.report). Fix or migrate them "
+            "first, or pass mode \"allow_invalid\" to accept it anyway",
+            report=report)
+
+
 class VersionConflict(Conflict):
     type = "version_conflict"
 

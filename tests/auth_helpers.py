@@ -96,6 +96,10 @@ class World:
             return {"tenant_id": t, "name": unique("T")}
         if method == "update_node_type":
             return {"tenant_id": t, "id": self.nt["id"], "description": "d"}
+        if method == "check_node_type_schema":
+            return {"tenant_id": t, "id": self.nt["id"], "schema": {"type": "object"}}
+        if method == "list_node_type_versions":
+            return {"tenant_id": t, "id": self.nt["id"]}
         if method in ("get_node", "update_node", "delete_node"):
             node = await self.node()
             data = {"data": {"x": 1}} if method == "update_node" else {}

@@ -37,6 +37,7 @@ ROUTES = {
     ("DELETE", T + "/users/{user_id}"),
     ("POST", NT), ("GET", NT), ("GET", NT + "/{node_type_id}"), ("PUT", NT + "/{node_type_id}"),
     ("PATCH", NT + "/{node_type_id}"), ("DELETE", NT + "/{node_type_id}"),
+    ("GET", NT + "/{node_type_id}/versions"), ("POST", NT + "/{node_type_id}/schema-check"),
     ("POST", N), ("POST", N + "/bulk"), ("GET", N), ("GET", N + "/{node_id}"),
     ("PUT", N + "/{node_id}"), ("PATCH", N + "/{node_id}"), ("DELETE", N + "/{node_id}"),
     ("POST", R), ("POST", R + "/bulk"), ("GET", R), ("GET", R + "/{relationship_id}"),

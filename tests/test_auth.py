@@ -43,6 +43,7 @@ EXPECTED = {
     "remove_user_from_tenant": "admin", "update_tenant_user_role": "admin",
     "get_node_type": "viewer", "list_node_types": "viewer", "create_node_type": "admin",
     "update_node_type": "admin", "delete_node_type": "admin",
+    "check_node_type_schema": "admin", "list_node_type_versions": "viewer",
     "get_node": "viewer", "list_nodes": "viewer", "create_node": "member",
     "update_node": "member", "delete_node": "member", "create_nodes": "member",
     "get_relationship": "viewer", "list_relationships": "viewer",

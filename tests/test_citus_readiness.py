@@ -149,6 +149,14 @@ async def call_every_method(rpc: RecordingClient) -> None:
     b, c = (await rpc.call("create_nodes", {"tenant_id": t, "nodes": [
         {"node_type_id": nt["id"], "data": {"name": "b"}},
         {"node_type_id": nt["id"], "data": {"name": "c"}}]}))["nodes"]
+    tighter = {**schema, "required": ["name"]}
+    await rpc.call("check_node_type_schema", {"tenant_id": t, "id": nt["id"], "schema": tighter})
+    await rpc.call("update_node_type", {"tenant_id": t, "id": nt["id"], "schema": tighter,
+                                        "mode": "allow_invalid"})
+    await rpc.call("list_node_type_versions", {"tenant_id": t, "id": nt["id"], **page})
+    await rpc.call("get_node_type", {"tenant_id": t, "id": nt["id"], "version": 1})
+    await rpc.call("query_nodes", {"tenant_id": t, "filter": {
+        "field": "schema_version", "op": "lt", "value": "current"}})
     await rpc.call("get_node", {"tenant_id": t, "id": a["id"]})
     await rpc.call("update_node", {"tenant_id": t, "id": a["id"], "data": {"name": "a2"}})
     await rpc.call("list_nodes", {"tenant_id": t, "node_type_id": nt["id"], **page})

@@ -181,7 +181,25 @@ async def test_node_types(rest, rpc):
     patched = ok(await call(rest, "PATCH", NT + "/{node_type_id}", tenant_id=t,
                             node_type_id=nt, json={"schema": None}))
     assert patched["node_type"]["schema"] is None
-    assert patched == await rpc.call("get_node_type", {"tenant_id": t, "id": nt})
+    assert patched["report"]["nodes_failing"] == 0  # the schema changed: checked first
+    assert {"node_type": patched["node_type"]} == \
+        await rpc.call("get_node_type", {"tenant_id": t, "id": nt})
+    # schema versions: the dry run, the list, one version
+    check = ok(await call(rest, "POST", NT + "/{node_type_id}/schema-check", tenant_id=t,
+                          node_type_id=nt, json={"schema": {"type": "object",
+                                                            "required": ["x"]}}))
+    direct = await rpc.call("check_node_type_schema", {
+        "tenant_id": t, "id": nt, "schema": {"type": "object", "required": ["x"]}})
+    for report in (check["report"], direct["report"]):
+        del report["elapsed_ms"]
+    assert check == direct
+    versions = ok(await call(rest, "GET", NT + "/{node_type_id}/versions", tenant_id=t,
+                             node_type_id=nt))
+    assert [v["version"] for v in versions["versions"]] == \
+        list(range(1, patched["node_type"]["schema_version"] + 1))
+    first = ok(await call(rest, "GET", NT + "/{node_type_id}", tenant_id=t, node_type_id=nt,
+                          params={"version": 1}))
+    assert first["node_type"]["schema_version"] == 1
 
     no_content(await call(rest, "DELETE", NT + "/{node_type_id}", tenant_id=t,
                           node_type_id=nt))

@@ -160,8 +160,10 @@ async def test_schema_change_applies_to_later_creates_and_updates(rpc, tenant, n
     new_schema = {"type": "object", "properties": {"email": {"type": "string"}},
                   "required": ["email"], "additionalProperties": False}
     updated = (await rpc.call("update_node_type", {"tenant_id": tid, "id": node_type["id"],
-                                                   "schema": new_schema}))["node_type"]
+                                                   "schema": new_schema,
+                                                   "mode": "allow_invalid"}))["node_type"]
     assert updated["schema"] == new_schema and updated["version"] == 2
+    assert updated["schema_version"] == 2
 
     # Data valid under the old schema is now rejected, on create and on update.
     with pytest.raises(InvalidParams) as exc:
@@ -170,8 +172,10 @@ async def test_schema_change_applies_to_later_creates_and_updates(rpc, tenant, n
     with pytest.raises(InvalidParams):
         await rpc.call("update_node", {"tenant_id": tid, "id": old_style["id"],
                                        "data": {"name": "Ada", "age": 37}})
-    # The existing node is not re-validated or changed by the schema change.
+    # The existing node, invalid now, is not changed by the schema change: it still
+    # records the schema version it was validated against.
     assert await get_node(rpc, tid, old_style["id"]) == old_style
+    assert old_style["schema_version"] == 1
 
     # Data valid under the new schema only is accepted.
     created = await make_node(rpc, tid, node_type["id"], {"email": "g@example.com"})

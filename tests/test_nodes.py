@@ -390,7 +390,7 @@ async def test_create_nodes_never_commits_against_a_schema_tightened_meanwhile(
                                                                  "nodes": nodes}))
             await asyncio.sleep(0.02 * round_)  # the change lands at a different point each time
             await rpc.call("update_node_type", {"tenant_id": tid, "id": node_type["id"],
-                                                "schema": TIGHT})
+                                                "schema": TIGHT, "mode": "allow_invalid"})
             try:
                 await bulk
                 outcomes.append(("created", round(time.perf_counter() - started, 3)))
@@ -435,9 +435,10 @@ async def test_create_nodes_held_at_its_insert_while_the_schema_is_tightened(
         else:
             pytest.fail("create_nodes never reached its INSERT")
         tighten = asyncio.create_task(rpc.call("update_node_type", {
-            "tenant_id": tid, "id": node_type["id"], "schema": TIGHT}))
+            "tenant_id": tid, "id": node_type["id"], "schema": TIGHT, "mode": "allow_invalid"}))
         for _ in range(500):  # the change commits (the defect) or waits for the bulk
-            if tighten.done() or await waiting_on_a_lock(conn, "UPDATE node_types"):
+            if tighten.done() or await waiting_on_a_lock(conn, "SELECT %FROM node_types%"
+                                                                 "FOR UPDATE"):
                 break
             await asyncio.sleep(0.02)
         await holding.rollback()
@@ -463,7 +464,7 @@ async def test_create_node_never_commits_against_a_schema_tightened_meanwhile(
             creates = [rpc.call("create_node", {"tenant_id": tid, "node_type_id": node_type["id"],
                                                 "data": {"n": i}}) for i in range(40)]
             tighten = rpc.call("update_node_type", {"tenant_id": tid, "id": node_type["id"],
-                                                    "schema": TIGHT})
+                                                    "schema": TIGHT, "mode": "allow_invalid"})
             results = await asyncio.gather(*creates[:20], tighten, *creates[20:],
                                            return_exceptions=True)
             assert all(isinstance(r, (dict, InvalidParams)) for r in results), results

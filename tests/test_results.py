@@ -187,6 +187,8 @@ async def test_every_method_result_matches_its_model(server, rpc, database_url):
     await call("update_node_type", {"tenant_id": t, "id": plain["id"], "description": "d"})
     await call("update_node_type", {"tenant_id": t, "id": plain["id"],
                                     "schema": {"type": "object"}})
+    await call("get_node_type", {"tenant_id": t, "id": plain["id"], "version": 1})
+    await call("list_node_type_versions", {"tenant_id": t, "id": plain["id"]})
     await call("list_node_types", {"tenant_id": t, "pagination": {"include_total": True}})
 
     # nodes: one at a time and in bulk
@@ -199,6 +201,13 @@ async def test_every_method_result_matches_its_model(server, rpc, database_url):
         {"node_type_id": person["id"], "data": {"name": n}} for n in ("b", "c", "d")]})
     b, c, d = bulk["nodes"]
     assert (await call("create_nodes", {"tenant_id": t, "nodes": []})) == {"nodes": []}
+    # schema changes: the dry run, a refusal's report (an error), a change with its report
+    strict = {**PERSON_SCHEMA, "properties": {"name": {"type": "string", "maxLength": 1}}}
+    dry = await call("check_node_type_schema", {"tenant_id": t, "id": person["id"],
+                                                "schema": strict})
+    assert dry["report"]["nodes_failing"] == 1  # a2
+    await call("update_node_type", {"tenant_id": t, "id": person["id"], "schema": strict,
+                                    "mode": "allow_invalid"})
     await call("list_nodes", {"tenant_id": t, "pagination": {"page_size": 2}})
     await call("list_nodes", {"tenant_id": t, "node_type_id": person["id"],
                               "pagination": {"include_total": True}})

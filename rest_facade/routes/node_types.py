@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated
 from uuid import UUID
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 
 from rpc_server.api.params import Params
 
@@ -16,9 +16,14 @@ router = make_router("node types")
 if TYPE_CHECKING:  # a model made at run time is no type to mypy: see models.body_of
     CreateNodeTypeBody = Params
     UpdateNodeTypeBody = Params
+    SchemaCheckBody = Params
 else:
     CreateNodeTypeBody = body_of("create_node_type", exclude=("tenant_id",))
     UpdateNodeTypeBody = body_of("update_node_type", exclude=("tenant_id", "id"))
+    SchemaCheckBody = body_of("check_node_type_schema", exclude=("tenant_id", "id"))
+SchemaVersion = Annotated[int | None, Query(ge=1, le=2**31 - 1,
+                                            description="A schema version: the node type "
+                                                        "with that version's schema.")]
 
 
 def _ids(tenant_id: UUID, node_type_id: UUID) -> dict:
@@ -44,9 +49,30 @@ async def list_node_types(request: Request, tenant_id: UUID,
 
 @router.get("/tenants/{tenant_id}/node-types/{node_type_id}",
             response_model=result_of("get_node_type"))
-async def get_node_type(request: Request, tenant_id: UUID, node_type_id: UUID):
-    params = _ids(tenant_id, node_type_id)
+async def get_node_type(request: Request, tenant_id: UUID, node_type_id: UUID,
+                        version: SchemaVersion = None):
+    params: dict = _ids(tenant_id, node_type_id)
+    if version is not None:
+        params["version"] = version
     return forward.json(await forward.call(request, "get_node_type", params))
+
+
+@router.get("/tenants/{tenant_id}/node-types/{node_type_id}/versions",
+            response_model=result_of("list_node_type_versions"))
+async def list_node_type_versions(request: Request, tenant_id: UUID, node_type_id: UUID,
+                                  pagination: Annotated[dict, Depends(paging)]):
+    """The node type's schema versions, oldest first."""
+    params = {**_ids(tenant_id, node_type_id), "pagination": pagination}
+    return forward.json(await forward.call(request, "list_node_type_versions", params))
+
+
+@router.post("/tenants/{tenant_id}/node-types/{node_type_id}/schema-check",
+             response_model=result_of("check_node_type_schema"))
+async def check_node_type_schema(request: Request, tenant_id: UUID, node_type_id: UUID,
+                                 body: SchemaCheckBody):
+    """A dry run: check every existing node of the type against a proposed schema."""
+    params = {**_ids(tenant_id, node_type_id), **wire(body)}
+    return forward.json(await forward.call(request, "check_node_type_schema", params))
 
 
 @router.put("/tenants/{tenant_id}/node-types/{node_type_id}",
@@ -55,8 +81,8 @@ async def get_node_type(request: Request, tenant_id: UUID, node_type_id: UUID):
               response_model=result_of("update_node_type"))
 async def update_node_type(request: Request, tenant_id: UUID, node_type_id: UUID,
                            body: UpdateNodeTypeBody):
-    """Change the given fields. `schema` null or "" removes the schema; existing nodes are
-    not re-validated, later creates and updates are."""
+    """Change the given fields. A new `schema` (null or "" removes it) is a new schema
+    version, checked against the existing nodes first (`mode`: validate or allow_invalid)."""
     params = {**_ids(tenant_id, node_type_id), **wire(body)}
     return forward.json(await forward.call(request, "update_node_type", params))
 

@@ -213,6 +213,61 @@ class NodeTypeList(ResultModel):
     pagination: Pagination
 
 
+class SchemaFailure(ResultModel):
+    """One error of an existing node against a schema."""
+    node_id: UUID
+    path: str = Field(description="Where in the node: `data.a.b` (array items by index).")
+    message: str
+
+
+class SchemaReport(ResultModel):
+    """What a check of a node type's existing nodes against a schema found."""
+    schema_version: int | None = Field(description="The version the schema was checked as "
+                                                   "(null in a dry run).")
+    nodes_checked: int
+    nodes_failing: int
+    failures: list[SchemaFailure] = Field(description="The first errors (up to max_failures), "
+                                                      "one entry per error.")
+    failures_truncated: bool = Field(description="More errors were found than are listed.")
+    elapsed_ms: float
+    current_schema_version: int | None = omittable("In a dry run: the node type's schema "
+                                                   "version now.")
+
+
+class SchemaCheck(ResultModel):
+    """A dry run's report: nothing was changed."""
+    report: SchemaReport
+
+
+class NodeTypeUpdated(ResultModel):
+    """The node type as updated; with a new schema, the report of its check of the existing
+    nodes."""
+    node_type: NodeType
+    report: SchemaReport | None = omittable("Present when the schema changed.")
+
+
+class NodeTypeVersion(ResultModel):
+    """One version of a node type's schema."""
+    tenant_id: UUID
+    node_type_id: UUID
+    version: int
+    schema_: OptionalJsonSchema = Field(alias="schema")
+    created_at: AwareDatetime
+    created_by_user_id: UUID | None
+    mode: Literal["create", "validate", "allow_invalid"] = Field(
+        description="How the version was made: with the node type, or by update_node_type "
+                    "in that mode.")
+    nodes_checked: int = Field(description="Existing nodes checked against it when it was "
+                                           "made.")
+    nodes_invalid: int = Field(description="Of those, the ones failing it (allow_invalid).")
+
+
+class NodeTypeVersionList(ResultModel):
+    """A page of a node type's schema versions, oldest first."""
+    versions: list[NodeTypeVersion]
+    pagination: Pagination
+
+
 class Node(ResultModel):
     """A node: a JSON document of a node type."""
     id: UUID

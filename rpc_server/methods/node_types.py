@@ -1,8 +1,11 @@
 """Node type methods. A node type's optional JSON Schema (Draft 2020-12) validates the
-data of its nodes on every create and update."""
+data of its nodes on every create and update. Every change of the schema makes a new
+version of it, checked against the existing nodes first (validation/existing_nodes.py)."""
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Annotated, Literal
+
+from pydantic import Field, StrictInt
 
 from rpc_server.api import results
 from rpc_server.api.context import Call
@@ -17,6 +20,7 @@ from rpc_server.api.params import (
     Version,
 )
 from rpc_server.api.registry import rpc_method
+from rpc_server.errors import NodesInvalid, NotFound, QueryRejected, VersionConflict
 from rpc_server.methods.common import (
     DELETED,
     changes_of,
@@ -28,8 +32,14 @@ from rpc_server.methods.common import (
 )
 from rpc_server.security.auth import tenant_role
 from rpc_server.storage.repositories import NodeTypeRepository
+from rpc_server.validation.existing_nodes import KeptChanging, SchemaReport, check_nodes
 
 UPDATABLE = ("name", "description", "schema")
+SCHEMA_CHECK_TIMEOUT_MS = 60_000  # default time limit of a check of the existing nodes
+MAX_SCHEMA_CHECK_TIMEOUT_MS = 600_000
+MAX_REPORTED_FAILURES = 100  # errors listed in a check's report
+SchemaCheckTimeout = Annotated[StrictInt, Field(ge=1, le=MAX_SCHEMA_CHECK_TIMEOUT_MS)]
+ReportedFailures = Annotated[StrictInt, Field(ge=0, le=MAX_REPORTED_FAILURES)]
 
 
 class CreateNodeType(Params):
@@ -44,6 +54,10 @@ class NodeTypeId(Params):
     tenant_id: Id
 
 
+class GetNodeType(NodeTypeId):
+    version: Version | None = None  # a schema version: the node type with that schema
+
+
 class UpdateNodeType(Params):
     id: Id
     tenant_id: Id
@@ -51,10 +65,29 @@ class UpdateNodeType(Params):
     description: Description | None = None
     schema_: JsonSchemaDoc = Field(None, alias="schema")
     expected_version: Version | None = None
+    # With a new schema: refuse the change when existing nodes fail it (validate), or
+    # accept it and leave those nodes at the schema version they had (allow_invalid).
+    mode: Literal["validate", "allow_invalid"] = "validate"
+    timeout_ms: SchemaCheckTimeout = SCHEMA_CHECK_TIMEOUT_MS
+    max_failures: ReportedFailures = 20
+
+
+class CheckNodeTypeSchema(Params):
+    tenant_id: Id
+    id: Id
+    schema_: JsonSchemaDoc = Field(None, alias="schema")
+    timeout_ms: SchemaCheckTimeout = SCHEMA_CHECK_TIMEOUT_MS
+    max_failures: ReportedFailures = 20
 
 
 class ListNodeTypes(Params):
     tenant_id: Id
+    pagination: PaginationParam
+
+
+class ListNodeTypeVersions(Params):
+    tenant_id: Id
+    id: Id
     pagination: PaginationParam
 
 
@@ -71,32 +104,115 @@ async def create_node_type(ctx: Call, p: CreateNodeType) -> dict:
     return {"node_type": ctx.shaper.one(row)}
 
 
-@rpc_method(NodeTypeId, tenant_role("viewer"), result=results.NodeTypeResult,
+@rpc_method(GetNodeType, tenant_role("viewer"), result=results.NodeTypeResult,
              run_db=None, tenant_must_exist=False)
-async def get_node_type(ctx: Call, p: NodeTypeId) -> dict:
-    """Get a node type by id."""
+async def get_node_type(ctx: Call, p: GetNodeType) -> dict:
+    """Get a node type by id. With `version`, its `schema` and `schema_version` are those of
+    that schema version (the other fields are current)."""
     async with ctx.connection() as conn:
-        row = await read_one(ctx, ctx.state.settings.max_schema_bytes + MAX_DESCRIPTION,
-                             lambda: NodeTypeRepository(conn).get(p.tenant_id, p.id),
+        types = NodeTypeRepository(conn)
+
+        async def read():
+            row = await types.get(p.tenant_id, p.id)
+            if p.version is None or p.version == row["schema_version"]:
+                return row
+            old = await types.version(p.tenant_id, p.id, p.version)
+            if old is None:
+                raise NotFound("node_type_version", message=(
+                    f"node type version {p.version} not found (versions run from 1 to "
+                    f"{row['schema_version']}; the oldest past "
+                    "FLEXDB_SCHEMA_VERSIONS_KEPT are dropped)"), version=p.version)
+            return {**row, "schema": old["schema"], "schema_version": old["version"]}
+
+        row = await read_one(ctx, ctx.state.settings.max_schema_bytes + MAX_DESCRIPTION, read,
                              lambda row: json_size(row["schema"], row["description"]))
     return {"node_type": ctx.shaper.one(row)}
 
 
-@rpc_method(UpdateNodeType, tenant_role("admin"), result=results.NodeTypeResult,
+@rpc_method(UpdateNodeType, tenant_role("admin"), result=results.NodeTypeUpdated,
              run_db=None, tenant_must_exist=False)
 async def update_node_type(ctx: Call, p: UpdateNodeType) -> dict:
-    """Update a node type. `schema` null or "" removes the schema. Existing nodes are not
-    re-validated; later creates and updates are."""
+    """Update a node type. A new `schema` (null or "" removes it) makes a new schema version,
+    checked against every existing node first: with `mode` "validate" (the default) the
+    change is refused when any node fails it (-32004 `nodes_invalid`, with the report);
+    with "allow_invalid" it is made, and the nodes that fail keep the schema version they
+    had (query_nodes: `{"field": "schema_version", "op": "lt", "value": "current"}`). The
+    report says what the check found."""
     changes = changes_of(p, ("name", "description"))
-    if "schema_" in p.model_fields_set:  # null or "" removes the schema
-        await ctx.validators.check_schema(p.tenant_id, p.schema_)
-        changes["schema"] = p.schema_
-    require_changes(changes, UPDATABLE)
-    async with ctx.transaction() as conn:
-        row = await NodeTypeRepository(conn).update(p.tenant_id, p.id, changes,
-                                                    p.expected_version)
+    if "schema_" not in p.model_fields_set:
+        require_changes(changes, UPDATABLE)
+        async with ctx.transaction() as conn:
+            row = await NodeTypeRepository(conn).update(p.tenant_id, p.id, changes,
+                                                        p.expected_version)
+        ctx.state.node_types.forget(p.tenant_id, p.id)
+        return {"node_type": ctx.shaper.one(row)}
+    await ctx.validators.check_schema(p.tenant_id, p.schema_)
+    report = SchemaReport(p.max_failures)
+    principal = await ctx.principal()
+    async with ctx.heavy_transaction(p.timeout_ms, "The schema change (it checks every node "
+                                     "of the type: raise timeout_ms)") as conn:
+        types = NodeTypeRepository(conn)
+        current = await types.lock(p.tenant_id, p.id)
+        if p.expected_version is not None and current["version"] != p.expected_version:
+            raise VersionConflict("node_type", p.id, p.expected_version, current["version"])
+        if current["schema"] == p.schema_:  # the same schema: no new version, no check
+            row = await types.update(p.tenant_id, p.id, {**changes, "schema": p.schema_},
+                                     None)
+            outcome = None
+        else:
+            new_version = current["schema_version"] + 1
+            await checked(check_nodes(conn, ctx.validators, p.tenant_id, p.id, p.schema_,
+                                      report, stamp_version=new_version))
+            outcome = report.as_result(new_version)
+            if report.failing and p.mode == "validate":
+                raise NodesInvalid(outcome)
+            row = await types.change_schema(current, changes, p.schema_, principal.user_id,
+                                            p.mode, report.checked, report.failing,
+                                            ctx.state.settings.schema_versions_kept)
     ctx.state.node_types.forget(p.tenant_id, p.id)
-    return {"node_type": ctx.shaper.one(row)}
+    result = {"node_type": ctx.shaper.one(row)}
+    if outcome is not None:
+        result["report"] = outcome
+    return result
+
+
+async def checked(check):
+    try:
+        return await check
+    except KeptChanging:
+        raise QueryRejected("Nodes of the type kept being written while the schema change "
+                            "checked them; retry", type="kept_changing") from None
+
+
+@rpc_method(CheckNodeTypeSchema, tenant_role("admin"), result=results.SchemaCheck,
+             run_db=None, tenant_must_exist=False)
+async def check_node_type_schema(ctx: Call, p: CheckNodeTypeSchema) -> dict:
+    """A dry run of a schema change: validate every existing node of the type against the
+    proposed `schema` without changing anything; the count checked, the count failing and
+    the first failures (node, path, message). One of the tenant's heavy-call slots, within
+    `timeout_ms`."""
+    await ctx.validators.check_schema(p.tenant_id, p.schema_)
+    report = SchemaReport(p.max_failures)
+    async with ctx.heavy(p.timeout_ms, "The schema check (raise timeout_ms)") as conn:
+        current = await NodeTypeRepository(conn).get(p.tenant_id, p.id)
+        await check_nodes(conn, ctx.validators, p.tenant_id, p.id, p.schema_, report)
+    return {"report": {**report.as_result(None), "current_schema_version":
+                       current["schema_version"]}}
+
+
+@rpc_method(ListNodeTypeVersions, tenant_role("viewer"), result=results.NodeTypeVersionList,
+             run_db=None, tenant_must_exist=False)
+async def list_node_type_versions(ctx: Call, p: ListNodeTypeVersions) -> dict:
+    """A node type's schema versions, oldest first: each with its schema, when and by whom
+    it was made, and what the check of the existing nodes found then."""
+    async with ctx.connection() as conn:
+        types = NodeTypeRepository(conn)
+        page = await read_page(ctx, p.pagination, ctx.state.settings.max_schema_bytes,
+                               lambda max_bytes: types.versions(p.tenant_id, p.id,
+                                                                p.pagination, max_bytes))
+        if not page.rows:
+            await types.get(p.tenant_id, p.id)  # NotFound when there is no such node type
+    return ctx.shaper.page("versions", page)
 
 
 @rpc_method(NodeTypeId, tenant_role("admin"), result=results.Deleted,

@@ -4,12 +4,15 @@
             | {"field": FIELD, "op": OP, "value": VALUE}
     FIELD  := "data.a.b" (a path into data; a list ["data", "a", "b.c"] for keys with dots)
             | "data" (the whole document) | "id" | "node_type_id" | "created_at"
-            | "updated_at" | "version"
+            | "updated_at" | "version" | "schema_version"
     OP     := eq | ne | lt | lte | gt | gte | in | contains | exists | prefix
 
 Every leaf compiles to an expression that is true or false, never NULL, so `not` is an
 exact complement (a missing path is simply "not equal", "not less than", ...). Values only
-ever travel as parameters. Equality, `in` and `contains` on data add a containment test
+ever travel as parameters. `schema_version` (the schema version a node was last validated
+against) also compares with "current", its node type's schema version now: `{"field":
+"schema_version", "op": "lt", "value": "current"}` finds the nodes not valid under the
+current schema as far as is known. Equality, `in` and `contains` on data add a containment test
 (`data @> ...`) that the GIN index on data (jsonb_path_ops) answers."""
 from __future__ import annotations
 
@@ -39,7 +42,10 @@ COMPARISONS = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
 DATA_OPS = {"eq", "ne", "in", "contains", "exists", "prefix", *COMPARISONS}
 COLUMN_OPS = {"eq", "ne", "in", *COMPARISONS}
 COLUMNS = {"id": "uuid", "node_type_id": "uuid", "created_at": "timestamptz",
-           "updated_at": "timestamptz", "version": "int4"}
+           "updated_at": "timestamptz", "version": "int4", "schema_version": "int4"}
+# The node type's schema version now, for a row of nodes (the value "current").
+CURRENT_SCHEMA_VERSION = ("(SELECT t.schema_version FROM node_types t "
+                          "WHERE t.tenant_id = nodes.tenant_id AND t.id = nodes.node_type_id)")
 
 
 def _fail(where: str, message: str) -> InvalidParams:
@@ -126,6 +132,8 @@ def _column_value(column: str, value: Any, where: str) -> Any:
         pass
     expected = {"uuid": "a UUID string", "timestamptz": "an ISO 8601 timestamp string",
                 "int4": "a 32-bit integer"}[kind]
+    if column == "schema_version":
+        expected += " or \"current\""
     raise _fail(where, f"must be {expected} for {column}")
 
 
@@ -240,8 +248,10 @@ class FilterCompiler:
                 raise _fail(where, f"must be a list of 1-{MAX_IN_VALUES} values")
             values = [_column_value(column, v, f"{where}.{i}") for i, v in enumerate(value)]
             return f"{column} = ANY({self.args.add(values, cast + '[]')})"
-        placeholder = self.args.add(_column_value(column, value, where), cast)
         operator = {"eq": "=", "ne": "<>", **COMPARISONS}[op]
+        if column == "schema_version" and value == "current":
+            return f"{column} {operator} {CURRENT_SCHEMA_VERSION}"
+        placeholder = self.args.add(_column_value(column, value, where), cast)
         return f"{column} {operator} {placeholder}"  # columns are NOT NULL: never NULL
 
 

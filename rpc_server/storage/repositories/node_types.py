@@ -4,8 +4,21 @@ from uuid import UUID
 
 import asyncpg
 
-from rpc_server.storage.pagination import Page, PageRequest, fetch_page
+from rpc_server.errors import NotFound
+from rpc_server.storage.pagination import (
+    Page,
+    PageRequest,
+    cut_to_budget,
+    decode_token_text,
+    encode_token,
+    fetch_page,
+    invalid_token,
+    within_bytes,
+)
 from rpc_server.storage.repositories.base import Repository
+
+VERSION_COLUMNS = ("tenant_id, node_type_id, version, schema, created_at, created_by_user_id, "
+                   "mode, nodes_checked, nodes_invalid")
 
 
 class NodeTypeRepository(Repository):
@@ -69,6 +82,74 @@ class NodeTypeRepository(Repository):
             "SELECT 1 FROM node_types WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
             tenant_id, node_type_id)
         return await self._update((tenant_id, node_type_id), changes, expected_version)
+
+    async def lock(self, tenant_id: UUID, node_type_id: UUID) -> asyncpg.Record:
+        """In a transaction: the node type, locked FOR UPDATE (node inserts and bulk creates
+        of the type wait for the commit: see update)."""
+        row = await self.conn.fetchrow(
+            f"SELECT {self.columns} FROM node_types WHERE tenant_id = $1 AND id = $2 "
+            "FOR UPDATE", tenant_id, node_type_id)
+        if row is None:
+            raise NotFound(self.kind, node_type_id)
+        return row
+
+    async def change_schema(self, node_type: asyncpg.Record, changes: dict, schema,
+                            user_id: UUID | None, mode: str, checked: int, invalid: int,
+                            versions_kept: int) -> asyncpg.Record:
+        """In a transaction, with the node type locked (lock): its new schema version,
+        recorded with what the check of its nodes found, with the other `changes`; the
+        oldest versions past `versions_kept` are dropped."""
+        row = await self._update((node_type["tenant_id"], node_type["id"]),
+                                 {**changes, "schema": schema,
+                                  "schema_version": node_type["schema_version"] + 1}, None)
+        await self.conn.execute(
+            "INSERT INTO node_type_versions (tenant_id, node_type_id, version, schema, "
+            "created_at, created_by_user_id, mode, nodes_checked, nodes_invalid) "
+            "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            row["tenant_id"], row["id"], row["schema_version"], schema, row["updated_at"],
+            user_id, mode, checked, invalid)
+        await self.conn.execute(
+            "DELETE FROM node_type_versions WHERE tenant_id = $1 AND node_type_id = $2 "
+            "AND version <= $3", row["tenant_id"], row["id"],
+            row["schema_version"] - versions_kept)
+        return row
+
+    async def version(self, tenant_id: UUID, node_type_id: UUID,
+                      version: int) -> asyncpg.Record | None:
+        return await self.conn.fetchrow(
+            f"SELECT {VERSION_COLUMNS} FROM node_type_versions "
+            "WHERE tenant_id = $1 AND node_type_id = $2 AND version = $3",
+            tenant_id, node_type_id, version)
+
+    async def versions(self, tenant_id: UUID, node_type_id: UUID, pagination: PageRequest,
+                       max_bytes: int) -> Page:
+        """A page of the node type's schema versions, oldest first (keyset on the version
+        number: the page token holds the last one's)."""
+        args: list = [tenant_id, node_type_id]
+        after = ""
+        if pagination.page_token:
+            text, key = decode_token_text(pagination.page_token, "node_type_versions")
+            if key != node_type_id or not text.isdigit() or len(text) > 10:
+                raise invalid_token()
+            args.append(int(text))
+            after = " AND version > $3"
+        args += [pagination.page_size + 1, max_bytes]
+        page_sql = (f"SELECT {VERSION_COLUMNS} FROM node_type_versions WHERE tenant_id = $1 "
+                    f"AND node_type_id = $2{after} ORDER BY version LIMIT ${len(args) - 1}")
+        rows, cut, used = cut_to_budget(await self.conn.fetch(
+            within_bytes(page_sql, "coalesce(octet_length(schema::text), 0)",
+                         f"${len(args)}"), *args), max_bytes)
+        next_token = ""
+        if len(rows) > pagination.page_size or cut:
+            rows = rows[:pagination.page_size]
+            next_token = encode_token("node_type_versions", str(rows[-1]["version"]),
+                                      node_type_id)
+        total = None
+        if pagination.include_total:
+            total = await self.conn.fetchval(
+                "SELECT count(*) FROM node_type_versions WHERE tenant_id = $1 "
+                "AND node_type_id = $2", tenant_id, node_type_id)
+        return Page(rows, next_token, total, used)
 
     async def delete(self, tenant_id: UUID, node_type_id: UUID) -> None:
         await self._delete(tenant_id, node_type_id)

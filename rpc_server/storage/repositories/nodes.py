@@ -188,6 +188,47 @@ class NodeRepository(Repository):
             "ON t.tenant_id = n.tenant_id AND t.id = n.node_type_id "
             "WHERE n.tenant_id = $1 AND n.id = $2", tenant_id, node_id)
 
+    async def scan_of_type(self, tenant_id: UUID, node_type_id: UUID, after: tuple | None,
+                           limit: int, with_data: bool = True) -> list[asyncpg.Record]:
+        """Up to `limit` of the type's nodes after `after` ((created_at, id) of the last one
+        read; None: from the first), in that order, through the type's keyset index: id,
+        version, created_at and (with_data) data as JSON text."""
+        after_time, after_id = after if after is not None else (None, None)
+        data = ", data::text AS data" if with_data else ""
+        return await self.conn.fetch(
+            f"SELECT id, version, created_at{data} FROM nodes "
+            "WHERE tenant_id = $1 AND node_type_id = $2 AND (created_at, id) > "
+            "(coalesce($3::timestamptz, '-infinity'), "
+            "coalesce($4::uuid, '00000000-0000-0000-0000-000000000000')) "
+            "ORDER BY created_at, id LIMIT $5", tenant_id, node_type_id, after_time, after_id,
+            limit)
+
+    async def current_of(self, tenant_id: UUID, ids: list[UUID],
+                         with_data: bool = True) -> list[asyncpg.Record]:
+        """The nodes of these ids as scan_of_type reads them (those still there)."""
+        data = ", data::text AS data" if with_data else ""
+        return await self.conn.fetch(
+            f"SELECT id, version, created_at{data} FROM nodes "
+            "WHERE tenant_id = $1 AND id = ANY($2::uuid[]) ORDER BY created_at, id",
+            tenant_id, ids)
+
+    async def stamp_schema_version(self, tenant_id: UUID, ids: list[UUID], versions: list[int],
+                                   schema_version: int) -> set[UUID]:
+        """Record that these nodes, each at the version it was read with, were validated
+        against `schema_version`; the ids of those stamped (a node written or deleted since
+        it was read is not). A stamp is no change of the node's data: it records no change
+        event (the node type's own event says its schema changed) and keeps version and
+        updated_at."""
+        feed = await self.conn.fetchval("SELECT current_setting('flexdb.change_feed', true)")
+        await self.conn.execute("SELECT set_config('flexdb.change_feed', 'off', true)")
+        rows = await self.conn.fetch(
+            "UPDATE nodes n SET schema_version = $4 "
+            "FROM unnest($2::uuid[], $3::int[]) AS s (id, version) "
+            "WHERE n.tenant_id = $1 AND n.id = s.id AND n.version = s.version RETURNING n.id",
+            tenant_id, ids, versions, schema_version)
+        await self.conn.execute("SELECT set_config('flexdb.change_feed', $1, true)", feed or "")
+        return {r["id"] for r in rows}
+
     async def existing_ids(self, tenant_id: UUID, ids: list[UUID]) -> set[UUID]:
         rows = await self.conn.fetch(
             "SELECT id FROM nodes WHERE tenant_id = $1 AND id = ANY($2::uuid[])", tenant_id, ids)
