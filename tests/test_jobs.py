@@ -7,7 +7,6 @@ the server running them is killed, applying each batch once."""
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import time
@@ -85,24 +84,12 @@ async def rpc(job_server):
         yield client
 
 
-async def tighten(rpc, database_url: str, t: str, nt: str, schema: dict) -> int:
-    """A new schema version, accepted with the existing nodes left at their old version
+async def tighten(rpc, t: str, nt: str, schema: dict) -> int:
+    """A new schema version, accepted with the nodes that fail it left at their old version
     (update_node_type with mode allow_invalid); its number."""
-    try:
-        done = await rpc.call("update_node_type", {"tenant_id": t, "id": nt, "schema": schema,
-                                                   "mode": "allow_invalid"})
-        return done["node_type"]["schema_version"]
-    except InvalidParams as exc:  # a server without the modes yet: the same, by hand
-        if "mode" not in str(exc):
-            raise
-    await rpc.call("update_node_type", {"tenant_id": t, "id": nt, "schema": schema})
-    rows = await sql(database_url, "UPDATE node_types SET schema_version = schema_version + 1 "
-                     "WHERE id = $1 RETURNING tenant_id, schema_version, schema", nt)
-    await sql(database_url, "INSERT INTO node_type_versions (tenant_id, node_type_id, "
-              "version, schema, mode) VALUES ($1, $2, $3, $4::jsonb, 'allow_invalid')",
-              rows[0]["tenant_id"], nt, rows[0]["schema_version"],
-              json.dumps(schema))
-    return rows[0]["schema_version"]
+    done = await rpc.call("update_node_type", {"tenant_id": t, "id": nt, "schema": schema,
+                                               "mode": "allow_invalid"})
+    return done["node_type"]["schema_version"]
 
 
 async def typed_nodes(rpc, t: str, names: list[str], schema=V1) -> tuple[dict, list[dict]]:
@@ -144,7 +131,7 @@ async def all_nodes(rpc, t: str, nt: str) -> dict[str, dict]:
 async def test_a_migration_fixes_every_node_in_batches(rpc, job_server):
     t = (await make_tenant(rpc))["id"]
     nt, nodes = await typed_nodes(rpc, t, [f"n{i}" for i in range(25)])
-    version = await tighten(rpc, job_server.database_url, t, nt["id"], V2)
+    version = await tighten(rpc, t, nt["id"], V2)
     assert version == 2
     before = await all_nodes(rpc, t, nt["id"])
     assert {n["schema_version"] for n in before.values()} == {1}
@@ -196,7 +183,7 @@ async def test_nodes_that_fail_are_left_unchanged_and_listed_with_why(rpc, job_s
     keep = nodes[-1]
     await rpc.call("update_node", {"tenant_id": t, "id": keep["id"],
                                    "data": {"name": "keep1", "label": "already"}})
-    await tighten(rpc, job_server.database_url, t, nt["id"], V2)
+    await tighten(rpc, t, nt["id"], V2)
     before = await all_nodes(rpc, t, nt["id"])
     pipeline = await make_pipeline(rpc, t, MIXED)
     job = await migrate(rpc, t, nt["id"], pipeline["id"], 2)
@@ -237,7 +224,7 @@ async def test_nodes_that_fail_are_left_unchanged_and_listed_with_why(rpc, job_s
 async def test_a_cancelled_job_stops_and_keeps_what_it_applied(rpc, job_server):
     t = (await make_tenant(rpc))["id"]
     nt, _ = await typed_nodes(rpc, t, [f"s{i}" for i in range(40)])
-    await tighten(rpc, job_server.database_url, t, nt["id"], V2)
+    await tighten(rpc, t, nt["id"], V2)
     pipeline = await make_pipeline(rpc, t, SLOW, timeout_ms=30_000)
     job = await migrate(rpc, t, nt["id"], pipeline["id"], 2)
     running = await wait_job(rpc, t, job["id"], lambda j: j["processed"] >= 10)
@@ -262,17 +249,21 @@ async def test_a_cancelled_job_stops_and_keeps_what_it_applied(rpc, job_server):
 async def test_a_schema_change_while_it_runs_fails_the_job(rpc, job_server):
     t = (await make_tenant(rpc))["id"]
     nt, _ = await typed_nodes(rpc, t, [f"c{i}" for i in range(30)])
-    await tighten(rpc, job_server.database_url, t, nt["id"], V2)
+    await tighten(rpc, t, nt["id"], V2)
     pipeline = await make_pipeline(rpc, t, SLOW, timeout_ms=30_000)
     job = await migrate(rpc, t, nt["id"], pipeline["id"], 2)
     await wait_job(rpc, t, job["id"], lambda j: j["processed"] >= 10)
-    await tighten(rpc, job_server.database_url, t, nt["id"], {**V2, "maxProperties": 5})
+    await tighten(rpc, t, nt["id"], {**V2, "maxProperties": 5})
     done = await wait_job(rpc, t, job["id"], ended)
     assert done["status"] == "failed" and done["error"]["type"] == "schema_changed"
     assert done["error"]["current_version"] == 3 and "version 3" in done["error"]["message"]
     assert done["current_schema_version"] == 3
     nodes = (await all_nodes(rpc, t, nt["id"])).values()
-    assert len([n for n in nodes if n["schema_version"] == 2]) == done["changed"] >= 10
+    # the nodes migrated stay migrated (the schema change found them valid: now at 3)
+    migrated = [n for n in nodes if "label" in n["data"]]
+    assert len(migrated) == done["changed"] >= 10
+    assert all(n["version"] == 2 and n["schema_version"] >= 2 for n in migrated)
+    assert all(n["schema_version"] == 1 for n in nodes if "label" not in n["data"])
 
 
 async def test_jobs_are_capped_per_tenant_and_only_for_admins(rpc, job_server):
@@ -340,7 +331,7 @@ async def test_a_migration_interrupted_by_kill_9_resumes_and_applies_each_batch_
             async with FlexDBClient(server.url, api_key=key, timeout=10) as rpc:
                 t = (await make_tenant(rpc))["id"]
                 nt, _ = await typed_nodes(rpc, t, [f"k{i}" for i in range(60)])
-                await tighten(rpc, url, t, nt["id"], V2)
+                await tighten(rpc, t, nt["id"], V2)
                 pipeline = await make_pipeline(rpc, t, SLOW, timeout_ms=5000)
                 job = await migrate(rpc, t, nt["id"], pipeline["id"], 2)
                 await wait_job(rpc, t, job["id"], lambda j: j["processed"] >= 10)
