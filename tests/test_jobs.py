@@ -133,6 +133,9 @@ async def test_a_migration_fixes_every_node_in_batches(rpc, job_server):
     nt, nodes = await typed_nodes(rpc, t, [f"n{i}" for i in range(25)])
     version = await tighten(rpc, t, nt["id"], V2)
     assert version == 2
+    dry = (await rpc.call("check_node_type_schema", {"tenant_id": t, "id": nt["id"],
+                                                     "schema": V2}))["report"]
+    assert (dry["nodes_checked"], dry["nodes_failing"]) == (25, 25)
     before = await all_nodes(rpc, t, nt["id"])
     assert {n["schema_version"] for n in before.values()} == {1}
     pipeline = await make_pipeline(rpc, t, ADD_LABEL)
@@ -159,7 +162,10 @@ async def test_a_migration_fixes_every_node_in_batches(rpc, job_server):
         name = before[node_id]["data"]["name"]
         assert node["data"] == {"name": name, "label": name.upper()}
         assert node["schema_version"] == 2 and node["version"] == 2
-    # every node now validates: a no-op update under the current schema goes through
+    # every node now validates (the dry run finds none failing), and writes go through
+    dry = (await rpc.call("check_node_type_schema", {"tenant_id": t, "id": nt["id"],
+                                                     "schema": V2}))["report"]
+    assert (dry["nodes_checked"], dry["nodes_failing"]) == (25, 0)
     some = nodes[0]["id"]
     await rpc.call("update_node", {"tenant_id": t, "id": some, "data": after[some]["data"]})
 
