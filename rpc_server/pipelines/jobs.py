@@ -176,8 +176,11 @@ class JobRunner:
                     queued = await self._queue_batch(tenant_id, job_id)
                     if queued is None:
                         return
-                    if isinstance(queued, float):
+                    if isinstance(queued, float):  # the tenant's run queue is full
                         await asyncio.sleep(queued)
+                        if not await self._db(lambda r, _: r.renew(
+                                tenant_id, job_id, self.worker, self.settings.job_lease_s)):
+                            return
                         continue
                     run_id = queued
                 if not await self._await_run(tenant_id, job_id, run_id):
