@@ -316,6 +316,26 @@ async def test_jobs_are_capped_per_tenant_and_only_for_admins(rpc, job_server):
     await migrate(rpc, t, third["id"], pipeline["id"], 1)  # room again
 
 
+async def test_a_job_stops_when_its_creator_is_no_longer_an_admin(rpc, job_server):
+    t = (await make_tenant(rpc))["id"]
+    nt, _ = await typed_nodes(rpc, t, [f"d{i}" for i in range(30)])
+    await tighten(rpc, t, nt["id"], V2)
+    pipeline = await make_pipeline(rpc, t, SLOW, timeout_ms=30_000)
+    admin, key = await new_user(rpc)
+    await rpc.call("add_user_to_tenant", {"tenant_id": t, "user_id": admin["id"],
+                                          "role": "admin"})
+    async with FlexDBClient(job_server.url, api_key=key) as as_admin:
+        job = await migrate(as_admin, t, nt["id"], pipeline["id"], 2)
+    assert job["created_by_user_id"] == admin["id"]
+    await wait_job(rpc, t, job["id"], lambda j: j["processed"] >= 10)
+    await rpc.call("update_tenant_user_role", {"tenant_id": t, "user_id": admin["id"],
+                                               "role": "member"})
+    done = await wait_job(rpc, t, job["id"], ended)
+    assert done["status"] == "failed" and done["error"]["type"] == "creator_unauthorized"
+    assert "now a member" in done["error"]["message"]
+    assert 10 <= done["processed"] < 30
+
+
 @pytest.fixture
 def own_database(pg_server_url):
     with fresh_database(pg_server_url) as url:
