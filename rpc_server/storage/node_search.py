@@ -135,10 +135,14 @@ class SearchSql:
                          f"THEN {sql_of(language)}" for language, types in groups)
         return f"(CASE {cases} END)"
 
+    def _all_texts(self) -> list[str]:
+        assert self.scope is not None
+        return self.scope.text_args
+
     def rank(self) -> str:
         """How well a row matches all the filter's search texts (ts_rank, real)."""
         return self._per_language(lambda language: (
-            f"ts_rank(search_vector, {self._query(language, self.scope.text_args)})"))
+            f"ts_rank(search_vector, {self._query(language, self._all_texts())})"))
 
     def snippet(self) -> str:
         """The row's searched strings with the matches marked."""
@@ -146,7 +150,7 @@ class SearchSql:
         return self._per_language(lambda language: (
             f"ts_headline({self._language(language)}, "
             f"flexdb_search_text({ROW_SEARCH_CONFIG}, data), "
-            f"{self._query(language, self.scope.text_args)}, {options})"))
+            f"{self._query(language, self._all_texts())}, {options})"))
 
     @property
     def searched(self) -> bool:
