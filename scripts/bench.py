@@ -54,6 +54,7 @@ from rpc_server.storage.repositories.graph import traverse_sql  # noqa: E402
 from rpc_server.storage.repositories.nodes import NodeRepository  # noqa: E402
 from scripts.bench_core import token_at_depth  # noqa: E402
 from scripts.bench_query import GROUPS, group_statements  # noqa: E402
+from scripts.bench_schema import schema_check_rows  # noqa: E402
 from scripts.lean_http import LeanHttp  # noqa: E402
 from tests.conftest import (  # noqa: E402
     TEST_SANDBOX_SECRET,
@@ -333,6 +334,11 @@ async def measure(bench: Bench, watch: MemoryWatch) -> None:
     c = args.concurrency
     rng = random.Random(7)
     watch.start()
+
+    # --- the dry run of a schema change over the preloaded type (before any scenario adds
+    # nodes to it: exactly --nodes nodes)
+    if bench.wanted("schema_check"):
+        await schema_check_rows(bench, watch, tid, type_id)
 
     # --- get_node
     get_bodies = [encode("get_node", {"tenant_id": tid, "id": i}) for i in ids[:20_000]]

@@ -21,7 +21,7 @@ from rpc_server.audit import denied_calls  # noqa: E402
 from rpc_server.audit import events as audit  # noqa: E402
 from rpc_server.changes import address_guard, webhooks  # noqa: E402
 from rpc_server.config import Settings, env_var, shown_default  # noqa: E402
-from rpc_server.methods import graph, pipelines, query  # noqa: E402
+from rpc_server.methods import graph, node_types, pipelines, query  # noqa: E402
 from rpc_server.pipelines import jobs  # noqa: E402
 from rpc_server.query import guard as query_guard  # noqa: E402
 from rpc_server.storage import node_filter, response_budget  # noqa: E402
@@ -110,6 +110,17 @@ SECTIONS: dict[str, list[Limit]] = {
               "validator_cache_bytes"),
         Limit("compiled patterns kept, per worker", "least recently used dropped",
               "pattern_cache_bytes"),
+    ],
+    "Schema changes": [
+        Limit("`check_node_type_schema` / `update_node_type` with a schema: `timeout_ms` (the "
+              "check of every existing node; one of the tenant's heavy calls)",
+              f"{STOPPED} `timeout`, nothing changed",
+              value=f"{n(node_types.SCHEMA_CHECK_TIMEOUT_MS)} default, "
+                    f"{n(node_types.MAX_SCHEMA_CHECK_TIMEOUT_MS)} most"),
+        Limit("errors listed in a check's report (`max_failures`)", INVALID,
+              value=f"20 default, {node_types.MAX_REPORTED_FAILURES} most"),
+        Limit("schema versions kept per node type", "the oldest dropped",
+              "schema_versions_kept"),
     ],
     "Database work": [
         Limit("pooled connections one tenant's calls hold, per worker",

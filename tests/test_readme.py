@@ -100,3 +100,20 @@ def test_limits_page_is_current_and_names_every_limit_setting():
                                                "facade_max_connections",
                                                "facade_rpc_timeout_s"}
     assert not unnamed, f"limits missing from docs/LIMITS.md: {sorted(unnamed)}"
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_readme_schema_change_examples_work(server):
+    script = "set -euo pipefail\n" + readme_examples("schema-examples")
+    env = {**os.environ, "FLEXDB_URL": server.url, "FLEXDB_KEY": server.admin_key}
+    result = subprocess.run(["bash", "-c", script], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    dry, refused, allowed, outdated, versions, first = lines
+    assert '"nodes_failing":1' in dry and '"path":"data.price"' in dry
+    assert '"code":-32004' in refused and '"nodes_invalid"' in refused
+    assert '"schema_version":2' in allowed and '"nodes_failing":1' in allowed
+    assert outdated.count('"schema_version":1') == 1 and '"ink"' in outdated
+    assert '"mode":"allow_invalid"' in versions
+    assert '"schema_version":1' in first

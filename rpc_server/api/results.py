@@ -186,6 +186,14 @@ class ApiKeyList(ResultModel):
 
 # ---------------------------------------------------------------- graph documents
 
+class SearchSettings(ResultModel):
+    """A node type's full-text search settings."""
+    language: str = Field(description="The text search configuration (simple, english, …).")
+    fields: list[list[str]] | None = Field(description="The indexed paths (each a list of "
+                                                       "keys starting with \"data\"), or null "
+                                                       "for every string value.")
+
+
 class NodeType(ResultModel):
     """A node type: names a kind of node, optionally with a JSON Schema for its data."""
     id: UUID
@@ -200,6 +208,8 @@ class NodeType(ResultModel):
     schema_version: int = Field(description="The schema's version: 1 at creation, "
                                             "incremented by every change of the schema "
                                             "(see list_node_type_versions).")
+    search: SearchSettings = Field(description="How its nodes are indexed for full-text "
+                                               "search.")
 
 
 class NodeTypeResult(ResultModel):
@@ -280,6 +290,10 @@ class Node(ResultModel):
                                      "to guard against lost updates.")
     schema_version: int = Field(description="The node type's schema version this node's data "
                                             "was last validated against.")
+    rank: float | None = omittable("query_nodes with a search condition: how well the node "
+                                   "matches (ts_rank; higher is better).")
+    snippet: str | None = omittable("query_nodes with `highlight`: the searched text with "
+                                    "the matches marked <mark>…</mark>.")
 
 
 class NodeResult(ResultModel):

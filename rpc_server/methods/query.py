@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from asyncpg.exceptions import _base as asyncpg_base
-from pydantic import AfterValidator, BeforeValidator, Field, StrictInt
+from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, StrictInt
 
 from rpc_server.api import results
 from rpc_server.api.context import Call
@@ -27,7 +27,8 @@ from rpc_server.query import guard as query_guard
 from rpc_server.security.auth import tenant_role
 from rpc_server.storage.constraint_errors import UNAVAILABLE_ERRORS
 from rpc_server.storage.node_filter import SqlArgs, compile_filter, parse_sort
-from rpc_server.storage.repositories import NodeRepository
+from rpc_server.storage.node_search import SearchScope, SearchSql, uses_search
+from rpc_server.storage.repositories import NodeRepository, NodeTypeRepository
 from rpc_server.storage.repositories.tenant_sql import (
     RESULT_LIMIT_MESSAGE,
     WRAP_PREFIX,
@@ -65,6 +66,8 @@ class QueryNodes(Params):
     sort: Annotated[dict[str, Any] | None, AfterValidator(_nesting_and_numbers)] = None
     pagination: PaginationParam
     timeout_ms: Annotated[StrictInt, zero_means(5000)] = Field(5000, ge=1, le=30_000)
+    highlight: StrictBool = Field(False, description="With a search condition: each node's "
+                                                     "`snippet`, the matches marked.")
 
 
 def _database_refusal(exc: asyncpg.PostgresError) -> QueryRejected:
@@ -161,16 +164,28 @@ async def execute_query(ctx: Call, p: ExecuteQuery) -> dict:
 @rpc_method(QueryNodes, tenant_role("viewer"), result=results.NodeList,
              run_db=db_method("filter"), tenant_must_exist=True)
 async def query_nodes(ctx: Call, p: QueryNodes) -> dict:
-    """Find nodes with a JSON filter over data paths and node columns, keyset-paginated."""
+    """Find nodes with a JSON filter over data paths and node columns (full-text `search`
+    too), keyset-paginated, sorted by a column, a data path or the search rank."""
     args = SqlArgs()
-    condition = compile_filter(p.filter, args)
+    search = SearchSql(None, args)
+    searching = uses_search(p.filter)
+    if searching:  # checked now; compiled once the node types' languages are known
+        search = SearchSql(SearchScope({}), SqlArgs())
+        compile_filter(p.filter, search.args, search)
+    else:
+        condition = compile_filter(p.filter, args)
     sort = parse_sort(p.sort)
     # The filter and the sort shape the SQL: one of the tenant's heavy-call slots, under a
     # statement timeout.
     async with ctx.heavy(p.timeout_ms, "The query (narrow the filter)") as conn:
         await require_tenant(ctx, conn, p.tenant_id)
+        if searching:
+            scope = SearchScope.of(await NodeTypeRepository(conn).search_settings(
+                p.tenant_id, p.node_type_id))
+            search = SearchSql(scope, args)
+            condition = compile_filter(p.filter, args, search)
         page = await read_page(ctx, p.pagination, ctx.state.settings.max_body_bytes,
                                lambda max_bytes: NodeRepository(conn).query(
                                    p.tenant_id, p.node_type_id, condition, args, sort,
-                                   p.pagination, max_bytes))
+                                   p.pagination, max_bytes, search, p.highlight))
     return ctx.shaper.page("nodes", page)

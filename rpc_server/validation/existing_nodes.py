@@ -55,10 +55,12 @@ class SchemaReport:
 
 async def check_nodes(conn: Connection, validators: ValidatorCache, tenant_id: UUID,
                       node_type_id: UUID, schema: Any, report: SchemaReport,
-                      stamp_version: int | None = None) -> SchemaReport:
+                      stamp_version: int | None = None,
+                      stamp_after_failures: bool = True) -> SchemaReport:
     """Validate every node of the type against `schema` into `report`. With
     `stamp_version` (in the schema change's transaction, the node type locked), every node
-    found valid records that schema version."""
+    found valid records that schema version; without `stamp_after_failures`, only until a
+    node fails (the change will be refused: the rest is only counted)."""
     compiled = None if schema is None or schema is True else validators.compile(schema)
     nodes = NodeRepository(conn)
     after = None
@@ -68,6 +70,8 @@ async def check_nodes(conn: Connection, validators: ValidatorCache, tenant_id: U
         if not rows:
             return report
         after = (rows[-1]["created_at"], rows[-1]["id"])
+        if report.failing and not stamp_after_failures:
+            stamp_version = None
         await _check_batch(nodes, validators, tenant_id, compiled, rows, report, stamp_version)
 
 

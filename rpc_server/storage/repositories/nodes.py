@@ -8,7 +8,9 @@ from uuid import UUID
 import asyncpg
 import orjson
 
+from rpc_server.errors import InvalidParams
 from rpc_server.storage.node_filter import NodeSort, SqlArgs
+from rpc_server.storage.node_search import SearchSql
 from rpc_server.storage.pagination import (
     BUDGET_COLUMNS,
     TOTAL_COLUMN,
@@ -219,15 +221,29 @@ class NodeRepository(Repository):
         it was read is not). A stamp is no change of the node's data: it records no change
         event (the node type's own event says its schema changed) and keeps version and
         updated_at."""
-        feed = await self.conn.fetchval("SELECT current_setting('flexdb.change_feed', true)")
-        await self.conn.execute("SELECT set_config('flexdb.change_feed', 'off', true)")
-        rows = await self.conn.fetch(
+        rows = await self._without_events(
             "UPDATE nodes n SET schema_version = $4 "
             "FROM unnest($2::uuid[], $3::int[]) AS s (id, version) "
             "WHERE n.tenant_id = $1 AND n.id = s.id AND n.version = s.version RETURNING n.id",
             tenant_id, ids, versions, schema_version)
-        await self.conn.execute("SELECT set_config('flexdb.change_feed', $1, true)", feed or "")
         return {r["id"] for r in rows}
+
+    async def reindex_search(self, tenant_id: UUID, node_type_id: UUID,
+                             search_config: dict) -> None:
+        """In a transaction: the search vectors of the type's nodes under new settings (no
+        change events: their data did not change)."""
+        await self._without_events(
+            "UPDATE nodes SET search_vector = flexdb_search_vector($3, data) "
+            "WHERE tenant_id = $1 AND node_type_id = $2", tenant_id, node_type_id,
+            search_config)
+
+    async def _without_events(self, sql: str, *args) -> list[asyncpg.Record]:
+        """In a transaction: a statement whose changes record no change event."""
+        feed = await self.conn.fetchval("SELECT current_setting('flexdb.change_feed', true)")
+        await self.conn.execute("SELECT set_config('flexdb.change_feed', 'off', true)")
+        rows = await self.conn.fetch(sql, *args)
+        await self.conn.execute("SELECT set_config('flexdb.change_feed', $1, true)", feed or "")
+        return rows
 
     async def existing_ids(self, tenant_id: UUID, ids: list[UUID]) -> set[UUID]:
         rows = await self.conn.fetch(
@@ -259,20 +275,44 @@ class NodeRepository(Repository):
     @classmethod
     def query_statement(cls, tenant_id: UUID, node_type_id: UUID | None, condition: str,
                         args: SqlArgs, sort: NodeSort, pagination: PageRequest,
-                        max_bytes: int | None = None) -> PageStatement:
+                        max_bytes: int | None = None, search: SearchSql | None = None,
+                        highlight: bool = False) -> PageStatement:
         """The SQL of one query_nodes page: nodes matching `condition` (SQL from node_filter,
-        whose values are already in `args`), sorted by a timestamp column through its index
-        or by a data path (missing values sort as JSON null), after the page token's key."""
+        whose values are already in `args`), sorted by a timestamp column through its index,
+        by a data path (missing values sort as JSON null) or by the search rank, after the
+        page token's key. With a search in the condition (`search`, its compiler), each
+        row has its `rank`, and with `highlight` its `snippet`."""
         where = [f"tenant_id = {args.add(tenant_id, 'uuid')}"]
         if node_type_id is not None:
             where.append(f"node_type_id = {args.add(node_type_id, 'uuid')}")
         where.append(f"({condition})")
         count_sql = f"SELECT count(*) FROM nodes WHERE {' AND '.join(where)}"
         count_args = list(args.values)
-        key = sort.column or f"COALESCE(data #> {args.add(sort.path, 'text[]')}, 'null'::jsonb)"
+        searched = search is not None and search.searched
+        rank = search.rank() if searched and search is not None else None
+        if sort.rank:
+            if rank is None:
+                raise InvalidParams.field("sort", "{\"by\": \"rank\"} needs a search "
+                                                  "condition in the filter")
+            key = rank
+        else:
+            key = sort.column or \
+                f"COALESCE(data #> {args.add(sort.path, 'text[]')}, 'null'::jsonb)"
+        extra = ""
+        if rank is not None and not sort.rank:  # (sorted by it: the sort key is the rank)
+            extra += f", {rank} AS rank"
+        if highlight:
+            if not searched or search is None:
+                raise InvalidParams.field("highlight", "needs a search condition in the filter")
+            extra += f", {search.snippet()} AS snippet"
         if pagination.page_token:
             text, last_id = decode_token_text(pagination.page_token, sort.scope)
-            if sort.column:
+            if sort.rank:
+                try:
+                    last = args.add(float(text), "float4")
+                except ValueError:
+                    raise invalid_token() from None
+            elif sort.column:
                 last = args.add(parse_token_time(text), "timestamptz")
             else:
                 try:  # re-written by orjson: a value PostgreSQL cannot hold is refused here
@@ -287,7 +327,7 @@ class NodeRepository(Repository):
         counted = f", ({count_sql}) AS {TOTAL_COLUMN}" if pagination.include_total else ""
         order = " DESC" if sort.descending else ""
         limit = args.add(pagination.page_size + 1, "int4")
-        sql = (f"SELECT {cls.read_columns}, {key} AS _sort_key{counted} FROM nodes "
+        sql = (f"SELECT {cls.read_columns}{extra}, {key} AS _sort_key{counted} FROM nodes "
                f"WHERE {' AND '.join(where)} ORDER BY {key}{order}, id{order} LIMIT {limit}")
         if max_bytes is not None:
             sql = within_bytes(sql, cls.size_sql, args.add(max_bytes, "int8"))
@@ -295,9 +335,10 @@ class NodeRepository(Repository):
 
     async def query(self, tenant_id: UUID, node_type_id: UUID | None, condition: str,
                     args: SqlArgs, sort: NodeSort, pagination: PageRequest,
-                    max_bytes: int | None = None) -> Page:
+                    max_bytes: int | None = None, search: SearchSql | None = None,
+                    highlight: bool = False) -> Page:
         statement = self.query_statement(tenant_id, node_type_id, condition, args, sort,
-                                         pagination, max_bytes)
+                                         pagination, max_bytes, search, highlight)
         rows = await self.conn.fetch(statement.sql, *statement.args)
         cut, used = False, 0
         if max_bytes is not None:
@@ -307,11 +348,15 @@ class NodeRepository(Repository):
             rows = rows[:pagination.page_size]
             last_row = rows[-1]
             value = last_row["_sort_key"]
-            next_token = encode_token(sort.scope, value if sort.column else
-                                      orjson.dumps(value).decode(), last_row["id"])
+            next_token = encode_token(sort.scope, repr(value) if sort.rank else value
+                                      if sort.column else orjson.dumps(value).decode(),
+                                      last_row["id"])
         total = rows[0][TOTAL_COLUMN] if pagination.include_total and rows else None
         if pagination.include_total and not rows:
             total = await self.conn.fetchval(statement.count_sql, *statement.count_args)
         hidden = ("_sort_key", TOTAL_COLUMN, *BUDGET_COLUMNS)
-        return Page([{k: v for k, v in r.items() if k not in hidden} for r in rows],
-                    next_token, total, used)
+        items = [{k: v for k, v in r.items() if k not in hidden} for r in rows]
+        if sort.rank:
+            for item, row in zip(items, rows):
+                item["rank"] = row["_sort_key"]
+        return Page(items, next_token, total, used)
