@@ -396,8 +396,12 @@ class JobRunner:
                     stamps.append((node_id, version))
                 else:
                     changes.append((node_id, version, outcome[0]))
-        changed, stamped = await NodeRepository(conn).apply_migration(
-            tenant_id, node_type["id"], to_version, changes, stamps)
+        nodes = NodeRepository(conn)
+        changed = await nodes.apply_migration(tenant_id, node_type["id"], to_version, changes)
+        # (as a schema change's stamps: no change of the data, so no change event)
+        stamped = await nodes.stamp_schema_version(
+            tenant_id, [n for n, _ in stamps], [v for _, v in stamps], to_version) \
+            if stamps else set()
         for written in [c[0] for c in changes] + [st[0] for st in stamps]:
             if written not in changed and written not in stamped:
                 failures.append(failure(

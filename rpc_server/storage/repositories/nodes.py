@@ -126,34 +126,22 @@ class NodeRepository(Repository):
             f"ORDER BY created_at, id LIMIT ${len(args)}", *args)
 
     async def apply_migration(self, tenant_id: UUID, node_type_id: UUID, to_version: int,
-                              changes: list[tuple[UUID, int, Any]],
-                              stamps: list[tuple[UUID, int]]) -> tuple[set[UUID], set[UUID]]:
-        """A migration batch's writes, for nodes still at the version the batch read
-        (id, version) and not validated against a schema newer than `to_version`: new data
-        (version + 1) for `changes` (id, version, data), only schema_version = to_version
-        for `stamps` (id, version). The caller holds the node type share-locked at
-        to_version. The ids (changed, stamped) written; the others changed or went meanwhile."""
-        changed: set[UUID] = set()
-        stamped: set[UUID] = set()
-        if changes:
-            rows = await self.conn.fetch(
-                "UPDATE nodes n SET data = i.data, version = n.version + 1, updated_at = now(), "
-                "schema_version = $3 FROM unnest($4::uuid[], $5::int[], $6::jsonb[]) "
-                "AS i (id, version, data) WHERE n.tenant_id = $1 AND n.node_type_id = $2 "
-                "AND n.id = i.id AND n.version = i.version AND n.schema_version <= $3 "
-                "RETURNING n.id", tenant_id, node_type_id, to_version,
-                [c[0] for c in changes], [c[1] for c in changes], [c[2] for c in changes])
-            changed = {r["id"] for r in rows}
-        if stamps:
-            rows = await self.conn.fetch(
-                "UPDATE nodes n SET schema_version = $3 "
-                "FROM unnest($4::uuid[], $5::int[]) AS i (id, version) "
-                "WHERE n.tenant_id = $1 AND n.node_type_id = $2 AND n.id = i.id "
-                "AND n.version = i.version AND n.schema_version <= $3 RETURNING n.id",
-                tenant_id, node_type_id, to_version, [s[0] for s in stamps],
-                [s[1] for s in stamps])
-            stamped = {r["id"] for r in rows}
-        return changed, stamped
+                              changes: list[tuple[UUID, int, Any]]) -> set[UUID]:
+        """A migration batch's new data (id, version read, data): written (version + 1,
+        schema_version = to_version) where the node is still at the version the batch read
+        and was not validated against a schema newer than `to_version`. The caller holds
+        the node type share-locked at to_version. The ids written (the others changed or
+        went meanwhile). Nodes whose data stays are stamped instead (stamp_schema_version)."""
+        if not changes:
+            return set()
+        rows = await self.conn.fetch(
+            "UPDATE nodes n SET data = i.data, version = n.version + 1, updated_at = now(), "
+            "schema_version = $3 FROM unnest($4::uuid[], $5::int[], $6::jsonb[]) "
+            "AS i (id, version, data) WHERE n.tenant_id = $1 AND n.node_type_id = $2 "
+            "AND n.id = i.id AND n.version = i.version AND n.schema_version <= $3 "
+            "RETURNING n.id", tenant_id, node_type_id, to_version,
+            [c[0] for c in changes], [c[1] for c in changes], [c[2] for c in changes])
+        return {r["id"] for r in rows}
 
     async def get_pairs(self, tenant_ids: list, node_ids: list
                         ) -> list[asyncpg.Record | None]:
