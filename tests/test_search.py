@@ -141,6 +141,17 @@ async def test_highlighted_snippets(rpc):
     assert "snippet" not in plain[0]
 
 
+async def test_snippets_escape_the_documents_html(rpc):
+    """A snippet is HTML: markup in the data comes back escaped, only the marks are tags."""
+    tenant_id, _, _ = await corpus(rpc, [
+        {"title": "<script>alert(1)</script> evil & <b>bold</b> pasta \ue000x\ue001"}])
+    snippet = (await search(rpc, tenant_id, "pasta", highlight=True))[0]["snippet"]
+    # (ts_headline leaves tags out; whatever text is left is escaped)
+    tags = snippet.replace("<mark>", "").replace("</mark>", "")
+    assert "<" not in tags and ">" not in tags
+    assert "&amp;" in snippet and "<mark>pasta</mark>" in snippet
+
+
 async def test_rank_pages_walk_every_match_once(rpc):
     docs = [{"title": f"doc {i}", "body": " ".join(["word"] * (1 + i % 7))} for i in range(45)]
     tenant_id, _, nodes = await corpus(rpc, docs)
