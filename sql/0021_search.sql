@@ -27,15 +27,23 @@ END
 $$;
 REVOKE ALL ON FUNCTION flexdb_search_document(jsonb, jsonb) FROM PUBLIC;
 
--- The text search vector of `data` under a node type's search settings.
+-- The text search vector of `data` under a node type's search settings. A text search
+-- vector holds at most 1 MB: a large document with that many distinct words is indexed by
+-- the first 256 KiB of its text instead of failing its write (the check costs a
+-- subtransaction, so only documents over 64 KiB as stored take it).
 CREATE FUNCTION flexdb_search_vector(config jsonb, data jsonb) RETURNS tsvector
 LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    language regconfig := coalesce(config ->> 'language', 'simple')::regconfig;
 BEGIN
-    IF config IS NULL THEN  -- the defaults: every string, simple
-        RETURN jsonb_to_tsvector('simple'::regconfig, data, '["string"]');
+    IF pg_column_size(data) <= 65536 THEN
+        RETURN jsonb_to_tsvector(language, flexdb_search_document(config, data), '["string"]');
     END IF;
-    RETURN jsonb_to_tsvector(coalesce(config ->> 'language', 'simple')::regconfig,
-                             flexdb_search_document(config, data), '["string"]');
+    BEGIN
+        RETURN jsonb_to_tsvector(language, flexdb_search_document(config, data), '["string"]');
+    EXCEPTION WHEN program_limit_exceeded THEN
+        RETURN to_tsvector(language, left(flexdb_search_text(config, data), 262144));
+    END;
 END
 $$;
 REVOKE ALL ON FUNCTION flexdb_search_vector(jsonb, jsonb) FROM PUBLIC;

@@ -220,3 +220,18 @@ async def test_listing_still_works_for_all_nodes(rpc):
     listed = await list_all(rpc, "list_nodes", "nodes", {"tenant_id": tenant_id})
     assert {n["id"] for n in listed} == {n["id"] for n in nodes}
     assert all("search_vector" not in n and "rank" not in n for n in listed)
+
+
+async def test_a_document_with_more_words_than_a_search_vector_holds_is_still_stored(rpc):
+    """A text search vector holds at most 1 MB: a document of ~30,000 distinct words is
+    stored anyway, indexed by the start of its text."""
+    import hashlib
+    words = [hashlib.md5(str(i).encode()).hexdigest() for i in range(30_000)]
+    tenant_id, nt, nodes = await corpus(rpc, [{"title": "big", "text": " ".join(words)}])
+    assert len(nodes) == 1
+    found = await search(rpc, tenant_id, words[0])
+    assert [n["id"] for n in found] == [nodes[0]["id"]]
+    updated = await rpc.call("update_node", {"tenant_id": tenant_id, "id": nodes[0]["id"],
+                                             "data": {"title": "big", "text": " ".join(
+                                                 reversed(words))}})
+    assert updated["node"]["version"] == 2
