@@ -3,8 +3,9 @@
 SQL in the same run, in one table.
 
     .venv/bin/python scripts/bench.py [--concurrency 32] [--seconds 5] [--nodes 100000]
-        [--relationships 100000] [--workers N] [--soak-seconds 300] [--json FILE]
-        [--migration-nodes 20000] [--only get_node,create_node,migrate_nodes,...]
+        [--relationships 100000] [--search-nodes 200000] [--workers N] [--soak-seconds 300]
+        [--migration-nodes 20000] [--json FILE]
+        [--only get_node,create_node,migrate_nodes,...]
 
 It creates a fresh database (on FLEXDB_BENCH_DATABASE_URL, default the local server at
 127.0.0.1:5432, or an embedded PostgreSQL when that is unreachable), starts `flexdb serve`,
@@ -55,6 +56,7 @@ from rpc_server.storage.repositories.nodes import NodeRepository  # noqa: E402
 from scripts.bench_core import token_at_depth  # noqa: E402
 from scripts.bench_query import GROUPS, group_statements  # noqa: E402
 from scripts.bench_schema import schema_check_rows  # noqa: E402
+from scripts.bench_search import search_rows  # noqa: E402
 from scripts.lean_http import LeanHttp  # noqa: E402
 from tests.conftest import (  # noqa: E402
     TEST_SANDBOX_SECRET,
@@ -533,6 +535,10 @@ async def measure(bench: Bench, watch: MemoryWatch) -> None:
     if bench.wanted("migrate_nodes"):
         await migration_scenario(bench, tid)
 
+    # --- full-text search over short texts (a node type of their own)
+    if bench.wanted("search"):
+        await search_rows(bench, tid, args.search_nodes)
+
     # --- REST facade: GET a node
     if bench.wanted("facade_get_node"):
         facade = LeanHttp(bench.facade_url, args.concurrency)
@@ -705,6 +711,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--nodes", type=int, default=100_000)
     parser.add_argument("--relationships", type=int, default=100_000)
+    parser.add_argument("--search-nodes", type=int, default=200_000)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--soak-seconds", type=float, default=300)
     parser.add_argument("--migration-nodes", type=int, default=20_000,

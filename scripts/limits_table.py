@@ -24,7 +24,7 @@ from rpc_server.config import Settings, env_var, shown_default  # noqa: E402
 from rpc_server.methods import graph, node_types, pipelines, query  # noqa: E402
 from rpc_server.pipelines import jobs  # noqa: E402
 from rpc_server.query import guard as query_guard  # noqa: E402
-from rpc_server.storage import node_filter, response_budget  # noqa: E402
+from rpc_server.storage import node_filter, node_search, response_budget  # noqa: E402
 from rpc_server.validation.schema_cost import MAX_PATTERN_LENGTH  # noqa: E402
 from sandbox_worker.app import MAX_OUTPUT, MAX_RESULT  # noqa: E402
 from sandbox_worker.policy import MAX_CODE_LENGTH  # noqa: E402
@@ -148,6 +148,9 @@ SECTIONS: dict[str, list[Limit]] = {
               value=f"{node_filter.MAX_PATH_SEGMENTS} / {node_filter.MAX_SEGMENT_LENGTH}"),
         Limit("filter: one value / all values, as JSON", INVALID,
               value=f"{size(node_filter.MAX_VALUE_BYTES)} / {size(node_filter.MAX_FILTER_BYTES)}"),
+        Limit("full-text `search`: characters of the text / paths a node type indexes",
+              INVALID, value=f"{n(node_search.MAX_SEARCH_TEXT)} / "
+                             f"{node_search.MAX_SEARCH_FIELDS}"),
         Limit("walks: `max_depth` / `limit` / relationship types", INVALID,
               value=f"{graph.MAX_DEPTH} / {n(graph.MAX_LIMIT)} / {graph.MAX_TYPES}"),
     ],

@@ -11,40 +11,62 @@ ALTER TABLE node_types ADD COLUMN search_config jsonb;
 ALTER TABLE nodes ADD COLUMN search_vector tsvector NOT NULL DEFAULT ''::tsvector;
 
 -- The part of `data` that is searched: the whole document, or the listed fields' values
--- (as a JSON array; a field the document lacks adds a null).
+-- (as a JSON array; a field the document lacks adds a null). (PL/pgSQL, not SQL: called
+-- per row from the trigger, a SQL function that is not inlined is planned at every call.)
 CREATE FUNCTION flexdb_search_document(config jsonb, data jsonb) RETURNS jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT CASE WHEN jsonb_typeof(config -> 'fields') = 'array'
-        THEN coalesce((SELECT jsonb_agg(data #> array(
-                           SELECT key FROM jsonb_array_elements_text(f) WITH ORDINALITY
-                               AS k (key, n) WHERE n > 1 ORDER BY n))
-                       FROM jsonb_array_elements(config -> 'fields') AS f), '[]'::jsonb)
-        ELSE data END
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    IF jsonb_typeof(config -> 'fields') IS DISTINCT FROM 'array' THEN
+        RETURN data;
+    END IF;
+    RETURN coalesce((SELECT jsonb_agg(data #> array(
+                         SELECT key FROM jsonb_array_elements_text(f) WITH ORDINALITY
+                             AS k (key, n) WHERE n > 1 ORDER BY n))
+                     FROM jsonb_array_elements(config -> 'fields') AS f), '[]'::jsonb);
+END
 $$;
 REVOKE ALL ON FUNCTION flexdb_search_document(jsonb, jsonb) FROM PUBLIC;
 
--- The text search vector of `data` under a node type's search settings.
+-- The text search vector of `data` under a node type's search settings. A text search
+-- vector holds at most 1 MB: a large document with that many distinct words is indexed by
+-- the first 256 KiB of its text instead of failing its write (the check costs a
+-- subtransaction, so only documents over 64 KiB as stored take it).
 CREATE FUNCTION flexdb_search_vector(config jsonb, data jsonb) RETURNS tsvector
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT jsonb_to_tsvector(coalesce(config ->> 'language', 'simple')::regconfig,
-                             flexdb_search_document(config, data), '["string"]')
+LANGUAGE plpgsql STABLE PARALLEL SAFE AS $$
+DECLARE
+    language regconfig := coalesce(config ->> 'language', 'simple')::regconfig;
+BEGIN
+    IF pg_column_size(data) <= 65536 THEN
+        RETURN jsonb_to_tsvector(language, flexdb_search_document(config, data), '["string"]');
+    END IF;
+    BEGIN
+        RETURN jsonb_to_tsvector(language, flexdb_search_document(config, data), '["string"]');
+    EXCEPTION WHEN program_limit_exceeded THEN
+        RETURN to_tsvector(language, left(flexdb_search_text(config, data), 262144));
+    END;
+END
 $$;
 REVOKE ALL ON FUNCTION flexdb_search_vector(jsonb, jsonb) FROM PUBLIC;
 
 -- The searched strings as one text, for highlighted snippets (ts_headline).
 CREATE FUNCTION flexdb_search_text(config jsonb, data jsonb) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT coalesce(string_agg(v #>> '{}', ' … '), '')
-    FROM jsonb_path_query(flexdb_search_document(config, data), 'strict $.**') AS v
-    WHERE jsonb_typeof(v) = 'string'
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+BEGIN
+    RETURN coalesce((SELECT string_agg(v #>> '{}', ' … ')
+                     FROM jsonb_path_query(flexdb_search_document(config, data), 'strict $.**')
+                         AS v
+                     WHERE jsonb_typeof(v) = 'string'), '');
+END
 $$;
 REVOKE ALL ON FUNCTION flexdb_search_text(jsonb, jsonb) FROM PUBLIC;
 
 CREATE FUNCTION nodes_search_vector() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    config jsonb;
 BEGIN
-    NEW.search_vector := flexdb_search_vector(
-        (SELECT search_config FROM node_types
-         WHERE tenant_id = NEW.tenant_id AND id = NEW.node_type_id), NEW.data);
+    SELECT search_config INTO config FROM node_types
+    WHERE tenant_id = NEW.tenant_id AND id = NEW.node_type_id;
+    NEW.search_vector := flexdb_search_vector(config, NEW.data);
     RETURN NEW;
 END
 $$;

@@ -141,6 +141,17 @@ async def test_highlighted_snippets(rpc):
     assert "snippet" not in plain[0]
 
 
+async def test_snippets_escape_the_documents_html(rpc):
+    """A snippet is HTML: markup in the data comes back escaped, only the marks are tags."""
+    tenant_id, _, _ = await corpus(rpc, [
+        {"title": "<script>alert(1)</script> evil & <b>bold</b> pasta \ue000x\ue001"}])
+    snippet = (await search(rpc, tenant_id, "pasta", highlight=True))[0]["snippet"]
+    # (ts_headline leaves tags out; whatever text is left is escaped)
+    tags = snippet.replace("<mark>", "").replace("</mark>", "")
+    assert "<" not in tags and ">" not in tags
+    assert "&amp;" in snippet and "<mark>pasta</mark>" in snippet
+
+
 async def test_rank_pages_walk_every_match_once(rpc):
     docs = [{"title": f"doc {i}", "body": " ".join(["word"] * (1 + i % 7))} for i in range(45)]
     tenant_id, _, nodes = await corpus(rpc, docs)
@@ -209,3 +220,18 @@ async def test_listing_still_works_for_all_nodes(rpc):
     listed = await list_all(rpc, "list_nodes", "nodes", {"tenant_id": tenant_id})
     assert {n["id"] for n in listed} == {n["id"] for n in nodes}
     assert all("search_vector" not in n and "rank" not in n for n in listed)
+
+
+async def test_a_document_with_more_words_than_a_search_vector_holds_is_still_stored(rpc):
+    """A text search vector holds at most 1 MB: a document of ~30,000 distinct words is
+    stored anyway, indexed by the start of its text."""
+    import hashlib
+    words = [hashlib.md5(str(i).encode()).hexdigest() for i in range(30_000)]
+    tenant_id, nt, nodes = await corpus(rpc, [{"title": "big", "text": " ".join(words)}])
+    assert len(nodes) == 1
+    found = await search(rpc, tenant_id, words[0])
+    assert [n["id"] for n in found] == [nodes[0]["id"]]
+    updated = await rpc.call("update_node", {"tenant_id": tenant_id, "id": nodes[0]["id"],
+                                             "data": {"title": "big", "text": " ".join(
+                                                 reversed(words))}})
+    assert updated["node"]["version"] == 2

@@ -292,8 +292,9 @@ class Node(ResultModel):
                                             "was last validated against.")
     rank: float | None = omittable("query_nodes with a search condition: how well the node "
                                    "matches (ts_rank; higher is better).")
-    snippet: str | None = omittable("query_nodes with `highlight`: the searched text with "
-                                    "the matches marked <mark>…</mark>.")
+    snippet: str | None = omittable("query_nodes with `highlight`: the searched text around "
+                                    "the matches, as HTML: the text escaped, the matches in "
+                                    "<mark>…</mark>.")
 
 
 class NodeResult(ResultModel):

@@ -9,6 +9,7 @@ groups. `search_vector @@ query` is what the GIN index (tenant_id, search_vector
 search on a path inside data also matches the path's own strings, row by row."""
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -19,9 +20,11 @@ MAX_SEARCH_TEXT = 1000  # characters of one search's text
 MAX_SEARCH_FIELDS = 32  # fields a node type may index
 MAX_LANGUAGE = 63  # a text search configuration's name (a PostgreSQL identifier)
 DEFAULT_LANGUAGE = "simple"
-# ts_headline's options: matches marked <mark>…</mark>, up to two fragments.
-SNIPPET_OPTIONS = ("StartSel=<mark>, StopSel=</mark>, MaxFragments=2, MaxWords=24, "
-                   "MinWords=8, FragmentDelimiter=\" … \"")
+# ts_headline's options: up to two fragments, the matches between two private-use
+# characters that html_snippet turns into <mark>…</mark> once the text is HTML-escaped.
+MARK_START, MARK_END = "\ue000", "\ue001"
+SNIPPET_OPTIONS = (f"StartSel={MARK_START}, StopSel={MARK_END}, MaxFragments=2, "
+                   "MaxWords=24, MinWords=8, FragmentDelimiter=\" … \"")
 # The node type's search settings, for a row of nodes.
 ROW_SEARCH_CONFIG = ("(SELECT t.search_config FROM node_types t "
                      "WHERE t.tenant_id = nodes.tenant_id AND t.id = nodes.node_type_id)")
@@ -60,6 +63,12 @@ class SearchScope:
                 TypeSearch(row["id"], None if fields is None else
                            tuple(tuple(f[1:]) for f in fields)))
         return cls(by_language)
+
+
+def html_snippet(headline: str) -> str:
+    """ts_headline's text as HTML: the document's text escaped (it is the tenant's data: a
+    snippet shown as HTML must not run it), the matches in <mark>…</mark>."""
+    return html.escape(headline).replace(MARK_START, "<mark>").replace(MARK_END, "</mark>")
 
 
 def uses_search(node: Any) -> bool:

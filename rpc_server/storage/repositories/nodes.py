@@ -10,7 +10,7 @@ import orjson
 
 from rpc_server.errors import InvalidParams
 from rpc_server.storage.node_filter import NodeSort, SqlArgs
-from rpc_server.storage.node_search import SearchSql
+from rpc_server.storage.node_search import SearchSql, html_snippet
 from rpc_server.storage.pagination import (
     BUDGET_COLUMNS,
     TOTAL_COLUMN,
@@ -347,4 +347,7 @@ class NodeRepository(Repository):
         if sort.rank:
             for item, row in zip(items, rows):
                 item["rank"] = row["_sort_key"]
+        if highlight:
+            for item in items:
+                item["snippet"] = html_snippet(item["snippet"])
         return Page(items, next_token, total, used)
