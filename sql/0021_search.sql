@@ -76,7 +76,7 @@ CREATE TRIGGER nodes_search_vector BEFORE INSERT OR UPDATE OF data ON nodes
 
 -- The nodes already there (no change events: their data did not change).
 SET LOCAL flexdb.change_feed = 'off';
-UPDATE nodes SET search_vector = jsonb_to_tsvector('simple', data, '["string"]');
+UPDATE nodes SET search_vector = flexdb_search_vector(NULL, data);
 RESET flexdb.change_feed;
 
 CREATE INDEX nodes_search_idx ON nodes USING gin (tenant_id, search_vector);

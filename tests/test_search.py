@@ -231,7 +231,25 @@ async def test_a_document_with_more_words_than_a_search_vector_holds_is_still_st
     assert len(nodes) == 1
     found = await search(rpc, tenant_id, words[0])
     assert [n["id"] for n in found] == [nodes[0]["id"]]
+    # ... and a search on its path, matched row by row, does not fail on it either
+    on_path = await search(rpc, tenant_id, words[0], field="data.text")
+    assert [n["id"] for n in on_path] == [nodes[0]["id"]]
     updated = await rpc.call("update_node", {"tenant_id": tenant_id, "id": nodes[0]["id"],
                                              "data": {"title": "big", "text": " ".join(
                                                  reversed(words))}})
     assert updated["node"]["version"] == 2
+
+
+async def test_a_snippet_is_bounded_whatever_the_text_between_matches(rpc):
+    """Between two matches, 200 KB of characters that are no words (and that HTML escaping
+    would multiply): the snippet stays short, and the page within its budget."""
+    filler = "<" * 200_000
+    tenant_id, _, _ = await corpus(rpc, [{"title": f"pasta {filler} pasta"}])
+    found = await search(rpc, tenant_id, "pasta", highlight=True)
+    assert len(found) == 1 and "<mark>pasta</mark>" in found[0]["snippet"]
+    assert len(found[0]["snippet"]) <= 6 * 1000 + 20
+
+
+async def test_rank_in_a_tenant_without_node_types_is_an_empty_answer(rpc):
+    tenant = await make_tenant(rpc)
+    assert await search(rpc, tenant["id"], "anything", sort={"by": "rank"}) == []

@@ -197,7 +197,7 @@ async def update_node_type(ctx: Call, p: UpdateNodeType) -> dict:
         else:
             new_version = current["schema_version"] + 1
             await checked(check_nodes(conn, ctx.validators, p.tenant_id, p.id, p.schema_,
-                                      report, stamp_version=new_version,
+                                      report, p.timeout_ms, stamp_version=new_version,
                                       stamp_after_failures=p.mode == "allow_invalid"))
             outcome = report.as_result(new_version)
             if report.failing and p.mode == "validate":
@@ -245,7 +245,8 @@ async def check_node_type_schema(ctx: Call, p: CheckNodeTypeSchema) -> dict:
     report = SchemaReport(p.max_failures)
     async with ctx.heavy(p.timeout_ms, "The schema check (raise timeout_ms)") as conn:
         current = await NodeTypeRepository(conn).get(p.tenant_id, p.id)
-        await check_nodes(conn, ctx.validators, p.tenant_id, p.id, p.schema_, report)
+        await check_nodes(conn, ctx.validators, p.tenant_id, p.id, p.schema_, report,
+                          p.timeout_ms)
     return {"report": {**report.as_result(None), "current_schema_version":
                        current["schema_version"]}}
 

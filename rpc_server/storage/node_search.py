@@ -23,6 +23,9 @@ DEFAULT_LANGUAGE = "simple"
 # ts_headline's options: up to two fragments, the matches between two private-use
 # characters that html_snippet turns into <mark>…</mark> once the text is HTML-escaped.
 MARK_START, MARK_END = "\ue000", "\ue001"
+SNIPPET_SOURCE = 65_536  # characters of a node's text a snippet is looked for in
+MAX_SNIPPET = 1_000  # characters of a snippet before escaping (at most 6 bytes each after)
+SNIPPET_BYTES = 6 * MAX_SNIPPET + 64  # what a snippet may add to a row, for page budgets
 SNIPPET_OPTIONS = (f"StartSel={MARK_START}, StopSel={MARK_END}, MaxFragments=2, "
                    "MaxWords=24, MinWords=8, FragmentDelimiter=\" … \"")
 # The node type's search settings, for a row of nodes.
@@ -65,10 +68,14 @@ class SearchScope:
         return cls(by_language)
 
 
-def html_snippet(headline: str) -> str:
+def html_snippet(headline: str | None) -> str:
     """ts_headline's text as HTML: the document's text escaped (it is the tenant's data: a
-    snippet shown as HTML must not run it), the matches in <mark>…</mark>."""
-    return html.escape(headline).replace(MARK_START, "<mark>").replace(MARK_END, "</mark>")
+    snippet shown as HTML must not run it), the matches in <mark>…</mark>. A mark the cut
+    left open is closed."""
+    text = html.escape(headline or "")
+    if text.count(MARK_START) > text.count(MARK_END):
+        text += MARK_END
+    return text.replace(MARK_START, "<mark>").replace(MARK_END, "</mark>")
 
 
 def uses_search(node: Any) -> bool:
@@ -91,13 +98,16 @@ class SearchSql:
 
     def __init__(self, scope: SearchScope | None, args):
         self.scope, self.args = scope, args
+        self.used = False  # a search condition was compiled
 
-    def _language(self, language: str) -> str:
+    def _language_text(self, language: str) -> str:
         assert self.scope is not None
         if language not in self.scope.language_args:
-            self.scope.language_args[language] = \
-                f"{self.args.add(language, 'text')}::regconfig"
+            self.scope.language_args[language] = self.args.add(language, "text")
         return self.scope.language_args[language]
+
+    def _language(self, language: str) -> str:
+        return f"{self._language_text(language)}::regconfig"
 
     def _query(self, language: str, text_args: list[str]) -> str:
         lang = self._language(language)
@@ -114,6 +124,7 @@ class SearchSql:
                                              "\"a phrase\", or, -word)")
         if "\x00" in text:
             raise InvalidParams.field(where, "must not contain the character U+0000")
+        self.used = True
         if self.scope is None or not self.scope.by_language:
             return "FALSE"  # no node type: nothing to find
         text_arg = self.args.add(text, "text")
@@ -127,22 +138,25 @@ class SearchSql:
             if all(t.covers(path) for t in types):
                 parts.append(f"search_vector @@ {query}")
             # (else a path no vector holds: matched row by row, below)
-            if path_arg is not None:
-                parts.append(f"jsonb_to_tsvector({self._language(language)}, "
-                             f"COALESCE(data #> {path_arg}, 'null'::jsonb), '[\"string\"]') "
-                             f"@@ {query}")
+            if path_arg is not None:  # (flexdb_search_vector: a huge value cannot fail it)
+                parts.append(f"flexdb_search_vector(jsonb_build_object('language', "
+                             f"{self._language_text(language)}), "
+                             f"COALESCE(data #> {path_arg}, 'null'::jsonb)) @@ {query}")
             groups.append("(" + " AND ".join(parts) + ")")
         return "(" + " OR ".join(groups) + ")"
 
-    def _per_language(self, sql_of) -> str:
-        """An expression computed with each row's language: sql_of(language)."""
+    def _per_language(self, sql_of, otherwise: str) -> str:
+        """An expression computed with each row's language: sql_of(language); `otherwise`
+        for a row of no node type in scope (one created after the scope was read)."""
         assert self.scope is not None
         groups = list(self.scope.by_language.items())
+        if not groups or not self.scope.text_args:
+            return otherwise
         if len(groups) == 1:
             return sql_of(groups[0][0])
         cases = " ".join(f"WHEN node_type_id = ANY({self._type_ids(types)}) "
                          f"THEN {sql_of(language)}" for language, types in groups)
-        return f"(CASE {cases} END)"
+        return f"(CASE {cases} ELSE {otherwise} END)"
 
     def _all_texts(self) -> list[str]:
         assert self.scope is not None
@@ -151,16 +165,18 @@ class SearchSql:
     def rank(self) -> str:
         """How well a row matches all the filter's search texts (ts_rank, real)."""
         return self._per_language(lambda language: (
-            f"ts_rank(search_vector, {self._query(language, self._all_texts())})"))
+            f"ts_rank(search_vector, {self._query(language, self._all_texts())})"),
+            "0::real")
 
     def snippet(self) -> str:
-        """The row's searched strings with the matches marked."""
+        """The row's searched strings (their first SNIPPET_SOURCE characters) with the
+        matches marked, cut to MAX_SNIPPET characters (html_snippet escapes it)."""
         options = self.args.add(SNIPPET_OPTIONS, "text")
         return self._per_language(lambda language: (
-            f"ts_headline({self._language(language)}, "
-            f"flexdb_search_text({ROW_SEARCH_CONFIG}, data), "
-            f"{self._query(language, self._all_texts())}, {options})"))
+            f"left(ts_headline({self._language(language)}, "
+            f"left(flexdb_search_text({ROW_SEARCH_CONFIG}, data), {SNIPPET_SOURCE}), "
+            f"{self._query(language, self._all_texts())}, {options}), {MAX_SNIPPET})"), "''")
 
     @property
     def searched(self) -> bool:
-        return self.scope is not None and bool(self.scope.text_args)
+        return self.used

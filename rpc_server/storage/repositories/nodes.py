@@ -10,7 +10,7 @@ import orjson
 
 from rpc_server.errors import InvalidParams
 from rpc_server.storage.node_filter import NodeSort, SqlArgs
-from rpc_server.storage.node_search import SearchSql, html_snippet
+from rpc_server.storage.node_search import SNIPPET_BYTES, SearchSql, html_snippet
 from rpc_server.storage.pagination import (
     BUDGET_COLUMNS,
     TOTAL_COLUMN,
@@ -63,7 +63,7 @@ class NodeRepository(Repository):
     # type: a lock there is a row lock shared by every concurrent update of the type's nodes
     # (a MultiXact each time), which cost a quarter of update_node's throughput at 32 in
     # flight. Instead, a schema change stamps every node it found valid with its new schema
-    # version, row by row, before it commits (SchemaCheck in validation/existing_nodes.py):
+    # version, row by row, before it commits (check_nodes in validation/existing_nodes.py):
     # an update whose statement began before that commit waits for the stamp's row lock,
     # and then finds the node's schema_version above the one it validated against and
     # touches no row, so it is validated again against the new schema.
@@ -179,19 +179,24 @@ class NodeRepository(Repository):
             "WHERE n.tenant_id = $1 AND n.id = $2", tenant_id, node_id)
 
     async def scan_of_type(self, tenant_id: UUID, node_type_id: UUID, after: tuple | None,
-                           limit: int, with_data: bool = True) -> list[asyncpg.Record]:
+                           limit: int, with_data: bool = True,
+                           max_bytes: int | None = None) -> list[asyncpg.Record]:
         """Up to `limit` of the type's nodes after `after` ((created_at, id) of the last one
         read; None: from the first), in that order, through the type's keyset index: id,
-        version, created_at and (with_data) data as JSON text."""
+        version, created_at and (with_data) data as JSON text; with `max_bytes`, only as
+        many as start within that many bytes of data (at least one)."""
         after_time, after_id = after if after is not None else (None, None)
         data = ", data::text AS data" if with_data else ""
-        return await self.conn.fetch(
-            f"SELECT id, version, created_at{data} FROM nodes "
-            "WHERE tenant_id = $1 AND node_type_id = $2 AND (created_at, id) > "
-            "(coalesce($3::timestamptz, '-infinity'), "
-            "coalesce($4::uuid, '00000000-0000-0000-0000-000000000000')) "
-            "ORDER BY created_at, id LIMIT $5", tenant_id, node_type_id, after_time, after_id,
-            limit)
+        sql = (f"SELECT id, version, created_at{data} FROM nodes "
+               "WHERE tenant_id = $1 AND node_type_id = $2 AND (created_at, id) > "
+               "(coalesce($3::timestamptz, '-infinity'), "
+               "coalesce($4::uuid, '00000000-0000-0000-0000-000000000000')) "
+               "ORDER BY created_at, id LIMIT $5")
+        args: list = [tenant_id, node_type_id, after_time, after_id, limit]
+        if with_data and max_bytes is not None:
+            sql = within_bytes(sql, "octet_length(data)", "$6")
+            args.append(max_bytes)
+        return await self.conn.fetch(sql, *args)
 
     async def current_of(self, tenant_id: UUID, ids: list[UUID],
                          with_data: bool = True) -> list[asyncpg.Record]:
@@ -317,8 +322,9 @@ class NodeRepository(Repository):
         limit = args.add(pagination.page_size + 1, "int4")
         sql = (f"SELECT {cls.read_columns}{extra}, {key} AS _sort_key{counted} FROM nodes "
                f"WHERE {' AND '.join(where)} ORDER BY {key}{order}, id{order} LIMIT {limit}")
-        if max_bytes is not None:
-            sql = within_bytes(sql, cls.size_sql, args.add(max_bytes, "int8"))
+        if max_bytes is not None:  # (a snippet counts at its largest)
+            size = f"{cls.size_sql} + {SNIPPET_BYTES}" if highlight else cls.size_sql
+            sql = within_bytes(sql, size, args.add(max_bytes, "int8"))
         return PageStatement(sql, args.values, count_sql, count_args)
 
     async def query(self, tenant_id: UUID, node_type_id: UUID | None, condition: str,
