@@ -50,6 +50,7 @@ from rpc_server.errors import INVALID_REQUEST
 from rpc_server.ops.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from rpc_server.ops.metrics import Metrics, Readings
 from rpc_server.ops.readiness import CHECK_TIMEOUT_S, readiness
+from rpc_server.pipelines.jobs import JobRunner
 from rpc_server.pipelines.runner import PipelineRunner
 from rpc_server.pipelines.sandbox_client import SandboxClient
 from rpc_server.query import guard as query_guard
@@ -205,15 +206,27 @@ def build_state(settings: Settings, secret: bytes, pool: asyncpg.Pool, query: Qu
         # refuses writes, nothing can then serve a revoked key longer than that.
         auth.shared = SharedCache(redis, settings.auth_cache_ttl_s, "auth")
         node_types.shared = SharedCache(redis, settings.shared_cache_ttl_s, "node_types")
+    validators = ValidatorCache(validation_limits(settings),
+                                TenantLimiter(1, wait_s, "schema checks in a thread"))
+    chainer = AuditChainer(pool, wait_s)
+    sequencer = FeedSequencer(pool, wait_s, keep_events=settings.feed_retention_events,
+                              keep_days=settings.feed_retention_days,
+                              trim_every_s=settings.feed_trim_interval_s)
+
+    def committed(tenant_id) -> None:  # a job's batch: chain its event, number its changes
+        chainer.kick(tenant_id)
+        sequencer.kick(tenant_id)
+
+    jobs = JobRunner(pool, settings, validators, run_roles=roles_that_may("migrate_nodes"),
+                     runs_queued=runner.wake.set, committed=committed)
     return AppState(
         settings=settings, pool=pool, shaper=Shaper(settings.json_fields),
-        validators=ValidatorCache(validation_limits(settings),
-                                  TenantLimiter(1, wait_s, "schema checks in a thread")),
+        validators=validators,
         auth=auth,
         denied=DeniedCalls(pool, wait_s, settings.denied_calls_max_sources,
                            settings.denied_calls_retention_days),
         query=query, pipelines=runner,
-        node_types=node_types, chainer=AuditChainer(pool, wait_s), metrics=Metrics(),
+        node_types=node_types, chainer=chainer, metrics=Metrics(),
         limits=RateLimiter.from_settings(settings, redis), redis=redis,
         node_reads=NodeReads(partial(pooled_connection, pool, wait_s)),
         pool_shares=TenantLimiter(tenant_pool_share(settings), wait_s,
@@ -223,13 +236,11 @@ def build_state(settings: Settings, secret: bytes, pool: asyncpg.Pool, query: Qu
             TenantLimiter(settings.tenant_large_responses, wait_s,
                           "large responses in flight", "FLEXDB_TENANT_LARGE_RESPONSES"),
             settings.max_body_bytes + ROW_OVERHEAD),
-        sequencer=FeedSequencer(pool, wait_s, keep_events=settings.feed_retention_events,
-                                keep_days=settings.feed_retention_days,
-                                trim_every_s=settings.feed_trim_interval_s),
+        sequencer=sequencer,
         feed=feed, streams=StreamCaps(settings.feed_streams_per_key,
                                       settings.feed_streams_per_tenant,
                                       settings.feed_streams_max),
-        webhooks=webhooks, vectors=vectors)
+        webhooks=webhooks, jobs=jobs, vectors=vectors)
 
 
 def readings_of(state: AppState) -> Readings:
@@ -320,12 +331,17 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
                                     run_roles=roles_that_may("run_pipeline"),
                                     runs_queued=runner.wake.set)
         feed.on_change = webhooks.kick
-        runner.on_finished = webhooks.run_ended
         app[STATE] = state = build_state(settings, secret, pool, query, runner, redis, feed,
                                          webhooks, vectors)
         indexer = VectorIndexer(pool, partial(connect, database_url, settings), IndexPolicy(
             settings.vector_index_min_nodes, settings.vector_index_interval_s,
             settings.vector_index_build_memory_mb)) if vectors.available else None
+
+        def run_finished() -> None:  # triggers and jobs waiting for a run look now
+            webhooks.run_ended()
+            state.jobs.run_ended()
+
+        runner.on_finished = run_finished
         if redis is not None:
             invalidation = Invalidation(redis, state.auth, state.node_types)
             invalidation.start()
@@ -336,11 +352,13 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         feed.start()
         state.denied.start()
         webhooks.start()
+        state.jobs.start()
         if indexer is not None:
             indexer.start()
         yield
         if indexer is not None:
             await indexer.stop()
+        await state.jobs.stop()
         await webhooks.stop()
         await runner.stop()
         await state.chainer.stop()

@@ -347,6 +347,21 @@ class Settings(BaseModel):
         60.0, "how long a server's claim on a webhook lasts without being renewed (each "
         "delivery renews it); a server that stops leaves its webhooks to others after it",
         read_by=(SERVE,), ge=1, le=3600)
+    jobs_tenant_active: int = setting(
+        2, "jobs (`migrate_nodes`) one tenant may have queued or running; beyond: -32005 "
+        "busy", read_by=(SERVE,), ge=1, le=1000)
+    job_concurrency: int = setting(
+        4, "jobs one server process runs at once (0 = this server runs none); a job's "
+        "batches go through the fair pipeline queue like other runs", read_by=(SERVE,),
+        ge=0, le=256)
+    job_lease_s: float = setting(
+        30.0, "how long a server's claim on a job lasts without being renewed (renewed "
+        "while the job runs); a server that stops leaves its jobs to others after it, and "
+        "they resume from the last batch applied", read_by=(SERVE,), ge=1, le=3600)
+    migration_batch_nodes: int = setting(
+        200, "nodes per batch of a `migrate_nodes` job: one pipeline run, one transaction "
+        "and one audit event each (a batch also stops at 256 KiB of node data)",
+        read_by=(SERVE,), ge=1, le=1000)
     denied_calls_retention_days: int = setting(
         30, "days counts of refused calls (`list_denied_calls`) are kept; older ones are "
         "deleted by the servers, a bounded batch at a time", read_by=(SERVE,), ge=1, le=36_500)

@@ -63,6 +63,7 @@ def _job_from(body: bytes) -> dict:
                 "timeout_ms": int(job["timeout_ms"]), "memory_mb": int(job["memory_mb"]),
                 "request_id": str(job.get("request_id", ""))[:128],
                 "verbose": bool(job.get("verbose", False)),
+                "map": bool(job.get("map", False)),
                 "db_methods": _db_methods_from(job["db_methods"])}
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
         raise web.HTTPBadRequest(text="bad job") from None
@@ -138,7 +139,7 @@ async def handle_run(request: web.Request) -> web.Response:
         timeout_s = job["timeout_ms"] / 1000
         child_job = {"code": job["code"], "input": job["input"], "db_methods": job["db_methods"],
                      "cpu_s": max(1, int(timeout_s + 0.999)), "memory_mb": job["memory_mb"],
-                     "max_output": MAX_OUTPUT, "max_result": MAX_RESULT}
+                     "max_output": MAX_OUTPUT, "max_result": MAX_RESULT, "map": job["map"]}
         outcome = await run_job(child, child_job, db_call, timeout_s, cancelled,
                                 verbose=job["verbose"])
     finally:

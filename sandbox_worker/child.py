@@ -3,14 +3,20 @@
 Protocol with the worker, JSON lines over the child's own socket:
   child -> worker  {"ready": true}                         once imports are done
   worker -> child  {"code", "input", "db_methods", "cpu_s", "memory_mb", "max_output",
-                    "max_result"}
+                    "max_result", "map"}
   child -> worker  {"call": method, "params": {...}}        a db call ...
   worker -> child  {"result": ...} | {"error": {...}}        ... and its answer
   child -> worker  {"done": {"status", "result", "error", "output", "cpu_ms", "peak_memory_kb"}}
 
 Limits are set after the job arrives and before user code runs: CPU seconds, address space,
 no file writes, no new file descriptors, no new processes, no core dumps. The worker enforces
-the wall clock and kills the process when it runs over."""
+the wall clock and kills the process when it runs over.
+
+Map mode (`"map": true`, for jobs: rpc_server/pipelines/jobs.py): the input is a list and
+run() is called once per item, in this one process; the result is a list with, per item,
+{"result": what run() returned} or {"error": {"type", "message"}} (that item's exception, or
+a result that is not storable). The limits (CPU, memory, wall clock, output, result size)
+are the whole batch's: one over them fails the run as a whole."""
 from __future__ import annotations
 
 import _strptime  # noqa: F401 - datetime.strptime imports it lazily: no file opens later
@@ -129,7 +135,10 @@ def execute(job: dict, channel: Channel) -> dict:
     env = make_globals(printer)
     try:
         exec(code, env)  # noqa: S102 - restricted code object, restricted globals
-        result = env["run"](job["input"], db)
+        if job.get("map"):
+            result = map_items(env["run"], job["input"], db)
+        else:
+            result = env["run"](job["input"], db)
         text = json.dumps(result, separators=(",", ":"), allow_nan=False)
     except MemoryError:
         return {"status": "failed", "error": {"type": "memory",
@@ -159,6 +168,36 @@ def execute(job: dict, channel: Channel) -> dict:
                                                          f"{job['max_result']} bytes"},
                 "output": printer.text()}
     return {"status": "succeeded", "result": json.loads(text), "output": printer.text()}
+
+
+def map_items(run, items, db) -> list:
+    """Map mode: run(item, db) for each item, each item's outcome on its own. MemoryError
+    (the batch's memory limit) and what is not an Exception end the whole run."""
+    if not isinstance(items, list):
+        raise TypeError("a map run's input must be a list")
+    outcomes: list = []
+    for item in items:
+        try:
+            value = run(item, db)
+            problem = unstorable(value)
+            if problem is None:
+                json.dumps(value, allow_nan=False)  # (not JSON: a TypeError or ValueError)
+        except MemoryError:
+            raise
+        except RecursionError:
+            outcomes.append({"error": {"type": "recursion",
+                                       "message": "maximum recursion depth exceeded"}})
+            continue
+        except Exception as exc:  # noqa: BLE001 - user code's own errors, per item
+            message = storable_text(f"{type(exc).__name__}: {exc}")[:MAX_MESSAGE]
+            outcomes.append({"error": {"type": "exception", "message": message}})
+            continue
+        if problem is not None:
+            outcomes.append({"error": {"type": "result_not_storable",
+                                       "message": f"the result {problem}"}})
+        else:
+            outcomes.append({"result": value})
+    return outcomes
 
 
 INT64 = 2**63

@@ -3,8 +3,9 @@
 SQL in the same run, in one table.
 
     .venv/bin/python scripts/bench.py [--concurrency 32] [--seconds 5] [--nodes 100000]
-        [--relationships 100000] [--workers N] [--soak-seconds 300] [--json FILE]
-        [--only get_node,create_node,...] [--vectors 100000] [--embedded]
+        [--relationships 100000] [--search-nodes 200000] [--workers N] [--soak-seconds 300]
+        [--migration-nodes 20000] [--json FILE]
+        [--only get_node,create_node,migrate_nodes,...] [--vectors 100000] [--embedded]
 
 It creates a fresh database (on FLEXDB_BENCH_DATABASE_URL, default the local server at
 127.0.0.1:5432, or an embedded PostgreSQL when that is unreachable or with --embedded: the
@@ -56,6 +57,7 @@ from rpc_server.storage.repositories.nodes import NodeRepository  # noqa: E402
 from scripts.bench_core import token_at_depth  # noqa: E402
 from scripts.bench_query import GROUPS, group_statements  # noqa: E402
 from scripts.bench_schema import schema_check_rows  # noqa: E402
+from scripts.bench_search import search_rows  # noqa: E402
 from scripts.bench_vectors import knn_rows  # noqa: E402
 from scripts.lean_http import LeanHttp  # noqa: E402
 from tests.conftest import (  # noqa: E402
@@ -537,6 +539,14 @@ async def measure(bench: Bench, watch: MemoryWatch) -> None:
                              lambda _: rpc.post(run_body), None, concurrency=min(c, 4),
                              unit="runs/s", target="-")
 
+    # --- migrate_nodes: a job applying a pipeline to every node of a type, in batches
+    if bench.wanted("migrate_nodes"):
+        await migration_scenario(bench, tid)
+
+    # --- full-text search over short texts (a node type of their own)
+    if bench.wanted("search"):
+        await search_rows(bench, tid, args.search_nodes)
+
     # --- REST facade: GET a node
     if bench.wanted("facade_get_node"):
         facade = LeanHttp(bench.facade_url, args.concurrency)
@@ -574,6 +584,85 @@ async def measure(bench: Bench, watch: MemoryWatch) -> None:
         bench.notes.append(f"soak: {soak['rps']:,.0f} req/s mixed (70% get_node, 20% "
                            f"create_node, 10% list_nodes), {soak['errors']} errors, "
                            f"p99 {soak['p99']:.1f} ms")
+
+
+MIGRATION_CODE = ("def run(input, db):\n"
+                  "    return dict(input, label=input['name'].upper(), migrated=True)\n")
+
+
+async def migration_scenario(bench: Bench, tid: str) -> None:
+    """migrate_nodes over --migration-nodes nodes of a type of their own (nodes/s from the
+    call to the job's end), next to raw asyncpg doing the same work: the same keyset reads
+    and, per batch of the same size, one transaction with one UPDATE of the new data."""
+    args, rpc, pool = bench.args, bench.rpc, bench.pool
+    count = args.migration_nodes
+    schema = {"type": "object", "properties": {"name": {"type": "string"},
+                                               "label": {"type": "string"},
+                                               "migrated": {"type": "boolean"}},
+              "required": ["name"]}
+    made = []
+    for name in ("Migrated", "MigratedRaw"):
+        node_type = (await rpc.call("create_node_type", {"tenant_id": tid, "name": name,
+                                                         "schema": schema}))["node_type"]
+        for start in range(0, count, BATCH):
+            await rpc.call("create_nodes", {"tenant_id": tid, "nodes": [
+                {"node_type_id": node_type["id"], "data": {"name": f"node {i}"}}
+                for i in range(start, min(start + BATCH, count))]})
+        made.append(node_type)
+    await pool.execute("VACUUM ANALYZE nodes")
+    pipeline = (await rpc.call("create_pipeline", {"tenant_id": tid, "name": "migrate",
+                                                   "code": MIGRATION_CODE}))["pipeline"]
+    print(f"  migrate_nodes over {count:,} nodes (batches of the server's "
+          "FLEXDB_MIGRATION_BATCH_NODES) ...", flush=True)
+    started = time.perf_counter()
+    job = (await rpc.call("migrate_nodes", {"tenant_id": tid, "node_type_id": made[0]["id"],
+                                            "pipeline_id": pipeline["id"],
+                                            "to_version": made[0]["schema_version"]}))["job"]
+    while job["status"] in ("queued", "running"):
+        await asyncio.sleep(0.05)
+        job = (await rpc.call("get_job", {"tenant_id": tid, "id": job["id"]}))["job"]
+    seconds = time.perf_counter() - started
+    batch_size = max(1, -(-job["processed"] // max(1, job["batches"])))
+
+    tid_u, raw_type = uuid.UUID(tid), uuid.UUID(made[1]["id"])
+    started_raw = time.perf_counter()
+    after = None
+    while True:
+        keyset = "" if after is None else "AND (created_at, id) > ($3, $4) "
+        rows = await pool.fetch(
+            "SELECT id, created_at, version, data FROM nodes WHERE tenant_id = $1 "
+            f"AND node_type_id = $2 {keyset}ORDER BY created_at, id LIMIT {batch_size}",
+            tid_u, raw_type, *(after or ()))
+        if not rows:
+            break
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE nodes n SET data = i.data, version = n.version + 1, "
+                "updated_at = now() FROM unnest($3::uuid[], $4::int[], $5::jsonb[]) "
+                "AS i (id, version, data) WHERE n.tenant_id = $1 AND n.node_type_id = $2 "
+                "AND n.id = i.id AND n.version = i.version", tid_u, raw_type,
+                [r["id"] for r in rows], [r["version"] for r in rows],
+                [dict(r["data"], label=r["data"]["name"].upper(), migrated=True)
+                 for r in rows])
+        after = (rows[-1]["created_at"], rows[-1]["id"])
+    raw_seconds = time.perf_counter() - started_raw
+
+    rate, raw_rate = job["processed"] / seconds, count / raw_seconds
+    per_batch_ms = seconds * 1000 / max(1, job["batches"])
+    bench.rows.append({
+        "scenario": "migrate_nodes", "label": f"migrate_nodes job over {count:,} nodes "
+        f"(batches of {batch_size}; latencies: per batch)", "concurrency": 1,
+        "unit": "nodes/s", "rate": rate, "p50_ms": per_batch_ms, "p95_ms": per_batch_ms,
+        "p99_ms": per_batch_ms, "errors": job["failed"] + (job["status"] != "succeeded"),
+        "calls": job["batches"], "raw_rate": raw_rate, "raw_p50_ms": None,
+        "ratio": rate / raw_rate, "target": "-",
+        "first_error": [] if job["status"] == "succeeded" else [str(job["error"])]})
+    bench.notes.append(
+        f"migrate_nodes: {job['processed']:,} nodes ({job['changed']:,} changed, "
+        f"{job['failed']} failed) in {seconds:.1f} s = {rate:,.0f} nodes/s, "
+        f"{job['batches']} batches of {batch_size} ({per_batch_ms:.0f} ms each: queue, "
+        f"sandbox run, validation, one transaction); raw asyncpg, the same keyset reads and "
+        f"UPDATEs without pipeline or validation: {raw_rate:,.0f} nodes/s")
 
 
 def _pick(rng: random.Random, statements: list) -> list:
@@ -630,8 +719,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--nodes", type=int, default=100_000)
     parser.add_argument("--relationships", type=int, default=100_000)
+    parser.add_argument("--search-nodes", type=int, default=200_000)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--soak-seconds", type=float, default=300)
+    parser.add_argument("--migration-nodes", type=int, default=20_000,
+                        help="nodes the migrate_nodes job goes through")
     parser.add_argument("--json", default="")
     parser.add_argument("--vectors", type=int, default=100_000)
     parser.add_argument("--embedded", action="store_true",

@@ -22,8 +22,9 @@ from rpc_server.audit import events as audit  # noqa: E402
 from rpc_server.changes import address_guard, webhooks  # noqa: E402
 from rpc_server.config import Settings, env_var, shown_default  # noqa: E402
 from rpc_server.methods import graph, node_types, pipelines, query  # noqa: E402
+from rpc_server.pipelines import jobs  # noqa: E402
 from rpc_server.query import guard as query_guard  # noqa: E402
-from rpc_server.storage import node_filter, response_budget, vectors  # noqa: E402
+from rpc_server.storage import node_filter, node_search, response_budget, vectors  # noqa: E402
 from rpc_server.validation.schema_cost import MAX_PATTERN_LENGTH  # noqa: E402
 from sandbox_worker.app import MAX_OUTPUT, MAX_RESULT  # noqa: E402
 from sandbox_worker.policy import MAX_CODE_LENGTH  # noqa: E402
@@ -147,6 +148,9 @@ SECTIONS: dict[str, list[Limit]] = {
               value=f"{node_filter.MAX_PATH_SEGMENTS} / {node_filter.MAX_SEGMENT_LENGTH}"),
         Limit("filter: one value / all values, as JSON", INVALID,
               value=f"{size(node_filter.MAX_VALUE_BYTES)} / {size(node_filter.MAX_FILTER_BYTES)}"),
+        Limit("full-text `search`: characters of the text / paths a node type indexes",
+              INVALID, value=f"{n(node_search.MAX_SEARCH_TEXT)} / "
+                             f"{node_search.MAX_SEARCH_FIELDS}"),
         Limit("walks: `max_depth` / `limit` / relationship types", INVALID,
               value=f"{graph.MAX_DEPTH} / {n(graph.MAX_LIMIT)} / {graph.MAX_TYPES}"),
         Limit("`near` (vector search): `k`", f"{INVALID} naming `near.k`",
@@ -179,6 +183,22 @@ SECTIONS: dict[str, list[Limit]] = {
         Limit("runs at once in one sandbox worker", BUSY, "sandbox_max_running"),
         Limit("queued runs one server executes at once", "they wait in the queue",
               "pipeline_queue_concurrency"),
+    ],
+    "Jobs (`migrate_nodes`)": [
+        Limit("jobs of one tenant queued or running", BUSY, "jobs_tenant_active"),
+        Limit("migrations of one node type queued or running", "-32004 conflict",
+              value="1"),
+        Limit("nodes in one batch (one pipeline run, one transaction, one audit event)",
+              "the next batch takes the rest", "migration_batch_nodes"),
+        Limit("node data in one batch", "the next batch takes the rest",
+              value=size(jobs.BATCH_MAX_BYTES)),
+        Limit("a batch's run (the pipeline's limits: `timeout_ms`, `memory_mb`, result "
+              "size, for the whole batch)", "the batch's nodes fail (`batch_failed`)",
+              value="the pipeline's"),
+        Limit("failed nodes listed on a job (all are counted)", "the rest are counted only",
+              value=n(jobs.MAX_FAILURES)),
+        Limit("jobs one server process runs at once", "the others wait their turn",
+              "job_concurrency"),
     ],
     "Change feed and webhooks": [
         Limit("an object carried by a change event (as stored JSON)",

@@ -154,6 +154,13 @@ class World:
             hook = await self.webhook()
             extra = {"position": hook["delivered_position"]} if method == "redeliver" else {}
             return {"tenant_id": t, "webhook_id": hook["id"], **extra}
+        if method == "migrate_nodes":
+            return {"tenant_id": t, "node_type_id": self.nt["id"],
+                    "pipeline_id": (await self.pipeline())["id"], "to_version": 1}
+        if method in ("get_job", "cancel_job"):  # (a job of the tenant's, or not found)
+            return {"tenant_id": t, "id": "00000000-0000-0000-0000-000000000000"}
+        if method == "list_jobs":
+            return {"tenant_id": t}
         raise AssertionError(f"no params for {method}: add it to World.params")
 
     async def webhook(self) -> dict:

@@ -52,6 +52,8 @@ ROUTES = {
     ("POST", "/api-keys"), ("GET", "/api-keys"), ("DELETE", "/api-keys/{key_id}"),
     ("GET", T + "/audit-events"), ("GET", T + "/audit-events/verify"),
     ("GET", T + "/changes"), ("GET", T + "/events"),
+    ("POST", NT + "/{node_type_id}/migrations"), ("GET", T + "/jobs"),
+    ("GET", T + "/jobs/{job_id}"), ("POST", T + "/jobs/{job_id}/cancel"),
 }
 NOT_API = {"/", "/docs", "/docs/assets/{name}", "/redoc", "/openapi.json", "/health"}
 EXERCISED: set[tuple[str, str]] = set()

@@ -60,6 +60,7 @@ EXPECTED = {
     "create_webhook": "admin", "get_webhook": "admin", "list_webhooks": "admin",
     "update_webhook": "admin", "delete_webhook": "admin", "list_webhook_deliveries": "admin",
     "redeliver": "admin",
+    "migrate_nodes": "admin", "get_job": "admin", "list_jobs": "admin", "cancel_job": "admin",
 }
 
 

@@ -45,6 +45,10 @@ NOT_SINGLE_TENANT = {
         "the webhook delivery workers' sweep: claims due webhooks of any tenant (every second "
         "and on every change notification); each is then delivered on its own tenant's "
         "statements",
+    "FROM jobs j WHERE j.status IN ('queued', 'running')":
+        "the job runners' sweep: claims queued jobs, and jobs whose server's lease ran out, of "
+        "any tenant (every second and when a job is started); each is then run on its own "
+        "tenant's statements",
     "WHERE status = 'running' AND deadline < now()":
         "the pipeline runner's sweep: marks runs of any tenant whose server died as failed",
     "SELECT count(*) FROM tenant_users WHERE user_id = $1 AND role = 'owner'":
@@ -110,6 +114,8 @@ PIPELINE = """def run(input, db):
     db.execute_query("SELECT count(*) AS n FROM nodes /* tenant statement */")
     return node["id"]
 """
+
+MIGRATION = "def run(input, db):\n    return dict(input, migrated=True)\n"
 
 
 async def call_every_method(rpc: RecordingClient) -> None:
@@ -217,6 +223,24 @@ async def call_every_method(rpc: RecordingClient) -> None:
                                  "position": hook["delivered_position"]})
     await rpc.call("list_webhook_deliveries", {"tenant_id": t, "webhook_id": hook["id"], **page})
     await rpc.call("delete_webhook", {"tenant_id": t, "id": hook["id"]})
+
+    migration = (await rpc.call("create_pipeline", {"tenant_id": t, "name": "m",
+                                                    "code": MIGRATION}))["pipeline"]
+    current = (await rpc.call("get_node_type", {"tenant_id": t, "id": nt["id"]}))[
+        "node_type"]["schema_version"]
+    job = (await rpc.call("migrate_nodes", {"tenant_id": t, "node_type_id": nt["id"],
+                                            "pipeline_id": migration["id"],
+                                            "to_version": current}))["job"]
+    for _ in range(200):  # (its batches' statements are logged too)
+        if (await rpc.call("get_job", {"tenant_id": t, "id": job["id"]}))["job"][
+                "status"] == "succeeded":
+            break
+        await asyncio.sleep(0.05)
+    other = (await rpc.call("migrate_nodes", {"tenant_id": t, "node_type_id": nt["id"],
+                                              "pipeline_id": migration["id"],
+                                              "to_version": current}))["job"]
+    await rpc.call("cancel_job", {"tenant_id": t, "id": other["id"]})
+    await rpc.call("list_jobs", {"tenant_id": t, **page})
 
     await rpc.call("list_audit_events", {"tenant_id": t, **page})
     await rpc.call("verify_audit_chain", {"tenant_id": t})

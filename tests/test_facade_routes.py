@@ -484,6 +484,50 @@ async def test_cancel_a_run(rest, rpc):
                      409, -32004), again)
 
 
+# ---------------------------------------------------------------- jobs
+
+async def test_migrations_and_jobs(rest, rpc):
+    t = await make_tenant(rpc)
+    nt = (await rpc.call("create_node_type", {"tenant_id": t, "name": "M"}))["node_type"]["id"]
+    for i in range(3):
+        await rpc.call("create_node", {"tenant_id": t, "node_type_id": nt, "data": {"i": i}})
+    echo = (await rpc.call("create_pipeline", {"tenant_id": t, "name": "echo",
+                                               "code": ECHO}))["pipeline"]["id"]
+    spin = (await rpc.call("create_pipeline", {"tenant_id": t, "name": "spin", "code": SPIN,
+                                               "timeout_ms": 10_000}))["pipeline"]["id"]
+    migrations = NT + "/{node_type_id}/migrations"
+    error(await call(rest, "POST", migrations, tenant_id=t, node_type_id=nt,
+                     json={"pipeline_id": echo, "to_version": 7}), 422, -32602)
+    resp = await call(rest, "POST", migrations, tenant_id=t, node_type_id=nt,
+                      json={"pipeline_id": echo, "to_version": 1})
+    job = ok(resp, 202)["job"]
+    assert resp.headers["location"] == f"/tenants/{t}/jobs/{job['id']}"
+    route = T + "/jobs/{job_id}"
+    for _ in range(200):
+        got = ok(await call(rest, "GET", route, tenant_id=t, job_id=job["id"]))
+        if got["job"]["status"] == "succeeded":
+            break
+        await asyncio.sleep(0.05)
+    assert got == await rpc.call("get_job", {"tenant_id": t, "id": job["id"]})
+    assert (got["job"]["processed"], got["job"]["changed"]) == (3, 0)  # the same data
+
+    other = (await rpc.call("create_node_type", {"tenant_id": t, "name": "S"}))["node_type"]
+    await rpc.call("create_node", {"tenant_id": t, "node_type_id": other["id"], "data": {}})
+    spinning = (await rpc.call("migrate_nodes", {"tenant_id": t, "node_type_id": other["id"],
+                                                 "pipeline_id": spin,
+                                                 "to_version": 1}))["job"]
+    cancel = T + "/jobs/{job_id}/cancel"
+    cancelled = ok(await call(rest, "POST", cancel, tenant_id=t, job_id=spinning["id"]))["job"]
+    assert cancelled["status"] == "cancelled"
+    again = await rpc_error(rpc, "cancel_job", {"tenant_id": t, "id": spinning["id"]})
+    same_error(error(await call(rest, "POST", cancel, tenant_id=t, job_id=spinning["id"]),
+                     409, -32004), again)
+    for filters, count in [({}, 2), ({"status": "cancelled"}, 1), ({"status": "queued"}, 0)]:
+        page = await same_page(rest, rpc, T + "/jobs", "list_jobs", filters, "jobs",
+                               tenant_id=t)
+        assert page["pagination"]["total_count"] == count, filters
+
+
 # ---------------------------------------------------------------- API keys, revocation
 
 async def test_api_keys_and_a_revoked_key_gets_401(rest, rpc, facade):

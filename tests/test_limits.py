@@ -448,7 +448,7 @@ def facade_routes() -> list[tuple[str, str]]:
 async def test_an_unknown_query_parameter_is_422_on_every_route(rest, method, path):
     url = path.format(**{name: missing_id() for name in
                          ("tenant_id", "user_id", "node_type_id", "node_id", "relationship_id",
-                          "pipeline_id", "run_id", "key_id")})
+                          "pipeline_id", "run_id", "key_id", "job_id")})
     resp = await rest.request(method, url, params={"page_sise": "5"},
                               json={} if method in ("POST", "PUT", "PATCH") else None)
     error = rest_error(resp, 422, -32602, "invalid_params")

@@ -117,3 +117,17 @@ def test_readme_schema_change_examples_work(server):
     assert outdated.count('"schema_version":1') == 1 and '"ink"' in outdated
     assert '"mode":"allow_invalid"' in versions
     assert '"schema_version":1' in first
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_readme_migration_examples_work(server):
+    script = "set -euo pipefail\n" + readme_examples("migrate-examples")
+    env = {**os.environ, "FLEXDB_URL": server.url, "FLEXDB_KEY": server.admin_key}
+    result = subprocess.run(["bash", "-c", script], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stdout.splitlines() if line.strip()]
+    job, left = lines
+    assert '"status":"succeeded"' in job and '"changed":1' in job and '"failed":1' in job
+    assert '"reason":"invalid"' in job and '"field":"data.price"' in job
+    assert left.count('"schema_version":1') == 1 and '"cap"' in left and '"ink"' not in left

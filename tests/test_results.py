@@ -6,6 +6,7 @@ FLEXDB_JSON_FIELDS=string). A method without a result model, or without coverage
 fails the suite."""
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -38,6 +39,12 @@ def run(input, db):
     return {"name": node["data"]["name"], "input": input}
 '''
 FAILING_PIPELINE = "def run(input, db):\n    raise ValueError('no')\n"
+MIGRATION_PIPELINE = ("def run(input, db):\n"
+                      "    if input['name'] == 'raises':\n"
+                      "        raise ValueError('no')\n"
+                      "    if input['name'] == 'invalid':\n"
+                      "        return {'name': 5}\n"
+                      "    return {'name': input['name'], 'more': 1}\n")
 SPIN_PIPELINE = "def run(input, db):\n    n = 0\n    while True:\n        n += 1\n"
 
 
@@ -321,6 +328,33 @@ async def test_every_method_result_matches_its_model(server, rpc, database_url):
     assert queued["delivery"]["status"] == "pending"
     await call("list_webhook_deliveries", {"tenant_id": t, "webhook_id": hook["id"]})
     await call("delete_webhook", {"tenant_id": t, "id": hook["id"]})
+
+    # jobs: a migration with failures of each shape, and one cancelled
+    people = (await call("create_node_type", {"tenant_id": t, "name": unique("M"),
+                                              "schema": PERSON_SCHEMA}))["node_type"]
+    for name in ("ok", "invalid", "raises"):
+        await call("create_node", {"tenant_id": t, "node_type_id": people["id"],
+                                   "data": {"name": name}})
+    migration = (await call("create_pipeline", {"tenant_id": t, "name": unique("p"),
+                                                "code": MIGRATION_PIPELINE}))["pipeline"]
+    job = (await call("migrate_nodes", {"tenant_id": t, "node_type_id": people["id"],
+                                        "pipeline_id": migration["id"],
+                                        "to_version": 1}))["job"]
+    for _ in range(300):
+        job = (await call("get_job", {"tenant_id": t, "id": job["id"]}))["job"]
+        if job["status"] == "succeeded":
+            break
+        await asyncio.sleep(0.05)
+    assert job["status"] == "succeeded" and job["failed"] == 2, job
+    assert {f["reason"] for f in job["failures"]} == {"invalid", "pipeline_error"}
+    assert any("errors" in f for f in job["failures"])
+    spinning_job = (await call("migrate_nodes", {"tenant_id": t, "node_type_id": people["id"],
+                                                 "pipeline_id": spin["id"],
+                                                 "to_version": 1}))["job"]
+    cancelled_job = (await call("cancel_job", {"tenant_id": t, "id": spinning_job["id"]}))["job"]
+    assert cancelled_job["status"] == "cancelled"
+    await call("list_jobs", {"tenant_id": t, "pagination": {"include_total": True}})
+    await call("list_jobs", {"tenant_id": t, "status": "cancelled"})
 
     # the audit trail, intact and broken
     trail = await call("list_audit_events", {"tenant_id": t,

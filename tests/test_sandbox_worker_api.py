@@ -49,6 +49,41 @@ async def test_worker_runs_a_properly_signed_job_once(worker):
     assert replay.status_code == 401 and replay.text == "replayed request"
 
 
+MAPPED = ("def run(input, db):\n"
+          "    if input == 0:\n"
+          "        raise ValueError('zero')\n"
+          "    if input == 1:\n"
+          "        return 2 ** 70\n"
+          "    print('item', input)\n"
+          "    return {'double': input * 2}\n")
+
+
+async def test_a_map_job_runs_each_item_in_one_process_with_its_own_outcome(worker):
+    """Map mode (jobs' batches): run() once per item of a list input; each item's result
+    or error on its own; the output and the limits are the whole batch's."""
+    body = _job(MAPPED, input=[3, 0, 1, 5], map=True)
+    answer = await worker.post("/runs", content=body, headers=_headers(body))
+    outcome = answer.json()
+    assert answer.status_code == 200 and outcome["status"] == "succeeded", outcome
+    assert outcome["result"] == [
+        {"result": {"double": 6}},
+        {"error": {"type": "exception", "message": "ValueError: zero"}},
+        {"error": {"type": "result_not_storable",
+                   "message": "the result holds an integer beyond 64 bits (return it as a "
+                              "string)"}},
+        {"result": {"double": 10}}]
+    assert outcome["output"] == "item 3\nitem 5\n"
+
+    spin = "def run(input, db):\n    while input:\n        pass\n"
+    body = _job(spin, input=[0, 1], map=True, timeout_ms=500)
+    answer = (await worker.post("/runs", content=body, headers=_headers(body))).json()
+    assert answer["status"] == "timed_out"  # one item over the clock ends the batch
+
+    body = _job(MAPPED, input=5, map=True)
+    answer = (await worker.post("/runs", content=body, headers=_headers(body))).json()
+    assert answer["status"] == "failed" and "must be a list" in answer["error"]["message"]
+
+
 @pytest.mark.parametrize("db_methods", [None, ["get_node"], {"get_node": "id"},
                                         {"get_node": [1]}])
 async def test_worker_refuses_a_job_without_its_db_methods(worker, db_methods):

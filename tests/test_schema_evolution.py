@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from contextlib import AsyncExitStack
 
+import asyncpg
 import pytest
 
 from rpc_server.client import (
@@ -18,6 +20,7 @@ from rpc_server.client import (
     InvalidParams,
     NotFound,
     QueryRejected,
+    RateLimited,
 )
 
 from .auth_helpers import new_user
@@ -343,3 +346,34 @@ async def test_schema_change_in_validate_mode_with_racing_valid_writes_stamps_ev
     assert changed["report"]["nodes_failing"] == 0
     final = await all_nodes(rpc, tenant_id, nt["id"])
     assert {n["schema_version"] for n in final} == {2} and len(final) == 2000
+
+
+async def test_a_schema_change_undone_by_a_deadlock_answers_busy_and_changes_nothing(
+        rpc, database_url):
+    """A schema change waits on a node another transaction holds, which then waits on the
+    node type: PostgreSQL breaks the deadlock by undoing the schema change, which answers
+    -32005 busy (retry), not an internal error, and leaves the node type as it was."""
+    tenant_id, nt, nodes = await typed(rpc, [1, 2, 3])
+    other = await asyncpg.connect(database_url)
+    try:
+        await other.execute("SET deadlock_timeout = '10s'")  # the schema change detects it
+        holding = other.transaction()
+        await holding.start()
+        await other.execute("UPDATE nodes SET updated_at = now() WHERE tenant_id = $1 "
+                            "AND id = $2", uuid.UUID(tenant_id), uuid.UUID(nodes[-1]["id"]))
+        change = asyncio.ensure_future(rpc.call("update_node_type", {
+            "tenant_id": tenant_id, "id": nt["id"], "schema": TIGHT}))
+        await asyncio.sleep(0.5)  # it has locked the node type and waits for that node
+        locking = asyncio.ensure_future(other.execute(
+            "SELECT 1 FROM node_types WHERE tenant_id = $1 AND id = $2 FOR UPDATE",
+            uuid.UUID(tenant_id), uuid.UUID(nt["id"])))
+        with pytest.raises(RateLimited) as exc:
+            await change
+        assert exc.value.code == -32005 and exc.value.data["reason"] == "deadlock"
+        await locking
+        await holding.rollback()
+    finally:
+        await other.close()
+    now = (await rpc.call("get_node_type", {"tenant_id": tenant_id, "id": nt["id"]}))
+    assert now["node_type"]["schema_version"] == 1
+    assert {n["schema_version"] for n in await all_nodes(rpc, tenant_id, nt["id"])} == {1}

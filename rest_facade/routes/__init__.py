@@ -98,6 +98,7 @@ def all_routers() -> list[APIRouter]:
         api_keys,
         audit,
         changes,
+        jobs,
         node_types,
         nodes,
         pipelines,
@@ -108,4 +109,4 @@ def all_routers() -> list[APIRouter]:
     )
     return [tenants.router, users.router, node_types.router, nodes.router,
             relationships.router, query.router, pipelines.router, api_keys.router,
-            audit.router, changes.router]
+            audit.router, changes.router, jobs.router]

@@ -26,6 +26,7 @@ from rpc_server.changes.webhooks import WebhookDeliverer
 from rpc_server.config import Settings
 from rpc_server.errors import Busy, QueryRejected
 from rpc_server.ops.metrics import Metrics
+from rpc_server.pipelines.jobs import JobRunner
 from rpc_server.pipelines.runner import PipelineRunner
 from rpc_server.security.auth import Authenticator, Principal
 from rpc_server.security.rate_limits import RateLimiter
@@ -62,6 +63,7 @@ class AppState:
     feed: FeedHub  # this process's reader of new change events, for its streams
     streams: StreamCaps  # open change streams, per key and per tenant
     webhooks: WebhookDeliverer  # this process's webhook delivery worker
+    jobs: JobRunner  # this process's runner of jobs (migrate_nodes)
     vectors: VectorSupport = UNAVAILABLE  # pgvector found at start (storage/vectors.py)
 
 

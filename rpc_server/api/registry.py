@@ -19,6 +19,7 @@ from rpc_server.audit.denied_calls import source_of
 from rpc_server.errors import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
+    Busy,
     Conflict,
     Forbidden,
     InvalidParams,
@@ -110,6 +111,13 @@ def _translate_one(exc: BaseException) -> RpcError | None:
         return InvalidParams.field("params", "contains a character the database cannot store")
     if isinstance(exc, asyncpg.QueryCanceledError):
         return StatementTimeout()
+    if isinstance(exc, (asyncpg.DeadlockDetectedError, asyncpg.SerializationError)):
+        # The database undid the call's transaction for a concurrent one: nothing changed,
+        # and the same call may well succeed now.
+        return Busy("The call collided with a concurrent change in the database and was "
+                    "undone (nothing changed); retry it", retry_after=0.1,
+                    reason="deadlock" if isinstance(exc, asyncpg.DeadlockDetectedError)
+                    else "serialization")
     if isinstance(exc, UNAVAILABLE_ERRORS) or connection_closed(exc):
         return Unavailable()
     return None

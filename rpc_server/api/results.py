@@ -195,6 +195,14 @@ class EmbeddingDeclaration(ResultModel):
         description="The metrics its HNSW indexes are built for.")
 
 
+class SearchSettings(ResultModel):
+    """A node type's full-text search settings."""
+    language: str = Field(description="The text search configuration (simple, english, …).")
+    fields: list[list[str]] | None = Field(description="The indexed paths (each a list of "
+                                                       "keys starting with \"data\"), or null "
+                                                       "for every string value.")
+
+
 class NodeType(ResultModel):
     """A node type: names a kind of node, optionally with a JSON Schema for its data."""
     id: UUID
@@ -212,6 +220,8 @@ class NodeType(ResultModel):
     embedding: EmbeddingDeclaration | None = Field(
         None, description="The embedding its nodes carry for vector similarity search "
                           "(null: none).")
+    search: SearchSettings = Field(description="How its nodes are indexed for full-text "
+                                               "search.")
 
 
 class NodeTypeResult(ResultModel):
@@ -296,6 +306,11 @@ class Node(ResultModel):
                                 "query vector by the clause's metric (cosine: 1 - cosine "
                                 "similarity; l2: Euclidean; inner: the negative inner "
                                 "product). Smaller is nearer.")
+    rank: float | None = omittable("query_nodes with a search condition: how well the node "
+                                   "matches (ts_rank; higher is better).")
+    snippet: str | None = omittable("query_nodes with `highlight`: the searched text around "
+                                    "the matches, as HTML: the text escaped, the matches in "
+                                    "<mark>…</mark>.")
 
 
 class NodeResult(ResultModel):
@@ -682,4 +697,78 @@ class WebhookDeliveryResult(ResultModel):
 class WebhookDeliveryList(ResultModel):
     """A page of a webhook's deliveries, oldest first."""
     deliveries: list[WebhookDelivery]
+    pagination: Pagination
+
+
+# ---------------------------------------------------------------- jobs
+
+class FieldError(ResultModel):
+    """One validation error: where (a JSON path under `data`) and what."""
+    field: str
+    message: str
+
+
+class JobFailure(ResultModel):
+    """A node a job left unchanged, and why."""
+    node_id: UUID
+    reason: Literal["pipeline_error", "not_an_object", "invalid", "changed_meanwhile",
+                    "batch_failed"] = Field(description=(
+        "`pipeline_error`: run() raised for it (or its result could not be stored); "
+        "`not_an_object`: it returned something else than a JSON object; `invalid`: the new "
+        "data fails the schema (see errors); `changed_meanwhile`: the node was updated or "
+        "deleted while its batch ran; `batch_failed`: the batch's run failed as a whole "
+        "(timeout, memory, result size)."))
+    message: str
+    errors: list[FieldError] = omittable("The first validation errors (for `invalid`).")
+
+
+class JobError(ResultModel):
+    """Why a job failed or was cancelled."""
+    type: str = Field(description="e.g. 'schema_changed', 'node_type_deleted', "
+                                  "'pipeline_deleted', 'creator_unauthorized', 'cancelled'.")
+    message: str
+    current_version: int = omittable("For `schema_changed`: the node type's schema version "
+                                     "now.")
+
+
+class Job(ResultModel):
+    """A job: long work done in batches by the servers, with its progress."""
+    id: UUID
+    tenant_id: UUID
+    kind: Literal["migrate_nodes"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    params: dict[str, Any] = Field(description="What it was started with (for migrate_nodes: "
+                                               "node_type_id, pipeline_id, to_version, "
+                                               "only_outdated).")
+    total: int = Field(description="Items it goes through, counted when it started.")
+    processed: int = Field(description="Items done so far (changed, unchanged or failed).")
+    changed: int = Field(description="Items written with new data (nodes: version + 1).")
+    failed: int = Field(description="Items left unchanged because they failed.")
+    batches: int = Field(description="Batches applied (one pipeline run and one audit event "
+                                     "each).")
+    failures: list[JobFailure] = Field(description="The first failed items (at most 100), "
+                                                   "with why.")
+    error: JobError | None = Field(description="Why it failed or was cancelled; null "
+                                               "otherwise.")
+    run_id: UUID | None = Field(description="The pipeline run of its batch in flight.")
+    current_schema_version: int | None = Field(description=(
+        "The node type's schema version now (the job fails if it moves away from "
+        "to_version); null when the node type is gone."))
+    created_by_user_id: UUID | None = Field(description="Who started it (it runs as them).")
+    created_by_key_id: UUID | None
+    created_at: AwareDatetime
+    started_at: AwareDatetime | None = Field(description="null while queued.")
+    finished_at: AwareDatetime | None = Field(description="null until it ends.")
+    updated_at: AwareDatetime
+    version: int
+
+
+class JobResult(ResultModel):
+    """One job."""
+    job: Job
+
+
+class JobList(ResultModel):
+    """A page of a tenant's jobs, oldest first."""
+    jobs: list[Job]
     pagination: Pagination

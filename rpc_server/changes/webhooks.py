@@ -123,6 +123,25 @@ def message_id(webhook_id: uuid.UUID, position: int) -> str:
     return f"{webhook_id}:{position}"
 
 
+def creator_role(standing: asyncpg.Record, roles: frozenset[str],
+                 doing: str) -> tuple[str | None, str]:
+    """The role work started by someone (a trigger's runs, a job's batches) gets from its
+    creator's standing now (WebhookRepository.creator_standing), or None and why they may no
+    longer do it: `roles` are those allowed, `doing` what it is, for the message."""
+    if standing["is_admin"] is None:
+        return None, "its creator no longer exists"
+    if standing["key_ok"] is not True:
+        return None, "the API key that created it was revoked or has expired"
+    if standing["is_admin"]:
+        return "owner", ""  # (as for any call of a platform admin; the token caps it)
+    role = standing["role"]
+    if role is None:
+        return None, "its creator is no longer a member of the tenant"
+    if role not in roles:
+        return None, f"its creator is now a {role}, who may not {doing}"
+    return role, ""
+
+
 class WebhookDeliverer:
     def __init__(self, pool: asyncpg.Pool, settings: Settings, box: SecretBox, *,
                  run_roles: frozenset[str] = frozenset({"member", "admin", "owner"}),
@@ -427,20 +446,7 @@ class WebhookDeliverer:
         return queued
 
     def _creator_role(self, standing: asyncpg.Record) -> tuple[str | None, str]:
-        """The role a trigger's run gets from its creator's standing now, or None and why
-        they may not run it."""
-        if standing["is_admin"] is None:
-            return None, "its creator no longer exists"
-        if standing["key_ok"] is not True:
-            return None, "the API key that created it was revoked or has expired"
-        if standing["is_admin"]:
-            return "owner", ""  # (as for any call of a platform admin; the token caps it)
-        role = standing["role"]
-        if role is None:
-            return None, "its creator is no longer a member of the tenant"
-        if role not in self.run_roles:
-            return None, (f"its creator is now a {role}, who may not run pipelines")
-        return role, ""
+        return creator_role(standing, self.run_roles, "run pipelines")
 
     async def _await_run(self, tenant_id, webhook_id, run_id,
                          lease: float) -> Outcome | None:

@@ -3,9 +3,9 @@ data of its nodes on every create and update. Every change of the schema makes a
 version of it, checked against the existing nodes first (validation/existing_nodes.py)."""
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, StrictInt
+from pydantic import AfterValidator, Field, StrictInt
 
 from rpc_server.api import results
 from rpc_server.api.context import Call
@@ -23,6 +23,7 @@ from rpc_server.api.registry import rpc_method
 from rpc_server.api.vector_params import Embedding
 from rpc_server.errors import (
     EmbeddingsInvalid,
+    InvalidParams,
     NodesInvalid,
     NotFound,
     QueryRejected,
@@ -39,11 +40,17 @@ from rpc_server.methods.common import (
     require_tenant,
 )
 from rpc_server.security.auth import tenant_role
-from rpc_server.storage.repositories import EmbeddingRepository, NodeTypeRepository
+from rpc_server.storage.node_filter import parse_field
+from rpc_server.storage.node_search import DEFAULT_LANGUAGE, MAX_LANGUAGE, MAX_SEARCH_FIELDS
+from rpc_server.storage.repositories import (
+    EmbeddingRepository,
+    NodeRepository,
+    NodeTypeRepository,
+)
 from rpc_server.storage.vectors import embedding_path
 from rpc_server.validation.existing_nodes import KeptChanging, SchemaReport, check_nodes
 
-UPDATABLE = ("name", "description", "schema", "embedding")
+UPDATABLE = ("name", "description", "schema", "search", "embedding")
 SCHEMA_CHECK_TIMEOUT_MS = 60_000  # default time limit of a check of the existing nodes
 MAX_SCHEMA_CHECK_TIMEOUT_MS = 600_000
 MAX_REPORTED_FAILURES = 100  # errors listed in a check's report
@@ -51,11 +58,30 @@ SchemaCheckTimeout = Annotated[StrictInt, Field(ge=1, le=MAX_SCHEMA_CHECK_TIMEOU
 ReportedFailures = Annotated[StrictInt, Field(ge=0, le=MAX_REPORTED_FAILURES)]
 
 
+def _data_path(raw: Any) -> list[str]:
+    name, path = parse_field(raw, "search.fields")
+    if path is None:
+        raise ValueError("must be a path into data: \"data.title\" or [\"data\", \"title\"]")
+    return ["data", *path]
+
+
+class SearchSettings(Params):
+    """How a node type's nodes are indexed for full-text search (query_nodes' `search`)."""
+    language: str = Field(DEFAULT_LANGUAGE, min_length=1, max_length=MAX_LANGUAGE,
+                          description="A text search configuration: simple (the default: "
+                                      "words as written, lowercased), english, french, …")
+    fields: list[Annotated[Any, AfterValidator(_data_path)]] | None = Field(
+        None, max_length=MAX_SEARCH_FIELDS,
+        description="Paths into data whose strings are indexed (default: every string "
+                    "value of the document).")
+
+
 class CreateNodeType(Params):
     tenant_id: Id
     name: Name
     description: Description = ""
     schema_: JsonSchemaDoc = Field(None, alias="schema")
+    search: SearchSettings | None = None
     embedding: Embedding | None = None  # vector similarity search (needs pgvector)
 
 
@@ -78,6 +104,7 @@ class UpdateNodeType(Params):
     # when one of them holds something else at the field (-32004 embeddings_invalid).
     embedding: Embedding | None = None
     expected_version: Version | None = None
+    search: SearchSettings | None = None  # absent or null: unchanged
     # With a new schema: refuse the change when existing nodes fail it (validate), or
     # accept it and leave those nodes at the schema version they had (allow_invalid).
     mode: Literal["validate", "allow_invalid"] = "validate"
@@ -107,15 +134,18 @@ class ListNodeTypeVersions(Params):
 @rpc_method(CreateNodeType, tenant_role("admin"), result=results.NodeTypeResult,
              run_db=None, tenant_must_exist=False)
 async def create_node_type(ctx: Call, p: CreateNodeType) -> dict:
-    """Create a node type; `schema` (object or JSON string) validates its nodes' data."""
+    """Create a node type; `schema` (object or JSON string) validates its nodes' data,
+    `search` says how they are indexed for full-text search."""
     await ctx.validators.check_schema(p.tenant_id, p.schema_)
+    search = None if p.search is None else await checked_search(ctx, p.search)
     embedding = p.embedding.stored() if p.embedding is not None else None
     if embedding is not None and not ctx.state.vectors.available:
         raise VectorUnavailable("embedding", ctx.state.vectors.reason)
     async with ctx.transaction() as conn:
         principal = await ctx.principal()
         row = await NodeTypeRepository(conn).create(p.tenant_id, p.name, p.description, p.schema_,
-                                                    principal.user_id, embedding)
+                                                    principal.user_id, search,
+                                                    embedding=embedding)
         ctx.set_target("node_type", row["id"])
     return {"node_type": ctx.shaper.one(row)}
 
@@ -153,43 +183,47 @@ async def update_node_type(ctx: Call, p: UpdateNodeType) -> dict:
     change is refused when any node fails it (-32004 `nodes_invalid`, with the report);
     with "allow_invalid" it is made, and the nodes that fail keep the schema version they
     had (query_nodes: `{"field": "schema_version", "op": "lt", "value": "current"}`). The
-    report says what the check found. A new `embedding` declaration (null removes it)
-    re-indexes the type's nodes in the same transaction: refused (-32004
-    `embeddings_invalid`) when any node holds at its field something other than an
-    embedding of its dimensions (or nothing)."""
+    report says what the check found. New `search` settings re-index the type's nodes. A
+    new `embedding` declaration (null removes it) re-stores the type's embeddings in the
+    same transaction: refused (-32004 `embeddings_invalid`) when any node holds at its
+    field something other than an embedding of its dimensions (or nothing)."""
     changes = changes_of(p, ("name", "description"))
+    if p.search is not None:
+        changes["search_config"] = await checked_search(ctx, p.search)
     if "embedding" in p.model_fields_set:
         changes["embedding"] = p.embedding.stored() if p.embedding is not None else None
         if changes["embedding"] is not None and not ctx.state.vectors.available:
             raise VectorUnavailable("embedding", ctx.state.vectors.reason)
-        if "schema_" not in p.model_fields_set:
-            return await update_embedding(ctx, p, changes)
-    if "schema_" not in p.model_fields_set:
+    if "schema_" not in p.model_fields_set and "search_config" not in changes \
+            and "embedding" not in changes:
         require_changes(changes, UPDATABLE)
         async with ctx.transaction() as conn:
             row = await NodeTypeRepository(conn).update(p.tenant_id, p.id, changes,
                                                         p.expected_version)
         ctx.state.node_types.forget(p.tenant_id, p.id)
         return {"node_type": ctx.shaper.one(row)}
-    await ctx.validators.check_schema(p.tenant_id, p.schema_)
+    if "schema_" in p.model_fields_set:
+        await ctx.validators.check_schema(p.tenant_id, p.schema_)
     report = SchemaReport(p.max_failures)
     principal = await ctx.principal()
-    async with ctx.heavy_transaction(p.timeout_ms, "The schema change (it checks every node "
-                                     "of the type: raise timeout_ms)") as conn:
+    outcome = None
+    async with ctx.heavy_transaction(p.timeout_ms, "The node type change (it checks or "
+                                     "re-indexes every node of the type: raise timeout_ms)"
+                                     ) as conn:
         types = NodeTypeRepository(conn)
         current = await types.lock(p.tenant_id, p.id)
         if p.expected_version is not None and current["version"] != p.expected_version:
             raise VersionConflict("node_type", p.id, p.expected_version, current["version"])
         if "embedding" in changes:
             await reindex_embeddings(ctx, conn, current, changes["embedding"])
-        if current["schema"] == p.schema_:  # the same schema: no new version, no check
-            row = await types.update(p.tenant_id, p.id, {**changes, "schema": p.schema_},
+        if "schema_" not in p.model_fields_set or current["schema"] == p.schema_:
+            # no new schema version, no check
+            row = await types.update(p.tenant_id, p.id, {**changes, "schema": current["schema"]},
                                      None)
-            outcome = None
         else:
             new_version = current["schema_version"] + 1
             await checked(check_nodes(conn, ctx.validators, p.tenant_id, p.id, p.schema_,
-                                      report, stamp_version=new_version,
+                                      report, p.timeout_ms, stamp_version=new_version,
                                       stamp_after_failures=p.mode == "allow_invalid"))
             outcome = report.as_result(new_version)
             if report.failing and p.mode == "validate":
@@ -197,6 +231,9 @@ async def update_node_type(ctx: Call, p: UpdateNodeType) -> dict:
             row = await types.change_schema(current, changes, p.schema_, principal.user_id,
                                             p.mode, report.checked, report.failing,
                                             ctx.state.settings.schema_versions_kept)
+        if changes.get("search_config", current["search"]) != current["search"]:
+            await NodeRepository(conn).reindex_search(p.tenant_id, p.id,
+                                                      changes["search_config"])
     ctx.state.node_types.forget(p.tenant_id, p.id)
     result = {"node_type": ctx.shaper.one(row)}
     if outcome is not None:
@@ -204,18 +241,15 @@ async def update_node_type(ctx: Call, p: UpdateNodeType) -> dict:
     return result
 
 
-async def update_embedding(ctx: Call, p: UpdateNodeType, changes: dict) -> dict:
-    """update_node_type of the embedding (and name, description), without a new schema."""
-    async with ctx.heavy_transaction(p.timeout_ms, "The embedding change (it re-indexes every "
-                                     "node of the type: raise timeout_ms)") as conn:
-        types = NodeTypeRepository(conn)
-        current = await types.lock(p.tenant_id, p.id)
-        if p.expected_version is not None and current["version"] != p.expected_version:
-            raise VersionConflict("node_type", p.id, p.expected_version, current["version"])
-        await reindex_embeddings(ctx, conn, current, changes["embedding"])
-        row = await types.update(p.tenant_id, p.id, changes, None)
-    ctx.state.node_types.forget(p.tenant_id, p.id)
-    return {"node_type": ctx.shaper.one(row)}
+async def checked_search(ctx: Call, search: SearchSettings) -> dict:
+    """The search settings as stored ({"language", "fields": key lists or null}), once the
+    language is known to the database."""
+    async with ctx.connection() as conn:
+        if not await NodeTypeRepository(conn).language_exists(search.language):
+            raise InvalidParams.field(
+                "search.language", f"{search.language!r} is not a text search configuration "
+                "of this database (e.g. simple, english, french, german, spanish)")
+    return {"language": search.language, "fields": search.fields}
 
 
 async def reindex_embeddings(ctx: Call, conn, current, embedding: dict | None) -> None:
@@ -257,7 +291,8 @@ async def check_node_type_schema(ctx: Call, p: CheckNodeTypeSchema) -> dict:
     report = SchemaReport(p.max_failures)
     async with ctx.heavy(p.timeout_ms, "The schema check (raise timeout_ms)") as conn:
         current = await NodeTypeRepository(conn).get(p.tenant_id, p.id)
-        await check_nodes(conn, ctx.validators, p.tenant_id, p.id, p.schema_, report)
+        await check_nodes(conn, ctx.validators, p.tenant_id, p.id, p.schema_, report,
+                          p.timeout_ms)
     return {"report": {**report.as_result(None), "current_schema_version":
                        current["schema_version"]}}
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from asyncpg.exceptions import _base as asyncpg_base
-from pydantic import AfterValidator, BeforeValidator, Field, StrictInt
+from pydantic import AfterValidator, BeforeValidator, Field, StrictBool, StrictInt
 
 from rpc_server.api import results
 from rpc_server.api.context import Call
@@ -28,6 +28,7 @@ from rpc_server.query import guard as query_guard
 from rpc_server.security.auth import tenant_role
 from rpc_server.storage.constraint_errors import UNAVAILABLE_ERRORS
 from rpc_server.storage.node_filter import SqlArgs, compile_filter, parse_sort
+from rpc_server.storage.node_search import SearchScope, SearchSql, uses_search
 from rpc_server.storage.pagination import Page
 from rpc_server.storage.repositories import (
     EmbeddingRepository,
@@ -71,6 +72,8 @@ class QueryNodes(Params):
     sort: Annotated[dict[str, Any] | None, AfterValidator(_nesting_and_numbers)] = None
     pagination: PaginationParam
     timeout_ms: Annotated[StrictInt, zero_means(5000)] = Field(5000, ge=1, le=30_000)
+    highlight: StrictBool = Field(False, description="With a search condition: each node's "
+                                                     "`snippet`, the matches marked.")
     near: Near | None = None  # k nearest neighbours (pgvector): see query_nodes_near
 
 
@@ -168,22 +171,34 @@ async def execute_query(ctx: Call, p: ExecuteQuery) -> dict:
 @rpc_method(QueryNodes, tenant_role("viewer"), result=results.NodeList,
              run_db=db_method("filter"), tenant_must_exist=True)
 async def query_nodes(ctx: Call, p: QueryNodes) -> dict:
-    """Find nodes with a JSON filter over data paths and node columns, keyset-paginated.
-    With `near`: the k nodes of `node_type_id` nearest to a vector by its embedding, among
-    those the filter matches, nearest first, each with its `distance` (one page)."""
+    """Find nodes with a JSON filter over data paths and node columns (full-text `search`
+    too), keyset-paginated, sorted by a column, a data path or the search rank. With `near`:
+    the k nodes of `node_type_id` nearest to a vector by its embedding, among those the
+    filter matches, nearest first, each with its `distance` (one page)."""
     if p.near is not None:
         return await query_nodes_near(ctx, p, p.near)
     args = SqlArgs()
-    condition = compile_filter(p.filter, args)
+    search = SearchSql(None, args)
+    searching = uses_search(p.filter)
+    if searching:  # checked now; compiled once the node types' languages are known
+        search = SearchSql(SearchScope({}), SqlArgs())
+        compile_filter(p.filter, search.args, search)
+    else:
+        condition = compile_filter(p.filter, args)
     sort = parse_sort(p.sort)
     # The filter and the sort shape the SQL: one of the tenant's heavy-call slots, under a
     # statement timeout.
     async with ctx.heavy(p.timeout_ms, "The query (narrow the filter)") as conn:
         await require_tenant(ctx, conn, p.tenant_id)
+        if searching:
+            scope = SearchScope.of(await NodeTypeRepository(conn).search_settings(
+                p.tenant_id, p.node_type_id))
+            search = SearchSql(scope, args)
+            condition = compile_filter(p.filter, args, search)
         page = await read_page(ctx, p.pagination, ctx.state.settings.max_body_bytes,
                                lambda max_bytes: NodeRepository(conn).query(
                                    p.tenant_id, p.node_type_id, condition, args, sort,
-                                   p.pagination, max_bytes))
+                                   p.pagination, max_bytes, search, p.highlight))
     return ctx.shaper.page("nodes", page)
 
 
@@ -202,6 +217,9 @@ async def query_nodes_near(ctx: Call, p: QueryNodes, near: Near) -> dict:
     if p.pagination.page_token:
         raise InvalidParams.field("pagination.page_token", "must be absent with near: the "
                                   "answer is one page of the k nearest nodes (raise k)")
+    if uses_search(p.filter):
+        raise InvalidParams.field("filter", "a full-text search condition does not combine "
+                                  "with near (yet): use one or the other")
     args = SqlArgs()
     condition = compile_filter(p.filter, args)
     async with ctx.heavy(p.timeout_ms, "The k-NN query (narrow the filter or lower k)") as conn:

@@ -53,7 +53,7 @@ class PipelineRunner:
                 "token": self.run_token(run), "code": run["code"], "input": run["input"],
                 "timeout_ms": run["timeout_ms"], "memory_mb": run["memory_mb"],
                 "request_id": run["request_id"], "verbose": run["debug_level"] == "verbose",
-                "db_methods": self.db_methods}
+                "map": bool(run.get("map_items", False)), "db_methods": self.db_methods}
 
     async def execute(self, run: asyncpg.Record,
                       requeue_when_busy: bool = False) -> tuple[asyncpg.Record | None, bool]:

@@ -6,6 +6,7 @@
             | "data" (the whole document) | "id" | "node_type_id" | "created_at"
             | "updated_at" | "version" | "schema_version"
     OP     := eq | ne | lt | lte | gt | gte | in | contains | exists | prefix
+            | search (data paths: full-text, web search syntax; see storage/node_search.py)
 
 Every leaf compiles to an expression that is true or false, never NULL, so `not` is an
 exact complement (a missing path is simply "not equal", "not less than", ...). Values only
@@ -26,6 +27,7 @@ from uuid import UUID
 import orjson
 
 from rpc_server.errors import InvalidParams
+from rpc_server.storage.node_search import SearchSql
 
 MAX_DEPTH = 8
 MAX_CLAUSES = 50
@@ -39,7 +41,7 @@ MAX_FILTER_BYTES = 32_768
 # What PostgreSQL's #> takes as an array index: the containment shortcut must not be used.
 ARRAY_INDEX = re.compile(r"^\s*[+-]?\d+\s*$")
 COMPARISONS = {"lt": "<", "lte": "<=", "gt": ">", "gte": ">="}
-DATA_OPS = {"eq", "ne", "in", "contains", "exists", "prefix", *COMPARISONS}
+DATA_OPS = {"eq", "ne", "in", "contains", "exists", "prefix", "search", *COMPARISONS}
 COLUMN_OPS = {"eq", "ne", "in", *COMPARISONS}
 COLUMNS = {"id": "uuid", "node_type_id": "uuid", "created_at": "timestamptz",
            "updated_at": "timestamptz", "version": "int4", "schema_version": "int4"}
@@ -138,8 +140,9 @@ def _column_value(column: str, value: Any, where: str) -> Any:
 
 
 class FilterCompiler:
-    def __init__(self, args: SqlArgs):
+    def __init__(self, args: SqlArgs, search: SearchSql | None = None):
         self.args = args
+        self.search = search if search is not None else SearchSql(None, args)
         self.clauses = 0
         self.bytes = 0
 
@@ -195,6 +198,9 @@ class FilterCompiler:
         return self._column_leaf(name, op, value, f"{where}.value")
 
     def _data_leaf(self, path: list[str], op: str, value: Any, where: str) -> str:
+        if op == "search":
+            self._json(value, where)  # counted against the filter's size
+            return self.search.condition(path, value, where)
         index = _indexable(path)
         if op == "contains" and index:  # the containment document alone says it
             wanted = value if isinstance(value, (dict, list)) else [value]
@@ -255,33 +261,45 @@ class FilterCompiler:
         return f"{column} {operator} {placeholder}"  # columns are NOT NULL: never NULL
 
 
-def compile_filter(node: Any, args: SqlArgs) -> str:
-    """SQL for the filter (TRUE for none); values are appended to `args`."""
+def compile_filter(node: Any, args: SqlArgs, search: SearchSql | None = None) -> str:
+    """SQL for the filter (TRUE for none); values are appended to `args`. `search`: how
+    `search` conditions are matched (the node types in scope by language)."""
     if node is None:
         return "TRUE"
-    return FilterCompiler(args).compile(node)
+    return FilterCompiler(args, search).compile(node)
 
 
 @dataclass(frozen=True)
 class NodeSort:
-    """One sort key (a timestamp column or a data path) plus id as the tie-breaker."""
+    """One sort key (a timestamp column, a data path, or the search rank, best first) plus
+    id as the tie-breaker."""
     column: str | None = "created_at"
     path: list[str] | None = None
     descending: bool = False
+    rank: bool = False
 
     @property
     def scope(self) -> str:
         """Page tokens are only valid for the sort they were made for."""
+        if self.rank:
+            return "query_nodes:rank:desc"
         key = self.column or hashlib.sha256(orjson.dumps(self.path)).hexdigest()[:24]
         return f"query_nodes:{key}:{'desc' if self.descending else 'asc'}"
 
 
 def parse_sort(raw: Any) -> NodeSort:
-    """{"field": "created_at" | "updated_at" | "data.<path>", "direction": "asc" | "desc"}"""
+    """{"field": "created_at" | "updated_at" | "data.<path>", "direction": "asc" | "desc"},
+    or {"by": "rank"} (best match first: the filter must have a `search` condition)."""
     if raw is None:
         return NodeSort()
+    if isinstance(raw, dict) and "by" in raw:
+        if raw != {"by": "rank"}:
+            raise _fail("sort", "must be {\"by\": \"rank\"} (or {\"field\": ..., "
+                                "\"direction\": ...})")
+        return NodeSort(column=None, descending=True, rank=True)
     if not isinstance(raw, dict) or "field" not in raw or set(raw) - {"field", "direction"}:
-        raise _fail("sort", "must be {\"field\": ..., \"direction\": \"asc\"|\"desc\"}")
+        raise _fail("sort", "must be {\"field\": ..., \"direction\": \"asc\"|\"desc\"}"
+                            " or {\"by\": \"rank\"}")
     direction = raw.get("direction", "asc")
     if direction not in ("asc", "desc"):
         raise _fail("sort.direction", "must be \"asc\" or \"desc\"")

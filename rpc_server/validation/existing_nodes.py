@@ -19,7 +19,8 @@ from rpc_server.storage.db import Connection
 from rpc_server.storage.repositories import NodeRepository
 from rpc_server.validation.schemas import ValidatorCache
 
-BATCH = 1000  # nodes read and validated at a time
+BATCH = 1000  # nodes read and validated at a time, at most ...
+BATCH_BYTES = 8 * 1_048_576  # ... starting within this many bytes of documents
 # Rounds of reading again the nodes written while they were checked (each round only those).
 RECHECK_ROUNDS = 5
 
@@ -54,35 +55,39 @@ class SchemaReport:
 
 
 async def check_nodes(conn: Connection, validators: ValidatorCache, tenant_id: UUID,
-                      node_type_id: UUID, schema: Any, report: SchemaReport,
+                      node_type_id: UUID, schema: Any, report: SchemaReport, timeout_ms: int,
                       stamp_version: int | None = None,
                       stamp_after_failures: bool = True) -> SchemaReport:
-    """Validate every node of the type against `schema` into `report`. With
+    """Validate every node of the type against `schema` into `report`, within `timeout_ms`
+    from the report's start (TimeoutError past it; the statements' own deadline is the
+    connection's, see api/context.TimedConnection). With
     `stamp_version` (in the schema change's transaction, the node type locked), every node
     found valid records that schema version; without `stamp_after_failures`, only until a
     node fails (the change will be refused: the rest is only counted)."""
     compiled = None if schema is None or schema is True else validators.compile(schema)
+    deadline = report.started + timeout_ms / 1000
     nodes = NodeRepository(conn)
     after = None
     while True:
         rows = await nodes.scan_of_type(tenant_id, node_type_id, after, BATCH,
-                                        with_data=compiled is not None)
+                                        with_data=compiled is not None, max_bytes=BATCH_BYTES)
         if not rows:
             return report
         after = (rows[-1]["created_at"], rows[-1]["id"])
         if report.failing and not stamp_after_failures:
             stamp_version = None
-        await _check_batch(nodes, validators, tenant_id, compiled, rows, report, stamp_version)
+        await _check_batch(nodes, validators, tenant_id, compiled, rows, report, stamp_version,
+                           deadline)
 
 
 async def _check_batch(nodes: NodeRepository, validators: ValidatorCache, tenant_id: UUID,
                        compiled: tuple | None, rows: list, report: SchemaReport,
-                       stamp_version: int | None) -> None:
+                       stamp_version: int | None, deadline: float) -> None:
     for _ in range(RECHECK_ROUNDS):
         failed: dict[int, list[dict]] = {}
         if compiled is not None:
             failed = dict(await validators.failures(tenant_id, compiled,
-                                                    [r["data"] for r in rows]))
+                                                    [r["data"] for r in rows], deadline))
         for index, errors in failed.items():
             report.add(rows[index]["id"], errors)
         report.checked += len(failed)

@@ -361,20 +361,26 @@ class ValidatorCache:
                 fast_check(schema))
 
     async def failures(self, tenant_id: UUID, compiled: tuple, documents: list[str],
-                       field: str = "data") -> list[tuple[int, list[dict]]]:
+                       deadline: float, field: str = "data") -> list[tuple[int, list[dict]]]:
         """(index, errors) of each document (JSON text) that fails the compiled schema, in a
         thread, one batch at a time per tenant. Each document has the CPU budget of one
-        call's documents; one that uses it up fails, saying so."""
+        call's documents; one that uses it up fails, saying so. Past `deadline`
+        (time.monotonic()): TimeoutError."""
         async with self.threads.slot(tenant_id):
             return await asyncio.get_running_loop().run_in_executor(
-                VALIDATION_THREADS, _failures, compiled, documents, field, self.limits.cpu_ms)
+                VALIDATION_THREADS, _failures, compiled, documents, field, self.limits.cpu_ms,
+                deadline)
 
 
-def _failures(compiled: tuple, documents: list[str], field: str,
-              budget_ms: float) -> list[tuple[int, list[dict]]]:
+def _failures(compiled: tuple, documents: list[str], field: str, budget_ms: float,
+              deadline: float) -> list[tuple[int, list[dict]]]:
     validator, fast = compiled
     found = []
     for index, text in enumerate(documents):
+        left_ms = (deadline - time.monotonic()) * 1000
+        if left_ms <= 0:
+            raise TimeoutError()
+        budget_ms = min(budget_ms, left_ms)
         data = orjson.loads(text)
         if fast is not None and fast(data):
             continue

@@ -26,17 +26,19 @@ class NodeTypeRepository(Repository):
     kind = "node_type"
     key_columns = ("tenant_id", "id")
     columns = ("id, tenant_id, name, description, schema, created_at, updated_at, version,"
-               " schema_version, embedding")
+               " schema_version, COALESCE(search_config, "
+               "'{\"language\": \"simple\", \"fields\": null}'::jsonb) AS search, embedding")
     size_sql = "coalesce(octet_length(schema::text), 0) + octet_length(description)"
 
     async def create(self, tenant_id: UUID, name: str, description: str,
                      schema: dict | bool | None, user_id: UUID | None,
+                     search_config: dict | None = None,
                      embedding: dict | None = None) -> asyncpg.Record:
         """Call in a transaction: the node type and its schema's version 1."""
         row = await self._fetch_one(
-            "INSERT INTO node_types (tenant_id, name, description, schema, embedding) "
-            f"VALUES ($1, $2, $3, $4, $5) RETURNING {self.columns}",
-            tenant_id, name, description, schema, embedding)
+            "INSERT INTO node_types (tenant_id, name, description, schema, search_config, "
+            f"embedding) VALUES ($1, $2, $3, $4, $5, $6) RETURNING {self.columns}",
+            tenant_id, name, description, schema, search_config, embedding)
         await self.conn.execute(
             "INSERT INTO node_type_versions (tenant_id, node_type_id, version, schema, "
             "created_at, created_by_user_id, mode) VALUES ($1, $2, 1, $3, $4, $5, 'create')",
@@ -59,6 +61,20 @@ class NodeTypeRepository(Repository):
             "SELECT id, version FROM node_types WHERE tenant_id = $1 AND id = ANY($2::uuid[]) "
             "ORDER BY id FOR SHARE", tenant_id, ids)
         return {r["id"]: r["version"] for r in rows}
+
+    async def share_lock(self, tenant_id: UUID, node_type_id: UUID) -> asyncpg.Record | None:
+        """In a transaction: the node type, share-locked until it ends (a schema change
+        waits for it: see update); None when it is gone."""
+        return await self.conn.fetchrow(
+            f"SELECT {self.columns} FROM node_types WHERE tenant_id = $1 AND id = $2 FOR SHARE",
+            tenant_id, node_type_id)
+
+    async def schema_versions(self, tenant_id: UUID, ids: list[UUID]) -> dict[UUID, int]:
+        """The current schema version of each of these node types that exists."""
+        rows = await self.conn.fetch(
+            "SELECT id, schema_version FROM node_types WHERE tenant_id = $1 "
+            "AND id = ANY($2::uuid[])", tenant_id, ids)
+        return {r["id"]: r["schema_version"] for r in rows}
 
     async def update(self, tenant_id: UUID, node_type_id: UUID, changes: dict,
                      expected_version: int | None) -> asyncpg.Record:
@@ -137,6 +153,22 @@ class NodeTypeRepository(Repository):
                 "SELECT count(*) FROM node_type_versions WHERE tenant_id = $1 "
                 "AND node_type_id = $2", tenant_id, node_type_id)
         return Page(rows, next_token, total, used)
+
+    async def search_settings(self, tenant_id: UUID,
+                              node_type_id: UUID | None) -> list[asyncpg.Record]:
+        """(id, search_config) of the tenant's node types, or of one."""
+        if node_type_id is None:
+            return await self.conn.fetch("SELECT id, search_config FROM node_types "
+                                         "WHERE tenant_id = $1", tenant_id)
+        return await self.conn.fetch("SELECT id, search_config FROM node_types "
+                                     "WHERE tenant_id = $1 AND id = $2", tenant_id, node_type_id)
+
+    async def language_exists(self, language: str) -> bool:
+        """Whether `language` names one of the database's built-in text search
+        configurations."""
+        return await self.conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM pg_ts_config WHERE cfgname = $1 "
+            "AND cfgnamespace = 'pg_catalog'::regnamespace)", language)
 
     async def delete(self, tenant_id: UUID, node_type_id: UUID) -> None:
         await self._delete(tenant_id, node_type_id)

@@ -1,12 +1,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 from uuid import UUID
 
 import asyncpg
 import orjson
 
+from rpc_server.errors import InvalidParams
 from rpc_server.storage.node_filter import NodeSort, SqlArgs
+from rpc_server.storage.node_search import SNIPPET_BYTES, SearchSql, html_snippet
 from rpc_server.storage.pagination import (
     BUDGET_COLUMNS,
     TOTAL_COLUMN,
@@ -59,7 +63,7 @@ class NodeRepository(Repository):
     # type: a lock there is a row lock shared by every concurrent update of the type's nodes
     # (a MultiXact each time), which cost a quarter of update_node's throughput at 32 in
     # flight. Instead, a schema change stamps every node it found valid with its new schema
-    # version, row by row, before it commits (SchemaCheck in validation/existing_nodes.py):
+    # version, row by row, before it commits (check_nodes in validation/existing_nodes.py):
     # an update whose statement began before that commit waits for the stamp's row lock,
     # and then finds the node's schema_version above the one it validated against and
     # touches no row, so it is validated again against the new schema.
@@ -87,6 +91,57 @@ class NodeRepository(Repository):
 
     async def get(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record:
         return await self._require(tenant_id, node_id)
+
+    # ------------------------------------------------------------ migration jobs
+
+    @staticmethod
+    def _migration_where(after: tuple | None, below_version: int | None) -> str:
+        where = ("tenant_id = $1 AND node_type_id = $2 AND created_at <= $3"
+                 " AND ($4::int IS NULL OR schema_version < $4::int)")
+        if after is not None:
+            where += " AND (created_at, id) > ($5, $6)"
+        return where
+
+    async def migration_count(self, tenant_id: UUID, node_type_id: UUID, until: datetime,
+                              below_version: int | None) -> int:
+        """How many nodes of the type a migration job will go through: created by `until`
+        (the job's start), and recording a schema version below `below_version` if given."""
+        return await self.conn.fetchval(
+            f"SELECT count(*) FROM nodes WHERE {self._migration_where(None, below_version)}",
+            tenant_id, node_type_id, until, below_version)
+
+    async def migration_batch(self, tenant_id: UUID, node_type_id: UUID, until: datetime,
+                              below_version: int | None, after: tuple[datetime, UUID] | None,
+                              limit: int) -> list[asyncpg.Record]:
+        """A migration job's next nodes after the keyset `after` ((created_at, id) of the
+        last one done), in that order (nodes_type_keyset_idx): id, created_at, version,
+        data, and the data's size as stored (bytes)."""
+        args: list = [tenant_id, node_type_id, until, below_version]
+        if after is not None:
+            args += list(after)
+        args.append(limit)
+        return await self.conn.fetch(
+            "SELECT id, created_at, version, data, pg_column_size(data) AS bytes FROM nodes "
+            f"WHERE {self._migration_where(after, below_version)} "
+            f"ORDER BY created_at, id LIMIT ${len(args)}", *args)
+
+    async def apply_migration(self, tenant_id: UUID, node_type_id: UUID, to_version: int,
+                              changes: list[tuple[UUID, int, Any]]) -> set[UUID]:
+        """A migration batch's new data (id, version read, data): written (version + 1,
+        schema_version = to_version) where the node is still at the version the batch read
+        and was not validated against a schema newer than `to_version`. The caller holds
+        the node type share-locked at to_version. The ids written (the others changed or
+        went meanwhile). Nodes whose data stays are stamped instead (stamp_schema_version)."""
+        if not changes:
+            return set()
+        rows = await self.conn.fetch(
+            "UPDATE nodes n SET data = i.data, version = n.version + 1, updated_at = now(), "
+            "schema_version = $3 FROM unnest($4::uuid[], $5::int[], $6::jsonb[]) "
+            "AS i (id, version, data) WHERE n.tenant_id = $1 AND n.node_type_id = $2 "
+            "AND n.id = i.id AND n.version = i.version AND n.schema_version <= $3 "
+            "RETURNING n.id", tenant_id, node_type_id, to_version,
+            [c[0] for c in changes], [c[1] for c in changes], [c[2] for c in changes])
+        return {r["id"] for r in rows}
 
     async def get_pairs(self, tenant_ids: list, node_ids: list
                         ) -> list[asyncpg.Record | None]:
@@ -124,19 +179,24 @@ class NodeRepository(Repository):
             "WHERE n.tenant_id = $1 AND n.id = $2", tenant_id, node_id)
 
     async def scan_of_type(self, tenant_id: UUID, node_type_id: UUID, after: tuple | None,
-                           limit: int, with_data: bool = True) -> list[asyncpg.Record]:
+                           limit: int, with_data: bool = True,
+                           max_bytes: int | None = None) -> list[asyncpg.Record]:
         """Up to `limit` of the type's nodes after `after` ((created_at, id) of the last one
         read; None: from the first), in that order, through the type's keyset index: id,
-        version, created_at and (with_data) data as JSON text."""
+        version, created_at and (with_data) data as JSON text; with `max_bytes`, only as
+        many as start within that many bytes of data (at least one)."""
         after_time, after_id = after if after is not None else (None, None)
         data = ", data::text AS data" if with_data else ""
-        return await self.conn.fetch(
-            f"SELECT id, version, created_at{data} FROM nodes "
-            "WHERE tenant_id = $1 AND node_type_id = $2 AND (created_at, id) > "
-            "(coalesce($3::timestamptz, '-infinity'), "
-            "coalesce($4::uuid, '00000000-0000-0000-0000-000000000000')) "
-            "ORDER BY created_at, id LIMIT $5", tenant_id, node_type_id, after_time, after_id,
-            limit)
+        sql = (f"SELECT id, version, created_at{data} FROM nodes "
+               "WHERE tenant_id = $1 AND node_type_id = $2 AND (created_at, id) > "
+               "(coalesce($3::timestamptz, '-infinity'), "
+               "coalesce($4::uuid, '00000000-0000-0000-0000-000000000000')) "
+               "ORDER BY created_at, id LIMIT $5")
+        args: list = [tenant_id, node_type_id, after_time, after_id, limit]
+        if with_data and max_bytes is not None:
+            sql = within_bytes(sql, "octet_length(data)", "$6")
+            args.append(max_bytes)
+        return await self.conn.fetch(sql, *args)
 
     async def current_of(self, tenant_id: UUID, ids: list[UUID],
                          with_data: bool = True) -> list[asyncpg.Record]:
@@ -154,15 +214,29 @@ class NodeRepository(Repository):
         it was read is not). A stamp is no change of the node's data: it records no change
         event (the node type's own event says its schema changed) and keeps version and
         updated_at."""
-        feed = await self.conn.fetchval("SELECT current_setting('flexdb.change_feed', true)")
-        await self.conn.execute("SELECT set_config('flexdb.change_feed', 'off', true)")
-        rows = await self.conn.fetch(
+        rows = await self._without_events(
             "UPDATE nodes n SET schema_version = $4 "
             "FROM unnest($2::uuid[], $3::int[]) AS s (id, version) "
             "WHERE n.tenant_id = $1 AND n.id = s.id AND n.version = s.version RETURNING n.id",
             tenant_id, ids, versions, schema_version)
-        await self.conn.execute("SELECT set_config('flexdb.change_feed', $1, true)", feed or "")
         return {r["id"] for r in rows}
+
+    async def reindex_search(self, tenant_id: UUID, node_type_id: UUID,
+                             search_config: dict) -> None:
+        """In a transaction: the search vectors of the type's nodes under new settings (no
+        change events: their data did not change)."""
+        await self._without_events(
+            "UPDATE nodes SET search_vector = flexdb_search_vector($3, data) "
+            "WHERE tenant_id = $1 AND node_type_id = $2", tenant_id, node_type_id,
+            search_config)
+
+    async def _without_events(self, sql: str, *args) -> list[asyncpg.Record]:
+        """In a transaction: a statement whose changes record no change event."""
+        feed = await self.conn.fetchval("SELECT current_setting('flexdb.change_feed', true)")
+        await self.conn.execute("SELECT set_config('flexdb.change_feed', 'off', true)")
+        rows = await self.conn.fetch(sql, *args)
+        await self.conn.execute("SELECT set_config('flexdb.change_feed', $1, true)", feed or "")
+        return rows
 
     async def existing_ids(self, tenant_id: UUID, ids: list[UUID]) -> set[UUID]:
         rows = await self.conn.fetch(
@@ -194,20 +268,44 @@ class NodeRepository(Repository):
     @classmethod
     def query_statement(cls, tenant_id: UUID, node_type_id: UUID | None, condition: str,
                         args: SqlArgs, sort: NodeSort, pagination: PageRequest,
-                        max_bytes: int | None = None) -> PageStatement:
+                        max_bytes: int | None = None, search: SearchSql | None = None,
+                        highlight: bool = False) -> PageStatement:
         """The SQL of one query_nodes page: nodes matching `condition` (SQL from node_filter,
-        whose values are already in `args`), sorted by a timestamp column through its index
-        or by a data path (missing values sort as JSON null), after the page token's key."""
+        whose values are already in `args`), sorted by a timestamp column through its index,
+        by a data path (missing values sort as JSON null) or by the search rank, after the
+        page token's key. With a search in the condition (`search`, its compiler), each
+        row has its `rank`, and with `highlight` its `snippet`."""
         where = [f"tenant_id = {args.add(tenant_id, 'uuid')}"]
         if node_type_id is not None:
             where.append(f"node_type_id = {args.add(node_type_id, 'uuid')}")
         where.append(f"({condition})")
         count_sql = f"SELECT count(*) FROM nodes WHERE {' AND '.join(where)}"
         count_args = list(args.values)
-        key = sort.column or f"COALESCE(data #> {args.add(sort.path, 'text[]')}, 'null'::jsonb)"
+        searched = search is not None and search.searched
+        rank = search.rank() if searched and search is not None else None
+        if sort.rank:
+            if rank is None:
+                raise InvalidParams.field("sort", "{\"by\": \"rank\"} needs a search "
+                                                  "condition in the filter")
+            key = rank
+        else:
+            key = sort.column or \
+                f"COALESCE(data #> {args.add(sort.path, 'text[]')}, 'null'::jsonb)"
+        extra = ""
+        if rank is not None and not sort.rank:  # (sorted by it: the sort key is the rank)
+            extra += f", {rank} AS rank"
+        if highlight:
+            if not searched or search is None:
+                raise InvalidParams.field("highlight", "needs a search condition in the filter")
+            extra += f", {search.snippet()} AS snippet"
         if pagination.page_token:
             text, last_id = decode_token_text(pagination.page_token, sort.scope)
-            if sort.column:
+            if sort.rank:
+                try:
+                    last = args.add(float(text), "float4")
+                except ValueError:
+                    raise invalid_token() from None
+            elif sort.column:
                 last = args.add(parse_token_time(text), "timestamptz")
             else:
                 try:  # re-written by orjson: a value PostgreSQL cannot hold is refused here
@@ -222,17 +320,19 @@ class NodeRepository(Repository):
         counted = f", ({count_sql}) AS {TOTAL_COLUMN}" if pagination.include_total else ""
         order = " DESC" if sort.descending else ""
         limit = args.add(pagination.page_size + 1, "int4")
-        sql = (f"SELECT {cls.read_columns}, {key} AS _sort_key{counted} FROM nodes "
+        sql = (f"SELECT {cls.read_columns}{extra}, {key} AS _sort_key{counted} FROM nodes "
                f"WHERE {' AND '.join(where)} ORDER BY {key}{order}, id{order} LIMIT {limit}")
-        if max_bytes is not None:
-            sql = within_bytes(sql, cls.size_sql, args.add(max_bytes, "int8"))
+        if max_bytes is not None:  # (a snippet counts at its largest)
+            size = f"{cls.size_sql} + {SNIPPET_BYTES}" if highlight else cls.size_sql
+            sql = within_bytes(sql, size, args.add(max_bytes, "int8"))
         return PageStatement(sql, args.values, count_sql, count_args)
 
     async def query(self, tenant_id: UUID, node_type_id: UUID | None, condition: str,
                     args: SqlArgs, sort: NodeSort, pagination: PageRequest,
-                    max_bytes: int | None = None) -> Page:
+                    max_bytes: int | None = None, search: SearchSql | None = None,
+                    highlight: bool = False) -> Page:
         statement = self.query_statement(tenant_id, node_type_id, condition, args, sort,
-                                         pagination, max_bytes)
+                                         pagination, max_bytes, search, highlight)
         rows = await self.conn.fetch(statement.sql, *statement.args)
         cut, used = False, 0
         if max_bytes is not None:
@@ -242,11 +342,18 @@ class NodeRepository(Repository):
             rows = rows[:pagination.page_size]
             last_row = rows[-1]
             value = last_row["_sort_key"]
-            next_token = encode_token(sort.scope, value if sort.column else
-                                      orjson.dumps(value).decode(), last_row["id"])
+            next_token = encode_token(sort.scope, repr(value) if sort.rank else value
+                                      if sort.column else orjson.dumps(value).decode(),
+                                      last_row["id"])
         total = rows[0][TOTAL_COLUMN] if pagination.include_total and rows else None
         if pagination.include_total and not rows:
             total = await self.conn.fetchval(statement.count_sql, *statement.count_args)
         hidden = ("_sort_key", TOTAL_COLUMN, *BUDGET_COLUMNS)
-        return Page([{k: v for k, v in r.items() if k not in hidden} for r in rows],
-                    next_token, total, used)
+        items = [{k: v for k, v in r.items() if k not in hidden} for r in rows]
+        if sort.rank:
+            for item, row in zip(items, rows):
+                item["rank"] = row["_sort_key"]
+        if highlight:
+            for item in items:
+                item["snippet"] = html_snippet(item["snippet"])
+        return Page(items, next_token, total, used)

@@ -59,20 +59,21 @@ class PipelineRunRepository(Repository):
 
     async def create(self, pipeline: asyncpg.Record, status: str, input, debug_level: str,
                      actor_user_id, actor_key_id, actor_role: str,
-                     request_id: str) -> asyncpg.Record:
+                     request_id: str, map_items: bool = False) -> asyncpg.Record:
         """A new run with a copy of the pipeline's code and limits; a 'running' one gets
-        its start time and deadline at once."""
+        its start time and deadline at once. map_items: `input` is a list and run() is
+        applied to each item (sandbox_worker/child.py's map mode, for jobs)."""
         return await self._fetch_one(
             "INSERT INTO pipeline_runs (tenant_id, pipeline_id, status, input, debug_level, "
             "code, timeout_ms, memory_mb, actor_user_id, actor_key_id, actor_role, request_id, "
-            "started_at, deadline) "
+            "started_at, deadline, map_items) "
             "VALUES ($1, $2, $3::text, $4, $5, $6, $7::int, $8, $9, $10, $11, $12, "
             "CASE WHEN $3::text = 'running' THEN now() END, "
-            "CASE WHEN $3::text = 'running' THEN now() + $7::int * interval '1 millisecond' END) "
-            f"RETURNING {self.columns}, code, actor_role, request_id, deadline",
+            "CASE WHEN $3::text = 'running' THEN now() + $7::int * interval '1 millisecond' END, "
+            f"$13) RETURNING {self.columns}, code, actor_role, request_id, deadline, map_items",
             pipeline["tenant_id"], pipeline["id"], status, input, debug_level,
             pipeline["code"], pipeline["timeout_ms"], pipeline["memory_mb"], actor_user_id,
-            actor_key_id, actor_role, request_id)
+            actor_key_id, actor_role, request_id, map_items)
 
     async def get(self, tenant_id: UUID, run_id: UUID) -> asyncpg.Record:
         return await self._require(tenant_id, run_id)
@@ -98,7 +99,7 @@ class PipelineRunRepository(Repository):
             "deadline = now() + r.timeout_ms * interval '1 millisecond', updated_at = now() "
             "FROM next WHERE r.tenant_id = next.tenant_id AND r.id = next.id "
             f"RETURNING {', '.join('r.' + c.strip() for c in self.columns.split(','))}, "
-            "r.code, r.actor_role, r.request_id, r.deadline", running_per_tenant)
+            "r.code, r.actor_role, r.request_id, r.deadline, r.map_items", running_per_tenant)
 
     async def lock_tenant_runs(self, tenant_id: UUID) -> tuple[int, int]:
         """In a transaction: serialise run creation for the tenant (its caps hold under
@@ -113,23 +114,25 @@ class PipelineRunRepository(Repository):
 
     async def enqueue(self, pipeline: asyncpg.Record, input, debug_level: str, actor_user_id,
                       actor_key_id, actor_role: str, request_id: str,
-                      queued_cap: int) -> asyncpg.Record:
+                      queued_cap: int, map_items: bool = False) -> asyncpg.Record:
         """In a transaction: a new queued run, for the fair queue to start (run_pipeline with
-        wait: false, and triggers); Busy when the tenant already has `queued_cap` runs
-        queued (FLEXDB_PIPELINE_TENANT_QUEUED)."""
+        wait: false, triggers, and jobs' batches with map_items); Busy when the tenant
+        already has `queued_cap` runs queued (FLEXDB_PIPELINE_TENANT_QUEUED)."""
         queued, _ = await self.lock_tenant_runs(pipeline["tenant_id"])
         if queued >= queued_cap:
             raise Busy(f"This tenant already has {queued} runs queued, its most "
                        "(FLEXDB_PIPELINE_TENANT_QUEUED); retry once some have started",
                        limit=queued_cap, retry_after=5.0)
         return await self.create(pipeline, "queued", input, debug_level, actor_user_id,
-                                 actor_key_id, actor_role, request_id)
+                                 actor_key_id, actor_role, request_id, map_items)
 
-    async def outcome(self, tenant_id: UUID, run_id: UUID) -> asyncpg.Record | None:
-        """A run's status and error (None: no such run)."""
+    async def outcome(self, tenant_id: UUID, run_id: UUID,
+                      with_result: bool = False) -> asyncpg.Record | None:
+        """A run's status and error, and its input and result with `with_result` (None: no
+        such run)."""
         return await self.conn.fetchrow(
-            "SELECT status, error FROM pipeline_runs WHERE tenant_id = $1 AND id = $2",
-            tenant_id, run_id)
+            f"SELECT status, error{', input, result' if with_result else ''} FROM pipeline_runs "
+            "WHERE tenant_id = $1 AND id = $2", tenant_id, run_id)
 
     async def requeue(self, tenant_id: UUID, run_id: UUID) -> None:
         """Put a claimed run back in the queue (the sandbox had no free slot)."""
