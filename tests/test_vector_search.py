@@ -436,6 +436,30 @@ async def test_near_through_the_rest_facade(pgvector, database_url):
     assert found["id"] == node["id"] and found["distance"] >= 0
 
 
+async def test_indexes_follow_the_declaration(vrpc, database_url):
+    """A type past the threshold gets its index; a new declaration's indexes replace the
+    old ones (dropped by the next sweep), and a deleted type's go too."""
+    tenant = await make_tenant(vrpc)
+    node_type = await embedding_type(vrpc, tenant["id"], dims=5)
+    t, y = tenant["id"], node_type["id"]
+    await load(vrpc, t, y, INDEX_MIN_NODES, seed=3, dims=5)
+    old = await wait_for_index(database_url, "_5_cos")
+    await vrpc.call("update_node_type", {"tenant_id": t, "id": y, "embedding": {
+        "field": "data.embedding", "dimensions": 5, "metrics": ["l2"]}})
+    new = await wait_for_index(database_url, "_5_l2")
+    assert old[:-4] == new[:-3]  # the same tenant and type
+    deadline = time.monotonic() + 60
+    while old in await index_names(database_url):
+        assert time.monotonic() < deadline, "the old index was not dropped"
+        await asyncio.sleep(0.2)
+    found = await near(vrpc, t, y, [1, 0, 0, 0, 0], 5, metric="l2")
+    assert len(found) == 5
+    await vrpc.call("delete_node_type", {"tenant_id": t, "id": y})
+    while new in await index_names(database_url):
+        assert time.monotonic() < deadline + 60, "the deleted type's index was not dropped"
+        await asyncio.sleep(0.2)
+
+
 # ---------------------------------------------------------------- without pgvector
 
 async def test_without_pgvector(vserver):
