@@ -22,7 +22,6 @@ from rpc_server.security.auth import tenant_role
 from rpc_server.storage.ids import uuid7_sequence
 from rpc_server.storage.repositories import NodeRepository, NodeTypeRepository
 from rpc_server.storage.response_budget import ROW_OVERHEAD
-from rpc_server.validation.embeddings import embedding_errors
 
 NOT_READ = object()
 WRITE_ATTEMPTS = 3  # validations against a node or node type that changes meanwhile
@@ -145,17 +144,13 @@ async def check_nodes(ctx: Call, nodes: list[NodeInput], node_types: dict) -> No
             raise NotFound("node_type", node.node_type_id, index=index,
                            message=f"nodes.{index}: node_type not found")
         checks.append((node_type, node.data, f"nodes.{index}.data", {"index": index}))
-    errors = [error for index, node in enumerate(nodes) for error in embedding_errors(
-        node_types[node.node_type_id].get("embedding"), node.data, f"nodes.{index}.data",
-        {"index": index})]
-    errors += await ctx.validators.errors_of_many(checks)
+    errors = await ctx.validators.errors_of_many(checks)
     if errors:
         raise InvalidParams(errors=errors)
 
 
 async def check_data(ctx: Call, node_type, data: dict) -> None:
-    errors = embedding_errors(node_type.get("embedding"), data)
-    errors += await ctx.validators.errors(node_type, data)
+    errors = await ctx.validators.errors(node_type, data)
     if errors:
         raise InvalidParams(errors=errors)
 

@@ -48,7 +48,6 @@ from rpc_server.storage.repositories.node_types import NodeTypeRepository
 from rpc_server.storage.repositories.nodes import NodeRepository
 from rpc_server.storage.repositories.pipelines import PipelineRepository, PipelineRunRepository
 from rpc_server.storage.repositories.webhooks import WebhookRepository
-from rpc_server.validation.embeddings import embedding_errors
 
 log = logging.getLogger(__name__)
 MIGRATE_NODES = "migrate_nodes"
@@ -437,8 +436,7 @@ class JobRunner:
             return failure(node_id, "not_an_object", f"the pipeline returned {kind} for it, "
                            "not a JSON object (a node's new data)")
         try:
-            errors = embedding_errors(node_type["embedding"], data)  # (vector search)
-            errors += await self.validators.errors(node_type, data)
+            errors = await self.validators.errors(node_type, data)
         except RpcError as exc:  # e.g. validation over its CPU budget
             return failure(node_id, "invalid", exc.message)
         if errors:

@@ -5,6 +5,7 @@ k-NN results) or an array of exactly D finite numbers, each within the range of 
 float (what pgvector stores)."""
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -57,3 +58,25 @@ def embedding_errors(declaration: dict | None, data: Any, where: str = "data",
         return []
     field = ".".join([where, *path])
     return [{"field": field, "message": problem, **(extra or {})}]
+
+
+INLINE_NUMBERS = 20_000  # checked on the event loop up to this many numbers (~2 ms), else
+# in a thread (pure Python: the loop still runs between the interpreter's switches)
+
+
+async def embeddings_errors(items: list[tuple[Any, Any, str, dict]]) -> list[dict]:
+    """embedding_errors of each (node type, data, field, extra) whose type declares one."""
+    checks = []
+    numbers = 0
+    for node_type, data, where, extra in items:
+        declaration = node_type.get("embedding")
+        if declaration:
+            checks.append((declaration, data, where, extra))
+            numbers += int(declaration["dimensions"])
+    if not checks:
+        return []
+
+    def run() -> list[dict]:
+        return [error for check in checks for error in embedding_errors(*check)]
+
+    return run() if numbers <= INLINE_NUMBERS else await asyncio.to_thread(run)

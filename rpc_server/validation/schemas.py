@@ -29,6 +29,7 @@ from referencing.jsonschema import DRAFT202012
 
 from rpc_server.errors import InvalidParams, QueryRejected
 from rpc_server.validation import safe_regex
+from rpc_server.validation.embeddings import embeddings_errors
 from rpc_server.validation.schema_cost import (
     DATA_KEYWORDS,
     MAX_PATTERN_LENGTH,
@@ -317,13 +318,18 @@ class ValidatorCache:
                 self.limits.cpu_ms, field)
 
     async def errors(self, node_type: Any, data: Any, field: str = "data") -> list[dict]:
-        """Validation errors of `data` against the node type's schema ([] when valid)."""
+        """Validation errors of `data` against the node type's schema and its embedding
+        declaration ([] when valid)."""
         return await self.errors_of_many([(node_type, data, field, {})])
 
     async def errors_of_many(self, items: list[tuple[Any, Any, str, dict]]) -> list[dict]:
-        """Errors of several (node type, data, field, extra keys for its errors) at once, in
-        order: on the event loop while that stays cheap, else in a thread; one call's
-        documents share one budget."""
+        """Errors of several (node type, data, field, extra keys for its errors) at once:
+        the embeddings' (validation/embeddings.py), then the schemas'."""
+        return await embeddings_errors(items) + await self._schema_errors(items)
+
+    async def _schema_errors(self, items: list[tuple[Any, Any, str, dict]]) -> list[dict]:
+        """The schemas' errors of the items, in order: on the event loop while that stays
+        cheap, else in a thread; one call's documents share one budget."""
         pending = []
         for node_type, data, field, extra in items:
             schema = node_type["schema"]
