@@ -51,7 +51,10 @@ ReportedFailures = Annotated[StrictInt, Field(ge=0, le=MAX_REPORTED_FAILURES)]
 
 
 def _data_path(raw: Any) -> list[str]:
-    name, path = parse_field(raw, "search.fields")
+    try:
+        name, path = parse_field(raw, "search.fields")
+    except InvalidParams as exc:  # (a validator's refusal must be a ValueError)
+        raise ValueError(exc.data["errors"][0]["message"]) from None
     if path is None:
         raise ValueError("must be a path into data: \"data.title\" or [\"data\", \"title\"]")
     return ["data", *path]
