@@ -216,7 +216,8 @@ async def test_a_node_type_change_reaches_every_instance_within_a_second(databas
             await on_b.call("create_node", node)  # now in b's own cache
 
             await on_a.call("update_node_type", {"tenant_id": tenant_id, "id": type_id,
-                                                 "schema": SCHEMA_B})
+                                                 "schema": SCHEMA_B,
+                                                 "mode": "allow_invalid"})
             await asyncio.sleep(1.0)
             hits = cache_lookups(b.base, "node_types", "hit")
             misses = cache_lookups(b.base, "node_types", "miss")
@@ -240,7 +241,8 @@ async def test_a_stale_node_type_is_never_used_to_validate_without_redis(databas
             node = {"tenant_id": tenant_id, "node_type_id": type_id, "data": {"a": "x"}}
             created = (await on_b.call("create_node", node))["node"]  # cached on b
             await on_a.call("update_node_type", {"tenant_id": tenant_id, "id": type_id,
-                                                 "schema": SCHEMA_B})
+                                                 "schema": SCHEMA_B,
+                                                 "mode": "allow_invalid"})
             with pytest.raises(RpcError) as refused:
                 await on_b.call("create_node", node)
             assert refused.value.code == -32602 and "b" in str(refused.value.data)

@@ -191,6 +191,8 @@ async def test_bad_search_settings_are_refused(rpc):
     tenant = await make_tenant(rpc)
     for search, field in [({"language": "klingon"}, "search.language"),
                           ({"fields": ["created_at"]}, "search.fields.0"),
+                          ({"fields": [None]}, "search.fields.0"),
+                          ({"fields": [{"a": 1}]}, "search.fields.0"),
                           ({"fields": ["data.a"] * 33}, "search.fields"),
                           ({"language": ""}, "search.language")]:
         with pytest.raises(InvalidParams) as exc:

@@ -61,7 +61,7 @@ ReportedFailures = Annotated[StrictInt, Field(ge=0, le=MAX_REPORTED_FAILURES)]
 def _data_path(raw: Any) -> list[str]:
     try:
         name, path = parse_field(raw, "search.fields")
-    except InvalidParams as exc:  # a ValueError for pydantic (the REST facade validates too)
+    except InvalidParams as exc:  # (a validator's refusal must be a ValueError)
         raise ValueError(exc.data["errors"][0]["message"]) from None
     if path is None:
         raise ValueError("must be a path into data: \"data.title\" or [\"data\", \"title\"]")
