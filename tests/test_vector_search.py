@@ -506,8 +506,77 @@ def test_readme_vector_examples_work(pgvector):
     result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
-    found, refused = [line for line in result.stdout.splitlines() if line.strip()]
+    found, refused, hybrid = [line for line in result.stdout.splitlines() if line.strip()]
     nodes = json.loads(found)["result"]["nodes"]
     assert [n["data"]["title"] for n in nodes] == ["cats", "cars"]
     assert nodes[0]["distance"] < nodes[1]["distance"]
     assert '"code":-32602' in refused and '"field":"near.vector"' in refused
+    fused = json.loads(hybrid)["result"]["nodes"]
+    assert [n["data"]["title"] for n in fused] == ["cats", "cars"]
+    assert "rank" in fused[0] and "rank" not in fused[1]
+
+
+# ---------------------------------------------------------------- hybrid (RRF)
+
+HYBRID_DOCS = [("graph database engine", [1, 0, 0, 0]), ("graph theory", [0.9, 0.1, 0, 0]),
+               ("database index", [0, 1, 0, 0]), ("cooking pasta", [0.95, 0.05, 0, 0]),
+               ("graph graph graph database", [0, 0, 1, 0]), ("gardening", [0, 0, 0, 1])]
+
+
+async def hybrid_corpus(rpc):
+    tenant = await make_tenant(rpc)
+    nt = await embedding_type(rpc, tenant["id"], dims=4)
+    nodes = (await rpc.call("create_nodes", {"tenant_id": tenant["id"], "nodes": [
+        {"node_type_id": nt["id"], "data": {"text": text, "embedding": vector,
+                                            "kind": "a" if i % 2 else "b"}}
+        for i, (text, vector) in enumerate(HYBRID_DOCS)]}))["nodes"]
+    return tenant["id"], nt["id"], {n["data"]["text"]: n["id"] for n in nodes}
+
+
+async def test_hybrid_fuses_the_text_and_vector_rankings_by_reciprocal_rank(vrpc):
+    tenant_id, type_id, ids = await hybrid_corpus(vrpc)
+    query, k = [1, 0, 0, 0], 4
+    search = {"field": "data", "op": "search", "value": "graph database"}
+    by_text = (await vrpc.call("query_nodes", {
+        "tenant_id": tenant_id, "node_type_id": type_id, "filter": search,
+        "sort": {"by": "rank"}, "pagination": {"page_size": k}}))["nodes"]
+    by_vector = await near(vrpc, tenant_id, type_id, query, k=k)
+    fused = await near(vrpc, tenant_id, type_id, query, k=k, filter=search)
+    # the expected order, computed here from the two lists the API gives
+    scores: dict[str, float] = {}
+    for ranked in ([n["id"] for n in by_text], [n["id"] for n in by_vector]):
+        for place, node_id in enumerate(ranked, 1):
+            scores[node_id] = scores.get(node_id, 0) + 1 / (60 + place)
+    expected = sorted(scores, key=lambda i: -scores[i])[:k]
+    assert [n["id"] for n in fused] == expected
+    assert [round(n["score"], 9) for n in fused] == [round(scores[i], 9) for i in expected]
+    # in both lists, first in each: first; a text match and a vector neighbour both count
+    assert fused[0]["id"] == ids["graph database engine"]
+    assert "rank" in fused[0] and "distance" in fused[0]
+    only_vector = [n for n in fused if n["id"] == ids["cooking pasta"]]
+    assert only_vector and "rank" not in only_vector[0] and "distance" in only_vector[0]
+    only_text = [n for n in fused if n["id"] == ids["graph graph graph database"]]
+    assert only_text and "distance" not in only_text[0] and "rank" in only_text[0]
+
+
+async def test_hybrid_keeps_the_other_conditions_on_both_sides(vrpc):
+    tenant_id, type_id, ids = await hybrid_corpus(vrpc)
+    fused = await near(vrpc, tenant_id, type_id, [1, 0, 0, 0], k=6, filter={"and": [
+        {"field": "data", "op": "search", "value": "graph"},
+        {"field": "data.kind", "op": "eq", "value": "b"}]}, highlight=True)
+    kinds = {text: ("a" if i % 2 else "b") for i, (text, _) in enumerate(HYBRID_DOCS)}
+    assert {n["id"] for n in fused} <= {ids[t] for t, kind in kinds.items() if kind == "b"}
+    assert any("<mark>graph</mark>" in n.get("snippet", "") for n in fused)
+
+
+async def test_hybrid_refuses_a_search_condition_below_the_top(vrpc):
+    tenant_id, type_id, _ = await hybrid_corpus(vrpc)
+    for nested in [{"or": [{"field": "data", "op": "search", "value": "graph"},
+                           {"field": "data.kind", "op": "eq", "value": "a"}]},
+                   {"not": {"field": "data", "op": "search", "value": "graph"}}]:
+        with pytest.raises(InvalidParams) as exc:
+            await near(vrpc, tenant_id, type_id, [1, 0, 0, 0], filter=nested)
+        assert "top of the filter" in exc.value.data["errors"][0]["message"]
+    with pytest.raises(InvalidParams) as exc:
+        await near(vrpc, tenant_id, type_id, [1, 0, 0, 0], highlight=True)
+    assert exc.value.data["errors"][0]["field"] == "highlight"

@@ -311,6 +311,8 @@ class Node(ResultModel):
     snippet: str | None = omittable("query_nodes with `highlight`: the searched text around "
                                     "the matches, as HTML: the text escaped, the matches in "
                                     "<mark>…</mark>.")
+    score: float | None = omittable("query_nodes with near and a search condition (hybrid): "
+                                    "the reciprocal-rank fusion score (higher is better).")
 
 
 class NodeResult(ResultModel):

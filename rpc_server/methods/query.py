@@ -25,6 +25,7 @@ from rpc_server.api.vector_params import Near
 from rpc_server.errors import Busy, InvalidParams, QueryRejected, Unavailable, VectorUnavailable
 from rpc_server.methods.common import read_page, require_tenant
 from rpc_server.query import guard as query_guard
+from rpc_server.query.fusion import fuse, without_search
 from rpc_server.security.auth import tenant_role
 from rpc_server.storage.constraint_errors import UNAVAILABLE_ERRORS
 from rpc_server.storage.node_filter import SqlArgs, compile_filter, parse_sort
@@ -217,11 +218,14 @@ async def query_nodes_near(ctx: Call, p: QueryNodes, near: Near) -> dict:
     if p.pagination.page_token:
         raise InvalidParams.field("pagination.page_token", "must be absent with near: the "
                                   "answer is one page of the k nearest nodes (raise k)")
-    if uses_search(p.filter):
-        raise InvalidParams.field("filter", "a full-text search condition does not combine "
-                                  "with near (yet): use one or the other")
+    hybrid = uses_search(p.filter)
     args = SqlArgs()
-    condition = compile_filter(p.filter, args)
+    # Hybrid: the vector side matches the filter without its search conditions.
+    condition = compile_filter(without_search(p.filter) if hybrid else p.filter, args)
+    if hybrid:  # the text side's filter, checked now (compiled with the type's language)
+        compile_filter(p.filter, SqlArgs(), SearchSql(SearchScope({}), SqlArgs()))
+    elif p.highlight:
+        raise InvalidParams.field("highlight", "needs a search condition in the filter")
     async with ctx.heavy(p.timeout_ms, "The k-NN query (narrow the filter or lower k)") as conn:
         await require_tenant(ctx, conn, p.tenant_id)
         # The declaration as it is now (not a cached one: its field and dimensions shape
@@ -240,9 +244,16 @@ async def query_nodes_near(ctx: Call, p: QueryNodes, near: Near) -> dict:
         if near.metric == "cosine" and not any(near.vector):
             raise InvalidParams.field("near.vector", "must not be all zeros for the cosine "
                                       "metric (it has no direction)")
-        page = await read_page(ctx, KnnPage(near.k), settings.max_body_bytes,
-                               lambda max_bytes: _nearest(conn, p, near, embedding, condition,
-                                                          args, settings, max_bytes))
+        if hybrid:
+            page = await read_page(ctx, KnnPage(2 * near.k), settings.max_body_bytes,
+                                   lambda max_bytes: _hybrid(conn, p, near, embedding,
+                                                             condition, args, settings,
+                                                             max_bytes))
+        else:
+            page = await read_page(ctx, KnnPage(near.k), settings.max_body_bytes,
+                                   lambda max_bytes: _nearest(conn, p, near, embedding,
+                                                              condition, args, settings,
+                                                              max_bytes))
     return ctx.shaper.page("nodes", page)
 
 
@@ -253,6 +264,29 @@ class KnnPage:
 
     def __init__(self, k: int):
         self.page_size = k
+
+
+async def _hybrid(conn, p: QueryNodes, near: Near, embedding: dict, condition: str,
+                  args: SqlArgs, settings, max_bytes: int) -> Page:
+    """Hybrid search: the k best full-text matches of the whole filter (by rank) and the k
+    nearest nodes that match the rest of it, fused by reciprocal rank (query/fusion.py):
+    the best k, each with its `score`, and its `rank` and `distance` where it had them."""
+    assert p.node_type_id is not None  # checked by query_nodes_near
+    text_args = SqlArgs()
+    search = SearchSql(SearchScope.of(await NodeTypeRepository(conn).search_settings(
+        p.tenant_id, p.node_type_id)), text_args)
+    text_condition = compile_filter(p.filter, text_args, search)
+    by_rank = await NodeRepository(conn).query(
+        p.tenant_id, p.node_type_id, text_condition, text_args, parse_sort({"by": "rank"}),
+        KnnPage(near.k), max_bytes, search, p.highlight)
+    nearest = await _nearest(conn, p, near, embedding, condition, args, settings,
+                             max_bytes - by_rank.bytes)
+    rows: dict = {}
+    for row in [*nearest.rows, *by_rank.rows]:  # a row in both: the text one, with distance
+        rows[row["id"]] = {**rows.get(row["id"], {}), **dict(row)}
+    fused = fuse([[r["id"] for r in by_rank.rows], [r["id"] for r in nearest.rows]], near.k)
+    return Page([{**rows[node_id], "score": score} for node_id, score in fused], "", None,
+                by_rank.bytes + nearest.bytes)
 
 
 async def _nearest(conn, p: QueryNodes, near: Near, embedding: dict, condition: str,
