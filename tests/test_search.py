@@ -255,3 +255,17 @@ async def test_a_snippet_is_bounded_whatever_the_text_between_matches(rpc):
 async def test_rank_in_a_tenant_without_node_types_is_an_empty_answer(rpc):
     tenant = await make_tenant(rpc)
     assert await search(rpc, tenant["id"], "anything", sort={"by": "rank"}) == []
+
+
+async def test_a_node_type_without_searched_fields_is_left_out_of_the_index(rpc, database_url):
+    import asyncpg
+    tenant_id, nt, nodes = await corpus(rpc, search={"fields": []})
+    assert await search(rpc, tenant_id, "search") == []
+    conn = await asyncpg.connect(database_url)
+    try:
+        empty = await conn.fetchval(
+            "SELECT count(*) FROM nodes WHERE tenant_id = $1 AND search_vector = ''::tsvector",
+            __import__("uuid").UUID(tenant_id))
+    finally:
+        await conn.close()
+    assert empty == len(nodes)  # nothing to search, so nothing in the (partial) index

@@ -135,8 +135,8 @@ class SearchSql:
         for language, types in self.scope.by_language.items():
             query = self._query(language, [text_arg])
             parts = [f"node_type_id = ANY({self._type_ids(types)})"] if several else []
-            if all(t.covers(path) for t in types):
-                parts.append(f"search_vector @@ {query}")
+            if all(t.covers(path) for t in types):  # (the index's predicate, then its key)
+                parts.append(f"search_vector <> ''::tsvector AND search_vector @@ {query}")
             # (else a path no vector holds: matched row by row, below)
             if path_arg is not None:  # (flexdb_search_vector: a huge value cannot fail it)
                 parts.append(f"flexdb_search_vector(jsonb_build_object('language', "
