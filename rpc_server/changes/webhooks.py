@@ -34,15 +34,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
-import socket
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from functools import partial
-from typing import Callable
+from typing import Any, Callable, Coroutine
 
 import aiohttp
 import asyncpg
@@ -55,6 +52,7 @@ from rpc_server.changes.address_guard import (
     literal_address,
     refusal,
 )
+from rpc_server.changes.claim_loop import ClaimLoop
 from rpc_server.changes.events import event_of
 from rpc_server.changes.signing import BadSecret, SecretBox, secret_bytes, sign
 from rpc_server.config import Settings
@@ -65,7 +63,6 @@ from rpc_server.storage.repositories.pipelines import PipelineRepository, Pipeli
 from rpc_server.storage.repositories.webhooks import WebhookRepository
 
 log = logging.getLogger(__name__)
-SWEEP_S = 1.0
 READ_BATCH = 100  # events read at once for one webhook
 SCAN = 10_000  # positions one read looks at, whatever the filter matches
 MAX_RESPONSE_BYTES = 65_536  # of a receiver's answer read (and ignored)
@@ -142,7 +139,9 @@ def creator_role(standing: asyncpg.Record, roles: frozenset[str],
     return role, ""
 
 
-class WebhookDeliverer:
+class WebhookDeliverer(ClaimLoop):
+    what = "webhooks"
+
     def __init__(self, pool: asyncpg.Pool, settings: Settings, box: SecretBox, *,
                  run_roles: frozenset[str] = frozenset({"member", "admin", "owner"}),
                  runs_queued: Callable[[], None] | None = None):
@@ -150,15 +149,14 @@ class WebhookDeliverer:
         (those run_pipeline allows, from the registry); runs_queued: wakes the local pipeline
         queue (app.py wires both). New positions wake it through the process's one listening
         connection, the feed hub's (FeedHub.on_change = kick)."""
+        super().__init__(settings.webhook_concurrency)
         self.pool, self.settings, self.box = pool, settings, box
         self.run_roles, self.runs_queued = run_roles, runs_queued
         self.runs_started = 0  # trigger runs this process queued
         self._run_ended = asyncio.Event()
         self.wait_s = settings.db_connect_timeout_s
-        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.delivered = 0  # attempts that succeeded (read by benchmarks and /metrics)
-        self.active: dict[tuple[uuid.UUID, uuid.UUID], asyncio.Task] = {}
-        self._wake = asyncio.Event()
+        self._next_trim = 0.0  # (the loop's clock) when old deliveries are trimmed next
         self._tasks: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
 
@@ -482,44 +480,21 @@ class WebhookDeliverer:
 
     # ------------------------------------------------------------ the loop
 
-    def kick(self) -> None:
-        self._wake.set()
+    async def _claim(self, free: int) -> list[asyncpg.Record]:
+        return await self._db(lambda r, _: r.claim(self.worker, self.settings.webhook_lease_s,
+                                                   free))
 
-    def _done(self, key: tuple[uuid.UUID, uuid.UUID], task: asyncio.Task) -> None:
-        self.active.pop(key, None)
-        self._wake.set()  # what arrived meanwhile, and what the slot may now take
+    def _serve_row(self, row: asyncpg.Record) -> Coroutine[Any, Any, None]:
+        return self._serve(row)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        next_trim = loop.time() + TRIM_EVERY_S
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), SWEEP_S)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
-            free = self.settings.webhook_concurrency - len(self.active)
-            if free <= 0:
-                continue
-            try:
-                claimed = await self._db(lambda r, _: r.claim(
-                    self.worker, self.settings.webhook_lease_s, free))
-                if loop.time() >= next_trim:
-                    next_trim = loop.time() + TRIM_EVERY_S
-                    before = datetime.now(timezone.utc) - timedelta(
-                        days=self.settings.feed_retention_days)
-                    await self._db(lambda r, _: r.trim_deliveries(before, TRIM_BATCH))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - retried at the next sweep
-                log.warning("could not claim webhooks (will retry): %r", exc)
-                await asyncio.sleep(SWEEP_S)
-                continue
-            for hook in claimed:
-                key = (hook["tenant_id"], hook["id"])
-                task = loop.create_task(self._serve(hook))
-                self.active[key] = task
-                task.add_done_callback(partial(self._done, key))
+    async def _after_claim(self) -> None:
+        """Deliveries older than the feed's retention go, a batch at a time."""
+        now = asyncio.get_running_loop().time()
+        if now >= self._next_trim:
+            self._next_trim = now + TRIM_EVERY_S
+            before = datetime.now(timezone.utc) - timedelta(
+                days=self.settings.feed_retention_days)
+            await self._db(lambda r, _: r.trim_deliveries(before, TRIM_BATCH))
 
     def start(self) -> None:
         connector = aiohttp.TCPConnector(

@@ -27,17 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import uuid
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any, Callable, NoReturn, Protocol
+from typing import Any, Callable, Coroutine, NoReturn, Protocol
 from uuid import UUID
 
 import asyncpg
 import orjson
 
+from rpc_server.changes.claim_loop import ClaimLoop
 from rpc_server.changes.webhooks import RUN_ENDED, creator_role
 from rpc_server.config import Settings
 from rpc_server.errors import Busy, NotFound, RpcError
@@ -51,7 +50,6 @@ from rpc_server.storage.repositories.webhooks import WebhookRepository
 
 log = logging.getLogger(__name__)
 MIGRATE_NODES = "migrate_nodes"
-SWEEP_S = 1.0
 RUN_POLL_S = 0.25  # how often a job looks at its batch's run (and at once when it ends here)
 BUSY_WAIT_S = 1.0  # the tenant's run queue is full: the job tries again after this
 ERROR_PAUSE_S = 5.0
@@ -85,7 +83,9 @@ def failure(node_id: Any, reason: str, message: str, errors: list | None = None)
     return item
 
 
-class JobRunner:
+class JobRunner(ClaimLoop):
+    what = "jobs"
+
     def __init__(self, pool: asyncpg.Pool, settings: Settings, validators: Validators, *,
                  run_roles: frozenset[str], runs_queued: Callable[[], None] | None = None,
                  committed: Callable[[UUID], None] | None = None):
@@ -93,20 +93,15 @@ class JobRunner:
         migrate_nodes needs, from the registry); runs_queued wakes the local pipeline queue;
         committed(tenant) after a batch commits (chains its audit event, numbers its change
         events)."""
+        super().__init__(settings.job_concurrency)
         self.pool, self.settings, self.validators = pool, settings, validators
         self.run_roles, self.runs_queued, self.committed = run_roles, runs_queued, committed
-        self.worker = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.wait_s = settings.db_connect_timeout_s
-        self.active: dict[tuple[UUID, UUID], asyncio.Task] = {}
         self.batches_applied = 0  # by this process (read by benchmarks)
-        self._wake = asyncio.Event()
         self._run_ended = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
 
     # ------------------------------------------------------------ the loop
-
-    def kick(self) -> None:
-        self._wake.set()
 
     def run_ended(self) -> None:
         """A pipeline run ended in this process (the runner calls it)."""
@@ -133,34 +128,12 @@ class JobRunner:
             except Exception as exc:  # noqa: BLE001 - the leases run out instead
                 log.warning("job claims left to expire at stop: %r", exc)
 
-    def _done(self, key: tuple[UUID, UUID], task: asyncio.Task) -> None:
-        self.active.pop(key, None)
-        self._wake.set()
+    async def _claim(self, free: int) -> list[asyncpg.Record]:
+        return await self._db(lambda r, _: r.claim(self.worker, self.settings.job_lease_s,
+                                                   free))
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), SWEEP_S)
-            except asyncio.TimeoutError:
-                pass
-            self._wake.clear()
-            free = self.settings.job_concurrency - len(self.active)
-            if free <= 0:
-                continue
-            try:
-                claimed = await self._db(lambda r, _: r.claim(
-                    self.worker, self.settings.job_lease_s, free))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - retried at the next sweep
-                log.warning("could not claim jobs (will retry): %r", exc)
-                continue
-            for row in claimed:
-                key = (row["tenant_id"], row["id"])
-                task = loop.create_task(self._serve(*key))
-                self.active[key] = task
-                task.add_done_callback(partial(self._done, key))
+    def _serve_row(self, row: asyncpg.Record) -> Coroutine[Any, Any, None]:
+        return self._serve(row["tenant_id"], row["id"])
 
     # ------------------------------------------------------------ one claimed job
 
