@@ -48,3 +48,10 @@ if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ] || [ "$CONSTRAIN
     touch "$stamp"
     echo "installed" >&2
 fi
+
+# Compiled bytecode is kept under .venv (never beside the sources): each flexdb process (the
+# server's workers, the sandbox, the facade, the CLI; the tests start hundreds) then imports
+# without compiling every module again, even where the environment says not to write
+# bytecode (PYTHONDONTWRITEBYTECODE), which would make every start compile everything.
+unset PYTHONDONTWRITEBYTECODE
+export PYTHONPYCACHEPREFIX="$VENV/pycache"

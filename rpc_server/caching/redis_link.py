@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, TypeVar
 
-import redis.asyncio as redis
-from redis.exceptions import RedisError
+if TYPE_CHECKING:
+    import redis.asyncio as redis
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -22,6 +22,12 @@ class RedisDown(Exception):
 
 class RedisLink:
     def __init__(self, url: str):
+        # Imported here, not with this module: the redis package takes a fifth of a server
+        # process's start, and most servers run without Redis.
+        import redis.asyncio as redis
+        from redis.exceptions import RedisError
+        self.errors: tuple[type[BaseException], ...] = (RedisError, OSError,
+                                                        asyncio.TimeoutError)
         self.client = redis.Redis.from_url(url, socket_timeout=TIMEOUT_S,
                                            socket_connect_timeout=TIMEOUT_S,
                                            health_check_interval=0)
@@ -40,7 +46,7 @@ class RedisLink:
             raise RedisDown(self.last_error)
         try:
             result = await asyncio.wait_for(operation(self.client), TIMEOUT_S * 2)
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
+        except self.errors as exc:
             self._failed(exc)
             raise RedisDown(self.last_error) from None
         if self.last_error is not None:
@@ -76,11 +82,11 @@ async def keep_listening(link: RedisLink, channel: str,
                     handle(message["data"])
         except asyncio.CancelledError:
             raise
-        except (RedisError, OSError) as exc:
+        except link.errors as exc:
             link._failed(exc)
             await asyncio.sleep(RETRY_AFTER_S)
         finally:
             try:
                 await pubsub.aclose()
-            except (RedisError, OSError):
+            except link.errors:
                 pass
