@@ -3,7 +3,8 @@
 
     .venv/bin/python scripts/bench_changes.py [--only latency,idle,webhooks,create,crash]
 
-- latency: `--rate` changes/s (create_node, paced) while `--subscribers` streams
+- latency: `--rate` changes/s (create_node, paced; with `--batch N`, create_nodes of N nodes
+  at rate/N calls/s) while `--subscribers` streams
   (GET /events) follow the tenant, in a process of their own; each event's latency is from
   its commit (the event's `time`: its one-statement transaction's start, by the database's
   clock) to the moment a subscriber read it, p50/p99 over the `--sampled` subscribers'
@@ -125,7 +126,7 @@ async def latency(args, srv) -> dict:
     followers.start()
     await asyncio.get_running_loop().run_in_executor(None, ready.wait, 60)
     rpc = Rpc(srv.url, srv.admin_key, 64)
-    interval, sent = 1.0 / args.rate, 0
+    interval, sent = args.batch / args.rate, 0
     start = time.perf_counter()
     deadline = start + args.seconds
     in_flight: set[asyncio.Task] = set()
@@ -136,10 +137,14 @@ async def latency(args, srv) -> dict:
         nonlocal errors
         began = time.perf_counter()
         try:
-            await rpc.call("create_node", {"tenant_id": t, "node_type_id": nt,
-                                           "data": {"n": 1}})
+            if args.batch == 1:
+                await rpc.call("create_node", {"tenant_id": t, "node_type_id": nt,
+                                               "data": {"n": 1}})
+            else:
+                await rpc.call("create_nodes", {"tenant_id": t, "nodes": [
+                    {"node_type_id": nt, "data": {"n": i}} for i in range(args.batch)]})
         except Exception:  # noqa: BLE001 - counted
-            errors += 1
+            errors += args.batch
         write_ms.append((time.perf_counter() - began) * 1000)
 
     while time.perf_counter() < deadline:  # paced: the n-th write at start + n/rate
@@ -158,8 +163,9 @@ async def latency(args, srv) -> dict:
         None, results.get, True, 60)
     followers.join(10)
     await rpc.close()
-    written = sent - errors
-    return {"part": "latency", "changes/s sent": round(sent / elapsed),
+    written = sent * args.batch - errors
+    return {"part": "latency", "changes/s sent": round(sent * args.batch / elapsed),
+            "changes a call": args.batch,
             "subscribers": args.subscribers, "timed subscribers": args.sampled,
             "events received (untimed subscribers)": counted,
             "expected": written * (args.subscribers - args.sampled),
@@ -327,6 +333,9 @@ if __name__ == "__main__":
     parser.add_argument("--only", default=",".join(PARTS),
                         type=lambda v: [p for p in v.split(",") if p])
     parser.add_argument("--rate", type=int, default=1000)
+    parser.add_argument("--batch", type=int, default=1,
+                        help="latency: changes a write call makes (1: create_node, more: "
+                             "create_nodes)")
     parser.add_argument("--subscribers", type=int, default=100)
     parser.add_argument("--sampled", type=int, default=10,
                         help="subscribers that time each event (the others count them)")

@@ -12,8 +12,15 @@ from rpc_server.storage.repositories.base import Repository
 
 # Notified (payload "<tenant id>:<last position>") each time a tenant's events are numbered.
 CHANNEL = "flexdb_changes"
+# Each position's event: change_positions p, then EVENTS_OF_POSITIONS. A lateral lookup by the
+# event's whole key, kept apart (OFFSET 0) so that the plan cannot join on tenant_id alone:
+# planned while a tenant's tables were still empty (a new database, a prepared statement's
+# generic plan), that join read every event of the tenant for each position, and each hub
+# read of a busy new tenant took longer than the last.
+EVENTS_OF_POSITIONS = ("CROSS JOIN LATERAL (SELECT * FROM change_events e "
+                       "WHERE e.tenant_id = p.tenant_id AND e.seq = p.seq OFFSET 0) AS e")
 # An event's columns but its object (read within a byte budget, see read()), over
-# change_positions p JOIN change_events e.
+# change_positions p and EVENTS_OF_POSITIONS.
 EVENT_FIELDS = ("p.position, e.occurred_at, e.operation, e.kind, e.object_id, e.version, "
                 "e.actor_user_id, e.actor_key_id, e.actor_run_id, e.node_type_id, "
                 "e.relationship_type, "
@@ -95,8 +102,7 @@ class ChangeRepository(Repository):
             "  CASE WHEN sum(e.object_bytes + $10) OVER w <= $9 OR row_number() OVER w = 1 "
             "  THEN e.object::text END AS object, "
             "  sum(e.object_bytes + $10) OVER w > $9 AND row_number() OVER w > 1 AS _cut "
-            "  FROM change_positions p JOIN change_events e "
-            "  ON e.tenant_id = p.tenant_id AND e.seq = p.seq "
+            f"  FROM change_positions p {EVENTS_OF_POSITIONS} "
             "  WHERE p.tenant_id = h.tenant_id "
             "  AND p.position > coalesce($2, h.trimmed_through) "
             "  AND p.position <= least(h.last_position, coalesce($2, h.trimmed_through) + $4) "
@@ -137,8 +143,7 @@ class ChangeRepository(Repository):
             # is the last of them that is beyond the count or too old.
             cut = await self.conn.fetchval(
                 "SELECT max(position) FROM (SELECT p.position, e.occurred_at "
-                "FROM change_positions p JOIN change_events e "
-                "ON e.tenant_id = p.tenant_id AND e.seq = p.seq "
+                f"FROM change_positions p {EVENTS_OF_POSITIONS} "
                 "WHERE p.tenant_id = $1 AND p.position > $2 ORDER BY p.position LIMIT $3) "
                 "AS oldest WHERE position <= $4 OR occurred_at < $5",
                 tenant_id, row["trimmed_through"], batch, row["last_position"] - keep, before)
