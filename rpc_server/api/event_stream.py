@@ -145,56 +145,70 @@ async def follow(request: web.Request, response: web.StreamResponse, context: Re
     everything = filters_nothing(only)
     loop = asyncio.get_running_loop()
     heartbeat_s = state.settings.feed_heartbeat_s
-    last_write = next_check = loop.time()
+    last_write = loop.time()
     closing = state.feed.closing
-    while not closing.is_set():
-        if request.transport is None or request.transport.is_closing():
-            return  # the client left
-        arrived = tail.arrived
-        events = tail.events_after(cursor, SEND_BATCH)
-        out: list[bytes] = []
-        if events is None:  # older than what memory holds: read the database
-            try:
-                async with pooled_connection(state.pool,
-                                             state.settings.db_connect_timeout_s) as conn:
-                    window = await read_after(conn, p.tenant_id, cursor, SEND_BATCH, only,
-                                              SEND_BYTES)
-            except RpcError as exc:  # retention passed a reader this slow
-                await response.write(message("error", {"code": exc.code, "message": exc.message,
-                                                       "data": exc.data}))
+    ended: list[RpcError] = []  # why the caller may no longer read, once a check finds it
+    checker = loop.create_task(check_reader(context, p.tenant_id, ended))
+    try:
+        while not closing.is_set():
+            if request.transport is None or request.transport.is_closing():
+                return  # the client left
+            if ended:
+                await response.write(message("end", {"reason": ended[0].data["type"],
+                                                     "message": ended[0].message}))
                 return
-            moved = window.scanned_to > cursor
-            out = [FeedEvent.of(row).sse for row in window.rows]
-            cursor = window.scanned_to
-        else:
-            moved = bool(events)
-            out = [event.sse for event in events if everything or matches(only, event)]
-            if events:
-                cursor = events[-1].position
-        now = loop.time()
-        if moved and not out:  # all filtered out: move the client's resume point on
-            out = [b"id: %d\n\n" % cursor]
-        if out:
-            await response.write(b"".join(out))
-            last_write = now
-        elif now - last_write >= heartbeat_s:
-            await response.write(b": keep-alive\n\n")
-            last_write = now
-        if now >= next_check:
-            next_check = now + RECHECK_S
-            try:
-                await reader_of(RequestContext(state, context.request_id,
-                                               context.authorization, context.client_address),
-                                p.tenant_id)
-            except (Unauthenticated, NotFound) as exc:
-                await response.write(message("end", {"reason": exc.data["type"],
-                                                     "message": exc.message}))
-                return
-            except RpcError:
-                pass  # (the database is away: checked again next time)
-        if not moved:
-            wait = min(heartbeat_s - (now - last_write), next_check - now)
-            try:
-                await asyncio.wait_for(arrived.wait(), max(0.01, wait))
-            except asyncio.TimeoutError:
-                pass
+            arrived = tail.arrived
+            events = tail.events_after(cursor, SEND_BATCH)
+            out: list[bytes] = []
+            if events is None:  # older than what memory holds: read the database
+                try:
+                    async with pooled_connection(state.pool,
+                                                 state.settings.db_connect_timeout_s) as conn:
+                        window = await read_after(conn, p.tenant_id, cursor, SEND_BATCH, only,
+                                                  SEND_BYTES)
+                except RpcError as exc:  # retention passed a reader this slow
+                    await response.write(message("error", {"code": exc.code, "message": exc.message,
+                                                           "data": exc.data}))
+                    return
+                moved = window.scanned_to > cursor
+                out = [FeedEvent.of(row).sse for row in window.rows]
+                cursor = window.scanned_to
+            else:
+                moved = bool(events)
+                out = [event.sse for event in events if everything or matches(only, event)]
+                if events:
+                    cursor = events[-1].position
+            now = loop.time()
+            if moved and not out:  # all filtered out: move the client's resume point on
+                out = [b"id: %d\n\n" % cursor]
+            if out:
+                await response.write(b"".join(out))
+                last_write = now
+            elif now - last_write >= heartbeat_s:
+                await response.write(b": keep-alive\n\n")
+                last_write = now
+            if not moved:
+                wait = min(heartbeat_s - (now - last_write), RECHECK_S)
+                try:
+                    await asyncio.wait_for(arrived.wait(), max(0.01, wait))
+                except asyncio.TimeoutError:
+                    pass
+    finally:
+        checker.cancel()
+
+
+async def check_reader(context: RequestContext, tenant_id: UUID, ended: list[RpcError]) -> None:
+    """Every RECHECK_S, whether the stream's caller may still read the tenant's feed; when
+    not, say why in `ended` and stop. Apart from the sending loop, so that a check waiting
+    for the database never holds up the stream's events."""
+    while True:
+        await asyncio.sleep(RECHECK_S)
+        try:
+            await reader_of(RequestContext(context.state, context.request_id,
+                                           context.authorization, context.client_address),
+                            tenant_id)
+        except (Unauthenticated, NotFound) as exc:
+            ended.append(exc)
+            return
+        except RpcError:
+            pass  # (the database is away: checked again next time)
