@@ -6,8 +6,8 @@
 - latency: `--rate` changes/s (create_node, paced; with `--batch N`, create_nodes of N nodes
   at rate/N calls/s) while `--subscribers` streams
   (GET /events) follow the tenant, in a process of their own; each event's latency is from
-  its commit (the event's `time`: its one-statement transaction's start, by the database's
-  clock) to the moment a subscriber read it, p50/p99 over the `--sampled` subscribers'
+  its change (the event's `time`: the database's clock as the write's statement recorded it,
+  just before the commit and its WAL flush) to the moment a subscriber read it, p50/p99 over the `--sampled` subscribers'
   copies (the others count theirs). The writes' own latency is shown beside it.
 - idle: how many idle streams one server process (FLEXDB_WORKERS=1) holds, with its RSS.
 - webhooks: deliveries/s to a local receiver (scripts/bench_webhooks.measure_deliveries).
@@ -53,8 +53,8 @@ from tests.conftest import (  # noqa: E402
 
 SERVER = os.environ.get("FLEXDB_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PARTS = ("latency", "idle", "webhooks", "create", "crash")
-# The event's time: when its write's transaction began (one statement: its commit, within
-# a millisecond or so), by the database's clock, which is this machine's.
+# The event's time: when its write's statement recorded it (then comes the commit), by the
+# database's clock, which is this machine's.
 COMMITTED_AT = re.compile(rb'"time":"([^"]+)"')
 
 
