@@ -330,7 +330,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         webhooks = WebhookDeliverer(pool, settings, SecretBox(secret),
                                     run_roles=roles_that_may("run_pipeline"),
                                     runs_queued=runner.wake.set)
-        feed.on_change = webhooks.kick
+        feed.on_change = webhooks.changed
         app[STATE] = state = build_state(settings, secret, pool, query, runner, redis, feed,
                                          webhooks, vectors)
         indexer = VectorIndexer(pool, partial(connect, database_url, settings), IndexPolicy(

@@ -45,6 +45,9 @@ NOT_SINGLE_TENANT = {
         "the webhook delivery workers' sweep: claims due webhooks of any tenant (every second "
         "and on every change notification); each is then delivered on its own tenant's "
         "statements",
+    "SELECT DISTINCT tenant_id FROM webhooks WHERE status = 'active'":
+        "the webhook delivery workers' look at which tenants have active webhooks (every "
+        "second), so that new positions of other tenants wake no worker",
     "FROM jobs j WHERE j.status IN ('queued', 'running')":
         "the job runners' sweep: claims queued jobs, and jobs whose server's lease ran out, of "
         "any tenant (every second and when a job is started); each is then run on its own "

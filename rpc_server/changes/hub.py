@@ -81,9 +81,9 @@ class FeedHub:
                  acquire_timeout_s: float):
         self.pool, self.connect, self.acquire_timeout_s = pool, connect, acquire_timeout_s
         self.tails: dict[UUID, Tail] = {}
-        # Also told of every new position and of every reconnection (the webhook worker):
-        # one listening connection per process.
-        self.on_change: Callable[[], None] | None = None
+        # Also told of every new position (with its tenant) and of every reconnection (None:
+        # any tenant) (the webhook worker): one listening connection per process.
+        self.on_change: Callable[[UUID | None], None] | None = None
         self._listener: asyncio.Task | None = None
         self.closing = asyncio.Event()  # set when the server stops: streams end
 
@@ -145,13 +145,15 @@ class FeedHub:
 
     def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
         tenant, _, last = str(payload).partition(":")
-        if self.on_change is not None:
-            self.on_change()
         try:
             tenant_id, position = UUID(tenant), int(last)
         except ValueError:
             log.warning("ignored a malformed change notification %r", str(payload)[:100])
+            if self.on_change is not None:
+                self.on_change(None)
             return
+        if self.on_change is not None:
+            self.on_change(tenant_id)
         tail = self.tails.get(tenant_id)
         if tail is not None and position > tail.last:
             tail.wanted.set()
@@ -165,7 +167,7 @@ class FeedHub:
                 for tail in self.tails.values():  # what was announced while we were away
                     tail.wanted.set()
                 if self.on_change is not None:
-                    self.on_change()
+                    self.on_change(None)
                 while not conn.is_closed():
                     await asyncio.sleep(RECONNECT_S)
                     await conn.execute("SELECT 1", timeout=self.acquire_timeout_s)

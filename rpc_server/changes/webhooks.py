@@ -52,7 +52,7 @@ from rpc_server.changes.address_guard import (
     literal_address,
     refusal,
 )
-from rpc_server.changes.claim_loop import ClaimLoop
+from rpc_server.changes.claim_loop import SWEEP_S, ClaimLoop
 from rpc_server.changes.events import event_of
 from rpc_server.changes.signing import BadSecret, SecretBox, secret_bytes, sign
 from rpc_server.config import Settings
@@ -148,7 +148,7 @@ class WebhookDeliverer(ClaimLoop):
         """run_roles: the roles a trigger's creator must still hold one of for each run
         (those run_pipeline allows, from the registry); runs_queued: wakes the local pipeline
         queue (app.py wires both). New positions wake it through the process's one listening
-        connection, the feed hub's (FeedHub.on_change = kick)."""
+        connection, the feed hub's (FeedHub.on_change = changed)."""
         super().__init__(settings.webhook_concurrency)
         self.pool, self.settings, self.box = pool, settings, box
         self.run_roles, self.runs_queued = run_roles, runs_queued
@@ -157,6 +157,10 @@ class WebhookDeliverer(ClaimLoop):
         self.wait_s = settings.db_connect_timeout_s
         self.delivered = 0  # attempts that succeeded (read by benchmarks and /metrics)
         self._next_trim = 0.0  # (the loop's clock) when old deliveries are trimmed next
+        # The tenants with an active webhook or trigger, as of the last look (None: not
+        # looked yet), and when to look again: new positions of other tenants wake nobody.
+        self.subscribed: set[uuid.UUID] | None = None
+        self._next_look = 0.0
         self._tasks: list[asyncio.Task] = []
         self._session: aiohttp.ClientSession | None = None
 
@@ -487,9 +491,26 @@ class WebhookDeliverer(ClaimLoop):
     def _serve_row(self, row: asyncpg.Record) -> Coroutine[Any, Any, None]:
         return self._serve(row)
 
+    def changed(self, tenant_id: uuid.UUID | None) -> None:
+        """New positions of `tenant_id` (None: of any tenant, e.g. after a reconnection):
+        sweep now if one of its webhooks may be due. Webhooks made since the last look are
+        found by the next sweep, within SWEEP_S (and those made here were kicked for)."""
+        if tenant_id is None or self.subscribed is None or tenant_id in self.subscribed:
+            self.kick()
+
+    def subscribe(self, tenant_id: uuid.UUID) -> None:
+        """A webhook of `tenant_id` was made, changed or asked to redeliver here."""
+        if self.subscribed is not None:
+            self.subscribed.add(tenant_id)
+        self.kick()
+
     async def _after_claim(self) -> None:
-        """Deliveries older than the feed's retention go, a batch at a time."""
+        """Look again which tenants have active webhooks (once per SWEEP_S); deliveries
+        older than the feed's retention go, a batch at a time."""
         now = asyncio.get_running_loop().time()
+        if now >= self._next_look:
+            self._next_look = now + SWEEP_S
+            self.subscribed = await self._db(lambda r, _: r.subscribed_tenants())
         if now >= self._next_trim:
             self._next_trim = now + TRIM_EVERY_S
             before = datetime.now(timezone.utc) - timedelta(

@@ -165,7 +165,7 @@ async def create_webhook(ctx: Call, p: CreateWebhook) -> dict:
             sealed, None if shown is None else hint(shown), created_by,
             ctx.state.settings.webhooks_max_per_tenant)
         ctx.set_target("webhook", row["id"])
-    ctx.state.webhooks.kick()
+    ctx.state.webhooks.subscribe(p.tenant_id)
     return {"webhook": ctx.shaper.one(row), "secret": shown}
 
 
@@ -249,7 +249,7 @@ async def update_webhook(ctx: Call, p: UpdateWebhook) -> dict:
             # and the next claim starts from the new state.
             changes.update(claimed_by=None, claimed_until=None)
         row = await repo.update(p.tenant_id, p.id, changes, p.expected_version)
-    ctx.state.webhooks.kick()
+    ctx.state.webhooks.subscribe(p.tenant_id)
     return {"webhook": ctx.shaper.one(row)}
 
 
@@ -306,5 +306,5 @@ async def redeliver(ctx: Call, p: Redeliver) -> dict:
                                       f"dropped by retention (through {trimmed})")
         row = await repo.request_redelivery(p.tenant_id, p.webhook_id, position)
         ctx.set_target("webhook", p.webhook_id)
-    ctx.state.webhooks.kick()
+    ctx.state.webhooks.subscribe(p.tenant_id)
     return {"delivery": ctx.shaper.one(row)}

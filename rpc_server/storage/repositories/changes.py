@@ -111,7 +111,7 @@ class ChangeRepository(Repository):
             "  AND ($7::uuid IS NULL OR e.node_type_id = $7) "
             "  AND ($8::text IS NULL OR e.relationship_type = $8) "
             "  AND NOT ($11 AND e.actor_run_id IS NOT NULL AND EXISTS (SELECT 1 "
-            "    FROM pipeline_runs r WHERE r.tenant_id = e.tenant_id "
+            "    FROM pipeline_runs r WHERE r.tenant_id = p.tenant_id "
             "    AND r.id = e.actor_run_id AND r.started_by_trigger IS NOT NULL)) "
             "  WINDOW w AS (ORDER BY p.position) ORDER BY p.position LIMIT $3) AS e ON true "
             "WHERE h.tenant_id = $1",

@@ -97,6 +97,13 @@ class WebhookRepository(Repository):
 
     # ------------------------------------------------------------ the delivery workers
 
+    async def subscribed_tenants(self) -> set[UUID]:
+        """The tenants with an active webhook or trigger (a look over every tenant's webhooks:
+        one of the statements not pinned to one tenant)."""
+        rows = await self.conn.fetch(
+            "SELECT DISTINCT tenant_id FROM webhooks WHERE status = 'active'")
+        return {row["tenant_id"] for row in rows}
+
     async def claim(self, worker: str, lease_s: float, limit: int) -> builtins.list[asyncpg.Record]:
         """Up to `limit` active webhooks that are due (an event after their position, or a
         redelivery waiting) and claimed by nobody (or by a worker whose lease ran out), now
