@@ -4,10 +4,10 @@
     .venv/bin/python scripts/bench_changes.py [--only latency,idle,webhooks,create,crash]
 
 - latency: `--rate` changes/s (create_node, paced; with `--batch N`, create_nodes of N nodes
-  at rate/N calls/s) while `--subscribers` streams
-  (GET /events) follow the tenant, in a process of their own; each event's latency is from
-  its change (the event's `time`: the database's clock as the write's statement recorded it,
-  just before the commit and its WAL flush) to the moment a subscriber read it, p50/p99 over the `--sampled` subscribers'
+  at rate/N calls/s) while `--subscribers` streams (GET /events) follow the tenant, in a
+  process of their own; each event's latency is from its change (the event's `time`: the
+  database's clock as the write's statement recorded it, just before the commit and its WAL
+  flush) to the moment a subscriber read it, p50/p99 over the `--sampled` subscribers'
   copies (the others count theirs). The writes' own latency is shown beside it.
 - idle: how many idle streams one server process (FLEXDB_WORKERS=1) holds, with its RSS.
 - webhooks: deliveries/s to a local receiver (scripts/bench_webhooks.measure_deliveries).
