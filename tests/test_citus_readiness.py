@@ -43,7 +43,8 @@ NOT_SINGLE_TENANT = {
         "that waited longest first",
     "FROM webhooks w WHERE w.status = 'active' AND w.next_attempt_at <= now()":
         "the webhook delivery workers' sweep: claims due webhooks of any tenant (every second "
-        "and on every change notification); each is then delivered on its own tenant's "
+        "and on a change notification of a tenant with webhooks); each is then delivered on "
+        "its own tenant's "
         "statements",
     "SELECT DISTINCT tenant_id FROM webhooks WHERE status = 'active'":
         "the webhook delivery workers' look at which tenants have active webhooks (every "
