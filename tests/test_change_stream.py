@@ -17,10 +17,10 @@ from .auth_helpers import new_user
 from .conftest import (
     ROOT,
     ServerProcess,
-    fresh_database,
     make_node,
     make_node_type,
     make_tenant,
+    migrated_database,
     running_facade,
     running_server,
 )
@@ -32,7 +32,7 @@ SETTINGS = {"FLEXDB_FEED_HEARTBEAT_S": "0.2", "FLEXDB_FEED_STREAMS_PER_KEY": "3"
 
 @pytest.fixture(scope="module")
 def feed(pg_server_url):
-    with fresh_database(pg_server_url) as url, \
+    with migrated_database(pg_server_url) as url, \
             running_server({"FLEXDB_DATABASE_URL": url, **SETTINGS}) as srv:
         yield srv
 
@@ -220,7 +220,7 @@ async def test_a_position_retention_dropped_is_refused_with_410(admin, feed):
 
 @pytest.fixture
 def own_database(pg_server_url):
-    with fresh_database(pg_server_url) as url:
+    with migrated_database(pg_server_url) as url:
         yield url
 
 
@@ -334,7 +334,7 @@ def missing_tenant() -> str:
 @pytest.fixture(scope="module")
 def two_servers(pg_server_url):
     """Two server instances on one database."""
-    with fresh_database(pg_server_url) as url, \
+    with migrated_database(pg_server_url) as url, \
             running_server({"FLEXDB_DATABASE_URL": url}) as a, \
             running_server({"FLEXDB_DATABASE_URL": url}) as b:
         yield a, b

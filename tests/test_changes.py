@@ -10,10 +10,10 @@ from rpc_server.client import FlexDBClient, InvalidParams, NotFound
 
 from .auth_helpers import TRIVIAL_PIPELINE, new_user
 from .conftest import (
-    fresh_database,
     make_node,
     make_node_type,
     make_tenant,
+    migrated_database,
     running_server,
     unique,
 )
@@ -167,7 +167,7 @@ async def test_another_tenant_and_a_non_member_read_nothing(rpc, server):
 @pytest.fixture(scope="module")
 def small_feed(pg_server_url):
     """A server whose events carry objects up to 2,000 bytes and keep the last 5 events."""
-    with fresh_database(pg_server_url) as url, running_server({
+    with migrated_database(pg_server_url) as url, running_server({
             "FLEXDB_DATABASE_URL": url, "FLEXDB_FEED_MAX_OBJECT_BYTES": "2000",
             "FLEXDB_FEED_RETENTION_EVENTS": "5", "FLEXDB_FEED_TRIM_INTERVAL_S": "0.1"}) as srv:
         yield srv

@@ -16,7 +16,7 @@ from rpc_server.audit.denied_calls import PRUNE_BATCH
 from rpc_server.client import FlexDBClient, Forbidden, NotFound, Unauthenticated
 
 from .auth_helpers import World
-from .conftest import fresh_database, running_server
+from .conftest import migrated_database, running_server
 
 LOCAL = "address:127.0.0.1"  # the tests' client address
 
@@ -140,7 +140,7 @@ PROXIED = {"FLEXDB_TRUSTED_PROXIES": "127.0.0.1, ::1",
 def proxied_db(pg_server_url):
     """A database of its own (so the cap and the retention see only these tests' counts)
     and a server on it behind a trusted proxy (this test, at 127.0.0.1)."""
-    with fresh_database(pg_server_url) as url, \
+    with migrated_database(pg_server_url) as url, \
             running_server({"FLEXDB_DATABASE_URL": url, **PROXIED}) as srv:
         yield url, srv
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import fresh_database, running_facade, server_with_sandbox
+from .conftest import migrated_database, running_facade, server_with_sandbox
 
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 
@@ -43,7 +43,7 @@ EXCLUDED_OPERATIONS = ("revoke_api_key_api_keys__key_id__delete",
 
 @pytest.fixture(scope="module")
 def stack(pg_server_url):
-    with fresh_database(pg_server_url) as url, server_with_sandbox(url) as server, \
+    with migrated_database(pg_server_url) as url, server_with_sandbox(url) as server, \
             running_facade(server.url) as facade:
         yield server, facade
 

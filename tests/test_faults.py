@@ -9,13 +9,13 @@ import pytest
 
 from rpc_server.client import FlexDBClient, InternalError
 
-from .conftest import fresh_database, running_server, unique
+from .conftest import migrated_database, running_server, unique
 
 
 @pytest.fixture(scope="module")
 def damaged(pg_server_url):
     """A server on its own database, whose `node_types` table is then renamed away."""
-    with fresh_database(pg_server_url) as url, \
+    with migrated_database(pg_server_url) as url, \
             running_server({"FLEXDB_DATABASE_URL": url}) as srv:
         async def damage():
             conn = await asyncpg.connect(url)

@@ -30,10 +30,10 @@ from .conftest import (
     ServerProcess,
     admin_key,
     free_port,
-    fresh_database,
     make_node,
     make_node_type,
     make_tenant,
+    migrated_database,
     running_sandbox,
     server_with_sandbox,
 )
@@ -73,7 +73,7 @@ SLOW = ("def run(input, db):\n"
 
 @pytest.fixture(scope="module")
 def job_server(pg_server_url):
-    with fresh_database(pg_server_url) as url, server_with_sandbox(url, **JOBS) as srv:
+    with migrated_database(pg_server_url) as url, server_with_sandbox(url, **JOBS) as srv:
         srv.database_url = url
         yield srv
 
@@ -338,7 +338,7 @@ async def test_a_job_stops_when_its_creator_is_no_longer_an_admin(rpc, job_serve
 
 @pytest.fixture
 def own_database(pg_server_url):
-    with fresh_database(pg_server_url) as url:
+    with migrated_database(pg_server_url) as url:
         yield url
 
 

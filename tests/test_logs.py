@@ -11,7 +11,7 @@ import pytest
 
 from rpc_server.client import FlexDBClient, PipelineFailed, Unauthenticated
 
-from .conftest import fresh_database, running_facade, server_with_sandbox, unique
+from .conftest import migrated_database, running_facade, server_with_sandbox, unique
 
 
 def json_lines(output: str) -> list[dict]:
@@ -21,7 +21,7 @@ def json_lines(output: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def stack(pg_server_url):
-    with fresh_database(pg_server_url) as url, server_with_sandbox(url) as server, \
+    with migrated_database(pg_server_url) as url, server_with_sandbox(url) as server, \
             running_facade(server.url) as facade:
         yield server, facade
 

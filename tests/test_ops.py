@@ -15,7 +15,7 @@ from .conftest import (
     TEST_SANDBOX_SECRET,
     database_name,
     free_port,
-    fresh_database,
+    migrated_database,
     missing_id,
     running_server,
     unique,
@@ -65,7 +65,7 @@ def test_ready_is_degraded_when_the_sandbox_worker_is_unreachable(database_url):
 
 @pytest.fixture
 def server_on_own_database(pg_server_url):
-    with fresh_database(pg_server_url) as url, \
+    with migrated_database(pg_server_url) as url, \
             running_server({"FLEXDB_DATABASE_URL": url, "FLEXDB_DB_POOL_MIN": "0",
                             "FLEXDB_DB_CONNECT_TIMEOUT_S": "1"}) as srv:
         yield srv, url

@@ -11,7 +11,7 @@ import pytest
 
 from rpc_server.client import Conflict, FlexDBClient, NotFound, PipelineFailed
 
-from .conftest import fresh_database, missing_id, server_with_sandbox, unique
+from .conftest import migrated_database, missing_id, server_with_sandbox, unique
 from .pipeline_helpers import (
     FAILING,
     SPIN,
@@ -120,7 +120,7 @@ def test_a_cancel_while_the_worker_starts_the_child_stops_the_run(pg_server_url)
             assert exc.value.data["run"]["status"] == "cancelled"
             assert time.monotonic() - started < 2.5, "the cancel did not stop the run"
 
-    with fresh_database(pg_server_url) as url:
+    with migrated_database(pg_server_url) as url:
         # No warm child: the worker's take() has to make one (the first starts the zygote).
         with server_with_sandbox(url, sandbox_env={"FLEXDB_SANDBOX_POOL_SIZE": "0"}) as srv:
             asyncio.run(cancel_at_once(srv))

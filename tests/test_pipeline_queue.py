@@ -10,7 +10,7 @@ import uuid
 
 from rpc_server.client import FlexDBClient
 
-from .conftest import fresh_database, server_with_sandbox, unique
+from .conftest import migrated_database, server_with_sandbox, unique
 from .pipeline_helpers import RUN_KEYS, SPIN, all_runs, get_run, make_pipeline, run, sql, wait_for
 
 # ---------------------------------------------------------------- the queue
@@ -63,7 +63,7 @@ async def test_many_queued_runs_all_complete(rpc, tenant, node_type):
 
 
 # ---------------------------------------------------------------- restarts
-# Sync tests: starting and stopping servers blocks, and fresh_database runs its own loop.
+# Sync tests: starting and stopping servers blocks, and migrated_database runs its own loop.
 
 NODE_WRITER = ("def run(input, db):\n"
                "    db.create_node(input['nt'], {'name': input['name']})\n"
@@ -101,7 +101,7 @@ def test_queued_runs_survive_a_restart(pg_server_url):
             nodes = (await c.call("list_nodes", {"tenant_id": t}))["nodes"]
             assert sorted(n["data"]["name"] for n in nodes) == ["r0", "r2", "r3"]
 
-    with fresh_database(pg_server_url) as url:
+    with migrated_database(pg_server_url) as url:
         with server_with_sandbox(url, FLEXDB_PIPELINE_QUEUE_CONCURRENCY="0") as first:
             t, queued = asyncio.run(queue_runs(first))
         with server_with_sandbox(url, FLEXDB_PIPELINE_QUEUE_CONCURRENCY="2") as second:
@@ -130,7 +130,7 @@ def test_a_run_of_a_killed_server_is_marked_interrupted(pg_server_url):
             fresh = await make_pipeline(c, t)  # and the new server runs pipelines
             assert (await run(c, t, fresh["id"], "after"))["result"] == "after"
 
-    with fresh_database(pg_server_url) as url:
+    with migrated_database(pg_server_url) as url:
         with server_with_sandbox(url) as first:
             t, run_id = asyncio.run(start_long_run(first))
             first.proc.send_signal(signal.SIGKILL)

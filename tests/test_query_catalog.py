@@ -13,7 +13,7 @@ from rpc_server.query import guard as query_guard
 from rpc_server.storage.migrations import migrate
 from rpc_server.storage.repositories.tenant_sql import setup_problems
 
-from .conftest import fresh_database
+from .conftest import migrated_database
 from .query_helpers import make_world, query, rejected, run_direct
 
 # attack -> what the gate's reason names
@@ -367,7 +367,7 @@ async def test_result_columns_of_many_types_are_read(rpc):
 
 @pytest.fixture
 def migrated_scratch_database(pg_server_url):
-    with fresh_database(pg_server_url) as url:
+    with migrated_database(pg_server_url) as url:
         yield url
 
 

@@ -15,10 +15,10 @@ from rpc_server.client import FlexDBClient, Forbidden, InvalidParams, NotFound
 from .auth_helpers import WEBHOOK_URL, new_user
 from .conftest import (
     TEST_SANDBOX_SECRET,
-    fresh_database,
     make_node,
     make_node_type,
     make_tenant,
+    migrated_database,
     own_user_id,
     running_server,
     server_with_sandbox,
@@ -42,7 +42,7 @@ SPIN = "def run(input, db):\n    n = 0\n    while True:\n        n += 1\n"
 
 @pytest.fixture(scope="module")
 def trigger_server(pg_server_url):
-    with fresh_database(pg_server_url) as url, server_with_sandbox(url, **FAST) as srv:
+    with migrated_database(pg_server_url) as url, server_with_sandbox(url, **FAST) as srv:
         srv.database_url = url
         yield srv
 

@@ -104,9 +104,9 @@ ECHO = "def run(input, db):\n    return input\n"
 
 @pytest.fixture(scope="module")
 def trigger_server(pg_server_url):
-    from .conftest import fresh_database, server_with_sandbox
+    from .conftest import migrated_database, server_with_sandbox
     from .test_triggers import FAST
-    with fresh_database(pg_server_url) as url, server_with_sandbox(url, **FAST) as srv:
+    with migrated_database(pg_server_url) as url, server_with_sandbox(url, **FAST) as srv:
         yield srv
 
 

@@ -22,10 +22,10 @@ from rpc_server.client import FlexDBClient, Forbidden, InvalidParams, NotFound
 from .auth_helpers import new_user
 from .conftest import (
     free_port,
-    fresh_database,
     make_node,
     make_node_type,
     make_tenant,
+    migrated_database,
     running_server,
 )
 
@@ -94,7 +94,7 @@ async def receiving():
 
 @pytest.fixture(scope="module")
 def hooks_server(pg_server_url):
-    with fresh_database(pg_server_url) as url, running_server(
+    with migrated_database(pg_server_url) as url, running_server(
             {"FLEXDB_DATABASE_URL": url, **FAST_RETRIES}) as srv:
         yield srv
 
@@ -355,7 +355,7 @@ async def test_only_tenant_admins_manage_webhooks_and_other_tenants_see_none(rpc
 
 
 def test_two_servers_deliver_each_event_once_in_order(pg_server_url):
-    with fresh_database(pg_server_url) as url, \
+    with migrated_database(pg_server_url) as url, \
             running_server({"FLEXDB_DATABASE_URL": url, **FAST_RETRIES}) as one, \
             running_server({"FLEXDB_DATABASE_URL": url, **FAST_RETRIES}) as two:
         asyncio.run(two_servers(one, two))
