@@ -28,7 +28,7 @@ from rpc_server.api.context import RequestContext, pooled_connection
 from rpc_server.api.params import ChangeFilter, Id, Params
 from rpc_server.api.registry import validation_errors
 from rpc_server.changes.events import FeedEvent, filters_nothing, matches
-from rpc_server.changes.hub import Tail
+from rpc_server.changes.hub import Tail, wake
 from rpc_server.changes.reading import read_after
 from rpc_server.errors import (
     Busy,
@@ -148,7 +148,8 @@ async def follow(request: web.Request, response: web.StreamResponse, context: Re
     last_write = loop.time()
     closing = state.feed.closing
     ended: list[RpcError] = []  # why the caller may no longer read, once a check finds it
-    checker = loop.create_task(check_reader(context, p.tenant_id, ended))
+    sleeping: list[asyncio.Future] = []  # the wait in progress, for the check to cut short
+    checker = loop.create_task(check_reader(context, p.tenant_id, ended, sleeping))
     try:
         while not closing.is_set():
             if request.transport is None or request.transport.is_closing():
@@ -157,7 +158,6 @@ async def follow(request: web.Request, response: web.StreamResponse, context: Re
                 await response.write(message("end", {"reason": ended[0].data["type"],
                                                      "message": ended[0].message}))
                 return
-            arrived = tail.arrived
             events = tail.events_after(cursor, SEND_BATCH)
             out: list[bytes] = []
             if events is None:  # older than what memory holds: read the database
@@ -187,20 +187,27 @@ async def follow(request: web.Request, response: web.StreamResponse, context: Re
             elif now - last_write >= heartbeat_s:
                 await response.write(b": keep-alive\n\n")
                 last_write = now
-            if not moved:
-                wait = min(heartbeat_s - (now - last_write), RECHECK_S)
+            # Wait for new events (the check wakes us too), unless some came as we wrote.
+            if not moved and (events is None or tail.last <= cursor):
+                woken = tail.sleeper()
+                timer = loop.call_later(max(0.01, heartbeat_s - (now - last_write)), wake,
+                                        woken)
+                sleeping[:] = [woken]
                 try:
-                    await asyncio.wait_for(arrived.wait(), max(0.01, wait))
-                except asyncio.TimeoutError:
-                    pass
+                    await woken
+                finally:
+                    timer.cancel()
+                    sleeping.clear()
     finally:
         checker.cancel()
 
 
-async def check_reader(context: RequestContext, tenant_id: UUID, ended: list[RpcError]) -> None:
+async def check_reader(context: RequestContext, tenant_id: UUID, ended: list[RpcError],
+                       sleeping: list[asyncio.Future]) -> None:
     """Every RECHECK_S, whether the stream's caller may still read the tenant's feed; when
-    not, say why in `ended` and stop. Apart from the sending loop, so that a check waiting
-    for the database never holds up the stream's events."""
+    not, say why in `ended`, wake the stream (its wait in `sleeping`) and stop. Apart from
+    the sending loop, so that a check waiting for the database never holds up the stream's
+    events."""
     while True:
         await asyncio.sleep(RECHECK_S)
         try:
@@ -209,6 +216,8 @@ async def check_reader(context: RequestContext, tenant_id: UUID, ended: list[Rpc
                             tenant_id)
         except (Unauthenticated, NotFound) as exc:
             ended.append(exc)
+            for woken in sleeping:
+                wake(woken)
             return
         except RpcError:
             pass  # (the database is away: checked again next time)

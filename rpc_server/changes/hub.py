@@ -42,7 +42,7 @@ class Tail:
         self.start = -1  # -1: not read yet (every stream reads the database meanwhile)
         self.last = -1
         self.streams = 0
-        self.arrived = asyncio.Event()  # set (and replaced) when events arrive
+        self._sleepers: list[asyncio.Future] = []  # streams waiting for the next events
         self.wanted = asyncio.Event()  # set when a position past `last` is announced
         self.task: asyncio.Task | None = None
 
@@ -51,6 +51,13 @@ class Tail:
             return None
         first = self.dropped + position - self.start
         return self.events[first:first + limit]
+
+    def sleeper(self) -> asyncio.Future:
+        """A future that completes when events next arrive (a stream's wait; wake() ends it
+        early). A plain future: no Task per wait, the costliest part of a wake-up."""
+        future = asyncio.get_running_loop().create_future()
+        self._sleepers.append(future)
+        return future
 
     def clear(self, start: int) -> None:
         self.events, self.dropped, self.bytes = [], 0, 0
@@ -72,8 +79,14 @@ class Tail:
         if self.dropped > len(self.events) // 2:  # compact now and then
             del self.events[:self.dropped]
             self.dropped = 0
-        arrived, self.arrived = self.arrived, asyncio.Event()
-        arrived.set()
+        sleepers, self._sleepers = self._sleepers, []
+        for future in sleepers:
+            wake(future)
+
+
+def wake(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class FeedHub:
