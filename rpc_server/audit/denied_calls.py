@@ -63,6 +63,9 @@ class DeniedCalls:
         # (interval start, source, method, outcome) -> [count, last attempt]
         self._counts: dict[tuple, list] = {}
         self._task: asyncio.Task | None = None
+        # One write at a time: a flush that finds the counts already taken by one in flight
+        # must still not return before that one has written them.
+        self._flushing = asyncio.Lock()
 
     def note(self, source: str, method: str, outcome: str) -> None:
         now = datetime.now(timezone.utc)
@@ -76,20 +79,21 @@ class DeniedCalls:
     async def flush(self) -> None:
         """Write the counts held here (before reading them; other servers write theirs
         within FLUSH_S). On failure they are kept for the next try."""
-        if not self._counts:
-            return
-        counts, self._counts = self._counts, {}
-        try:
-            async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
-                await DeniedCallRepository(conn).add(
-                    [(*key, count, last) for key, (count, last) in counts.items()],
-                    capped_prefix=ADDRESS, max_sources=self.max_sources, others=OTHERS)
-        except BaseException:
-            for key, (count, last) in counts.items():
-                entry = self._counts.setdefault(key, [0, last])
-                entry[0] += count
-                entry[1] = max(entry[1], last)
-            raise
+        async with self._flushing:
+            if not self._counts:
+                return
+            counts, self._counts = self._counts, {}
+            try:
+                async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+                    await DeniedCallRepository(conn).add(
+                        [(*key, count, last) for key, (count, last) in counts.items()],
+                        capped_prefix=ADDRESS, max_sources=self.max_sources, others=OTHERS)
+            except BaseException:
+                for key, (count, last) in counts.items():
+                    entry = self._counts.setdefault(key, [0, last])
+                    entry[0] += count
+                    entry[1] = max(entry[1], last)
+                raise
 
     async def prune(self) -> int:
         """Delete one batch of counts older than the retention; how many were deleted."""
