@@ -87,3 +87,38 @@ async def test_a_cancelled_waiter_leaves_the_queue():
         await waiter
     limiter.release(A)
     assert limiter._slots == {}
+
+
+async def test_each_wait_ends_at_its_own_deadline():
+    # One timer per tenant serves all its waiters: a later waiter is not ended with an
+    # earlier one, and still gets a slot freed after the earlier one gave up.
+    limiter = TenantLimiter(1, 0.2)
+    await limiter.acquire(A)
+    early = asyncio.ensure_future(limiter.acquire(A))
+    await asyncio.sleep(0.1)
+    late = asyncio.ensure_future(limiter.acquire(A))
+    await asyncio.sleep(0.15)  # past the early waiter's deadline, not the late one's
+    assert early.done() and isinstance(early.exception(), Busy)
+    assert not late.done()
+    limiter.release(A)
+    await asyncio.wait_for(late, 0.05)
+    limiter.release(A)
+    assert limiter._slots == {}
+
+
+async def test_a_cancelled_first_waiter_does_not_end_the_next_wait_early():
+    limiter = TenantLimiter(1, 0.2)
+    await limiter.acquire(A)
+    first = asyncio.ensure_future(limiter.acquire(A))
+    await asyncio.sleep(0.1)
+    second = asyncio.ensure_future(limiter.acquire(A))
+    await asyncio.sleep(0.01)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    await asyncio.sleep(0.15)  # the first waiter's deadline has passed
+    assert not second.done()
+    with pytest.raises(Busy):
+        await asyncio.wait_for(second, 0.2)  # its own deadline ends it
+    limiter.release(A)
+    assert limiter._slots == {}

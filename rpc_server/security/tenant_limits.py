@@ -6,10 +6,12 @@ longer than `wait_s` answers -32005 busy. Calls outside any tenant (the platform
 tenant None) share one set.
 
 Every tenant-scoped call passes through here (the pool share), so both paths are kept cheap:
-a free slot is taken without an await; a call that waits parks on a plain future with one
-timer (asyncio.wait_for would wrap the wait in a Task of its own, on Python 3.11 the
-costliest part of a call that has to queue), and release() hands its slot straight to the
-longest waiter, so a newcomer cannot take it first."""
+a free slot is taken without an await; a call that waits parks on a plain future
+(asyncio.wait_for would wrap the wait in a Task of its own, on Python 3.11 the costliest
+part of a call that has to queue), and release() hands its slot straight to the longest
+waiter, so a newcomer cannot take it first. Every wait lasts the same `wait_s`, so the
+waiters' deadlines come in arrival order: one timer per tenant, armed for the longest
+waiter's deadline, ends the waits (a timer per wait cost as much as the rest of a wait)."""
 from __future__ import annotations
 
 import asyncio
@@ -23,17 +25,35 @@ from rpc_server.errors import Busy
 
 class _Slots:
     """One tenant's account: slots not held, callers holding or waiting (the entry is
-    dropped when none are left), and the waiters in arrival order."""
-    __slots__ = ("free", "users", "waiters")
+    dropped when none are left), the waiters in arrival order with their deadlines, and
+    the timer armed for the first deadline (None while nobody waits)."""
+    __slots__ = ("free", "users", "waiters", "timer")
 
     def __init__(self, free: int):
         self.free, self.users = free, 0
-        self.waiters: deque[asyncio.Future] = deque()
+        self.waiters: deque[tuple[asyncio.Future, float]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
 
+    def arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wake at the first waiter's deadline (unless a timer is armed already)."""
+        if self.timer is None and self.waiters:
+            self.timer = loop.call_at(self.waiters[0][1], self.expire, loop)
 
-def _expire(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_result(False)  # no slot: the wait is over
+    def expire(self, loop: asyncio.AbstractEventLoop) -> None:
+        """End the waits whose deadline has passed (no slot for them), then re-arm."""
+        self.timer = None
+        now = loop.time()
+        waiters = self.waiters
+        while waiters and (waiters[0][0].done() or waiters[0][1] <= now):
+            waiter = waiters.popleft()[0]
+            if not waiter.done():
+                waiter.set_result(False)
+        self.arm(loop)
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class TenantLimiter:
@@ -59,8 +79,8 @@ class TenantLimiter:
             return
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()  # True: release() handed us its slot
-        entry.waiters.append(waiter)
-        timer = loop.call_later(self.wait_s, _expire, waiter)
+        entry.waiters.append((waiter, loop.time() + self.wait_s))
+        entry.arm(loop)
         try:
             granted = await waiter
         except BaseException:  # cancelled; a slot handed over just before is passed on
@@ -68,8 +88,6 @@ class TenantLimiter:
                 self._hand_on(entry)
             self._give_up(tenant_id, entry, waiter)
             raise
-        finally:
-            timer.cancel()
         if not granted:
             self._give_up(tenant_id, entry, waiter)
             named = f" ({self.setting})" if self.setting else ""
@@ -85,22 +103,24 @@ class TenantLimiter:
     def _hand_on(entry: _Slots) -> None:
         """A slot is given back: to the longest waiter still waiting, else to the free."""
         while entry.waiters:
-            waiter = entry.waiters.popleft()
+            waiter = entry.waiters.popleft()[0]
             if not waiter.done():
                 waiter.set_result(True)
                 return
         entry.free += 1
 
     def _give_up(self, tenant_id: UUID | None, entry: _Slots, waiter: asyncio.Future) -> None:
-        try:
-            entry.waiters.remove(waiter)  # (rare: a timeout or a cancellation)
-        except ValueError:
-            pass  # already taken off by _hand_on
+        # (rare: a cancellation; a timed-out waiter was taken off by expire())
+        for index, (queued, _) in enumerate(entry.waiters):
+            if queued is waiter:
+                del entry.waiters[index]
+                break
         self._forget(tenant_id, entry)
 
     def _forget(self, tenant_id: UUID | None, entry: _Slots) -> None:
         entry.users -= 1
         if not entry.users:  # nobody holds or waits: forget the tenant
+            entry.disarm()
             del self._slots[tenant_id]
 
     @asynccontextmanager
