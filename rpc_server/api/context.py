@@ -71,14 +71,38 @@ def tenant_pool_share(settings: Settings) -> int:
     return settings.tenant_pool_max or max(1, settings.db_pool_max * 3 // 4)
 
 
-@asynccontextmanager
-async def pooled_connection(pool: asyncpg.Pool,
-                            wait_s: float) -> AsyncIterator[Connection]:
-    # With a connection idle, taking it cannot wait (a reconnect is bounded by the
-    # pool's connect timeout): skip the costly timeout machinery on the hot path.
-    timeout = None if pool.get_idle_size() else wait_s
-    async with pool.acquire(timeout=timeout) as conn:
-        yield conn
+class pooled_connection:  # noqa: N801 - used as a function: `async with pooled_connection(...)`
+    """`async with`: a pooled connection, given back after. With `shares`, one of the
+    tenant's share of the pool is taken first (and given back last). Every call that reads
+    the database passes here, so it is a plain class (a generator-based context manager
+    costs a few µs more per call) and it waits for a connection without asyncpg's timeout
+    machinery when one is idle (taking it cannot wait then: a reconnect is bounded by the
+    pool's connect timeout)."""
+    __slots__ = ("pool", "wait_s", "shares", "tenant_id", "conn")
+
+    def __init__(self, pool: asyncpg.Pool, wait_s: float,
+                 shares: TenantLimiter | None = None, tenant_id: UUID | None = None):
+        self.pool, self.wait_s = pool, wait_s
+        self.shares, self.tenant_id = shares, tenant_id
+
+    async def __aenter__(self) -> Connection:
+        if self.shares is not None:
+            await self.shares.acquire(self.tenant_id)
+        try:
+            timeout = None if self.pool.get_idle_size() else self.wait_s
+            self.conn = await self.pool.acquire(timeout=timeout)
+        except BaseException:
+            if self.shares is not None:
+                self.shares.release(self.tenant_id)
+            raise
+        return self.conn
+
+    async def __aexit__(self, *exc_info) -> None:
+        try:
+            await self.pool.release(self.conn)
+        finally:
+            if self.shares is not None:
+                self.shares.release(self.tenant_id)
 
 
 class TimedConnection:
@@ -304,18 +328,9 @@ class Call:
         tenant_id = self.tenant_id
         if tenant_id is None:
             return self.request.connection()
-        return self._tenant_connection(tenant_id)
-
-    @asynccontextmanager
-    async def _tenant_connection(self, tenant_id: UUID) -> AsyncIterator[Connection]:
-        shares = self.state.pool_shares
-        await shares.acquire(tenant_id)
-        try:
-            async with pooled_connection(self.state.pool,
-                                         self.state.settings.db_connect_timeout_s) as conn:
-                yield conn
-        finally:
-            shares.release(tenant_id)
+        state = self.state
+        return pooled_connection(state.pool, state.settings.db_connect_timeout_s,
+                                 state.pool_shares, tenant_id)
 
     @asynccontextmanager
     async def heavy(self, timeout_ms: int, what: str = "The query"
