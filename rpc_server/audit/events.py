@@ -8,6 +8,7 @@ import base64
 import re
 import unicodedata
 import uuid
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -33,6 +34,9 @@ CREDENTIAL_VALUES = (
 )
 BASIC = re.compile(r"(?i:basic)\s+(?P<token>[A-Za-z0-9+/]{4,}={0,2})")
 URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/?#@:\s]*:)[^/?#@\s]*(?=@)")
+# What each pattern above needs to match at all: text without any of these has nothing to
+# mask (every call's ids and names pass here; one search is far cheaper than four subs).
+MAY_HOLD_CREDENTIAL = re.compile(r"://|(?i:basic)|eyJ|fdb_|(?i:bearer)")
 MAX_PARSED = 65_536  # a string this long or shorter holding a JSON object or array is parsed
 DOCUMENT_FIELDS = ("data", "schema", "schema_")
 MAX_TEXT = 200  # longer strings are kept as their length
@@ -55,6 +59,8 @@ def params_of(model: Any) -> dict:
         if value is None or isinstance(value, (str, int, float, list)) or (
                 isinstance(value, dict) and key in DOCUMENT_FIELDS):
             out[key] = value
+        elif isinstance(value, uuid.UUID):  # (its JSON form, without a model_dump per id)
+            out[key] = str(value)
         else:  # ids, times, nested models: their JSON form
             out[key] = model.model_dump(by_alias=True, mode="json", include={name})[key]
     return out
@@ -80,7 +86,17 @@ class Room:
 
 def folded(name: Any) -> str:
     """A name as letters and digits only, compatibility-folded (fullwidth ｐａｓｓ is pass)."""
-    return re.sub(r"[^a-z0-9]", "", unicodedata.normalize("NFKC", str(name)).casefold())
+    name = str(name)
+    # Names repeat (every call's param names): short ones are remembered.
+    return _folded_short(name) if len(name) <= MAX_KEY else _fold(name)
+
+
+def _fold(name: str) -> str:
+    return NOT_LETTER_OR_DIGIT.sub("", unicodedata.normalize("NFKC", name).casefold())
+
+
+NOT_LETTER_OR_DIGIT = re.compile(r"[^a-z0-9]")
+_folded_short = lru_cache(maxsize=4096)(_fold)
 
 
 def is_secret(name: Any) -> bool:
@@ -93,6 +109,8 @@ def is_secret(name: Any) -> bool:
 def masked(text: str) -> str:
     """`text` with every credential-looking part replaced (a URL keeps all but its
     password)."""
+    if not MAY_HOLD_CREDENTIAL.search(text):
+        return text
     text = URL_PASSWORD.sub(lambda m: m["head"] + REDACTED, text)
     text = BASIC.sub(lambda m: REDACTED if is_basic_credential(m["token"]) else m[0], text)
     for pattern in CREDENTIAL_VALUES:
