@@ -2,7 +2,7 @@
 """Server CPU time per call: a steadier figure than req/s on a shared, noisy machine.
 
     .venv/bin/python scripts/bench_cpu.py [--calls 20000] [--only get_node,update_node,...]
-        [--pool-max 10] [--profile-pid-file FILE]
+        [--pool-max 10] [--profile-pid-file FILE] [--set FLEXDB_NAME=VALUE ...]
 
 Starts one `flexdb serve` worker on a fresh database (FLEXDB_BENCH_DATABASE_URL, default the
 local server), makes a tenant with 1,000 nodes and 1,000 relationships between them, then
@@ -150,6 +150,8 @@ def main() -> None:
                         help=f"comma-separated scenarios of: {', '.join(SCENARIOS)}")
     parser.add_argument("--pool-max", type=int, default=10,
                         help="the server's FLEXDB_DB_POOL_MAX (and the tenant's share)")
+    parser.add_argument("--set", action="append", default=[], metavar="FLEXDB_NAME=VALUE",
+                        help="a server setting (repeatable), e.g. FLEXDB_CHANGE_FEED=false")
     parser.add_argument("--profile-pid-file", default=None,
                         help="write the server's pid here once the data is loaded")
     args = parser.parse_args()
@@ -162,7 +164,8 @@ def main() -> None:
     with fresh_database(url) as db, running_server({
             "FLEXDB_DATABASE_URL": db, "FLEXDB_LOG_LEVEL": "WARNING",
             "FLEXDB_WORKERS": "1", "FLEXDB_DB_POOL_MAX": str(args.pool_max),
-            "FLEXDB_TENANT_POOL_MAX": str(args.pool_max)}) as server:
+            "FLEXDB_TENANT_POOL_MAX": str(args.pool_max),
+            **dict(setting.split("=", 1) for setting in args.set)}) as server:
         uvloop.install()
         asyncio.run(measure(server, args.calls, only, args.profile_pid_file))
 
