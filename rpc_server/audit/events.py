@@ -21,6 +21,7 @@ PLATFORM_TENANT = uuid.UUID(int=0)
 # private_key and X-Api-Key; "token" covers access_token and refresh-token).
 SECRET_WORDS = ("password", "passwd", "secret", "token", "key", "authorization", "cookie",
                 "credential")
+SECRET_WORD = re.compile("|".join(SECRET_WORDS))
 REDACTED = "[redacted]"
 # A pair like {"name": "DB_PASSWORD", "value": "…"}: the value is secret when the name is.
 PAIR_NAMES = ("name", "key", "header")
@@ -102,8 +103,7 @@ _folded_short = lru_cache(maxsize=4096)(_fold)
 def is_secret(name: Any) -> bool:
     """A key that names a secret, in any case and spelling: db_password, X-Api-Key,
     refresh-token, privateKey …"""
-    name = folded(name)
-    return any(word in name for word in SECRET_WORDS)
+    return SECRET_WORD.search(folded(name)) is not None
 
 
 def masked(text: str) -> str:
@@ -116,6 +116,10 @@ def masked(text: str) -> str:
     for pattern in CREDENTIAL_VALUES:
         text = pattern.sub(REDACTED, text)
     return text
+
+
+# Keys repeat (every call's param names) and are cut to MAX_KEY characters: remembered.
+_masked_key = lru_cache(maxsize=4096)(masked)
 
 
 def is_basic_credential(token: str) -> bool:
@@ -160,7 +164,7 @@ def _mapping(value: dict, depth: int, room: Room, top: bool = False) -> dict:
     out: dict[str, Any] = {}
     secret_value = secret_pair_value(value)
     for index, (name, item) in enumerate(value.items()):
-        key = masked(str(name)[:MAX_KEY])
+        key = _masked_key(str(name)[:MAX_KEY])
         if not room.take(len(key) + 4):
             out["…"] = f"<{len(value) - index:,} more keys>"
             break
