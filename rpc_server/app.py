@@ -129,6 +129,11 @@ async def read_limited(request: web.Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
+def address_of(request: web.Request) -> str | None:
+    return client_address(request.remote, request.headers.getall("X-Forwarded-For", ()),
+                          request.app[TRUSTED_PROXIES])
+
+
 def json_response(body: bytes, request_id: str) -> web.Response:
     return web.Response(body=body, content_type="application/json",
                         headers={"X-Request-ID": request_id})
@@ -138,9 +143,8 @@ async def handle_jsonrpc(request: web.Request) -> web.StreamResponse:
     state = request.app[STATE]
     request_id = request_id_of(request)
     started = time.perf_counter()
-    address = client_address(request.remote, request.headers.getall("X-Forwarded-For", ()),
-                             request.app[TRUSTED_PROXIES])
-    context = RequestContext(state, request_id, request.headers.get("Authorization"), address)
+    context = RequestContext(state, request_id, request.headers.get("Authorization"),
+                             partial(address_of, request))
     try:
         response = await _answer(request, state, context)
         if context.holds_documents:
@@ -262,10 +266,8 @@ def readings_of(state: AppState) -> Readings:
 
 async def handle_events(request: web.Request) -> web.StreamResponse:
     """GET /events: a tenant's change feed as Server-Sent Events (api/event_stream.py)."""
-    address = client_address(request.remote, request.headers.getall("X-Forwarded-For", ()),
-                             request.app[TRUSTED_PROXIES])
     context = RequestContext(request.app[STATE], request_id_of(request),
-                             request.headers.get("Authorization"), address)
+                             request.headers.get("Authorization"), partial(address_of, request))
     return await stream_changes(request, context)
 
 

@@ -6,7 +6,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, AsyncIterator, cast
+from typing import Any, AsyncIterator, Callable, cast
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -158,7 +158,8 @@ class RequestContext:
     state: AppState
     request_id: str
     authorization: str | None = None
-    client_address: str | None = None  # the peer's IP address
+    # Finds the peer's IP address (client_address), when first asked: few calls need it.
+    address_of: Callable[[], str | None] | None = None
     _principal: Principal | None = None
     # (method, outcome: None or error code, tenant id or None) per call, for the access log
     calls: list = field(default_factory=list)
@@ -168,6 +169,14 @@ class RequestContext:
     prefetched_keys: set = field(default_factory=set)  # (tenant_id, id) texts read ahead
     _principal_lookup: asyncio.Future | None = None
     _budget: ResponseBudget | None = None
+    _address: str | None = None
+
+    @property
+    def client_address(self) -> str | None:
+        """The peer's IP address (transport/client_address.py)."""
+        if self.address_of is not None:
+            self._address, self.address_of = self.address_of(), None
+        return self._address
 
     @property
     def budget(self) -> ResponseBudget:

@@ -211,8 +211,9 @@ async def check_reader(context: RequestContext, tenant_id: UUID, ended: list[Rpc
     while True:
         await asyncio.sleep(RECHECK_S)
         try:
+            address = context.client_address
             await reader_of(RequestContext(context.state, context.request_id,
-                                           context.authorization, context.client_address),
+                                           context.authorization, lambda: address),
                             tenant_id)
         except (Unauthenticated, NotFound) as exc:
             ended.append(exc)

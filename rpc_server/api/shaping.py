@@ -40,8 +40,27 @@ class Shaper:
                 item[key] = orjson.Fragment(value)
         return item
 
-    def many(self, rows: Iterable[asyncpg.Record]) -> list[dict]:
-        return [self.one(r) for r in rows]
+    def many(self, rows: Iterable[asyncpg.Record | Mapping[str, Any]]) -> list[dict]:
+        rows = rows if isinstance(rows, list) else list(rows)
+        if self.as_strings or not rows:
+            return [self.one(r) for r in rows]
+        # The rows of one read share their columns: which to leave out and which hold JSON
+        # text is found once, not per row (one() per row cost a page of 50 about 4 µs more).
+        columns = rows[0].keys()
+        dropped = [c for c in (TOTAL_COLUMN, *BUDGET_COLUMNS) if c in columns]
+        texts = [c for c in JSON_FIELDS if c in columns]
+        fragment = orjson.Fragment
+        items = []
+        for row in rows:
+            item = dict(row)
+            for column in dropped:
+                item.pop(column, None)
+            for column in texts:
+                value = item.get(column)
+                if type(value) is str:  # JSON text from the database
+                    item[column] = fragment(value)
+            items.append(item)
+        return items
 
     def page(self, key: str, page: Page) -> dict:
         pagination: dict[str, Any] = {"next_page_token": page.next_page_token}

@@ -65,17 +65,17 @@ class ResponseMemory:
         self.by_tenant: dict[UUID | None, int] = {}
         self._freed = asyncio.Event()
 
-    def _room(self, tenant_id: UUID | None) -> bool:
+    def has_room(self, tenant_id: UUID | None) -> bool:
         return self.held < self.limit and self.by_tenant.get(tenant_id, 0) < self.tenant_limit
 
     async def admit(self, tenant_id: UUID | None) -> None:
         """Return once the worker and the tenant hold less than their limits (at once,
         almost always), or raise Busy after the wait."""
-        if self._room(tenant_id):
+        if self.has_room(tenant_id):
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_s
-        while not self._room(tenant_id):
+        while not self.has_room(tenant_id):
             self._freed.clear()
             try:
                 await asyncio.wait_for(self._freed.wait(), deadline - loop.time())
@@ -128,7 +128,8 @@ class ResponseBudget:
         if self._slot is None and (granted > self.memory.one_document or self.used) \
                 and self.memory.large.full(tenant_id):
             await self._take_slot(tenant_id)
-        await self.memory.admit(tenant_id)
+        if not self.memory.has_room(tenant_id):  # (almost never: no coroutine for it then)
+            await self.memory.admit(tenant_id)
         self.committed += granted
         return granted
 

@@ -97,7 +97,9 @@ class Dispatcher:
             replies = self._within_budget(payload, answers)
             return b"[" + b",".join(replies) + b"]" if replies else None
         reply = await self.handle_one(payload, context)
-        return self._within_budget([payload], [reply])[0] if reply is not None else None
+        if reply is None or len(reply) + 3 <= self.max_response_bytes:  # (as _within_budget)
+            return reply
+        return self._within_budget([payload], [reply])[0]
 
     def _within_budget(self, members: list, answers: list) -> list[bytes]:
         """The replies, in order, with each one that would take the response past its byte
