@@ -6,6 +6,7 @@ SQL in the same run, in one table.
         [--relationships 100000] [--search-nodes 200000] [--workers N] [--soak-seconds 300]
         [--migration-nodes 20000] [--json FILE]
         [--only get_node,create_node,migrate_nodes,...] [--vectors 100000] [--embedded]
+        [--set FLEXDB_NAME=VALUE ...]
 
 It creates a fresh database (on FLEXDB_BENCH_DATABASE_URL, default the local server at
 127.0.0.1:5432, or an embedded PostgreSQL when that is unreachable or with --embedded: the
@@ -172,7 +173,7 @@ async def _ping(url: str) -> None:
 
 
 @contextmanager
-def services(db_url: str, workers: int):
+def services(db_url: str, workers: int, settings: dict[str, str]):
     """flexdb serve (with `workers` processes), the sandbox worker and the facade."""
     server_port, sandbox_port = free_port(), free_port()
     with ExitStack() as stack:
@@ -186,7 +187,8 @@ def services(db_url: str, workers: int):
             # one tenant stands for many here: lift the per-tenant limits on heavy calls
             # and on the pool (scripts/noisy_neighbour.py measures them)
             "FLEXDB_QUERY_TENANT_CONCURRENCY": "64", "FLEXDB_TENANT_POOL_MAX": str(POOL),
-            "FLEXDB_PIPELINE_TENANT_RUNNING": "64", "FLEXDB_VECTOR_INDEX_INTERVAL_S": "2"},
+            "FLEXDB_PIPELINE_TENANT_RUNNING": "64", "FLEXDB_VECTOR_INDEX_INTERVAL_S": "2",
+            **settings},
             port=server_port))
         facade = stack.enter_context(running_facade(server.url, FLEXDB_LOG_LEVEL="WARNING"))
         yield server, facade
@@ -731,12 +733,14 @@ def main() -> None:
                              "FLEXDB_BENCH_DATABASE_URL says")
     parser.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
                         default=[])
+    parser.add_argument("--set", action="append", default=[], metavar="FLEXDB_NAME=VALUE",
+                        help="a server setting (repeatable), e.g. FLEXDB_CHANGE_FEED=false")
     args = parser.parse_args()
     out = Path(args.json or ROOT / ".flexdb" / f"bench-{time.strftime('%Y%m%d-%H%M%S')}.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with database(args.embedded) as db_url, services(db_url, args.workers) as (server,
-                                                                                facade):
+    with database(args.embedded) as db_url, services(
+            db_url, args.workers, dict(s.split("=", 1) for s in args.set)) as (server, facade):
         args.db_url = db_url
         uvloop.install()  # the server's loop, so raw asyncpg runs at its best too
         rows, notes, watch = asyncio.run(run(args, server, facade))

@@ -46,7 +46,7 @@ class Shaper:
             return [self.one(r) for r in rows]
         # The rows of one read share their columns: which to leave out and which hold JSON
         # text is found once, not per row (one() per row cost a page of 50 about 4 µs more).
-        columns = rows[0].keys()
+        columns = set(rows[0].keys())  # (a Record's keys() is an iterator)
         dropped = [c for c in (TOTAL_COLUMN, *BUDGET_COLUMNS) if c in columns]
         texts = [c for c in JSON_FIELDS if c in columns]
         fragment = orjson.Fragment

@@ -81,6 +81,16 @@ def decode_token(token: str, scope: str) -> tuple[datetime, UUID]:
     return parse_token_time(value), key
 
 
+def page_limit(pagination: PageRequest) -> str:
+    """A page's LIMIT (one row more than the page, to tell whether more follow), written
+    into the SQL text, not passed as a parameter: with the LIMIT a parameter, PostgreSQL
+    costs a prepared statement's generic plan as if it read every matching row, so it
+    never uses it and plans the statement again at every call (about 0.1 ms of its CPU per
+    page here). page_size is an int the API has checked; each size is a statement of its
+    own in asyncpg's statement cache."""
+    return f"LIMIT {int(pagination.page_size) + 1}"
+
+
 # The column a page read within a byte budget carries besides the row's own (the shaper
 # leaves it out of the items).
 BUDGET_COLUMNS = ("_through",)
@@ -133,11 +143,9 @@ async def fetch_page(conn: Connection, *, scope: str, select: str, table: str,
     # The count rides along as an uncorrelated subquery: one round trip, and the same
     # snapshot as the page, so the total agrees with the rows returned.
     counted = f", ({count_sql}) AS {TOTAL_COLUMN}" if pagination.include_total else ""
-    limit_arg = len(query_args) + 1
     order = f"created_at, {key_column}"
     sql = (f"SELECT {select}{counted} FROM {table} WHERE {where_sql} "
-           f"ORDER BY {order} LIMIT ${limit_arg}")
-    query_args.append(pagination.page_size + 1)
+           f"ORDER BY {order} {page_limit(pagination)}")
     cut, used = False, 0
     if size_sql is not None and max_bytes is not None:
         query_args.append(max_bytes)
