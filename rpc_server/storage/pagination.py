@@ -81,16 +81,6 @@ def decode_token(token: str, scope: str) -> tuple[datetime, UUID]:
     return parse_token_time(value), key
 
 
-def page_limit(pagination: PageRequest) -> str:
-    """A page's LIMIT (one row more than the page, to tell whether more follow), written
-    into the SQL text, not passed as a parameter: with the LIMIT a parameter, PostgreSQL
-    costs a prepared statement's generic plan as if it read every matching row, so it
-    never uses it and plans the statement again at every call (about 0.1 ms of its CPU per
-    page here). page_size is an int the API has checked; each size is a statement of its
-    own in asyncpg's statement cache."""
-    return f"LIMIT {int(pagination.page_size) + 1}"
-
-
 # The column a page read within a byte budget carries besides the row's own (the shaper
 # leaves it out of the items).
 BUDGET_COLUMNS = ("_through",)
@@ -143,9 +133,16 @@ async def fetch_page(conn: Connection, *, scope: str, select: str, table: str,
     # The count rides along as an uncorrelated subquery: one round trip, and the same
     # snapshot as the page, so the total agrees with the rows returned.
     counted = f", ({count_sql}) AS {TOTAL_COLUMN}" if pagination.include_total else ""
+    # The LIMIT is a parameter, not text, on purpose: PostgreSQL then plans each page for
+    # its tenant (a custom plan, ~0.1 ms of its CPU). With the LIMIT in the text it would
+    # keep one generic plan per statement, costed for an average tenant, and a tenant far
+    # larger than the rest (or any, on a table not yet analyzed) would have its every page
+    # read and sort all its rows (measured: docs/PERFORMANCE.md).
+    limit_arg = len(query_args) + 1
     order = f"created_at, {key_column}"
     sql = (f"SELECT {select}{counted} FROM {table} WHERE {where_sql} "
-           f"ORDER BY {order} {page_limit(pagination)}")
+           f"ORDER BY {order} LIMIT ${limit_arg}")
+    query_args.append(pagination.page_size + 1)
     cut, used = False, 0
     if size_sql is not None and max_bytes is not None:
         query_args.append(max_bytes)

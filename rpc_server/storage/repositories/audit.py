@@ -16,7 +16,6 @@ from rpc_server.storage.pagination import (
     decode_token_text,
     encode_token,
     invalid_token,
-    page_limit,
 )
 from rpc_server.storage.repositories.base import Repository
 
@@ -92,9 +91,10 @@ class AuditRepository(Repository):
             page_args.append(int(text))
             filters.append(f"seq > ${len(page_args)}")
         counted = f", ({count_sql}) AS {TOTAL_COLUMN}" if pagination.include_total else ""
+        page_args.append(pagination.page_size + 1)
         rows = await self.conn.fetch(
             f"SELECT {self.columns}{counted} FROM audit_events WHERE {' AND '.join(filters)} "
-            f"ORDER BY seq {page_limit(pagination)}", *page_args)
+            f"ORDER BY seq LIMIT ${len(page_args)}", *page_args)
         next_token = ""
         if len(rows) > pagination.page_size:
             rows = rows[:pagination.page_size]

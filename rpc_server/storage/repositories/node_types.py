@@ -13,7 +13,6 @@ from rpc_server.storage.pagination import (
     encode_token,
     fetch_page,
     invalid_token,
-    page_limit,
     within_bytes,
 )
 from rpc_server.storage.repositories.base import Repository
@@ -137,9 +136,9 @@ class NodeTypeRepository(Repository):
                 raise invalid_token()
             args.append(int(text))
             after = " AND version > $3"
-        args.append(max_bytes)
+        args += [pagination.page_size + 1, max_bytes]
         page_sql = (f"SELECT {VERSION_COLUMNS} FROM node_type_versions WHERE tenant_id = $1 "
-                    f"AND node_type_id = $2{after} ORDER BY version {page_limit(pagination)}")
+                    f"AND node_type_id = $2{after} ORDER BY version LIMIT ${len(args) - 1}")
         rows, cut, used = cut_to_budget(await self.conn.fetch(
             within_bytes(page_sql, "coalesce(octet_length(schema::text), 0)",
                          f"${len(args)}"), *args), max_bytes)
