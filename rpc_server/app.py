@@ -17,9 +17,9 @@ from aiohttp import web
 from rpc_server import methods  # noqa: F401  (registers every method)
 from rpc_server.api.context import (
     AppState,
+    PooledConnection,
     QueryEnvironment,
     RequestContext,
-    pooled_connection,
     tenant_pool_share,
 )
 from rpc_server.api.event_stream import stream_changes
@@ -232,7 +232,7 @@ def build_state(settings: Settings, secret: bytes, pool: asyncpg.Pool, query: Qu
         query=query, pipelines=runner,
         node_types=node_types, chainer=chainer, metrics=Metrics(),
         limits=RateLimiter.from_settings(settings, redis), redis=redis,
-        node_reads=NodeReads(partial(pooled_connection, pool, wait_s)),
+        node_reads=NodeReads(partial(PooledConnection, pool, wait_s)),
         pool_shares=TenantLimiter(tenant_pool_share(settings), wait_s,
                                   "pooled database connections", "FLEXDB_TENANT_POOL_MAX"),
         response_memory=ResponseMemory(

@@ -71,7 +71,7 @@ def tenant_pool_share(settings: Settings) -> int:
     return settings.tenant_pool_max or max(1, settings.db_pool_max * 3 // 4)
 
 
-class pooled_connection:  # noqa: N801 - used as a function: `async with pooled_connection(...)`
+class PooledConnection:
     """`async with`: a pooled connection, given back after. With `shares`, one of the
     tenant's share of the pool is taken first (and given back last). Every call that reads
     the database passes here, so it is a plain class (a generator-based context manager
@@ -256,7 +256,7 @@ class RequestContext:
         return self.state.validators
 
     def connection(self):
-        return pooled_connection(self.state.pool, self.state.settings.db_connect_timeout_s)
+        return PooledConnection(self.state.pool, self.state.settings.db_connect_timeout_s)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Connection]:
@@ -338,7 +338,7 @@ class Call:
         if tenant_id is None:
             return self.request.connection()
         state = self.state
-        return pooled_connection(state.pool, state.settings.db_connect_timeout_s,
+        return PooledConnection(state.pool, state.settings.db_connect_timeout_s,
                                  state.pool_shares, tenant_id)
 
     @asynccontextmanager

@@ -24,7 +24,7 @@ import orjson
 from aiohttp import web
 from pydantic import Field, ValidationError
 
-from rpc_server.api.context import RequestContext, pooled_connection
+from rpc_server.api.context import PooledConnection, RequestContext
 from rpc_server.api.params import ChangeFilter, Id, Params
 from rpc_server.api.registry import validation_errors
 from rpc_server.changes.events import FeedEvent, filters_nothing, matches
@@ -162,8 +162,8 @@ async def follow(request: web.Request, response: web.StreamResponse, context: Re
             out: list[bytes] = []
             if events is None:  # older than what memory holds: read the database
                 try:
-                    async with pooled_connection(state.pool,
-                                                 state.settings.db_connect_timeout_s) as conn:
+                    async with PooledConnection(state.pool,
+                                                state.settings.db_connect_timeout_s) as conn:
                         window = await read_after(conn, p.tenant_id, cursor, SEND_BATCH, only,
                                                   SEND_BYTES)
                 except RpcError as exc:  # retention passed a reader this slow
