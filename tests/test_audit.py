@@ -131,7 +131,8 @@ def fake_jwt() -> str:
 
 
 @pytest.mark.parametrize("shape", ["name_value_pair", "header_list", "basic", "api_key",
-                                   "url_password", "jwt", "json_string", "fullwidth_key"])
+                                   "url_password", "jwt", "json_string", "fullwidth_key",
+                                   "upper_case_schemes"])
 async def test_secrets_in_values_pairs_json_text_and_folded_keys_never_reach_the_trail(
         rpc, database_url, shape):
     secret = f"s3cret{uuid.uuid4().hex}"
@@ -146,8 +147,12 @@ async def test_secrets_in_values_pairs_json_text_and_folded_keys_never_reach_the
         "jwt": {"session": jwt},
         "json_string": json.dumps({"password": secret, "n": 1}),
         "fullwidth_key": {"ｐａｓｓｗｏｒｄ": secret},
+        # (a value is screened for the patterns' marks first: in any case, as they match)
+        "upper_case_schemes": {"sent": [f"BEARER {secret}", f"bAsIc {basic}"]},
     }[shape]
     event, stored = await summary_of_run(rpc, database_url, run_input)
+    if shape == "upper_case_schemes":
+        assert basic not in json.dumps(event, ensure_ascii=False) and basic not in stored
     secret = {"jwt": jwt, "basic": basic}.get(shape, secret)
     assert secret not in json.dumps(event, ensure_ascii=False) and secret not in stored
     assert "[redacted]" in stored  # redacted, not dropped by some other rule
