@@ -1,7 +1,6 @@
 """The aiohttp application: POST /jsonrpc, GET /health, /ready and /metrics."""
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import re
@@ -326,7 +325,9 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
         query = QueryEnvironment(
             query_pool, query_problems, superuser,
             TenantLimiter(settings.query_tenant_concurrency, settings.db_connect_timeout_s),
-            asyncio.Semaphore(max(1, settings.db_pool_max // 2)))
+            TenantLimiter(max(1, settings.db_pool_max // 2), settings.db_connect_timeout_s,
+                          busy="Too many heavy calls are running on this server; retry "
+                               "shortly"))
         feed = FeedHub(pool, partial(connect, database_url, settings),
                        settings.db_connect_timeout_s)
         webhooks = WebhookDeliverer(pool, settings, SecretBox(secret),

@@ -18,9 +18,12 @@ Scenarios (--only takes a comma-separated list of these names):
   update_node         each of the 32 workers updates a node of its own, with expected_version
   list_nodes          the first page of 50 nodes, with total_count
   list_relationships  by source node, page 50, with total_count (as scripts/bench.py)
+  query_nodes         data.g = value (10 of the 1,000 nodes match), page 50, no total
+  traverse            out from a node, depth 3, limit 100 (as scripts/bench.py)
 
 As scripts/bench.py, one tenant stands for many: its pool share is the whole pool
-(FLEXDB_TENANT_POOL_MAX = FLEXDB_DB_POOL_MAX; servers before the share ignore it).
+(FLEXDB_TENANT_POOL_MAX = FLEXDB_DB_POOL_MAX; servers before the share ignore it) and its
+heavy calls (query_nodes, traverse) are not held to two at a time.
 The server's pid is written to --profile-pid-file once the data is loaded (and the line
 "measuring" printed), for a profiler to attach to."""
 from __future__ import annotations
@@ -48,7 +51,7 @@ from tests.conftest import fresh_database, running_server  # noqa: E402
 
 CONCURRENCY = 32
 SCENARIOS = ("get_node", "batch", "create_node", "update_node", "list_nodes",
-             "list_relationships")
+             "list_relationships", "query_nodes", "traverse")
 
 
 def member(method: str, params: dict, id: int = 1) -> dict:
@@ -92,6 +95,11 @@ async def measure(server, calls: int, only: list[str], pid_file: str | None) -> 
     by_source = [request(member("list_relationships", {
         "tenant_id": tid, "source_node_id": s, "pagination": {"page_size": 50}}))
         for s in sources]
+    queries = [request(member("query_nodes", {
+        "tenant_id": tid, "filter": {"field": "data.g", "op": "eq", "value": g},
+        "pagination": {"page_size": 50, "include_total": False}})) for g in range(100)]
+    walks = [request(member("traverse", {"tenant_id": tid, "start_node_id": s, "max_depth": 3,
+                                         "limit": 100})) for s in sources]
     # update_node: worker w owns node ids[w] and tracks its version
     versions = {w: 1 for w in range(CONCURRENCY)}
 
@@ -135,6 +143,9 @@ async def measure(server, calls: int, only: list[str], pid_file: str | None) -> 
         "list_nodes": ("list_nodes 50, first page", sender(first_pages), max(1, calls // 2), 1),
         "list_relationships": ("list_relationships by source, page 50", sender(by_source),
                                calls, 1),
+        "query_nodes": ("query_nodes data.g = value, page 50", sender(queries),
+                        max(1, calls // 2), 1),
+        "traverse": ("traverse out, depth 3, limit 100", sender(walks), max(1, calls // 2), 1),
     }
     for name in only:
         label, send, count, per_request = table[name]
@@ -164,7 +175,7 @@ def main() -> None:
     with fresh_database(url) as db, running_server({
             "FLEXDB_DATABASE_URL": db, "FLEXDB_LOG_LEVEL": "WARNING",
             "FLEXDB_WORKERS": "1", "FLEXDB_DB_POOL_MAX": str(args.pool_max),
-            "FLEXDB_TENANT_POOL_MAX": str(args.pool_max),
+            "FLEXDB_TENANT_POOL_MAX": str(args.pool_max), "FLEXDB_QUERY_TENANT_CONCURRENCY": "64",
             **dict(setting.split("=", 1) for setting in args.set)}) as server:
         uvloop.install()
         asyncio.run(measure(server, args.calls, only, args.profile_pid_file))

@@ -122,3 +122,15 @@ async def test_a_cancelled_first_waiter_does_not_end_the_next_wait_early():
         await asyncio.wait_for(second, 0.2)  # its own deadline ends it
     limiter.release(A)
     assert limiter._slots == {}
+
+
+async def test_a_server_wide_limit_says_so_when_busy():
+    # The heavy calls of all tenants share one set (key None) and their own message.
+    limiter = TenantLimiter(1, 0.05, busy="Too many heavy calls are running on this server")
+    await limiter.acquire(None)
+    with pytest.raises(Busy) as raised:
+        await limiter.acquire(None)
+    assert raised.value.message == "Too many heavy calls are running on this server"
+    assert raised.value.data["limit"] == 1
+    limiter.release(None)
+    assert limiter._slots == {}

@@ -24,7 +24,7 @@ from rpc_server.changes.sequencer import FeedSequencer
 from rpc_server.changes.stream_caps import StreamCaps
 from rpc_server.changes.webhooks import WebhookDeliverer
 from rpc_server.config import Settings
-from rpc_server.errors import Busy, QueryRejected
+from rpc_server.errors import QueryRejected
 from rpc_server.ops.metrics import Metrics
 from rpc_server.pipelines.jobs import JobRunner
 from rpc_server.pipelines.runner import PipelineRunner
@@ -149,7 +149,8 @@ class QueryEnvironment:
     problems: list[str]
     limit_temp_files: bool
     per_tenant: TenantLimiter
-    heavy: asyncio.Semaphore  # heavy calls on the main pool at once: half of it
+    # heavy calls on the main pool at once, all tenants' (one set: key None): half of it
+    heavy: TenantLimiter
 
 
 @dataclass
@@ -348,17 +349,10 @@ class Call:
         writes): one of the tenant's heavy-call slots, at most half the main pool for all
         such calls, and statements that end after `timeout_ms` in all (asyncpg cancels one
         running past it in the server). Past it: -32006 `timeout`."""
-        env = self.state.query
-        async with env.per_tenant.slot(self.tenant_id):
-            if env.heavy.locked():
-                try:
-                    await asyncio.wait_for(env.heavy.acquire(),
-                                           self.state.settings.db_connect_timeout_s)
-                except asyncio.TimeoutError:
-                    raise Busy("Too many heavy calls are running on this server; retry "
-                               "shortly") from None
-            else:
-                await env.heavy.acquire()  # free: no timer, no task
+        env, tenant_id = self.state.query, self.tenant_id
+        await env.per_tenant.acquire(tenant_id)
+        try:
+            await env.heavy.acquire(None)  # (a limit of the server, not of one tenant)
             try:
                 async with self.connection() as conn:
                     try:
@@ -369,7 +363,9 @@ class Call:
                             f"{what} ran longer than {timeout_ms} ms and was cancelled",
                             type="timeout", timeout_ms=timeout_ms) from None
             finally:
-                env.heavy.release()
+                env.heavy.release(None)
+        finally:
+            env.per_tenant.release(tenant_id)
 
     def list_connection(self, scans: bool):
         """A connection for a list page: a heavy call (heavy()) when its filters are more

@@ -58,9 +58,11 @@ class _Slots:
 
 class TenantLimiter:
     def __init__(self, per_tenant: int, wait_s: float,
-                 what: str = "concurrent queries or graph walks", setting: str | None = None):
+                 what: str = "concurrent queries or graph walks", setting: str | None = None,
+                 busy: str | None = None):
         self.per_tenant, self.wait_s = per_tenant, wait_s
         self.what, self.setting = what, setting
+        self.busy = busy  # the Busy message, when not the tenant's (a limit of the server)
         self._slots: dict[UUID | None, _Slots] = {}
 
     def full(self, tenant_id: UUID | None) -> bool:
@@ -91,8 +93,8 @@ class TenantLimiter:
         if not granted:
             self._give_up(tenant_id, entry, waiter)
             named = f" ({self.setting})" if self.setting else ""
-            raise Busy(f"This tenant's {self.per_tenant} {self.what} on this server{named} "
-                       "are all in use; retry shortly", limit=self.per_tenant)
+            raise Busy(self.busy or f"This tenant's {self.per_tenant} {self.what} on this "
+                       f"server{named} are all in use; retry shortly", limit=self.per_tenant)
 
     def release(self, tenant_id: UUID | None) -> None:
         entry = self._slots[tenant_id]
