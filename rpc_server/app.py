@@ -19,6 +19,7 @@ from rpc_server.api.context import (
     PooledConnection,
     QueryEnvironment,
     RequestContext,
+    node_read_fetches,
     tenant_pool_share,
 )
 from rpc_server.api.event_stream import stream_changes
@@ -231,7 +232,8 @@ def build_state(settings: Settings, secret: bytes, pool: asyncpg.Pool, query: Qu
         query=query, pipelines=runner,
         node_types=node_types, chainer=chainer, metrics=Metrics(),
         limits=RateLimiter.from_settings(settings, redis), redis=redis,
-        node_reads=NodeReads(partial(PooledConnection, pool, wait_s)),
+        node_reads=NodeReads(partial(PooledConnection, pool, wait_s),
+                             node_read_fetches(settings)),
         pool_shares=TenantLimiter(tenant_pool_share(settings), wait_s,
                                   "pooled database connections", "FLEXDB_TENANT_POOL_MAX"),
         response_memory=ResponseMemory(

@@ -284,6 +284,78 @@ async def test_a_tenant_holds_at_most_its_share_of_the_pool(share_server, databa
         assert all(isinstance(r, dict) for r in held), held  # the lock went: they wrote
 
 
+READS_WAITING = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                 "AND query LIKE '%unnest($1::uuid[], $2::uuid[])%'")
+
+
+async def test_a_flood_of_node_reads_holds_at_most_a_quarter_of_the_pool(share_server,
+                                                                         database_url):
+    """get_node reads are coalesced across tenants, so they take no tenant's share: their
+    fetches in flight are capped instead (a quarter of a pool of 4: one). With the nodes
+    table locked, tenant A's reads asked one by one over a second all wait behind one
+    fetch, and tenant B's other calls still find connections at once."""
+    async with FlexDBClient(share_server.url, api_key=share_server.admin_key) as admin:
+        a, a_type = await tenant_with_type(admin)
+        b, _ = await tenant_with_type(admin)
+        node = (await admin.call("create_node", {"tenant_id": a, "node_type_id": a_type}))["node"]
+        locker = await asyncpg.connect(database_url)
+        try:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE nodes IN ACCESS EXCLUSIVE MODE")
+                reads = []
+                for _ in range(10):  # each in a turn of its own: without the cap, a fetch each
+                    reads.append(asyncio.ensure_future(
+                        admin.call("get_node", {"tenant_id": a, "id": node["id"]})))
+                    await asyncio.sleep(0.05)
+                await asyncio.sleep(0.5)
+                assert await locker.fetchval(READS_WAITING) == 1
+                started = time.monotonic()
+                for _ in range(5):
+                    await admin.call("get_tenant", {"id": b})
+                    await admin.call("list_node_types", {"tenant_id": b})
+                assert time.monotonic() - started < PROMPT_S
+                assert not any(r.done() for r in reads)
+        finally:
+            await locker.close()
+        answers = await asyncio.gather(*reads)
+        assert all(answer["node"]["id"] == node["id"] for answer in answers)
+
+
+async def test_a_batch_reads_ahead_within_its_tenants_share(share_server, database_url):
+    """A batch's read-ahead of its get_node members takes a connection of its first
+    tenant's share: with the nodes table locked, tenant A's batches hold two connections
+    at most (FLEXDB_TENANT_POOL_MAX), and tenant B's calls still find one at once."""
+    async with FlexDBClient(share_server.url, api_key=share_server.admin_key) as admin:
+        a, a_type = await tenant_with_type(admin)
+        b, _ = await tenant_with_type(admin)
+        nodes = [(await admin.call("create_node", {"tenant_id": a, "node_type_id": a_type}))
+                 ["node"]["id"] for _ in range(3)]
+        members = [{"jsonrpc": "2.0", "id": i, "method": "get_node",
+                    "params": {"tenant_id": a, "id": node_id}}
+                   for i, node_id in enumerate(nodes)]
+        headers = {"Authorization": f"Bearer {share_server.admin_key}"}
+        locker = await asyncpg.connect(database_url)
+        async with httpx.AsyncClient(headers=headers, timeout=30) as http:
+            try:
+                async with locker.transaction():
+                    await locker.execute("LOCK TABLE nodes IN ACCESS EXCLUSIVE MODE")
+                    batches = [asyncio.ensure_future(http.post(share_server.url, json=members))
+                               for _ in range(6)]
+                    await asyncio.sleep(0.5)
+                    assert await locker.fetchval(READS_WAITING) <= 3  # A's two, one fetch
+                    started = time.monotonic()
+                    for _ in range(5):
+                        await admin.call("get_tenant", {"id": b})
+                        await admin.call("list_node_types", {"tenant_id": b})
+                    assert time.monotonic() - started < PROMPT_S
+            finally:
+                await locker.close()
+            replies = await asyncio.gather(*batches)
+        for reply in replies:
+            assert reply.status_code == 200
+            assert sorted(m["result"]["node"]["id"] for m in reply.json()) == sorted(nodes)
+
+
 # ---------------------------------------------------------------- responses
 
 DOC_BYTES = 40_000

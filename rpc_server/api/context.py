@@ -71,6 +71,12 @@ def tenant_pool_share(settings: Settings) -> int:
     return settings.tenant_pool_max or max(1, settings.db_pool_max * 3 // 4)
 
 
+def node_read_fetches(settings: Settings) -> int:
+    """Coalesced get_node fetches in flight at once (every tenant's asks): a quarter of the
+    main pool, so a flood of reads leaves the rest of it to the other calls."""
+    return max(1, settings.db_pool_max // 4)
+
+
 class PooledConnection:
     """`async with`: a pooled connection, given back after. With `shares`, one of the
     tenant's share of the pool is taken first (and given back last). Every call that reads

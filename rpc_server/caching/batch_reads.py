@@ -6,8 +6,11 @@ when it asks here. The asks made in one turn of the event loop are answered by o
 coalescing never widens what a call can read: each gets only the row with its own tenant
 and id. A fetch starts on the next turn, so a call waits for no later one; asks made while
 a fetch is in flight go into the next fetch, which runs alongside it (on another pooled
-connection). A read that arrives after a write was acknowledged is fetched after it, so it
-sees that write."""
+connection), up to `max_fetches` fetches at once: past that, asks wait for one to end and
+go into the fetch that starts then. The fetches answer every tenant's asks, so they take
+no tenant's share of the pool; the cap is what keeps a flood of reads (from one tenant or
+many) from holding more of the pool than that. A read that arrives after a write was
+acknowledged is fetched after it, so it sees that write."""
 from __future__ import annotations
 
 import asyncio
@@ -22,11 +25,13 @@ from rpc_server.storage.response_budget import ROW_OVERHEAD
 
 
 class NodeReads:
-    def __init__(self, connection: Callable):
+    def __init__(self, connection: Callable, max_fetches: int):
         self.connection = connection  # () -> async context manager of a pooled connection
+        self.max_fetches = max_fetches
         # each caller its own future: one caller cancelled (a client gone) cancels no other
         self._pending: dict[tuple[UUID, UUID], list[asyncio.Future]] = {}
         self._fetches: set[asyncio.Task] = set()  # held: the loop keeps only weak references
+        self._start_due = False  # a fetch is to start on the next turn
 
     async def fetch(self, tenant_ids: list, node_ids: list) -> list[asyncpg.Record | None]:
         """The node of each (tenant id, node id) pair, or None: one query, now."""
@@ -35,7 +40,8 @@ class NodeReads:
 
     async def get(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record | None:
         loop = asyncio.get_running_loop()
-        if not self._pending:  # the first ask of this turn: fetch after the others ask
+        if not self._start_due and len(self._fetches) < self.max_fetches:
+            self._start_due = True  # the first ask of this turn: fetch after the others ask
             loop.call_soon(self._start_fetch)
         future = loop.create_future()
         waiting = self._pending.get((tenant_id, node_id))
@@ -46,12 +52,21 @@ class NodeReads:
         return await future
 
     def _start_fetch(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._fetch())
-        self._fetches.add(task)
-        task.add_done_callback(self._fetches.discard)
-
-    async def _fetch(self) -> None:
+        self._start_due = False
+        if not self._pending:  # (nothing asked since the last fetch started)
+            return
         pending, self._pending = self._pending, {}
+        task = asyncio.get_running_loop().create_task(self._fetch(pending))
+        self._fetches.add(task)
+        task.add_done_callback(self._fetch_ended)
+
+    def _fetch_ended(self, task: asyncio.Task) -> None:
+        self._fetches.discard(task)
+        if self._pending and not self._start_due:  # asks that waited for a fetch to end
+            self._start_due = True
+            asyncio.get_running_loop().call_soon(self._start_fetch)
+
+    async def _fetch(self, pending: dict[tuple[UUID, UUID], list[asyncio.Future]]) -> None:
         try:
             rows = await self.fetch([k[0] for k in pending], [k[1] for k in pending])
             for futures, row in zip(pending.values(), rows):
@@ -114,7 +129,9 @@ async def prefetch_batch_nodes(context: Any, members: list) -> None:
     rows: list = []
     try:
         # One malformed id fails the query (DataError): the members are then read one by one.
-        async with context.state.node_reads.connection() as conn:
+        # The connection is one of that tenant's share of the pool, as its members' would be.
+        async with context.state.node_reads.connection(
+                shares=context.state.pool_shares, tenant_id=tenant) as conn:
             rows = await NodeRepository(conn).get_pairs_within(
                 [t for t, _ in keys], [i for _, i in keys], granted)
     finally:
