@@ -321,6 +321,38 @@ async def test_a_flood_of_node_reads_holds_at_most_a_quarter_of_the_pool(share_s
         assert all(answer["node"]["id"] == node["id"] for answer in answers)
 
 
+async def test_heavy_calls_on_the_main_pool_are_capped_for_the_whole_server(share_server,
+                                                                           database_url):
+    """Half the main pool (two of four) for every tenant's heavy calls at once: with the
+    nodes table locked, tenant A's two queries hold both; tenant B's query waits and gives
+    up (busy, the server's limit, not a tenant's), and B's other calls answer at once."""
+    async with FlexDBClient(share_server.url, api_key=share_server.admin_key) as admin:
+        a, _ = await tenant_with_type(admin)
+        b, _ = await tenant_with_type(admin)
+        query = {"filter": {"field": "data.x", "op": "exists"}, "timeout_ms": 20000}
+        locker = await asyncpg.connect(database_url)
+        try:
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE nodes IN ACCESS EXCLUSIVE MODE")
+                held = [asyncio.ensure_future(admin.call("query_nodes", {"tenant_id": a,
+                                                                         **query}))
+                        for _ in range(2)]
+                await asyncio.sleep(0.5)
+                busy = await call_error(admin, "query_nodes", {"tenant_id": b, **query})
+                assert busy.code == -32005 and busy.data["type"] == "busy"
+                assert "heavy calls are running on this server" in busy.message
+                assert busy.data["limit"] == 2
+                started = time.monotonic()
+                for _ in range(5):
+                    await admin.call("get_tenant", {"id": b})
+                assert time.monotonic() - started < PROMPT_S
+                assert not any(call.done() for call in held)
+        finally:
+            await locker.close()
+        assert all(found["nodes"] == [] for found in await asyncio.gather(*held))
+        await admin.call("query_nodes", {"tenant_id": b, **query})  # the slots came back
+
+
 async def test_a_batch_reads_ahead_within_its_tenants_share(share_server, database_url):
     """A batch's read-ahead of its get_node members takes a connection of its first
     tenant's share: with the nodes table locked, tenant A's batches hold two connections
