@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from rpc_server.api.params import set_max_document_depth
+from rpc_server.api.params import set_document_limits
 from rpc_server.client import FlexDBClient
 from rpc_server.config import Settings
 
@@ -45,7 +45,7 @@ def create_app(settings: Settings) -> FastAPI:
                   # flow, so no oauth2-redirect page.
                   docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None)
     app.state.settings = settings
-    set_max_document_depth(settings.max_json_depth)  # as rpc_server: one limit, both surfaces
+    set_document_limits(settings)  # as rpc_server: one limit, both surfaces
     errors.install(app)
     docs.install(app)
     for router in all_routers():

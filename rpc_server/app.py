@@ -24,7 +24,7 @@ from rpc_server.api.context import (
 )
 from rpc_server.api.event_stream import stream_changes
 from rpc_server.api.openrpc import rpc_discover
-from rpc_server.api.params import set_max_document_depth
+from rpc_server.api.params import set_document_limits
 from rpc_server.api.registry import (
     build_dispatch_table,
     roles_that_may,
@@ -298,7 +298,7 @@ def create_app(settings: Settings, database_url: str) -> web.Application:
     app[DISPATCHER] = Dispatcher(table, max_batch=settings.max_batch,
                                  max_response_bytes=settings.max_response_bytes,
                                  tenant_params=tenant_params())
-    set_max_document_depth(settings.max_json_depth)
+    set_document_limits(settings)
     app[TRUSTED_PROXIES] = trusted_networks(settings.trusted_proxies)
 
     secret = server_secret(settings)

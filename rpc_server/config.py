@@ -108,7 +108,8 @@ class Settings(BaseModel):
         shown_default="0 = three quarters of `FLEXDB_DB_POOL_MAX`", ge=0, le=1000)
     statement_timeout_ms: int = setting(30000, "server-side statement timeout (0 = none)",
                                         read_by=(SERVE,), ge=0, le=3_600_000)
-    max_body_bytes: int = setting(1_048_576, "largest accepted request body",
+    max_body_bytes: int = setting(1_048_576, "largest accepted request body, and largest "
+                                  "document as stored (numbers in plain notation)",
                                   read_by=(SERVE, FACADE), ge=1024, le=64 * 1_048_576)
     max_batch: int = setting(100, "most members in one batch", read_by=(SERVE,),
                              ge=1, le=10_000)

@@ -61,6 +61,9 @@ SECTIONS: dict[str, list[Limit]] = {
         Limit("members of one batch", REQUEST, "max_batch"),
         Limit("nesting of a document (`data`, `schema`, `input`, a filter, a query param)",
               f"{INVALID} naming the field", "max_json_depth"),
+        Limit("a document as stored (its numbers in the plain notation PostgreSQL returns "
+              "them in: `1e-300` is 302 bytes)", f"{INVALID} naming the field",
+              "max_body_bytes"),
         Limit("JSON nesting the parser reads at all", f"{REQUEST} (REST 400)", value="~1,000"),
         Limit("integers / other numbers", INVALID, value="64-bit / double"),
         Limit("names (tenant, node type, pipeline, key, user's display name)", INVALID,
@@ -125,6 +128,11 @@ SECTIONS: dict[str, list[Limit]] = {
     "Database work": [
         Limit("pooled connections one tenant's calls hold, per worker",
               f"waits up to `FLEXDB_DB_CONNECT_TIMEOUT_S`, then {BUSY}", "tenant_pool_max"),
+        Limit("pooled connections `get_node` reads hold, per worker (reads are coalesced: one "
+              "query answers the asks of every tenant made meanwhile, so they take no one "
+              "tenant's share; a batch's read-ahead of its `get_node` members takes its first "
+              "tenant's)", "the asks wait for a read to end and go into the next",
+              value="a quarter of `FLEXDB_DB_POOL_MAX`, at least 1"),
         Limit("heavy calls one tenant runs at once, per worker (`execute_query`, "
               "`query_nodes`, walks, bulk creates, lists whose filters scan)",
               f"waits, then {BUSY}", "query_tenant_concurrency"),

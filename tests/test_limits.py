@@ -7,6 +7,7 @@ import asyncio
 import json
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 
@@ -379,6 +380,82 @@ async def test_numbers_at_the_edges_of_the_range_are_kept_exactly(rest, rpc):
     assert node["data"] == expected
     got = await rpc.call("get_node", {"tenant_id": t, "id": node["id"]})
     assert got["node"]["data"] == expected
+
+
+# ---------------------------------------------------------------- numbers as stored
+
+BODY_LIMIT = Settings().max_body_bytes
+AS_STORED = ("bytes as stored, more than %d (FLEXDB_MAX_BODY_BYTES): numbers are stored and "
+             "read back in plain notation (1e-300 takes 302 characters); send such numbers "
+             "as strings" % BODY_LIMIT)
+
+
+async def compact_as_stored(database_url: str, document: Any) -> int:
+    """The length of the document as PostgreSQL writes it back, without the space it puts
+    after each comma and colon (the documents here have no strings but their keys)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        text = await conn.fetchval("SELECT $1::jsonb::text", json.dumps(document))
+    finally:
+        await conn.close()
+    return len(text.replace(", ", ",").replace(": ", ":"))
+
+
+def tiny_numbers(count: int) -> dict:
+    # orjson writes each with an exponent; PostgreSQL stores and writes each in full
+    return {"x": [1e-300] * count, "y": [1.5e-7, -2.5e-10, 1.7976931348623157e308, 1e16]}
+
+
+async def test_a_document_larger_as_stored_than_a_body_may_be_is_refused(rest, rpc, http,
+                                                                         database_url):
+    """A few bytes of 1e-300 are 302 in every read of it: counted as stored, a document
+    of them is held to FLEXDB_MAX_BODY_BYTES like any other, on every surface. The count
+    is PostgreSQL's own: a document one number short of the limit is stored."""
+    t = await make_tenant(rpc)
+    nt = await make_node_type(rpc, t)
+    one = await compact_as_stored(database_url, tiny_numbers(1))
+    assert one - await compact_as_stored(database_url, tiny_numbers(0)) == 302
+    fits = (BODY_LIMIT - one) // (302 + 1) + 1  # each next one with its comma
+    assert await compact_as_stored(database_url, tiny_numbers(fits)) <= BODY_LIMIT
+    assert await compact_as_stored(database_url, tiny_numbers(fits + 1)) > BODY_LIMIT
+    node = (await rpc.call("create_node", {"tenant_id": t, "node_type_id": nt,
+                                           "data": tiny_numbers(fits)}))["node"]
+    assert (await rpc.call("get_node", {"tenant_id": t, "id": node["id"]}))["node"][
+        "data"] == tiny_numbers(fits)
+    too_large = tiny_numbers(fits + 1)  # 7 bytes more in the request, 303 as stored
+    for method, params in [
+            ("create_node", {"tenant_id": t, "node_type_id": nt, "data": too_large}),
+            ("update_node", {"tenant_id": t, "id": node["id"], "data": too_large}),
+            ("create_relationship", {"tenant_id": t, "source_node_id": node["id"],
+                                     "target_node_id": node["id"], "relationship_type": "r",
+                                     "data": too_large}),
+            ("create_nodes", {"tenant_id": t, "nodes": [{"node_type_id": nt,
+                                                         "data": too_large}]})]:
+        with pytest.raises(InvalidParams) as exc:
+            await rpc.call(method, params)
+        message = exc.value.data["errors"][0]["message"]
+        assert message.startswith("takes ") and message.endswith(AS_STORED), message
+    error = rest_error(await rest.post(f"/tenants/{t}/nodes", json={
+        "node_type_id": nt, "data": json.dumps(too_large)}), 422, -32602, "invalid_params")
+    assert error["details"]["errors"][0]["message"].endswith(AS_STORED)
+    nodes = (await rpc.call("list_nodes", {"tenant_id": t}))["nodes"]
+    assert [n["id"] for n in nodes] == [node["id"]]
+    assert nodes[0]["data"] == tiny_numbers(fits)  # (the update was refused)
+
+
+async def test_exponents_in_strings_are_not_numbers(rpc):
+    """Only numbers grow as stored: text that looks like one (a UUID's "5e8", "1e300"
+    spelled out) is counted as it is."""
+    t = await make_tenant(rpc)
+    nt = await make_node_type(rpc, t)
+    data = {"ids": ["3fa85e64-5717-4562-b3fc-2c963f66afa6"] * 100,
+            "notes": ["1e300, 1e-300 and \"5e-324\"" + " " * 1000] * 900}
+    text = len(json.dumps(data))  # counted as numbers, the three would add 800 bytes a note
+    assert text < BODY_LIMIT < text + 800 * 900
+    node = (await rpc.call("create_node", {"tenant_id": t, "node_type_id": nt,
+                                           "data": data}))["node"]
+    assert (await rpc.call("get_node", {"tenant_id": t, "id": node["id"]}))["node"][
+        "data"] == data
 
 
 async def test_nan_and_infinity_stay_malformed_json(rest, rpc, http):

@@ -33,6 +33,7 @@ from rpc_server.transport.json_codec import (
     json_depth_exceeds,
     json_text_depth_exceeds,
     loads,
+    written_out_growth,
 )
 
 MAX_NAME = 200
@@ -78,18 +79,21 @@ def _email(value: str) -> str:
 
 
 class Documents:
-    """How deeply a document may nest: FLEXDB_MAX_JSON_DEPTH, set by each process (server,
-    facade) from its settings when it starts. A document is any free-form JSON a caller
+    """How deeply a document may nest (FLEXDB_MAX_JSON_DEPTH) and how large it may be
+    written out in full (FLEXDB_MAX_BODY_BYTES), set by each process (server, facade) from
+    its settings when it starts. A document is any free-form JSON a caller
     gives: a node's or relationship's data, a node type's schema, a pipeline's input, a
     query_nodes filter or sort, each execute_query param. Its depth counts from the
     document itself ({} and [] are one level), wherever it sits in a request and whether
     it comes as JSON or as a JSON string: what one surface stores, the other reads and
     writes back."""
     max_depth: int = Settings.model_fields["max_json_depth"].default
+    max_bytes: int = Settings.model_fields["max_body_bytes"].default
 
 
-def set_max_document_depth(depth: int) -> None:
-    Documents.max_depth = depth
+def set_document_limits(settings: Settings) -> None:
+    Documents.max_depth = settings.max_json_depth
+    Documents.max_bytes = settings.max_body_bytes
 
 
 def _too_deep() -> str:
@@ -114,9 +118,18 @@ def document_text(value: Any) -> bytes:
 
 
 def check_document(value: Any) -> Any:
-    """Every rule of a document, U+0000 (which PostgreSQL cannot store) included."""
-    if contains_nul(document_text(value)):
+    """Every rule of a document, U+0000 (which PostgreSQL cannot store) included. Its
+    numbers count as they are stored and read back: a few bytes of 1e-300 in a request
+    would otherwise be 302 in every read of it, and a document of them tens of MB."""
+    text = document_text(value)
+    if contains_nul(text):
         raise ValueError("must not contain the character U+0000")
+    written_out = len(text) + written_out_growth(text)
+    if written_out > Documents.max_bytes:
+        raise ValueError(
+            f"takes {written_out} bytes as stored, more than {Documents.max_bytes} "
+            "(FLEXDB_MAX_BODY_BYTES): numbers are stored and read back in plain notation "
+            "(1e-300 takes 302 characters); send such numbers as strings")
     return value
 
 
