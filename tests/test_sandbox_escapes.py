@@ -1011,6 +1011,9 @@ NOT_A_RESULT = [
     ("too_large_string", "return 'a' * (2 * 1024 * 1024)", "result_too_large",
      "the result is larger than 1048576 bytes"),
     ("too_large_list", "return list(range(300000))", "result_too_large", "larger than"),
+    # 35 KB as written, over 1 MB as stored: PostgreSQL returns 1e-300 in full
+    ("too_large_as_stored", "return [1e-300] * 3500", "result_too_large",
+     "the result is larger than 1048576 bytes as stored (numbers in plain notation)"),
     ("set", "return {1, 2}", "exception", "TypeError: Object of type set is not JSON"),
     ("nan", "return float('nan')", "exception", "ValueError: Out of range float values"),
     ("infinity", "return [float('inf')]", "exception", "ValueError: Out of range float"),
@@ -1028,6 +1031,12 @@ NOT_A_RESULT = [
 async def test_results_that_are_not_json_or_too_large(rpc, tenant, body, error_type, message):
     run = await attack(rpc, tenant["id"], body)
     assert_failed(run, error_type, message)
+
+
+async def test_a_result_of_tiny_numbers_within_the_limit_as_stored_is_kept(rpc, tenant):
+    run = await attack(rpc, tenant["id"], "return [1e-300] * 3000")  # 909,001 bytes as stored
+    assert run["status"] == "succeeded", run
+    assert run["result"] == [1e-300] * 3000
 
 
 async def test_generator_result_cleanup_cannot_change_the_outcome(rpc, tenant):

@@ -31,10 +31,9 @@ from rpc_server.transport.json_codec import (
     OutOfRange,
     holds_out_of_range,
     json_depth_exceeds,
-    json_text_depth_exceeds,
     loads,
-    written_out_growth,
 )
+from rpc_server.transport.json_text import json_text_depth_exceeds, written_out_growth
 
 MAX_NAME = 200
 MAX_DESCRIPTION = 2000
