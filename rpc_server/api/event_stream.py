@@ -116,7 +116,8 @@ async def stream_changes(request: web.Request, context: RequestContext) -> web.S
             raise Busy(f"Too many change streams are open ({setting}: {limit}); close one "
                        "or retry later", retry_after=5.0, setting=setting, limit=limit)
         await state.sequencer.flush(p.tenant_id)  # "from now" includes the caller's writes
-        async with context.connection() as conn:
+        async with PooledConnection(state.pool, state.settings.db_connect_timeout_s,
+                                    state.pool_shares, p.tenant_id) as conn:
             window = await read_after(conn, p.tenant_id, p.after, 1)
     except RpcError as exc:
         return error_response(exc, context.request_id)
@@ -163,7 +164,8 @@ async def follow(request: web.Request, response: web.StreamResponse, context: Re
             if events is None:  # older than what memory holds: read the database
                 try:
                     async with PooledConnection(state.pool,
-                                                state.settings.db_connect_timeout_s) as conn:
+                                                state.settings.db_connect_timeout_s,
+                                                state.pool_shares, p.tenant_id) as conn:
                         window = await read_after(conn, p.tenant_id, cursor, SEND_BATCH, only,
                                                   SEND_BYTES)
                 except RpcError as exc:  # retention passed a reader this slow

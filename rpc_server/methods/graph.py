@@ -81,10 +81,11 @@ async def traverse(ctx: Call, p: Traverse) -> dict:
         used = 0
         try:
             async with ctx.heavy(p.timeout_ms, WHAT) as conn:
-                await NodeRepository(conn).get(p.tenant_id, p.start_node_id)
                 rows, cut, used = await GraphRepository(conn).traverse(
                     p.tenant_id, p.start_node_id, p.direction, p.relationship_types,
                     p.max_depth, p.limit + 1, p.timeout_ms / 1000, granted)
+                if not rows:  # (a node reached proves the start exists: the foreign keys)
+                    await NodeRepository(conn).require_exists(p.tenant_id, p.start_node_id)
         finally:
             await ctx.settle(granted, used)
     except (TimeoutError, asyncpg.QueryCanceledError):
@@ -106,8 +107,8 @@ async def shortest_path(ctx: Call, p: ShortestPath) -> dict:
     try:
         async with ctx.heavy(p.timeout_ms, WHAT) as conn:
             nodes = NodeRepository(conn)
-            await nodes.get(p.tenant_id, p.source_node_id)
-            await nodes.get(p.tenant_id, p.target_node_id)
+            await nodes.require_exists(p.tenant_id, p.source_node_id)
+            await nodes.require_exists(p.tenant_id, p.target_node_id)
             if p.source_node_id == p.target_node_id:
                 return {"path": {"node_ids": [p.source_node_id], "relationship_ids": [],
                                  "length": 0}}

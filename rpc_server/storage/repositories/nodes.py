@@ -8,7 +8,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 
-from rpc_server.errors import InvalidParams
+from rpc_server.errors import InvalidParams, NotFound
 from rpc_server.storage.node_filter import NodeSort, SqlArgs
 from rpc_server.storage.node_search import SNIPPET_BYTES, SearchSql, html_snippet
 from rpc_server.storage.pagination import (
@@ -91,6 +91,13 @@ class NodeRepository(Repository):
 
     async def get(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record:
         return await self._require(tenant_id, node_id)
+
+    async def require_exists(self, tenant_id: UUID, node_id: UUID) -> None:
+        """NotFound unless the node exists (its document is not read)."""
+        if not await self.conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM nodes WHERE tenant_id = $1 AND id = $2)",
+                tenant_id, node_id):
+            raise NotFound(self.kind, node_id)
 
     # ------------------------------------------------------------ migration jobs
 
