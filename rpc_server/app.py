@@ -16,10 +16,9 @@ from aiohttp import web
 from rpc_server import methods  # noqa: F401  (registers every method)
 from rpc_server.api.context import (
     AppState,
-    PooledConnection,
     QueryEnvironment,
     RequestContext,
-    node_read_fetches,
+    node_reads,
     tenant_pool_share,
 )
 from rpc_server.api.event_stream import stream_changes
@@ -35,7 +34,6 @@ from rpc_server.api.registry import (
 from rpc_server.api.shaping import Shaper
 from rpc_server.audit.chainer import AuditChainer
 from rpc_server.audit.denied_calls import DeniedCalls
-from rpc_server.caching.batch_reads import NodeReads
 from rpc_server.caching.invalidation import Invalidation
 from rpc_server.caching.node_type_cache import NodeTypeCache
 from rpc_server.caching.redis_link import RedisLink
@@ -232,8 +230,7 @@ def build_state(settings: Settings, secret: bytes, pool: asyncpg.Pool, query: Qu
         query=query, pipelines=runner,
         node_types=node_types, chainer=chainer, metrics=Metrics(),
         limits=RateLimiter.from_settings(settings, redis), redis=redis,
-        node_reads=NodeReads(partial(PooledConnection, pool, wait_s),
-                             node_read_fetches(settings)),
+        node_reads=node_reads(pool, settings),
         pool_shares=TenantLimiter(tenant_pool_share(settings), wait_s,
                                   "pooled database connections", "FLEXDB_TENANT_POOL_MAX"),
         response_memory=ResponseMemory(

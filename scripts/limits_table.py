@@ -133,6 +133,10 @@ SECTIONS: dict[str, list[Limit]] = {
               "tenant's share; a batch's read-ahead of its `get_node` members takes its first "
               "tenant's)", "the asks wait for a read to end and go into the next",
               value="a quarter of `FLEXDB_DB_POOL_MAX`, at least 1"),
+        Limit("documents one read of `get_node` calls made at once reads (it reads one more "
+              "past it; tenants' calls take turns in it)",
+              "the calls left out go first into the next read",
+              value="a quarter of `FLEXDB_RESPONSE_MEMORY_BYTES`"),
         Limit("heavy calls one tenant runs at once, per worker (`execute_query`, "
               "`query_nodes`, walks, bulk creates, lists whose filters scan)",
               f"waits, then {BUSY}", "query_tenant_concurrency"),

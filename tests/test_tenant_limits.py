@@ -398,7 +398,8 @@ def budget_server(database_url):
     with running_server({"FLEXDB_DATABASE_URL": database_url,
                          "FLEXDB_MAX_BODY_BYTES": "131072",
                          "FLEXDB_MAX_RESPONSE_BYTES": "262144",
-                         "FLEXDB_MAX_PAGE_BYTES": "100000"}) as srv:
+                         "FLEXDB_MAX_PAGE_BYTES": "100000",
+                         "FLEXDB_RESPONSE_MEMORY_BYTES": "1048576"}) as srv:
         yield srv
 
 
@@ -442,6 +443,26 @@ async def test_a_page_stops_early_by_size_and_the_rest_follows(budget_server, bi
         walk = await admin.call("traverse", {"tenant_id": tenant, "start_node_id": ids[0],
                                              "limit": 100})
         assert walk["truncated"] and 1 <= len(walk["nodes"]) <= 2
+
+
+async def test_reads_asked_at_once_are_answered_a_page_of_bytes_at_a_time(budget_server,
+                                                                          big_nodes):
+    """get_node calls made at once are read together, at most a quarter of
+    FLEXDB_RESPONSE_MEMORY_BYTES (here 256 KiB) of documents per query: twelve 40 KB
+    documents and another tenant's 120 KB one, asked at once, come in several reads (the
+    other tenant's among the first: tenants take turns), and each call gets its own."""
+    tenant, _, ids = big_nodes
+    async with FlexDBClient(budget_server.url, api_key=budget_server.admin_key) as admin:
+        other, other_type = await tenant_with_type(admin)
+        large = (await admin.call("create_node", {"tenant_id": other, "node_type_id": other_type,
+                                                  "data": {"blob": "y" * 120_000}}))["node"]
+        for _ in range(3):
+            reads = [admin.call("get_node", {"tenant_id": tenant, "id": i}) for i in ids]
+            reads.append(admin.call("get_node", {"tenant_id": other, "id": large["id"]}))
+            answers = await asyncio.gather(*reads)
+            assert [a["node"]["id"] for a in answers] == [*ids, large["id"]]
+            assert [a["node"]["data"]["i"] for a in answers[:-1]] == list(range(12))
+            assert answers[-1]["node"]["data"]["blob"] == "y" * 120_000
 
 
 async def test_a_batch_answers_within_the_response_budget(budget_server, big_nodes):

@@ -6,6 +6,7 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any, AsyncIterator, Callable, cast
 from uuid import UUID, uuid4
 
@@ -34,7 +35,7 @@ from rpc_server.security.tenant_limits import TenantLimiter
 from rpc_server.storage.db import Connection
 from rpc_server.storage.repositories.audit import AuditRepository, PendingEvent, with_event
 from rpc_server.storage.repositories.changes import ChangeRepository
-from rpc_server.storage.response_budget import ResponseBudget, ResponseMemory
+from rpc_server.storage.response_budget import ROW_OVERHEAD, ResponseBudget, ResponseMemory
 from rpc_server.storage.vectors import UNAVAILABLE, VectorSupport
 from rpc_server.validation.schemas import ValidatorCache
 
@@ -71,10 +72,16 @@ def tenant_pool_share(settings: Settings) -> int:
     return settings.tenant_pool_max or max(1, settings.db_pool_max * 3 // 4)
 
 
-def node_read_fetches(settings: Settings) -> int:
-    """Coalesced get_node fetches in flight at once (every tenant's asks): a quarter of the
-    main pool, so a flood of reads leaves the rest of it to the other calls."""
-    return max(1, settings.db_pool_max // 4)
+def node_reads(pool: asyncpg.Pool, settings: Settings) -> NodeReads:
+    """Coalesced get_node reads (caching/batch_reads.py): at most a quarter of the main pool
+    at once, so a flood of reads leaves the rest of it to the other calls, each reading at
+    most a quarter of FLEXDB_RESPONSE_MEMORY_BYTES of documents (and one past it)."""
+    # a document as PostgreSQL writes it back: its numbers written in full are held to
+    # FLEXDB_MAX_BODY_BYTES (api/params.py), and it adds a space after each comma and colon
+    largest_document = 2 * settings.max_body_bytes + ROW_OVERHEAD
+    return NodeReads(partial(PooledConnection, pool, settings.db_connect_timeout_s),
+                     max(1, settings.db_pool_max // 4), settings.response_memory_bytes // 4,
+                     largest_document)
 
 
 class PooledConnection:

@@ -9,12 +9,18 @@ a fetch is in flight go into the next fetch, which runs alongside it (on another
 connection), up to `max_fetches` fetches at once: past that, asks wait for one to end and
 go into the fetch that starts then. The fetches answer every tenant's asks, so they take
 no tenant's share of the pool; the cap is what keeps a flood of reads (from one tenant or
-many) from holding more of the pool than that. A read that arrives after a write was
-acknowledged is fetched after it, so it sees that write."""
+many) from holding more of the pool than that. A fetch whose documents may take more
+than `max_bytes` (more asks than that many of the largest documents) reads them only
+while the ones before them take at most that: the asks it left out go first into the
+next fetch. Asks are taken tenant by tenant in turn, each
+tenant's in the order asked, so one tenant's many large documents never push another
+tenant's ask out of a fetch. A read that arrives after a write was acknowledged is fetched
+after it, so it sees that write."""
 from __future__ import annotations
 
 import asyncio
 import re
+from itertools import zip_longest
 from typing import Any, Callable
 from uuid import UUID
 
@@ -23,20 +29,42 @@ import asyncpg
 from rpc_server.storage.repositories import NodeRepository
 from rpc_server.storage.response_budget import ROW_OVERHEAD
 
+Key = tuple[UUID, UUID]  # (tenant id, node id)
+
+
+def tenant_by_tenant(keys: list[Key]) -> list[Key]:
+    """The keys with the tenants taking turns, each tenant's in their order."""
+    by_tenant: dict[UUID, list[Key]] = {}
+    for key in keys:
+        by_tenant.setdefault(key[0], []).append(key)
+    if len(by_tenant) == 1:
+        return keys
+    return [key for turn in zip_longest(*by_tenant.values()) for key in turn if key is not None]
+
 
 class NodeReads:
-    def __init__(self, connection: Callable, max_fetches: int):
+    def __init__(self, connection: Callable, max_fetches: int, max_bytes: int,
+                 largest_document: int):
         self.connection = connection  # () -> async context manager of a pooled connection
         self.max_fetches = max_fetches
+        self.max_bytes = max_bytes  # of documents one fetch reads (and one past it)
+        # asks a fetch reads without counting bytes (that query costs the database less)
+        self.uncounted = max(1, max_bytes // largest_document)
         # each caller its own future: one caller cancelled (a client gone) cancels no other
-        self._pending: dict[tuple[UUID, UUID], list[asyncio.Future]] = {}
+        self._pending: dict[Key, list[asyncio.Future]] = {}
         self._fetches: set[asyncio.Task] = set()  # held: the loop keeps only weak references
         self._start_due = False  # a fetch is to start on the next turn
 
-    async def fetch(self, tenant_ids: list, node_ids: list) -> list[asyncpg.Record | None]:
-        """The node of each (tenant id, node id) pair, or None: one query, now."""
+    async def fetch(self, keys: list[Key]) -> list[tuple[asyncpg.Record | None, bool]]:
+        """The node of each key, or None, and whether its document was left out (past
+        max_bytes): one query, now."""
+        tenant_ids, node_ids = [k[0] for k in keys], [k[1] for k in keys]
         async with self.connection() as conn:
-            return await NodeRepository(conn).get_pairs(tenant_ids, node_ids)
+            nodes = NodeRepository(conn)
+            if len(keys) <= self.uncounted:  # (one document is read whatever its size)
+                return [(row, False) for row in await nodes.get_pairs(tenant_ids, node_ids)]
+            return await nodes.get_pairs_within(tenant_ids, node_ids, self.max_bytes,
+                                                starting=True)
 
     async def get(self, tenant_id: UUID, node_id: UUID) -> asyncpg.Record | None:
         loop = asyncio.get_running_loop()
@@ -56,6 +84,8 @@ class NodeReads:
         if not self._pending:  # (nothing asked since the last fetch started)
             return
         pending, self._pending = self._pending, {}
+        if len(pending) > 1:
+            pending = {key: pending[key] for key in tenant_by_tenant(list(pending))}
         task = asyncio.get_running_loop().create_task(self._fetch(pending))
         self._fetches.add(task)
         task.add_done_callback(self._fetch_ended)
@@ -66,13 +96,21 @@ class NodeReads:
             self._start_due = True
             asyncio.get_running_loop().call_soon(self._start_fetch)
 
-    async def _fetch(self, pending: dict[tuple[UUID, UUID], list[asyncio.Future]]) -> None:
+    async def _fetch(self, pending: dict[Key, list[asyncio.Future]]) -> None:
         try:
-            rows = await self.fetch([k[0] for k in pending], [k[1] for k in pending])
-            for futures, row in zip(pending.values(), rows):
+            rows = await self.fetch(list(pending))
+            left_out: dict[Key, list[asyncio.Future]] = {}
+            for (key, futures), (row, cut) in zip(pending.items(), rows):
+                if cut:
+                    left_out[key] = futures
+                    continue
                 for future in futures:
                     if not future.done():
                         future.set_result(row)
+            if left_out:  # first into the next fetch, with whoever asked for them since
+                for key, futures in self._pending.items():
+                    left_out.setdefault(key, []).extend(futures)
+                self._pending = left_out
         except BaseException as exc:  # every waiting call gets the failure
             for futures in pending.values():
                 for future in futures:

@@ -8,8 +8,9 @@ out). That ask also waits while the worker's or the tenant's memory for response
 until responses are written, up to FLEXDB_DB_CONNECT_TIMEOUT_S, then the call answers
 -32005 busy. Reading is capped by what was granted (a page stops early, with a
 next_page_token for the rest); what was actually read is then held until the response has
-been written. Reads in flight are not held in advance: each is capped, and there are at most
-as many as pooled connections, so what they add beyond the limit is bounded too. A call
+been written. Reads in flight are not held in advance: each is capped (get_node calls read
+together by one query too: caching/batch_reads.py), and there are at most as many as pooled
+connections, so what they add beyond the limit is bounded too. A call
 whose response has no budget left answers -32006 `response_too_large`, and the batch's
 other members still answer.
 

@@ -160,11 +160,16 @@ class NodeRepository(Repository):
             "ORDER BY k.n", tenant_ids, node_ids)
         return [row if row[0] is not None else None for row in rows]
 
-    async def get_pairs_within(self, tenant_ids: list, node_ids: list, max_bytes: int
+    async def get_pairs_within(self, tenant_ids: list, node_ids: list, max_bytes: int,
+                               starting: bool = False
                                ) -> list[tuple[asyncpg.Record | None, bool]]:
         """get_pairs, reading documents only while their running total (each with
-        ROW_OVERHEAD) stays within `max_bytes`: (row or None, whether it was left out)."""
-        columns = self.columns.replace("data", "CASE WHEN _through <= $3 THEN data END AS data")
+        ROW_OVERHEAD) stays within `max_bytes` (`starting`: while the total before them
+        does, so the first is read whatever its size): (row or None, whether it was left
+        out)."""
+        through = "_through - coalesce(octet_length(data), 0) - $4" if starting else "_through"
+        columns = self.columns.replace(
+            "data", f"CASE WHEN {through} <= $3 THEN data END AS data")
         rows = await self.conn.fetch(
             f"SELECT {columns} FROM ("
             "  SELECT found.*, sum(coalesce(octet_length(data), 0) + $4) OVER (ORDER BY n) "
