@@ -182,6 +182,26 @@ async def test_a_migration_fixes_every_node_in_batches(rpc, job_server):
     assert len(runs["runs"]) == 3 and {r["status"] for r in runs["runs"]} == {"succeeded"}
 
 
+async def test_a_batch_holds_at_most_256_kib_of_documents_as_text(rpc, job_server):
+    """Batches are cut by their documents' size as text, counted before they are read:
+    six nodes of 100 KB each (which compress to about a kilobyte as stored) take three
+    batches of two, not one of six; the first node of a batch is taken whatever its size."""
+    t = (await make_tenant(rpc))["id"]
+    nt = await make_node_type(rpc, t, schema=V1)
+    for i in range(6):
+        await make_node(rpc, t, nt["id"], {"name": f"n{i}", "blob": "x" * 100_000})
+    await make_node(rpc, t, nt["id"], {"name": "big", "blob": "y" * 300_000})
+    version = await tighten(rpc, t, nt["id"], V2)
+    pipeline = await make_pipeline(rpc, t, ADD_LABEL)
+    done = await wait_job(rpc, t, (await migrate(rpc, t, nt["id"], pipeline["id"],
+                                                 version))["id"], ended)
+    assert done["status"] == "succeeded", done
+    assert (done["processed"], done["changed"], done["batches"]) == (7, 7, 4)
+    after = await all_nodes(rpc, t, nt["id"])
+    assert sorted(n["data"]["label"] for n in after.values()) == sorted(
+        [f"N{i}" for i in range(6)] + ["BIG"])
+
+
 async def test_nodes_that_fail_are_left_unchanged_and_listed_with_why(rpc, job_server):
     t = (await make_tenant(rpc))["id"]
     names = ["ok1", "boom1", "list1", "bad1", "ok2", "keep1"]

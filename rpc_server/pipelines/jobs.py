@@ -247,22 +247,16 @@ class JobRunner(ClaimLoop):
                     "type": "pipeline_deleted", "message": "the pipeline was deleted"})
             after = ((job["cursor_created_at"], job["cursor_id"])
                      if job["cursor_id"] is not None else None)
-            rows = await NodeRepository(conn).migration_batch(
+            kept = await NodeRepository(conn).migration_batch(
                 tenant_id, UUID(params["node_type_id"]), job["created_at"],
                 params["to_version"] if params.get("only_outdated") else None, after,
-                settings.migration_batch_nodes)
-            kept: list[asyncpg.Record] = []
-            size = 0
-            for row in rows:
-                size += row["bytes"]
-                if kept and size > BATCH_MAX_BYTES:
-                    break
-                kept.append(row)
+                settings.migration_batch_nodes, BATCH_MAX_BYTES)
             if not kept:
                 await self._end(conn, job, "succeeded", None)
             assert role is not None
             run = await PipelineRunRepository(conn).enqueue(
-                pipeline, [r["data"] for r in kept], "basic", user_id, key_id, role,
+                pipeline, [orjson.Fragment(r["data"]) for r in kept], "basic", user_id,
+                key_id, role,
                 f"job:{job_id}:{job['batches'] + 1}", settings.pipeline_tenant_queued,
                 map_items=True)
             last = kept[-1]

@@ -119,18 +119,23 @@ class NodeRepository(Repository):
 
     async def migration_batch(self, tenant_id: UUID, node_type_id: UUID, until: datetime,
                               below_version: int | None, after: tuple[datetime, UUID] | None,
-                              limit: int) -> list[asyncpg.Record]:
+                              limit: int, max_bytes: int) -> list[asyncpg.Record]:
         """A migration job's next nodes after the keyset `after` ((created_at, id) of the
-        last one done), in that order (nodes_type_keyset_idx): id, created_at, version,
-        data, and the data's size as stored (bytes)."""
+        last one done), in that order (nodes_type_keyset_idx): id, created_at, version and
+        data (as JSON text). At most `limit` of them, and only while their data takes at
+        most `max_bytes` (as text, counted in the database: the first one whatever its
+        size), so a batch never reads more than it keeps."""
         args: list = [tenant_id, node_type_id, until, below_version]
         if after is not None:
             args += list(after)
         args.append(limit)
-        return await self.conn.fetch(
-            "SELECT id, created_at, version, data, pg_column_size(data) AS bytes FROM nodes "
-            f"WHERE {self._migration_where(after, below_version)} "
-            f"ORDER BY created_at, id LIMIT ${len(args)}", *args)
+        page = ("SELECT id, created_at, version, data::text AS data FROM nodes "
+                f"WHERE {self._migration_where(after, below_version)} "
+                f"ORDER BY created_at, id LIMIT ${len(args)}")
+        args.append(max_bytes)
+        rows = await self.conn.fetch(
+            within_bytes(page, "octet_length(data)", f"${len(args)}"), *args)
+        return [row for n, row in enumerate(rows) if n == 0 or row["_through"] <= max_bytes]
 
     async def apply_migration(self, tenant_id: UUID, node_type_id: UUID, to_version: int,
                               changes: list[tuple[UUID, int, Any]]) -> set[UUID]:
