@@ -484,6 +484,42 @@ async def test_a_batch_answers_within_the_response_budget(budget_server, big_nod
         assert answer["error"]["data"]["max_bytes"] == 262_144
 
 
+@pytest.mark.parametrize("method", ["update_node", "update_relationship"])
+async def test_updates_that_answer_with_stored_documents_are_within_the_budget(
+        budget_server, big_nodes, method):
+    """update_node without data answers with the stored node, update_relationship of its
+    type only with the stored data: read within the response's budget like get_node, so a
+    batch of them on a 40 KB document answers a few and refuses the rest (nothing of a
+    refused update changes), and the body stays within FLEXDB_MAX_RESPONSE_BYTES."""
+    tenant, _, ids = big_nodes
+    async with FlexDBClient(budget_server.url, api_key=budget_server.admin_key) as admin:
+        if method == "update_node":
+            params = [{"tenant_id": tenant, "id": ids[0]}] * 10
+        else:
+            rel = (await admin.call("create_relationship", {
+                "tenant_id": tenant, "source_node_id": ids[0], "target_node_id": ids[1],
+                "relationship_type": "r", "data": {"blob": "z" * DOC_BYTES}}))["relationship"]
+            params = [{"tenant_id": tenant, "id": rel["id"], "relationship_type": f"t{i}"}
+                      for i in range(10)]
+    batch = [{"jsonrpc": "2.0", "id": i, "method": method, "params": member}
+             for i, member in enumerate(params)]
+    async with httpx.AsyncClient(timeout=30) as http:
+        response = await http.post(budget_server.url, json=batch, headers={
+            "Authorization": f"Bearer {budget_server.admin_key}"})
+    assert len(response.content) <= 262_144
+    answers = response.json()
+    assert sorted(a["id"] for a in answers) == list(range(10))
+    ok = [a for a in answers if "result" in a]
+    refused = [a for a in answers if "error" in a]
+    assert ok and refused  # (how many fit: what the members in flight had reserved)
+    assert {a["error"]["data"]["type"] for a in refused} == {"response_too_large"}
+    if method == "update_relationship":
+        async with FlexDBClient(budget_server.url, api_key=budget_server.admin_key) as admin:
+            got = (await admin.call("get_relationship", {"tenant_id": tenant,
+                                                         "id": rel["id"]}))["relationship"]
+        assert got["version"] == 1 + len(ok)  # each answered change, and only those
+
+
 async def test_a_result_larger_than_what_is_left_is_refused(budget_server, big_nodes):
     tenant, _, _ = big_nodes
     async with FlexDBClient(budget_server.url, api_key=budget_server.admin_key) as admin:

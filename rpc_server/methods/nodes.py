@@ -17,7 +17,13 @@ from rpc_server.api.params import (
 )
 from rpc_server.api.registry import db_method, rpc_method
 from rpc_server.errors import Conflict, InvalidParams, NotFound, VersionConflict
-from rpc_server.methods.common import DELETED, check_quota, read_page, require_tenant
+from rpc_server.methods.common import (
+    DELETED,
+    check_quota,
+    read_one,
+    read_page,
+    require_tenant,
+)
 from rpc_server.security.auth import tenant_role
 from rpc_server.storage.ids import uuid7_sequence
 from rpc_server.storage.repositories import NodeRepository, NodeTypeRepository
@@ -128,8 +134,10 @@ async def update_node(ctx: Call, p: UpdateNode) -> dict:
 async def unchanged_node(ctx: Call, p: UpdateNode) -> dict:
     """update_node without data: no write and no audit event, but the same answers (the
     node, NotFound, or a version conflict)."""
-    async with ctx.connection() as conn:
-        row = await NodeRepository(conn).get(p.tenant_id, p.id)
+    async with ctx.connection() as conn:  # (a stored document: within the response's budget)
+        row = await read_one(ctx, ctx.state.settings.max_body_bytes,
+                             lambda: NodeRepository(conn).get(p.tenant_id, p.id),
+                             lambda row: len(row["data"]))
     if p.expected_version is not None and row["version"] != p.expected_version:
         raise VersionConflict("node", p.id, p.expected_version, row["version"])
     return {"node": ctx.shaper.one(row)}

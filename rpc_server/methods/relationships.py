@@ -117,8 +117,11 @@ async def update_relationship(ctx: Call, p: UpdateRelationship) -> dict:
     async with ctx.transaction() as conn:
         if "data" in changes:
             await check_quota(ctx, conn, p.tenant_id, 0, [changes["data"]])
-        row = await RelationshipRepository(conn).update(p.tenant_id, p.id, changes,
-                                                        p.expected_version)
+        # The answer holds the stored data when the call sends none: within the budget.
+        row = await read_one(ctx, 0 if "data" in changes else ctx.state.settings.max_body_bytes,
+                             lambda: RelationshipRepository(conn).update(
+                                 p.tenant_id, p.id, changes, p.expected_version),
+                             lambda row: json_size(row["data"]))
     return {"relationship": ctx.shaper.one(row)}
 
 
