@@ -484,17 +484,24 @@ async def test_a_batch_answers_within_the_response_budget(budget_server, big_nod
         assert answer["error"]["data"]["max_bytes"] == 262_144
 
 
-@pytest.mark.parametrize("method", ["update_node", "update_relationship"])
+@pytest.mark.parametrize("method", ["update_node", "update_relationship", "update_node_type"])
 async def test_updates_that_answer_with_stored_documents_are_within_the_budget(
         budget_server, big_nodes, method):
     """update_node without data answers with the stored node, update_relationship of its
-    type only with the stored data: read within the response's budget like get_node, so a
-    batch of them on a 40 KB document answers a few and refuses the rest (nothing of a
-    refused update changes), and the body stays within FLEXDB_MAX_RESPONSE_BYTES."""
+    type only with the stored data, update_node_type of its name only with the stored
+    schema: each within the response's budget, so a batch of them on a 40 KB document
+    answers a few and refuses the rest (nothing of a refused update changes), and the body
+    stays within FLEXDB_MAX_RESPONSE_BYTES."""
     tenant, _, ids = big_nodes
     async with FlexDBClient(budget_server.url, api_key=budget_server.admin_key) as admin:
         if method == "update_node":
             params = [{"tenant_id": tenant, "id": ids[0]}] * 10
+        elif method == "update_node_type":
+            target = (await admin.call("create_node_type", {
+                "tenant_id": tenant, "name": unique("big"),
+                "schema": {"type": "object", "description": "d" * DOC_BYTES}}))["node_type"]
+            params = [{"tenant_id": tenant, "id": target["id"], "name": f"n{i}"}
+                      for i in range(10)]
         else:
             rel = (await admin.call("create_relationship", {
                 "tenant_id": tenant, "source_node_id": ids[0], "target_node_id": ids[1],
@@ -513,10 +520,14 @@ async def test_updates_that_answer_with_stored_documents_are_within_the_budget(
     refused = [a for a in answers if "error" in a]
     assert ok and refused  # (how many fit: what the members in flight had reserved)
     assert {a["error"]["data"]["type"] for a in refused} == {"response_too_large"}
-    if method == "update_relationship":
+    if method != "update_node":
         async with FlexDBClient(budget_server.url, api_key=budget_server.admin_key) as admin:
-            got = (await admin.call("get_relationship", {"tenant_id": tenant,
-                                                         "id": rel["id"]}))["relationship"]
+            if method == "update_relationship":
+                got = (await admin.call("get_relationship", {"tenant_id": tenant,
+                                                             "id": rel["id"]}))["relationship"]
+            else:
+                got = (await admin.call("get_node_type", {"tenant_id": tenant,
+                                                          "id": target["id"]}))["node_type"]
         assert got["version"] == 1 + len(ok)  # each answered change, and only those
 
 

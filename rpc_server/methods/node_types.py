@@ -200,9 +200,10 @@ async def update_node_type(ctx: Call, p: UpdateNodeType) -> dict:
     if "schema_" not in p.model_fields_set and "search_config" not in changes \
             and "embedding" not in changes:
         require_changes(changes, UPDATABLE)
-        async with ctx.transaction() as conn:
-            row = await NodeTypeRepository(conn).update(p.tenant_id, p.id, changes,
-                                                        p.expected_version)
+        async with ctx.transaction() as conn:  # (the answer within the budget, or no change)
+            row = await read_one(ctx, 0, lambda: NodeTypeRepository(conn).update(
+                p.tenant_id, p.id, changes, p.expected_version),
+                lambda row: json_size(row["schema"], row["description"]))
         ctx.state.node_types.forget(p.tenant_id, p.id)
         return {"node_type": ctx.shaper.one(row)}
     if "schema_" in p.model_fields_set:

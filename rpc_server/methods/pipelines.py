@@ -23,7 +23,7 @@ from rpc_server.api.params import (
     zero_means,
 )
 from rpc_server.api.registry import rpc_method
-from rpc_server.errors import Busy, Conflict, InvalidParams, PipelineFailed
+from rpc_server.errors import Busy, Conflict, InvalidParams, NotFound, PipelineFailed
 from rpc_server.methods.common import (
     DELETED,
     changes_of,
@@ -161,9 +161,10 @@ async def update_pipeline(ctx: Call, p: UpdatePipeline) -> dict:
     require_changes(changes, UPDATABLE)
     if "code" in changes:
         _compiles(changes["code"])
-    async with ctx.transaction() as conn:
-        row = await PipelineRepository(conn).update(p.tenant_id, p.id, changes,
-                                                    p.expected_version)
+    async with ctx.transaction() as conn:  # (the answer within the budget, or no change)
+        row = await read_one(ctx, 0, lambda: PipelineRepository(conn).update(
+            p.tenant_id, p.id, changes, p.expected_version),
+            lambda row: json_size(row["code"], row["description"]))
     return {"pipeline": ctx.shaper.one(row)}
 
 
@@ -262,11 +263,15 @@ async def list_pipeline_runs(ctx: Call, p: ListPipelineRuns) -> dict:
              run_db=None, tenant_must_exist=False)
 async def cancel_pipeline_run(ctx: Call, p: RunId) -> dict:
     """Cancel a queued or running run (a finished one is left as it is: conflict)."""
-    async with ctx.transaction() as conn:
+    async with ctx.transaction() as conn:  # (the answer within the budget, or no change)
         runs = PipelineRunRepository(conn)
-        row = await runs.cancel(p.tenant_id, p.id)
+        row = await read_one(ctx, 0, lambda: runs.cancel(p.tenant_id, p.id),
+                             lambda row: json_size(row["input"], row["result"], row["error"],
+                                                   row["output"], row["db_operations"]))
         if row is None:
-            current = await runs.get(p.tenant_id, p.id)
+            current = await runs.outcome(p.tenant_id, p.id)  # (not its documents)
+            if current is None:
+                raise NotFound("pipeline_run", p.id)
             raise Conflict(f"The run has already finished ({current['status']})",
                            status=current["status"])
         ctx.set_target("pipeline_run", p.id)
