@@ -2,6 +2,8 @@
 
 - `json_text_depth_exceeds` (nesting read off JSON text) against `json_depth_exceeds` (a walk
   of the parsed value).
+- `written_out_growth` (how much longer JSON text gets as PostgreSQL returns its numbers)
+  against a walk of the parsed value writing each float in plain notation.
 - `fast_check` (the flat-schema validator) against jsonschema's own Draft 2020-12 answer.
 
 Unit-level on purpose: each compares two implementations on random inputs from a seeded
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -20,13 +23,8 @@ import pytest
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from rpc_server.transport.json_codec import (
-    INT64_MAX,
-    INT64_MIN,
-    json_depth_exceeds,
-    json_text_depth_exceeds,
-    loads,
-)
+from rpc_server.transport.json_codec import INT64_MAX, INT64_MIN, json_depth_exceeds, loads
+from rpc_server.transport.json_text import json_text_depth_exceeds, written_out_growth
 from rpc_server.validation.schema_fast_path import fast_check
 
 CASES = int(os.environ.get("FLEXDB_DIFFERENTIAL_CASES", "3000"))
@@ -148,6 +146,42 @@ def test_text_depth_with_duplicate_keys_never_says_shallower_than_walk():
             assert from_text or not walk, (replay(SEED + 1, case), text, limit)
             deeper_than_value += from_text and not walk
     assert deeper_than_value > 0  # the decoys did make texts deeper than their values
+
+
+# --- Numbers as PostgreSQL writes them back ------------------------------------------------
+
+# Floats orjson writes with an exponent (and some it does not), of every size and sign.
+EXPONENT_FLOATS = [1e-300, -1e-300, 5e-324, 1.5e-7, -2.5e-10, 1e-5, 1e-4, 1e16, 1e22, 1e300,
+                   1.2345678901234568e20, 123456789012345680000.0, 0.1, 3.25e-5]
+
+
+def grown_by_walk(value: Any) -> int:
+    """Each float's plain notation (jsonb keeps it as a numeric) less its length as orjson
+    writes it: summed by walking the parsed value."""
+    if isinstance(value, dict):
+        return sum(map(grown_by_walk, value.values()))
+    if isinstance(value, list):
+        return sum(map(grown_by_walk, value))
+    if type(value) is float:
+        written = orjson.dumps(value).decode()
+        return max(len(format(Decimal(written), "f")) - len(written), 0)
+    return 0
+
+
+def test_growth_as_stored_matches_walk_of_parsed_value():
+    rng = random.Random(SEED + 2)
+    grown = 0
+    for case in range(CASES):
+        value = random_document(rng)
+        if rng.random() < 0.5:  # floats with exponents, and strings that look like them
+            value = [value, rng.choice(EXPONENT_FLOATS),
+                     {rng.choice(TRICKY_STRINGS) + "1e300": [rng.choice(EXPONENT_FLOATS)],
+                      "k": "5e-7 \\\"1e300\\\" 3fa85e64"}]
+        text = orjson.dumps(value)
+        expected = grown_by_walk(loads(text))
+        assert written_out_growth(text) == expected, (replay(SEED + 2, case), text)
+        grown += expected > 0
+    assert grown > CASES // 4  # the floats with exponents were generated
 
 
 # --- The flat-schema validator --------------------------------------------------------------

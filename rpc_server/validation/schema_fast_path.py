@@ -100,16 +100,19 @@ def fast_check(schema: Any) -> Callable[[dict], bool] | None:
         checks[name] = property_check
     required = tuple(required)
     allowed = frozenset(properties)
-    items = tuple(checks.items())
+    check_of = checks.get
 
     def check(document: dict) -> bool:
+        # Over the document's keys, not the schema's properties: the time goes with the
+        # document (which the request bounds), not with a schema of thousands of them.
         for name in required:
             if name not in document:
                 return False
         if not extra and not document.keys() <= allowed:
             return False
-        for name, valid in items:
-            if name in document and not valid(document[name]):
+        for name, value in document.items():
+            valid = check_of(name)
+            if valid is not None and not valid(value):
                 return False
         return True
 
