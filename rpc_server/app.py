@@ -202,7 +202,7 @@ def build_state(settings: Settings, secret: bytes, pool: asyncpg.Pool, query: Qu
                 webhooks: WebhookDeliverer, vectors: VectorSupport = UNAVAILABLE) -> AppState:
     wait_s = settings.db_connect_timeout_s
     auth = Authenticator(secret, settings.anonymous_role, settings.auth_cache_ttl_s)
-    node_types = NodeTypeCache(settings.shared_cache_ttl_s)
+    node_types = NodeTypeCache(settings.shared_cache_ttl_s, settings.node_type_cache_bytes)
     if redis is not None:
         # Auth entries live no longer than a verified key is trusted: with a Redis that
         # refuses writes, nothing can then serve a revoked key longer than that.

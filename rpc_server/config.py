@@ -164,6 +164,10 @@ class Settings(BaseModel):
         64 * 1_048_576, "memory for compiled schema validators (per worker, estimated from "
         "the schemas' sizes); the least recently used go first", read_by=(SERVE,),
         ge=1_048_576, le=64 * 1_073_741_824)
+    node_type_cache_bytes: int = setting(
+        32 * 1_048_576, "memory for cached node types (their schemas as parsed, per worker, "
+        "estimated); the least recently used go first", read_by=(SERVE,), ge=1_048_576,
+        le=64 * 1_073_741_824)
     pattern_cache_bytes: int = setting(
         32 * 1_048_576, "memory for compiled schema patterns (RE2 programs, per worker, "
         "estimated); the least recently used go first", read_by=(SERVE,), ge=1_048_576,

@@ -113,6 +113,8 @@ SECTIONS: dict[str, list[Limit]] = {
               "validator_cache_bytes"),
         Limit("compiled patterns kept, per worker", "least recently used dropped",
               "pattern_cache_bytes"),
+        Limit("node types (their schemas, as parsed) kept, per worker",
+              "least recently used dropped", "node_type_cache_bytes"),
     ],
     "Schema changes": [
         Limit("`check_node_type_schema` / `update_node_type` with a schema: `timeout_ms` (the "

@@ -183,6 +183,41 @@ async def test_validating_one_document_is_stopped_at_its_cpu_budget(schema_serve
     assert_prompt(calls)
 
 
+def node_type_lookups(server, result: str) -> float:
+    text = httpx.get(server.base + "/metrics").text
+    line = f'flexdb_cache_lookups_total{{cache="node_types",result="{result}"}}'
+    return sum(float(row.split()[-1]) for row in text.splitlines() if row.startswith(line))
+
+
+async def test_cached_node_types_are_held_to_a_memory_budget(database_url):
+    """A schema of many small values (examples: [{}, {}, ...], which no schema limit
+    counts) takes some 30 times its text once parsed: cached node types are counted that
+    way, within FLEXDB_NODE_TYPE_CACHE_BYTES (here 16 MiB: one such schema of 180 KB), not
+    only by their number, so writes to three of them in turn keep missing the cache."""
+    with running_server({"FLEXDB_DATABASE_URL": database_url,
+                         "FLEXDB_NODE_TYPE_CACHE_BYTES": str(16 * 2**20)}) as srv:
+        async with FlexDBClient(srv.url, api_key=srv.admin_key) as admin:
+            tenant = (await admin.call("create_tenant", {"slug": unique("t"),
+                                                         "name": "T"}))["tenant"]["id"]
+            types = [(await admin.call("create_node_type", {
+                "tenant_id": tenant, "name": f"N{i}",
+                "schema": {"type": "object", "examples": [{}] * 60_000}}))["node_type"]["id"]
+                for i in range(3)]
+            small = (await admin.call("create_node_type", {
+                "tenant_id": tenant, "name": "small"}))["node_type"]["id"]
+            for node_type in types:  # (the first writes: misses whatever the cache)
+                await admin.call("create_node", {"tenant_id": tenant, "node_type_id": node_type})
+            missed = node_type_lookups(srv, "miss")
+            for node_type in types:
+                await admin.call("create_node", {"tenant_id": tenant, "node_type_id": node_type})
+            assert node_type_lookups(srv, "miss") - missed >= 3  # each pushed out the last
+            for _ in range(2):  # a small one stays cached
+                await admin.call("create_node", {"tenant_id": tenant, "node_type_id": small})
+            hit = node_type_lookups(srv, "hit")
+            await admin.call("create_node", {"tenant_id": tenant, "node_type_id": small})
+            assert node_type_lookups(srv, "hit") > hit
+
+
 # ---------------------------------------------------------------- database work
 
 @pytest.fixture(scope="module")

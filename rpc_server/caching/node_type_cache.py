@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from uuid import UUID
 
+import orjson
+
 from rpc_server.caching.shared_cache import MISSING, SharedCache
-from rpc_server.caching.ttl_cache import TTLCache
+from rpc_server.caching.ttl_cache import TTLCache, parsed_json_bytes
 from rpc_server.storage.db import Connection
 from rpc_server.storage.repositories import NodeTypeRepository
 
@@ -21,8 +23,8 @@ class NodeTypeCache:
     kinds = frozenset({"node_type"})  # the invalidation messages `apply` acts on
     announce = None  # set when Redis is configured: tells the other instances
 
-    def __init__(self, ttl_s: float):
-        self.local = TTLCache(ttl_s, SIZE)
+    def __init__(self, ttl_s: float, max_bytes: int):
+        self.local = TTLCache(ttl_s, SIZE, max_bytes)  # (schemas may be large: by bytes too)
         self.shared: SharedCache | None = None  # set when Redis is configured
 
     async def get(self, conn: Connection, tenant_id: UUID, node_type_id: UUID,
@@ -39,7 +41,7 @@ class NodeTypeCache:
                                                          f"{tenant_id}:{node_type_id}")
             if value is not MISSING and version in (None, value["version"]):
                 entry = {"tenant_id": tenant_id, "id": node_type_id, **value}
-                self.local.put(key, entry)
+                self._keep(key, entry)
                 return entry
         return await self.read(conn, tenant_id, node_type_id, generation)
 
@@ -49,12 +51,15 @@ class NodeTypeCache:
         row = await NodeTypeRepository(conn).get(tenant_id, node_type_id)
         entry = {"tenant_id": tenant_id, "id": node_type_id, "version": row["version"],
                  "schema": row["schema"], "embedding": row["embedding"]}
-        self.local.put((tenant_id, node_type_id), entry)
+        self._keep((tenant_id, node_type_id), entry)
         if self.shared is not None:
             await self.shared.put("node_type", f"{tenant_id}:{node_type_id}",
                                   {"version": row["version"], "schema": row["schema"],
                                    "embedding": row["embedding"]}, generation)
         return entry
+
+    def _keep(self, key: tuple[UUID, UUID], entry: dict) -> None:
+        self.local.put(key, entry, size=parsed_json_bytes(orjson.dumps(entry["schema"])))
 
     def forget(self, tenant_id: UUID, node_type_id: UUID) -> None:
         """After a node type changed or was deleted (and the change committed)."""

@@ -27,6 +27,7 @@ from referencing import Registry
 from referencing.exceptions import Unresolvable
 from referencing.jsonschema import DRAFT202012
 
+from rpc_server.caching.ttl_cache import parsed_json_bytes
 from rpc_server.errors import InvalidParams, QueryRejected
 from rpc_server.validation import safe_regex
 from rpc_server.validation.embeddings import embeddings_errors
@@ -47,7 +48,8 @@ PROBE_INSTANCES: tuple[object, ...] = (None, True, 0, "", [], {})
 # CPU a document may use on the event loop before it is checked again in a thread.
 INLINE_BUDGET_MS = 2.0
 # Bytes a cached validator is counted as, per byte of its schema's JSON (the schema as
-# Python objects, plus what jsonschema and referencing build from it).
+# Python objects, plus what jsonschema and referencing build from it); for a schema of many
+# small values (examples: [{}, {}, ...]), what they take parsed, if more.
 VALIDATOR_BYTES_PER_SCHEMA_BYTE = 12
 VALIDATION_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flexdb-validate")
 
@@ -294,7 +296,8 @@ class ValidatorCache:
         entry = self._items.get(key)
         if entry is None:
             self.misses += 1
-            size = len(orjson.dumps(schema)) * VALIDATOR_BYTES_PER_SCHEMA_BYTE
+            text = orjson.dumps(schema)
+            size = max(len(text) * VALIDATOR_BYTES_PER_SCHEMA_BYTE, parsed_json_bytes(text))
             entry = (NodeDataValidator(schema,
                                        format_checker=Draft202012Validator.FORMAT_CHECKER),
                      fast_check(schema), size)
