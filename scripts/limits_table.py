@@ -21,7 +21,7 @@ from rpc_server.audit import denied_calls  # noqa: E402
 from rpc_server.audit import events as audit  # noqa: E402
 from rpc_server.changes import address_guard, webhooks  # noqa: E402
 from rpc_server.config import Settings, env_var, shown_default  # noqa: E402
-from rpc_server.methods import graph, node_types, pipelines, query  # noqa: E402
+from rpc_server.methods import audit_events, graph, node_types, pipelines, query  # noqa: E402
 from rpc_server.pipelines import jobs  # noqa: E402
 from rpc_server.query import guard as query_guard  # noqa: E402
 from rpc_server.storage import node_filter, node_search, response_budget, vectors  # noqa: E402
@@ -149,6 +149,8 @@ SECTIONS: dict[str, list[Limit]] = {
               f"{STOPPED} `timeout`", value=f"5,000 default, {n(30_000)} most"),
         Limit("a bulk create / a list page that scans", f"{STOPPED} `timeout`",
               value=f"{n(params.BULK_TIMEOUT_MS)} / {n(params.LIST_TIMEOUT_MS)} ms"),
+        Limit("`verify_audit_chain` (one of the tenant's heavy calls)", f"{STOPPED} `timeout`",
+              value=f"{n(audit_events.VERIFY_TIMEOUT_MS)} ms"),
         Limit("`execute_query` statement", STOPPED, value=f"{n(query_guard.MAX_SQL_LENGTH)} "
               f"characters, {query.MAX_QUERY_PARAMS} params, 10,000 rows"),
         Limit("`execute_query` result, as JSON", f"{STOPPED} `too_many_rows`",

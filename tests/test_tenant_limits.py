@@ -264,6 +264,28 @@ async def test_a_tenants_heavy_calls_wait_for_its_own_slot_not_for_others(slot_s
         assert (await long)["row_count"] == 1
 
 
+async def test_checking_the_audit_chain_takes_one_of_the_tenants_heavy_slots(slot_server):
+    """verify_audit_chain's work grows with the stored trail, not the request: it waits for
+    one of the tenant's heavy-call slots (busy while a long query holds A's one), and
+    tenant B's check runs at once."""
+    async with FlexDBClient(slot_server.url, api_key=slot_server.admin_key) as admin:
+        a, _ = await tenant_with_type(admin)
+        b, _ = await tenant_with_type(admin)
+        long = asyncio.ensure_future(admin.call("execute_query", {
+            "tenant_id": a, "sql": "SELECT count(*) FROM (SELECT generate_series(1, 60000000)) s",
+            "timeout_ms": 20000}))
+        await asyncio.sleep(0.5)
+        assert not long.done()
+        busy = await call_error(admin, "verify_audit_chain", {"tenant_id": a})
+        assert busy.code == -32005 and busy.data["limit"] == 1
+        started = time.monotonic()
+        checked = await admin.call("verify_audit_chain", {"tenant_id": b})
+        assert checked["ok"] and checked["events_checked"] >= 2  # (its tenant and node type)
+        assert time.monotonic() - started < PROMPT_S
+        assert (await long)["row_count"] == 1
+        assert (await admin.call("verify_audit_chain", {"tenant_id": a}))["ok"]
+
+
 async def test_a_query_past_its_timeout_is_stopped(slot_server):
     async with FlexDBClient(slot_server.url, api_key=slot_server.admin_key) as admin:
         tenant, node_type = await tenant_with_type(admin)

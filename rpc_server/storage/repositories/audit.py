@@ -156,8 +156,9 @@ class AuditRepository(Repository):
         return await self.conn.fetchval(
             "SELECT EXISTS (SELECT 1 FROM audit_pending WHERE tenant_id = $1)", tenant_id)
 
-    async def verify(self, tenant_id: uuid.UUID, batch: int = 1000) -> dict:
-        """Walk the chain in order; report the first event that does not fit."""
+    async def verify(self, tenant_id: uuid.UUID, batch: int = 250) -> dict:
+        """Walk the chain in order; report the first event that does not fit. A batch's
+        hashes take ~2 ms of the event loop between reads."""
         prev, expected_seq, last_seq = audit.GENESIS, 1, 0
         while True:
             rows = await self.conn.fetch(
