@@ -348,6 +348,11 @@ class Settings(BaseModel):
     webhook_concurrency: int = setting(
         16, "webhooks one server process delivers to at once (each webhook has one delivery "
         "in flight, in order)", read_by=(SERVE,), ge=1, le=1000)
+    webhook_tenant_concurrency: int = setting(
+        0, "of those, how many one tenant's webhooks and triggers may hold at once (its further "
+        "ones wait their turn; others' are not held up)", read_by=(SERVE,),
+        shown_default="0 = a quarter of `FLEXDB_WEBHOOK_CONCURRENCY`, at least 1", ge=0,
+        le=1000)
     webhook_lease_s: float = setting(
         60.0, "how long a server's claim on a webhook lasts without being renewed (each "
         "delivery renews it); a server that stops leaves its webhooks to others after it",

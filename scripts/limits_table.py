@@ -233,6 +233,8 @@ SECTIONS: dict[str, list[Limit]] = {
               "webhook_retry_max_s"),
         Limit("webhooks one server process delivers to at once", "the others wait their turn",
               "webhook_concurrency"),
+        Limit("of those, one tenant's webhooks and triggers", "its others wait their turn",
+              "webhook_tenant_concurrency"),
         Limit("failed attempts in a row at one event", "the webhook is paused (`failing`)",
               "webhook_pause_after_failures"),
     ],

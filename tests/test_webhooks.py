@@ -54,6 +54,7 @@ class Receiver:
         self.got: dict[str, list[tuple[dict, bytes]]] = {}
         self.answers: dict[str, list[int]] = {}
         self.always: dict[str, int] = {}
+        self.delay: dict[str, float] = {}  # seconds to wait before answering
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
 
@@ -63,6 +64,7 @@ class Receiver:
             ({k.lower(): v for k, v in request.headers.items()}, body))
         if request.path == "/redirect":
             raise web.HTTPFound(self.base + "/target")
+        await asyncio.sleep(self.delay.get(request.path, 0))
         queued = self.answers.get(request.path)
         status = queued.pop(0) if queued else self.always.get(request.path, 200)
         return web.Response(status=status, text="x" * 100_000)  # more than is read
@@ -285,6 +287,38 @@ REFUSED = {
     "ftp://example.com/hook": "http:// or https://",
     "http://user:pw@example.com/": "credentials",
 }
+
+
+def test_a_tenants_slow_receivers_hold_at_most_its_share_of_the_delivery_slots(
+        pg_server_url):
+    """Two delivery slots, one per tenant at most: tenant A's three webhooks to a receiver
+    that takes 4 s to answer (each answered: never paused) hold one of them, and tenant
+    B's events still arrive at once through the other."""
+    async def scenario(srv) -> None:
+        async with receiving() as receiver, FlexDBClient(
+                srv.url, api_key=srv.admin_key) as rpc:
+            receiver.delay["/slow"] = 4.0
+            a = (await make_tenant(rpc))["id"]
+            for _ in range(3):
+                await rpc.call("create_webhook", {"tenant_id": a,
+                                                  "url": receiver.base + "/slow"})
+            b = (await make_tenant(rpc))["id"]
+            await rpc.call("create_webhook", {"tenant_id": b, "url": receiver.base + "/b"})
+            a_type = await make_node_type(rpc, a)
+            await make_node(rpc, a, a_type["id"], {"n": 1})
+            await asyncio.sleep(0.5)  # A's deliveries have started, and hold their slots
+            b_type = await make_node_type(rpc, b)
+            started = time.monotonic()
+            await make_node(rpc, b, b_type["id"], {"n": 1})
+            await receiver.wait_for("/b", 2, timeout=10)  # its node type's and node's
+            assert time.monotonic() - started < 2.0, "B waited for A's slow receivers"
+            assert len(receiver.got.get("/slow", [])) <= 1  # one slot for A at a time
+
+    with migrated_database(pg_server_url) as url, running_server({
+            "FLEXDB_DATABASE_URL": url, **FAST_RETRIES, "FLEXDB_WEBHOOK_TIMEOUT_S": "10",
+            "FLEXDB_WEBHOOK_LEASE_S": "30",
+            "FLEXDB_WEBHOOK_CONCURRENCY": "2", "FLEXDB_WEBHOOK_TENANT_CONCURRENCY": "1"}) as srv:
+        asyncio.run(scenario(srv))
 
 
 async def test_private_loopback_and_metadata_destinations_are_refused(rpc):

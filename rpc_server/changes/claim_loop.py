@@ -9,6 +9,7 @@ import logging
 import os
 import socket
 import uuid
+from collections import Counter
 from functools import partial
 from typing import Any, Coroutine
 
@@ -41,6 +42,10 @@ class ClaimLoop:
 
     def kick(self) -> None:
         self._wake.set()
+
+    def held_by_tenant(self) -> dict[Any, int]:
+        """How many of the items being served each tenant has."""
+        return Counter(tenant for tenant, _ in self.active)
 
     def _done(self, key: tuple[Any, Any], task: asyncio.Task) -> None:
         self.active.pop(key, None)

@@ -150,6 +150,8 @@ class WebhookDeliverer(ClaimLoop):
         queue (app.py wires both). New positions wake it through the process's one listening
         connection, the feed hub's (FeedHub.on_change = changed)."""
         super().__init__(settings.webhook_concurrency)
+        self.per_tenant = settings.webhook_tenant_concurrency or max(
+            1, settings.webhook_concurrency // 4)
         self.pool, self.settings, self.box = pool, settings, box
         self.run_roles, self.runs_queued = run_roles, runs_queued
         self.runs_started = 0  # trigger runs this process queued
@@ -485,8 +487,9 @@ class WebhookDeliverer(ClaimLoop):
     # ------------------------------------------------------------ the loop
 
     async def _claim(self, free: int) -> list[asyncpg.Record]:
+        held = self.held_by_tenant()
         return await self._db(lambda r, _: r.claim(self.worker, self.settings.webhook_lease_s,
-                                                   free))
+                                                   free, self.per_tenant, held))
 
     def _serve_row(self, row: asyncpg.Record) -> Coroutine[Any, Any, None]:
         return self._serve(row)

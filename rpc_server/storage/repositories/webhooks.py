@@ -104,26 +104,36 @@ class WebhookRepository(Repository):
             "SELECT DISTINCT tenant_id FROM webhooks WHERE status = 'active'")
         return {row["tenant_id"] for row in rows}
 
-    async def claim(self, worker: str, lease_s: float, limit: int) -> builtins.list[asyncpg.Record]:
+    async def claim(self, worker: str, lease_s: float, limit: int, per_tenant: int,
+                    held: dict[UUID, int]) -> builtins.list[asyncpg.Record]:
         """Up to `limit` active webhooks that are due (an event after their position, or a
         redelivery waiting) and claimed by nobody (or by a worker whose lease ran out), now
-        claimed by `worker` for `lease_s`. SKIP LOCKED: two workers never take the same one.
-        (A sweep over every tenant's webhooks: one of the statements not pinned to one
-        tenant.)"""
+        claimed by `worker` for `lease_s`; of one tenant's, at most `per_tenant` less those
+        the worker already serves (`held`), the longest due first. SKIP LOCKED: two workers
+        never take the same one. (A sweep over every tenant's webhooks: one of the
+        statements not pinned to one tenant.)"""
+        unclaimed = "(w.claimed_until IS NULL OR w.claimed_until < now())"
         return await self.conn.fetch(
-            "WITH due AS ("
-            "  SELECT w.tenant_id, w.id FROM webhooks w "
-            "  WHERE w.status = 'active' AND w.next_attempt_at <= now() "
-            "  AND (w.claimed_until IS NULL OR w.claimed_until < now()) "
+            "WITH candidate AS ("
+            "  SELECT w.tenant_id, w.id, w.next_attempt_at, row_number() OVER ("
+            "    PARTITION BY w.tenant_id ORDER BY w.next_attempt_at, w.id) AS nth "
+            "  FROM webhooks w "
+            f"  WHERE w.status = 'active' AND w.next_attempt_at <= now() AND {unclaimed} "
             "  AND (w.delivered_position < coalesce((SELECT h.last_position FROM change_heads h "
             "         WHERE h.tenant_id = w.tenant_id), 0) "
             "    OR EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.tenant_id = w.tenant_id "
-            "         AND d.webhook_id = w.id AND d.status = 'pending')) "
-            "  ORDER BY w.next_attempt_at LIMIT $2 FOR UPDATE OF w SKIP LOCKED) "
+            "         AND d.webhook_id = w.id AND d.status = 'pending'))), "
+            "due AS ("
+            "  SELECT w.tenant_id, w.id FROM candidate c "
+            "  JOIN webhooks w ON w.tenant_id = c.tenant_id AND w.id = c.id "
+            "  LEFT JOIN unnest($5::uuid[], $6::int[]) AS held (tenant_id, n) "
+            "    ON held.tenant_id = c.tenant_id "
+            f"  WHERE c.nth <= $4 - coalesce(held.n, 0) AND w.status = 'active' AND {unclaimed} "
+            "  ORDER BY c.next_attempt_at LIMIT $2 FOR UPDATE OF w SKIP LOCKED) "
             f"UPDATE webhooks w SET claimed_by = $1, claimed_until = {LEASE} "
             "FROM due WHERE w.tenant_id = due.tenant_id AND w.id = due.id "
             f"RETURNING {', '.join('w.' + c.strip() for c in CLAIMED_COLUMNS.split(','))}",
-            worker, limit, lease_s)
+            worker, limit, lease_s, per_tenant, list(held), list(held.values()))
 
     async def delivered(self, tenant_id: UUID, webhook_id: UUID, worker: str, lease_s: float,
                         position: int, http_status: int | None) -> bool:
