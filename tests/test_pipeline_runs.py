@@ -8,11 +8,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from aiohttp import web
 
 from rpc_server.client import FlexDBClient, InvalidParams, NotFound, PipelineFailed
 
 from .auth_helpers import World
-from .conftest import missing_id
+from .conftest import TEST_SANDBOX_SECRET, free_port, missing_id, running_server, unique
 from .pipeline_helpers import (
     FAILING,
     RUN_KEYS,
@@ -403,3 +404,37 @@ async def test_a_run_over_its_timeout_is_timed_out(rpc, tenant):
     assert failed["status"] == "timed_out"
     assert failed["error"]["type"] in ("timeout", "cpu_limit")
     assert await all_runs(rpc, t, status="timed_out") != []
+
+
+async def test_a_run_the_sandbox_refuses_fails_as_refused_not_unavailable(database_url):
+    """A sandbox worker that refuses the run itself (HTTP 4xx, as for a body past its limit)
+    fails it for that reason: it is not 'sandbox_unavailable', which jobs retry (forever,
+    since the same run is refused again)."""
+    refused: list[str] = []
+
+    async def runs(request: web.Request) -> web.Response:
+        refused.append(request.path)
+        return web.Response(status=413, text="too large")
+
+    app = web.Application()
+    app.router.add_post("/runs", runs)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        with running_server({"FLEXDB_DATABASE_URL": database_url,
+                             "FLEXDB_SANDBOX_URL": f"http://127.0.0.1:{port}",
+                             "FLEXDB_SANDBOX_SECRET": TEST_SANDBOX_SECRET}) as srv:
+            async with FlexDBClient(srv.url, api_key=srv.admin_key) as rpc:
+                t = (await rpc.call("create_tenant", {"slug": unique("t"),
+                                                      "name": "T"}))["tenant"]["id"]
+                pipeline = await make_pipeline(rpc, t)
+                with pytest.raises(PipelineFailed) as failed:
+                    await rpc.call("run_pipeline", {"tenant_id": t, "pipeline_id": pipeline["id"],
+                                                    "input": {"x": 1}, "wait": True})
+                error = failed.value.data["run"]["error"]
+                assert error["type"] == "sandbox_refused" and "HTTP 413" in error["message"]
+                assert refused == ["/runs"]
+    finally:
+        await runner.cleanup()

@@ -16,6 +16,7 @@ from rpc_server.pipelines.sandbox_client import (
     GRACE_S,
     SandboxBusy,
     SandboxClient,
+    SandboxRefused,
     SandboxUnavailable,
 )
 from rpc_server.storage.repositories.pipelines import PipelineRunRepository
@@ -70,6 +71,9 @@ class PipelineRunner:
             busy = True
             outcome = {"status": "failed", "error": {
                 "type": "busy", "message": "every sandbox slot was in use; retry shortly"}}
+        except SandboxRefused as exc:  # (not retried: it would be refused again)
+            outcome = {"status": "failed", "error": {"type": "sandbox_refused",
+                                                     "message": str(exc)}}
         except SandboxUnavailable as exc:
             log.warning("sandbox worker unavailable for run %s: %s", run["id"], exc)
             outcome = {"status": "failed", "error": {

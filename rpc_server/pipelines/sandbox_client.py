@@ -16,6 +16,11 @@ class SandboxBusy(Exception):
     pass
 
 
+class SandboxRefused(Exception):
+    """The sandbox worker refused the run itself (HTTP 4xx, e.g. an input past its body
+    limit): sending it again gets the same answer."""
+
+
 class SandboxUnavailable(Exception):
     pass
 
@@ -47,6 +52,8 @@ class SandboxClient:
         status, data = await self._post("/runs", job, job["timeout_ms"] / 1000 + GRACE_S)
         if status == 503:
             raise SandboxBusy()
+        if 400 <= status < 500:
+            raise SandboxRefused(f"the sandbox worker refused the run: HTTP {status}")
         if status != 200:
             raise SandboxUnavailable(f"the sandbox worker answered HTTP {status}")
         return data
