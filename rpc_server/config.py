@@ -295,7 +295,7 @@ class Settings(BaseModel):
         "pipeline or membership (the change feed: `list_changes`, `GET /events`); false: "
         "nothing is recorded and the feed stays silent", read_by=(SERVE,))
     feed_max_object_bytes: int = setting(
-        65_536, "the largest object (as stored JSON) a change event carries; a larger one's "
+        65_536, "the largest object (as JSON text) a change event carries; a larger one's "
         "event has its id and version, `object` null and `object_omitted` true",
         read_by=(SERVE,), ge=0, le=16 * 1024 * 1024)
     feed_retention_events: int = setting(

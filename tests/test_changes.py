@@ -173,6 +173,23 @@ def small_feed(pg_server_url):
         yield srv
 
 
+async def test_objects_are_measured_as_the_json_text_readers_get(small_feed):
+    """A control character is one byte in jsonb and six (\\u0001) in the JSON readers get:
+    an object of 1,000 of them (about 1 KB as stored) is 6 KB of text, past the 2,000
+    bytes allowed, so its event leaves it out; its object_bytes says the text's size."""
+    async with FlexDBClient(small_feed.url, api_key=small_feed.admin_key) as rpc:
+        t = (await make_tenant(rpc))["id"]
+        nt = await make_node_type(rpc, t)
+        escaped = await make_node(rpc, t, nt["id"], {"s": "\x01" * 1000})
+        plain = await make_node(rpc, t, nt["id"], {"s": "x" * 1000})
+        by_id = {e["id"]: e for e in await changes(rpc, t)}
+        assert by_id[escaped["id"]]["object"] is None
+        assert by_id[escaped["id"]]["object_omitted"] is True
+        assert by_id[escaped["id"]]["object_bytes"] > 6000
+        assert by_id[plain["id"]]["object"]["data"] == {"s": "x" * 1000}
+        assert 1000 < by_id[plain["id"]]["object_bytes"] < 2000
+
+
 async def test_large_objects_are_left_out_and_retention_is_an_error_not_a_gap(small_feed):
     async with FlexDBClient(small_feed.url, api_key=small_feed.admin_key) as rpc:
         t = (await make_tenant(rpc))["id"]

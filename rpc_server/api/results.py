@@ -590,7 +590,7 @@ class ChangeEvent(ResultModel):
     object_omitted: bool = Field(description="The object was larger than "
                                              "FLEXDB_FEED_MAX_OBJECT_BYTES: read it with its "
                                              "get method.")
-    object_bytes: int = Field(description="The object's size as stored (0 after a delete).")
+    object_bytes: int = Field(description="The object's size as JSON text (0 after a delete).")
 
 
 class ChangeList(ResultModel):
