@@ -6,14 +6,29 @@ test_sandbox_escapes.py."""
 from __future__ import annotations
 
 import time
+import uuid
 
+import asyncpg
 import pytest
 from aiohttp import web
 
-from rpc_server.client import FlexDBClient, InvalidParams, NotFound, PipelineFailed
+from rpc_server.client import (
+    FlexDBClient,
+    InvalidParams,
+    NotFound,
+    PipelineFailed,
+    QueryRejected,
+)
 
 from .auth_helpers import World
-from .conftest import TEST_SANDBOX_SECRET, free_port, missing_id, running_server, unique
+from .conftest import (
+    TEST_SANDBOX_SECRET,
+    free_port,
+    missing_id,
+    running_server,
+    server_with_sandbox,
+    unique,
+)
 from .pipeline_helpers import (
     FAILING,
     RUN_KEYS,
@@ -438,3 +453,34 @@ async def test_a_run_the_sandbox_refuses_fails_as_refused_not_unavailable(databa
                 assert refused == ["/runs"]
     finally:
         await runner.cleanup()
+
+
+async def test_a_run_whose_answer_passes_the_response_budget_says_which_run(database_url):
+    """A run that waited for its outcome has happened whatever its answer's size: past the
+    response's budget (here 256 KiB) the call answers response_too_large naming the run and
+    how it ended, so a caller does not take it for a run that never took place."""
+    with server_with_sandbox(database_url, FLEXDB_MAX_BODY_BYTES="131072",
+                             FLEXDB_MAX_RESPONSE_BYTES="262144") as srv:
+        async with FlexDBClient(srv.url, api_key=srv.admin_key) as rpc:
+            t = (await rpc.call("create_tenant", {"slug": unique("t"),
+                                                  "name": "T"}))["tenant"]["id"]
+            pipeline = await make_pipeline(rpc, t, "def run(input, db):\n"
+                                                   "    return 'r' * 200000\n")
+            answered = await rpc.call("run_pipeline", {"tenant_id": t, "wait": True,
+                                                       "pipeline_id": pipeline["id"]})
+            assert len(answered["run"]["result"]) == 200_000  # (within 256 KiB)
+            big = await make_pipeline(rpc, t, "def run(input, db):\n"
+                                              "    return 'r' * 300000\n")
+            with pytest.raises(QueryRejected) as refused:
+                await rpc.call("run_pipeline", {"tenant_id": t, "pipeline_id": big["id"],
+                                                "wait": True})
+            data = refused.value.data
+            assert data["type"] == "response_too_large" and data["status"] == "succeeded"
+            assert "get_pipeline_run" in refused.value.message
+    conn = await asyncpg.connect(database_url)  # (no answer can hold it: read it here)
+    try:
+        runs = await conn.fetch("SELECT id::text, status FROM pipeline_runs "
+                                "WHERE pipeline_id = $1", uuid.UUID(big["id"]))
+    finally:
+        await conn.close()
+    assert [tuple(r) for r in runs] == [(data["run_id"], "succeeded")]  # it happened, once

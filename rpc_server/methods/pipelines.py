@@ -23,7 +23,14 @@ from rpc_server.api.params import (
     zero_means,
 )
 from rpc_server.api.registry import rpc_method
-from rpc_server.errors import Busy, Conflict, InvalidParams, NotFound, PipelineFailed
+from rpc_server.errors import (
+    Busy,
+    Conflict,
+    InvalidParams,
+    NotFound,
+    PipelineFailed,
+    QueryRejected,
+)
 from rpc_server.methods.common import (
     DELETED,
     changes_of,
@@ -39,6 +46,7 @@ from rpc_server.storage.repositories.pipelines import (
     PipelineRepository,
     PipelineRunRepository,
 )
+from rpc_server.storage.response_budget import ROW_OVERHEAD
 from sandbox_worker.policy import MAX_CODE_LENGTH, compile_pipeline
 
 UPDATABLE = ("name", "description", "code", "timeout_ms", "memory_mb")
@@ -226,12 +234,28 @@ async def run_pipeline(ctx: Call, p: RunPipeline) -> dict:
     if finished is None:  # cancelled while it ran
         async with ctx.connection() as conn:
             finished = await PipelineRunRepository(conn).get(p.tenant_id, run["id"])
+    await _within_budget(ctx, finished)
     shaped = _run(ctx, finished)
     if finished["status"] != "succeeded":
         error = finished["error"] or {}
         raise PipelineFailed(f"The pipeline run {finished['status']}: "
                              f"{error.get('message', 'no details')}", run=shaped)
     return {"run": shaped}
+
+
+async def _within_budget(ctx: Call, run) -> None:
+    """The finished run's answer counted within the response's budget. Past it the run has
+    happened all the same, so the refusal says which run it was and how it ended (a batch
+    member must not look like a run that never took place)."""
+    granted = await ctx.reserve(0)
+    try:
+        await ctx.settle(granted, ROW_OVERHEAD + json_size(
+            run["input"], run["result"], run["error"], run["output"], run["db_operations"]))
+    except QueryRejected as exc:
+        raise QueryRejected(f"{exc.message} The run {run['status']}: read it with "
+                            "get_pipeline_run.", type="response_too_large",
+                            max_bytes=exc.data["max_bytes"], run_id=str(run["id"]),
+                            status=run["status"]) from None
 
 
 @rpc_method(RunId, tenant_role("viewer"), result=results.PipelineRunResult,
