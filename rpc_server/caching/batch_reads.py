@@ -27,7 +27,7 @@ from uuid import UUID
 import asyncpg
 
 from rpc_server.storage.repositories import NodeRepository
-from rpc_server.storage.response_budget import ROW_OVERHEAD
+from rpc_server.storage.response_budget import ROW_OVERHEAD, text_bytes
 
 Key = tuple[UUID, UUID]  # (tenant id, node id)
 
@@ -174,7 +174,7 @@ async def prefetch_batch_nodes(context: Any, members: list) -> None:
                 [t for t, _ in keys], [i for _, i in keys], granted)
     finally:
         await budget.settle(tenant, granted, sum(
-            len(row["data"]) + ROW_OVERHEAD for row, _ in rows
+            text_bytes(row["data"]) + ROW_OVERHEAD for row, _ in rows
             if row is not None and row["data"] is not None))
     found: dict[tuple, asyncpg.Record | None] = {}
     answered: set[tuple[str, str]] = set()

@@ -12,7 +12,7 @@ from rpc_server.errors import InvalidParams, NotFound, QuotaExceeded
 from rpc_server.storage.db import Connection
 from rpc_server.storage.pagination import Page
 from rpc_server.storage.repositories import TenantRepository
-from rpc_server.storage.response_budget import ROW_OVERHEAD
+from rpc_server.storage.response_budget import ROW_OVERHEAD, text_bytes
 
 DELETED = {"success": True}
 
@@ -96,4 +96,4 @@ async def read_one(ctx: Call, worst_case: int, read, size_of):
 
 def json_size(*values) -> int:
     """Bytes of values as JSON (text values as they are)."""
-    return sum(len(v) if isinstance(v, str) else len(orjson.dumps(v)) for v in values)
+    return sum(text_bytes(v) if isinstance(v, str) else len(orjson.dumps(v)) for v in values)

@@ -27,7 +27,7 @@ from rpc_server.methods.common import (
 from rpc_server.security.auth import tenant_role
 from rpc_server.storage.ids import uuid7_sequence
 from rpc_server.storage.repositories import NodeRepository, NodeTypeRepository
-from rpc_server.storage.response_budget import ROW_OVERHEAD
+from rpc_server.storage.response_budget import ROW_OVERHEAD, text_bytes
 
 NOT_READ = object()
 WRITE_ATTEMPTS = 3  # validations against a node or node type that changes meanwhile
@@ -96,7 +96,7 @@ async def get_node(ctx: Call, p: NodeId) -> dict:
     if row is NOT_READ:
         granted = await ctx.reserve(ctx.state.settings.max_body_bytes + ROW_OVERHEAD)
         row = await ctx.state.node_reads.get(p.tenant_id, p.id)  # coalesced with other reads
-        await ctx.settle(granted, 0 if row is None else len(row["data"]) + ROW_OVERHEAD)
+        await ctx.settle(granted, 0 if row is None else text_bytes(row["data"]) + ROW_OVERHEAD)
     if row is None:
         raise NotFound("node", p.id)
     return {"node": ctx.shaper.one(row)}
@@ -137,7 +137,7 @@ async def unchanged_node(ctx: Call, p: UpdateNode) -> dict:
     async with ctx.connection() as conn:  # (a stored document: within the response's budget)
         row = await read_one(ctx, ctx.state.settings.max_body_bytes,
                              lambda: NodeRepository(conn).get(p.tenant_id, p.id),
-                             lambda row: len(row["data"]))
+                             lambda row: text_bytes(row["data"]))
     if p.expected_version is not None and row["version"] != p.expected_version:
         raise VersionConflict("node", p.id, p.expected_version, row["version"])
     return {"node": ctx.shaper.one(row)}

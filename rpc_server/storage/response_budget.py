@@ -49,6 +49,12 @@ class TenantSlots(Protocol):
     def release(self, tenant_id: UUID | None) -> None: ...
 
 
+def text_bytes(text: str) -> int:
+    """What text takes in a response (UTF-8): its length when it is ASCII (known without a
+    scan), else its encoding's (up to 4 bytes a character)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
 def response_too_large(limit: int) -> QueryRejected:
     return QueryRejected(f"The response would be larger than {limit} bytes "
                          "(FLEXDB_MAX_RESPONSE_BYTES): ask for fewer or smaller items per "
