@@ -341,6 +341,20 @@ async def test_a_tenant_holds_at_most_its_share_of_the_pool(share_server, databa
         assert all(isinstance(r, dict) for r in held), held  # the lock went: they wrote
 
 
+@asynccontextmanager
+async def nodes_locked(database_url: str):
+    """The nodes table locked against every read and write until the block ends (so the
+    server's statements on it wait, holding what they took); yields the locking
+    connection, for looking at pg_stat_activity meanwhile."""
+    locker = await asyncpg.connect(database_url)
+    try:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE nodes IN ACCESS EXCLUSIVE MODE")
+            yield locker
+    finally:
+        await locker.close()
+
+
 READS_WAITING = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
                  "AND query LIKE '%unnest($1::uuid[], $2::uuid[])%'")
 
@@ -355,25 +369,20 @@ async def test_a_flood_of_node_reads_holds_at_most_a_quarter_of_the_pool(share_s
         a, a_type = await tenant_with_type(admin)
         b, _ = await tenant_with_type(admin)
         node = (await admin.call("create_node", {"tenant_id": a, "node_type_id": a_type}))["node"]
-        locker = await asyncpg.connect(database_url)
-        try:
-            async with locker.transaction():
-                await locker.execute("LOCK TABLE nodes IN ACCESS EXCLUSIVE MODE")
-                reads = []
-                for _ in range(10):  # each in a turn of its own: without the cap, a fetch each
-                    reads.append(asyncio.ensure_future(
-                        admin.call("get_node", {"tenant_id": a, "id": node["id"]})))
-                    await asyncio.sleep(0.05)
-                await asyncio.sleep(0.5)
-                assert await locker.fetchval(READS_WAITING) == 1
-                started = time.monotonic()
-                for _ in range(5):
-                    await admin.call("get_tenant", {"id": b})
-                    await admin.call("list_node_types", {"tenant_id": b})
-                assert time.monotonic() - started < PROMPT_S
-                assert not any(r.done() for r in reads)
-        finally:
-            await locker.close()
+        async with nodes_locked(database_url) as locker:
+            reads = []
+            for _ in range(10):  # each in a turn of its own: without the cap, a fetch each
+                reads.append(asyncio.ensure_future(
+                    admin.call("get_node", {"tenant_id": a, "id": node["id"]})))
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.5)
+            assert await locker.fetchval(READS_WAITING) == 1
+            started = time.monotonic()
+            for _ in range(5):
+                await admin.call("get_tenant", {"id": b})
+                await admin.call("list_node_types", {"tenant_id": b})
+            assert time.monotonic() - started < PROMPT_S
+            assert not any(r.done() for r in reads)
         answers = await asyncio.gather(*reads)
         assert all(answer["node"]["id"] == node["id"] for answer in answers)
 
@@ -387,25 +396,19 @@ async def test_heavy_calls_on_the_main_pool_are_capped_for_the_whole_server(shar
         a, _ = await tenant_with_type(admin)
         b, _ = await tenant_with_type(admin)
         query = {"filter": {"field": "data.x", "op": "exists"}, "timeout_ms": 20000}
-        locker = await asyncpg.connect(database_url)
-        try:
-            async with locker.transaction():
-                await locker.execute("LOCK TABLE nodes IN ACCESS EXCLUSIVE MODE")
-                held = [asyncio.ensure_future(admin.call("query_nodes", {"tenant_id": a,
-                                                                         **query}))
-                        for _ in range(2)]
-                await asyncio.sleep(0.5)
-                busy = await call_error(admin, "query_nodes", {"tenant_id": b, **query})
-                assert busy.code == -32005 and busy.data["type"] == "busy"
-                assert "heavy calls are running on this server" in busy.message
-                assert busy.data["limit"] == 2
-                started = time.monotonic()
-                for _ in range(5):
-                    await admin.call("get_tenant", {"id": b})
-                assert time.monotonic() - started < PROMPT_S
-                assert not any(call.done() for call in held)
-        finally:
-            await locker.close()
+        async with nodes_locked(database_url):
+            held = [asyncio.ensure_future(admin.call("query_nodes", {"tenant_id": a, **query}))
+                    for _ in range(2)]
+            await asyncio.sleep(0.5)
+            busy = await call_error(admin, "query_nodes", {"tenant_id": b, **query})
+            assert busy.code == -32005 and busy.data["type"] == "busy"
+            assert "heavy calls are running on this server" in busy.message
+            assert busy.data["limit"] == 2
+            started = time.monotonic()
+            for _ in range(5):
+                await admin.call("get_tenant", {"id": b})
+            assert time.monotonic() - started < PROMPT_S
+            assert not any(call.done() for call in held)
         assert all(found["nodes"] == [] for found in await asyncio.gather(*held))
         await admin.call("query_nodes", {"tenant_id": b, **query})  # the slots came back
 
@@ -423,22 +426,17 @@ async def test_a_batch_reads_ahead_within_its_tenants_share(share_server, databa
                     "params": {"tenant_id": a, "id": node_id}}
                    for i, node_id in enumerate(nodes)]
         headers = {"Authorization": f"Bearer {share_server.admin_key}"}
-        locker = await asyncpg.connect(database_url)
         async with httpx.AsyncClient(headers=headers, timeout=30) as http:
-            try:
-                async with locker.transaction():
-                    await locker.execute("LOCK TABLE nodes IN ACCESS EXCLUSIVE MODE")
-                    batches = [asyncio.ensure_future(http.post(share_server.url, json=members))
-                               for _ in range(6)]
-                    await asyncio.sleep(0.5)
-                    assert await locker.fetchval(READS_WAITING) <= 3  # A's two, one fetch
-                    started = time.monotonic()
-                    for _ in range(5):
-                        await admin.call("get_tenant", {"id": b})
-                        await admin.call("list_node_types", {"tenant_id": b})
-                    assert time.monotonic() - started < PROMPT_S
-            finally:
-                await locker.close()
+            async with nodes_locked(database_url) as locker:
+                batches = [asyncio.ensure_future(http.post(share_server.url, json=members))
+                           for _ in range(6)]
+                await asyncio.sleep(0.5)
+                assert await locker.fetchval(READS_WAITING) <= 3  # A's two, one fetch
+                started = time.monotonic()
+                for _ in range(5):
+                    await admin.call("get_tenant", {"id": b})
+                    await admin.call("list_node_types", {"tenant_id": b})
+                assert time.monotonic() - started < PROMPT_S
             replies = await asyncio.gather(*batches)
         for reply in replies:
             assert reply.status_code == 200
@@ -782,13 +780,19 @@ async def test_a_tenants_queued_and_running_runs_are_capped(queue_server):
             (len(queued), left_queue)
         assert error.code == -32005 and "FLEXDB_PIPELINE_TENANT_QUEUED" in error.message
         assert error.data["limit"] == 30
-        # One of its runs is running (its cap): a run waited for is refused at once ...
+        await cancel_all(admin, tenant, queued)
+        # One long run of its own is running (its cap; with nothing queued behind it, so the
+        # slot is not free between two short runs): a run waited for is refused at once ...
+        long = (await admin.call("run_pipeline", {
+            "tenant_id": tenant, "pipeline_id": pipeline, "input": 30_000_000,
+            "wait": False}))["run"]
         for _ in range(100):
             runs = (await admin.call("list_pipeline_runs", {"tenant_id": tenant,
                                                             "status": "running"}))["runs"]
             if runs:
                 break
             await asyncio.sleep(0.1)
+        assert [run["id"] for run in runs] == [long["id"]]
         error = await call_error(admin, "run_pipeline", {
             "tenant_id": tenant, "pipeline_id": pipeline, "input": 1})
         assert error.code == -32005 and "FLEXDB_PIPELINE_TENANT_RUNNING" in error.message
@@ -796,7 +800,7 @@ async def test_a_tenants_queued_and_running_runs_are_capped(queue_server):
         run = await admin.call("run_pipeline", {"tenant_id": other_tenant,
                                                 "pipeline_id": other, "input": 10})
         assert run["run"]["result"] == 45
-        await cancel_all(admin, tenant, queued)
+        await cancel_all(admin, tenant, [long])
 
 
 # ---------------------------------------------------------------- quotas

@@ -12,10 +12,9 @@ no tenant's share of the pool; the cap is what keeps a flood of reads (from one 
 many) from holding more of the pool than that. A fetch whose documents may take more
 than `max_bytes` (more asks than that many of the largest documents) reads them only
 while the ones before them take at most that: the asks it left out go first into the
-next fetch. Asks are taken tenant by tenant in turn, each
-tenant's in the order asked, so one tenant's many large documents never push another
-tenant's ask out of a fetch. A read that arrives after a write was acknowledged is fetched
-after it, so it sees that write."""
+next fetch. Asks are taken tenant by tenant in turn, each tenant's in the order asked, so
+one tenant's many large documents never push another tenant's ask out of a fetch. A read
+that arrives after a write was acknowledged is fetched after it, so it sees that write."""
 from __future__ import annotations
 
 import asyncio
