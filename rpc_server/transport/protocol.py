@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from typing import Any, Callable
 
 from rpc_server.errors import (
@@ -21,6 +22,7 @@ from rpc_server.storage.response_budget import response_too_large
 from rpc_server.transport.json_codec import JSONError, JSONTooDeep, OutOfRange, dumps, loads
 
 log = logging.getLogger(__name__)
+_ERROR_CODE = re.compile(rb'\{"jsonrpc":"2\.0","error":\{"code":(-?[0-9]+)[,}]')
 
 
 def error_response(code: int, message: str, id: Any = None, data: Any = None) -> dict:
@@ -208,5 +210,8 @@ class Dispatcher:
             tenant = params.get(self.tenant_params[method])
         code = None
         if reply is not None and reply.startswith(b'{"jsonrpc":"2.0","error"'):
-            code = loads(reply)["error"]["code"]
+            # The code is read off the reply's start: an error may carry megabytes (a failed
+            # run's input and result), which need not be parsed again to count it.
+            found = _ERROR_CODE.match(reply)
+            code = int(found[1]) if found else loads(reply)["error"]["code"]
         note(context, method, code, tenant if isinstance(tenant, str) else None)
