@@ -183,6 +183,44 @@ async def test_validating_one_document_is_stopped_at_its_cpu_budget(schema_serve
     assert_prompt(calls)
 
 
+# Cheap to check when saved (its item is written once and referred to), ~40 ms per document.
+COSTLY_TO_APPLY = {"$defs": {"item": wide_schema()["items"]["allOf"][0]}, "type": "object",
+                   "properties": {"items": {"type": "array", "items": {
+                       "allOf": [{"$ref": "#/$defs/item"}] * 100}}}}
+SLOW_DOCUMENT = {"items": [{f"k{j}": "abcd" for j in range(40)}]}
+
+
+async def test_checks_of_existing_nodes_share_the_validation_threads_a_slice_at_a_time(
+        schema_server):
+    """Two tenants' checks of every existing node (60 documents of ~40 ms each, about 2.5 s
+    apiece) keep both validation threads busy; a third tenant's write whose document is
+    checked in a thread waits for a slice of theirs (50 ms), not for a whole batch."""
+    async with FlexDBClient(schema_server.url, api_key=schema_server.admin_key) as admin:
+        checked = []
+        for _ in range(2):
+            tenant, node_type = await tenant_with_type(admin, COSTLY_TO_APPLY)
+            for _ in range(60):
+                await admin.call("create_node", {"tenant_id": tenant, "node_type_id": node_type,
+                                                 "data": SLOW_DOCUMENT})
+            checked.append((tenant, node_type))
+        writer, writer_type = await tenant_with_type(admin, COSTLY_TO_APPLY)
+        await admin.call("create_node", {"tenant_id": writer, "node_type_id": writer_type,
+                                         "data": SLOW_DOCUMENT})  # (its validator compiled)
+        checks = [asyncio.ensure_future(admin.call("check_node_type_schema", {
+            "tenant_id": tenant, "id": node_type,
+            "schema": {**COSTLY_TO_APPLY, "description": "again"}}))
+            for tenant, node_type in checked]
+        await asyncio.sleep(0.3)
+        assert not any(check.done() for check in checks)
+        started = time.monotonic()
+        await admin.call("create_node", {"tenant_id": writer, "node_type_id": writer_type,
+                                         "data": SLOW_DOCUMENT})
+        waited = time.monotonic() - started
+        reports = [(await check)["report"] for check in checks]
+        assert all(r["nodes_checked"] == 60 and r["nodes_failing"] == 0 for r in reports)
+        assert waited < 1.0, f"the write waited {waited:.2f} s for a validation thread"
+
+
 def node_type_lookups(server, result: str) -> float:
     text = httpx.get(server.base + "/metrics").text
     line = f'flexdb_cache_lookups_total{{cache="node_types",result="{result}"}}'

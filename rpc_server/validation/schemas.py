@@ -374,18 +374,37 @@ class ValidatorCache:
         """(index, errors) of each document (JSON text) that fails the compiled schema, in a
         thread, one batch at a time per tenant. Each document has the CPU budget of one
         call's documents; one that uses it up fails, saying so. Past `deadline`
-        (time.monotonic()): TimeoutError."""
+        (time.monotonic()): TimeoutError. The documents go to the thread a slice at a time
+        (THREAD_SLICE_S, and the document in hand), so other tenants' validations queued for
+        the two threads wait for a slice, not for a whole batch of costly documents."""
+        loop = asyncio.get_running_loop()
+        found: list[tuple[int, list[dict]]] = []
+        start = 0
         async with self.threads.slot(tenant_id):
-            return await asyncio.get_running_loop().run_in_executor(
-                VALIDATION_THREADS, _failures, compiled, documents, field, self.limits.cpu_ms,
-                deadline)
+            while start < len(documents):
+                failed, start = await loop.run_in_executor(
+                    VALIDATION_THREADS, _failures, compiled, documents, start, field,
+                    self.limits.cpu_ms, deadline)
+                found += failed
+        return found
 
 
-def _failures(compiled: tuple, documents: list[str], field: str, budget_ms: float,
-              deadline: float) -> list[tuple[int, list[dict]]]:
+# Wall time one turn of a thread spends on a batch of existing documents before it gives the
+# thread back (the document it is on is finished first: at most FLEXDB_VALIDATION_CPU_MS).
+THREAD_SLICE_S = 0.05
+
+
+def _failures(compiled: tuple, documents: list[str], start: int, field: str, budget_ms: float,
+              deadline: float) -> tuple[list[tuple[int, list[dict]]], int]:
+    """(index, errors) of the failing documents from `start` on, until THREAD_SLICE_S has
+    passed, and the index to go on from."""
     validator, fast = compiled
-    found = []
-    for index, text in enumerate(documents):
+    found: list[tuple[int, list[dict]]] = []
+    slice_ends = time.monotonic() + THREAD_SLICE_S
+    for index in range(start, len(documents)):
+        if index > start and time.monotonic() >= slice_ends:  # (one at least: progress)
+            return found, index
+        text = documents[index]
         left_ms = (deadline - time.monotonic()) * 1000
         if left_ms <= 0:
             raise TimeoutError()
@@ -401,7 +420,7 @@ def _failures(compiled: tuple, documents: list[str], field: str, budget_ms: floa
                                                   "ms of CPU (FLEXDB_VALIDATION_CPU_MS)"}]
         if errors:
             found.append((index, errors))
-    return found
+    return found, len(documents)
 
 
 def _errors(pending: list[tuple[Any, Any, str, dict]], budget_ms: float) -> list[dict]:
