@@ -221,6 +221,35 @@ async def test_checks_of_existing_nodes_share_the_validation_threads_a_slice_at_
         assert waited < 1.0, f"the write waited {waited:.2f} s for a validation thread"
 
 
+async def test_schemas_checked_when_saved_leave_the_validation_threads_to_writes(
+        schema_server):
+    """Two tenants save schemas that take about a second each to check (some 4,100
+    subschemas), twice over; a third tenant's write whose document is checked in a
+    thread does not wait for them: they have a thread of their own."""
+    async with FlexDBClient(schema_server.url, api_key=schema_server.admin_key) as admin:
+        savers = [await tenant_with_type(admin) for _ in range(2)]
+        writer, writer_type = await tenant_with_type(admin, COSTLY_TO_APPLY)
+        await admin.call("create_node", {"tenant_id": writer, "node_type_id": writer_type,
+                                         "data": SLOW_DOCUMENT})  # (its validator compiled)
+
+        async def save_twice(tenant: str) -> None:
+            for i in range(2):
+                await admin.call("create_node_type", {
+                    "tenant_id": tenant, "name": unique("wide"),
+                    "schema": {"type": "object", "properties": {"items": wide_schema()},
+                               "description": f"{i}"}})
+
+        saves = [asyncio.ensure_future(save_twice(tenant)) for tenant, _ in savers]
+        await asyncio.sleep(0.3)
+        assert not any(save.done() for save in saves)
+        started = time.monotonic()
+        await admin.call("create_node", {"tenant_id": writer, "node_type_id": writer_type,
+                                         "data": SLOW_DOCUMENT})
+        waited = time.monotonic() - started
+        await asyncio.gather(*saves)
+        assert waited < 1.0, f"the write waited {waited:.2f} s for a validation thread"
+
+
 def node_type_lookups(server, result: str) -> float:
     text = httpx.get(server.base + "/metrics").text
     line = f'flexdb_cache_lookups_total{{cache="node_types",result="{result}"}}'

@@ -52,6 +52,9 @@ INLINE_BUDGET_MS = 2.0
 # small values (examples: [{}, {}, ...]), what they take parsed, if more.
 VALIDATOR_BYTES_PER_SCHEMA_BYTE = 12
 VALIDATION_THREADS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="flexdb-validate")
+# Schemas checked when saved (each up to FLEXDB_VALIDATION_CPU_MS) have a thread of their own:
+# on the two above, two tenants' costly schemas made every write that needed a thread wait.
+SCHEMA_CHECK_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flexdb-schema")
 
 safe_regex.install()
 
@@ -317,7 +320,7 @@ class ValidatorCache:
             return
         async with self.threads.slot(tenant_id):
             await asyncio.get_running_loop().run_in_executor(
-                VALIDATION_THREADS, check_schema, schema, self.limits.schema,
+                SCHEMA_CHECK_THREAD, check_schema, schema, self.limits.schema,
                 self.limits.cpu_ms, field)
 
     async def errors(self, node_type: Any, data: Any, field: str = "data") -> list[dict]:
