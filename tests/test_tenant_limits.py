@@ -190,6 +190,22 @@ COSTLY_TO_APPLY = {"$defs": {"item": wide_schema()["items"]["allOf"][0]}, "type"
 SLOW_DOCUMENT = {"items": [{f"k{j}": "abcd" for j in range(40)}]}
 
 
+async def thread_writer(admin: FlexDBClient):
+    """A tenant whose writes have their document checked in a validation thread (its
+    validator compiled by a first write); returns a coroutine function making one more
+    such write and answering how long it took, in seconds."""
+    writer, writer_type = await tenant_with_type(admin, COSTLY_TO_APPLY)
+    write = {"tenant_id": writer, "node_type_id": writer_type, "data": SLOW_DOCUMENT}
+    await admin.call("create_node", write)
+
+    async def timed_write() -> float:
+        started = time.monotonic()
+        await admin.call("create_node", write)
+        return time.monotonic() - started
+
+    return timed_write
+
+
 async def test_checks_of_existing_nodes_share_the_validation_threads_a_slice_at_a_time(
         schema_server):
     """Two tenants' checks of every existing node (60 documents of ~40 ms each, about 2.5 s
@@ -203,19 +219,14 @@ async def test_checks_of_existing_nodes_share_the_validation_threads_a_slice_at_
                 await admin.call("create_node", {"tenant_id": tenant, "node_type_id": node_type,
                                                  "data": SLOW_DOCUMENT})
             checked.append((tenant, node_type))
-        writer, writer_type = await tenant_with_type(admin, COSTLY_TO_APPLY)
-        await admin.call("create_node", {"tenant_id": writer, "node_type_id": writer_type,
-                                         "data": SLOW_DOCUMENT})  # (its validator compiled)
+        timed_write = await thread_writer(admin)
         checks = [asyncio.ensure_future(admin.call("check_node_type_schema", {
             "tenant_id": tenant, "id": node_type,
             "schema": {**COSTLY_TO_APPLY, "description": "again"}}))
             for tenant, node_type in checked]
         await asyncio.sleep(0.3)
         assert not any(check.done() for check in checks)
-        started = time.monotonic()
-        await admin.call("create_node", {"tenant_id": writer, "node_type_id": writer_type,
-                                         "data": SLOW_DOCUMENT})
-        waited = time.monotonic() - started
+        waited = await timed_write()
         reports = [(await check)["report"] for check in checks]
         assert all(r["nodes_checked"] == 60 and r["nodes_failing"] == 0 for r in reports)
         assert waited < 1.0, f"the write waited {waited:.2f} s for a validation thread"
@@ -228,9 +239,7 @@ async def test_schemas_checked_when_saved_leave_the_validation_threads_to_writes
     thread does not wait for them: they have a thread of their own."""
     async with FlexDBClient(schema_server.url, api_key=schema_server.admin_key) as admin:
         savers = [await tenant_with_type(admin) for _ in range(2)]
-        writer, writer_type = await tenant_with_type(admin, COSTLY_TO_APPLY)
-        await admin.call("create_node", {"tenant_id": writer, "node_type_id": writer_type,
-                                         "data": SLOW_DOCUMENT})  # (its validator compiled)
+        timed_write = await thread_writer(admin)
 
         async def save_twice(tenant: str) -> None:
             for i in range(2):
@@ -242,10 +251,7 @@ async def test_schemas_checked_when_saved_leave_the_validation_threads_to_writes
         saves = [asyncio.ensure_future(save_twice(tenant)) for tenant, _ in savers]
         await asyncio.sleep(0.3)
         assert not any(save.done() for save in saves)
-        started = time.monotonic()
-        await admin.call("create_node", {"tenant_id": writer, "node_type_id": writer_type,
-                                         "data": SLOW_DOCUMENT})
-        waited = time.monotonic() - started
+        waited = await timed_write()
         await asyncio.gather(*saves)
         assert waited < 1.0, f"the write waited {waited:.2f} s for a validation thread"
 
