@@ -94,9 +94,7 @@ class NodeRepository(Repository):
 
     async def require_exists(self, tenant_id: UUID, node_id: UUID) -> None:
         """NotFound unless the node exists (its document is not read)."""
-        if not await self.conn.fetchval(
-                "SELECT EXISTS (SELECT 1 FROM nodes WHERE tenant_id = $1 AND id = $2)",
-                tenant_id, node_id):
+        if not await self.existing_ids(tenant_id, [node_id]):
             raise NotFound(self.kind, node_id)
 
     # ------------------------------------------------------------ migration jobs
@@ -134,7 +132,7 @@ class NodeRepository(Repository):
                 f"ORDER BY created_at, id LIMIT ${len(args)}")
         args.append(max_bytes)
         rows = await self.conn.fetch(
-            within_bytes(page, "octet_length(data)", f"${len(args)}"), *args)
+            within_bytes(page, self.size_sql, f"${len(args)}"), *args)
         return [row for n, row in enumerate(rows) if n == 0 or row["_through"] <= max_bytes]
 
     async def apply_migration(self, tenant_id: UUID, node_type_id: UUID, to_version: int,
