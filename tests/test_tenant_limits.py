@@ -573,6 +573,61 @@ async def test_a_page_stops_early_by_size_and_the_rest_follows(budget_server, bi
         assert walk["truncated"] and 1 <= len(walk["nodes"]) <= 2
 
 
+# Documents of many sizes: some within a row's share of a page's bytes whatever the page
+# size, some past it for small pages only, some past it for any (multi-byte text counts as
+# its UTF-8 bytes).
+MIXED_SIZES = [200, 3_000, 15_000, 40_000, 600, 9_000]
+
+
+@pytest.mark.parametrize("page_size", [3, 5, 20, 1000])
+async def test_pages_of_mixed_sizes_hold_every_item_once_and_stop_only_when_full(
+        budget_server, database_url, page_size):
+    """list_nodes and list_relationships over documents of mixed sizes (FLEXDB_MAX_PAGE_BYTES
+    100,000): the pages hold every item once, in order, each with its own document; a page
+    holds at most 100,000 bytes of documents (as PostgreSQL writes them out, 256 more per
+    item), and stops before page_size only when the next item would pass that."""
+    async with FlexDBClient(budget_server.url, api_key=budget_server.admin_key) as admin:
+        tenant, node_type = await tenant_with_type(admin)
+        documents = [{"i": i, "blob": ("é" if i % 4 == 3 else "x") * size}
+                     for i, size in enumerate(MIXED_SIZES * 4)]
+        nodes = [(await admin.call("create_node", {
+            "tenant_id": tenant, "node_type_id": node_type, "data": d}))["node"]["id"]
+            for d in documents]
+        rels = [(await admin.call("create_relationship", {
+            "tenant_id": tenant, "source_node_id": nodes[0], "target_node_id": nodes[1],
+            "relationship_type": "r", "data": d}))["relationship"]["id"] for d in documents]
+        conn = await asyncpg.connect(database_url)
+        try:
+            sizes = {str(r["id"]): r["n"] for r in await conn.fetch(
+                "SELECT id, octet_length(data::text) + 256 AS n FROM nodes WHERE tenant_id = $1 "
+                "UNION ALL SELECT id, octet_length(data::text) + 256 FROM relationships "
+                "WHERE tenant_id = $1", uuid.UUID(tenant))}
+        finally:
+            await conn.close()
+        for method, key, ids, extra in (
+                ("list_nodes", "nodes", nodes, {}),
+                ("list_relationships", "relationships", rels, {"source_node_id": nodes[0]})):
+            pages, token = [], ""
+            while True:
+                page = await admin.call(method, {"tenant_id": tenant, **extra, "pagination": {
+                    "page_size": page_size, "page_token": token}})
+                pages.append(page[key])
+                token = page["pagination"]["next_page_token"]
+                if not token:
+                    break
+            items = [item for page in pages for item in page]
+            assert [item["id"] for item in items] == ids, method
+            assert [item["data"] for item in items] == documents, method
+            for n, page in enumerate(pages):
+                held = sum(sizes[item["id"]] for item in page)
+                assert 1 <= len(page) <= page_size and held <= 100_000, (method, n)
+                if len(page) < page_size and n + 1 < len(pages):
+                    assert held + sizes[pages[n + 1][0]["id"]] > 100_000, (method, n)
+            if page_size == 5:  # documents past a row's share in pages read whole
+                assert any(len(page) == 5 and any(sizes[item["id"]] > 100_000 // 6
+                                                  for item in page) for page in pages)
+
+
 async def test_reads_asked_at_once_are_answered_a_page_of_bytes_at_a_time(budget_server,
                                                                           big_nodes):
     """get_node calls made at once are read together, at most a quarter of

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Protocol
@@ -15,7 +16,7 @@ import orjson
 
 from rpc_server.errors import InvalidParams
 from rpc_server.storage.db import Connection
-from rpc_server.storage.response_budget import ROW_OVERHEAD, response_too_large
+from rpc_server.storage.response_budget import ROW_OVERHEAD, response_too_large, text_bytes
 
 TOKEN_FIELD = "pagination.page_token"
 TOTAL_COLUMN = "_total_count"
@@ -110,16 +111,71 @@ def cut_to_budget(rows: list, max_bytes: int) -> tuple[list, bool, int]:
     return rows, False, rows[-1]["_through"]
 
 
+@functools.lru_cache(maxsize=256)
+def column_names(select: str) -> list[str]:
+    """The names of a select list's columns (`a, b::text AS b`): each part is a plain name
+    or ends in `AS name` (no commas inside an expression)."""
+    names = [part.rsplit(" AS ", 1)[-1].strip() for part in select.split(",")]
+    if not all(name.isidentifier() for name in names):
+        raise ValueError(f"not a plain select list: {select!r}")
+    return names
+
+
+@functools.lru_cache(maxsize=256)  # (its arguments are code's: a few statements in all)
+def within_share(page_sql: str, select: str, document: str, size_sql: str,
+                 share_arg: str) -> str:
+    """`page_sql` (an ordered page, with LIMIT, selecting `select`) with its `document`
+    column (never NULL) left out, as NULL, of each row whose `size_sql` and ROW_OVERHEAD
+    take more than `share_arg` bytes: a row's share of the page's budget. A page whose
+    rows all keep their documents fits the budget whole, and that is known without the
+    running total within_bytes keeps (a window over the rows: about 30 µs more of
+    PostgreSQL's CPU a page, docs/PERFORMANCE.md)."""
+    kept = f"{size_sql} + {ROW_OVERHEAD} <= {share_arg}"
+    columns = ", ".join(
+        f"CASE WHEN {kept} THEN {name} END AS {name}" if name == document else name
+        for name in column_names(select))
+    return f"SELECT {columns} FROM ({page_sql}) AS page"
+
+
+async def fetch_within(conn: Connection, sql: str, args: list, *, rows_asked: int,
+                       wanted: int, size_sql: str, max_bytes: int,
+                       document: str | None = None, select: str = "") -> tuple[list, bool, int]:
+    """The rows of `sql` (an ordered page of at most `rows_asked` rows, the first `wanted`
+    of them the page's) that start within `max_bytes` of documents (see within_bytes and
+    cut_to_budget): (rows, whether the page was cut for the budget, bytes they take).
+    With `document` (the text column whose UTF-8 size `size_sql` is; `select`, the page's
+    columns), the page is read first with each document within its share of the budget
+    (within_share); only when one of the page's own rows is larger is it read again with
+    the running total."""
+    n = len(args) + 1
+    if document is not None:
+        share = max_bytes // rows_asked
+        rows = await conn.fetch(within_share(sql, select, document, size_sql, f"${n}"),
+                                *args, share)
+        at = column_names(select).index(document)
+        # (a row past the `wanted` only tells that there are more)
+        texts = [row[at] for row in rows[:wanted]]
+        if None not in texts:
+            used = sum(map(len, texts))
+            if not all(map(str.isascii, texts)):
+                used = sum(map(text_bytes, texts))
+            return rows, False, used + ROW_OVERHEAD * len(texts)
+    rows = await conn.fetch(within_bytes(sql, size_sql, f"${n}"), *args, max_bytes)
+    return cut_to_budget(rows, max_bytes)
+
+
 async def fetch_page(conn: Connection, *, scope: str, select: str, table: str,
                      where: list[str], args: list, pagination: PageRequest,
                      key_column: str = "id", count_sql: str | None = None,
-                     size_sql: str | None = None, max_bytes: int | None = None) -> Page:
+                     size_sql: str | None = None, max_bytes: int | None = None,
+                     document: str | None = None) -> Page:
     """`select`, `table`, `where`, `key_column`, `count_sql` and `size_sql` are code
     constants; values go in `args` and are referenced from `where` as $1..$n. `count_sql`
     (a statement over the same args giving the total) replaces counting the rows, e.g. with
     a maintained count. With `size_sql` (the bytes of a row's documents, over `select`'s
     columns) and `max_bytes`, the page stops early once its rows would take more than that
-    (Page.cut, with a next_page_token for the rest)."""
+    (with a next_page_token for the rest); `document` is the column `size_sql` measures,
+    when it is one (see fetch_within)."""
     filters = list(where)
     query_args = list(args)
     if pagination.page_token:
@@ -145,10 +201,10 @@ async def fetch_page(conn: Connection, *, scope: str, select: str, table: str,
     query_args.append(pagination.page_size + 1)
     cut, used = False, 0
     if size_sql is not None and max_bytes is not None:
-        query_args.append(max_bytes)
-        rows, cut, used = cut_to_budget(
-            await conn.fetch(within_bytes(sql, size_sql, f"${len(query_args)}"),
-                             *query_args), max_bytes)
+        rows, cut, used = await fetch_within(
+            conn, sql, query_args, rows_asked=pagination.page_size + 1,
+            wanted=pagination.page_size, size_sql=size_sql, max_bytes=max_bytes,
+            document=document, select=select + (f", {TOTAL_COLUMN}" if counted else ""))
     else:
         rows = await conn.fetch(sql, *query_args)
     next_token = ""

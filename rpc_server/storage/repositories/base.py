@@ -19,6 +19,10 @@ class Repository:
     # its rows would take more than it may read (pagination.within_bytes). None: rows
     # without documents, small and bounded.
     size_sql: str | None = None
+    # The read column whose text size_sql measures, when it is one: a page is then read
+    # first with each document within its share of the page's bytes, without the running
+    # total (pagination.fetch_within).
+    document: str | None = None
     kind: str
     key_columns: tuple[str, ...]
 

@@ -44,7 +44,8 @@ class NodeRepository(Repository):
                " schema_version")
     read_columns = ("id, tenant_id, node_type_id, data::text AS data, created_at, updated_at,"
                     " version, schema_version")
-    size_sql = "octet_length(data)"
+    document = "data"
+    size_sql = f"octet_length({document})"
 
     # Writes checked against the node type version the data was validated against: they
     # touch no row when the node type has changed since (or is gone). For Call.write.
@@ -278,7 +279,7 @@ class NodeRepository(Repository):
         return await fetch_page(self.conn, scope="nodes", select=self.read_columns, table="nodes",
                                 where=where, args=args, pagination=pagination,
                                 count_sql=count_sql, size_sql=self.size_sql,
-                                max_bytes=max_bytes)
+                                max_bytes=max_bytes, document=self.document)
 
     @classmethod
     def query_statement(cls, tenant_id: UUID, node_type_id: UUID | None, condition: str,

@@ -15,7 +15,8 @@ class RelationshipRepository(Repository):
     columns = ("id, tenant_id, source_node_id, target_node_id, relationship_type, data, "
                "created_at, updated_at, version")
     read_columns = columns.replace("data,", "data::text AS data,")
-    size_sql = "octet_length(data)"
+    document = "data"
+    size_sql = f"octet_length({document})"
 
     # For Call.write: $1 tenant, $2 id, $3 source, $4 target, $5 type, $6 data.
     INSERT = ("INSERT INTO relationships (tenant_id, id, source_node_id, target_node_id, "
@@ -60,4 +61,4 @@ class RelationshipRepository(Repository):
         return await fetch_page(self.conn, scope="relationships", select=self.read_columns,
                                 table="relationships", where=where, args=args,
                                 pagination=pagination, size_sql=self.size_sql,
-                                max_bytes=max_bytes)
+                                max_bytes=max_bytes, document=self.document)
