@@ -16,7 +16,7 @@ import orjson
 
 from rpc_server.errors import InvalidParams
 from rpc_server.storage.db import Connection
-from rpc_server.storage.response_budget import ROW_OVERHEAD, response_too_large, text_bytes
+from rpc_server.storage.response_budget import ROW_OVERHEAD, text_bytes
 
 TOKEN_FIELD = "pagination.page_token"
 TOTAL_COLUMN = "_total_count"
@@ -100,12 +100,14 @@ def within_bytes(page_sql: str, size_sql: str, max_arg: str) -> str:
 
 
 def cut_to_budget(rows: list, max_bytes: int) -> tuple[list, bool, int]:
-    """(the rows within the budget, whether the page was cut for it, bytes they take);
-    raises response_too_large when not even the first row fits."""
+    """(the rows within the budget, whether the page was cut for it, bytes they take). The
+    first row comes whatever its size, alone: a page holds at least one item, or a list
+    could never pass a document larger than its page's bytes (what the response may take
+    in all is the response budget's to say: ResponseBudget.settle)."""
     if not rows:
         return rows, False, 0
     if rows[0]["_through"] > max_bytes:
-        raise response_too_large(max_bytes)
+        return rows[:1], True, rows[0]["_through"]
     if rows[-1]["_through"] > max_bytes:  # the row past the budget: not this page's
         return rows[:-1], True, rows[-2]["_through"]
     return rows, False, rows[-1]["_through"]

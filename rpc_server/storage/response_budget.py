@@ -55,10 +55,10 @@ def text_bytes(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode())
 
 
-def response_too_large(limit: int) -> QueryRejected:
-    return QueryRejected(f"The response would be larger than {limit} bytes "
-                         "(FLEXDB_MAX_RESPONSE_BYTES): ask for fewer or smaller items per "
-                         "call or per batch", type="response_too_large", max_bytes=limit)
+def response_too_large(limit: int, setting: str = "FLEXDB_MAX_RESPONSE_BYTES") -> QueryRejected:
+    return QueryRejected(f"The response would be larger than {limit} bytes ({setting}): ask "
+                         "for fewer or smaller items per call or per batch",
+                         type="response_too_large", max_bytes=limit)
 
 
 class ResponseMemory:

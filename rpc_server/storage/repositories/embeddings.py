@@ -79,7 +79,8 @@ class EmbeddingRepository(Repository):
                                                  *args.values)
         rows, cut, used = cut_to_budget(rows, max_bytes)
         if cut:  # one page of k: fewer than asked would look like the answer
-            raise response_too_large(max_bytes)
+            raise response_too_large(max_bytes, "FLEXDB_MAX_PAGE_BYTES, or what is left of "
+                                     "FLEXDB_MAX_RESPONSE_BYTES")
         return [{key: value for key, value in r.items() if key != "_through"} for r in rows], used
 
     async def misfits(self, tenant_id: UUID, node_type_id: UUID, path: list[str],
