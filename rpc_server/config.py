@@ -109,7 +109,8 @@ class Settings(BaseModel):
     statement_timeout_ms: int = setting(30000, "server-side statement timeout (0 = none)",
                                         read_by=(SERVE,), ge=0, le=3_600_000)
     max_body_bytes: int = setting(1_048_576, "largest accepted request body, and largest "
-                                  "document as stored (numbers in plain notation)",
+                                  "document as stored (as PostgreSQL writes it back: a space "
+                                  "after each comma and colon, numbers in plain notation)",
                                   read_by=(SERVE, FACADE), ge=1024, le=64 * 1_048_576)
     max_batch: int = setting(100, "most members in one batch", read_by=(SERVE,),
                              ge=1, le=10_000)

@@ -31,7 +31,7 @@ import sys
 import traceback
 import unicodedata  # noqa: F401
 
-from rpc_server.transport.json_text import written_out_growth
+from rpc_server.transport.json_text import stored_size_over
 from sandbox_worker.policy import BoundedPrinter, DbError, compile_pipeline, make_globals
 
 PIPELINE_FILE = "<pipeline>"
@@ -163,8 +163,9 @@ def execute(job: dict, channel: Channel) -> dict:
         return {"status": "failed", "error": {"type": "result_not_storable",
                                               "message": f"the result {problem}"},
                 "output": printer.text()}
-    # counted as stored: PostgreSQL returns 1e-300 as 302 characters (0.000…1)
-    if len(text) + written_out_growth(text.encode()) > job["max_result"]:
+    # counted as stored: PostgreSQL returns 1e-300 as 302 characters (0.000…1), and a
+    # space after each comma and colon
+    if stored_size_over(text.encode(), job["max_result"]):
         return {"status": "failed", "error": {"type": "result_too_large",
                                               "message": f"the result is larger than "
                                                          f"{job['max_result']} bytes as "

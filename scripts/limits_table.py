@@ -61,9 +61,9 @@ SECTIONS: dict[str, list[Limit]] = {
         Limit("members of one batch", REQUEST, "max_batch"),
         Limit("nesting of a document (`data`, `schema`, `input`, a filter, a query param)",
               f"{INVALID} naming the field", "max_json_depth"),
-        Limit("a document as stored (its numbers in the plain notation PostgreSQL returns "
-              "them in: `1e-300` is 302 bytes)", f"{INVALID} naming the field",
-              "max_body_bytes"),
+        Limit("a document as stored (as PostgreSQL returns it: a space after each comma "
+              "and colon, numbers in plain notation, `1e-300` is 302 bytes)",
+              f"{INVALID} naming the field", "max_body_bytes"),
         Limit("JSON nesting the parser reads at all", f"{REQUEST} (REST 400)", value="~1,000"),
         Limit("integers / other numbers", INVALID, value="64-bit / double"),
         Limit("names (tenant, node type, pipeline, key, user's display name)", INVALID,

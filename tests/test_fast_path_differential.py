@@ -2,8 +2,9 @@
 
 - `json_text_depth_exceeds` (nesting read off JSON text) against `json_depth_exceeds` (a walk
   of the parsed value).
-- `written_out_growth` (how much longer JSON text gets as PostgreSQL returns its numbers)
-  against a walk of the parsed value writing each float in plain notation.
+- `stored_size_over` (how large JSON text is as PostgreSQL returns it: a space after each
+  comma and colon, numbers in plain notation) against a walk of the parsed value counting
+  the separators and writing each float in plain notation.
 - `fast_check` (the flat-schema validator) against jsonschema's own Draft 2020-12 answer.
 
 Unit-level on purpose: each compares two implementations on random inputs from a seeded
@@ -24,7 +25,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
 from rpc_server.transport.json_codec import INT64_MAX, INT64_MIN, json_depth_exceeds, loads
-from rpc_server.transport.json_text import json_text_depth_exceeds, written_out_growth
+from rpc_server.transport.json_text import json_text_depth_exceeds, stored_size_over
 from rpc_server.validation.schema_fast_path import fast_check
 
 CASES = int(os.environ.get("FLEXDB_DIFFERENTIAL_CASES", "3000"))
@@ -168,7 +169,17 @@ def grown_by_walk(value: Any) -> int:
     return 0
 
 
-def test_growth_as_stored_matches_walk_of_parsed_value():
+def separators_by_walk(value: Any) -> int:
+    """The commas and colons between the parsed value's members (PostgreSQL writes a space
+    after each)."""
+    if isinstance(value, dict):
+        return max(2 * len(value) - 1, 0) + sum(map(separators_by_walk, value.values()))
+    if isinstance(value, list):
+        return max(len(value) - 1, 0) + sum(map(separators_by_walk, value))
+    return 0
+
+
+def test_size_as_stored_matches_walk_of_parsed_value():
     rng = random.Random(SEED + 2)
     grown = 0
     for case in range(CASES):
@@ -176,11 +187,16 @@ def test_growth_as_stored_matches_walk_of_parsed_value():
         if rng.random() < 0.5:  # floats with exponents, and strings that look like them
             value = [value, rng.choice(EXPONENT_FLOATS),
                      {rng.choice(TRICKY_STRINGS) + "1e300": [rng.choice(EXPONENT_FLOATS)],
-                      "k": "5e-7 \\\"1e300\\\" 3fa85e64"}]
+                      "k": "5e-7 \\\"1e300\\\" 3fa85e64, {\\\"a\\\": 1}"}]
         text = orjson.dumps(value)
-        expected = grown_by_walk(loads(text))
-        assert written_out_growth(text) == expected, (replay(SEED + 2, case), text)
-        grown += expected > 0
+        parsed = loads(text)
+        expected = len(text) + grown_by_walk(parsed) + separators_by_walk(parsed)
+        assert separators_by_walk(parsed) <= len(text) // 2  # (its quick bound)
+        assert stored_size_over(text, 0) == expected, (replay(SEED + 2, case), text)
+        # within the limit: 0, however close (the quick count takes in strings' commas)
+        assert stored_size_over(text, expected) == 0, (replay(SEED + 2, case), text)
+        assert stored_size_over(text, expected - 1) == expected, (replay(SEED + 2, case), text)
+        grown += grown_by_walk(parsed) > 0
     assert grown > CASES // 4  # the floats with exponents were generated
 
 

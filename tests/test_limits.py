@@ -385,25 +385,45 @@ async def test_numbers_at_the_edges_of_the_range_are_kept_exactly(rest, rpc):
 # ---------------------------------------------------------------- numbers as stored
 
 BODY_LIMIT = Settings().max_body_bytes
-AS_STORED = ("bytes as stored, more than %d (FLEXDB_MAX_BODY_BYTES): numbers are stored and "
-             "read back in plain notation (1e-300 takes 302 characters); send such numbers "
-             "as strings" % BODY_LIMIT)
+AS_STORED = ("bytes as stored, more than %d (FLEXDB_MAX_BODY_BYTES): it is read back with a "
+             "space after each comma and colon, and its numbers in plain notation (1e-300 "
+             "takes 302 characters; send such numbers as strings)" % BODY_LIMIT)
 
 
-async def compact_as_stored(database_url: str, document: Any) -> int:
-    """The length of the document as PostgreSQL writes it back, without the space it puts
-    after each comma and colon (the documents here have no strings but their keys)."""
+async def as_stored(database_url: str, document: Any) -> int:
+    """The bytes of the document as PostgreSQL writes it back."""
     conn = await asyncpg.connect(database_url)
     try:
         text = await conn.fetchval("SELECT $1::jsonb::text", json.dumps(document))
     finally:
         await conn.close()
-    return len(text.replace(", ", ",").replace(": ", ":"))
+    return len(text.encode())
 
 
 def tiny_numbers(count: int) -> dict:
     # orjson writes each with an exponent; PostgreSQL stores and writes each in full
     return {"x": [1e-300] * count, "y": [1.5e-7, -2.5e-10, 1.7976931348623157e308, 1e16]}
+
+
+async def assert_refused_as_stored(rest, rpc, t: str, nt: str, node_id: str,
+                                   too_large: dict) -> None:
+    """Each way of storing a document refuses `too_large`, saying it counts as stored."""
+    for method, params in [
+            ("create_node", {"tenant_id": t, "node_type_id": nt, "data": too_large}),
+            ("update_node", {"tenant_id": t, "id": node_id, "data": too_large}),
+            ("create_relationship", {"tenant_id": t, "source_node_id": node_id,
+                                     "target_node_id": node_id, "relationship_type": "r",
+                                     "data": too_large}),
+            ("create_nodes", {"tenant_id": t, "nodes": [{"node_type_id": nt,
+                                                         "data": too_large}]})]:
+        with pytest.raises(InvalidParams) as exc:
+            await rpc.call(method, params)
+        message = exc.value.data["errors"][0]["message"]
+        assert message.startswith("takes ") and message.endswith(AS_STORED), message
+    error = rest_error(await rest.post(f"/tenants/{t}/nodes", json={
+        "node_type_id": nt, "data": json.dumps(too_large, separators=(",", ":"))}),
+        422, -32602, "invalid_params")
+    assert error["details"]["errors"][0]["message"].endswith(AS_STORED)
 
 
 async def test_a_document_larger_as_stored_than_a_body_may_be_is_refused(rest, rpc, http,
@@ -413,34 +433,44 @@ async def test_a_document_larger_as_stored_than_a_body_may_be_is_refused(rest, r
     is PostgreSQL's own: a document one number short of the limit is stored."""
     t = await make_tenant(rpc)
     nt = await make_node_type(rpc, t)
-    one = await compact_as_stored(database_url, tiny_numbers(1))
-    assert one - await compact_as_stored(database_url, tiny_numbers(0)) == 302
-    fits = (BODY_LIMIT - one) // (302 + 1) + 1  # each next one with its comma
-    assert await compact_as_stored(database_url, tiny_numbers(fits)) <= BODY_LIMIT
-    assert await compact_as_stored(database_url, tiny_numbers(fits + 1)) > BODY_LIMIT
+    one = await as_stored(database_url, tiny_numbers(1))
+    assert one - await as_stored(database_url, tiny_numbers(0)) == 302
+    fits = (BODY_LIMIT - one) // (302 + 2) + 1  # each next one with its comma and space
+    assert await as_stored(database_url, tiny_numbers(fits)) <= BODY_LIMIT
+    assert await as_stored(database_url, tiny_numbers(fits + 1)) > BODY_LIMIT
     node = (await rpc.call("create_node", {"tenant_id": t, "node_type_id": nt,
                                            "data": tiny_numbers(fits)}))["node"]
     assert (await rpc.call("get_node", {"tenant_id": t, "id": node["id"]}))["node"][
         "data"] == tiny_numbers(fits)
-    too_large = tiny_numbers(fits + 1)  # 7 bytes more in the request, 303 as stored
-    for method, params in [
-            ("create_node", {"tenant_id": t, "node_type_id": nt, "data": too_large}),
-            ("update_node", {"tenant_id": t, "id": node["id"], "data": too_large}),
-            ("create_relationship", {"tenant_id": t, "source_node_id": node["id"],
-                                     "target_node_id": node["id"], "relationship_type": "r",
-                                     "data": too_large}),
-            ("create_nodes", {"tenant_id": t, "nodes": [{"node_type_id": nt,
-                                                         "data": too_large}]})]:
-        with pytest.raises(InvalidParams) as exc:
-            await rpc.call(method, params)
-        message = exc.value.data["errors"][0]["message"]
-        assert message.startswith("takes ") and message.endswith(AS_STORED), message
-    error = rest_error(await rest.post(f"/tenants/{t}/nodes", json={
-        "node_type_id": nt, "data": json.dumps(too_large)}), 422, -32602, "invalid_params")
-    assert error["details"]["errors"][0]["message"].endswith(AS_STORED)
+    # 7 bytes more in the request, 304 as stored
+    await assert_refused_as_stored(rest, rpc, t, nt, node["id"], tiny_numbers(fits + 1))
     nodes = (await rpc.call("list_nodes", {"tenant_id": t}))["nodes"]
     assert [n["id"] for n in nodes] == [node["id"]]
     assert nodes[0]["data"] == tiny_numbers(fits)  # (the update was refused)
+
+
+async def test_the_spaces_postgresql_writes_back_count_as_stored(rest, rpc, database_url):
+    """PostgreSQL writes a document back with a space after each comma and colon: a list of
+    zeros within the limit as sent (2 bytes each) takes half as much again as stored, and
+    is refused once that passes FLEXDB_MAX_BODY_BYTES; the largest that fits as stored is
+    kept and read back whole. Commas and colons in strings are not separators."""
+    t = await make_tenant(rpc)
+    nt = await make_node_type(rpc, t)
+    empty = await as_stored(database_url, {"z": [0]})
+    fits = (BODY_LIMIT - empty) // 3 + 1  # each next zero with its comma and space
+    assert await as_stored(database_url, {"z": [0] * fits}) == BODY_LIMIT - (
+        BODY_LIMIT - empty) % 3
+    assert len(json.dumps({"z": [0] * (fits + 1)}, separators=(",", ":"))) < BODY_LIMIT * 0.7
+    node = (await rpc.call("create_node", {"tenant_id": t, "node_type_id": nt,
+                                           "data": {"z": [0] * fits}}))["node"]
+    got = await rpc.call("get_node", {"tenant_id": t, "id": node["id"]})
+    assert got["node"]["data"] == {"z": [0] * fits}
+    await assert_refused_as_stored(rest, rpc, t, nt, node["id"], {"z": [0] * (fits + 1)})
+    # one string (and room for the request's envelope): no separators
+    punctuation = {"s": ",:" * ((BODY_LIMIT - 400) // 2)}
+    assert await as_stored(database_url, punctuation) <= BODY_LIMIT
+    assert len(json.dumps(punctuation)) + (BODY_LIMIT - 400) > BODY_LIMIT  # if counted
+    await rpc.call("update_node", {"tenant_id": t, "id": node["id"], "data": punctuation})
 
 
 async def test_exponents_in_strings_are_not_numbers(rpc):

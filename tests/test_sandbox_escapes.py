@@ -1034,7 +1034,7 @@ async def test_results_that_are_not_json_or_too_large(rpc, tenant, body, error_t
 
 
 async def test_a_result_of_tiny_numbers_within_the_limit_as_stored_is_kept(rpc, tenant):
-    run = await attack(rpc, tenant["id"], "return [1e-300] * 3000")  # 909,001 bytes as stored
+    run = await attack(rpc, tenant["id"], "return [1e-300] * 3000")  # 912,000 bytes as stored
     assert run["status"] == "succeeded", run
     assert run["result"] == [1e-300] * 3000
 

@@ -33,7 +33,7 @@ from rpc_server.transport.json_codec import (
     json_depth_exceeds,
     loads,
 )
-from rpc_server.transport.json_text import json_text_depth_exceeds, written_out_growth
+from rpc_server.transport.json_text import json_text_depth_exceeds, stored_size_over
 
 MAX_NAME = 200
 MAX_DESCRIPTION = 2000
@@ -117,18 +117,19 @@ def document_text(value: Any) -> bytes:
 
 
 def check_document(value: Any) -> Any:
-    """Every rule of a document, U+0000 (which PostgreSQL cannot store) included. Its
-    numbers count as they are stored and read back: a few bytes of 1e-300 in a request
-    would otherwise be 302 in every read of it, and a document of them tens of MB."""
+    """Every rule of a document, U+0000 (which PostgreSQL cannot store) included. It counts
+    as stored and read back: a few bytes of 1e-300 in a request would otherwise be 302 in
+    every read of it, and a document of them tens of MB."""
     text = document_text(value)
     if contains_nul(text):
         raise ValueError("must not contain the character U+0000")
-    written_out = len(text) + written_out_growth(text)
-    if written_out > Documents.max_bytes:
+    stored = stored_size_over(text, Documents.max_bytes)
+    if stored:
         raise ValueError(
-            f"takes {written_out} bytes as stored, more than {Documents.max_bytes} "
-            "(FLEXDB_MAX_BODY_BYTES): numbers are stored and read back in plain notation "
-            "(1e-300 takes 302 characters); send such numbers as strings")
+            f"takes {stored} bytes as stored, more than {Documents.max_bytes} "
+            "(FLEXDB_MAX_BODY_BYTES): it is read back with a space after each comma and "
+            "colon, and its numbers in plain notation (1e-300 takes 302 characters; send "
+            "such numbers as strings)")
     return value
 
 

@@ -1,6 +1,6 @@
 """Checks on JSON text as orjson writes it, all but a step or two in C, with no import but
-`re` (the sandbox's run processes use them too): how deep it nests, and how much larger it
-gets once stored as jsonb and read back."""
+`re` (the sandbox's run processes use them too): how deep it nests, and how large it is
+once stored as jsonb and read back."""
 from __future__ import annotations
 
 import re
@@ -43,15 +43,29 @@ _EXPONENT = re.compile(rb"e[-+]?[0-9]")
 _EXPONENT_NUMBER = re.compile(rb"([0-9]+)(?:\.([0-9]+))?e([-+]?[0-9]+)")
 
 
-def written_out_growth(text: bytes) -> int:
-    """How many bytes longer JSON text written by orjson gets once stored as jsonb and
-    read back: the plain notation of its numbers with an exponent, less their length here.
-    In C but for one step per such number: strings are cut out as json_text_depth_exceeds
-    does (an "e5" in a string, as in many a UUID, is no number)."""
-    if _EXPONENT.search(text) is None:
-        return 0
-    text = _without_escapes(text)
-    outside_strings = b" ".join(text.split(b'"')[::2])
+def stored_size_over(text: bytes, limit: int) -> int:
+    """0 when JSON text written by orjson (compact) takes at most `limit` bytes once stored
+    as jsonb and read back, else the bytes it takes then. PostgreSQL writes it back with a
+    space after each comma and colon, and its numbers with an exponent in plain notation.
+    In C but for one step per such number; strings (where a ", " or an "e5", as in many a
+    UUID, is neither) are cut out only when counting them in would pass the limit."""
+    exponents = _EXPONENT.search(text) is not None
+    if not exponents:
+        if len(text) + len(text) // 2 <= limit:  # (at most every other byte a separator)
+            return 0
+        if len(text) + text.count(b",") + text.count(b":") <= limit:  # (strings' too)
+            return 0
+    text_outside = _without_escapes(text)
+    outside_strings = b" ".join(text_outside.split(b'"')[::2])
+    size = len(text) + outside_strings.count(b",") + outside_strings.count(b":")
+    if exponents:
+        size += _plain_notation_growth(outside_strings)
+    return size if size > limit else 0
+
+
+def _plain_notation_growth(outside_strings: bytes) -> int:
+    """How many bytes the numbers with an exponent in JSON text (strings cut out) take more
+    in plain notation."""
     growth = 0
     for number in _EXPONENT_NUMBER.finditer(outside_strings):
         whole, fraction, exponent = number.groups()
