@@ -46,20 +46,22 @@ class Shaper:
             return [self.one(r) for r in rows]
         # The rows of one read share their columns: which to leave out and which hold JSON
         # text is found once, not per row (one() per row cost a page of 50 about 4 µs more).
-        columns = set(rows[0].keys())  # (a Record's keys() is an iterator)
-        dropped = [c for c in (TOTAL_COLUMN, *BUDGET_COLUMNS) if c in columns]
-        texts = [c for c in JSON_FIELDS if c in columns]
+        columns = list(rows[0].keys())  # (a Record's keys() is an iterator)
+        kept = [c for c in columns if c not in (TOTAL_COLUMN, *BUDGET_COLUMNS)]
+        texts = [c for c in JSON_FIELDS if c in kept]
         fragment = orjson.Fragment
-        items = []
-        for row in rows:
-            item = dict(row)
-            for column in dropped:
-                item.pop(column, None)
+        # A Record's values paired with the names (zip() stops before the columns left
+        # out, which come last: added to a read's own) cost a third less than dict(row),
+        # which looks each name up.
+        if isinstance(rows[0], asyncpg.Record) and columns[:len(kept)] == kept:
+            items = [dict(zip(kept, row)) for row in rows]
+        else:
+            items = [{c: row[c] for c in kept} for row in rows]
+        for item in items:
             for column in texts:
-                value = item.get(column)
+                value = item[column]
                 if type(value) is str:  # JSON text from the database
                     item[column] = fragment(value)
-            items.append(item)
         return items
 
     def page(self, key: str, page: Page) -> dict:
