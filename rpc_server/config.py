@@ -122,7 +122,8 @@ class Settings(BaseModel):
         read_by=(SERVE,), ge=65_536, le=1_073_741_824)
     max_page_bytes: int = setting(
         2 * 1_048_576, "documents one list page (or traversal) reads at most; the page stops "
-        "early past it, with a `next_page_token` for the rest (a walk says `truncated`)",
+        "early past it, with a `next_page_token` for the rest (a walk says `truncated`); its "
+        "first row comes whatever its size",
         read_by=(SERVE,), ge=65_536, le=1_073_741_824)
     response_memory_bytes: int = setting(
         64 * 1_048_576, "documents read for responses not yet written, per worker (one tenant "

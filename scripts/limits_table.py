@@ -88,8 +88,9 @@ SECTIONS: dict[str, list[Limit]] = {
     "Responses": [
         Limit("one response: a call, or a whole batch", f"{STOPPED} `response_too_large` "
               "for the call (a batch's other members answer)", "max_response_bytes"),
-        Limit("documents one list page or walk reads", "the page stops early, with a "
-              "`next_page_token` (a walk: `truncated`)", "max_page_bytes"),
+        Limit("documents one list page or walk reads (its first row whatever its size)",
+              "the page stops early, with a `next_page_token` (a walk: `truncated`)",
+              "max_page_bytes"),
         Limit("documents read for responses not yet written, per worker (a tenant: half)",
               f"waits up to `FLEXDB_DB_CONNECT_TIMEOUT_S`, then {BUSY}",
               "response_memory_bytes"),
