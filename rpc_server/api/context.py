@@ -76,9 +76,9 @@ def node_reads(pool: asyncpg.Pool, settings: Settings) -> NodeReads:
     """Coalesced get_node reads (caching/batch_reads.py): at most a quarter of the main pool
     at once, so a flood of reads leaves the rest of it to the other calls, each reading at
     most a quarter of FLEXDB_RESPONSE_MEMORY_BYTES of documents (and one past it)."""
-    # a document as PostgreSQL writes it back: its numbers written in full are held to
-    # FLEXDB_MAX_BODY_BYTES (api/params.py), and it adds a space after each comma and colon
-    largest_document = 2 * settings.max_body_bytes + ROW_OVERHEAD
+    # a document as PostgreSQL writes it back (numbers in full, a space after each comma
+    # and colon) is held to FLEXDB_MAX_BODY_BYTES (api/params.py)
+    largest_document = settings.max_body_bytes + ROW_OVERHEAD
     return NodeReads(partial(PooledConnection, pool, settings.db_connect_timeout_s),
                      max(1, settings.db_pool_max // 4), settings.response_memory_bytes // 4,
                      largest_document)
