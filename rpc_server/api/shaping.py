@@ -47,19 +47,24 @@ class Shaper:
         # The rows of one read share their columns: which to leave out and which hold JSON
         # text is found once, not per row (one() per row cost a page of 50 about 4 µs more).
         columns = list(rows[0].keys())  # (a Record's keys() is an iterator)
-        kept = [c for c in columns if c not in (TOTAL_COLUMN, *BUDGET_COLUMNS)]
-        texts = [c for c in JSON_FIELDS if c in kept]
+        dropped = [c for c in (TOTAL_COLUMN, *BUDGET_COLUMNS) if c in columns]
+        kept = columns[:len(columns) - len(dropped)]
         fragment = orjson.Fragment
-        # A Record's values paired with the names (zip() stops before the columns left
-        # out, which come last: added to a read's own) cost a third less than dict(row),
-        # which looks each name up.
-        if isinstance(rows[0], asyncpg.Record) and columns[:len(kept)] == kept:
+        if isinstance(rows[0], asyncpg.Record) and not set(dropped) & set(kept):
+            # The rows of one statement share their columns, those left out last (added to
+            # a read's own): a Record's values paired with the names before them cost a
+            # third less than dict(row), which looks each name up.
+            texts = [c for c in JSON_FIELDS if c in kept]
             items = [dict(zip(kept, row)) for row in rows]
-        else:
-            items = [{c: row[c] for c in kept} for row in rows]
+        else:  # (dicts, whose keys may differ from row to row: a fused ranking's)
+            texts = list(JSON_FIELDS)
+            items = [dict(row) for row in rows]
+            for item in items:
+                for column in dropped:
+                    item.pop(column, None)
         for item in items:
             for column in texts:
-                value = item[column]
+                value = item.get(column)
                 if type(value) is str:  # JSON text from the database
                     item[column] = fragment(value)
         return items
