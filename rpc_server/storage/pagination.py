@@ -113,11 +113,11 @@ def cut_to_budget(rows: list, max_bytes: int) -> tuple[list, bool, int]:
     return rows, False, rows[-1]["_through"]
 
 
-@functools.lru_cache(maxsize=256)
-def column_names(select: str) -> list[str]:
+@functools.lru_cache(maxsize=256)  # (its argument is code's: a few select lists in all)
+def column_names(select: str) -> tuple[str, ...]:
     """The names of a select list's columns (`a, b::text AS b`): each part is a plain name
     or ends in `AS name` (no commas inside an expression)."""
-    names = [part.rsplit(" AS ", 1)[-1].strip() for part in select.split(",")]
+    names = tuple(part.rsplit(" AS ", 1)[-1].strip() for part in select.split(","))
     if not all(name.isidentifier() for name in names):
         raise ValueError(f"not a plain select list: {select!r}")
     return names
