@@ -7,9 +7,10 @@
 Starts one `flexdb serve` worker on a fresh database (FLEXDB_BENCH_DATABASE_URL, default the
 local server), makes a tenant with 1,000 nodes and 1,000 relationships between them, then
 for each scenario sends a fixed number of calls at concurrency 32 and prints the server
-process's CPU time (user + system, from psutil) divided by the calls (or batch members).
-The load generator's and PostgreSQL's CPU are not counted, so the figure moves only with
-what the server does per call.
+process's CPU time (user + system, from psutil) divided by the calls (or batch members),
+and beside it the CPU of PostgreSQL's backends serving that database (when this user may
+read them). The load generator's CPU is not counted, so the figures move only with what the
+server and the database do per call.
 
 Scenarios (--only takes a comma-separated list of these names):
   get_node            one node by id
@@ -58,7 +59,22 @@ def member(method: str, params: dict, id: int = 1) -> dict:
     return {"jsonrpc": "2.0", "id": id, "method": method, "params": params}
 
 
-async def measure(server, calls: int, only: list[str], pid_file: str | None) -> None:
+def backend_cpu(database: str) -> float:
+    """CPU seconds of the PostgreSQL backends connected to `database` (0 if not readable)."""
+    total = 0.0
+    for process in psutil.process_iter(["name", "cmdline"]):
+        try:
+            command = " ".join(process.info["cmdline"] or ())
+            if command.startswith("postgres:") and f" {database} " in command:
+                times = process.cpu_times()
+                total += times.user + times.system
+        except (psutil.Error, OSError):
+            continue
+    return total
+
+
+async def measure(server, database: str, calls: int, only: list[str],
+                  pid_file: str | None) -> None:
     http = LeanHttp(server.url, CONCURRENCY)
     headers = (f"Authorization: Bearer {server.admin_key}\r\n"
                "Content-Type: application/json\r\n").encode()
@@ -119,12 +135,13 @@ async def measure(server, calls: int, only: list[str], pid_file: str | None) -> 
         Path(pid_file).write_text(str(server.proc.pid))
     print("measuring", flush=True)
 
-    async def run(send, count: int, per_request: int) -> tuple[float, float]:
+    async def run(send, count: int, per_request: int) -> tuple[float, float, float]:
         async def warm(worker: int) -> None:
             for i in range(2):
                 await send(worker, i)
         await asyncio.gather(*(warm(w) for w in range(CONCURRENCY)))
         before, started = server_process.cpu_times(), time.perf_counter()
+        backends_before = backend_cpu(database)
 
         async def worker(first: int) -> None:
             for i in range(first, count, CONCURRENCY):
@@ -132,8 +149,10 @@ async def measure(server, calls: int, only: list[str], pid_file: str | None) -> 
 
         await asyncio.gather(*(worker(w) for w in range(CONCURRENCY)))
         after, elapsed = server_process.cpu_times(), time.perf_counter() - started
+        backends = backend_cpu(database) - backends_before
         cpu = (after.user + after.system) - (before.user + before.system)
-        return cpu / (count * per_request) * 1e6, count * per_request / elapsed
+        calls_made = count * per_request
+        return cpu / calls_made * 1e6, backends / calls_made * 1e6, calls_made / elapsed
 
     table = {
         "get_node": ("get_node", sender(singles), calls, 1),
@@ -149,8 +168,9 @@ async def measure(server, calls: int, only: list[str], pid_file: str | None) -> 
     }
     for name in only:
         label, send, count, per_request = table[name]
-        micros, rate = await run(send, count, per_request)
-        print(f"{label:38s} {micros:7.1f} µs of server CPU each   ({rate:,.0f}/s)", flush=True)
+        micros, database_micros, rate = await run(send, count, per_request)
+        print(f"{label:38s} {micros:7.1f} µs of server CPU each, {database_micros:6.1f} µs "
+              f"of PostgreSQL's   ({rate:,.0f}/s)", flush=True)
     await http.close()
 
 
@@ -178,7 +198,8 @@ def main() -> None:
             "FLEXDB_TENANT_POOL_MAX": str(args.pool_max), "FLEXDB_QUERY_TENANT_CONCURRENCY": "64",
             **dict(setting.split("=", 1) for setting in args.set)}) as server:
         uvloop.install()
-        asyncio.run(measure(server, args.calls, only, args.profile_pid_file))
+        database = db.rsplit("/", 1)[-1].split("?", 1)[0]
+        asyncio.run(measure(server, database, args.calls, only, args.profile_pid_file))
 
 
 if __name__ == "__main__":
