@@ -134,3 +134,22 @@ async def test_a_server_wide_limit_says_so_when_busy():
     assert raised.value.data["limit"] == 1
     limiter.release(None)
     assert limiter._slots == {}
+
+
+async def test_take_finds_a_free_slot_at_once_but_never_one_a_waiter_is_owed():
+    """take() (acquire without a coroutine, as every pooled connection takes its tenant's
+    share) gets a free slot at once, never jumps the queue, and counts like acquire()."""
+    limiter = TenantLimiter(1, 1.0)
+    assert limiter.take(A)
+    waiter = asyncio.ensure_future(limiter.acquire(A))
+    await asyncio.sleep(0.01)
+    assert not limiter.take(A)  # the tenant's one slot is taken and a caller waits for it
+    assert limiter.take(B)  # another tenant's are its own
+    limiter.release(A)
+    await asyncio.wait_for(waiter, 0.1)  # the slot went to the waiter, not to take()
+    assert not limiter.take(A)
+    limiter.release(A)
+    limiter.release(B)
+    assert limiter._slots == {}  # a failed take() left no count behind
+    assert limiter.take(A)
+    limiter.release(A)

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any, AsyncIterator, Callable, cast
+from typing import Any, AsyncIterator, Awaitable, Callable, cast
 from uuid import UUID, uuid4
 
 import asyncpg
@@ -99,8 +99,9 @@ class PooledConnection:
         self.shares, self.tenant_id = shares, tenant_id
 
     async def __aenter__(self) -> Connection:
-        if self.shares is not None:
-            await self.shares.acquire(self.tenant_id)
+        shares = self.shares
+        if shares is not None and not shares.take(self.tenant_id):
+            await shares.acquire(self.tenant_id)
         try:
             timeout = None if self.pool.get_idle_size() else self.wait_s
             self.conn = await self.pool.acquire(timeout=timeout)
@@ -291,14 +292,17 @@ class Call:
     target_kind: str | None = None
     target_id: Any = None
     audit_tenant: UUID | None = None
+    # The tenant the call is scoped to (its permission's tenant param), if any, and the
+    # app's state: plain attributes, read several times by every call.
+    tenant_id: UUID | None = field(init=False, default=None)
+    state: AppState = field(init=False)
 
     def __post_init__(self):
         self.target_kind = self.method.split("_", 1)[-1]
         self.target_id = getattr(self.params, "id", None)
-
-    @property
-    def state(self) -> AppState:
-        return self.request.state
+        if self.tenant_param:
+            self.tenant_id = getattr(self.params, self.tenant_param)
+        self.state = self.request.state
 
     @property
     def request_id(self) -> str:
@@ -318,15 +322,16 @@ class Call:
     async def role_in(self, tenant_id) -> str | None:
         return await self.request.role_in(tenant_id)
 
-    async def reserve(self, worst_case: int) -> int:
-        """Bytes this call may read for its answer (see api/response_budget.py): at most
-        `worst_case`, cut to what is left of the response's budget."""
-        return await self.request.budget.reserve(self.tenant_id, worst_case)
+    def reserve(self, worst_case: int) -> Awaitable[int]:
+        """(Awaited:) bytes this call may read for its answer (see
+        storage/response_budget.py): at most `worst_case`, cut to what is left of the
+        response's budget."""
+        return self.request.budget.reserve(self.tenant_id, worst_case)
 
-    async def settle(self, granted: int, used: int) -> None:
-        """After reading: keep `used` bytes of the `granted` (more, if it fits what is left
-        of the response's budget; else the call fails: response_too_large)."""
-        await self.request.budget.settle(self.tenant_id, granted, used)
+    def settle(self, granted: int, used: int) -> Awaitable[None]:
+        """(Awaited:) after reading, keep `used` bytes of the `granted` (more, if it fits
+        what is left of the response's budget; else the call fails: response_too_large)."""
+        return self.request.budget.settle(self.tenant_id, granted, used)
 
     def set_target(self, kind: str, target_id: Any, tenant: UUID | None = None) -> None:
         self.target_kind, self.target_id = kind, target_id
@@ -337,14 +342,9 @@ class Call:
         """Which tenant's chain the call's events go to (the platform's for users and keys)."""
         if self.audit_tenant is not None:
             return self.audit_tenant
-        if self.tenant_param:
-            return getattr(self.params, self.tenant_param)
+        if self.tenant_id is not None:
+            return self.tenant_id
         return audit.PLATFORM_TENANT
-
-    @property
-    def tenant_id(self) -> UUID | None:
-        """The tenant the call is scoped to (its permission's tenant param), if any."""
-        return getattr(self.params, self.tenant_param) if self.tenant_param else None
 
     def connection(self):
         """A pooled connection; a tenant-scoped call takes one of its tenant's share."""

@@ -70,6 +70,19 @@ class TenantLimiter:
         entry = self._slots.get(tenant_id)
         return entry is not None and not entry.free
 
+    def take(self, tenant_id: UUID | None) -> bool:
+        """Take one of the tenant's slots if one is free now (then release() gives it
+        back): acquire() without a coroutine, for the callers that pass here on every
+        call. (False leaves the account in place for the acquire() that follows.)"""
+        entry = self._slots.get(tenant_id)
+        if entry is None:
+            entry = self._slots[tenant_id] = _Slots(self.per_tenant)
+        if not entry.free:
+            return False
+        entry.users += 1
+        entry.free -= 1
+        return True
+
     async def acquire(self, tenant_id: UUID | None) -> None:
         """Take one of the tenant's slots (release() gives it back, also after a Busy)."""
         entry = self._slots.get(tenant_id)
@@ -98,8 +111,14 @@ class TenantLimiter:
 
     def release(self, tenant_id: UUID | None) -> None:
         entry = self._slots[tenant_id]
-        self._hand_on(entry)
-        self._forget(tenant_id, entry)
+        if entry.waiters:
+            self._hand_on(entry)
+        else:  # (the common case, written out)
+            entry.free += 1
+        entry.users -= 1
+        if not entry.users:  # (_forget, written out)
+            entry.disarm()
+            del self._slots[tenant_id]
 
     @staticmethod
     def _hand_on(entry: _Slots) -> None:
