@@ -8,7 +8,10 @@ out). That ask also waits while the worker's or the tenant's memory for response
 until responses are written, up to FLEXDB_DB_CONNECT_TIMEOUT_S, then the call answers
 -32005 busy. Reading is capped by what was granted (a page stops early, with a
 next_page_token for the rest); what was actually read is then held until the response has
-been written. Reads in flight are not held in advance: each is capped (get_node calls read
+been written, once the response's documents take more than WRITTEN_AT_ONCE_BYTES (a smaller
+response is not held: the transport takes it whole without waiting for the client, so it
+leaves the worker's hands as soon as it is built, and most calls skip the accounting).
+Reads in flight are not held in advance: each is capped (get_node calls read
 together by one query too: caching/batch_reads.py), and there are at most as many as pooled
 connections, so what they add beyond the limit is bounded too. A call
 whose response has no budget left answers -32006 `response_too_large`, and the batch's
@@ -36,6 +39,9 @@ from rpc_server.errors import Busy, QueryRejected
 ROW_OVERHEAD = 256
 # A response that reads more documents than this is large: it takes one of its tenant's slots.
 LARGE_RESPONSE_BYTES = 1_048_576
+# What a transport takes without waiting for the client (the high-water mark of asyncio's
+# and uvloop's transports): a response whose documents take at most this is not held.
+WRITTEN_AT_ONCE_BYTES = 65_536
 
 
 class TenantSlots(Protocol):
@@ -71,6 +77,7 @@ class ResponseMemory:
         self.held = 0
         self.by_tenant: dict[UUID | None, int] = {}
         self._freed = asyncio.Event()
+        self._waiting = 0  # calls waiting in admit()
 
     def has_room(self, tenant_id: UUID | None) -> bool:
         return self.held < self.limit and self.by_tenant.get(tenant_id, 0) < self.tenant_limit
@@ -84,15 +91,14 @@ class ResponseMemory:
         deadline = loop.time() + self.wait_s
         while not self.has_room(tenant_id):
             self._freed.clear()
+            self._waiting += 1
             try:
                 await asyncio.wait_for(self._freed.wait(), deadline - loop.time())
             except asyncio.TimeoutError:
                 raise Busy("Responses being sent hold this server's memory for them "
                            "(FLEXDB_RESPONSE_MEMORY_BYTES); retry shortly") from None
-
-    def hold(self, tenant_id: UUID | None, size: int) -> None:
-        self.held += size
-        self.by_tenant[tenant_id] = self.by_tenant.get(tenant_id, 0) + size
+            finally:
+                self._waiting -= 1
 
     def give_back(self, tenant_id: UUID | None, size: int) -> None:
         if not size:
@@ -103,7 +109,12 @@ class ResponseMemory:
             self.by_tenant[tenant_id] = left
         else:
             del self.by_tenant[tenant_id]
-        self._freed.set()
+        self.freed()
+
+    def freed(self) -> None:
+        """Memory was given back: wake the calls waiting in admit() (none, almost always)."""
+        if self._waiting:
+            self._freed.set()
 
 
 class ResponseBudget:
@@ -120,23 +131,27 @@ class ResponseBudget:
         self._slot: asyncio.Future | None = None
         self._slot_tenant: UUID | None = None
 
-    @property
-    def remaining(self) -> int:
-        return max(0, self.limit - self.committed)
+    # reserve(), settle() and close() run for every call that reads documents: their
+    # common paths are written out (no helper calls), as each call costs on every call.
 
     async def reserve(self, tenant_id: UUID | None, worst_case: int) -> int:
         """Grant up to `worst_case` bytes of what is left of the response (settle() it after
         reading), once the worker's and the tenant's memory for responses has room (and,
         for a read that may be large while the tenant's large responses are all in flight,
         once the response has one of its slots)."""
-        granted = min(worst_case, self.remaining)
-        if granted < worst_case and granted < ROW_OVERHEAD:
-            raise response_too_large(self.limit)
-        if self._slot is None and (granted > self.memory.one_document or self.used) \
-                and self.memory.large.full(tenant_id):
+        granted = worst_case
+        left = self.limit - self.committed
+        if worst_case > left:
+            if left < ROW_OVERHEAD:
+                raise response_too_large(self.limit)
+            granted = left
+        memory = self.memory
+        if self._slot is None and (granted > memory.one_document or self.used) \
+                and memory.large.full(tenant_id):
             await self._take_slot(tenant_id)
-        if not self.memory.has_room(tenant_id):  # (almost never: no coroutine for it then)
-            await self.memory.admit(tenant_id)
+        if memory.held >= memory.limit \
+                or memory.by_tenant.get(tenant_id, 0) >= memory.tenant_limit:
+            await memory.admit(tenant_id)  # (almost never)
         self.committed += granted
         return granted
 
@@ -146,14 +161,20 @@ class ResponseBudget:
         lowered): the call fails with response_too_large if the response cannot take it.
         The read that takes the response past LARGE_RESPONSE_BYTES takes a slot for it."""
         self.committed += used - granted
-        if used:
-            self.used += used
-            self.memory.hold(tenant_id, used)
-            self.held[tenant_id] = self.held.get(tenant_id, 0) + used
         if used > granted and self.committed > self.limit:
             raise response_too_large(self.limit)
-        if self.used > LARGE_RESPONSE_BYTES and self._slot is None:
-            await self._take_slot(tenant_id)
+        if used:
+            total = self.used = self.used + used
+            if total > WRITTEN_AT_ONCE_BYTES:
+                # held from the read that takes the response past it, with what was read
+                # before it (under this call's tenant)
+                hold = used if self.held else total
+                memory, held = self.memory, self.held
+                memory.held += hold
+                memory.by_tenant[tenant_id] = memory.by_tenant.get(tenant_id, 0) + hold
+                held[tenant_id] = held.get(tenant_id, 0) + hold
+                if total > LARGE_RESPONSE_BYTES and self._slot is None:
+                    await self._take_slot(tenant_id)
 
     async def _take_slot(self, tenant_id: UUID | None) -> None:
         """Take a large-response slot of the tenant for this response, or wait for the
@@ -165,9 +186,22 @@ class ResponseBudget:
 
     def close(self) -> None:
         """The response has been written: give back everything held."""
-        for tenant_id, size in self.held.items():
-            self.memory.give_back(tenant_id, size)
-        self.held.clear()
+        held = self.held
+        if held:
+            if len(held) == 1:  # (one tenant's: ResponseMemory.give_back, written out)
+                memory = self.memory
+                tenant_id, size = held.popitem()
+                memory.held -= size
+                left = memory.by_tenant[tenant_id] - size
+                if left:
+                    memory.by_tenant[tenant_id] = left
+                else:
+                    del memory.by_tenant[tenant_id]
+                memory.freed()
+            else:
+                for tenant_id, size in held.items():
+                    self.memory.give_back(tenant_id, size)
+                held.clear()
         slot, self._slot = self._slot, None
         if slot is not None:
             if not slot.done():
