@@ -138,8 +138,9 @@ async def delete_relationship(ctx: Call, p: RelationshipId) -> dict:
              run_db=db_method(), tenant_must_exist=True)
 async def list_relationships(ctx: Call, p: ListRelationships) -> dict:
     """List a tenant's relationships, filtered by source, target or type."""
-    filters = (p.source_node_id, p.target_node_id, p.relationship_type)
-    async with ctx.list_connection(sum(f is not None for f in filters) > 1) as conn:
+    filters = ((p.source_node_id is not None) + (p.target_node_id is not None)
+               + (p.relationship_type is not None))
+    async with ctx.list_connection(filters > 1) as conn:
         page = await read_page(ctx, p.pagination, ctx.state.settings.max_body_bytes,
                                lambda max_bytes: RelationshipRepository(conn).list(
                                    p.tenant_id, p.pagination, p.source_node_id,
