@@ -192,6 +192,31 @@ async def test_non_uuid_node_ids_are_invalid_params(rpc, tenant, field):
     assert error_fields(exc) == [field]
 
 
+@pytest.mark.parametrize("spelling", [str.upper, lambda text: text.replace("-", ""),
+                                      lambda text: "urn:uuid:" + text,
+                                      lambda text: "{" + text + "}"])
+async def test_every_spelling_of_an_id_finds_the_same_node(rpc, tenant, node_type, spelling):
+    """Ids in the canonical text take a faster parse (api/params.py _fast_uuid); the other
+    spellings a UUID parser accepts still work, for the tenant and the node alike."""
+    node = await make_node(rpc, tenant["id"], node_type["id"], {"name": "Ada"})
+    found = await rpc.call("get_node", {"tenant_id": spelling(tenant["id"]),
+                                        "id": spelling(node["id"])})
+    assert found["node"] == node
+    listed = await rpc.call("list_nodes", {"tenant_id": spelling(tenant["id"]),
+                                           "node_type_id": spelling(node_type["id"])})
+    assert node["id"] in [n["id"] for n in listed["nodes"]]
+
+
+@pytest.mark.parametrize("text", ["0123456-78901-2345-6789-0123456789ab",  # hyphens moved
+                                  "01234567-8901-2345-6789-0123456789ag",  # not hex
+                                  "01234567-8901-2345-6789-0123456789ab ",
+                                  "０1234567-8901-2345-6789-0123456789ab"])  # a wide digit
+async def test_near_uuids_are_invalid_params(rpc, tenant, text):
+    with pytest.raises(InvalidParams) as exc:
+        await rpc.call("get_node", {"tenant_id": tenant["id"], "id": text})
+    assert error_fields(exc) == ["id"]
+
+
 async def test_list_nodes_with_and_without_node_type_filter(rpc, tenant, node_type):
     tid = tenant["id"]
     other_type = await make_node_type(rpc, tid, "Company")
