@@ -149,21 +149,54 @@ async def fetch_within(conn: Connection, sql: str, args: list, *, rows_asked: in
     columns), the page is read first with each document within its share of the budget
     (within_share); only when one of the page's own rows is larger is it read again with
     the running total."""
-    n = len(args) + 1
+    arg = f"${len(args) + 1}"
     if document is not None:
-        share = max_bytes // rows_asked
-        rows = await conn.fetch(within_share(sql, select, document, size_sql, f"${n}"),
-                                *args, share)
-        at = column_names(select).index(document)
-        # (a row past the `wanted` only tells that there are more)
-        texts = [row[at] for row in rows[:wanted]]
-        if None not in texts:
-            used = sum(map(len, texts))
-            if not all(map(str.isascii, texts)):
-                used = sum(map(text_bytes, texts))
-            return rows, False, used + ROW_OVERHEAD * len(texts)
-    rows = await conn.fetch(within_bytes(sql, size_sql, f"${n}"), *args, max_bytes)
+        rows = await conn.fetch(within_share(sql, select, document, size_sql, arg),
+                                *args, max_bytes // rows_asked)
+        kept = documents_within(rows, column_names(select).index(document), wanted)
+        if kept is not None:
+            return rows, False, kept
+    rows = await conn.fetch(within_bytes(sql, size_sql, arg), *args, max_bytes)
     return cut_to_budget(rows, max_bytes)
+
+
+def documents_within(rows: list, at: int, wanted: int) -> int | None:
+    """The bytes the first `wanted` rows take (their documents, column `at`, and
+    ROW_OVERHEAD each); None when one of them was left out (NULL: past its share). A row
+    past the `wanted` only tells that there are more."""
+    used = 0
+    for row in rows[:wanted] if len(rows) > wanted else rows:
+        text = row[at]
+        if text is None:
+            return None
+        used += (len(text) if text.isascii() else text_bytes(text)) + ROW_OVERHEAD
+    return used
+
+
+@functools.lru_cache(maxsize=256)  # (its arguments are code's: a few shapes of page in all)
+def page_statements(select: str, table: str, where: tuple[str, ...], n: int, key_column: str,
+                    count_sql: str | None, counted: bool, after: bool) -> tuple[str, str, str]:
+    """(the page's statement, the count's, the page's select list) for fetch_page: the
+    page's args are the `n` that `where` references, then with `after` the sort key to seek
+    past (two), then the LIMIT."""
+    filters = list(where)
+    if after:
+        filters.append(f"(created_at, {key_column}) > (${n + 1}, ${n + 2})")
+        n += 2
+    where_sql = " AND ".join(filters) or "TRUE"
+    base_where = " AND ".join(where) or "TRUE"
+    count_sql = count_sql or f"SELECT count(*) FROM {table} WHERE {base_where}"
+    # The count rides along as an uncorrelated subquery: one round trip, and the same
+    # snapshot as the page, so the total agrees with the rows returned.
+    total = f", ({count_sql}) AS {TOTAL_COLUMN}" if counted else ""
+    # The LIMIT is a parameter, not text, on purpose: PostgreSQL then plans each page for
+    # its tenant (a custom plan, ~0.1 ms of its CPU). With the LIMIT in the text it would
+    # keep one generic plan per statement, costed for an average tenant, and a tenant far
+    # larger than the rest (or any, on a table not yet analyzed) would have its every page
+    # read and sort all its rows (measured: docs/PERFORMANCE.md).
+    sql = (f"SELECT {select}{total} FROM {table} WHERE {where_sql} "
+           f"ORDER BY created_at, {key_column} LIMIT ${n + 1}")
+    return sql, count_sql, select + (f", {TOTAL_COLUMN}" if counted else "")
 
 
 async def fetch_page(conn: Connection, *, scope: str, select: str, table: str,
@@ -178,35 +211,20 @@ async def fetch_page(conn: Connection, *, scope: str, select: str, table: str,
     columns) and `max_bytes`, the page stops early once its rows would take more than that
     (with a next_page_token for the rest); `document` is the column `size_sql` measures,
     when it is one (see fetch_within)."""
-    filters = list(where)
     query_args = list(args)
-    if pagination.page_token:
-        created_at, key = decode_token(pagination.page_token, scope)
-        n = len(query_args)
-        filters.append(f"(created_at, {key_column}) > (${n + 1}, ${n + 2})")
-        query_args += [created_at, key]
-    where_sql = " AND ".join(filters) or "TRUE"
-    base_where = " AND ".join(where) or "TRUE"
-    count_sql = count_sql or f"SELECT count(*) FROM {table} WHERE {base_where}"
-    # The count rides along as an uncorrelated subquery: one round trip, and the same
-    # snapshot as the page, so the total agrees with the rows returned.
-    counted = f", ({count_sql}) AS {TOTAL_COLUMN}" if pagination.include_total else ""
-    # The LIMIT is a parameter, not text, on purpose: PostgreSQL then plans each page for
-    # its tenant (a custom plan, ~0.1 ms of its CPU). With the LIMIT in the text it would
-    # keep one generic plan per statement, costed for an average tenant, and a tenant far
-    # larger than the rest (or any, on a table not yet analyzed) would have its every page
-    # read and sort all its rows (measured: docs/PERFORMANCE.md).
-    limit_arg = len(query_args) + 1
-    order = f"created_at, {key_column}"
-    sql = (f"SELECT {select}{counted} FROM {table} WHERE {where_sql} "
-           f"ORDER BY {order} LIMIT ${limit_arg}")
+    token = pagination.page_token
+    if token:
+        query_args += decode_token(token, scope)
+    sql, count_sql, page_select = page_statements(
+        select, table, tuple(where), len(args), key_column, count_sql,
+        pagination.include_total, bool(token))
     query_args.append(pagination.page_size + 1)
     cut, used = False, 0
     if size_sql is not None and max_bytes is not None:
         rows, cut, used = await fetch_within(
             conn, sql, query_args, rows_asked=pagination.page_size + 1,
             wanted=pagination.page_size, size_sql=size_sql, max_bytes=max_bytes,
-            document=document, select=select + (f", {TOTAL_COLUMN}" if counted else ""))
+            document=document, select=page_select)
     else:
         rows = await conn.fetch(sql, *query_args)
     next_token = ""
