@@ -878,6 +878,53 @@ async def test_a_batch_of_large_members_answers_without_waiting_for_itself(large
             assert time.monotonic() - started < PROMPT_S
 
 
+@pytest.fixture(scope="module")
+def memory_server(database_url):
+    """A worker whose memory for responses (14 MiB, a tenant 7 MiB) one document of 7.5 MB
+    fills for its tenant."""
+    with running_server({"FLEXDB_DATABASE_URL": database_url,
+                         "FLEXDB_DB_CONNECT_TIMEOUT_S": "1",
+                         "FLEXDB_MAX_BODY_BYTES": str(8 * 2**20),
+                         "FLEXDB_MAX_RESPONSE_BYTES": str(16 * 2**20),
+                         "FLEXDB_RESPONSE_MEMORY_BYTES": str(14 * 2**20)}) as srv:
+        yield srv
+
+
+async def test_a_lone_get_node_holds_its_document_until_it_is_written(memory_server):
+    """A get_node alone in its request asks for no grant before it reads (its one document
+    fits any response), but what it read is held until written: while a reader that does
+    not read holds tenant A's 7.5 MB document, A's next read waits for room and answers
+    busy, naming the setting; tenant B reads at once; once the reader goes, A reads again.
+    A small document of A's is never held (written at once), so B's answers too."""
+    async with FlexDBClient(memory_server.url, api_key=memory_server.admin_key) as admin:
+        a, a_type = await tenant_with_type(admin)
+        b, b_type = await tenant_with_type(admin)
+        big = (await admin.call("create_node", {"tenant_id": a, "node_type_id": a_type,
+                                                "data": {"blob": "x" * 7_500_000}}))["node"]
+        small = (await admin.call("create_node", {"tenant_id": b, "node_type_id": b_type,
+                                                  "data": {"n": 1}}))["node"]
+        slow = unread_call(memory_server, "get_node", {"tenant_id": a, "id": big["id"]})
+        try:
+            await asyncio.sleep(1.0)  # A's document has been read and is being written
+            started = time.monotonic()
+            got = await admin.call("get_node", {"tenant_id": b, "id": small["id"]})
+            assert got["node"]["data"] == {"n": 1} and time.monotonic() - started < PROMPT_S
+            with pytest.raises(RpcError) as caught:
+                await admin.call("get_node", {"tenant_id": a, "id": big["id"]})
+            assert caught.value.code == -32005 and caught.value.data["type"] == "busy"
+            assert "FLEXDB_RESPONSE_MEMORY_BYTES" in caught.value.message
+        finally:
+            slow.close()
+        deadline = time.monotonic() + 10
+        while True:  # the memory comes back once the server sees the reader gone
+            try:
+                got = await admin.call("get_node", {"tenant_id": a, "id": big["id"]})
+                break
+            except RpcError as exc:
+                assert exc.code == -32005 and time.monotonic() < deadline
+        assert len(got["node"]["data"]["blob"]) == 7_500_000
+
+
 # ---------------------------------------------------------------- pipelines
 
 BUSY_PIPELINE = ("def run(input, db):\n    total = 0\n    for i in range(input):\n"

@@ -202,6 +202,12 @@ class RequestContext:
         return self._budget
 
     @property
+    def reads_alone(self) -> bool:
+        """Whether a call's read is its response's only one: not a batch, and no document
+        read before it (its budget is made by the first read that asks for a grant)."""
+        return not self.batch and self._budget is None
+
+    @property
     def holds_documents(self) -> bool:
         return self._budget is not None and bool(self._budget.held)
 
