@@ -35,7 +35,12 @@ from rpc_server.security.tenant_limits import TenantLimiter
 from rpc_server.storage.db import Connection
 from rpc_server.storage.repositories.audit import AuditRepository, PendingEvent, with_event
 from rpc_server.storage.repositories.changes import ChangeRepository
-from rpc_server.storage.response_budget import ROW_OVERHEAD, ResponseBudget, ResponseMemory
+from rpc_server.storage.response_budget import (
+    ROW_OVERHEAD,
+    WRITTEN_AT_ONCE_BYTES,
+    ResponseBudget,
+    ResponseMemory,
+)
 from rpc_server.storage.vectors import UNAVAILABLE, VectorSupport
 from rpc_server.validation.schemas import ValidatorCache
 
@@ -201,11 +206,21 @@ class RequestContext:
                                           self.state.settings.max_response_bytes)
         return self._budget
 
-    @property
-    def reads_alone(self) -> bool:
-        """Whether a call's read is its response's only one: not a batch, and no document
-        read before it (its budget is made by the first read that asks for a grant)."""
-        return not self.batch and self._budget is None
+    def grant_alone(self, tenant_id: UUID | None, worst_case: int) -> int:
+        """What a read that is its response's only one (not a batch, nothing read before
+        it) may read without asking its budget for a grant: `worst_case` cut to the whole
+        response's budget, as reserve() would grant it, when the worker's memory for
+        responses has room and the read needs no large-response slot it would wait for.
+        0 when it must ask (reserve() waits, or refuses). What it read is then settled as
+        a grant of nothing, only when it is large enough to be held (settle_alone)."""
+        if self.batch or self._budget is not None:
+            return 0
+        granted = min(worst_case, self.state.settings.max_response_bytes)
+        memory = self.state.response_memory
+        if not memory.has_room(tenant_id) \
+                or (granted > memory.one_document and memory.large.full(tenant_id)):
+            return 0
+        return granted
 
     @property
     def holds_documents(self) -> bool:
@@ -338,6 +353,12 @@ class Call:
         """(Awaited:) after reading, keep `used` bytes of the `granted` (more, if it fits
         what is left of the response's budget; else the call fails: response_too_large)."""
         return self.request.budget.settle(self.tenant_id, granted, used)
+
+    async def settle_alone(self, used: int) -> None:
+        """After a read granted by grant_alone: what it read is held (settle()) when the
+        response is large enough to be (WRITTEN_AT_ONCE_BYTES), and nothing is done else."""
+        if used > WRITTEN_AT_ONCE_BYTES:
+            await self.settle(0, used)
 
     def set_target(self, kind: str, target_id: Any, tenant: UUID | None = None) -> None:
         self.target_kind, self.target_id = kind, target_id

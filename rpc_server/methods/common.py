@@ -71,9 +71,14 @@ async def read_page(ctx: Call, pagination, row_worst_case: int, read) -> Page:
     """A list page read within what the call may read: at most FLEXDB_MAX_PAGE_BYTES and
     what is left of the response's budget. `read(max_bytes)` reads the page (it stops early
     once its rows' documents would take more; see pagination.within_bytes)."""
-    settings = ctx.state.settings
-    granted = await ctx.reserve(min(
-        (pagination.page_size + 1) * (row_worst_case + ROW_OVERHEAD), settings.max_page_bytes))
+    worst_case = min((pagination.page_size + 1) * (row_worst_case + ROW_OVERHEAD),
+                     ctx.state.settings.max_page_bytes)
+    granted = ctx.request.grant_alone(ctx.tenant_id, worst_case)
+    if granted:  # the response's only read (RequestContext.grant_alone)
+        page = await read(granted)
+        await ctx.settle_alone(page.bytes)
+        return page
+    granted = await ctx.reserve(worst_case)
     page = None
     try:
         page = await read(granted)

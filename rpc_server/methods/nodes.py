@@ -27,11 +27,7 @@ from rpc_server.methods.common import (
 from rpc_server.security.auth import tenant_role
 from rpc_server.storage.ids import uuid7_sequence
 from rpc_server.storage.repositories import NodeRepository, NodeTypeRepository
-from rpc_server.storage.response_budget import (
-    ROW_OVERHEAD,
-    WRITTEN_AT_ONCE_BYTES,
-    text_bytes,
-)
+from rpc_server.storage.response_budget import ROW_OVERHEAD, text_bytes
 
 NOT_READ = object()
 WRITE_ATTEMPTS = 3  # validations against a node or node type that changes meanwhile
@@ -97,23 +93,19 @@ async def create_node(ctx: Call, p: CreateNode) -> dict:
 async def get_node(ctx: Call, p: NodeId) -> dict:
     """Get a node by id."""
     row = ctx.request.prefetched_nodes.get((p.tenant_id, p.id), NOT_READ)
-    if row is NOT_READ and ctx.request.reads_alone:
-        # The response's only read, of one document: it fits the response's budget
-        # (FLEXDB_MAX_RESPONSE_BYTES is at least FLEXDB_MAX_BODY_BYTES), so no grant is
-        # asked first; the worker's memory for responses must have room, and the document
-        # is settled after, as a grant of nothing, when it is large enough to be held.
-        memory = ctx.state.response_memory
-        if not memory.has_room(p.tenant_id):
-            await memory.admit(p.tenant_id)
-        row = await ctx.state.node_reads.get(p.tenant_id, p.id)  # coalesced with other reads
-        if row is not None:
-            used = text_bytes(row["data"]) + ROW_OVERHEAD
-            if used > WRITTEN_AT_ONCE_BYTES:
-                await ctx.settle(0, used)
-    elif row is NOT_READ:
-        granted = await ctx.reserve(ctx.state.settings.max_body_bytes + ROW_OVERHEAD)
-        row = await ctx.state.node_reads.get(p.tenant_id, p.id)  # coalesced with other reads
-        await ctx.settle(granted, 0 if row is None else text_bytes(row["data"]) + ROW_OVERHEAD)
+    if row is NOT_READ:
+        # One document (FLEXDB_MAX_RESPONSE_BYTES is at least FLEXDB_MAX_BODY_BYTES): alone
+        # in its response it needs no grant first (RequestContext.grant_alone).
+        worst_case = ctx.state.settings.max_body_bytes + ROW_OVERHEAD
+        if ctx.request.grant_alone(p.tenant_id, worst_case):
+            row = await ctx.state.node_reads.get(p.tenant_id, p.id)  # coalesced
+            if row is not None:
+                await ctx.settle_alone(text_bytes(row["data"]) + ROW_OVERHEAD)
+        else:
+            granted = await ctx.reserve(worst_case)
+            row = await ctx.state.node_reads.get(p.tenant_id, p.id)  # coalesced
+            await ctx.settle(granted,
+                             0 if row is None else text_bytes(row["data"]) + ROW_OVERHEAD)
     if row is None:
         raise NotFound("node", p.id)
     return {"node": ctx.shaper.one(row)}
