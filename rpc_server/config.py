@@ -127,8 +127,10 @@ class Settings(BaseModel):
         read_by=(SERVE,), ge=65_536, le=1_073_741_824)
     response_memory_bytes: int = setting(
         64 * 1_048_576, "documents read for responses not yet written, per worker (one tenant "
-        "at most half); reads past it wait up to `FLEXDB_DB_CONNECT_TIMEOUT_S`, then -32005 "
-        "busy", read_by=(SERVE,), ge=1_048_576, le=64 * 1_073_741_824)
+        "at most half; a response counts once its documents pass 64 KiB, what the transport "
+        "takes without waiting for the client); reads past it wait up to "
+        "`FLEXDB_DB_CONNECT_TIMEOUT_S`, then -32005 busy", read_by=(SERVE,), ge=1_048_576,
+        le=64 * 1_073_741_824)
     tenant_large_responses: int = setting(
         1, "large responses (documents read past 1 MiB) one tenant may have in flight at "
         "once, per worker, from the first read past that size until the response is written; "

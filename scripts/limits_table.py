@@ -91,7 +91,8 @@ SECTIONS: dict[str, list[Limit]] = {
         Limit("documents one list page or walk reads (its first row whatever its size)",
               "the page stops early, with a `next_page_token` (a walk: `truncated`)",
               "max_page_bytes"),
-        Limit("documents read for responses not yet written, per worker (a tenant: half)",
+        Limit("documents read for responses not yet written, per worker (a tenant: half; "
+              "counted once a response's pass 64 KiB)",
               f"waits up to `FLEXDB_DB_CONNECT_TIMEOUT_S`, then {BUSY}",
               "response_memory_bytes"),
         Limit("large responses (documents read past "
