@@ -57,6 +57,7 @@ from rpc_server.changes.events import event_of
 from rpc_server.changes.signing import BadSecret, SecretBox, secret_bytes, sign
 from rpc_server.config import Settings
 from rpc_server.errors import Busy, NotFound
+from rpc_server.storage.ids import uuid_text
 from rpc_server.storage.repositories.audit import AuditRepository, PendingEvent
 from rpc_server.storage.repositories.changes import ChangeRepository, EventFilter
 from rpc_server.storage.repositories.pipelines import PipelineRepository, PipelineRunRepository
@@ -99,15 +100,9 @@ def filter_of(stored: object) -> EventFilter | None:
                        relationship_type=stored.get("relationship_type"))
 
 
-def _uuid_text(value: object) -> str:
-    if isinstance(value, uuid.UUID):  # asyncpg's own UUID class, which orjson does not know
-        return str(value)
-    raise TypeError(f"cannot serialize {type(value).__name__}")
-
-
 def event_body(row: asyncpg.Record) -> bytes:
     """The event as a delivery's body: the JSON list_changes has for it."""
-    return orjson.dumps(event_of(row), default=_uuid_text)
+    return orjson.dumps(event_of(row), default=uuid_text)
 
 
 def backoff(failures: int, base_s: float, max_s: float) -> float:

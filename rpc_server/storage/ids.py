@@ -1,4 +1,5 @@
-"""Time-ordered ids (UUID version 7, RFC 9562) for bulk inserts.
+"""Ids: time-ordered ones (UUID version 7, RFC 9562) for bulk inserts, and the text of the
+ids asyncpg reads.
 
 Rows of one bulk insert share created_at, so lists order them by id: ids that increase
 in input order keep lists in insertion order (and append to the index's right edge)."""
@@ -8,7 +9,15 @@ import os
 import time
 import uuid
 
+from asyncpg.pgproto.pgproto import UUID as PG_UUID
+
 MAX_SEQUENCE = 1 << 12  # the 12-bit rand_a field holds a per-call counter
+
+# orjson's `default` for the ids read from the database: asyncpg returns its own UUID
+# class, which orjson does not know (it writes uuid.UUID itself). Its C __str__, a slot
+# wrapper, writes one without a Python function call (a page of 50 nodes holds 150 ids),
+# and raises TypeError for any other type, as `default` must.
+uuid_text = PG_UUID.__str__
 
 
 def uuid7_sequence(count: int) -> list[uuid.UUID]:

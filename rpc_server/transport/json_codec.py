@@ -10,7 +10,8 @@ import re
 from typing import Any, Iterable
 
 import orjson
-from asyncpg.pgproto.pgproto import UUID as PG_UUID
+
+from rpc_server.storage.ids import uuid_text
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # orjson reads integers beyond 64 bits as floats (losing digits). Only bodies with a run of
@@ -138,12 +139,5 @@ def json_depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def _default(value: Any) -> Any:
-    # asyncpg returns its own UUID class, which orjson does not know.
-    if type(value) is PG_UUID:
-        return str(value)
-    raise TypeError(f"cannot serialize {type(value).__name__}")
-
-
 def dumps(value: Any) -> bytes:
-    return orjson.dumps(value, default=_default)
+    return orjson.dumps(value, default=uuid_text)
