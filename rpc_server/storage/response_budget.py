@@ -100,6 +100,10 @@ class ResponseMemory:
             finally:
                 self._waiting -= 1
 
+    def hold(self, tenant_id: UUID | None, size: int) -> None:
+        self.held += size
+        self.by_tenant[tenant_id] = self.by_tenant.get(tenant_id, 0) + size
+
     def give_back(self, tenant_id: UUID | None, size: int) -> None:
         if not size:
             return
@@ -131,8 +135,8 @@ class ResponseBudget:
         self._slot: asyncio.Future | None = None
         self._slot_tenant: UUID | None = None
 
-    # reserve(), settle() and close() run for every call that reads documents: their
-    # common paths are written out (no helper calls), as each call costs on every call.
+    # reserve() and settle() run for every call that reads documents but a lone one
+    # (RequestContext.grant_alone): their common paths are written out (no helper calls).
 
     async def reserve(self, tenant_id: UUID | None, worst_case: int) -> int:
         """Grant up to `worst_case` bytes of what is left of the response (settle() it after
@@ -169,10 +173,8 @@ class ResponseBudget:
                 # held from the read that takes the response past it, with what was read
                 # before it (under this call's tenant)
                 hold = used if self.held else total
-                memory, held = self.memory, self.held
-                memory.held += hold
-                memory.by_tenant[tenant_id] = memory.by_tenant.get(tenant_id, 0) + hold
-                held[tenant_id] = held.get(tenant_id, 0) + hold
+                self.memory.hold(tenant_id, hold)
+                self.held[tenant_id] = self.held.get(tenant_id, 0) + hold
                 if total > LARGE_RESPONSE_BYTES and self._slot is None:
                     await self._take_slot(tenant_id)
 
@@ -186,22 +188,10 @@ class ResponseBudget:
 
     def close(self) -> None:
         """The response has been written: give back everything held."""
-        held = self.held
-        if held:
-            if len(held) == 1:  # (one tenant's: ResponseMemory.give_back, written out)
-                memory = self.memory
-                tenant_id, size = held.popitem()
-                memory.held -= size
-                left = memory.by_tenant[tenant_id] - size
-                if left:
-                    memory.by_tenant[tenant_id] = left
-                else:
-                    del memory.by_tenant[tenant_id]
-                memory.freed()
-            else:
-                for tenant_id, size in held.items():
-                    self.memory.give_back(tenant_id, size)
-                held.clear()
+        if self.held:  # (a response past WRITTEN_AT_ONCE_BYTES)
+            for tenant_id, size in self.held.items():
+                self.memory.give_back(tenant_id, size)
+            self.held.clear()
         slot, self._slot = self._slot, None
         if slot is not None:
             if not slot.done():
