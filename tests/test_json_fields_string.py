@@ -38,6 +38,12 @@ async def test_documents_are_strings(string_server):
         listed = await rpc.call("list_nodes", {"tenant_id": tenant["id"]})
         assert isinstance(listed["nodes"][0]["data"], str)
         assert listed["pagination"]["next_page_token"] == ""
+        # a query page's items: the node's own fields only (no sort key, total or budget)
+        for sort in ({"field": "created_at"}, {"field": "data.x"}):
+            found = await rpc.call("query_nodes", {
+                "tenant_id": tenant["id"], "filter": {"field": "data.x", "op": "eq", "value": 1},
+                "sort": sort, "pagination": {"page_size": 1, "include_total": True}})
+            assert found["nodes"] == [node] and found["pagination"]["total_count"] == 1
 
         other = (await rpc.call("create_node", {"tenant_id": tenant["id"],
                                                 "node_type_id": plain["id"]}))["node"]

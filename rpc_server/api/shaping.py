@@ -12,10 +12,11 @@ from typing import Any, Iterable, Mapping
 import asyncpg
 import orjson
 
-from rpc_server.storage.pagination import BUDGET_COLUMNS, TOTAL_COLUMN, Page
+from rpc_server.storage.pagination import BUDGET_COLUMNS, SORT_KEY_COLUMN, TOTAL_COLUMN, Page
 
 JSON_FIELDS = ("data", "schema")
-LEFT_OUT = (TOTAL_COLUMN, *BUDGET_COLUMNS)  # columns a read adds that are not the item's
+# columns a read adds that are not the item's
+LEFT_OUT = (SORT_KEY_COLUMN, TOTAL_COLUMN, *BUDGET_COLUMNS)
 
 
 @functools.lru_cache(maxsize=256)  # (keys: the column lists of our statements, a few dozen)
@@ -37,10 +38,8 @@ class Shaper:
 
     def one(self, row: asyncpg.Record | Mapping[str, Any]) -> dict:
         item = dict(row)
-        item.pop(TOTAL_COLUMN, None)  # a page's total rides on each row
-        if "_through" in item:  # a page read within a byte budget
-            for column in BUDGET_COLUMNS:
-                del item[column]
+        for column in LEFT_OUT:  # (a page's total rides on each row, and so on)
+            item.pop(column, None)
         for key in JSON_FIELDS:
             if key not in item:
                 continue

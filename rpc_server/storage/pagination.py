@@ -20,6 +20,7 @@ from rpc_server.storage.response_budget import ROW_OVERHEAD, text_bytes
 
 TOKEN_FIELD = "pagination.page_token"
 TOTAL_COLUMN = "_total_count"
+SORT_KEY_COLUMN = "_sort_key"  # a query page's sort value, for its next page token
 
 
 class PageRequest(Protocol):

@@ -13,6 +13,7 @@ from rpc_server.storage.node_filter import NodeSort, SqlArgs
 from rpc_server.storage.node_search import SNIPPET_BYTES, SearchSql, html_snippet
 from rpc_server.storage.pagination import (
     BUDGET_COLUMNS,
+    SORT_KEY_COLUMN,
     TOTAL_COLUMN,
     Page,
     PageRequest,
@@ -336,7 +337,7 @@ class NodeRepository(Repository):
         counted = f", ({count_sql}) AS {TOTAL_COLUMN}" if pagination.include_total else ""
         order = " DESC" if sort.descending else ""
         limit = args.add(pagination.page_size + 1, "int4")
-        sql = (f"SELECT {cls.read_columns}{extra}, {key} AS _sort_key{counted} FROM nodes "
+        sql = (f"SELECT {cls.read_columns}{extra}, {key} AS {SORT_KEY_COLUMN}{counted} FROM nodes "
                f"WHERE {' AND '.join(where)} ORDER BY {key}{order}, id{order} LIMIT {limit}")
         if max_bytes is not None:  # (a snippet counts at its largest)
             size = f"{cls.size_sql} + {SNIPPET_BYTES}" if highlight else cls.size_sql
@@ -357,18 +358,22 @@ class NodeRepository(Repository):
         if len(rows) > pagination.page_size or cut:
             rows = rows[:pagination.page_size]
             last_row = rows[-1]
-            value = last_row["_sort_key"]
+            value = last_row[SORT_KEY_COLUMN]
             next_token = encode_token(sort.scope, repr(value) if sort.rank else value
                                       if sort.column else orjson.dumps(value).decode(),
                                       last_row["id"])
         total = rows[0][TOTAL_COLUMN] if pagination.include_total and rows else None
         if pagination.include_total and not rows:
             total = await self.conn.fetchval(statement.count_sql, *statement.count_args)
-        hidden = ("_sort_key", TOTAL_COLUMN, *BUDGET_COLUMNS)
+        if not sort.rank and not highlight:
+            # the rows as they are: the shaper leaves out the columns the read added
+            # (api/shaping.py LEFT_OUT), without a dict made per row here
+            return Page(rows, next_token, total, used)
+        hidden = (SORT_KEY_COLUMN, TOTAL_COLUMN, *BUDGET_COLUMNS)
         items = [{k: v for k, v in r.items() if k not in hidden} for r in rows]
         if sort.rank:
             for item, row in zip(items, rows):
-                item["rank"] = row["_sort_key"]
+                item["rank"] = row[SORT_KEY_COLUMN]
         if highlight:
             for item in items:
                 item["snippet"] = html_snippet(item["snippet"])
