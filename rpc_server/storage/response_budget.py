@@ -136,7 +136,7 @@ class ResponseBudget:
         self._slot_tenant: UUID | None = None
 
     # reserve() and settle() run for every call that reads documents but a lone one
-    # (RequestContext.grant_alone): their common paths are written out (no helper calls).
+    # (RequestContext.grant_alone), so their common paths avoid coroutines of their own.
 
     async def reserve(self, tenant_id: UUID | None, worst_case: int) -> int:
         """Grant up to `worst_case` bytes of what is left of the response (settle() it after
@@ -153,8 +153,7 @@ class ResponseBudget:
         if self._slot is None and (granted > memory.one_document or self.used) \
                 and memory.large.full(tenant_id):
             await self._take_slot(tenant_id)
-        if memory.held >= memory.limit \
-                or memory.by_tenant.get(tenant_id, 0) >= memory.tenant_limit:
+        if not memory.has_room(tenant_id):
             await memory.admit(tenant_id)  # (almost never)
         self.committed += granted
         return granted
